@@ -1,0 +1,101 @@
+"""The ``ffprune`` command line.
+
+    ffprune --version
+    ffprune models                      # bundled models and their dense perplexity
+    ffprune bench-env --env FFPrune-Llama-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import ffenv
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def parse_env_kwargs(pairs: list[str] | None) -> dict[str, Any]:
+    """``["model=tiny-opt", "reward_samples=8"]`` → kwargs (values parsed as JSON when possible)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--env-kwarg expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@_command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the bundled models with their shape and dense perplexity (from their model cards)."""
+    from ffenv.models import BUNDLED_MODELS, bundled_card
+
+    header = f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}{'calib ppl':>11}{'eval ppl':>10}"
+    print(header)
+    for name in BUNDLED_MODELS:
+        c = bundled_card(name)
+        print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
+              f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>11.2f}{c['dense_ppl']['eval']:>10.2f}")
+    if args.measure:
+        from ffenv.data import evaluation_windows
+        from ffenv.evaluation import perplexity
+        from ffenv.models import load_model
+
+        print("\nmeasured now (seq_len 256, all windows):")
+        for name in BUNDLED_MODELS:
+            model, tok = load_model(name)
+            ppl = {s: perplexity(model, evaluation_windows(tok, "stdlib", s, seq_len=256)) for s in ("calib", "eval")}
+            print(f"{name:<14} calib {ppl['calib']:.2f}  eval {ppl['eval']:.2f}")
+    return 0
+
+
+@_command("bench-env")
+def cmd_bench_env(args: argparse.Namespace) -> int:
+    """Median step time vs. median dense forward over the same reward tokens."""
+    from ffenv.bench import bench_env
+
+    result = bench_env(args.env, repeats=args.repeats, seed=args.seed, **parse_env_kwargs(args.env_kwarg))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ffprune", description="FastForward Pruning benchmark")
+    ap.add_argument("--version", action="version", version=f"ffprune {ffenv.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list the bundled models and their dense perplexity")
+    p.add_argument("--measure", action="store_true", help="also re-measure the perplexities now")
+    p = sub.add_parser("bench-env", help="time env.step against one dense forward of the reward tokens")
+    p.add_argument("--env", default="FFPrune-Llama-v0")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ffprune`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as err:
+        print(f"ffprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

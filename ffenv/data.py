@@ -1,0 +1,386 @@
+"""Corpora and token windows: the first stage of ffprune's pipeline.
+
+Three corpora are known by name, and any local text file or folder works too:
+
+``stdlib`` (the default, offline)
+    English text that every CPython installation carries: the interpreter's bundled
+    documentation topics (:mod:`pydoc_data.topics`) and, for every module of the standard
+    library, its docstrings and comment blocks extracted with :mod:`ast` / :mod:`tokenize`.
+    Each topic and each module is one *document*; documents are assigned to the splits
+    ``train`` (90 %), ``calib`` (5 %) and ``eval`` (5 %) by a SHA-256 hash of their name, so
+    every machine with the same Python version gets the same splits.
+``wikitext2``
+    ``wikitext-2-raw-v1`` from the Hugging Face hub (``train`` / ``validation`` / ``test`` map to
+    ``train`` / ``calib`` / ``eval``), or a local file / folder via ``wikitext2:/path``.
+``c4``
+    The first shard of ``allenai/c4`` (English) from the hub; ``calib`` and ``eval`` are a
+    hash split of the validation shard.
+a path
+    A ``.txt`` file or a folder of them, read with ``datasets``' ``text`` builder. A folder holding
+    files named like ``train`` / ``valid`` / ``test`` maps them to ``train`` / ``calib`` / ``eval``;
+    otherwise paragraphs are hash-split like ``stdlib``.
+
+Token windows come from :func:`calibration_windows` (``n`` random windows, seeded) and
+:func:`evaluation_windows` (non-overlapping windows, tail dropped). Tokenized tensors are cached
+on disk under :func:`cache_dir`, keyed by the tokenizer's hash, corpus, split and window layout.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import os
+import sysconfig
+import tokenize
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SPLITS = ("train", "calib", "eval")
+CORPORA = ("stdlib", "wikitext2", "c4")
+_SPLIT_SHARES = {"train": 90, "calib": 5, "eval": 5}  # percent, by name hash
+_CORPUS_FORMAT = 1  # bump when the stdlib extraction changes, to invalidate caches
+
+
+def cache_dir() -> Path:
+    """Root of ffprune's on-disk cache (``$FFPRUNE_CACHE`` or ``~/.cache/ffprune``)."""
+    root = Path(os.environ.get("FFPRUNE_CACHE", Path.home() / ".cache" / "ffprune"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def split_of(name: str) -> str:
+    """The split a document belongs to, from a SHA-256 hash of its name (stable everywhere)."""
+    bucket = int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:8], 16) % 100
+    if bucket < _SPLIT_SHARES["train"]:
+        return "train"
+    if bucket < _SPLIT_SHARES["train"] + _SPLIT_SHARES["calib"]:
+        return "calib"
+    return "eval"
+
+
+# ----------------------------------------------------------------------------- stdlib corpus
+def _module_text(source: str) -> str:
+    """Docstrings and comment blocks of one module, as paragraphs of English-ish text."""
+    parts: list[str] = []
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) >= 40:
+                parts.append(doc.strip())
+    block: list[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                text = tok.string.lstrip("#").strip()
+                if text and not text.startswith("!") and "coding" not in text[:12]:
+                    block.append(text)
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                if len(block) >= 2 or (block and len(block[0]) >= 60):
+                    parts.append(" ".join(block))
+                block = []
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return "\n\n".join(parts)
+
+
+def iter_stdlib_documents() -> Iterator[dict[str, str]]:
+    """Yield ``{"name", "text"}`` for every pydoc topic and every standard-library module."""
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        yield {"name": f"topic/{key}", "text": topics[key].strip()}
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("site-packages/", "dist-packages/")):
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        text = _module_text(source)
+        if len(text) >= 200:
+            yield {"name": f"module/{rel}", "text": text}
+
+
+# ----------------------------------------------------------------------------- loading corpora
+def _hash_split(rows: list[dict[str, str]]) -> Any:
+    import datasets
+
+    buckets: dict[str, dict[str, list[str]]] = {s: {"name": [], "text": []} for s in SPLITS}
+    for row in rows:
+        b = buckets[split_of(row["name"])]
+        b["name"].append(row["name"])
+        b["text"].append(row["text"])
+    return datasets.DatasetDict({s: datasets.Dataset.from_dict(buckets[s]) for s in SPLITS})
+
+
+def _load_stdlib() -> Any:
+    import platform
+
+    import datasets
+
+    where = cache_dir() / "corpora" / f"stdlib-py{platform.python_version()}-v{_CORPUS_FORMAT}"
+    if (where / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(where))
+    dd = _hash_split(list(iter_stdlib_documents()))
+    tmp = where.with_name(where.name + f".tmp{os.getpid()}")
+    dd.save_to_disk(str(tmp))
+    try:
+        os.replace(tmp, where)
+    except OSError:  # another process won the race: use its copy
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(where))
+
+
+_SPLIT_ALIASES = {
+    "train": ("train",),
+    "calib": ("valid", "validation", "val", "calib"),
+    "eval": ("test", "eval"),
+}
+
+
+def _named_split(path: Path) -> str | None:
+    stem = path.name.lower()
+    for split, names in _SPLIT_ALIASES.items():
+        for n in names:
+            if stem.startswith(n + ".") or f".{n}." in stem or stem == n:
+                return split
+    return None
+
+
+def _load_local(path: Path) -> Any:
+    import datasets
+
+    if not path.exists():
+        raise ValueError(f"corpus: no such file or folder {str(path)!r}")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [p for p in files if p.suffix in (".txt", ".tokens", ".raw")]
+    if not files:
+        raise ValueError(f"corpus: {str(path)!r} holds no .txt/.tokens/.raw file")
+    named = {f: _named_split(f) for f in files}
+    if path.is_dir() and all(named.values()) and {"calib", "eval"} <= set(named.values()):
+        data_files = {s: [str(f) for f in files if named[f] == s] for s in SPLITS}
+        data_files = {s: fs for s, fs in data_files.items() if fs}
+        raw = datasets.load_dataset("text", data_files=data_files, sample_by="paragraph")
+        out = {}
+        for s in SPLITS:
+            if s in raw:
+                texts = raw[s]["text"]
+                names = [f"{s}:{i}" for i in range(len(texts))]
+                out[s] = datasets.Dataset.from_dict({"name": names, "text": texts})
+            else:
+                out[s] = datasets.Dataset.from_dict({"name": [], "text": []})
+        return datasets.DatasetDict(out)
+    raw = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="paragraph")
+    texts = raw["train"]["text"]
+    rows = [{"name": f"{path.name}:{i}", "text": t} for i, t in enumerate(texts) if t.strip()]
+    return _hash_split(rows)
+
+
+def _load_hub_wikitext2() -> Any:
+    import datasets
+
+    raw = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1")
+    mapping = {"train": "train", "calib": "validation", "eval": "test"}
+    out = {}
+    for ours, theirs in mapping.items():
+        text = "".join(raw[theirs]["text"])
+        out[ours] = datasets.Dataset.from_dict({"name": [f"wikitext2/{theirs}"], "text": [text]})
+    return datasets.DatasetDict(out)
+
+
+def _load_hub_c4() -> Any:
+    import datasets
+
+    files = {
+        "train": "en/c4-train.00000-of-01024.json.gz",
+        "validation": "en/c4-validation.00000-of-00008.json.gz",
+    }
+    raw = datasets.load_dataset("allenai/c4", data_files=files)
+    train = raw["train"].select_columns(["url", "text"]).rename_column("url", "name")
+    val = raw["validation"].select_columns(["url", "text"]).rename_column("url", "name")
+    # calib / eval: halves of the validation shard, by a hash of each document's URL
+    in_calib = [int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 2 == 0 for u in val["name"]]
+    calib = val.select([i for i, c in enumerate(in_calib) if c])
+    held = val.select([i for i, c in enumerate(in_calib) if not c])
+    return datasets.DatasetDict({"train": train, "calib": calib, "eval": held})
+
+
+def load_corpus(corpus: str = "stdlib") -> Any:
+    """Return a :class:`datasets.DatasetDict` with splits ``train``, ``calib``, ``eval``.
+
+    Args:
+        corpus: ``"stdlib"``, ``"wikitext2"`` (hub), ``"wikitext2:/local/path"``, ``"c4"``, or the
+            path of a local text file or folder.
+
+    Raises:
+        ValueError: unknown corpus name, or a local path that does not exist / holds no text.
+    """
+    if not isinstance(corpus, str) or not corpus:
+        raise ValueError(f"corpus must be one of {CORPORA} or a local path, got {corpus!r}")
+    if corpus == "stdlib":
+        return _load_stdlib()
+    if corpus == "wikitext2":
+        try:
+            return _load_hub_wikitext2()
+        except Exception as err:  # offline, missing credentials, ...
+            raise ValueError(
+                "corpus='wikitext2' could not be loaded from the Hugging Face hub "
+                f"({type(err).__name__}: {err}); pass a local copy as 'wikitext2:/path/to/file_or_dir'"
+            ) from err
+    if corpus.startswith("wikitext2:"):
+        return _load_local(Path(corpus.split(":", 1)[1]).expanduser())
+    if corpus == "c4":
+        try:
+            return _load_hub_c4()
+        except Exception as err:
+            raise ValueError(f"corpus='c4' could not be loaded from the hub ({type(err).__name__}: {err})") from err
+    path = Path(corpus).expanduser()
+    if path.exists() or os.sep in corpus or corpus.endswith(".txt"):
+        return _load_local(path)
+    raise ValueError(f"corpus must be one of {CORPORA}, 'wikitext2:/path', or a local path; got {corpus!r}")
+
+
+def corpus_text(corpus: str, split: str) -> str:
+    """All documents of one split joined by blank lines (the text that gets tokenized)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    ds = load_corpus(corpus)[split]
+    return "\n\n".join(t for t in ds["text"] if t)
+
+
+# ----------------------------------------------------------------------------- tokenization + cache
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A short stable hash of a tokenizer's full definition (vocab, merges, normalisers...)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _cached(key: dict[str, Any], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / "tokens" / f"{digest}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # truncated / corrupt cache entry: rebuild it
+            path.unlink(missing_ok=True)
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+    return value
+
+
+def _corpus_key(corpus: str) -> str:
+    if corpus in CORPORA:
+        return f"{corpus}-v{_CORPUS_FORMAT}" if corpus == "stdlib" else corpus
+    path = Path(corpus.split(":", 1)[1] if corpus.startswith("wikitext2:") else corpus).expanduser()
+    if path.exists():
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stamp = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+        return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    return corpus
+
+
+def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "calib") -> torch.Tensor:
+    """The whole split tokenized into one 1-D ``int64`` tensor (cached on disk)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    key = {"what": "stream", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split}
+
+    def build() -> torch.Tensor:
+        docs = [t for t in load_corpus(corpus)[split]["text"] if t]
+        if not docs:
+            raise ValueError(f"corpus {corpus!r} has an empty {split!r} split")
+        eos = tokenizer.eos_token_id
+        ids: list[int] = []
+        for i in range(0, len(docs), 256):
+            batch = tokenizer(docs[i : i + 256], add_special_tokens=False, verbose=False)["input_ids"]
+            for doc_ids in batch:
+                ids.extend(doc_ids)
+                if eos is not None:
+                    ids.append(eos)
+        return torch.tensor(ids, dtype=torch.long)
+
+    return _cached(key, build)
+
+
+def _check_window_args(tokenizer: Any, seq_len: int, max_positions: int | None) -> None:
+    if not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    if max_positions is not None and seq_len > max_positions:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's context length ({max_positions}); use seq_len <= {max_positions}")
+
+
+def calibration_windows(
+    tokenizer: Any,
+    corpus: str = "stdlib",
+    split: str = "calib",
+    n: int = 32,
+    seq_len: int = 256,
+    seed: int = 0,
+    max_positions: int | None = None,
+) -> torch.Tensor:
+    """``n`` windows of ``seq_len`` tokens at random (seeded) offsets of one split: ``[n, seq_len]``."""
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive integer (number of windows), got {n!r}")
+    _check_window_args(tokenizer, seq_len, max_positions)
+    key = {"what": "calib", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split,
+           "n": n, "seq_len": seq_len, "seed": seed}
+
+    def build() -> torch.Tensor:
+        stream = token_stream(tokenizer, corpus, split)
+        if len(stream) <= seq_len:
+            raise ValueError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
+        gen = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen)
+        return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+
+    return _cached(key, build)
+
+
+def evaluation_windows(
+    tokenizer: Any,
+    corpus: str = "stdlib",
+    split: str = "eval",
+    seq_len: int = 256,
+    n: int | None = None,
+    max_positions: int | None = None,
+) -> torch.Tensor:
+    """Non-overlapping windows of ``seq_len`` tokens covering a split (tail dropped): ``[N, seq_len]``.
+
+    ``n`` keeps only the first ``n`` windows (``None``: all of them).
+    """
+    if n is not None and (not isinstance(n, int) or n <= 0):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    _check_window_args(tokenizer, seq_len, max_positions)
+    key = {"what": "eval", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split,
+           "seq_len": seq_len}
+
+    def build() -> torch.Tensor:
+        stream = token_stream(tokenizer, corpus, split)
+        count = len(stream) // seq_len
+        if count == 0:
+            raise ValueError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
+        return stream[: count * seq_len].view(count, seq_len).clone()
+
+    windows = _cached(key, build)
+    if n is not None:
+        if n > len(windows):
+            raise ValueError(f"n={n} exceeds the {len(windows)} windows of {seq_len} tokens in split {split!r}")
+        windows = windows[:n]
+    return windows

@@ -1,0 +1,195 @@
+"""Models: the bundled tiny zoo, Hugging Face loading, and a uniform view of decoder blocks.
+
+:func:`load_model` accepts a bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), a local
+checkpoint folder, or a Hugging Face hub id (``meta-llama/Llama-2-7b-hf``, ``mistralai/Mistral-7B-v0.1``,
+``facebook/opt-125m``...). :func:`decoder_blocks` hides the naming differences between the supported
+families so the pruning code sees one shape: per block, the attention projections, the FFN input
+projections and the two *output* projections whose input columns carry the prunable units.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+BUNDLED_MODELS = ("tiny-llama", "tiny-mistral", "tiny-opt")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "opt")
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def bundled_path(name: str) -> Path:
+    """Folder of a bundled model; ``ValueError`` listing the bundled names for anything else."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"model {name!r} is not bundled; bundled models are {list(BUNDLED_MODELS)}")
+    path = ZOO_DIR / name
+    if not (path / "config.json").exists():
+        raise ValueError(f"bundled model {name!r} is missing its files under {path}; reinstall ffprune")
+    return path
+
+
+def bundled_card(name: str) -> dict[str, Any]:
+    """The model card (``card.json``) of a bundled model: config, training and dense perplexities."""
+    return json.loads((bundled_path(name) / "card.json").read_text())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU; otherwise validated ``torch.device``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"`` → float32 on CPU, bfloat16 on CUDA; strings like ``"bf16"`` are accepted."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def _resolve_source(name_or_path: str) -> str:
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"model must be a bundled name {list(BUNDLED_MODELS)}, a local path or a hub id; got {name_or_path!r}")
+    if name_or_path in BUNDLED_MODELS:
+        return str(bundled_path(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model path {str(path)!r} has no config.json (not a Hugging Face checkpoint folder)")
+        return str(path)
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+        return name_or_path  # a hub id
+    raise ValueError(
+        f"unknown model {name_or_path!r}: use a bundled name {list(BUNDLED_MODELS)}, "
+        "an existing local checkpoint folder, or a hub id like 'meta-llama/Llama-2-7b-hf'"
+    )
+
+
+def load_model(
+    name_or_path: str = "tiny-llama",
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer, in eval mode with gradients off.
+
+    Args:
+        name_or_path: bundled name, local checkpoint folder, or Hugging Face hub id.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+
+    Raises:
+        ValueError: unknown name, missing path, unsupported family, or a hub id that cannot be fetched.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = _resolve_source(name_or_path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise ValueError(
+            f"model {name_or_path!r} could not be loaded ({err}); bundled models are {list(BUNDLED_MODELS)}"
+        ) from err
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model {name_or_path!r} is a {config.model_type!r} model; supported families are {SUPPORTED_MODEL_TYPES}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def load_model_cached(name_or_path: str, device: str, dtype: str) -> tuple[nn.Module, Any]:
+    """:func:`load_model`, cached per process so several environments share one copy of the weights.
+
+    Safe because ffprune never leaves a shared model pruned: every step restores it exactly.
+    """
+    return load_model(name_or_path, device, dtype)
+
+
+def context_length(model: nn.Module) -> int:
+    """Maximum sequence length the model accepts."""
+    return int(model.config.max_position_embeddings)
+
+
+@dataclass
+class Block:
+    """One decoder layer, seen uniformly across families.
+
+    ``attn_in`` are q, k, v; ``attn_out`` the output projection (o_proj / out_proj), whose input
+    columns are grouped by head; ``ffn_in`` the FFN input projections (gate+up / fc1) and ``ffn_out``
+    the down projection (down_proj / fc2), whose input columns are the FFN neurons.
+    """
+
+    index: int
+    attn_in: list[nn.Linear]
+    attn_out: nn.Linear
+    ffn_in: list[nn.Linear]
+    ffn_out: nn.Linear
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def linears(self) -> dict[str, nn.Linear]:
+        names = ["q", "k", "v"]
+        out = {n: m for n, m in zip(names, self.attn_in)}
+        out["o"] = self.attn_out
+        for i, m in enumerate(self.ffn_in):
+            out[f"ffn_in{i}"] = m
+        out["ffn_out"] = self.ffn_out
+        return out
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.ffn_out.in_features
+
+
+def decoder_blocks(model: nn.Module) -> list[Block]:
+    """The decoder layers of a Llama / Mistral / OPT causal LM as :class:`Block` views."""
+    cfg = model.config
+    kind = cfg.model_type
+    heads = cfg.num_attention_heads
+    if kind in ("llama", "mistral"):
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return [
+            Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.o_proj,
+                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, heads, kv, head_dim)
+            for i, l in enumerate(model.model.layers)
+        ]
+    if kind == "opt":
+        head_dim = cfg.hidden_size // heads
+        return [
+            Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.out_proj,
+                  [l.fc1], l.fc2, heads, heads, head_dim)
+            for i, l in enumerate(model.model.decoder.layers)
+        ]
+    raise ValueError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")

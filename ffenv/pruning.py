@@ -1,0 +1,267 @@
+"""Pruning engines: apply an allocation to a model, and undo it exactly.
+
+Both engines precompute everything that does not depend on the allocation when they are built
+(unit orderings, per-row score ranks, the dense weights they will touch), so applying a new
+allocation is a selection, not a sort, and :meth:`restore` brings back bit-identical dense weights.
+
+:class:`StructuredPruner` (the paper's setting)
+    Two units per decoder block: attention (whole heads; whole KV groups under grouped-query
+    attention) and FFN (whole intermediate neurons). Keeping the top-``k`` units of a module by
+    importance is done by zeroing the pruned units' input columns of the output projection
+    (``o_proj``/``out_proj``, ``down_proj``/``fc2``). That gives exactly the function of the model with
+    those heads / neurons physically removed (their only path to the residual stream is through
+    those columns), so the counted sparsity — q/k/v rows, output-projection columns, FFN input rows
+    and biases of every removed unit — is real and removable.
+
+:class:`UnstructuredPruner`
+    One unit per decoder block; a block's sparsity applies to every linear of the block, pruning
+    the lowest-scoring weights of each output row (Wanda's per-output comparison group, or plain
+    magnitude). The rank of every weight within its row is precomputed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ffenv.importance import structured_importance, wanda_scores
+from ffenv.models import Block
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prunable unit: a block's attention or FFN (structured) or a whole block (unstructured).
+
+    ``count`` is the number of removable granules (KV groups / neurons / weights per row) and
+    ``granule_params`` the parameters one granule carries; ``size = count · granule_params``.
+    """
+
+    block: int
+    kind: str  # "attn" | "ffn" | "block"
+    count: int
+    granule_params: int
+
+    @property
+    def size(self) -> int:
+        return self.count * self.granule_params
+
+
+def round_to_units(keep: np.ndarray, units: list[Unit], target_keep_params: float) -> np.ndarray:
+    """Whole granules kept per unit, as close as possible to ``keep`` and to the global target.
+
+    Floors every ``keep_i · count_i``, then adds single granules to the units with the largest
+    fractional remainders, in one pass, while that brings the kept total closer to
+    ``target_keep_params``. Each unit moves at most one granule from its exact share, and the final
+    kept total is within half of the largest granule of the target: a unit skipped in the pass had a
+    granule larger than twice the remaining deficit, and if none was skipped the added granules
+    cover the whole initial deficit (it is at most the sum of one granule per unit).
+    """
+    counts = np.array([u.count for u in units], dtype=np.int64)
+    gran = np.array([u.granule_params for u in units], dtype=np.float64)
+    exact = np.asarray(keep, np.float64) * counts
+    kept = np.floor(exact + 1e-9).astype(np.int64)
+    kept = np.minimum(kept, counts)
+    remainder = exact - kept
+    deficit = target_keep_params - float(kept @ gran)
+    order = np.lexsort((np.arange(len(units)), -remainder))  # largest remainder first, ties by index
+    for i in order:  # one pass suffices: see the docstring
+        if deficit <= 0:
+            break
+        if kept[i] < counts[i] and gran[i] <= 2 * deficit:
+            kept[i] += 1
+            deficit -= gran[i]
+    return kept
+
+
+def _slice_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
+    idx = idx.to(lin.weight.device)
+    lin.weight = nn.Parameter(lin.weight.index_select(0, idx).clone(), requires_grad=False)
+    if lin.bias is not None:
+        lin.bias = nn.Parameter(lin.bias.index_select(0, idx).clone(), requires_grad=False)
+    lin.out_features = len(idx)
+
+
+def _slice_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
+    idx = idx.to(lin.weight.device)
+    lin.weight = nn.Parameter(lin.weight.index_select(1, idx).clone(), requires_grad=False)
+    lin.in_features = len(idx)
+
+
+def _attention_module(model: nn.Module, index: int) -> nn.Module:
+    layers = model.model.decoder.layers if model.config.model_type == "opt" else model.model.layers
+    return layers[index].self_attn
+
+
+class StructuredPruner:
+    """Head/KV-group and neuron pruning by masking output-projection columns (exactly undone)."""
+
+    mode = "structured"
+
+    def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor]) -> None:
+        self.blocks = blocks
+        self.units: list[Unit] = []
+        self._order: list[torch.Tensor] = []  # per unit: granule indices, most important first
+        self.importance: list[torch.Tensor] = []
+        for b in blocks:
+            attn_imp, ffn_imp = structured_importance(b, norms)
+            self.units.append(Unit(b.index, "attn", b.num_kv_heads, self._group_params(b)))
+            self.units.append(Unit(b.index, "ffn", b.intermediate_size, self._neuron_params(b)))
+            for imp in (attn_imp, ffn_imp):
+                self.importance.append(imp.cpu())
+                self._order.append(torch.argsort(imp, descending=True, stable=True))
+        self._saved: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    @staticmethod
+    def _group_params(b: Block) -> int:
+        g = b.num_kv_heads
+        rows = sum(lin.out_features for lin in b.attn_in) // g
+        params = rows * b.attn_in[0].in_features
+        params += sum(lin.out_features for lin in b.attn_in if lin.bias is not None) // g
+        params += b.attn_out.out_features * (b.attn_out.in_features // g)
+        return params
+
+    @staticmethod
+    def _neuron_params(b: Block) -> int:
+        params = sum(lin.in_features + (1 if lin.bias is not None else 0) for lin in b.ffn_in)
+        return params + b.ffn_out.out_features
+
+    @property
+    def active(self) -> bool:
+        return bool(self._saved)
+
+    def apply(self, kept: np.ndarray) -> None:
+        """Prune to ``kept[i]`` granules in unit ``i`` (most important kept); call :meth:`restore` after."""
+        if self._saved:
+            raise RuntimeError("apply() called twice without restore()")
+        with torch.no_grad():
+            for i, unit in enumerate(self.units):
+                k = int(kept[i])
+                if k >= unit.count:
+                    continue
+                block = self.blocks[unit.block]
+                lin = block.attn_out if unit.kind == "attn" else block.ffn_out
+                pruned = self._order[i][k:]
+                if unit.kind == "attn":
+                    width = lin.in_features // unit.count
+                    pruned = (pruned[:, None] * width + torch.arange(width)).reshape(-1)
+                cols = pruned.to(lin.weight.device)
+                self._saved.append((lin, cols, lin.weight.index_select(1, cols)))
+                lin.weight.index_fill_(1, cols, 0)
+
+    def kept_indices(self, kept: np.ndarray) -> list[torch.Tensor]:
+        """Per unit, the indices (ascending) of the granules kept by ``kept``."""
+        return [torch.sort(self._order[i][: int(k)]).values for i, k in enumerate(kept)]
+
+    def export(self, model: nn.Module, kept: np.ndarray) -> nn.Module:
+        """A physically smaller copy of ``model`` with the pruned heads / neurons removed.
+
+        ``model`` must be the dense model this pruner was built on (its blocks, same order). Every
+        module must keep at least one unit. The copy computes the same function as :meth:`apply`.
+        """
+        import copy
+
+        from ffenv.models import decoder_blocks
+
+        if self._saved:
+            raise RuntimeError("restore() before export()")
+        if np.any(np.asarray(kept) < 1):
+            raise ValueError("export needs at least one head group and one neuron kept in every block")
+        keep_idx = self.kept_indices(kept)
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            for b, (g_idx, n_idx) in zip(decoder_blocks(out), zip(keep_idx[0::2], keep_idx[1::2])):
+                r = b.num_heads // b.num_kv_heads
+                heads = (g_idx[:, None] * r + torch.arange(r)).reshape(-1)
+                q_rows = (heads[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+                kv_rows = (g_idx[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+                q, k, v = b.attn_in
+                _slice_rows(q, q_rows)
+                _slice_rows(k, kv_rows)
+                _slice_rows(v, kv_rows)
+                _slice_cols(b.attn_out, q_rows)
+                for lin in b.ffn_in:
+                    _slice_rows(lin, n_idx)
+                _slice_cols(b.ffn_out, n_idx)
+                parent = _attention_module(out, b.index)
+                if hasattr(parent, "num_heads"):
+                    parent.num_heads = len(heads)
+                if hasattr(parent, "num_key_value_heads"):
+                    parent.num_key_value_heads = len(g_idx)
+        return out
+
+    def restore(self) -> None:
+        """Put back the dense columns saved by :meth:`apply` (bit-identical)."""
+        with torch.no_grad():
+            for lin, cols, values in reversed(self._saved):
+                lin.weight.index_copy_(1, cols, values)
+        self._saved.clear()
+
+
+class UnstructuredPruner:
+    """Per-block unstructured sparsity with precomputed per-row ranks (Wanda or magnitude)."""
+
+    mode = "unstructured"
+
+    def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor], criterion: str = "wanda") -> None:
+        if criterion not in ("wanda", "magnitude"):
+            raise ValueError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
+        self.blocks = blocks
+        self.criterion = criterion
+        self.units: list[Unit] = []
+        self._linears: list[list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]] = []
+        self._active = False
+        for b in blocks:
+            entries = []
+            for name, lin in b.linears.items():
+                if criterion == "wanda":
+                    score = wanda_scores(lin, norms[(b.index, name)])
+                else:
+                    score = lin.weight.detach().float().abs()
+                order = torch.argsort(score, dim=1, stable=True)
+                rank_dtype = torch.int16 if lin.in_features < 2**15 else torch.int32
+                rank = torch.empty_like(order)
+                rank.scatter_(1, order, torch.arange(lin.in_features, device=order.device).expand_as(order))
+                entries.append((lin, rank.to(rank_dtype), lin.weight.detach().clone()))
+            self._linears.append(entries)
+            n_weights = sum(lin.weight.numel() for lin, _, _ in entries)
+            self.units.append(Unit(b.index, "block", n_weights, 1))
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def row_prune_counts(self, sparsity: float, lin: nn.Linear) -> int:
+        """Weights removed from each row of ``lin`` at a block sparsity ``sparsity``."""
+        return min(lin.in_features, int(math.floor(sparsity * lin.in_features + 0.5)))
+
+    def kept_from_sparsity(self, sparsity: np.ndarray) -> np.ndarray:
+        """Exact weights kept per block after per-row rounding."""
+        kept = []
+        for s, entries in zip(sparsity, self._linears):
+            kept.append(sum(lin.weight.numel() - self.row_prune_counts(float(s), lin) * lin.out_features
+                            for lin, _, _ in entries))
+        return np.array(kept, dtype=np.int64)
+
+    def apply(self, sparsity: np.ndarray) -> None:
+        """Zero the lowest-ranked ``round(s · in_features)`` weights of every row of every linear of each block."""
+        if self._active:
+            raise RuntimeError("apply() called twice without restore()")
+        self._active = True
+        with torch.no_grad():
+            for s, entries in zip(sparsity, self._linears):
+                for lin, rank, _dense in entries:
+                    k = self.row_prune_counts(float(s), lin)
+                    if k > 0:
+                        lin.weight.masked_fill_(rank < k, 0)
+
+    def restore(self) -> None:
+        """Copy the dense weights back (bit-identical)."""
+        with torch.no_grad():
+            for entries in self._linears:
+                for lin, _rank, dense in entries:
+                    lin.weight.copy_(dense)
+        self._active = False

@@ -1,0 +1,33 @@
+"""Gymnasium ids of ffprune's environments (registered on ``import ffenv``).
+
+Every id takes the :class:`ffenv.env.FFPruneEnv` keyword arguments as overrides, so moving to a real
+checkpoint on a GPU is one change::
+
+    gym.make("FFPrune-Llama-v0", model="meta-llama/Llama-2-7b-hf", device="cuda")
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+ENTRY_POINT = "ffenv.env:FFPruneEnv"
+FAMILIES = {"Llama": "tiny-llama", "Mistral": "tiny-mistral", "OPT": "tiny-opt"}
+STRUCTURED_TARGET = 0.3
+UNSTRUCTURED_TARGET = 0.7
+
+
+def env_ids() -> list[str]:
+    """All ids this package registers."""
+    return [f"FFPrune-{fam}{suffix}-v0" for suffix in ("", "-Unstructured") for fam in FAMILIES]
+
+
+def register_envs() -> None:
+    """Register the structured and unstructured ids for each bundled family (idempotent)."""
+    for family, model in FAMILIES.items():
+        for suffix, mode, target in (("", "structured", STRUCTURED_TARGET),
+                                     ("-Unstructured", "unstructured", UNSTRUCTURED_TARGET)):
+            env_id = f"FFPrune-{family}{suffix}-v0"
+            if env_id in gym.registry:
+                continue
+            gym.register(id=env_id, entry_point=ENTRY_POINT,
+                         kwargs={"model": model, "mode": mode, "target_sparsity": target})

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ffenv.data import evaluation_windows
+from ffenv.evaluation import nll_sum, perplexity
+from ffenv.models import BUNDLED_MODELS, bundled_card, bundled_path, decoder_blocks, load_model, load_model_cached
+
+FAMILY = {"tiny-llama": "LlamaForCausalLM", "tiny-mistral": "MistralForCausalLM", "tiny-opt": "OPTForCausalLM"}
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_bundled_model_loads_and_has_finite_low_perplexity(name):
+    model, tok = load_model_cached(name, "cpu", "auto")
+    assert type(model).__name__ == FAMILY[name]
+    cfg = model.config
+    assert cfg.num_hidden_layers >= 8 and cfg.num_attention_heads >= 8
+    n = sum(p.numel() for p in model.parameters())
+    assert 3e6 <= n <= 10e6
+    assert bundled_path(name).joinpath("model.safetensors").stat().st_size <= 20e6
+    windows = evaluation_windows(tok, "stdlib", "eval", seq_len=256, n=16)
+    ppl = perplexity(model, windows)
+    assert math.isfinite(ppl)
+    assert ppl < cfg.vocab_size / 8  # far better than a uniform guess over the vocabulary
+    card = bundled_card(name)
+    assert card["parameters"] == n
+    assert card["dense_ppl"]["eval"] > 1
+
+
+def test_mistral_uses_grouped_query_attention():
+    model, _ = load_model_cached("tiny-mistral", "cpu", "auto")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    blocks = decoder_blocks(model)
+    assert blocks[0].num_kv_heads == model.config.num_key_value_heads
+
+
+def test_all_bundled_models_share_one_tokenizer():
+    vocab = None
+    for name in BUNDLED_MODELS:
+        _, tok = load_model_cached(name, "cpu", "auto")
+        vocab = vocab or tok.get_vocab()
+        assert tok.get_vocab() == vocab
+
+
+def test_perplexity_is_exact_token_weighted_mean():
+    model, tok = load_model_cached("tiny-llama", "cpu", "auto")
+    w = evaluation_windows(tok, "stdlib", "eval", seq_len=64, n=5)
+    total, count = nll_sum(model, w, batch_size=2)
+    assert count == 5 * 63  # T - 1 predictions per window
+    # by hand, window by window, summed over tokens
+    manual = 0.0
+    with torch.inference_mode():
+        for row in w:
+            logits = model(input_ids=row[None]).logits[0, :-1]
+            manual += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
+    assert total == pytest.approx(manual, rel=1e-5)
+    assert perplexity(model, w, batch_size=3) == pytest.approx(math.exp(manual / count), rel=1e-5)
+
+
+def test_local_path_loads(tmp_path):
+    model, tok = load_model(str(bundled_path("tiny-opt")))
+    assert model.config.model_type == "opt"
+
+
+@pytest.mark.parametrize("bad", ["tiny-gpt", "llama", "./no/such/dir", ""])
+def test_unknown_model_lists_bundled_names(bad):
+    with pytest.raises(ValueError, match="tiny-llama"):
+        load_model(bad)
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        load_model(str(tmp_path))
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("tiny-llama", dtype="int8")
+    with pytest.raises(ValueError, match="device"):
+        load_model("tiny-llama", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_model("tiny-llama", device="cuda")
+
+
+def test_offline_hub_id_is_a_clear_error():
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_model("nobody-here/not-a-model")
