@@ -44,7 +44,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List the bundled models with their shape and dense perplexity (from their model cards)."""
     from ffenv.models import BUNDLED_MODELS, bundled_card
 
-    header = f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}{'calib ppl':>11}{'eval ppl':>10}"
+    header = (f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}"
+              f"{'calib ppl':>11}{'eval ppl':>10}")
     print(header)
     for name in BUNDLED_MODELS:
         c = bundled_card(name)
@@ -73,6 +74,31 @@ def cmd_bench_env(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    """One search with one agent; writes the result JSON atomically and can resume."""
+    from agents.search import run_search
+
+    try:
+        result = run_search(args.env, agent=args.agent, budget=args.budget, seed=args.seed, logdir=args.logdir,
+                            out=args.out, target=args.target, warm_start=args.warm_start, resume=args.resume,
+                            env_kwargs=parse_env_kwargs(args.env_kwarg), curriculum=not args.no_curriculum,
+                            warmup_fraction=args.warmup_fraction, agent_kwargs=parse_env_kwargs(args.agent_kwarg),
+                            progress=not args.quiet)
+    except KeyboardInterrupt:
+        return 130
+    best, cost = result["best"], result["cost"]
+    print(f"{result['env_id']} {result['agent']} seed {result['seed']}: target {result['env_kwargs']['target_sparsity']}"
+          f" realized sparsity {best['sparsity']:.4f}")
+    print(f"  best reward {best['reward']:.4f} | calib ppl {best['calib_ppl']:.2f} (dense {best['dense_calib_ppl']:.2f})"
+          f" | held-out eval ppl {best['eval_ppl']:.2f} (dense {best['dense_eval_ppl']:.2f})")
+    print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
+          f" best found after {cost['evaluations_to_best']} evaluations")
+    if args.out:
+        print(f"  result: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ffprune", description="FastForward Pruning benchmark")
     ap.add_argument("--version", action="version", version=f"ffprune {ffenv.__version__}")
@@ -84,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
+    p = sub.add_parser("search", help="search an allocation with one agent")
+    p.add_argument("--env", default="FFPrune-Llama-v0")
+    p.add_argument("--agent", default="fastforward", help="fastforward, ppo, sac or another SB3 algorithm name")
+    p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
+    p.add_argument("--out", help="result JSON (checkpoint beside it as <out>.ckpt)")
+    p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
+    p.add_argument("--warm-start", help="policy file of an earlier fastforward search")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    p.add_argument("--no-curriculum", action="store_true", help="final target and full fidelity from the start")
+    p.add_argument("--warmup-fraction", type=float, default=0.4, help="share of the budget the curricula span")
+    p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
+    p.add_argument("--agent-kwarg", action="append", metavar="KEY=VALUE", help="override an agent setting")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
 

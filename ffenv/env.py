@@ -141,6 +141,7 @@ class FFPruneEnv(gym.Env):
             split, :meth:`evaluate` its ``eval`` split by default.
         calib_samples: random calibration windows for the importance statistics.
         reward_samples: non-overlapping ``calib`` windows the reward is measured on.
+        eval_samples: windows of a split :meth:`evaluate` uses by default (``None``: the whole split).
         seq_len: tokens per window (at most the model's context).
         device, dtype: where and in which precision the model runs (``"auto"`` picks).
         seed: calibration-window seed and the default reset seed.
@@ -160,6 +161,7 @@ class FFPruneEnv(gym.Env):
         corpus: str = "stdlib",
         calib_samples: int = 32,
         reward_samples: int = 32,
+        eval_samples: int | None = None,
         seq_len: int = 256,
         device: str = "cpu",
         dtype: str = "auto",
@@ -176,12 +178,15 @@ class FFPruneEnv(gym.Env):
         for name, value in (("calib_samples", calib_samples), ("reward_samples", reward_samples),
                             ("seq_len", seq_len), ("batch_size", batch_size)):
             _positive_int(name, value)
+        if eval_samples is not None:
+            _positive_int("eval_samples", eval_samples)
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.spec_kwargs = dict(model=model, mode=mode, target_sparsity=float(target_sparsity),
                                 min_keep=float(min_keep), max_keep=float(max_keep), corpus=corpus,
                                 calib_samples=int(calib_samples), reward_samples=int(reward_samples),
-                                seq_len=int(seq_len), device=str(device), dtype=str(dtype), seed=int(seed),
+                                eval_samples=eval_samples, seq_len=int(seq_len), device=str(device),
+                                dtype=str(dtype), seed=int(seed),
                                 criterion=criterion, batch_size=int(batch_size))
         self.mode = mode
         self.target_sparsity = float(target_sparsity)
@@ -189,6 +194,7 @@ class FFPruneEnv(gym.Env):
         self.max_keep = float(max_keep)
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
+        self.eval_samples = eval_samples
         self.corpus = corpus
         self._seed = int(seed)
         self._b = _get_backend(model, mode, corpus, int(calib_samples), int(reward_samples), int(seq_len),
@@ -294,6 +300,8 @@ class FFPruneEnv(gym.Env):
             target = float(keep @ self.sizes)
         kept = self._round(keep, target)
         tokens = self._split_tokens(split, n_windows)
+        if n_windows is None and self.eval_samples is not None:
+            tokens = tokens[: self.eval_samples]
         ppl = self._ppl_pruned(kept, tokens)
         out = self._allocation_info(kept)
         out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agents.fastforward import load_policy
+from agents.monitor import SearchMonitor
+from agents.search import run_search
+from ffenv.cli import main as cli_main
+
+ENV_KW = {"reward_samples": 4, "calib_samples": 8, "eval_samples": 8}
+AGENT_KW = {"batch_episodes": 4, "hidden": (32, 32)}
+
+
+def search(tmp_path, name="r", **kw):
+    args = {"env_id": "FFPrune-Llama-v0", "agent": "fastforward", "budget": 12, "seed": 0,
+            "logdir": tmp_path / "tb", "out": tmp_path / f"{name}.json", "env_kwargs": ENV_KW,
+            "agent_kwargs": AGENT_KW, "progress": False}
+    args.update(kw)
+    return run_search(**args)
+
+
+def test_fastforward_is_deterministic_with_a_seed(tmp_path):
+    a = search(tmp_path, "a")
+    b = search(tmp_path, "b")
+    c = search(tmp_path, "c", seed=1)
+    assert a["best"]["action"] == b["best"]["action"]
+    assert a["best"]["reward"] == b["best"]["reward"] and a["best"]["eval_ppl"] == b["best"]["eval_ppl"]
+    assert a["cost"]["evaluations"] == b["cost"]["evaluations"]
+    assert a["best"]["action"] != c["best"]["action"]
+    assert a["best"]["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert a["cost"]["episodes"] == 12 and a["cost"]["evaluations"] >= 12
+
+
+def test_result_file_contents(tmp_path):
+    r = search(tmp_path)
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert on_disk["complete"] and on_disk["env_id"] == "FFPrune-Llama-v0"
+    assert on_disk["env_kwargs"]["target_sparsity"] == 0.3
+    for key in ("calib_ppl", "eval_ppl", "layer_sparsity", "action", "dense_eval_ppl"):
+        assert key in on_disk["best"]
+    for key in ("evaluations", "tokens", "seconds", "evaluations_to_best"):
+        assert key in on_disk["cost"]
+    assert "torch" in on_disk["versions"]
+    assert r["best"]["eval_ppl"] == on_disk["best"]["eval_ppl"]
+
+
+def test_save_load_and_warm_start(tmp_path):
+    first = search(tmp_path, "t20", target=0.2)
+    policy_file = first["policy_file"]
+    policy = load_policy(policy_file, obs_dim=97, act_dim=16)
+    assert policy.act_dim == 16
+    warm = search(tmp_path, "t30", warm_start=policy_file)
+    assert warm["warm_start"] == policy_file and warm["env_kwargs"]["target_sparsity"] == 0.3
+    with pytest.raises(ValueError, match="act_dim"):
+        load_policy(policy_file, obs_dim=97, act_dim=8)
+    with pytest.raises(ValueError, match="same model and mode"):
+        search(tmp_path, "wrong", env_id="FFPrune-Llama-Unstructured-v0", warm_start=policy_file)  # obs_dim differs
+    with pytest.raises(ValueError, match="does not exist"):
+        load_policy(tmp_path / "missing.pt")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    full = search(tmp_path, "full", budget=16)
+    original = SearchMonitor.step
+
+    def flaky(self, action):
+        if self.episodes == 10:
+            raise KeyboardInterrupt
+        return original(self, action)
+
+    monkeypatch.setattr(SearchMonitor, "step", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path, "cut", budget=16)
+    assert (tmp_path / "cut.ckpt").exists() and not (tmp_path / "cut.json").exists()
+    monkeypatch.setattr(SearchMonitor, "step", original)
+    resumed = search(tmp_path, "cut", budget=16, resume=True)
+    assert resumed["cost"]["episodes"] == 16
+    assert len(resumed["history"]) == 16
+    assert resumed["best"]["action"] == full["best"]["action"]
+    assert resumed["best"]["reward"] == full["best"]["reward"]
+    assert resumed["cost"]["evaluations"] == full["cost"]["evaluations"]
+    # a finished result is returned as it is
+    again = search(tmp_path, "cut", budget=16, resume=True)
+    assert [h["reward"] for h in again["history"]] == [h["reward"] for h in resumed["history"]]
+
+
+def test_tensorboard_has_cost_axis_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = search(tmp_path)
+    acc = EventAccumulator(r["logdir"])
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for axis in ("evaluations", "tokens", "wall_ms"):
+        for name in ("reward", "best_reward", "ppl", "best_ppl"):
+            assert f"by_{axis}/{name}" in tags
+    rewards = acc.Scalars("by_evaluations/reward")
+    assert len(rewards) == 12
+    tokens = [e.step for e in acc.Scalars("by_tokens/reward")]
+    assert tokens == sorted(tokens) and tokens[-1] == r["cost"]["tokens"]
+    assert r["logdir"].endswith("FFPrune-Llama-v0/fastforward/seed0")
+
+
+def test_sb3_runner_stops_at_budget(tmp_path):
+    r = search(tmp_path, "ppo", agent="ppo", agent_kwargs={"n_steps": 4, "batch_size": 4})
+    assert r["cost"]["episodes"] == 12 and len(r["history"]) == 12
+    assert r["agent_config"]["algorithm"] == "PPO"
+
+
+def test_unknown_agent(tmp_path):
+    with pytest.raises(ValueError, match="stable-baselines3 algorithm"):
+        search(tmp_path, agent="dqnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent", ["fastforward", "ppo", "sac"])
+def test_cli_tiny_budget_per_agent(tmp_path, agent, capsys):
+    out = tmp_path / f"{agent}.json"
+    argv = ["search", "--env", "FFPrune-Llama-v0", "--agent", agent, "--budget", "10", "--seed", "0",
+            "--logdir", str(tmp_path / "tb"), "--out", str(out), "--quiet"]
+    for k, v in ENV_KW.items():
+        argv += ["--env-kwarg", f"{k}={v}"]
+    if agent == "fastforward":
+        argv += ["--agent-kwarg", "batch_episodes=4"]
+    assert cli_main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["agent"] == agent and result["cost"]["episodes"] == 10
+    assert np.isfinite(result["best"]["eval_ppl"])
+    assert "held-out eval ppl" in capsys.readouterr().out
