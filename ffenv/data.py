@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sysconfig
 import tokenize
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ import torch
 SPLITS = ("train", "calib", "eval")
 CORPORA = ("stdlib", "wikitext2", "c4")
 _SPLIT_SHARES = {"train": 90, "calib": 5, "eval": 5}  # percent, by name hash
-_CORPUS_FORMAT = 1  # bump when the stdlib extraction changes, to invalidate caches
+_CORPUS_FORMAT = 2  # bump when the stdlib extraction changes, to invalidate caches
 
 
 def cache_dir() -> Path:
@@ -160,6 +161,31 @@ def _named_split(path: Path) -> str | None:
     return None
 
 
+_WIKI_TITLE = re.compile(r"^ ?= [^=].* = ?$")
+
+
+def _documents(lines: list[str]) -> list[str]:
+    """Group a text file's lines into documents: at WikiText article titles (`` = Title = ``) when the
+    file has them, else at blank lines, else every 50 lines."""
+    if any(_WIKI_TITLE.match(line.rstrip("\n")) for line in lines):
+        starts = [i for i, line in enumerate(lines) if _WIKI_TITLE.match(line.rstrip("\n"))]
+    elif any(not line.strip() for line in lines):
+        starts = [i for i, line in enumerate(lines) if i == 0 or (not lines[i - 1].strip() and line.strip())]
+    else:
+        starts = list(range(0, len(lines), 50))
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    docs = ["".join(lines[a:b]).strip() for a, b in zip(starts, [*starts[1:], len(lines)])]
+    return [d for d in docs if d]
+
+
+def _read_docs(files: list[Path]) -> list[str]:
+    import datasets
+
+    raw = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="line", keep_linebreaks=True)
+    return _documents(raw["train"]["text"])
+
+
 def _load_local(path: Path) -> Any:
     import datasets
 
@@ -171,22 +197,13 @@ def _load_local(path: Path) -> Any:
         raise ValueError(f"corpus: {str(path)!r} holds no .txt/.tokens/.raw file")
     named = {f: _named_split(f) for f in files}
     if path.is_dir() and all(named.values()) and {"calib", "eval"} <= set(named.values()):
-        data_files = {s: [str(f) for f in files if named[f] == s] for s in SPLITS}
-        data_files = {s: fs for s, fs in data_files.items() if fs}
-        raw = datasets.load_dataset("text", data_files=data_files, sample_by="paragraph")
         out = {}
         for s in SPLITS:
-            if s in raw:
-                texts = raw[s]["text"]
-                names = [f"{s}:{i}" for i in range(len(texts))]
-                out[s] = datasets.Dataset.from_dict({"name": names, "text": texts})
-            else:
-                out[s] = datasets.Dataset.from_dict({"name": [], "text": []})
+            docs = _read_docs([f for f in files if named[f] == s]) if s in named.values() else []
+            out[s] = datasets.Dataset.from_dict({"name": [f"{s}:{i}" for i in range(len(docs))], "text": docs})
         return datasets.DatasetDict(out)
-    raw = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="paragraph")
-    texts = raw["train"]["text"]
-    rows = [{"name": f"{path.name}:{i}", "text": t} for i, t in enumerate(texts) if t.strip()]
-    return _hash_split(rows)
+    docs = _read_docs(files)
+    return _hash_split([{"name": f"{path.name}:{i}", "text": t} for i, t in enumerate(docs)])
 
 
 def _load_hub_wikitext2() -> Any:
@@ -292,7 +309,7 @@ def _corpus_key(corpus: str) -> str:
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         stamp = [(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
-        return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16] + f"-v{_CORPUS_FORMAT}"
     return corpus
 
 

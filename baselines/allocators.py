@@ -1,0 +1,82 @@
+"""Heuristic layer-wise allocators (no search): uniform, OWL and AlphaPruning.
+
+Each returns per-block sparsities whose parameter-weighted mean is exactly the target, so they go
+through :meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged.
+
+* **OWL** — Outlier-Weighted Layerwise sparsity (Yin et al., ICML 2024). ``D_l``: the share of block
+  ``l``'s Wanda scores above ``M`` × their mean (``M = 5``). Min-max normalise ``D`` to ``[0, 2λ]``
+  (``λ = 0.08``); keep ratio ``k_l = 1 - σ + (r_l - r̄)`` with ``r̄`` the size-weighted mean of the
+  normalised ``r``; sparsity ``s_l = 1 - k_l``. More outliers → less pruning.
+* **AlphaPruning** (Lu et al., NeurIPS 2024). ``α`` of a weight matrix: the power-law exponent of the
+  eigenvalue spectrum of ``WᵀW``, by the Hill estimator over the top half of the spectrum
+  (``xmin`` = the median eigenvalue): ``α = 1 + k / Σ_{i<k} ln(λ_i / λ_k)``. A block's ``α`` is the mean
+  over its matrices; ``s_l = σ · (1 - ε + 2ε (α_l - α_min)/(α_max - α_min))`` (``ε = 0.3``), then rescaled
+  so that the size-weighted mean is ``σ``. Heavier tail (smaller ``α``) → less pruning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _check(target: float, sizes: np.ndarray, values: np.ndarray, name: str) -> None:
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    if values.shape != sizes.shape or values.ndim != 1:
+        raise ValueError(f"{name} and sizes must be 1-D of the same length, got {values.shape} and {sizes.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be finite")
+    if not np.all(sizes > 0):
+        raise ValueError("sizes must be positive")
+
+
+def uniform_sparsities(target: float, n: int) -> np.ndarray:
+    """The same sparsity everywhere."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    return np.full(n, float(target))
+
+
+def owl_sparsities(outlier_ratios: np.ndarray, target: float, sizes: np.ndarray | None = None,
+                   lam: float = 0.08) -> np.ndarray:
+    """OWL per-block sparsities from per-block outlier ratios (see module doc)."""
+    d = np.asarray(outlier_ratios, np.float64)
+    sizes = np.ones_like(d) if sizes is None else np.asarray(sizes, np.float64)
+    _check(target, sizes, d, "outlier_ratios")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    spread = d.max() - d.min()
+    r = np.zeros_like(d) if spread == 0 else (d - d.min()) / spread * (2 * lam)
+    keep = (1.0 - target) + r - (r @ sizes) / sizes.sum()
+    s = 1.0 - keep
+    if np.any(s < 0) or np.any(s > 1):
+        raise ValueError(f"lam={lam} is too large for target={target}: sparsities leave [0, 1]")
+    return s
+
+
+def hill_alpha(weight: torch.Tensor) -> float:
+    """Power-law exponent of the eigenvalue spectrum of ``WᵀW`` (Hill estimator, xmin = median eigenvalue)."""
+    eig = torch.linalg.svdvals(weight.detach().double()).pow(2).sort(descending=True).values
+    k = max(2, len(eig) // 2)
+    tail = eig[:k]
+    logs = torch.log(tail / tail[-1])
+    denom = float(logs[:-1].sum())
+    return float("inf") if denom <= 0 else 1.0 + (k - 1) / denom
+
+
+def alphapruning_sparsities(alphas: np.ndarray, target: float, sizes: np.ndarray | None = None,
+                            eps: float = 0.3) -> np.ndarray:
+    """AlphaPruning per-block sparsities from per-block mean α (see module doc)."""
+    a = np.asarray(alphas, np.float64)
+    sizes = np.ones_like(a) if sizes is None else np.asarray(sizes, np.float64)
+    _check(target, sizes, a, "alphas")
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"eps must be in [0, 1), got {eps}")
+    spread = a.max() - a.min()
+    unit = np.full_like(a, 0.5) if spread == 0 else (a - a.min()) / spread
+    s = target * (1.0 - eps + 2.0 * eps * unit)
+    s *= target * sizes.sum() / (s @ sizes)
+    if np.any(s > 1):
+        raise ValueError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1")
+    return s

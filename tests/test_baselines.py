@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.allocators import alphapruning_sparsities, hill_alpha, owl_sparsities, uniform_sparsities
+
+
+def test_owl_hand_computed_equal_sizes():
+    s = owl_sparsities(np.array([0.0, 0.5, 1.0]), 0.5, lam=0.08)
+    np.testing.assert_allclose(s, [0.58, 0.50, 0.42])
+
+
+def test_owl_hand_computed_weighted():
+    sizes = np.array([1.0, 1.0, 2.0])
+    s = owl_sparsities(np.array([0.0, 0.5, 1.0]), 0.5, sizes, lam=0.08)
+    np.testing.assert_allclose(s, [0.60, 0.52, 0.44])
+    assert s @ sizes / sizes.sum() == pytest.approx(0.5)
+    # more outliers -> pruned less; spread is exactly 2 lambda
+    assert s.max() - s.min() == pytest.approx(0.16)
+
+
+def test_owl_constant_ratios_is_uniform_and_bounds():
+    np.testing.assert_allclose(owl_sparsities(np.full(4, 0.2), 0.3), 0.3)
+    with pytest.raises(ValueError, match="lam"):
+        owl_sparsities(np.array([0.0, 1.0]), 0.97, lam=0.08)
+    with pytest.raises(ValueError, match="target"):
+        owl_sparsities(np.array([0.0, 1.0]), 1.0)
+
+
+def test_alphapruning_hand_computed():
+    np.testing.assert_allclose(alphapruning_sparsities(np.array([2.0, 3.0, 4.0]), 0.5, eps=0.3), [0.35, 0.5, 0.65])
+    sizes = np.array([2.0, 1.0, 1.0])
+    s = alphapruning_sparsities(np.array([2.0, 3.0, 4.0]), 0.5, sizes, eps=0.3)
+    np.testing.assert_allclose(s, np.array([0.35, 0.5, 0.65]) * 0.5 / 0.4625)
+    assert s @ sizes / sizes.sum() == pytest.approx(0.5)
+    assert s[0] < s[1] < s[2]  # heavier tail (smaller alpha) pruned less
+
+
+def test_alphapruning_bounds():
+    with pytest.raises(ValueError, match="eps"):
+        alphapruning_sparsities(np.array([2.0, 3.0]), 0.9, eps=0.3)
+    with pytest.raises(ValueError, match="eps"):
+        alphapruning_sparsities(np.array([2.0, 3.0]), 0.5, eps=1.5)
+
+
+def test_hill_alpha_recovers_a_power_law():
+    n, alpha = 400, 3.0
+    eig = (n / torch.arange(1, n + 1, dtype=torch.float64)) ** (1.0 / (alpha - 1.0))
+    w = torch.diag(eig.sqrt())
+    assert hill_alpha(w) == pytest.approx(alpha, rel=0.1)
+
+
+def test_uniform():
+    np.testing.assert_allclose(uniform_sparsities(0.3, 5), 0.3)
+
+
+@pytest.mark.parametrize("method", ["uniform", "owl", "alphapruning"])
+def test_allocations_go_through_the_env_unchanged(method):
+    import gymnasium as gym
+
+    from baselines.run import block_sparsities
+
+    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)
+    env.reset(seed=0)
+    u = env.unwrapped
+    s = block_sparsities(env, method)
+    assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
+    _, _, _, _, info = env.step(u.action_from_sparsities(s))
+    np.testing.assert_allclose(info["keep_ratio"], 1 - s, atol=1e-6)
+    if method != "uniform":
+        assert s.std() > 0
