@@ -130,11 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ffprune`` console script."""
+    import gymnasium as gym
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ValueError as err:
-        print(f"ffprune {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, gym.error.Error) as err:  # bad input: one clear line, no traceback
+        known = f" (ffprune ids: {', '.join(ffenv.env_ids())})" if isinstance(err, gym.error.Error) else ""
+        print(f"ffprune {args.command}: error: {err}{known}", file=sys.stderr)
         return 2
 
 

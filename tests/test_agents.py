@@ -130,3 +130,11 @@ def test_cli_tiny_budget_per_agent(tmp_path, agent, capsys):
     assert result["agent"] == agent and result["cost"]["episodes"] == 10
     assert np.isfinite(result["best"]["eval_ppl"])
     assert "held-out eval ppl" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_clear_line(capsys):
+    assert cli_main(["search", "--env", "Nope-v0", "--budget", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "FFPrune-Llama-v0" in err and "Traceback" not in err
+    assert cli_main(["search", "--budget", "2", "--target", "0.97", "--quiet"]) == 2
+    assert "infeasible" in capsys.readouterr().err

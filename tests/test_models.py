@@ -89,3 +89,16 @@ def test_bad_device_and_dtype():
 def test_offline_hub_id_is_a_clear_error():
     with pytest.raises(ValueError, match="could not be loaded"):
         load_model("nobody-here/not-a-model")
+
+
+def test_cli_models_and_version(capsys):
+    from ffenv.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in BUNDLED_MODELS:
+        assert name in out
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert "ffprune 0.1.0" in capsys.readouterr().out
