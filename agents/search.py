@@ -79,10 +79,14 @@ def run_search(
     ckpt = out_path.with_suffix(".ckpt") if out_path is not None else None
     if not resume and ckpt is not None and ckpt.exists():
         ckpt.unlink()
+    from baselines.search import METHODS as BASELINE_SEARCHES
+
+    agent_name = agent.lower()
+    if agent_name in BASELINE_SEARCHES:
+        curriculum = False  # the search baselines are defined at the final target and full fidelity
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
     base = env.unwrapped
     final_target = getattr(env, "final_target", base.target_sparsity)
-    agent_name = agent.lower()
     hparams = {"agent": agent_name, "budget": budget, "seed": seed, "target": final_target,
                "curriculum": curriculum, "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
     logpath = run_dir(logdir, env_id, agent_name, seed) if logdir is not None else None
@@ -101,6 +105,10 @@ def run_search(
                 extra["policy_file"] = str(policy_file)
             extra["agent_config"] = run["config"]
             extra["agent_stats"] = run["stats"]
+        elif agent_name in BASELINE_SEARCHES:
+            from baselines.search import run_baseline_search
+
+            extra["agent_stats"] = run_baseline_search(monitor, agent_name, seed, **(agent_kwargs or {}))
         else:
             if warm_start is not None:
                 raise ValueError("warm_start is only supported by the fastforward agent")

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p = sub.add_parser("search", help="search an allocation with one agent")
     p.add_argument("--env", default="FFPrune-Llama-v0")
-    p.add_argument("--agent", default="fastforward", help="fastforward, ppo, sac or another SB3 algorithm name")
+    p.add_argument("--agent", default="fastforward", help="fastforward, ppo, sac, another SB3 algorithm, "
+                   "or a search baseline: random, evolution, uniform-split")
     p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")

@@ -327,6 +327,7 @@ class FFPruneEnv(gym.Env):
         return np.clip(a, -1.0, 1.0)  # only float32 rounding noise is clipped here
 
     def _round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+        """What the pruner applies: whole granules kept per unit (structured) or per-block sparsity."""
         if self.mode == "structured":
             return round_to_units(keep, self.units, target_keep_params)
         return np.clip(1.0 - keep, 0.0, 1.0)

@@ -31,7 +31,6 @@ def collect_input_norms(
     """
     sumsq: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
-    seen: dict[int, tuple[int, str]] = {}
 
     def hook(key: tuple[int, str]):
         def fn(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -51,7 +50,6 @@ def collect_input_norms(
                 aliases[key] = first_of_input[group]
                 continue
             first_of_input[group] = key
-            seen[id(lin)] = key
             handles.append(lin.register_forward_pre_hook(hook(key)))
     try:
         device = next(model.parameters()).device
@@ -84,12 +82,6 @@ def structured_importance(
     attn = cols.view(block.num_kv_heads, -1).mean(1)
     ffn = column_scores(block.ffn_out, norms[(block.index, "ffn_out")])
     return attn, ffn
-
-
-def outlier_ratio(scores: torch.Tensor, m: float = 5.0) -> float:
-    """OWL's layerwise outlier distribution: share of ``scores`` above ``m`` × their mean."""
-    flat = scores.reshape(-1)
-    return float((flat > m * flat.mean()).float().mean())
 
 
 def block_outlier_ratio(block: Block, norms: dict[tuple[int, str], torch.Tensor], m: float = 5.0) -> float:

@@ -71,3 +71,20 @@ def test_allocations_go_through_the_env_unchanged(method):
     np.testing.assert_allclose(info["keep_ratio"], 1 - s, atol=1e-6)
     if method != "uniform":
         assert s.std() > 0
+
+
+@pytest.mark.parametrize("method", ["random", "evolution", "uniform-split"])
+def test_search_baselines_share_the_search_pipeline(tmp_path, method):
+    from agents.search import run_search
+
+    r = run_search("FFPrune-Mistral-v0", agent=method, budget=6, seed=0, logdir=tmp_path, out=tmp_path / "r.json",
+                   env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 4}, progress=False)
+    assert r["curriculum"] is False
+    assert r["best"]["sparsity"] == pytest.approx(0.3, abs=0.02)
+    if method == "uniform-split":
+        # tiny-mistral has 2 KV groups: h = 2, 1, 0 -> only feasible splits are evaluated
+        sweep = r["agent_stats"]["sweep"]
+        assert 1 <= len(sweep) <= 3 and r["cost"]["evaluations"] == len(sweep)
+        assert r["best"]["reward"] == pytest.approx(max(x["reward"] for x in sweep))
+    else:
+        assert r["cost"]["episodes"] == 6
