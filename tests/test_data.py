@@ -110,3 +110,8 @@ def test_bad_window_arguments(tokenizer):
         data.calibration_windows(tokenizer, n=2, seq_len=1024, max_positions=512)
     with pytest.raises(ValueError, match="split must be one of"):
         data.token_stream(tokenizer, "stdlib", "validation")
+
+
+def test_hub_corpus_offline_is_a_clear_error():
+    with pytest.raises(ValueError, match="wikitext2:/path"):
+        data.load_corpus("wikitext2")
