@@ -79,11 +79,14 @@ def run_search(
     ckpt = out_path.with_suffix(".ckpt") if out_path is not None else None
     if not resume and ckpt is not None and ckpt.exists():
         ckpt.unlink()
+    from baselines.search import HEURISTICS
     from baselines.search import METHODS as BASELINE_SEARCHES
 
     agent_name = agent.lower()
     if agent_name in BASELINE_SEARCHES:
-        curriculum = False  # the search baselines are defined at the final target and full fidelity
+        curriculum = False  # the baselines are defined at the final target and full fidelity
+    if agent_name in HEURISTICS:
+        budget = 1  # no search: one evaluation gives the heuristic allocation's reward
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
     base = env.unwrapped
     final_target = getattr(env, "final_target", base.target_sparsity)

@@ -1,7 +1,9 @@
-"""Heuristic layer-wise allocators (no search): uniform, OWL and AlphaPruning.
+"""Heuristic layer-wise allocators (no search): uniform, OWL, AlphaPruning and FLAP.
 
-Each returns per-block sparsities whose parameter-weighted mean is exactly the target, so they go
-through :meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged.
+Pure functions of precomputed statistics. Uniform, OWL and AlphaPruning return per-block sparsities
+whose parameter-weighted mean is exactly the target, so they go through
+:meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged; FLAP returns
+per-unit sparsities within half a granule of the target (the projector then meets it exactly).
 
 * **OWL** — Outlier-Weighted Layerwise sparsity (Yin et al., ICML 2024). ``D_l``: the share of block
   ``l``'s Wanda scores above ``M`` × their mean (``M = 5``). Min-max normalise ``D`` to ``[0, 2λ]``
@@ -12,6 +14,12 @@ through :meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projec
   (``xmin`` = the median eigenvalue): ``α = 1 + k / Σ_{i<k} ln(λ_i / λ_k)``. A block's ``α`` is the mean
   over its matrices; ``s_l = σ · (1 - ε + 2ε (α_l - α_min)/(α_max - α_min))`` (``ε = 0.3``), then rescaled
   so that the size-weighted mean is ``σ``. Heavier tail (smaller ``α``) → less pruning.
+* **FLAP** (An et al., AAAI 2024), structured. A channel ``j`` of an output projection's input scores
+  its *fluctuation* ``S_j = Var(X_j) · ‖W_{:,j}‖²₂`` (variance over calibration tokens); a head
+  (KV group) scores the sum over its channels. Scores are standardised per unit kind across all
+  layers, ``z = (S − mean) / std``, and ranked globally: granules are removed lowest ``z`` first
+  until the removed parameters reach the target (FLAP's adaptive structure search). FLAP's bias
+  compensation is not part of the allocation (ffprune's post-pruning calibration plays that role).
 """
 
 from __future__ import annotations
@@ -80,3 +88,50 @@ def alphapruning_sparsities(alphas: np.ndarray, target: float, sizes: np.ndarray
     if np.any(s > 1):
         raise ValueError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1")
     return s
+
+
+def flap_sparsities(scores: list[np.ndarray], kinds: list[str], granule_params: np.ndarray, target: float,
+                    min_keep: float = 0.0) -> np.ndarray:
+    """FLAP per-unit sparsities from per-granule fluctuation scores (see module doc).
+
+    Args:
+        scores: per unit, the fluctuation score of each granule (head group or neuron).
+        kinds: per unit, its kind (``"attn"`` / ``"ffn"``); scores are standardised within a kind.
+        granule_params: per unit, the parameters one granule carries.
+        target: share of all parameters to remove, in ``(0, 1)``.
+        min_keep: no unit keeps fewer than ``ceil(min_keep · count)`` granules.
+
+    Walking the granules by ascending ``z``, one is removed when that brings the removed total closer to
+    the target (strictly) and its unit stays above ``min_keep``; the result is within half of the
+    largest granule of the target unless ``min_keep`` blocks it.
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    if not 0.0 <= min_keep <= 1.0:
+        raise ValueError(f"min_keep must be in [0, 1], got {min_keep}")
+    gran = np.asarray(granule_params, np.float64)
+    if not (len(scores) == len(kinds) == len(gran)):
+        raise ValueError(f"scores, kinds and granule_params need one entry per unit, got "
+                         f"{len(scores)}, {len(kinds)}, {len(gran)}")
+    scores = [np.asarray(x, np.float64) for x in scores]
+    if any(x.ndim != 1 or len(x) == 0 or not np.all(np.isfinite(x)) for x in scores):
+        raise ValueError("scores must be non-empty, finite 1-D arrays")
+    z = [np.empty(0)] * len(scores)
+    for kind in sorted(set(kinds)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        pooled = np.concatenate([scores[i] for i in idx])
+        mean, std = pooled.mean(), pooled.std()
+        for i in idx:
+            z[i] = np.zeros_like(scores[i]) if std == 0 else (scores[i] - mean) / std
+    counts = np.array([len(x) for x in scores])
+    floor_kept = np.ceil(min_keep * counts - 1e-9).astype(np.int64)
+    unit_of = np.concatenate([np.full(c, i) for i, c in enumerate(counts)])
+    order = np.lexsort((np.arange(len(unit_of)), np.concatenate(z)))  # ascending z, ties by position
+    goal = target * float(counts @ gran)
+    removed_params, removed = 0.0, np.zeros(len(counts), np.int64)
+    for g in order:
+        i = unit_of[g]
+        if removed_params + gran[i] / 2 < goal and counts[i] - removed[i] > floor_kept[i]:
+            removed[i] += 1
+            removed_params += gran[i]
+    return removed / counts

@@ -1,5 +1,7 @@
-"""Non-RL search baselines, run through the same :class:`~agents.monitor.SearchMonitor` as the agents.
+"""Non-RL baselines, run through the same :class:`~agents.monitor.SearchMonitor` as the agents.
 
+* ``uniform``, ``owl``, ``alphapruning``, ``flap`` — the heuristics of :mod:`baselines.heuristics`:
+  no search, one evaluation (to know the allocation's reward).
 * ``uniform-split`` — the same keep ratio in every layer, but the attention / FFN split tuned by a 1-D
   sweep over the heads (KV groups) kept per layer: for ``h = 0..G`` the attention keep ratio is ``h/G``
   and the FFN ratio is whatever meets the budget; infeasible ``h`` are skipped. Its ``G + 1``
@@ -19,8 +21,19 @@ from typing import Any
 import numpy as np
 
 from agents.monitor import SearchMonitor
+from baselines.heuristics import HEURISTICS, heuristic_sparsities
 
-METHODS = ("uniform-split", "random", "evolution")
+SEARCHES = ("uniform-split", "random", "evolution")
+METHODS = HEURISTICS + SEARCHES
+
+
+def heuristic(env: SearchMonitor, method: str, seed: int = 0, **params: Any) -> dict[str, Any]:
+    """One evaluation of a heuristic allocation at the final target."""
+    base = env.unwrapped
+    sparsity = heuristic_sparsities(env, method, **params)
+    env.reset(seed=seed)
+    env.step(base.action_from_sparsities(sparsity))
+    return {"heuristic_sparsity": sparsity.tolist(), "params": params}
 
 
 def uniform_split(env: SearchMonitor, seed: int = 0) -> dict[str, Any]:
@@ -83,6 +96,8 @@ def evolution(env: SearchMonitor, seed: int = 0, lam: int = 4, sigma: float = 0.
 
 def run_baseline_search(env: SearchMonitor, method: str, seed: int = 0, **params: Any) -> dict[str, Any]:
     """Dispatch one of :data:`METHODS`."""
+    if method in HEURISTICS:
+        return heuristic(env, method, seed, **params)
     if method == "uniform-split":
         return uniform_split(env, seed)
     if method == "random":

@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ffenv.compensation import ridge_compensation
 from ffenv.data import SPLITS, calibration_windows, evaluation_windows
 from ffenv.evaluation import perplexity
 from ffenv.importance import block_outlier_ratio, collect_input_norms
@@ -57,6 +58,7 @@ class _Backend:
     pruner: StructuredPruner | UnstructuredPruner
     features: np.ndarray
     reward_tokens: torch.Tensor
+    calib_tokens: torch.Tensor
     setup_seconds: float
     dense_ppl_cache: dict[tuple[str, int], float] = field(default_factory=dict)
     eval_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -109,15 +111,15 @@ def _get_backend(model: str, mode: str, corpus: str, calib_samples: int, reward_
     if nkey not in _NORMS:
         calib = calibration_windows(tok, corpus, "calib", n=calib_samples, seq_len=seq_len, seed=seed,
                                     max_positions=ctx)
-        _NORMS[nkey] = collect_input_norms(net, blocks, calib)
-    norms = _NORMS[nkey]
+        _NORMS[nkey] = (calib, collect_input_norms(net, blocks, calib))
+    calib, norms = _NORMS[nkey]
     pruner = StructuredPruner(blocks, norms) if mode == "structured" else UnstructuredPruner(blocks, norms, criterion)
     features = _unit_features(pruner, blocks, norms)
     reward = evaluation_windows(tok, corpus, "calib", seq_len=seq_len, max_positions=ctx)
     if reward_samples > len(reward):
         raise ValueError(f"reward_samples={reward_samples} exceeds the {len(reward)} windows of {seq_len} tokens "
                          f"in the reward split of corpus {corpus!r}; use reward_samples <= {len(reward)}")
-    backend = _Backend(net, tok, blocks, pruner, features, reward[:reward_samples], time.perf_counter() - t0)
+    backend = _Backend(net, tok, blocks, pruner, features, reward[:reward_samples], calib, time.perf_counter() - t0)
     _BACKENDS[key] = backend
     return backend
 
@@ -217,6 +219,11 @@ class FFPruneEnv(gym.Env):
         return self._b.model
 
     @property
+    def calibration_tokens(self) -> torch.Tensor:
+        """The ``[calib_samples, seq_len]`` calibration windows importance (and Calib) were computed on."""
+        return self._b.calib_tokens
+
+    @property
     def unit_names(self) -> list[str]:
         """``"attn.3"``, ``"ffn.3"`` or ``"block.3"`` for each action entry."""
         return [f"{u.kind}.{u.block}" for u in self.units]
@@ -277,13 +284,18 @@ class FFPruneEnv(gym.Env):
         return self._obs(), float(reward), True, False, info
 
     def evaluate(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
-                 split: str = "eval", n_windows: int | None = None) -> dict[str, Any]:
+                 split: str = "eval", n_windows: int | None = None, calibrate: bool = False,
+                 calib_alpha: float = 0.9) -> dict[str, Any]:
         """Perplexity of a pruned model on a split (held-out ``eval`` by default), for reporting.
 
         Give exactly one of ``action`` (projected like :meth:`step`, at the current target) or
         ``sparsities`` (per-unit sparsities used as they are, only rounded to whole units).
-        Not counted in :attr:`cost`.
+        ``calibrate=True`` applies the post-pruning ridge compensation (:mod:`ffenv.compensation`,
+        penalty ``calib_alpha``) fitted on :attr:`calibration_tokens` before measuring (structured
+        mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """
+        if calibrate and self.mode != "structured":
+            raise ValueError("calibrate=True needs mode='structured' (Calib compensates removed heads / neurons)")
         if (action is None) == (sparsities is None):
             raise ValueError("give exactly one of action or sparsities")
         if split not in SPLITS:
@@ -302,7 +314,7 @@ class FFPruneEnv(gym.Env):
         tokens = self._split_tokens(split, n_windows)
         if n_windows is None and self.eval_samples is not None:
             tokens = tokens[: self.eval_samples]
-        ppl = self._ppl_pruned(kept, tokens)
+        ppl = self._ppl_pruned(kept, tokens, calib_alpha if calibrate else None)
         out = self._allocation_info(kept)
         out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
                    tokens=int(tokens.numel()))
@@ -342,11 +354,17 @@ class FFPruneEnv(gym.Env):
         return {"layer_sparsity": (1.0 - kept_params / self.sizes).astype(np.float32),
                 "sparsity": float(1.0 - kept_params.sum() / self.sizes.sum())}
 
-    def _ppl_pruned(self, kept: np.ndarray, tokens: torch.Tensor) -> float:
-        pruner = self._b.pruner
+    def _ppl_pruned(self, kept: np.ndarray, tokens: torch.Tensor, calib_alpha: float | None = None) -> float:
+        pruner, blocks = self._b.pruner, self._b.blocks
+        if calib_alpha is not None:  # Calib folds the removed columns' dense weights into the kept ones
+            dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
         pruner.apply(kept)
         try:
-            return perplexity(self._b.model, tokens, self.batch_size)
+            if calib_alpha is None:
+                return perplexity(self._b.model, tokens, self.batch_size)
+            with ridge_compensation(self._b.model, blocks, pruner.kept_columns(kept), dense, self._b.calib_tokens,
+                                    calib_alpha, self.batch_size):
+                return perplexity(self._b.model, tokens, self.batch_size)
         finally:
             pruner.restore()
 

@@ -94,3 +94,40 @@ def block_outlier_ratio(block: Block, norms: dict[tuple[int, str], torch.Tensor]
         above += int((s > m * mean).sum())
         total += s.numel()
     return above / total
+
+
+@torch.inference_mode()
+def collect_input_moments(
+    model: nn.Module, linears: list[nn.Linear], tokens: torch.Tensor, batch_size: int = 8
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per input feature of each of ``linears``: (mean, population variance) over the calibration ``tokens``.
+
+    One forward pass; float64 accumulation. FLAP's fluctuation metric uses the variance.
+    """
+    sums: list[torch.Tensor | None] = [None] * len(linears)
+    sumsq: list[torch.Tensor | None] = [None] * len(linears)
+    count = [0]
+
+    def hook(i: int):
+        def fn(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            s, q = x.sum(0), x.pow(2).sum(0)
+            sums[i] = s if sums[i] is None else sums[i] + s
+            sumsq[i] = q if sumsq[i] is None else sumsq[i] + q
+        return fn
+
+    handles = [lin.register_forward_pre_hook(hook(i)) for i, lin in enumerate(linears)]
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, tokens.shape[0], batch_size):
+            batch = tokens[i : i + batch_size]
+            model(input_ids=batch.to(device), use_cache=False)
+            count[0] += batch.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for s, q in zip(sums, sumsq):
+        mean = s / count[0]
+        out.append((mean, (q / count[0] - mean.pow(2)).clamp_min(0.0)))
+    return out

@@ -156,6 +156,15 @@ class StructuredPruner:
         """Per unit, the indices (ascending) of the granules kept by ``kept``."""
         return [torch.sort(self._order[i][: int(k)]).values for i, k in enumerate(kept)]
 
+    def kept_columns(self, kept: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block, the kept input columns (ascending) of ``attn_out`` and of ``ffn_out`` under ``kept``."""
+        out = []
+        for b, (g_idx, n_idx) in zip(self.blocks, zip(*[iter(self.kept_indices(kept))] * 2)):
+            width = b.attn_out.in_features // b.num_kv_heads
+            cols = (g_idx[:, None] * width + torch.arange(width)).reshape(-1)
+            out.append((cols, n_idx))
+        return out
+
     def export(self, model: nn.Module, kept: np.ndarray) -> nn.Module:
         """A physically smaller copy of ``model`` with the pruned heads / neurons removed.
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.allocators import alphapruning_sparsities, hill_alpha, owl_sparsities, uniform_sparsities
+from baselines.allocators import (
+    alphapruning_sparsities,
+    flap_sparsities,
+    hill_alpha,
+    owl_sparsities,
+    uniform_sparsities,
+)
 
 
 def test_owl_hand_computed_equal_sizes():
@@ -56,16 +62,60 @@ def test_uniform():
     np.testing.assert_allclose(uniform_sparsities(0.3, 5), 0.3)
 
 
+def test_flap_hand_computed():
+    # attn: 2 groups of 10 params, scores [1, 3] -> z = [-1, 1]; ffn: 4 neurons of 1 param,
+    # scores [1, 2, 3, 4] -> z = [-1.34, -0.45, 0.45, 1.34]. Target 25 % of 24 params = 6 removed.
+    scores = [np.array([1.0, 3.0]), np.array([4.0, 1.0, 3.0, 2.0])]
+    kinds, gran = ["attn", "ffn"], np.array([10, 1])
+    # ascending z: ffn(1), attn(1) (1 + 10 would overshoot 6 by more than it undershoots: skipped),
+    # ffn(2), ffn(3), attn(3) skipped, ffn(4) -> all 4 neurons removed, 4 params
+    np.testing.assert_allclose(flap_sparsities(scores, kinds, gran, 0.25), [0.0, 1.0])
+    # min_keep 0.1 keeps ceil(0.4) = 1 neuron: the highest-z one survives
+    np.testing.assert_allclose(flap_sparsities(scores, kinds, gran, 0.25, min_keep=0.1), [0.0, 0.75])
+    # target 50 % = 12: ffn(1) -> 1, attn(1) -> 11, then one more neuron -> 12 exactly
+    np.testing.assert_allclose(flap_sparsities(scores, kinds, gran, 0.5), [0.5, 0.5])
+
+
+def test_flap_standardises_per_kind_and_rejects_bad_input():
+    # same shape of scores at a 1000x scale: standardisation makes the kinds comparable
+    s = flap_sparsities([np.array([1.0, 2.0, 3.0]), np.array([1000.0, 2000.0, 3000.0])], ["attn", "ffn"],
+                        np.array([1, 1]), 1 / 3)
+    np.testing.assert_allclose(s, [1 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="target"):
+        flap_sparsities([np.ones(2)], ["attn"], np.array([1]), 1.0)
+    with pytest.raises(ValueError, match="one entry per unit"):
+        flap_sparsities([np.ones(2)], ["attn", "ffn"], np.array([1]), 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        flap_sparsities([np.array([np.nan, 1.0])], ["attn"], np.array([1]), 0.5)
+
+
+def test_flap_on_the_env_meets_the_budget():
+    import gymnasium as gym
+
+    from baselines.heuristics import heuristic_sparsities
+
+    env = gym.make("FFPrune-OPT-v0", reward_samples=2, calib_samples=8)
+    u = env.unwrapped
+    s = heuristic_sparsities(env, "flap")
+    assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity, abs=max(u.sizes / u.sizes.sum()))
+    assert np.all(1 - s >= u.min_keep - 1e-9) and s.std() > 0
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(u.action_from_sparsities(s))
+    assert info["sparsity"] == pytest.approx(u.target_sparsity, abs=0.01)
+    with pytest.raises(ValueError, match="structured"):
+        heuristic_sparsities(gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8), "flap")
+
+
 @pytest.mark.parametrize("method", ["uniform", "owl", "alphapruning"])
 def test_allocations_go_through_the_env_unchanged(method):
     import gymnasium as gym
 
-    from baselines.run import block_sparsities
+    from baselines.heuristics import heuristic_sparsities
 
     env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)
     env.reset(seed=0)
     u = env.unwrapped
-    s = block_sparsities(env, method)
+    s = heuristic_sparsities(env, method)
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
     _, _, _, _, info = env.step(u.action_from_sparsities(s))
     np.testing.assert_allclose(info["keep_ratio"], 1 - s, atol=1e-6)
@@ -73,7 +123,7 @@ def test_allocations_go_through_the_env_unchanged(method):
         assert s.std() > 0
 
 
-@pytest.mark.parametrize("method", ["random", "evolution", "uniform-split"])
+@pytest.mark.parametrize("method", ["random", "evolution", "uniform-split", "flap", "owl"])
 def test_search_baselines_share_the_search_pipeline(tmp_path, method):
     from agents.search import run_search
 
@@ -86,5 +136,7 @@ def test_search_baselines_share_the_search_pipeline(tmp_path, method):
         sweep = r["agent_stats"]["sweep"]
         assert 1 <= len(sweep) <= 3 and r["cost"]["evaluations"] == len(sweep)
         assert r["best"]["reward"] == pytest.approx(max(x["reward"] for x in sweep))
+    elif method in ("flap", "owl"):  # heuristics: no search, one evaluation
+        assert r["budget"] == 1 and r["cost"]["evaluations"] == 1 and r["cost"]["evaluations_to_best"] == 1
     else:
         assert r["cost"]["episodes"] == 6
