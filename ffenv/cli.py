@@ -3,6 +3,8 @@
     ffprune --version
     ffprune models                      # bundled models and their dense perplexity
     ffprune bench-env --env FFPrune-Llama-v0
+    ffprune search --env FFPrune-Llama-v0 --agent fastforward --budget 200 --out r.json
+    ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ffenv
@@ -99,6 +102,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
+    from agents.bench import run_bench
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    try:
+        run_bench(args.env, args.budget, args.seeds, methods, args.out, args.target, parse_env_kwargs(args.env_kwarg),
+                  calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out}/cells are kept)")
+        return 130
+    print((Path(args.out) / "results.md").read_text())
+    print(f"written: {args.out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {args.out}/tb")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ffprune", description="FastForward Pruning benchmark")
     ap.add_argument("--version", action="version", version=f"ffprune {ffenv.__version__}")
@@ -113,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search an allocation with one agent")
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--agent", default="fastforward", help="fastforward, ppo, sac, another SB3 algorithm, "
-                   "or a search baseline: random, evolution, uniform-split")
+                   "a search baseline: random, evolution, uniform-split; or a heuristic: uniform, owl, alphapruning, flap")
     p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
@@ -126,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p.add_argument("--agent-kwarg", action="append", metavar="KEY=VALUE", help="override an agent setting")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
+    p.add_argument("--env", default="FFPrune-Llama-v0")
+    p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per method")
+    p.add_argument("--methods", help="comma-separated subset (default: all that fit the env's mode)")
+    p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
+    p.add_argument("--out", default="bench", help="output folder (resumes what is already there)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
+    p.add_argument("--calib-alpha", type=float, default=0.9, help="ridge penalty of the calibration")
+    p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
 

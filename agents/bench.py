@@ -1,0 +1,294 @@
+"""``ffprune bench``: every RL agent and every baseline on one env, side by side, resumable.
+
+    ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama-0.3
+
+Each (method, seed) cell is one :func:`agents.search.run_search` with the same budget, written to
+``<out>/cells/<method>/seed<k>.json`` (its TensorBoard run under ``<out>/tb/<env>/<method>/seed<k>``);
+a finished cell is never recomputed, an interrupted one resumes from its checkpoint. With
+``calibrate`` (structured envs) each cell's best allocation is also scored on the held-out split
+after post-pruning calibration (:mod:`ffenv.compensation`), stored in the cell as
+``best.eval_ppl_calib``. Then the folder gets
+
+* ``results.csv`` / ``results.md``: per method, held-out ppl mean ± std over seeds (with and without
+  calibration), best reward, search cost (evaluations, tokens, wall seconds) and evaluations-to-best;
+  ``results.md`` adds, per RL agent and seed, the evaluations FastForward needed to reach its best;
+* ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
+* ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
+
+Methods (``--methods``): the RL agents ``fastforward``, ``ppo``, ``sac`` (or any SB3 algorithm name),
+the search baselines ``random``, ``evolution``, ``uniform-split``, and the heuristics ``uniform``,
+``owl``, ``alphapruning``, ``flap`` (one evaluation each). ``uniform-split`` and ``flap`` need a
+structured env and are left out of the defaults on unstructured ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.monitor import atomic_write_json
+from agents.search import make_search_env, run_search
+
+RL_AGENTS = ("fastforward", "ppo", "sac")
+SEARCH_BASELINES = ("random", "evolution", "uniform-split")
+HEURISTIC_BASELINES = ("uniform", "owl", "alphapruning", "flap")
+STRUCTURED_ONLY = ("uniform-split", "flap")
+
+
+def default_methods(mode: str) -> list[str]:
+    """All methods that make sense in ``mode`` (``structured`` / ``unstructured``)."""
+    every = [*RL_AGENTS, *SEARCH_BASELINES, *HEURISTIC_BASELINES]
+    return every if mode == "structured" else [m for m in every if m not in STRUCTURED_ONLY]
+
+
+def cell_path(out: Path, method: str, seed: int) -> Path:
+    """Where one (method, seed) result lives."""
+    return out / "cells" / method / f"seed{seed}.json"
+
+
+def _check_config(out: Path, config: dict[str, Any]) -> None:
+    """A bench folder holds one setting: refuse to mix results of different envs / budgets / targets."""
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"out={str(out)!r} holds a bench with other settings {diff} (old, new); "
+                             "use another --out folder")
+    atomic_write_json(path, config)
+
+
+def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any]:
+    """Add ``best.eval_ppl_calib`` (held-out ppl after post-pruning calibration) to a finished cell."""
+    best = cell["best"]
+    if "eval_ppl_calib" in best and best.get("calib_alpha") == alpha:
+        return cell
+    kwargs = dict(cell["env_kwargs"])
+    env = make_search_env(cell["env_id"], 1, kwargs, curriculum=False)
+    r = env.unwrapped.evaluate(np.array(best["action"], np.float32), split="eval", calibrate=True, calib_alpha=alpha)
+    best["eval_ppl_calib"], best["calib_alpha"] = r["ppl"], alpha
+    atomic_write_json(path, cell)
+    return cell
+
+
+def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = None, out: str | Path = "bench",
+              target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
+              calib_alpha: float = 0.9, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Run (or resume) every (method, seed) cell; returns the finished cells per method."""
+    import gymnasium as gym
+
+    import ffenv  # noqa: F401
+
+    out = Path(out)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive integer (episodes), got {budget!r}")
+    spec = gym.spec(env_id)  # unknown ids fail here, before any work
+    mode = {**spec.kwargs, **(env_kwargs or {})}.get("mode", "structured")
+    methods = list(methods) if methods else default_methods(mode)
+    bad = [m for m in methods if mode != "structured" and m in STRUCTURED_ONLY]
+    if bad:
+        raise ValueError(f"methods {bad} need a structured env; {env_id} is {mode}")
+    if calibrate and mode != "structured":
+        calibrate = False  # Calib compensates removed heads / neurons: structured only
+    _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {}})
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        for seed in range(seeds):
+            path = cell_path(out, method, seed)
+            if progress:
+                print(f"[bench] {env_id} {method} seed {seed}", flush=True)
+            cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb", out=path,
+                              target=target, resume=True, env_kwargs=env_kwargs, progress=progress)
+            if calibrate:
+                cell = _calibrated(cell, path, calib_alpha)
+            cells.setdefault(method, []).append(cell)
+    return cells
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.array([v for v in values if v is not None], np.float64)
+    if len(arr) == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method: means (and stds) over seeds."""
+    rows = []
+    for method, runs in cells.items():
+        row: dict[str, Any] = {"method": method, "seeds": len(runs)}
+        for key, values in (
+            ("eval_ppl", [r["best"]["eval_ppl"] for r in runs]),
+            ("eval_ppl_calib", [r["best"].get("eval_ppl_calib") for r in runs]),
+            ("calib_ppl", [r["best"]["calib_ppl"] for r in runs]),
+            ("best_reward", [r["best"]["reward"] for r in runs]),
+            ("evaluations", [r["cost"]["evaluations"] for r in runs]),
+            ("tokens", [r["cost"]["tokens"] for r in runs]),
+            ("wall_seconds", [r["cost"]["seconds"] for r in runs]),
+            ("evaluations_to_best", [r["cost"]["evaluations_to_best"] for r in runs]),
+        ):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+        row["dense_eval_ppl"] = runs[0]["best"]["dense_eval_ppl"]
+        row["sparsity_mean"] = _mean_std([r["best"]["sparsity"] for r in runs])[0]
+        rows.append(row)
+    return rows
+
+
+def evaluations_to_reach(history: list[dict[str, Any]], reward: float) -> int | None:
+    """Evaluations a search needed until its best (full-fidelity) reward reached ``reward`` (``None``: never)."""
+    for point in history:
+        if np.isfinite(point["best_reward"]) and point["best_reward"] >= reward:
+            return int(point["evaluations"])
+    return None
+
+
+def reach_table(cells: dict[str, list[dict[str, Any]]], agent: str = "fastforward") -> list[dict[str, Any]]:
+    """Per other method and seed: its best reward, its evaluations, and the evaluations ``agent`` needed to match it."""
+    if agent not in cells:
+        return []
+    mine = {r["seed"]: r for r in cells[agent]}
+    rows = []
+    for method, runs in cells.items():
+        if method == agent:
+            continue
+        for r in runs:
+            if r["seed"] not in mine:
+                continue
+            rows.append({"method": method, "seed": r["seed"], "best_reward": r["best"]["reward"],
+                         "evaluations": r["cost"]["evaluations"],
+                         "evaluations_to_best": r["cost"]["evaluations_to_best"],
+                         f"{agent}_evaluations_to_reach": evaluations_to_reach(mine[r["seed"]]["history"],
+                                                                               r["best"]["reward"])})
+    return rows
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str) -> None:
+    """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically."""
+    import io
+    import os
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = out / ".results.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, out / "results.csv")
+
+    ordered = sorted(rows, key=lambda r: r["eval_ppl_mean"])
+    lines = [header, "",
+             "| method | held-out ppl | + calib | best reward | evaluations | tokens | wall s | evals to best |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        lines.append(f"| {r['method']} | {_fmt(r['eval_ppl_mean'], r['eval_ppl_std'])} | "
+                     f"{_fmt(r['eval_ppl_calib_mean'], r['eval_ppl_calib_std'])} | "
+                     f"{_fmt(r['best_reward_mean'], r['best_reward_std'], 4)} | {r['evaluations_mean']:.0f} | "
+                     f"{r['tokens_mean']:,.0f} | {r['wall_seconds_mean']:.0f} | "
+                     f"{_fmt(r['evaluations_to_best_mean'], r['evaluations_to_best_std'], 0)} |")
+    lines += ["", f"Dense held-out ppl {rows[0]['dense_eval_ppl']:.2f}. Mean ± sample std over seeds; "
+              "ppl of the best allocation found (best reward on the `calib` reward split), measured on the held-out "
+              "`eval` split; '+ calib' after post-pruning ridge calibration. Heuristics cost one evaluation."]
+    if reach:
+        key = next(k for k in reach[0] if k.endswith("_evaluations_to_reach"))
+        agent = key.removesuffix("_evaluations_to_reach")
+        lines += ["", f"Evaluations {agent} needed to reach each method's best reward (same seed):", "",
+                  f"| method | seed | its best reward | its evaluations to best | {agent} evaluations to reach it |",
+                  "|---|---|---|---|---|"]
+        for r in reach:
+            got = r[key] if r[key] is not None else "not reached"
+            lines.append(f"| {r['method']} | {r['seed']} | {r['best_reward']:.4f} | {r['evaluations_to_best']} | {got} |")
+    tmp = out / ".results.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / "results.md")
+
+
+def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``curves.png`` (best reward vs. evaluations / wall seconds) and ``allocations.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for i, (method, runs) in enumerate(cells.items()):
+        color = colors(i % 10)
+        for j, r in enumerate(runs):
+            h = [p for p in r["history"] if np.isfinite(p["best_reward"])]
+            if not h:
+                continue
+            label = method if j == 0 else None
+            for ax, axis in zip(axes, ("evaluations", "seconds")):
+                xs = [p[axis] for p in h]
+                ys = [p["best_reward"] for p in h]
+                if len(h) == 1:
+                    ax.scatter(xs, ys, color=color, marker="D", s=30, label=label, zorder=3)
+                else:
+                    ax.step(xs, ys, where="post", color=color, alpha=0.85, lw=1.4, label=label)
+    axes[0].set_xlabel("evaluations (search cost)")
+    axes[1].set_xlabel("wall seconds")
+    axes[0].set_ylabel("best reward (dense ppl / pruned ppl, calib split)")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / ".curves.png.tmp.png", dpi=110)
+    plt.close(fig)
+    (out / ".curves.png.tmp.png").replace(out / "curves.png")
+
+    first = next(iter(cells.values()))[0]
+    kinds = sorted({name.split(".")[0] for name in _unit_names(first)}, key=["attn", "ffn", "block"].index)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.2), squeeze=False)
+    for i, (method, runs) in enumerate(cells.items()):
+        r = min(runs, key=lambda c: c["seed"])
+        names, sparsity = _unit_names(r), np.array(r["best"]["layer_sparsity"])
+        for ax, kind in zip(axes[0], kinds):
+            idx = [k for k, n in enumerate(names) if n.startswith(kind)]
+            ax.plot(range(len(idx)), sparsity[idx], marker="o", ms=3, color=colors(i % 10), label=method)
+    for ax, kind in zip(axes[0], kinds):
+        ax.set_title({"attn": "attention (heads / KV groups)", "ffn": "FFN neurons", "block": "block weights"}[kind])
+        ax.set_xlabel("layer")
+        ax.set_ylabel("sparsity")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{title}: best allocation per method (seed 0)")
+    fig.tight_layout()
+    fig.savefig(out / ".allocations.png.tmp.png", dpi=110)
+    plt.close(fig)
+    (out / ".allocations.png.tmp.png").replace(out / "allocations.png")
+
+
+def _unit_names(cell: dict[str, Any]) -> list[str]:
+    n = len(cell["best"]["layer_sparsity"])
+    if cell["env_kwargs"].get("mode", "structured") == "structured":
+        return [f"{k}.{b}" for b in range(n // 2) for k in ("attn", "ffn")]
+    return [f"block.{b}" for b in range(n)]
+
+
+def run_bench(env_id: str, budget: int, seeds: int = 3, methods: list[str] | None = None, out: str | Path = "bench",
+              target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
+              calib_alpha: float = 0.9, progress: bool = True) -> list[dict[str, Any]]:
+    """Run/resume all cells, then write the tables and plots; returns the summary rows."""
+    out = Path(out)
+    cells = run_cells(env_id, budget, seeds, methods, out, target, env_kwargs, calibrate, calib_alpha, progress)
+    rows = summarize(cells)
+    target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
+    title = f"{env_id}, target {target_used:g}, budget {budget}, {seeds} seed(s)"
+    write_tables(out, rows, reach_table(cells), f"### {title}")
+    plot(out, cells, title)
+    return rows
