@@ -70,7 +70,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 @_command("bench-env")
 def cmd_bench_env(args: argparse.Namespace) -> int:
     """Median step time vs. median dense forward over the same reward tokens."""
-    from ffenv.bench import bench_env
+    from ffenv.speed import bench_env
 
     result = bench_env(args.env, repeats=args.repeats, seed=args.seed, **parse_env_kwargs(args.env_kwarg))
     print(json.dumps(result, indent=2))
