@@ -29,7 +29,7 @@ def test_bench_runs_every_method_writes_everything_and_resumes(tmp_path, capsys)
         if expected:
             assert float(r["evaluations_mean"]) == expected
     md = (out / "results.md").read_text()
-    assert "| fastforward |" in md and "fastforward evaluations to reach it" in md
+    assert "| fastforward |" in md and "fastforward evaluations to reach it" in md and "fastforward tokens to reach it" in md
     tb = list((out / "tb" / "FFPrune-Mistral-v0").glob("*/seed1/events.out.tfevents.*"))
     assert len(tb) >= len(methods)
     cells = sorted((out / "cells").glob("*/seed*.json"))
