@@ -35,6 +35,7 @@ import os
 import re
 import sysconfig
 import tokenize
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def _module_text(source: str) -> str:
     """Docstrings and comment blocks of one module, as paragraphs of English-ish text."""
     parts: list[str] = []
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # stdlib test files hold deliberately odd escapes
+            warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+            tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return ""
     for node in ast.walk(tree):
