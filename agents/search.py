@@ -69,8 +69,14 @@ def run_search(
     warmup_fraction: float = 0.4,
     agent_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    calibrate: bool = False,
+    calib_alpha: float = 0.9,
 ) -> dict[str, Any]:
-    """Run one search and return (and, with ``out``, write) its result. See the module docstring."""
+    """Run one search and return (and, with ``out``, write) its result. See the module docstring.
+
+    ``calibrate=True`` also scores the best allocation on the held-out split after post-pruning
+    calibration (structured envs): ``best.eval_ppl_calib``, next to the uncalibrated ``best.eval_ppl``.
+    """
     out_path = Path(out) if out is not None else None
     if resume and out_path is not None and out_path.exists():
         done = json.loads(out_path.read_text())
@@ -89,6 +95,9 @@ def run_search(
         budget = 1  # no search: one evaluation gives the heuristic allocation's reward
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
     base = env.unwrapped
+    if calibrate and base.mode != "structured":
+        raise ValueError(f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is "
+                         f"{base.mode}")
     final_target = getattr(env, "final_target", base.target_sparsity)
     hparams = {"agent": agent_name, "budget": budget, "seed": seed, "target": final_target,
                "curriculum": curriculum, "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
@@ -131,6 +140,11 @@ def run_search(
     cost = {**monitor.cost, "evaluations_to_best": monitor.evaluations_to_best,
             "setup_seconds": round(base.setup_seconds, 3)}  # frozen before the (uncounted) held-out scoring
     scores = score_allocation(env, np.array(monitor.best["action"], np.float32), final_target)
+    if calibrate:
+        base.set_target_sparsity(final_target)
+        calibrated = base.evaluate(np.array(monitor.best["action"], np.float32), split="eval", calibrate=True,
+                                   calib_alpha=calib_alpha)
+        scores.update(eval_ppl_calib=calibrated["ppl"], calib_alpha=calib_alpha)
     monitor.close_search({"eval_ppl": scores["eval_ppl"], "calib_ppl": scores["calib_ppl"]})
     result = {
         "complete": True,

@@ -87,7 +87,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             out=args.out, target=args.target, warm_start=args.warm_start, resume=args.resume,
                             env_kwargs=parse_env_kwargs(args.env_kwarg), curriculum=not args.no_curriculum,
                             warmup_fraction=args.warmup_fraction, agent_kwargs=parse_env_kwargs(args.agent_kwarg),
-                            progress=not args.quiet)
+                            progress=not args.quiet, calibrate=args.calibrate)
     except KeyboardInterrupt:
         return 130
     best, cost = result["best"], result["cost"]
@@ -95,6 +95,8 @@ def cmd_search(args: argparse.Namespace) -> int:
           f" realized sparsity {best['sparsity']:.4f}")
     print(f"  best reward {best['reward']:.4f} | calib ppl {best['calib_ppl']:.2f} (dense {best['dense_calib_ppl']:.2f})"
           f" | held-out eval ppl {best['eval_ppl']:.2f} (dense {best['dense_eval_ppl']:.2f})")
+    if "eval_ppl_calib" in best:
+        print(f"  after post-pruning calibration: held-out eval ppl {best['eval_ppl_calib']:.2f}")
     print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
           f" best found after {cost['evaluations_to_best']} evaluations")
     if args.out:
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p.add_argument("--agent-kwarg", action="append", metavar="KEY=VALUE", help="override an agent setting")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also report the held-out ppl after post-pruning calibration (structured envs)")
     p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")

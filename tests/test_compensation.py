@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -79,3 +81,18 @@ def test_calibration_bad_input():
     unstructured = gym.make("FFPrune-Llama-Unstructured-v0", **SMALL).unwrapped
     with pytest.raises(ValueError, match="structured"):
         unstructured.evaluate(np.zeros(unstructured.n_units, np.float32), calibrate=True)
+
+
+def test_search_reports_the_calibrated_ppl_next_to_the_plain_one(tmp_path, capsys):
+    from ffenv.cli import main as cli_main
+
+    tiny = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
+    out = tmp_path / "r.json"
+    assert cli_main(["search", "--env", "FFPrune-Mistral-v0", "--agent", "uniform", "--calibrate", "--out", str(out),
+                     "--logdir", str(tmp_path), "--quiet", *tiny]) == 0
+    best = json.loads(out.read_text())["best"]
+    assert np.isfinite(best["eval_ppl_calib"]) and best["eval_ppl_calib"] != best["eval_ppl"]
+    assert "after post-pruning calibration" in capsys.readouterr().out
+    assert cli_main(["search", "--env", "FFPrune-Mistral-Unstructured-v0", "--agent", "uniform", "--calibrate",
+                     "--logdir", str(tmp_path), "--quiet", *tiny]) == 2
+    assert "structured" in capsys.readouterr().err
