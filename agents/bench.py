@@ -253,7 +253,7 @@ def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
     axes[1].set_xlabel("wall seconds")
     axes[0].set_ylabel("best reward (dense ppl / pruned ppl, calib split)")
     for ax in axes:
-        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
