@@ -82,6 +82,7 @@ def run_sb3(
         if ckpt is None:
             return
         tmp = model_file.with_name(f".{model_file.name}.tmp.zip")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         model.save(tmp)
         tmp.replace(model_file)
         if isinstance(model, OffPolicyAlgorithm):
