@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.monitor import atomic_write_json
-from agents.search import make_search_env, run_search
+from agents.monitor import atomic_write_json, atomic_write_text
+from agents.search import calibrated_eval_ppl, make_search_env, run_search
 
 RL_AGENTS = ("fastforward", "ppo", "sac")
 SEARCH_BASELINES = ("random", "evolution", "uniform-split")
@@ -75,10 +75,9 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any
             best["eval_ppl_calib"], best["calib_alpha"] = done["best"]["eval_ppl_calib"], alpha
             atomic_write_json(path, cell)
             return cell
-    kwargs = dict(cell["env_kwargs"])
-    env = make_search_env(cell["env_id"], 1, kwargs, curriculum=False)
-    r = env.unwrapped.evaluate(np.array(best["action"], np.float32), split="eval", calibrate=True, calib_alpha=alpha)
-    best["eval_ppl_calib"], best["calib_alpha"] = r["ppl"], alpha
+    env = make_search_env(cell["env_id"], 1, cell["env_kwargs"], curriculum=False)
+    best["eval_ppl_calib"] = calibrated_eval_ppl(env, best["action"], cell["env_kwargs"]["target_sparsity"], alpha)
+    best["calib_alpha"] = alpha
     atomic_write_json(path, cell)
     return cell
 
@@ -186,15 +185,12 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str) -> None:
     """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically."""
     import io
-    import os
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     writer.writeheader()
     writer.writerows(rows)
-    tmp = out / ".results.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out / "results.csv")
+    atomic_write_text(out / "results.csv", buf.getvalue())
 
     ordered = sorted(rows, key=lambda r: r["eval_ppl_mean"])
     lines = [header, "",
@@ -221,9 +217,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, An
             tok = r[f"{agent}_tokens_to_reach"]
             lines.append(f"| {r['method']} | {r['seed']} | {r['best_reward']:.4f} | {r['evaluations_to_best']} | {got} "
                          f"| {r['tokens_to_best']:,} | {f'{tok:,}' if tok is not None else 'not reached'} |")
-    tmp = out / ".results.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "results.md")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
 def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:

@@ -31,13 +31,18 @@ import torch
 AXES = ("evaluations", "tokens", "wall_ms")
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and an atomic rename."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

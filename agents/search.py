@@ -54,6 +54,17 @@ def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[st
             "layer_sparsity": held["layer_sparsity"].tolist(), "eval_tokens": held["tokens"]}
 
 
+def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: float = 0.9) -> float:
+    """Held-out ppl of an allocation after post-pruning calibration (ridge ``alpha``; not search cost)."""
+    base = env.unwrapped
+    saved_target = base.target_sparsity
+    base.set_target_sparsity(target)
+    try:
+        return base.evaluate(np.asarray(action, np.float32), split="eval", calibrate=True, calib_alpha=alpha)["ppl"]
+    finally:
+        base.set_target_sparsity(saved_target)
+
+
 def run_search(
     env_id: str = "FFPrune-Llama-v0",
     agent: str = "fastforward",
@@ -141,10 +152,8 @@ def run_search(
             "setup_seconds": round(base.setup_seconds, 3)}  # frozen before the (uncounted) held-out scoring
     scores = score_allocation(env, np.array(monitor.best["action"], np.float32), final_target)
     if calibrate:
-        base.set_target_sparsity(final_target)
-        calibrated = base.evaluate(np.array(monitor.best["action"], np.float32), split="eval", calibrate=True,
-                                   calib_alpha=calib_alpha)
-        scores.update(eval_ppl_calib=calibrated["ppl"], calib_alpha=calib_alpha)
+        scores.update(eval_ppl_calib=calibrated_eval_ppl(env, monitor.best["action"], final_target, calib_alpha),
+                      calib_alpha=calib_alpha)
     monitor.close_search({"eval_ppl": scores["eval_ppl"], "calib_ppl": scores["calib_ppl"]})
     result = {
         "complete": True,
