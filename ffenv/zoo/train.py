@@ -1,10 +1,15 @@
 """Train the bundled tiny models (and their shared tokenizer) on the ``stdlib`` corpus.
 
-Reproducible: the same ``--seed`` and ``--steps`` on the same machine give the same weights.
-With ``--minutes`` the run stops at the first step past the time limit; the model card records the
-number of steps taken, so ``--steps`` reproduces it.
+Reproducible: the same ``--seed`` and ``--steps`` on the same machine (and thread count) give the same
+weights. The held-out perplexity on the ``calib`` split is measured every ``--eval-every`` steps and the best
+checkpoint is the one shipped (early stopping; the ``eval`` split stays untouched for reporting). With
+``--minutes`` the run stops at the first step past the time limit; ``training.json`` records the steps taken
+and the schedule length, and the model card's ``reproduce`` line replays it with ``--steps``. An interrupted
+run continues with ``--resume`` (state checkpointed at each measurement).
 
-    python -m ffenv.zoo.train --arch llama --minutes 12 --seed 0
+    python -m ffenv.zoo.train --arch llama --steps 1200 --seed 0
+    python -m ffenv.zoo.train --arch llama --card-only   # re-measure the shipped model, rewrite its card
+    python -m ffenv.zoo.train --plot docs/zoo-training.png
     python -m ffenv.zoo.train --tokenizer-only          # (re)build ffenv/zoo/tokenizer
 """
 
@@ -85,31 +90,56 @@ def build_model(arch: str, tokenizer: Any, seed: int) -> torch.nn.Module:
 
 
 def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_size: int = 16,
-          seq_len: int = 256, lr: float = 3e-3, out: Path | None = None) -> dict[str, Any]:
-    """Train one tiny model; save it (fp16 safetensors + tokenizer + model card) and return its card."""
+          seq_len: int = 256, lr: float = 3e-3, out: Path | None = None, eval_every: int = 100,
+          schedule_steps: int | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train one tiny model; save it (fp16 safetensors + tokenizer + ``training.json``) and return the record.
+
+    The learning rate warms up over 100 steps, then follows a cosine from ``lr`` down to ``0.1·lr`` over
+    ``schedule_steps`` (default: ``steps``; with ``minutes``, estimated from the speed of the first 50 steps and
+    recorded). Every ``eval_every`` steps the held-out perplexity on 64 windows of the ``calib`` split is
+    measured; the weights with the lowest one are kept (early stopping on ``calib``: the ``eval`` split is never
+    looked at). The run state is checkpointed at each measurement to ``<out>/train_state.pt`` (atomically), so
+    ``resume=True`` continues an interrupted run to the same weights.
+    """
+    import copy
+
     from transformers import AutoTokenizer
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     if (minutes is None) == (steps is None):
         raise ValueError("give exactly one of minutes or steps")
+    if eval_every <= 0:
+        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
+    out = out or ZOO_DIR / f"tiny-{arch}"
+    state_file = out / "train_state.pt"
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
     model = build_model(arch, tokenizer, seed)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     stream = token_stream(tokenizer, "stdlib", "train")
-    held = evaluation_windows(tokenizer, "stdlib", "calib", seq_len=seq_len)
+    held = evaluation_windows(tokenizer, "stdlib", "calib", seq_len=seq_len)[:64]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
     planned = steps if steps is not None else 10**9
-    est_total = steps if steps is not None else None
+    est_total = schedule_steps or steps
     warmup = 100
     gen = torch.Generator().manual_seed(seed)
-    t0 = time.time()
     history: list[dict[str, float]] = []
-    step = 0
+    best: dict[str, Any] = {"ppl": math.inf, "step": 0, "state": None}
+    step, spent = 0, 0.0
+    if resume and state_file.exists():
+        ck = torch.load(state_file, weights_only=False)
+        if (ck["arch"], ck["seed"], ck["batch_size"], ck["lr"]) != (arch, seed, batch_size, lr):
+            raise ValueError(f"{state_file} belongs to another run (arch/seed/batch_size/lr differ); delete it")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        step, spent, history, best, est_total = ck["step"], ck["spent"], ck["history"], ck["best"], ck["est_total"]
+        print(f"resumed {state_file} at step {step}", flush=True)
+    t0 = time.time() - spent
     while step < planned:
         elapsed = time.time() - t0
         if minutes is not None and elapsed >= minutes * 60:
@@ -129,28 +159,41 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        if step % 200 == 0:
+        if step % eval_every == 0 or step == planned:
             model.eval()
-            ppl = perplexity(model, held[:64], batch_size=16)
+            ppl = perplexity(model, held, batch_size=16)
             model.train()
-            history.append({"step": step, "seconds": round(time.time() - t0, 1), "train_loss": round(loss.item(), 4),
-                            "calib_ppl": round(ppl, 3)})
+            if ppl < best["ppl"]:
+                best = {"ppl": ppl, "step": step, "state": copy.deepcopy(model.state_dict())}
+            history.append({"step": step, "seconds": round(time.time() - t0, 1), "lr": round(cur_lr, 6),
+                            "train_loss": round(loss.item(), 4), "calib_ppl": round(ppl, 3)})
             print(json.dumps(history[-1]), flush=True)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            torch.save({"arch": arch, "seed": seed, "batch_size": batch_size, "lr": lr, "step": step,
+                        "spent": time.time() - t0, "history": history, "best": best, "est_total": est_total,
+                        "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}, tmp)
+            tmp.replace(state_file)
     train_seconds = time.time() - t0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
     model.eval()
     model = model.half()
-    out = out or ZOO_DIR / f"tiny-{arch}"
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     card = {
         "name": out.name, "arch": arch, "architecture": type(model).__name__, "parameters": n_params,
         "config": ARCHS[arch], "vocab_size": len(tokenizer), "seed": seed, "steps": step,
-        "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "tokens_seen": step * batch_size * seq_len,
+        "schedule_steps": est_total or step, "selected_step": best["step"] or step,
+        "selection": "lowest calib ppl (64 windows), measured every eval_every steps", "eval_every": eval_every,
+        "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
+        "tokens_seen": (best["step"] or step) * batch_size * seq_len,
         "train_tokens_available": len(stream), "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(), "history": history,
     }
     (out / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    state_file.unlink(missing_ok=True)
     return card
 
 
@@ -180,11 +223,14 @@ def write_card(name: str) -> dict[str, Any]:
         "size_on_disk_bytes": (folder / "model.safetensors").stat().st_size,
         "tokens_seen": training["tokens_seen"],
         "train_steps": training["steps"],
+        "selected_step": training.get("selected_step", training["steps"]),
         "train_seconds": training["train_seconds"],
         "train_seed": training["seed"],
         "dense_ppl": {"seq_len": 256, **ppl},
         "reproduce": f"python -m ffenv.zoo.train --arch {training['arch']} --steps {training['steps']} "
-                     f"--seed {training['seed']}",
+                     + (f"--schedule-steps {training['schedule_steps']} "
+                        if training.get("schedule_steps", training["steps"]) != training["steps"] else "")
+                     + f"--seed {training['seed']} --batch-size {training['batch_size']}",
     }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     lines = [f"# {name}", "", f"A {card['architecture']} trained by ffprune on the `stdlib` corpus (train split) "
@@ -193,6 +239,37 @@ def write_card(name: str) -> dict[str, Any]:
     lines += [f"| {k} | {v} |" for k, v in card.items() if k != "name"]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     return card
+
+
+def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mistral", "tiny-opt")) -> Path:
+    """Plot held-out (``calib``) perplexity against training tokens for the bundled models, from their
+    ``training.json``; the selected checkpoint of each is marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name in names:
+        rec = json.loads((ZOO_DIR / name / "training.json").read_text())
+        per_step = rec["batch_size"] * rec["seq_len"]
+        hist = rec["history"]
+        (line,) = ax.plot([h["step"] * per_step / 1e6 for h in hist], [h["calib_ppl"] for h in hist], marker=".",
+                          label=name)
+        sel = next((h for h in hist if h["step"] == rec.get("selected_step")), None)
+        if sel is not None:
+            ax.plot(sel["step"] * per_step / 1e6, sel["calib_ppl"], "o", mfc="none", ms=10, color=line.get_color())
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("held-out ppl (calib split, 64 x 256 tokens)")
+    ax.set_yscale("log")
+    ax.set_title("Bundled zoo: training curves (circle = shipped checkpoint)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,16 +281,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between held-out (calib) measurements")
+    ap.add_argument("--schedule-steps", type=int, help="length of the cosine schedule (default: --steps)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     ap.add_argument("--tokenizer-only", action="store_true", help="(re)train the shared tokenizer and stop")
     ap.add_argument("--card-only", action="store_true", help="(re)measure the saved model and rewrite its card")
+    ap.add_argument("--plot", type=Path, metavar="PNG", help="plot the bundled models' training curves and stop")
     args = ap.parse_args(argv)
     if args.tokenizer_only:
         train_tokenizer()
         return
+    if args.plot:
+        print(plot_training(args.plot))
+        return
     if args.arch is None:
         ap.error("--arch is required")
     if not args.card_only:
-        train(args.arch, args.minutes, args.steps, args.seed, args.batch_size, lr=args.lr, out=args.out)
+        train(args.arch, args.minutes, args.steps, args.seed, args.batch_size, lr=args.lr, out=args.out,
+              eval_every=args.eval_every, schedule_steps=args.schedule_steps, resume=args.resume)
     if args.out is None:
         print(json.dumps(write_card(f"tiny-{args.arch}"), indent=2))
 
