@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agents.monitor import atomic_write_json, atomic_write_text
-from agents.search import calibrated_eval_ppl, make_search_env, run_search
+from agents.search import calibrated_eval_ppl, make_search_env, model_weights, run_search
 
 RL_AGENTS = ("fastforward", "ppo", "sac")
 SEARCH_BASELINES = ("random", "evolution", "uniform-split")
@@ -103,7 +103,8 @@ def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
         raise ValueError(f"methods {bad} need a structured env; {env_id} is {mode}")
     if calibrate and mode != "structured":
         calibrate = False  # Calib compensates removed heads / neurons: structured only
-    _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {}})
+    _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},
+                        "weights": model_weights(env_id, env_kwargs)})
     cells: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         for seed in range(seeds):

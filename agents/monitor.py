@@ -94,16 +94,19 @@ class SearchMonitor(gym.Wrapper):
         logdir: TensorBoard run folder (``None``: no TensorBoard).
         progress: show a tqdm bar.
         hparams: logged as TensorBoard hyper-parameters when the search closes.
+        weights: identity of the model weights (:func:`ffenv.models.weights_fingerprint`), kept in the
+            checkpoint so a resume on other weights is refused.
     """
 
     def __init__(self, env: gym.Env, budget: int, logdir: str | Path | None = None, progress: bool = True,
-                 hparams: dict[str, Any] | None = None) -> None:
+                 hparams: dict[str, Any] | None = None, weights: str | None = None) -> None:
         super().__init__(env)
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive integer (episodes), got {budget!r}")
         self.budget = budget
         self.logdir = Path(logdir) if logdir is not None else None
         self.hparams = dict(hparams or {})
+        self.weights = weights
         self.base = env.unwrapped
         self.final_target = getattr(env, "final_target", self.base.target_sparsity)
         self.full_windows = getattr(env, "full_windows", self.base.reward_windows)
@@ -212,12 +215,15 @@ class SearchMonitor(gym.Wrapper):
         cost = self.cost
         state = {"episodes": self.episodes, "wall_seconds": self.wall_seconds,
                  "evaluations": cost["evaluations"], "tokens": cost["tokens"],
-                 "best": self.best, "history": self.history}
+                 "best": self.best, "history": self.history, "weights": self.weights}
         if hasattr(self.env, "state_dict"):
             state["curriculum"] = self.env.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("weights") != self.weights:
+            raise ValueError(f"the checkpoint was written for other model weights ({state.get('weights')}, now "
+                             f"{self.weights}): the model changed since; start the search again without resume")
         self.episodes = int(state["episodes"])
         self.wall_offset = float(state["wall_seconds"])
         self._t0 = time.perf_counter()

@@ -38,6 +38,14 @@ def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None 
     return env
 
 
+def model_weights(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
+    """:func:`ffenv.models.weights_fingerprint` of the model an env id (plus overrides) would load."""
+    from ffenv.models import weights_fingerprint
+
+    model = {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("model", "tiny-llama")
+    return weights_fingerprint(model)
+
+
 def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[str, Any]:
     """Perplexity of an allocation on the full reward split and on the held-out split (not search cost)."""
     base = env.unwrapped
@@ -89,8 +97,12 @@ def run_search(
     calibration (structured envs): ``best.eval_ppl_calib``, next to the uncalibrated ``best.eval_ppl``.
     """
     out_path = Path(out) if out is not None else None
+    weights = model_weights(env_id, env_kwargs)
     if resume and out_path is not None and out_path.exists():
         done = json.loads(out_path.read_text())
+        if done.get("weights") != weights:
+            raise ValueError(f"out={str(out_path)!r} holds a search on other model weights ({done.get('weights')}, "
+                             f"now {weights}): the model changed since; use another out path")
         if done.get("complete"):
             return done
     ckpt = out_path.with_suffix(".ckpt") if out_path is not None else None
@@ -113,7 +125,7 @@ def run_search(
     hparams = {"agent": agent_name, "budget": budget, "seed": seed, "target": final_target,
                "curriculum": curriculum, "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
     logpath = run_dir(logdir, env_id, agent_name, seed) if logdir is not None else None
-    monitor = SearchMonitor(env, budget, logpath, progress=progress, hparams=hparams)
+    monitor = SearchMonitor(env, budget, logpath, progress=progress, hparams=hparams, weights=weights)
 
     extra: dict[str, Any] = {}
     try:
@@ -159,6 +171,7 @@ def run_search(
         "complete": True,
         "env_id": env_id,
         "env_kwargs": {**base.spec_kwargs, "target_sparsity": final_target},
+        "weights": weights,
         "agent": agent_name,
         "seed": seed,
         "budget": budget,

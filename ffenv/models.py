@@ -44,6 +44,39 @@ def bundled_card(name: str) -> dict[str, Any]:
     return json.loads((bundled_path(name) / "card.json").read_text())
 
 
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """A short identity of a model's weights, stored with every search result and bench folder so results
+    computed on other weights are never mixed in (e.g. after the bundled zoo is retrained).
+
+    Bundled names and local folders: SHA-256 over the weight files (``*.safetensors``, ``*.bin``; names and
+    bytes). Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet).
+    """
+    import hashlib
+
+    source = _resolve_source(name_or_path)
+    folder = Path(source)
+    if not folder.exists():  # a hub id
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json")
+        except Exception:  # noqa: BLE001 - any hub-library failure just means "unknown"
+            return None
+        if not isinstance(cached, str):
+            return None
+        return f"hub:{source}@{Path(cached).parent.name}"
+    files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+    if not files:
+        raise ValueError(f"model path {source!r} has no weight files (*.safetensors / *.bin)")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU; otherwise validated ``torch.device``."""
     if device is None or device == "auto":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agents.fastforward import load_policy
+import agents.search as search_module
 from agents.monitor import SearchMonitor
 from agents.search import run_search
 from ffenv.cli import main as cli_main
@@ -76,6 +77,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         search(tmp_path, "cut", budget=16)
     assert (tmp_path / "cut.ckpt").exists() and not (tmp_path / "cut.json").exists()
     monkeypatch.setattr(SearchMonitor, "step", original)
+    # the model's weights changed since the checkpoint (e.g. a retrained zoo): refused, nothing mixed
+    real_weights = search_module.model_weights
+    monkeypatch.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
+    with pytest.raises(ValueError, match="other model weights"):
+        search(tmp_path, "cut", budget=16, resume=True)
+    monkeypatch.setattr(search_module, "model_weights", real_weights)
     resumed = search(tmp_path, "cut", budget=16, resume=True)
     assert resumed["cost"]["episodes"] == 16
     assert len(resumed["history"]) == 16
@@ -85,6 +92,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     # a finished result is returned as it is
     again = search(tmp_path, "cut", budget=16, resume=True)
     assert [h["reward"] for h in again["history"]] == [h["reward"] for h in resumed["history"]]
+    assert again["weights"] == full["weights"] and again["weights"].startswith("sha256:")
+    monkeypatch.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
+    with pytest.raises(ValueError, match="other model weights"):
+        search(tmp_path, "cut", budget=16, resume=True)
 
 
 def test_tensorboard_has_cost_axis_scalars(tmp_path):
