@@ -23,6 +23,7 @@ from baselines.allocators import (
 from ffenv.env import UNIT_FEATURES
 from ffenv.importance import collect_input_moments
 from ffenv.models import decoder_blocks
+from ffenv.projector import keep_to_raw, project_budget
 
 HEURISTICS = ("uniform", "owl", "alphapruning", "flap")
 
@@ -40,8 +41,25 @@ def flap_scores(env: gym.Env) -> list[np.ndarray]:
     return out
 
 
+def within_keep_bounds(env: gym.Env, sparsities: np.ndarray) -> np.ndarray:
+    """An allocation the env can run: unchanged when every keep ratio lies in ``[min_keep, max_keep]``;
+    otherwise clipped to those bounds and re-balanced by the env's budget projector (exactly what the env
+    does with any action), so the target is still met.
+
+    Needed when a heuristic's range exceeds the env's bounds, e.g. AlphaPruning with ``ε = 0.3`` at a 70 %
+    target spans sparsities up to ``0.7 · 1.3 = 0.91`` while ``min_keep = 0.1`` allows at most 0.9.
+    """
+    u = env.unwrapped
+    keep = 1.0 - np.asarray(sparsities, np.float64)
+    if np.all(keep >= u.min_keep - 1e-9) and np.all(keep <= u.max_keep + 1e-9):
+        return np.asarray(sparsities, np.float64)
+    raw = keep_to_raw(np.clip(keep, u.min_keep, u.max_keep), u.min_keep, u.max_keep)
+    return 1.0 - project_budget(raw, u.target_sparsity, u.sizes, u.min_keep, u.max_keep)
+
+
 def heuristic_sparsities(env: gym.Env, method: str, **params: Any) -> np.ndarray:
-    """Per-unit sparsities of a heuristic ``method`` at the env's current target (see module doc)."""
+    """Per-unit sparsities of a heuristic ``method`` at the env's current target (see module doc), as the
+    method defines them; :func:`within_keep_bounds` makes them runnable when they leave the env's bounds."""
     u = env.unwrapped
     target = u.target_sparsity
     blocks = np.array([unit.block for unit in u.units])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from agents.monitor import SearchMonitor
-from baselines.heuristics import HEURISTICS, heuristic_sparsities
+from baselines.heuristics import HEURISTICS, heuristic_sparsities, within_keep_bounds
 
 SEARCHES = ("uniform-split", "random", "evolution")
 METHODS = HEURISTICS + SEARCHES
@@ -31,9 +31,11 @@ def heuristic(env: SearchMonitor, method: str, seed: int = 0, **params: Any) -> 
     """One evaluation of a heuristic allocation at the final target."""
     base = env.unwrapped
     sparsity = heuristic_sparsities(env, method, **params)
+    runnable = within_keep_bounds(env, sparsity)
     env.reset(seed=seed)
-    env.step(base.action_from_sparsities(sparsity))
-    return {"heuristic_sparsity": sparsity.tolist(), "params": params}
+    env.step(base.action_from_sparsities(runnable))
+    return {"heuristic_sparsity": sparsity.tolist(), "params": params,
+            "projected_to_keep_bounds": bool(not np.allclose(runnable, sparsity, rtol=0, atol=1e-12))}
 
 
 def uniform_split(env: SearchMonitor, seed: int = 0) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from baselines.allocators import (
     owl_sparsities,
     uniform_sparsities,
 )
+from baselines.heuristics import within_keep_bounds
 
 
 def test_owl_hand_computed_equal_sizes():
@@ -117,10 +118,30 @@ def test_allocations_go_through_the_env_unchanged(method):
     u = env.unwrapped
     s = heuristic_sparsities(env, method)
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
-    _, _, _, _, info = env.step(u.action_from_sparsities(s))
-    np.testing.assert_allclose(info["keep_ratio"], 1 - s, atol=1e-6)
+    runnable = within_keep_bounds(env, s)
+    assert runnable @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
+    assert np.all(1 - runnable >= u.min_keep - 1e-9) and np.all(1 - runnable <= u.max_keep + 1e-9)
+    if np.all(1 - s >= u.min_keep):
+        np.testing.assert_array_equal(runnable, s)  # within the bounds: untouched
+    _, _, _, _, info = env.step(u.action_from_sparsities(runnable))
+    np.testing.assert_allclose(info["keep_ratio"], 1 - runnable, atol=1e-6)
     if method != "uniform":
         assert s.std() > 0
+
+
+def test_allocation_outside_the_keep_bounds_is_clipped_and_rebalanced():
+    import gymnasium as gym
+
+    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)  # target 0.7, min_keep 0.1
+    u = env.unwrapped
+    s = alphapruning_sparsities(np.linspace(2.0, 4.0, u.n_units), u.target_sparsity, u.sizes, eps=0.3)
+    assert s.max() > 0.9  # AlphaPruning's own range at 70 % exceeds what min_keep allows
+    with pytest.raises(ValueError, match="keep bounds"):
+        u.action_from_sparsities(s)
+    r = within_keep_bounds(env, s)
+    assert r.max() == pytest.approx(0.9) and r @ u.sizes / u.sizes.sum() == pytest.approx(0.7)
+    assert np.all(np.diff(r) >= -1e-12)  # the order of the allocation is kept
+    assert np.all(r[s < 0.9] >= s[s < 0.9])  # the excess is spread over the other units
 
 
 @pytest.mark.parametrize("method", ["random", "evolution", "uniform-split", "flap", "owl"])
