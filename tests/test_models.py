@@ -102,3 +102,45 @@ def test_cli_models_and_version(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert "ffprune 0.1.0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_model_card_matches_the_shipped_weights(name):
+    """The card's dense perplexities are those of the weights in the folder (a retrain must rewrite the card)."""
+    import json
+
+    model, tok = load_model_cached(name, "cpu", "auto")
+    card = bundled_card(name)
+    for split in ("calib", "eval"):
+        ppl = perplexity(model, evaluation_windows(tok, "stdlib", split, seq_len=card["dense_ppl"]["seq_len"]))
+        assert ppl == pytest.approx(card["dense_ppl"][split], rel=1e-4), split
+    training = json.loads(bundled_path(name).joinpath("training.json").read_text())
+    chosen = min(training["history"], key=lambda h: h["calib_ppl"])  # early stopping on the calib split
+    assert card["selected_step"] == training["selected_step"] == chosen["step"]
+    assert card["tokens_seen"] == chosen["step"] * training["batch_size"] * training["seq_len"]
+
+
+def test_weights_fingerprint(tmp_path):
+    import shutil
+
+    from ffenv.models import weights_fingerprint
+
+    fp = weights_fingerprint("tiny-llama")
+    assert fp.startswith("sha256:") and fp == weights_fingerprint(str(bundled_path("tiny-llama")))
+    assert fp != weights_fingerprint("tiny-opt")
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled_path("tiny-llama"), copy)
+    assert weights_fingerprint(str(copy)) == fp
+    with (copy / "model.safetensors").open("r+b") as fh:  # one byte of the weights changes
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    assert weights_fingerprint(str(copy)) != fp
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no weight files"):
+        weights_fingerprint(str(copy))
+    assert weights_fingerprint("nobody/not-a-cached-model") is None  # hub id, not in the local cache
+    with pytest.raises(ValueError, match="bundled"):
+        weights_fingerprint("tiny-gpt")
