@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from agents.fastforward import load_policy
 import agents.search as search_module
+from agents.fastforward import load_policy
 from agents.monitor import SearchMonitor
 from agents.search import run_search
 from ffenv.cli import main as cli_main
