@@ -51,8 +51,6 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     Bundled names and local folders: SHA-256 over the weight files (``*.safetensors``, ``*.bin``; names and
     bytes). Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet).
     """
-    import hashlib
-
     source = _resolve_source(name_or_path)
     folder = Path(source)
     if not folder.exists():  # a hub id
@@ -68,10 +66,19 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
     if not files:
         raise ValueError(f"model path {source!r} has no weight files (*.safetensors / *.bin)")
+    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    """SHA-256 (names and bytes) of weight files, memoised on (path, size, mtime): a bench hashes a large
+    local checkpoint once per process, not once per cell, and a rewritten file is hashed again."""
+    import hashlib
+
     digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
+    for path, _size, _mtime in files:
+        digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16]
