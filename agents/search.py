@@ -40,9 +40,13 @@ def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None 
 
 def model_weights(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
     """:func:`ffenv.models.weights_fingerprint` of the model an env id (plus overrides) would load."""
+    import inspect
+
+    from ffenv.env import FFPruneEnv
     from ffenv.models import weights_fingerprint
 
-    model = {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("model", "tiny-llama")
+    default = inspect.signature(FFPruneEnv).parameters["model"].default
+    model = {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("model", default)
     return weights_fingerprint(model)
 
 

@@ -53,7 +53,7 @@ def within_keep_bounds(env: gym.Env, sparsities: np.ndarray) -> np.ndarray:
     keep = 1.0 - np.asarray(sparsities, np.float64)
     if np.all(keep >= u.min_keep - 1e-9) and np.all(keep <= u.max_keep + 1e-9):
         return np.asarray(sparsities, np.float64)
-    raw = keep_to_raw(np.clip(keep, u.min_keep, u.max_keep), u.min_keep, u.max_keep)
+    raw = keep_to_raw(keep, u.min_keep, u.max_keep)  # outside [-1, 1]: the projector clips it to the bounds
     return 1.0 - project_budget(raw, u.target_sparsity, u.sizes, u.min_keep, u.max_keep)
 
 

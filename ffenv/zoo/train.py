@@ -223,13 +223,13 @@ def write_card(name: str) -> dict[str, Any]:
         "size_on_disk_bytes": (folder / "model.safetensors").stat().st_size,
         "tokens_seen": training["tokens_seen"],
         "train_steps": training["steps"],
-        "selected_step": training.get("selected_step", training["steps"]),
+        "selected_step": training["selected_step"],
         "train_seconds": training["train_seconds"],
         "train_seed": training["seed"],
         "dense_ppl": {"seq_len": 256, **ppl},
         "reproduce": f"python -m ffenv.zoo.train --arch {training['arch']} --steps {training['steps']} "
                      + (f"--schedule-steps {training['schedule_steps']} "
-                        if training.get("schedule_steps", training["steps"]) != training["steps"] else "")
+                        if training["schedule_steps"] != training["steps"] else "")
                      + f"--seed {training['seed']} --batch-size {training['batch_size']}",
     }
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -256,7 +256,7 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
         hist = rec["history"]
         (line,) = ax.plot([h["step"] * per_step / 1e6 for h in hist], [h["calib_ppl"] for h in hist], marker=".",
                           label=name)
-        sel = next((h for h in hist if h["step"] == rec.get("selected_step")), None)
+        sel = next((h for h in hist if h["step"] == rec["selected_step"]), None)
         if sel is not None:
             ax.plot(sel["step"] * per_step / 1e6, sel["calib_ppl"], "o", mfc="none", ms=10, color=line.get_color())
     ax.set_xlabel("training tokens (millions)")
