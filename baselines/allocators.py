@@ -3,7 +3,7 @@
 Pure functions of precomputed statistics. Uniform, OWL and AlphaPruning return per-block sparsities
 whose parameter-weighted mean is exactly the target, so they go through
 :meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged while they stay
-within the env's keep bounds (beyond them, :func:`baselines.heuristics.within_keep_bounds` clips them and
+within the env's keep bounds (beyond them, :func:`ffprune.baselines.heuristics.within_keep_bounds` clips them and
 lets the env's projector re-balance, as for any action); FLAP returns
 per-unit sparsities within half a granule of the target (the projector then meets it exactly).
 
@@ -29,22 +29,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ffenv.errors import FFPruneError
+
 
 def _check(target: float, sizes: np.ndarray, values: np.ndarray, name: str) -> None:
     if not 0.0 < target < 1.0:
-        raise ValueError(f"target must be in (0, 1), got {target}")
+        raise FFPruneError(f"target must be in (0, 1), got {target}")
     if values.shape != sizes.shape or values.ndim != 1:
-        raise ValueError(f"{name} and sizes must be 1-D of the same length, got {values.shape} and {sizes.shape}")
+        raise FFPruneError(f"{name} and sizes must be 1-D of the same length, got {values.shape} and {sizes.shape}")
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"{name} must be finite")
+        raise FFPruneError(f"{name} must be finite")
     if not np.all(sizes > 0):
-        raise ValueError("sizes must be positive")
+        raise FFPruneError("sizes must be positive")
 
 
 def uniform_sparsities(target: float, n: int) -> np.ndarray:
     """The same sparsity everywhere."""
     if not 0.0 < target < 1.0:
-        raise ValueError(f"target must be in (0, 1), got {target}")
+        raise FFPruneError(f"target must be in (0, 1), got {target}")
     return np.full(n, float(target))
 
 
@@ -55,13 +57,13 @@ def owl_sparsities(outlier_ratios: np.ndarray, target: float, sizes: np.ndarray 
     sizes = np.ones_like(d) if sizes is None else np.asarray(sizes, np.float64)
     _check(target, sizes, d, "outlier_ratios")
     if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+        raise FFPruneError(f"lam must be >= 0, got {lam}")
     spread = d.max() - d.min()
     r = np.zeros_like(d) if spread == 0 else (d - d.min()) / spread * (2 * lam)
     keep = (1.0 - target) + r - (r @ sizes) / sizes.sum()
     s = 1.0 - keep
     if np.any(s < 0) or np.any(s > 1):
-        raise ValueError(f"lam={lam} is too large for target={target}: sparsities leave [0, 1]")
+        raise FFPruneError(f"lam={lam} is too large for target={target}: sparsities leave [0, 1]")
     return s
 
 
@@ -82,13 +84,13 @@ def alphapruning_sparsities(alphas: np.ndarray, target: float, sizes: np.ndarray
     sizes = np.ones_like(a) if sizes is None else np.asarray(sizes, np.float64)
     _check(target, sizes, a, "alphas")
     if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must be in [0, 1), got {eps}")
+        raise FFPruneError(f"eps must be in [0, 1), got {eps}")
     spread = a.max() - a.min()
     unit = np.full_like(a, 0.5) if spread == 0 else (a - a.min()) / spread
     s = target * (1.0 - eps + 2.0 * eps * unit)
     s *= target * sizes.sum() / (s @ sizes)
     if np.any(s > 1):
-        raise ValueError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1")
+        raise FFPruneError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1")
     return s
 
 
@@ -108,16 +110,16 @@ def flap_sparsities(scores: list[np.ndarray], kinds: list[str], granule_params: 
     largest granule of the target unless ``min_keep`` blocks it.
     """
     if not 0.0 < target < 1.0:
-        raise ValueError(f"target must be in (0, 1), got {target}")
+        raise FFPruneError(f"target must be in (0, 1), got {target}")
     if not 0.0 <= min_keep <= 1.0:
-        raise ValueError(f"min_keep must be in [0, 1], got {min_keep}")
+        raise FFPruneError(f"min_keep must be in [0, 1], got {min_keep}")
     gran = np.asarray(granule_params, np.float64)
     if not (len(scores) == len(kinds) == len(gran)):
-        raise ValueError(f"scores, kinds and granule_params need one entry per unit, got "
+        raise FFPruneError(f"scores, kinds and granule_params need one entry per unit, got "
                          f"{len(scores)}, {len(kinds)}, {len(gran)}")
     scores = [np.asarray(x, np.float64) for x in scores]
     if any(x.ndim != 1 or len(x) == 0 or not np.all(np.isfinite(x)) for x in scores):
-        raise ValueError("scores must be non-empty, finite 1-D arrays")
+        raise FFPruneError("scores must be non-empty, finite 1-D arrays")
     z = [np.empty(0)] * len(scores)
     for kind in sorted(set(kinds)):
         idx = [i for i, k in enumerate(kinds) if k == kind]

@@ -28,6 +28,7 @@ on disk under :func:`cache_dir`, keyed by the tokenizer's hash, corpus, split an
 from __future__ import annotations
 
 import ast
+import codecs
 import hashlib
 import io
 import json
@@ -41,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ffenv.errors import FFPruneError
+from ffenv.io import atomic_torch_save
 
 SPLITS = ("train", "calib", "eval")
 CORPORA = ("stdlib", "wikitext2", "c4")
@@ -137,6 +141,7 @@ def _load_stdlib() -> Any:
     if (where / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(where))
     dd = _hash_split(list(iter_stdlib_documents()))
+    # not atomic_write: save_to_disk writes a folder, and losing the race to another process is fine
     tmp = where.with_name(where.name + f".tmp{os.getpid()}")
     dd.save_to_disk(str(tmp))
     try:
@@ -182,6 +187,37 @@ def _documents(lines: list[str]) -> list[str]:
     return [d for d in docs if d]
 
 
+def _check_text_file(path: Path, chunk_size: int = 1 << 20) -> None:
+    """:class:`FFPruneError` naming ``path`` unless it is UTF-8 text holding something besides whitespace.
+
+    Reads in chunks through an incremental decoder, so a large file is never held in memory whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file handed to the decoder so far
+    has_text = False
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(chunk_size)
+                pending = len(decoder.getstate()[0])  # bytes of a split character held from the last chunk
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as err:  # err.start counts from the held bytes
+                    raise FFPruneError(
+                        f"corpus: {str(path)!r} is not UTF-8 text (invalid byte 0x{err.object[err.start]:02x} at "
+                        f"byte offset {offset - pending + err.start}); the corpus must be UTF-8 text"
+                    ) from err
+                has_text = has_text or bool(text.strip())
+                if not chunk:
+                    break
+                offset += len(chunk)
+    except OSError as err:
+        raise FFPruneError(f"corpus: cannot read {str(path)!r}: {err.strerror or err}") from err
+    if not has_text:
+        raise FFPruneError(f"corpus: {str(path)!r} holds no text (it is empty or only whitespace); "
+                           "give a file with UTF-8 text")
+
+
 def _read_docs(files: list[Path]) -> list[str]:
     import datasets
 
@@ -190,14 +226,16 @@ def _read_docs(files: list[Path]) -> list[str]:
 
 
 def _load_local(path: Path) -> Any:
-    import datasets
-
     if not path.exists():
-        raise ValueError(f"corpus: no such file or folder {str(path)!r}")
+        raise FFPruneError(f"corpus: no such file or folder {str(path)!r}")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     files = [p for p in files if p.suffix in (".txt", ".tokens", ".raw")]
     if not files:
-        raise ValueError(f"corpus: {str(path)!r} holds no .txt/.tokens/.raw file")
+        raise FFPruneError(f"corpus: {str(path)!r} holds no .txt/.tokens/.raw file")
+    for f in files:
+        _check_text_file(f)
+    import datasets
+
     named = {f: _named_split(f) for f in files}
     if path.is_dir() and all(named.values()) and {"calib", "eval"} <= set(named.values()):
         out = {}
@@ -246,17 +284,17 @@ def load_corpus(corpus: str = "stdlib") -> Any:
             path of a local text file or folder.
 
     Raises:
-        ValueError: unknown corpus name, or a local path that does not exist / holds no text.
+        FFPruneError: unknown corpus name, or a local path that does not exist, holds no text or is not UTF-8.
     """
     if not isinstance(corpus, str) or not corpus:
-        raise ValueError(f"corpus must be one of {CORPORA} or a local path, got {corpus!r}")
+        raise FFPruneError(f"corpus must be one of {CORPORA} or a local path, got {corpus!r}")
     if corpus == "stdlib":
         return _load_stdlib()
     if corpus == "wikitext2":
         try:
             return _load_hub_wikitext2()
         except Exception as err:  # offline, missing credentials, ...
-            raise ValueError(
+            raise FFPruneError(
                 "corpus='wikitext2' could not be loaded from the Hugging Face hub "
                 f"({type(err).__name__}: {err}); pass a local copy as 'wikitext2:/path/to/file_or_dir'"
             ) from err
@@ -266,17 +304,17 @@ def load_corpus(corpus: str = "stdlib") -> Any:
         try:
             return _load_hub_c4()
         except Exception as err:
-            raise ValueError(f"corpus='c4' could not be loaded from the hub ({type(err).__name__}: {err})") from err
+            raise FFPruneError(f"corpus='c4' could not be loaded from the hub ({type(err).__name__}: {err})") from err
     path = Path(corpus).expanduser()
     if path.exists() or os.sep in corpus or corpus.endswith(".txt"):
         return _load_local(path)
-    raise ValueError(f"corpus must be one of {CORPORA}, 'wikitext2:/path', or a local path; got {corpus!r}")
+    raise FFPruneError(f"corpus must be one of {CORPORA}, 'wikitext2:/path', or a local path; got {corpus!r}")
 
 
 def corpus_text(corpus: str, split: str) -> str:
     """All documents of one split joined by blank lines (the text that gets tokenized)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
     ds = load_corpus(corpus)[split]
     return "\n\n".join(t for t in ds["text"] if t)
 
@@ -298,10 +336,7 @@ def _cached(key: dict[str, Any], build: Callable[[], torch.Tensor]) -> torch.Ten
         except Exception:  # truncated / corrupt cache entry: rebuild it
             path.unlink(missing_ok=True)
     value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(value, path)
     return value
 
 
@@ -319,13 +354,13 @@ def _corpus_key(corpus: str) -> str:
 def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "calib") -> torch.Tensor:
     """The whole split tokenized into one 1-D ``int64`` tensor (cached on disk)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
     key = {"what": "stream", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split}
 
     def build() -> torch.Tensor:
         docs = [t for t in load_corpus(corpus)[split]["text"] if t]
         if not docs:
-            raise ValueError(f"corpus {corpus!r} has an empty {split!r} split")
+            raise FFPruneError(f"corpus {corpus!r} has an empty {split!r} split")
         eos = tokenizer.eos_token_id
         ids: list[int] = []
         for i in range(0, len(docs), 256):
@@ -341,9 +376,9 @@ def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "calib") -
 
 def _check_window_args(tokenizer: Any, seq_len: int, max_positions: int | None) -> None:
     if not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+        raise FFPruneError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     if max_positions is not None and seq_len > max_positions:
-        raise ValueError(f"seq_len={seq_len} exceeds the model's context length ({max_positions}); "
+        raise FFPruneError(f"seq_len={seq_len} exceeds the model's context length ({max_positions}); "
                          f"use seq_len <= {max_positions}")
 
 
@@ -358,7 +393,7 @@ def calibration_windows(
 ) -> torch.Tensor:
     """``n`` windows of ``seq_len`` tokens at random (seeded) offsets of one split: ``[n, seq_len]``."""
     if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive integer (number of windows), got {n!r}")
+        raise FFPruneError(f"n must be a positive integer (number of windows), got {n!r}")
     _check_window_args(tokenizer, seq_len, max_positions)
     key = {"what": "calib", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split,
            "n": n, "seq_len": seq_len, "seed": seed}
@@ -366,7 +401,7 @@ def calibration_windows(
     def build() -> torch.Tensor:
         stream = token_stream(tokenizer, corpus, split)
         if len(stream) <= seq_len:
-            raise ValueError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
+            raise FFPruneError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
         gen = torch.Generator().manual_seed(seed)
         starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen)
         return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
@@ -387,7 +422,7 @@ def evaluation_windows(
     ``n`` keeps only the first ``n`` windows (``None``: all of them).
     """
     if n is not None and (not isinstance(n, int) or n <= 0):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+        raise FFPruneError(f"n must be a positive integer or None, got {n!r}")
     _check_window_args(tokenizer, seq_len, max_positions)
     key = {"what": "eval", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split,
            "seq_len": seq_len}
@@ -396,12 +431,12 @@ def evaluation_windows(
         stream = token_stream(tokenizer, corpus, split)
         count = len(stream) // seq_len
         if count == 0:
-            raise ValueError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
+            raise FFPruneError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
         return stream[: count * seq_len].view(count, seq_len).clone()
 
     windows = _cached(key, build)
     if n is not None:
         if n > len(windows):
-            raise ValueError(f"n={n} exceeds the {len(windows)} windows of {seq_len} tokens in split {split!r}")
+            raise FFPruneError(f"n={n} exceeds the {len(windows)} windows of {seq_len} tokens in split {split!r}")
         windows = windows[:n]
     return windows

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ffenv.errors import FFPruneError
+
 
 @torch.inference_mode()
 def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) -> tuple[float, int]:
@@ -23,9 +25,9 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
         batch_size: windows per forward pass.
     """
     if tokens.ndim != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must have shape [N, T] with T >= 2, got {tuple(tokens.shape)}")
+        raise FFPruneError(f"tokens must have shape [N, T] with T >= 2, got {tuple(tokens.shape)}")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise FFPruneError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
     total = 0.0
     count = 0

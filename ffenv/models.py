@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ffenv.errors import FFPruneError
+
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 BUNDLED_MODELS = ("tiny-llama", "tiny-mistral", "tiny-opt")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "opt")
@@ -32,10 +34,10 @@ _DTYPES = {
 def bundled_path(name: str) -> Path:
     """Folder of a bundled model; ``ValueError`` listing the bundled names for anything else."""
     if name not in BUNDLED_MODELS:
-        raise ValueError(f"model {name!r} is not bundled; bundled models are {list(BUNDLED_MODELS)}")
+        raise FFPruneError(f"model {name!r} is not bundled; bundled models are {list(BUNDLED_MODELS)}")
     path = ZOO_DIR / name
     if not (path / "config.json").exists():
-        raise ValueError(f"bundled model {name!r} is missing its files under {path}; reinstall ffprune")
+        raise FFPruneError(f"bundled model {name!r} is missing its files under {path}; reinstall ffprune")
     return path
 
 
@@ -65,7 +67,7 @@ def weights_fingerprint(name_or_path: str) -> str | None:
         return f"hub:{source}@{Path(cached).parent.name}"
     files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
     if not files:
-        raise ValueError(f"model path {source!r} has no weight files (*.safetensors / *.bin)")
+        raise FFPruneError(f"model path {source!r} has no weight files (*.safetensors / *.bin)")
     return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
@@ -91,9 +93,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from err
+        raise FFPruneError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
+        raise FFPruneError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
     return dev
 
 
@@ -103,26 +105,26 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {dtype}")
+            raise FFPruneError(f"dtype must be one of float32, bfloat16, float16, got {dtype}")
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
-    raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    raise FFPruneError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
 
 
 def _resolve_source(name_or_path: str) -> str:
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"model must be a bundled name {list(BUNDLED_MODELS)}, a local path or a hub id; got {name_or_path!r}")
+        raise FFPruneError(f"model must be a bundled name {list(BUNDLED_MODELS)}, a local path or a hub id; got {name_or_path!r}")
     if name_or_path in BUNDLED_MODELS:
         return str(bundled_path(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ValueError(f"model path {str(path)!r} has no config.json (not a Hugging Face checkpoint folder)")
+            raise FFPruneError(f"model path {str(path)!r} has no config.json (not a Hugging Face checkpoint folder)")
         return str(path)
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
         return name_or_path  # a hub id
-    raise ValueError(
+    raise FFPruneError(
         f"unknown model {name_or_path!r}: use a bundled name {list(BUNDLED_MODELS)}, "
         "an existing local checkpoint folder, or a hub id like 'meta-llama/Llama-2-7b-hf'"
     )
@@ -141,7 +143,7 @@ def load_model(
         dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
 
     Raises:
-        ValueError: unknown name, missing path, unsupported family, or a hub id that cannot be fetched.
+        FFPruneError: unknown name, missing path, unsupported family, or a hub id that cannot be fetched.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -151,11 +153,11 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as err:
-        raise ValueError(
+        raise FFPruneError(
             f"model {name_or_path!r} could not be loaded ({err}); bundled models are {list(BUNDLED_MODELS)}"
         ) from err
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
+        raise FFPruneError(
             f"model {name_or_path!r} is a {config.model_type!r} model; supported families are {SUPPORTED_MODEL_TYPES}"
         )
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
@@ -232,4 +234,4 @@ def decoder_blocks(model: nn.Module) -> list[Block]:
                   [l.fc1], l.fc2, heads, heads, head_dim)
             for i, l in enumerate(model.model.decoder.layers)
         ]
-    raise ValueError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")
+    raise FFPruneError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")

@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ffenv.errors import FFPruneError
+
 
 def check_budget(target_sparsity: float, min_keep: float, max_keep: float) -> None:
     """Raise ``ValueError`` unless ``0 < target < 1``, ``0 <= min_keep <= max_keep <= 1`` and the target is feasible."""
     for name, value in (("target_sparsity", target_sparsity), ("min_keep", min_keep), ("max_keep", max_keep)):
         if not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise FFPruneError(f"{name} must be a finite number, got {value!r}")
     if not 0.0 < target_sparsity < 1.0:
-        raise ValueError(f"target_sparsity must be in the open interval (0, 1), got {target_sparsity}")
+        raise FFPruneError(f"target_sparsity must be in the open interval (0, 1), got {target_sparsity}")
     if not 0.0 <= min_keep <= 1.0 or not 0.0 <= max_keep <= 1.0:
-        raise ValueError(f"min_keep and max_keep must be in [0, 1], got min_keep={min_keep}, max_keep={max_keep}")
+        raise FFPruneError(f"min_keep and max_keep must be in [0, 1], got min_keep={min_keep}, max_keep={max_keep}")
     if min_keep > max_keep:
-        raise ValueError(f"min_keep ({min_keep}) must not exceed max_keep ({max_keep})")
+        raise FFPruneError(f"min_keep ({min_keep}) must not exceed max_keep ({max_keep})")
     keep = 1.0 - target_sparsity
     if not min_keep - 1e-12 <= keep <= max_keep + 1e-12:
-        raise ValueError(
+        raise FFPruneError(
             f"target_sparsity={target_sparsity} is infeasible for min_keep={min_keep}, max_keep={max_keep}: "
             f"it must lie in [{1.0 - max_keep:.6g}, {1.0 - min_keep:.6g}]"
         )
@@ -78,17 +80,17 @@ def project_budget(
         ``float64`` keep ratios, same shape as ``raw``.
 
     Raises:
-        ValueError: shape mismatch, non-finite ``raw``, non-positive sizes, or an infeasible target.
+        FFPruneError: shape mismatch, non-finite ``raw``, non-positive sizes, or an infeasible target.
     """
     check_budget(target_sparsity, min_keep, max_keep)
     raw = np.asarray(raw, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
     if raw.ndim != 1 or raw.shape != sizes.shape:
-        raise ValueError(f"raw must be a 1-D vector shaped like sizes {sizes.shape}, got {raw.shape}")
+        raise FFPruneError(f"raw must be a 1-D vector shaped like sizes {sizes.shape}, got {raw.shape}")
     if not np.all(np.isfinite(raw)):
-        raise ValueError("raw must be finite (no NaN or inf entries)")
+        raise FFPruneError("raw must be finite (no NaN or inf entries)")
     if not np.all(sizes > 0):
-        raise ValueError("sizes must all be positive parameter counts")
+        raise FFPruneError("sizes must all be positive parameter counts")
     keep0 = raw_to_keep(raw, min_keep, max_keep)
     total = sizes.sum()
     deficit = (1.0 - target_sparsity) * total - float(keep0 @ sizes)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ffenv import data
+from ffenv.errors import FFPruneError
 
 
 def test_stdlib_splits_are_deterministic_and_disjoint():
@@ -115,3 +116,48 @@ def test_bad_window_arguments(tokenizer):
 def test_hub_corpus_offline_is_a_clear_error():
     with pytest.raises(ValueError, match="wikitext2:/path"):
         data.load_corpus("wikitext2")
+
+
+# ----------------------------------------------------------------------------- bad local corpus files
+_BAD_FILES = {
+    "empty": (b"", "holds no text"),
+    "whitespace": (b"  \n\n\t \r\n", "holds no text"),
+    "utf16": (b"\xff\xfe\x00abc", "byte offset 0"),
+    "binary": (b"fine text\n" + bytes(range(128, 256)), "byte offset 10"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_FILES))
+def test_bad_local_file_is_a_clear_error(kind, tmp_path):
+    content, says = _BAD_FILES[kind]
+    path = tmp_path / f"{kind}.txt"
+    path.write_bytes(content)
+    with pytest.raises(FFPruneError, match=says) as info:
+        data.load_corpus(str(path))
+    assert str(path) in str(info.value)
+    if kind in ("utf16", "binary"):
+        assert "must be UTF-8 text" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_FILES))
+def test_bad_file_in_a_folder_corpus_is_named(kind, tmp_path):
+    content, says = _BAD_FILES[kind]
+    (tmp_path / "a_good.txt").write_text("Some perfectly good text.\n\nAnother paragraph.\n", encoding="utf-8")
+    bad = tmp_path / "sub" / f"{kind}.txt"
+    bad.parent.mkdir()
+    bad.write_bytes(content)
+    with pytest.raises(FFPruneError, match=says) as info:
+        data.load_corpus(str(tmp_path))
+    assert str(bad) in str(info.value)
+    # the same through the wikitext2: prefix
+    with pytest.raises(FFPruneError, match=says):
+        data.load_corpus(f"wikitext2:{tmp_path}")
+
+
+def test_utf8_split_across_read_chunks_is_accepted(tmp_path):
+    path = tmp_path / "accents.txt"
+    path.write_text("é" * 1000 + "\n", encoding="utf-8")
+    data._check_text_file(path, chunk_size=3)  # every chunk boundary splits a two-byte character
+    path.write_bytes("é".encode() * 4 + b"\xe9")
+    with pytest.raises(FFPruneError, match="byte offset 8"):
+        data._check_text_file(path, chunk_size=3)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import ffenv.zoo.train as zoo_train
+from ffenv.errors import FFPruneError
 
 
 def _weights(folder):
@@ -61,3 +62,27 @@ def test_bad_arguments_are_named():
         zoo_train.train("llama", 1.0, 2, 0)
     with pytest.raises(ValueError, match="eval_every"):
         zoo_train.train("llama", None, 2, 0, eval_every=0)
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated", "not-a-dict", "empty-dict"])
+def test_resume_from_a_corrupt_state_is_a_clear_error(tmp_path, content):
+    kw = dict(arch="llama", minutes=None, steps=2, batch_size=2, seq_len=32, eval_every=1)
+    state_file = tmp_path / "run" / "train_state.pt"
+    state_file.parent.mkdir()
+    says = "is corrupt"
+    if content == "garbage":
+        state_file.write_bytes(b"\x00not a torch checkpoint\xff" * 8)
+    elif content == "truncated":  # a kill mid-write by a writer that was not atomic
+        torch.save({"arch": "llama", "seed": 0, "batch_size": 2, "lr": 3e-3, "model": torch.zeros(4096)}, state_file)
+        state_file.write_bytes(state_file.read_bytes()[:2000])
+    elif content == "not-a-dict":
+        torch.save([1, 2, 3], state_file)
+        says = "is not an ffprune checkpoint"
+    else:
+        torch.save({}, state_file)
+    with pytest.raises(FFPruneError) as info:
+        zoo_train.train(out=tmp_path / "run", seed=0, resume=True, **kw)
+    message = str(info.value)
+    assert str(state_file) in message
+    assert says in message.replace(str(state_file), "<state>")  # the test's tmp_path holds "corrupt" too
+    assert "without --resume" in message

@@ -25,7 +25,10 @@ from typing import Any
 import torch
 
 from ffenv.data import corpus_text, evaluation_windows, token_stream
+from ffenv.errors import FFPruneError
 from ffenv.evaluation import perplexity
+from ffenv.io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, read_json
+from ffenv.models import load_model
 
 ZOO_DIR = Path(__file__).resolve().parent
 TOKENIZER_DIR = ZOO_DIR / "tokenizer"
@@ -89,6 +92,14 @@ def build_model(arch: str, tokenizer: Any, seed: int) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def _require_keys(state_file: Path, state: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """:class:`FFPruneError` if the run state loaded from ``state_file`` lacks any of ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise FFPruneError(f"{state_file} is corrupt or not a zoo training state (no {', '.join(missing)}); "
+                           "delete it and start again without --resume")
+
+
 def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_size: int = 16,
           seq_len: int = 256, lr: float = 3e-3, out: Path | None = None, eval_every: int = 100,
           schedule_steps: int | None = None, resume: bool = False) -> dict[str, Any]:
@@ -106,11 +117,11 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
     from transformers import AutoTokenizer
 
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+        raise FFPruneError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     if (minutes is None) == (steps is None):
-        raise ValueError("give exactly one of minutes or steps")
+        raise FFPruneError("give exactly one of minutes or steps")
     if eval_every <= 0:
-        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
+        raise FFPruneError(f"eval_every must be a positive number of steps, got {eval_every}")
     out = out or ZOO_DIR / f"tiny-{arch}"
     state_file = out / "train_state.pt"
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
@@ -131,9 +142,11 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
     best: dict[str, Any] = {"ppl": math.inf, "step": 0, "state": None}
     step, spent = 0, 0.0
     if resume and state_file.exists():
-        ck = torch.load(state_file, weights_only=False)
+        ck = load_checkpoint(state_file)
+        _require_keys(state_file, ck, ("arch", "seed", "batch_size", "lr"))
         if (ck["arch"], ck["seed"], ck["batch_size"], ck["lr"]) != (arch, seed, batch_size, lr):
-            raise ValueError(f"{state_file} belongs to another run (arch/seed/batch_size/lr differ); delete it")
+            raise FFPruneError(f"{state_file} belongs to another run (arch/seed/batch_size/lr differ); delete it")
+        _require_keys(state_file, ck, ("model", "opt", "gen", "step", "spent", "history", "best", "est_total"))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
@@ -168,12 +181,10 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
             history.append({"step": step, "seconds": round(time.time() - t0, 1), "lr": round(cur_lr, 6),
                             "train_loss": round(loss.item(), 4), "calib_ppl": round(ppl, 3)})
             print(json.dumps(history[-1]), flush=True)
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = state_file.with_suffix(".tmp")
-            torch.save({"arch": arch, "seed": seed, "batch_size": batch_size, "lr": lr, "step": step,
-                        "spent": time.time() - t0, "history": history, "best": best, "est_total": est_total,
-                        "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}, tmp)
-            tmp.replace(state_file)
+            atomic_torch_save({"arch": arch, "seed": seed, "batch_size": batch_size, "lr": lr, "step": step,
+                               "spent": time.time() - t0, "history": history, "best": best, "est_total": est_total,
+                               "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()},
+                              state_file)
     train_seconds = time.time() - t0
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -192,18 +203,15 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
         "train_tokens_available": len(stream), "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(), "history": history,
     }
-    (out / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_json(out / "training.json", card)
     state_file.unlink(missing_ok=True)
     return card
 
 
 def write_card(name: str) -> dict[str, Any]:
     """Measure a saved model as shipped (fp16 weights, run in float32) and write ``card.json`` + ``README.md``."""
-    from ffenv.models import ZOO_DIR as _zoo
-    from ffenv.models import load_model
-
-    folder = _zoo / name
-    training = json.loads((folder / "training.json").read_text())
+    folder = ZOO_DIR / name  # the same folder as ffenv.models.ZOO_DIR
+    training = read_json(folder / "training.json", name="training record")
     model, tokenizer = load_model(str(folder), device="cpu", dtype="float32")
     cfg = model.config
     ppl = {split: round(perplexity(model, evaluation_windows(tokenizer, "stdlib", split, seq_len=256)), 3)
@@ -232,12 +240,12 @@ def write_card(name: str) -> dict[str, Any]:
                         if training["schedule_steps"] != training["steps"] else "")
                      + f"--seed {training['seed']} --batch-size {training['batch_size']}",
     }
-    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_json(folder / "card.json", card)
     lines = [f"# {name}", "", f"A {card['architecture']} trained by ffprune on the `stdlib` corpus (train split) "
              "with the shared 4k byte-level BPE tokenizer. For pruning research only.", "",
              "| field | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in card.items() if k != "name"]
-    (folder / "README.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(folder / "README.md", "\n".join(lines) + "\n")
     return card
 
 
@@ -251,7 +259,7 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name in names:
-        rec = json.loads((ZOO_DIR / name / "training.json").read_text())
+        rec = read_json(ZOO_DIR / name / "training.json", name="training record")
         per_step = rec["batch_size"] * rec["seq_len"]
         hist = rec["history"]
         (line,) = ax.plot([h["step"] * per_step / 1e6 for h in hist], [h["calib_ppl"] for h in hist], marker=".",
@@ -266,9 +274,10 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    finally:
+        plt.close(fig)
     return path
 
 
