@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ffenv.errors import FFPruneError
 from ffenv.models import Block
 
 
@@ -89,9 +90,9 @@ def ridge_compensation(model: nn.Module, blocks: list[Block], kept_columns: list
         alpha: ridge penalty (``> 0``).
     """
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise FFPruneError(f"alpha must be > 0, got {alpha}")
     if len(kept_columns) != len(blocks) or len(dense) != len(blocks):
-        raise ValueError(f"kept_columns and dense need one entry per block ({len(blocks)}), "
+        raise FFPruneError(f"kept_columns and dense need one entry per block ({len(blocks)}), "
                          f"got {len(kept_columns)} and {len(dense)}")
     saved = [(lin, lin.weight.detach().clone()) for b in blocks for lin in (b.attn_out, b.ffn_out)]
     try:

@@ -17,10 +17,15 @@ Spaces
 ``dense_ppl``, ``reward_windows`` and ``cost`` (this step's ``{"evaluations", "tokens"}``). Cumulative
 search cost, wall seconds included, is ``env.unwrapped.cost``; :meth:`FFPruneEnv.evaluate` measures
 held-out perplexity for reporting without touching it.
+
+Everything loaded or precomputed once (model, tokenizer, importance, features, token windows) lives
+in a per-process cache shared by environments whose :class:`~ffenv.config.EnvConfig` agrees on
+:attr:`~ffenv.config.EnvConfig.BACKEND_FIELDS`; :func:`clear_cache` frees it (e.g. between models).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +35,16 @@ import numpy as np
 import torch
 
 from ffenv.compensation import ridge_compensation
+from ffenv.config import EnvConfig
 from ffenv.data import SPLITS, calibration_windows, evaluation_windows
+from ffenv.errors import FFPruneError, positive_int
 from ffenv.evaluation import perplexity
 from ffenv.importance import block_outlier_ratio, collect_input_norms
-from ffenv.models import Block, context_length, decoder_blocks, load_model_cached
+from ffenv.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
 from ffenv.projector import check_budget, keep_to_raw, project_budget
-from ffenv.pruning import StructuredPruner, Unit, UnstructuredPruner, round_to_units
+from ffenv.pruning import StructuredPruner, Unit, UnstructuredPruner
 
-MODES = ("structured", "unstructured")
+RESET_OPTIONS = ("target_sparsity", "reward_windows")
 UNIT_FEATURES = (
     "depth",            # block index / (L - 1)
     "kind",             # 0 attention, 1 FFN, 0.5 whole block (unstructured)
@@ -49,8 +56,8 @@ UNIT_FEATURES = (
 
 
 @dataclass
-class _Backend:
-    """Everything a step needs that does not change between steps (shared per process)."""
+class Backend:
+    """Everything a step needs that does not change between steps (shared per process, see :func:`clear_cache`)."""
 
     model: torch.nn.Module
     tokenizer: Any
@@ -64,8 +71,22 @@ class _Backend:
     eval_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-_BACKENDS: dict[tuple, _Backend] = {}
-_NORMS: dict[tuple, dict] = {}
+_BACKENDS: dict[tuple, Backend] = {}
+_NORMS: dict[tuple, tuple[torch.Tensor, dict]] = {}  # calibration windows and input norms, shared by both modes
+
+
+def clear_cache() -> None:
+    """Free every cached backend (models, statistics, token windows) of this process.
+
+    Environments built before keep working on their own backend; new ones load again. Use it between
+    models in one process (e.g. a notebook comparing checkpoints), so only one copy stays in memory.
+    """
+    _BACKENDS.clear()
+    _NORMS.clear()
+    load_model_cached.cache_clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _unit_features(pruner: StructuredPruner | UnstructuredPruner, blocks: list[Block], norms: dict) -> np.ndarray:
@@ -98,292 +119,269 @@ def _unit_features(pruner: StructuredPruner | UnstructuredPruner, blocks: list[B
     return np.clip(feats, 0.0, 1.0).astype(np.float32)
 
 
-def _get_backend(model: str, mode: str, corpus: str, calib_samples: int, reward_samples: int, seq_len: int,
-                 device: str, dtype: str, seed: int, criterion: str) -> _Backend:
-    key = (model, mode, corpus, calib_samples, reward_samples, seq_len, device, dtype, seed, criterion)
-    if key in _BACKENDS:
-        return _BACKENDS[key]
+def _get_backend(cfg: EnvConfig) -> Backend:
+    if cfg.backend_key in _BACKENDS:
+        return _BACKENDS[cfg.backend_key]
     t0 = time.perf_counter()
-    net, tok = load_model_cached(model, device, dtype)
+    net, tok = load_model_cached(cfg.model, cfg.device, cfg.dtype)
     ctx = context_length(net)
     blocks = decoder_blocks(net)
-    nkey = (model, corpus, calib_samples, seq_len, device, dtype, seed)
-    if nkey not in _NORMS:
-        calib = calibration_windows(tok, corpus, "calib", n=calib_samples, seq_len=seq_len, seed=seed,
+    norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_samples"))
+    if norms_key not in _NORMS:
+        calib = calibration_windows(tok, cfg.corpus, "calib", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
                                     max_positions=ctx)
-        _NORMS[nkey] = (calib, collect_input_norms(net, blocks, calib))
-    calib, norms = _NORMS[nkey]
-    pruner = StructuredPruner(blocks, norms) if mode == "structured" else UnstructuredPruner(blocks, norms, criterion)
+        _NORMS[norms_key] = (calib, collect_input_norms(net, blocks, calib))
+    calib, norms = _NORMS[norms_key]
+    pruner = StructuredPruner(blocks, norms) if cfg.mode == "structured" else UnstructuredPruner(blocks, norms, cfg.criterion)
     features = _unit_features(pruner, blocks, norms)
-    reward = evaluation_windows(tok, corpus, "calib", seq_len=seq_len, max_positions=ctx)
-    if reward_samples > len(reward):
-        raise ValueError(f"reward_samples={reward_samples} exceeds the {len(reward)} windows of {seq_len} tokens "
-                         f"in the reward split of corpus {corpus!r}; use reward_samples <= {len(reward)}")
-    backend = _Backend(net, tok, blocks, pruner, features, reward[:reward_samples], calib, time.perf_counter() - t0)
-    _BACKENDS[key] = backend
+    reward = evaluation_windows(tok, cfg.corpus, "calib", seq_len=cfg.seq_len, max_positions=ctx)
+    if cfg.reward_samples > len(reward):
+        raise FFPruneError(f"reward_samples={cfg.reward_samples} exceeds the {len(reward)} windows of {cfg.seq_len} "
+                           f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_samples <= {len(reward)}")
+    backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_samples], calib, time.perf_counter() - t0)
+    _BACKENDS[cfg.backend_key] = backend
     return backend
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class FFPruneEnv(gym.Env):
     """Single-step layer-wise sparsity allocation for a causal LM (FastForward Pruning).
 
     Args:
-        model: bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), local checkpoint or hub id.
-        mode: ``"structured"`` (heads / KV groups + FFN neurons, 2 units per block) or ``"unstructured"``
-            (per-block weight sparsity, 1 unit per block).
-        target_sparsity: share of the prunable parameters to remove, in ``(0, 1)``.
-        min_keep, max_keep: bounds on every unit's keep ratio (``0 <= min_keep <= max_keep <= 1``).
-        corpus: corpus name or path (see :mod:`ffenv.data`); calibration and reward use its ``calib``
-            split, :meth:`evaluate` its ``eval`` split by default.
-        calib_samples: random calibration windows for the importance statistics.
-        reward_samples: non-overlapping ``calib`` windows the reward is measured on.
-        eval_samples: windows of a split :meth:`evaluate` uses by default (``None``: the whole split).
-        seq_len: tokens per window (at most the model's context).
-        device, dtype: where and in which precision the model runs (``"auto"`` picks).
-        seed: calibration-window seed and the default reset seed.
-        criterion: unstructured ranking, ``"wanda"`` or ``"magnitude"``.
-        batch_size: windows per forward pass.
+        config: the whole configuration (:class:`~ffenv.config.EnvConfig`; default: its defaults).
+        **overrides: any :class:`~ffenv.config.EnvConfig` field, e.g. ``model``, ``mode``,
+            ``target_sparsity``, ``reward_samples``, ``device`` (what ``gym.make`` passes).
+
+    Episodes: :meth:`reset` takes ``options={"target_sparsity": σ, "reward_windows": n}`` for that
+    episode (the curriculum's knobs); without options an episode runs at the configured target on all
+    ``reward_samples`` windows.
+
+    Version history:
+        * v0: initial release (structured heads / KV groups + neurons, unstructured per-row; reward
+          ``dense_ppl / pruned_ppl`` on the ``calib`` split).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(
-        self,
-        model: str = "tiny-llama",
-        mode: str = "structured",
-        target_sparsity: float = 0.3,
-        min_keep: float = 0.1,
-        max_keep: float = 1.0,
-        corpus: str = "stdlib",
-        calib_samples: int = 32,
-        reward_samples: int = 32,
-        eval_samples: int | None = None,
-        seq_len: int = 256,
-        device: str = "cpu",
-        dtype: str = "auto",
-        seed: int = 0,
-        criterion: str = "wanda",
-        batch_size: int = 16,
-    ) -> None:
+    def __init__(self, config: EnvConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_budget(target_sparsity, min_keep, max_keep)
-        if criterion not in ("wanda", "magnitude"):
-            raise ValueError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
-        for name, value in (("calib_samples", calib_samples), ("reward_samples", reward_samples),
-                            ("seq_len", seq_len), ("batch_size", batch_size)):
-            _positive_int(name, value)
-        if eval_samples is not None:
-            _positive_int("eval_samples", eval_samples)
-        if not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.spec_kwargs = dict(model=model, mode=mode, target_sparsity=float(target_sparsity),
-                                min_keep=float(min_keep), max_keep=float(max_keep), corpus=corpus,
-                                calib_samples=int(calib_samples), reward_samples=int(reward_samples),
-                                eval_samples=eval_samples, seq_len=int(seq_len), device=str(device),
-                                dtype=str(dtype), seed=int(seed),
-                                criterion=criterion, batch_size=int(batch_size))
-        self.mode = mode
-        self.target_sparsity = float(target_sparsity)
-        self.min_keep = float(min_keep)
-        self.max_keep = float(max_keep)
-        self.batch_size = int(batch_size)
-        self.seq_len = int(seq_len)
-        self.eval_samples = eval_samples
-        self.corpus = corpus
-        self._seed = int(seed)
-        self._b = _get_backend(model, mode, corpus, int(calib_samples), int(reward_samples), int(seq_len),
-                               str(device), str(dtype), int(seed), criterion)
-        self.units: list[Unit] = list(self._b.pruner.units)
+        if config is not None and not isinstance(config, EnvConfig):
+            raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
+        self.config = (config or EnvConfig()).replace(**overrides) if overrides else (config or EnvConfig())
+        self._backend = _get_backend(self.config)
+        self.units: list[Unit] = list(self._backend.pruner.units)
         self.sizes = np.array([u.size for u in self.units], dtype=np.float64)
         self.n_units = len(self.units)
-        self.n_blocks = len(self._b.blocks)
-        self.reward_windows = len(self._b.reward_tokens)
+        self.n_blocks = len(self._backend.blocks)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_units,), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (1 + self.n_units * len(UNIT_FEATURES),), np.float32)
         self.cost: dict[str, float] = {"evaluations": 0, "tokens": 0, "seconds": 0.0}
-        self.setup_seconds = self._b.setup_seconds
+        self.setup_seconds = self._backend.setup_seconds
+        self.target_sparsity = self.config.target_sparsity  # of the current episode
+        self.reward_windows = self.config.reward_samples    # of the current episode
         self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
 
     # ------------------------------------------------------------------ public knobs
     @property
     def model(self) -> torch.nn.Module:
         """The (dense, between steps) model. Do not modify it."""
-        return self._b.model
+        return self._backend.model
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The model's decoder blocks as family-neutral :class:`~ffenv.models.Block` views."""
+        return self._backend.blocks
+
+    @property
+    def pruner(self) -> StructuredPruner | UnstructuredPruner:
+        """The pruning engine (precomputed orderings; :meth:`step` applies and restores it)."""
+        return self._backend.pruner
 
     @property
     def calibration_tokens(self) -> torch.Tensor:
         """The ``[calib_samples, seq_len]`` calibration windows importance (and Calib) were computed on."""
-        return self._b.calib_tokens
+        return self._backend.calib_tokens
+
+    @property
+    def reward_tokens(self) -> torch.Tensor:
+        """All ``[reward_samples, seq_len]`` reward windows; an episode uses the first :attr:`reward_windows`."""
+        return self._backend.reward_tokens
+
+    @property
+    def weights(self) -> str | None:
+        """Identity of the model's weights (:func:`ffenv.models.weights_fingerprint`), for provenance."""
+        return weights_fingerprint(self.config.model)
 
     @property
     def unit_names(self) -> list[str]:
         """``"attn.3"``, ``"ffn.3"`` or ``"block.3"`` for each action entry."""
         return [f"{u.kind}.{u.block}" for u in self.units]
 
-    def set_target_sparsity(self, target_sparsity: float) -> None:
-        """Change the budget for the following episodes (validated against the keep bounds)."""
-        check_budget(target_sparsity, self.min_keep, self.max_keep)
-        self.target_sparsity = float(target_sparsity)
-
-    def set_reward_windows(self, n: int) -> None:
-        """Measure the reward on the first ``n`` reward windows only (the fidelity curriculum's knob)."""
-        n = _positive_int("n", n)
-        if n > len(self._b.reward_tokens):
-            raise ValueError(f"n must be in [1, {len(self._b.reward_tokens)}] (reward_samples), got {n}")
-        self.reward_windows = n
-        self.dense_ppl = self._dense_ppl("calib", n)
-
     def action_from_sparsities(self, sparsities: np.ndarray) -> np.ndarray:
         """The action whose projection is exactly the given per-unit sparsities (when they meet the target).
 
-        Raises ``ValueError`` if a sparsity needs a keep ratio outside ``[min_keep, max_keep]``.
+        Raises :class:`FFPruneError` if a sparsity needs a keep ratio outside ``[min_keep, max_keep]``.
         """
         s = self._check_vector("sparsities", sparsities)
         keep = 1.0 - s
-        if np.any(keep < self.min_keep - 1e-9) or np.any(keep > self.max_keep + 1e-9):
-            raise ValueError(f"sparsities must lie in [{1 - self.max_keep:.6g}, {1 - self.min_keep:.6g}] "
-                             f"(the keep bounds), got range [{s.min():.6g}, {s.max():.6g}]")
-        return np.clip(keep_to_raw(keep, self.min_keep, self.max_keep), -1.0, 1.0).astype(np.float32)
+        lo, hi = self.config.min_keep, self.config.max_keep
+        if np.any(keep < lo - 1e-9) or np.any(keep > hi + 1e-9):
+            raise FFPruneError(f"sparsities must lie in [{1 - hi:.6g}, {1 - lo:.6g}] "
+                               f"(the keep bounds), got range [{s.min():.6g}, {s.max():.6g}]")
+        return np.clip(keep_to_raw(keep, lo, hi), -1.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ gymnasium API
     def _obs(self) -> np.ndarray:
-        return np.concatenate([[self.target_sparsity], self._b.features.reshape(-1)]).astype(np.float32)
+        return np.concatenate([[self.target_sparsity], self._backend.features.reshape(-1)]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        """Start an episode. ``options={"target_sparsity": σ}`` changes the budget first."""
+        """Start an episode; ``options`` may set its ``target_sparsity`` and ``reward_windows`` (else the config's)."""
         super().reset(seed=seed)
-        if options and "target_sparsity" in options:
-            self.set_target_sparsity(options["target_sparsity"])
-        return self._obs(), {"target_sparsity": self.target_sparsity, "dense_ppl": self.dense_ppl}
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise FFPruneError(f"reset options {unknown} are unknown; allowed: {list(RESET_OPTIONS)}")
+        target = options.get("target_sparsity", self.config.target_sparsity)
+        check_budget(target, self.config.min_keep, self.config.max_keep)
+        windows = self._check_windows(options.get("reward_windows", self.config.reward_samples))
+        self.target_sparsity, self.reward_windows = float(target), windows
+        self.dense_ppl = self._dense_ppl("calib", windows)
+        return self._obs(), {"target_sparsity": self.target_sparsity, "dense_ppl": self.dense_ppl,
+                             "reward_windows": self.reward_windows}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Project, prune, evaluate on the reward windows, restore; always ``terminated=True``."""
+        reward, info = self.score(action)
+        return self._obs(), reward, True, False, info
+
+    def score(self, action: np.ndarray, *, target_sparsity: float | None = None,
+              reward_windows: int | None = None) -> tuple[float, dict[str, Any]]:
+        """The reward and info :meth:`step` gives ``action`` at a target and fidelity (default: the episode's).
+
+        Counted in :attr:`cost` like a step, but it starts no episode and changes no episode state: what
+        a search uses to re-score a cheap curriculum episode at the final target on all reward windows.
+        """
         a = self._check_action(action)
+        target = self.target_sparsity if target_sparsity is None else target_sparsity
+        check_budget(target, self.config.min_keep, self.config.max_keep)
+        windows = self.reward_windows if reward_windows is None else self._check_windows(reward_windows)
+        dense_ppl = self._dense_ppl("calib", windows)
         t0 = time.perf_counter()
-        keep = project_budget(a, self.target_sparsity, self.sizes, self.min_keep, self.max_keep)
-        kept = self._round(keep, (1.0 - self.target_sparsity) * self.sizes.sum())
-        tokens = self._b.reward_tokens[: self.reward_windows]
-        ppl = self._ppl_pruned(kept, tokens)
-        reward = self.dense_ppl / ppl if np.isfinite(ppl) and ppl > 0 else 0.0
+        keep = project_budget(a, target, self.sizes, self.config.min_keep, self.config.max_keep)
+        unit_sparsity = self.pruner.round(keep, (1.0 - target) * self.sizes.sum())
+        tokens = self._backend.reward_tokens[:windows]
+        ppl = self._ppl_pruned(unit_sparsity, tokens)
+        reward = dense_ppl / ppl if np.isfinite(ppl) and ppl > 0 else 0.0
         n_tokens = int(tokens.numel())
         self.cost["evaluations"] += 1
         self.cost["tokens"] += n_tokens
         self.cost["seconds"] += time.perf_counter() - t0
-        info = self._allocation_info(kept)
-        info.update(keep_ratio=keep.astype(np.float32), target_sparsity=self.target_sparsity, ppl=float(ppl),
-                    dense_ppl=float(self.dense_ppl), reward_windows=self.reward_windows,
-                    cost={"evaluations": 1, "tokens": n_tokens})
-        return self._obs(), float(reward), True, False, info
+        info = self._allocation_info(unit_sparsity)
+        info.update(keep_ratio=keep.astype(np.float32), target_sparsity=float(target), ppl=float(ppl),
+                    dense_ppl=float(dense_ppl), reward_windows=windows, cost={"evaluations": 1, "tokens": n_tokens})
+        return float(reward), info
 
     def evaluate(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
-                 split: str = "eval", n_windows: int | None = None, calibrate: bool = False,
-                 calib_alpha: float = 0.9) -> dict[str, Any]:
+                 split: str = "eval", n_windows: int | None = None, target_sparsity: float | None = None,
+                 calibrate: bool = False, calib_alpha: float = 0.9) -> dict[str, Any]:
         """Perplexity of a pruned model on a split (held-out ``eval`` by default), for reporting.
 
-        Give exactly one of ``action`` (projected like :meth:`step`, at the current target) or
-        ``sparsities`` (per-unit sparsities used as they are, only rounded to whole units).
+        Give exactly one of ``action`` (projected like :meth:`step`, at ``target_sparsity``, default the
+        configured target) or ``sparsities`` (per-unit sparsities used as they are, only rounded to whole
+        units). ``n_windows`` limits the split's windows (default: ``eval_samples``, else all).
         ``calibrate=True`` applies the post-pruning ridge compensation (:mod:`ffenv.compensation`,
         penalty ``calib_alpha``) fitted on :attr:`calibration_tokens` before measuring (structured
         mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """
-        if calibrate and self.mode != "structured":
-            raise ValueError("calibrate=True needs mode='structured' (Calib compensates removed heads / neurons)")
+        if calibrate and self.config.mode != "structured":
+            raise FFPruneError("calibrate=True needs mode='structured' (Calib compensates removed heads / neurons)")
         if (action is None) == (sparsities is None):
-            raise ValueError("give exactly one of action or sparsities")
+            raise FFPruneError("give exactly one of action or sparsities")
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
         if action is not None:
-            keep = project_budget(self._check_action(action), self.target_sparsity, self.sizes,
-                                  self.min_keep, self.max_keep)
-            target = (1.0 - self.target_sparsity) * self.sizes.sum()
+            target = self.config.target_sparsity if target_sparsity is None else target_sparsity
+            check_budget(target, self.config.min_keep, self.config.max_keep)
+            keep = project_budget(self._check_action(action), target, self.sizes, self.config.min_keep,
+                                  self.config.max_keep)
+            target_params = (1.0 - target) * self.sizes.sum()
         else:
+            if target_sparsity is not None:
+                raise FFPruneError("target_sparsity applies to an action; sparsities are used as they are")
             s = self._check_vector("sparsities", sparsities)
             if np.any(s < 0) or np.any(s > 1):
-                raise ValueError(f"sparsities must lie in [0, 1], got range [{s.min():.6g}, {s.max():.6g}]")
+                raise FFPruneError(f"sparsities must lie in [0, 1], got range [{s.min():.6g}, {s.max():.6g}]")
             keep = 1.0 - s
-            target = float(keep @ self.sizes)
-        kept = self._round(keep, target)
+            target_params = float(keep @ self.sizes)
+        unit_sparsity = self.pruner.round(keep, target_params)
         tokens = self._split_tokens(split, n_windows)
-        if n_windows is None and self.eval_samples is not None:
-            tokens = tokens[: self.eval_samples]
-        ppl = self._ppl_pruned(kept, tokens, calib_alpha if calibrate else None)
-        out = self._allocation_info(kept)
+        if n_windows is None and self.config.eval_samples is not None:
+            tokens = tokens[: self.config.eval_samples]
+        ppl = self._ppl_pruned(unit_sparsity, tokens, calib_alpha if calibrate else None)
+        out = self._allocation_info(unit_sparsity)
         out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
                    tokens=int(tokens.numel()))
         return out
 
     # ------------------------------------------------------------------ internals
+    def _check_windows(self, n: Any) -> int:
+        n = positive_int("reward_windows", n)
+        if n > self.config.reward_samples:
+            raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_samples}] (reward_samples), got {n}")
+        return n
+
     def _check_vector(self, name: str, value: Any) -> np.ndarray:
         arr = np.asarray(value)
         if arr.shape != (self.n_units,):
-            raise ValueError(f"{name} must have shape ({self.n_units},), got {arr.shape}")
+            raise FFPruneError(f"{name} must have shape ({self.n_units},), got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"{name} must be a float array, got dtype {arr.dtype}")
+            raise FFPruneError(f"{name} must be a float array, got dtype {arr.dtype}")
         arr = arr.astype(np.float64)
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must be finite; got NaN/inf at indices {np.flatnonzero(~np.isfinite(arr)).tolist()}")
+            raise FFPruneError(f"{name} must be finite; got NaN/inf at indices {np.flatnonzero(~np.isfinite(arr)).tolist()}")
         return arr
 
     def _check_action(self, action: Any) -> np.ndarray:
         a = self._check_vector("action", action)
         if np.any(a < -1.0 - 1e-6) or np.any(a > 1.0 + 1e-6):
-            raise ValueError(f"action must lie in the action space [-1, 1]; got range [{a.min():.6g}, {a.max():.6g}]")
+            raise FFPruneError(f"action must lie in the action space [-1, 1]; got range [{a.min():.6g}, {a.max():.6g}]")
         return np.clip(a, -1.0, 1.0)  # only float32 rounding noise is clipped here
 
-    def _round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
-        """What the pruner applies: whole granules kept per unit (structured) or per-block sparsity."""
-        if self.mode == "structured":
-            return round_to_units(keep, self.units, target_keep_params)
-        return np.clip(1.0 - keep, 0.0, 1.0)
-
-    def _kept_params(self, kept: np.ndarray) -> np.ndarray:
-        if self.mode == "structured":
-            return kept * np.array([u.granule_params for u in self.units], dtype=np.float64)
-        return self._b.pruner.kept_from_sparsity(kept).astype(np.float64)
-
-    def _allocation_info(self, kept: np.ndarray) -> dict[str, Any]:
-        kept_params = self._kept_params(kept)
+    def _allocation_info(self, unit_sparsity: np.ndarray) -> dict[str, Any]:
+        kept_params = self.pruner.kept_params(unit_sparsity)
         return {"layer_sparsity": (1.0 - kept_params / self.sizes).astype(np.float32),
                 "sparsity": float(1.0 - kept_params.sum() / self.sizes.sum())}
 
-    def _ppl_pruned(self, kept: np.ndarray, tokens: torch.Tensor, calib_alpha: float | None = None) -> float:
-        pruner, blocks = self._b.pruner, self._b.blocks
+    def _ppl_pruned(self, unit_sparsity: np.ndarray, tokens: torch.Tensor, calib_alpha: float | None = None) -> float:
+        pruner, blocks = self.pruner, self.blocks
         if calib_alpha is not None:  # Calib folds the removed columns' dense weights into the kept ones
             dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
-        pruner.apply(kept)
+        pruner.apply(unit_sparsity)
         try:
             if calib_alpha is None:
-                return perplexity(self._b.model, tokens, self.batch_size)
-            with ridge_compensation(self._b.model, blocks, pruner.kept_columns(kept), dense, self._b.calib_tokens,
-                                    calib_alpha, self.batch_size):
-                return perplexity(self._b.model, tokens, self.batch_size)
+                return perplexity(self.model, tokens, self.config.batch_size)
+            with ridge_compensation(self.model, blocks, pruner.kept_columns(unit_sparsity), dense,
+                                    self.calibration_tokens, calib_alpha, self.config.batch_size):
+                return perplexity(self.model, tokens, self.config.batch_size)
         finally:
             pruner.restore()
 
     def _split_tokens(self, split: str, n: int | None) -> torch.Tensor:
-        if split == "calib" and n is not None and n <= len(self._b.reward_tokens):
-            return self._b.reward_tokens[:n]
-        if split not in self._b.eval_tokens:
-            self._b.eval_tokens[split] = evaluation_windows(
-                self._b.tokenizer, self.corpus, split, seq_len=self.seq_len,
-                max_positions=context_length(self._b.model))
-        tokens = self._b.eval_tokens[split]
+        if split == "calib" and n is not None and n <= len(self._backend.reward_tokens):
+            return self._backend.reward_tokens[:n]
+        if split not in self._backend.eval_tokens:
+            self._backend.eval_tokens[split] = evaluation_windows(
+                self._backend.tokenizer, self.config.corpus, split, seq_len=self.config.seq_len,
+                max_positions=context_length(self.model))
+        tokens = self._backend.eval_tokens[split]
         if n is not None:
             if n <= 0 or n > len(tokens):
-                raise ValueError(f"n_windows must be in [1, {len(tokens)}] for split {split!r}, got {n}")
+                raise FFPruneError(f"n_windows must be in [1, {len(tokens)}] for split {split!r}, got {n}")
             tokens = tokens[:n]
         return tokens
 
     def _dense_ppl(self, split: str, n: int) -> float:
         key = (split, n)
-        if key not in self._b.dense_ppl_cache:
-            self._b.dense_ppl_cache[key] = perplexity(self._b.model, self._split_tokens(split, n), self.batch_size)
-        return self._b.dense_ppl_cache[key]
+        if key not in self._backend.dense_ppl_cache:
+            self._backend.dense_ppl_cache[key] = perplexity(self.model, self._split_tokens(split, n),
+                                                            self.config.batch_size)
+        return self._backend.dense_ppl_cache[key]

@@ -4,6 +4,11 @@ Both engines precompute everything that does not depend on the allocation when t
 (unit orderings, per-row score ranks, the dense weights they will touch), so applying a new
 allocation is a selection, not a sort, and :meth:`restore` brings back bit-identical dense weights.
 
+Both speak one language: :meth:`round` turns projected keep ratios into the **per-unit sparsity the
+engine can realise** (whole heads / neurons in structured mode; per-row rounding is left to
+:meth:`apply` in unstructured mode), :meth:`apply` prunes to such a per-unit sparsity and
+:meth:`kept_params` counts the parameters it keeps, exactly.
+
 :class:`StructuredPruner` (the paper's setting)
     Two units per decoder block: attention (whole heads; whole KV groups under grouped-query
     attention) and FFN (whole intermediate neurons). Keeping the top-``k`` units of a module by
@@ -21,6 +26,7 @@ allocation is a selection, not a sort, and :meth:`restore` brings back bit-ident
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -28,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ffenv.errors import FFPruneError
 from ffenv.importance import structured_importance, wanda_scores
-from ffenv.models import Block
+from ffenv.models import Block, decoder_blocks
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,26 @@ class StructuredPruner:
     def active(self) -> bool:
         return bool(self._saved)
 
-    def apply(self, kept: np.ndarray) -> None:
-        """Prune to ``kept[i]`` granules in unit ``i`` (most important kept); call :meth:`restore` after."""
+    def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+        """Per-unit sparsity of whole granules closest to ``keep`` and the target (:func:`round_to_units`)."""
+        counts = np.array([u.count for u in self.units], dtype=np.float64)
+        return 1.0 - round_to_units(keep, self.units, target_keep_params) / counts
+
+    def granules_kept(self, unit_sparsity: np.ndarray) -> np.ndarray:
+        """Whole granules (KV groups / neurons) kept per unit at a per-unit sparsity of whole granules."""
+        counts = np.array([u.count for u in self.units], dtype=np.float64)
+        return np.rint((1.0 - np.asarray(unit_sparsity, np.float64)) * counts).astype(np.int64)
+
+    def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:
+        """Parameters kept per unit (exact)."""
+        gran = np.array([u.granule_params for u in self.units], dtype=np.float64)
+        return self.granules_kept(unit_sparsity) * gran
+
+    def apply(self, unit_sparsity: np.ndarray) -> None:
+        """Prune every unit to its sparsity (most important granules kept); call :meth:`restore` after."""
         if self._saved:
             raise RuntimeError("apply() called twice without restore()")
+        kept = self.granules_kept(unit_sparsity)
         with torch.no_grad():
             for i, unit in enumerate(self.units):
                 k = int(kept[i])
@@ -152,34 +175,30 @@ class StructuredPruner:
                 self._saved.append((lin, cols, lin.weight.index_select(1, cols)))
                 lin.weight.index_fill_(1, cols, 0)
 
-    def kept_indices(self, kept: np.ndarray) -> list[torch.Tensor]:
-        """Per unit, the indices (ascending) of the granules kept by ``kept``."""
-        return [torch.sort(self._order[i][: int(k)]).values for i, k in enumerate(kept)]
+    def kept_indices(self, unit_sparsity: np.ndarray) -> list[torch.Tensor]:
+        """Per unit, the indices (ascending) of the granules kept at a per-unit sparsity."""
+        return [torch.sort(self._order[i][: int(k)]).values for i, k in enumerate(self.granules_kept(unit_sparsity))]
 
-    def kept_columns(self, kept: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per block, the kept input columns (ascending) of ``attn_out`` and of ``ffn_out`` under ``kept``."""
+    def kept_columns(self, unit_sparsity: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block, the kept input columns (ascending) of ``attn_out`` and of ``ffn_out``."""
         out = []
-        for b, (g_idx, n_idx) in zip(self.blocks, zip(*[iter(self.kept_indices(kept))] * 2)):
+        for b, (g_idx, n_idx) in zip(self.blocks, zip(*[iter(self.kept_indices(unit_sparsity))] * 2)):
             width = b.attn_out.in_features // b.num_kv_heads
             cols = (g_idx[:, None] * width + torch.arange(width)).reshape(-1)
             out.append((cols, n_idx))
         return out
 
-    def export(self, model: nn.Module, kept: np.ndarray) -> nn.Module:
+    def export(self, model: nn.Module, unit_sparsity: np.ndarray) -> nn.Module:
         """A physically smaller copy of ``model`` with the pruned heads / neurons removed.
 
         ``model`` must be the dense model this pruner was built on (its blocks, same order). Every
         module must keep at least one unit. The copy computes the same function as :meth:`apply`.
         """
-        import copy
-
-        from ffenv.models import decoder_blocks
-
         if self._saved:
             raise RuntimeError("restore() before export()")
-        if np.any(np.asarray(kept) < 1):
-            raise ValueError("export needs at least one head group and one neuron kept in every block")
-        keep_idx = self.kept_indices(kept)
+        if np.any(self.granules_kept(unit_sparsity) < 1):
+            raise FFPruneError("export needs at least one head group and one neuron kept in every block")
+        keep_idx = self.kept_indices(unit_sparsity)
         out = copy.deepcopy(model)
         with torch.no_grad():
             for b, (g_idx, n_idx) in zip(decoder_blocks(out), zip(keep_idx[0::2], keep_idx[1::2])):
@@ -217,7 +236,7 @@ class UnstructuredPruner:
 
     def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor], criterion: str = "wanda") -> None:
         if criterion not in ("wanda", "magnitude"):
-            raise ValueError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
+            raise FFPruneError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
         self.blocks = blocks
         self.criterion = criterion
         self.units: list[Unit] = []
@@ -247,21 +266,25 @@ class UnstructuredPruner:
         """Weights removed from each row of ``lin`` at a block sparsity ``sparsity``."""
         return min(lin.in_features, int(math.floor(sparsity * lin.in_features + 0.5)))
 
-    def kept_from_sparsity(self, sparsity: np.ndarray) -> np.ndarray:
+    def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+        """Per-unit sparsity ``1 - keep`` (the per-row rounding happens in :meth:`apply`); the target is unused."""
+        return np.clip(1.0 - np.asarray(keep, np.float64), 0.0, 1.0)
+
+    def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:
         """Exact weights kept per block after per-row rounding."""
         kept = []
-        for s, entries in zip(sparsity, self._linears):
+        for s, entries in zip(unit_sparsity, self._linears):
             kept.append(sum(lin.weight.numel() - self.row_prune_counts(float(s), lin) * lin.out_features
                             for lin, _, _ in entries))
-        return np.array(kept, dtype=np.int64)
+        return np.array(kept, dtype=np.float64)
 
-    def apply(self, sparsity: np.ndarray) -> None:
+    def apply(self, unit_sparsity: np.ndarray) -> None:
         """Zero the lowest-ranked ``round(s · in_features)`` weights of every row of every linear of each block."""
         if self._active:
             raise RuntimeError("apply() called twice without restore()")
         self._active = True
         with torch.no_grad():
-            for s, entries in zip(sparsity, self._linears):
+            for s, entries in zip(unit_sparsity, self._linears):
                 for lin, rank, _dense in entries:
                     k = self.row_prune_counts(float(s), lin)
                     if k > 0:

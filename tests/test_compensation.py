@@ -19,15 +19,14 @@ SMALL = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
 def _pruned(env_id: str, target: float):
     env = gym.make(env_id, target_sparsity=target, **SMALL)
     u = env.unwrapped
-    keep = project_budget(np.zeros(u.n_units), target, u.sizes, u.min_keep, u.max_keep)
-    kept = u._round(keep, (1 - target) * u.sizes.sum())
-    return u, kept
+    keep = project_budget(np.zeros(u.n_units), target, u.sizes, u.config.min_keep, u.config.max_keep)
+    return u, u.pruner.round(keep, (1 - target) * u.sizes.sum())
 
 
 @pytest.mark.parametrize("env_id", ["FFPrune-Llama-v0", "FFPrune-OPT-v0"])
 def test_ridge_fold_reduces_the_output_error_on_calibration_inputs(env_id):
     u, kept = _pruned(env_id, 0.5)
-    pruner, block = u._b.pruner, u._b.blocks[2]
+    pruner, block = u.pruner, u.blocks[2]
     tokens = u.calibration_tokens
     lin = block.ffn_out
     dense = lin.weight.detach().clone()
@@ -73,10 +72,10 @@ def test_evaluate_with_calibration_restores_weights_and_changes_ppl():
 def test_calibration_bad_input():
     u, kept = _pruned("FFPrune-Llama-v0", 0.3)
     with pytest.raises(ValueError, match="alpha"):
-        with ridge_compensation(u.model, u._b.blocks, [], [], u.calibration_tokens, alpha=0.0):
+        with ridge_compensation(u.model, u.blocks, [], [], u.calibration_tokens, alpha=0.0):
             pass
     with pytest.raises(ValueError, match="one entry per block"):
-        with ridge_compensation(u.model, u._b.blocks, [], [], u.calibration_tokens):
+        with ridge_compensation(u.model, u.blocks, [], [], u.calibration_tokens):
             pass
     unstructured = gym.make("FFPrune-Llama-Unstructured-v0", **SMALL).unwrapped
     with pytest.raises(ValueError, match="structured"):
@@ -84,7 +83,7 @@ def test_calibration_bad_input():
 
 
 def test_search_reports_the_calibrated_ppl_next_to_the_plain_one(tmp_path, capsys):
-    from ffenv.cli import main as cli_main
+    from ffprune.agents.cli import main as cli_main
 
     tiny = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
     out = tmp_path / "r.json"

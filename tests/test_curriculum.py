@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ffenv  # noqa: F401
-from ffenv.curriculum import CurriculumWrapper
+from ffenv.wrappers.curriculum import CurriculumWrapper
 
 KW = {"reward_samples": 20, "calib_samples": 8}
 
@@ -58,16 +58,25 @@ def test_wrapper_shows_stage_and_counts_cheap_episodes(base_env):
     assert info["sparsity"] == pytest.approx(0.3, abs=0.01)
 
 
-def test_full_fidelity_step_does_not_advance(base_env):
+def test_curriculum_drives_the_episode_through_reset_options(base_env):
     w = CurriculumWrapper(base_env, warmup_episodes=10)
     w.reset(seed=0)
-    reward, info = w.full_fidelity_step(np.zeros(16, np.float32))
-    assert info["cost"]["tokens"] == 20 * 256 and info["target_sparsity"] == pytest.approx(0.3)
-    assert w.episodes == 0
-    assert base_env.unwrapped.target_sparsity == pytest.approx(0.05)
-    assert base_env.unwrapped.reward_windows == 1
+    u = base_env.unwrapped
+    assert u.target_sparsity == pytest.approx(0.05) and u.reward_windows == 1  # this episode's
+    assert u.config.target_sparsity == 0.3 and u.config.reward_samples == 20    # the env's configuration is untouched
     w.load_state_dict({"episodes": 10})
     assert w.stage["final"]
+    assert w.state_dict() == {"episodes": 10}
+
+
+def test_wrappers_record_their_arguments_in_the_spec(base_env):
+    from ffenv.wrappers import SearchAccounting
+
+    w = SearchAccounting(CurriculumWrapper(base_env, warmup_episodes=7, fidelity_start=0.1), budget=3)
+    wrappers = {ws.name: ws.kwargs for ws in w.spec.additional_wrappers}
+    assert wrappers["CurriculumWrapper"]["warmup_episodes"] == 7 and wrappers["CurriculumWrapper"]["fidelity_start"] == 0.1
+    assert wrappers["SearchAccounting"] == {"budget": 3}
+    assert w.get_wrapper_attr("final_target") == 0.3  # the Gymnasium way to reach an inner wrapper's attribute
 
 
 @pytest.mark.parametrize(

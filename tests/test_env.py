@@ -8,7 +8,9 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ffenv
+from ffenv.config import EnvConfig
 from ffenv.env import UNIT_FEATURES, FFPruneEnv
+from ffenv.errors import FFPruneError
 from ffenv.evaluation import perplexity
 from ffenv.models import load_model_cached
 
@@ -98,12 +100,14 @@ def test_masking_equals_physical_removal(model_name):
     env = make(model=model_name)
     u = env.unwrapped
     rng = np.random.default_rng(2)
-    pruner = u._b.pruner
+    pruner = u.pruner
     kept = np.array([max(1, int(rng.integers(1, x.count + 1))) for x in u.units])
-    small = pruner.export(u.model, kept)
+    unit_sparsity = 1 - kept / np.array([x.count for x in u.units])
+    np.testing.assert_array_equal(pruner.granules_kept(unit_sparsity), kept)
+    small = pruner.export(u.model, unit_sparsity)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in u.model.parameters())
-    x = u._b.reward_tokens[:2]
-    pruner.apply(kept)
+    x = u.reward_tokens[:2]
+    pruner.apply(unit_sparsity)
     try:
         with torch.inference_mode():
             masked = u.model(input_ids=x).logits
@@ -155,13 +159,54 @@ def test_uniform_action_is_uniform_allocation():
     np.testing.assert_allclose(info["keep_ratio"], 0.7, atol=1e-6)
 
 
-def test_reset_options_and_setters():
+def test_reset_options_set_one_episode():
     env = make()
-    obs, _ = env.reset(options={"target_sparsity": 0.5})
-    assert obs[0] == pytest.approx(0.5)
-    env.unwrapped.set_reward_windows(2)
+    obs, info = env.reset(options={"target_sparsity": 0.5, "reward_windows": 2})
+    assert obs[0] == pytest.approx(0.5) and info["reward_windows"] == 2
     _, _, _, _, info = env.step(np.zeros(16, np.float32))
     assert info["cost"]["tokens"] == 2 * 256 and info["sparsity"] == pytest.approx(0.5, abs=0.02)
+    obs, info = env.reset()  # the next episode without options: the configured target, all reward windows
+    assert obs[0] == pytest.approx(0.3) and info["reward_windows"] == 4
+    assert env.unwrapped.config.target_sparsity == 0.3  # the configuration itself never changes
+    with pytest.raises(FFPruneError, match="allowed"):
+        env.reset(options={"target": 0.5})
+    with pytest.raises(FFPruneError, match="reward_windows"):
+        env.reset(options={"reward_windows": 5})
+
+
+def test_score_is_counted_and_leaves_the_episode_alone():
+    env = make()
+    u = env.unwrapped
+    env.reset(options={"target_sparsity": 0.1, "reward_windows": 1})
+    before = dict(u.cost)
+    reward, info = u.score(np.zeros(16, np.float32), target_sparsity=0.3, reward_windows=4)
+    assert u.cost["evaluations"] == before["evaluations"] + 1 and u.cost["tokens"] == before["tokens"] + 4 * 256
+    assert info["target_sparsity"] == 0.3 and info["reward_windows"] == 4
+    assert u.target_sparsity == pytest.approx(0.1) and u.reward_windows == 1
+    env.reset()
+    _, step_reward, _, _, _ = env.step(np.zeros(16, np.float32))
+    assert step_reward == reward
+
+
+def test_config_is_one_frozen_value_and_the_cache_can_be_cleared():
+    import dataclasses
+
+    env = make()
+    u = env.unwrapped
+    assert isinstance(u.config, EnvConfig) and u.config.reward_samples == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        u.config.target_sparsity = 0.5
+    assert u.config.as_kwargs()["target_sparsity"] == 0.3
+    same = FFPruneEnv(EnvConfig(**FAST))
+    assert same.model is u.model  # one backend per configuration key
+    assert EnvConfig(**FAST, target_sparsity=0.5).backend_key == u.config.backend_key
+    with pytest.raises(FFPruneError, match="unknown env argument"):
+        FFPruneEnv(reward_sampels=4)
+    ffenv.clear_cache()
+    fresh = FFPruneEnv(EnvConfig(**FAST))
+    assert fresh.model is not u.model
+    reward = u.step(np.zeros(16, np.float32))[1]  # an env built before keeps its own backend
+    assert reward == fresh.step(np.zeros(16, np.float32))[1]
 
 
 @pytest.mark.parametrize(
@@ -209,8 +254,8 @@ def test_bad_constructor_arguments(kwargs, match):
         FFPruneEnv(**{**FAST, **kwargs})
 
 
-def test_set_target_rejects_infeasible():
-    u = make().unwrapped
-    with pytest.raises(ValueError, match="infeasible"):
-        u.set_target_sparsity(0.95)
-    assert u.target_sparsity == 0.3
+def test_infeasible_episode_target_is_rejected():
+    env = make()
+    with pytest.raises(FFPruneError, match="infeasible"):
+        env.reset(options={"target_sparsity": 0.95})
+    assert env.unwrapped.target_sparsity == 0.3

@@ -10,9 +10,10 @@ Both are scheduled by the number of episodes so far, ``t = min(episodes / warmup
   ``f(t) = f_f - (f_f - f_i) · (1 - t)³`` from ``fidelity_start`` (≈ 5 %) to 100 %; ``"none"``: always 100 %.
   A cheap low-fidelity episode forwards fewer tokens, and the env's cost counters show it.
 
-The stage of the next episode is fixed at ``reset``; the observation's first entry is its target and
-``info["curriculum"]`` describes it. :meth:`CurriculumWrapper.full_fidelity_step` scores an action at
-the final target on all reward windows (an agent's best-so-far check) without advancing the schedule.
+The stage of the next episode is fixed at ``reset``, which passes it down as the episode's
+``options={"target_sparsity", "reward_windows"}`` (the environment itself is never reconfigured); the
+observation's first entry is its target and ``info["curriculum"]`` describes it. Its schedule position
+is checkpointable (:meth:`CurriculumWrapper.state_dict`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from ffenv.env import FFPruneEnv
+from ffenv.errors import FFPruneError, positive_int, unit_interval
+from ffenv.projector import check_budget
+from ffenv.wrappers.common import Resumable
+
 SCHEDULES = ("cubic", "staircase", "none")
 
 
-class CurriculumWrapper(gym.Wrapper):
+class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
     """Sparsity and fidelity curricula over the first ``warmup_episodes`` episodes.
 
     Args:
-        env: an ``FFPrune-*`` environment (possibly wrapped); its current target is the final target.
+        env: an ``FFPrune-*`` environment (possibly wrapped); its configured target is the final target.
         warmup_episodes: episodes until the final target and full fidelity are reached.
         start_sparsity: the easy target of the first episode (``< final target``).
         sparsity_schedule: ``"cubic"``, ``"staircase"`` or ``"none"``.
@@ -49,34 +55,33 @@ class CurriculumWrapper(gym.Wrapper):
         fidelity_start: float = 0.05,
         fidelity_schedule: str = "cubic",
     ) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(
+            self, warmup_episodes=warmup_episodes, start_sparsity=start_sparsity, sparsity_schedule=sparsity_schedule,
+            stairs=stairs, fidelity_start=fidelity_start, fidelity_schedule=fidelity_schedule)
+        gym.Wrapper.__init__(self, env)
         base = env.unwrapped
-        if not hasattr(base, "set_target_sparsity") or not hasattr(base, "set_reward_windows"):
-            raise ValueError("CurriculumWrapper needs an FFPrune environment (set_target_sparsity / set_reward_windows)")
-        if isinstance(warmup_episodes, bool) or not isinstance(warmup_episodes, int) or warmup_episodes < 1:
-            raise ValueError(f"warmup_episodes must be an integer >= 1, got {warmup_episodes!r}")
+        if not isinstance(base, FFPruneEnv):
+            raise FFPruneError(f"CurriculumWrapper needs an FFPrune environment, got {type(base).__name__}")
+        positive_int("warmup_episodes", warmup_episodes)
         if sparsity_schedule not in SCHEDULES:
-            raise ValueError(f"sparsity_schedule must be one of {SCHEDULES}, got {sparsity_schedule!r}")
+            raise FFPruneError(f"sparsity_schedule must be one of {SCHEDULES}, got {sparsity_schedule!r}")
         if fidelity_schedule not in ("cubic", "none"):
-            raise ValueError(f"fidelity_schedule must be 'cubic' or 'none', got {fidelity_schedule!r}")
-        if not isinstance(stairs, int) or stairs < 1:
-            raise ValueError(f"stairs must be an integer >= 1, got {stairs!r}")
-        self.final_target = float(base.target_sparsity)
+            raise FFPruneError(f"fidelity_schedule must be 'cubic' or 'none', got {fidelity_schedule!r}")
+        positive_int("stairs", stairs)
+        self.final_target = base.config.target_sparsity
         if sparsity_schedule != "none":
             if not 0.0 < start_sparsity <= self.final_target:
-                raise ValueError(f"start_sparsity must be in (0, {self.final_target}] (the final target), "
-                                 f"got {start_sparsity}")
-            base.set_target_sparsity(start_sparsity)  # validates it against the keep bounds
-            base.set_target_sparsity(self.final_target)
-        if not 0.0 < fidelity_start <= 1.0:
-            raise ValueError(f"fidelity_start must be in (0, 1], got {fidelity_start}")
+                raise FFPruneError(f"start_sparsity must be in (0, {self.final_target}] (the final target), "
+                                   f"got {start_sparsity}")
+            check_budget(start_sparsity, base.config.min_keep, base.config.max_keep)
+        unit_interval("fidelity_start", fidelity_start)
         self.warmup_episodes = warmup_episodes
         self.start_sparsity = float(start_sparsity)
         self.sparsity_schedule = sparsity_schedule
         self.stairs = stairs
         self.fidelity_start = float(fidelity_start)
         self.fidelity_schedule = fidelity_schedule
-        self.full_windows = int(base.reward_windows)
+        self.full_windows = base.config.reward_samples
         self.episodes = 0
         self.stage: dict[str, Any] = self.stage_at(0)
 
@@ -113,11 +118,10 @@ class CurriculumWrapper(gym.Wrapper):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Fix the next episode's stage and pass it down as reset options (a caller's own options win)."""
         self.stage = self.stage_at(self.episodes)
-        base = self.env.unwrapped
-        base.set_target_sparsity(self.stage["target_sparsity"])
-        base.set_reward_windows(self.stage["reward_windows"])
-        obs, info = self.env.reset(seed=seed, options=options)
+        stage_options = {"target_sparsity": self.stage["target_sparsity"], "reward_windows": self.stage["reward_windows"]}
+        obs, info = self.env.reset(seed=seed, options={**stage_options, **(options or {})})
         info["curriculum"] = dict(self.stage)
         return obs, info
 
@@ -126,21 +130,6 @@ class CurriculumWrapper(gym.Wrapper):
         info["curriculum"] = dict(self.stage)
         self.episodes += 1
         return obs, reward, terminated, truncated, info
-
-    def full_fidelity_step(self, action: np.ndarray) -> tuple[float, dict[str, Any]]:
-        """Reward and info of ``action`` at the final target on all reward windows (counted as cost).
-
-        Does not advance the schedule; the current stage is put back afterwards.
-        """
-        base = self.env.unwrapped
-        base.set_target_sparsity(self.final_target)
-        base.set_reward_windows(self.full_windows)
-        try:
-            _, reward, _, _, info = base.step(action)
-        finally:
-            base.set_target_sparsity(self.stage["target_sparsity"])
-            base.set_reward_windows(self.stage["reward_windows"])
-        return reward, info
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume the schedule."""

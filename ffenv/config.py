@@ -1,0 +1,109 @@
+"""``EnvConfig``: the whole configuration of an :class:`~ffenv.env.FFPruneEnv`, as one frozen, typed value.
+
+It is validated once (bad values are an :class:`~ffenv.errors.FFPruneError` naming the field and the
+allowed range), it is what ``gym.make`` keyword arguments override, what a result file records, and
+the fields in :attr:`EnvConfig.BACKEND_FIELDS` key the per-process cache of loaded models and
+precomputed statistics (:func:`ffenv.clear_cache` frees it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.projector import check_budget
+
+MODES = ("structured", "unstructured")
+CRITERIA = ("wanda", "magnitude")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Configuration of one FFPrune environment (every field is a ``gym.make`` keyword argument)."""
+
+    model: str = "tiny-llama"
+    """Bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), local checkpoint folder or hub id."""
+    mode: str = "structured"
+    """``"structured"`` (heads / KV groups + FFN neurons, 2 units per block) or ``"unstructured"`` (1 per block)."""
+    target_sparsity: float = 0.3
+    """Share of the prunable parameters to remove, in ``(0, 1)``: the final target of a search."""
+    min_keep: float = 0.1
+    """Lower bound on every unit's keep ratio."""
+    max_keep: float = 1.0
+    """Upper bound on every unit's keep ratio (``0 <= min_keep <= max_keep <= 1``)."""
+    corpus: str = "stdlib"
+    """Corpus name or path (:mod:`ffenv.data`); calibration and reward use its ``calib`` split."""
+    calib_samples: int = 32
+    """Random calibration windows for the importance statistics (and Calib)."""
+    reward_samples: int = 32
+    """Non-overlapping ``calib`` windows the reward is measured on (full fidelity)."""
+    eval_samples: int | None = None
+    """Windows of a split :meth:`~ffenv.env.FFPruneEnv.evaluate` uses by default (``None``: all)."""
+    seq_len: int = 256
+    """Tokens per window (at most the model's context)."""
+    device: str = "cpu"
+    """Where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``)."""
+    dtype: str = "auto"
+    """Precision (``"auto"``: float32 on CPU, bfloat16 on CUDA; ``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+    seed: int = 0
+    """Seed of the calibration windows, and the default reset seed."""
+    criterion: str = "wanda"
+    """Unstructured ranking within each row: ``"wanda"`` or ``"magnitude"``."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+
+    BACKEND_FIELDS: ClassVar[tuple[str, ...]] = ("model", "mode", "corpus", "calib_samples", "reward_samples",
+                                                 "seq_len", "device", "dtype", "seed", "criterion")
+    """The fields that shape what is loaded and precomputed once (the backend cache key)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise FFPruneError(f"model must be a bundled name, a local checkpoint folder or a hub id, got {self.model!r}")
+        if self.mode not in MODES:
+            raise FFPruneError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_budget(self.target_sparsity, self.min_keep, self.max_keep)
+        if self.criterion not in CRITERIA:
+            raise FFPruneError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if not isinstance(self.corpus, str) or not self.corpus:
+            raise FFPruneError(f"corpus must be a corpus name or a path, got {self.corpus!r}")
+        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size"):
+            positive_int(name, getattr(self, name))
+        if self.eval_samples is not None:
+            positive_int("eval_samples", self.eval_samples)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise FFPruneError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("device", "dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise FFPruneError(f"{name} must be a string, got {getattr(self, name)!r}")
+        # normalise number types so equal configurations compare (and hash) equal
+        for name in ("target_sparsity", "min_keep", "max_keep"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if self.eval_samples is not None:
+            object.__setattr__(self, "eval_samples", int(self.eval_samples))
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
+        """A config from keyword arguments; an unknown name is an :class:`FFPruneError` listing the known ones."""
+        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise FFPruneError(f"unknown env argument(s) {unknown}; known: {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        """A validated copy with some fields changed."""
+        return self.from_kwargs(**{**self.as_kwargs(), **changes})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every field as ``gym.make`` keyword arguments (what a result file records)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def backend_key(self) -> tuple[tuple[str, Any], ...]:
+        """The :attr:`BACKEND_FIELDS` with their values: environments that agree on them share one backend."""
+        return tuple((name, getattr(self, name)) for name in self.BACKEND_FIELDS)

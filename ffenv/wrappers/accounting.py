@@ -1,0 +1,145 @@
+"""``SearchAccounting``: the budget, the cost axes and the best allocation of one search.
+
+Wrap any environment a search method steps (outermost, around :class:`~ffenv.wrappers.CurriculumWrapper`
+when there is one) and every method — FastForward, stable-baselines3, a baseline or your own optimiser —
+is measured the same way. For every episode it
+
+* counts the episode against the ``budget`` (a step after the budget is spent is refused);
+* reads the search cost off the environment: evaluations, tokens forwarded, wall seconds;
+* keeps the best allocation **at the final target on all reward windows** (the environment's configured
+  ``target_sparsity`` and ``reward_samples``): an episode of a cheaper curriculum stage that looks at
+  least as good as the best is re-scored there with :meth:`ffenv.env.FFPruneEnv.score` (counted as cost);
+* appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
+  optional :class:`~ffenv.logger.SearchLogger` (TensorBoard, progress bar).
+
+:meth:`SearchAccounting.state_dict` holds all of it plus the state of every
+:class:`~ffenv.wrappers.common.Resumable` wrapper inside, and the weights fingerprint: a search resumed on
+other weights is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from ffenv.env import FFPruneEnv
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.logger import SearchLogger
+from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states
+
+
+class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
+    """Budget, cost axes, best allocation and history of one search (see the module docstring).
+
+    Args:
+        env: an ``FFPrune-*`` environment, possibly wrapped (e.g. by the curriculum).
+        budget: episodes the search may run.
+        logger: receives every episode's record (``None``: no TensorBoard, no bar); closed with the env.
+    """
+
+    def __init__(self, env: gym.Env, budget: int, logger: SearchLogger | None = None) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, budget=budget)
+        gym.Wrapper.__init__(self, env)
+        base = env.unwrapped
+        if not isinstance(base, FFPruneEnv):
+            raise FFPruneError(f"SearchAccounting needs an FFPrune environment, got {type(base).__name__}")
+        self.budget = positive_int("budget", budget)
+        self.logger = logger
+        self.final_target = base.config.target_sparsity
+        self.full_windows = base.config.reward_samples
+        self.weights = base.weights
+        self.episodes = 0
+        self.best: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._wall_offset = 0.0  # seconds spent before a resume
+        self._cost_offset = {"evaluations": 0, "tokens": 0}
+        self._cost_at_start = dict(base.cost)
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ the cost axes
+    @property
+    def wall_seconds(self) -> float:
+        """Wall seconds of the search so far (across resumes)."""
+        return self._wall_offset + time.perf_counter() - self._t0
+
+    @property
+    def cost(self) -> dict[str, float]:
+        """Search cost so far: episodes, evaluations (re-scorings included), tokens, wall seconds."""
+        base = self.env.unwrapped.cost
+        return {"episodes": self.episodes,
+                "evaluations": self._cost_offset["evaluations"] + base["evaluations"] - self._cost_at_start["evaluations"],
+                "tokens": self._cost_offset["tokens"] + base["tokens"] - self._cost_at_start["tokens"],
+                "seconds": round(self.wall_seconds, 3)}
+
+    @property
+    def budget_spent(self) -> bool:
+        """True once ``budget`` episodes have run."""
+        return self.episodes >= self.budget
+
+    @property
+    def evaluations_to_best(self) -> int | None:
+        """Evaluations spent when the best allocation was found (``None`` before any)."""
+        return None if self.best is None else int(self.best["evaluations"])
+
+    # ------------------------------------------------------------------ gymnasium API
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.budget_spent:
+            raise FFPruneError(f"the search budget of {self.budget} episodes is spent; no more steps")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.episodes += 1
+        at_target = info["target_sparsity"] == self.final_target
+        full_reward, full_info = (reward, info) if at_target and info["reward_windows"] == self.full_windows else (None, None)
+        if full_reward is None and at_target and (self.best is None or reward >= self.best["reward"]):
+            full_reward, full_info = self.env.unwrapped.score(action, target_sparsity=self.final_target,
+                                                              reward_windows=self.full_windows)
+        cost = self.cost
+        if full_reward is not None and (self.best is None or full_reward > self.best["reward"]):
+            self.best = {"reward": float(full_reward), "ppl": float(full_info["ppl"]),
+                         "action": np.asarray(action, np.float32).tolist(),
+                         "layer_sparsity": np.asarray(full_info["layer_sparsity"]).tolist(),
+                         "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
+                         "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
+                         "evaluations": cost["evaluations"], "tokens": cost["tokens"],
+                         "seconds": round(self.wall_seconds, 3)}
+        cost = self.cost
+        point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
+                 "target": float(info["target_sparsity"]), "evaluations": cost["evaluations"],
+                 "tokens": cost["tokens"], "seconds": cost["seconds"],
+                 "best_reward": self.best["reward"] if self.best else float("nan"),
+                 "best_ppl": self.best["ppl"] if self.best else float("nan")}
+        self.history.append(point)
+        info["search"] = dict(point)
+        if self.logger is not None:
+            self.logger.log_episode(point, info, self.budget)
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        """Close the logger (flushes TensorBoard), then the environment."""
+        if self.logger is not None:
+            self.logger.close()
+        super().close()
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        cost = self.cost
+        return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
+                "tokens": cost["tokens"], "best": self.best, "history": self.history, "weights": self.weights,
+                "wrappers": resumable_states(self.env)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "wrappers" not in state:
+            raise FFPruneError("the checkpoint was written by an older ffprune; start the search again without resume")
+        if state.get("weights") != self.weights:
+            raise FFPruneError(f"the checkpoint was written for other model weights ({state.get('weights')}, now "
+                               f"{self.weights}): the model changed since; start the search again without resume")
+        self.episodes = int(state["episodes"])
+        self._wall_offset = float(state["wall_seconds"])
+        self._t0 = time.perf_counter()
+        self._cost_at_start = dict(self.env.unwrapped.cost)
+        self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"])}
+        self.best = state["best"]
+        self.history = list(state["history"])
+        load_resumable_states(self.env, state["wrappers"])
