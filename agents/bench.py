@@ -15,35 +15,28 @@ after post-pruning calibration (:mod:`ffenv.compensation`), stored in the cell a
 * ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
 * ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
 
-Methods (``--methods``): the RL agents ``fastforward``, ``ppo``, ``sac`` (or any SB3 algorithm name),
-the search baselines ``random``, ``evolution``, ``uniform-split``, and the heuristics ``uniform``,
-``owl``, ``alphapruning``, ``flap`` (one evaluation each). ``uniform-split`` and ``flap`` need a
-structured env and are left out of the defaults on unstructured ones.
+Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods` (or any SB3 algorithm);
+by default every registered method that supports the env's mode (``uniform-split`` and ``flap`` need
+a structured env).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-from agents.monitor import atomic_write_json, atomic_write_text
-from agents.search import calibrated_eval_ppl, make_search_env, model_weights, run_search
-
-RL_AGENTS = ("fastforward", "ppo", "sac")
-SEARCH_BASELINES = ("random", "evolution", "uniform-split")
-HEURISTIC_BASELINES = ("uniform", "owl", "alphapruning", "flap")
-STRUCTURED_ONLY = ("uniform-split", "flap")
-
-
-def default_methods(mode: str) -> list[str]:
-    """All methods that make sense in ``mode`` (``structured`` / ``unstructured``)."""
-    every = [*RL_AGENTS, *SEARCH_BASELINES, *HEURISTIC_BASELINES]
-    return every if mode == "structured" else [m for m in every if m not in STRUCTURED_ONLY]
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ffprune.agents.methods import get_method, methods_for
+from ffprune.agents.search import calibrated_eval_ppl, make_search_env, model_weights, run_search
 
 
 def cell_path(out: Path, method: str, seed: int) -> Path:
@@ -55,11 +48,11 @@ def _check_config(out: Path, config: dict[str, Any]) -> None:
     """A bench folder holds one setting: refuse to mix results of different envs / budgets / targets."""
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, "bench config")
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
         if diff:
-            raise ValueError(f"out={str(out)!r} holds a bench with other settings {diff} (old, new); "
-                             "use another --out folder")
+            raise FFPruneError(f"out={str(out)!r} holds a bench with other settings {diff} (old, new); "
+                               "use another --out folder")
     atomic_write_json(path, config)
 
 
@@ -69,7 +62,7 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any
     if "eval_ppl_calib" in best and best.get("calib_alpha") == alpha:
         return cell
     for other in sorted(path.parents[1].glob("*/seed*.json")):  # a deterministic heuristic gives the same
-        done = json.loads(other.read_text())                     # allocation for every seed: measured once
+        done = read_json(other, "bench cell")                    # allocation for every seed: measured once
         if (other != path and done.get("env_kwargs") == cell["env_kwargs"] and done["best"].get("calib_alpha") == alpha
                 and done["best"]["action"] == best["action"] and "eval_ppl_calib" in done["best"]):
             best["eval_ppl_calib"], best["calib_alpha"] = done["best"]["eval_ppl_calib"], alpha
@@ -86,21 +79,15 @@ def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
               target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
               calib_alpha: float = 0.9, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """Run (or resume) every (method, seed) cell; returns the finished cells per method."""
-    import gymnasium as gym
-
-    import ffenv  # noqa: F401
-
     out = Path(out)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive integer (episodes), got {budget!r}")
+    positive_int("seeds", seeds)
+    positive_int("budget", budget)
     spec = gym.spec(env_id)  # unknown ids fail here, before any work
     mode = {**spec.kwargs, **(env_kwargs or {})}.get("mode", "structured")
-    methods = list(methods) if methods else default_methods(mode)
-    bad = [m for m in methods if mode != "structured" and m in STRUCTURED_ONLY]
+    methods = list(methods) if methods else methods_for(mode)
+    bad = [m for m in methods if mode not in get_method(m).modes]
     if bad:
-        raise ValueError(f"methods {bad} need a structured env; {env_id} is {mode}")
+        raise FFPruneError(f"methods {bad} need a structured env; {env_id} is {mode}")
     if calibrate and mode != "structured":
         calibrate = False  # Calib compensates removed heads / neurons: structured only
     _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},
@@ -148,8 +135,8 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluations_to_reach(history: list[dict[str, Any]], reward: float, axis: str = "evaluations") -> int | None:
-    """Cost (``axis``: evaluations or tokens) a search spent until its best reward reached ``reward`` (``None``: never)."""
+def cost_to_reach(history: list[dict[str, Any]], reward: float, axis: str = "evaluations") -> int | None:
+    """Cost on ``axis`` (evaluations or tokens) a search spent until its best reward reached ``reward`` (``None``: never)."""
     for point in history:
         if np.isfinite(point["best_reward"]) and point["best_reward"] >= reward:
             return int(point[axis])
@@ -172,8 +159,8 @@ def reach_table(cells: dict[str, list[dict[str, Any]]], agent: str = "fastforwar
             rows.append({"method": method, "seed": r["seed"], "best_reward": r["best"]["reward"],
                          "evaluations": r["cost"]["evaluations"],
                          "evaluations_to_best": r["cost"]["evaluations_to_best"], "tokens_to_best": r["best"]["tokens"],
-                         f"{agent}_evaluations_to_reach": evaluations_to_reach(history, r["best"]["reward"]),
-                         f"{agent}_tokens_to_reach": evaluations_to_reach(history, r["best"]["reward"], "tokens")})
+                         f"{agent}_evaluations_to_reach": cost_to_reach(history, r["best"]["reward"]),
+                         f"{agent}_tokens_to_reach": cost_to_reach(history, r["best"]["reward"], "tokens")})
     return rows
 
 
@@ -185,8 +172,6 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 
 def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str) -> None:
     """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically."""
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     writer.writeheader()
@@ -223,13 +208,9 @@ def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, An
 
 def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
     """``curves.png`` (best reward vs. evaluations / wall seconds) and ``allocations.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    colors = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(13, 4.8))  # no pyplot: no global state, no GUI backend
+    axes = fig.subplots(1, 2, sharey=True)
     for i, (method, runs) in enumerate(cells.items()):
         color = colors(i % 10)
         for j, r in enumerate(runs):
@@ -253,13 +234,12 @@ def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out / ".curves.png.tmp.png", dpi=110)
-    plt.close(fig)
-    (out / ".curves.png.tmp.png").replace(out / "curves.png")
+    atomic_write(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
 
     first = next(iter(cells.values()))[0]
     kinds = sorted({name.split(".")[0] for name in _unit_names(first)}, key=["attn", "ffn", "block"].index)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.2), squeeze=False)
+    fig = Figure(figsize=(6.5 * len(kinds), 4.2))
+    axes = fig.subplots(1, len(kinds), squeeze=False)
     for i, (method, runs) in enumerate(cells.items()):
         r = min(runs, key=lambda c: c["seed"])
         names, sparsity = _unit_names(r), np.array(r["best"]["layer_sparsity"])
@@ -274,9 +254,7 @@ def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"{title}: best allocation per method (seed 0)")
     fig.tight_layout()
-    fig.savefig(out / ".allocations.png.tmp.png", dpi=110)
-    plt.close(fig)
-    (out / ".allocations.png.tmp.png").replace(out / "allocations.png")
+    atomic_write(out / "allocations.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
 
 
 def _unit_names(cell: dict[str, Any]) -> list[str]:

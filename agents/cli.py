@@ -1,4 +1,7 @@
-"""The ``ffprune`` command line.
+"""The ``ffprune`` command line: thin calls of library functions (the top of ``ffenv`` ← baselines ← agents ← CLI).
+
+Bad input (:class:`ffenv.FFPruneError`, an unknown gymnasium id) is one line on stderr and exit code 2;
+anything else is a bug and shows its traceback.
 
     ffprune --version
     ffprune models                      # bundled models and their dense perplexity
@@ -16,7 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
 import ffenv
+from ffenv.data import evaluation_windows
+from ffenv.errors import FFPruneError
+from ffenv.evaluation import perplexity
+from ffenv.models import BUNDLED_MODELS, bundled_card, load_model
+from ffenv.speed import bench_env
+from ffprune.agents.bench import run_bench
+from ffprune.agents.methods import METHODS
+from ffprune.agents.search import run_search
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -33,7 +46,7 @@ def parse_env_kwargs(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"--env-kwarg expects KEY=VALUE, got {pair!r}")
+            raise FFPruneError(f"--env-kwarg / --agent-kwarg expect KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -45,8 +58,6 @@ def parse_env_kwargs(pairs: list[str] | None) -> dict[str, Any]:
 @_command("models")
 def cmd_models(args: argparse.Namespace) -> int:
     """List the bundled models with their shape and dense perplexity (from their model cards)."""
-    from ffenv.models import BUNDLED_MODELS, bundled_card
-
     header = (f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}"
               f"{'calib ppl':>11}{'eval ppl':>10}")
     print(header)
@@ -55,10 +66,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
               f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>11.2f}{c['dense_ppl']['eval']:>10.2f}")
     if args.measure:
-        from ffenv.data import evaluation_windows
-        from ffenv.evaluation import perplexity
-        from ffenv.models import load_model
-
         print("\nmeasured now (seq_len 256, all windows):")
         for name in BUNDLED_MODELS:
             model, tok = load_model(name)
@@ -70,8 +77,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 @_command("bench-env")
 def cmd_bench_env(args: argparse.Namespace) -> int:
     """Median step time vs. median dense forward over the same reward tokens."""
-    from ffenv.speed import bench_env
-
     result = bench_env(args.env, repeats=args.repeats, seed=args.seed, **parse_env_kwargs(args.env_kwarg))
     print(json.dumps(result, indent=2))
     return 0
@@ -80,8 +85,6 @@ def cmd_bench_env(args: argparse.Namespace) -> int:
 @_command("search")
 def cmd_search(args: argparse.Namespace) -> int:
     """One search with one agent; writes the result JSON atomically and can resume."""
-    from agents.search import run_search
-
     try:
         result = run_search(args.env, agent=args.agent, budget=args.budget, seed=args.seed, logdir=args.logdir,
                             out=args.out, target=args.target, warm_start=args.warm_start, resume=args.resume,
@@ -107,8 +110,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 @_command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
-    from agents.bench import run_bench
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
         run_bench(args.env, args.budget, args.seeds, methods, args.out, args.target, parse_env_kwargs(args.env_kwarg),
@@ -134,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p = sub.add_parser("search", help="search an allocation with one agent")
     p.add_argument("--env", default="FFPrune-Llama-v0")
-    p.add_argument("--agent", default="fastforward", help="fastforward, ppo, sac, another SB3 algorithm, "
-                   "a search baseline: random, evolution, uniform-split; or a heuristic: uniform, owl, alphapruning, flap")
-    p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each)")
+    p.add_argument("--agent", default="fastforward", metavar="METHOD",
+                   help=f"a registered method {list(METHODS)} or another stable-baselines3 algorithm (a2c, td3...)")
+    p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each; heuristics use one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
     p.add_argument("--out", help="result JSON (checkpoint beside it as <out>.ckpt)")
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per method")
-    p.add_argument("--methods", help="comma-separated subset (default: all that fit the env's mode)")
+    p.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)} (default: all that fit the env's mode)")
     p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
     p.add_argument("--out", default="bench", help="output folder (resumes what is already there)")
     p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
@@ -166,12 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ffprune`` console script."""
-    import gymnasium as gym
-
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, gym.error.Error) as err:  # bad input: one clear line, no traceback
+    except (FFPruneError, gym.error.Error) as err:  # bad input: one clear line, no traceback
         known = f" (ffprune ids: {', '.join(ffenv.env_ids())})" if isinstance(err, gym.error.Error) else ""
         print(f"ffprune {args.command}: error: {err}{known}", file=sys.stderr)
         return 2

@@ -10,8 +10,10 @@ Read top to bottom, like a CleanRL file:
 3. With one-step episodes the return is the reward: advantage ``A = r - V(s)``, normalised over the
    batch (γ and λ play no part). ``update_epochs`` PPO-clip epochs on the full batch (one minibatch):
    ``L = -min(ρA, clip(ρ, 1±ε)A) + c_v (V - r)² - c_e H``, gradients clipped to ``max_grad_norm``.
-4. The :class:`~agents.monitor.SearchMonitor` keeps the best allocation seen at the final target and
-   full fidelity; the search returns it.
+4. The :class:`~ffenv.wrappers.SearchAccounting` around the env keeps the best allocation seen at the
+   final target and full fidelity; the search returns it.
+5. Every update logs its learning (``log``): policy and value loss, entropy, std, approx KL, clip
+   fraction, explained variance and the batch's mean reward, as CleanRL does.
 
 Save / load of the policy (:func:`save_policy`, :func:`load_policy`) and a warm start from a policy
 trained at another target (the paper transfers 20 % → 30 %) are supported; a checkpoint after every
@@ -21,6 +23,7 @@ update makes the search resumable.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.monitor import SearchMonitor, atomic_torch_save
+from ffenv.errors import FFPruneError
+from ffenv.io import atomic_torch_save, load_checkpoint
+from ffenv.wrappers import SearchAccounting
 
 
 @dataclass
@@ -37,15 +42,25 @@ class FastForwardConfig:
     """Hyper-parameters of the FastForward agent (defaults sized for the bundled models)."""
 
     hidden: tuple[int, ...] = (256, 256, 128)
+    """Hidden layer widths of the actor and of the critic MLPs."""
     learning_rate: float = 3e-4
+    """Adam learning rate (eps 1e-5)."""
     batch_episodes: int = 16
+    """Single-step episodes per update (the PPO batch; one minibatch)."""
     update_epochs: int = 10
+    """PPO epochs over each batch."""
     clip_coef: float = 0.2
+    """PPO ratio clip ``ε``."""
     ent_coef: float = 0.01
+    """Entropy bonus ``c_e``."""
     vf_coef: float = 0.5
+    """Value-loss weight ``c_v``."""
     max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
     init_std: float = 1.0
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes recorded with the result (not used by the algorithm)."""
 
     def __post_init__(self) -> None:
         checks = {"learning_rate": self.learning_rate > 0, "batch_episodes": self.batch_episodes >= 2,
@@ -53,7 +68,7 @@ class FastForwardConfig:
                   "init_std": self.init_std > 0, "max_grad_norm": self.max_grad_norm > 0}
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"{name} is out of range: {getattr(self, name)!r}")
+                raise FFPruneError(f"{name} is out of range: {getattr(self, name)!r}")
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -97,11 +112,11 @@ def load_policy(path: str | Path, obs_dim: int | None = None, act_dim: int | Non
     """Load a policy saved by :func:`save_policy`, checking it fits the given observation / action sizes."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"policy file {str(path)!r} does not exist")
-    blob = torch.load(path, weights_only=False)
+        raise FFPruneError(f"policy file {str(path)!r} does not exist")
+    blob = load_checkpoint(path)
     for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
         if want is not None and blob[name] != want:
-            raise ValueError(f"policy {str(path)!r} has {name}={blob[name]}, but this env needs {want} "
+            raise FFPruneError(f"policy {str(path)!r} has {name}={blob[name]}, but this env needs {want} "
                              "(a warm start needs the same model and mode)")
     policy = Policy(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
     policy.load_state_dict(blob["state_dict"])
@@ -109,22 +124,24 @@ def load_policy(path: str | Path, obs_dim: int | None = None, act_dim: int | Non
 
 
 def run_fastforward(
-    env: SearchMonitor,
+    env: SearchAccounting,
     seed: int = 0,
     config: FastForwardConfig | None = None,
     warm_start: str | Path | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    log: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Search until the monitor's budget is spent; return the best allocation and the policy's stats.
+    """Search until the budget is spent; return the policy, its last learning statistics and the config.
 
     Args:
-        env: a :class:`SearchMonitor` around the (curriculum-wrapped) environment.
+        env: a :class:`~ffenv.wrappers.SearchAccounting` around the (curriculum-wrapped) environment.
         seed: seeds torch, numpy, Python's ``random`` and the env's first reset.
         config: hyper-parameters.
         warm_start: a policy file from an earlier search (e.g. at another target) to start from.
-        checkpoint: file to write after every update (policy, optimiser, RNG and monitor state).
+        checkpoint: file to write after every update (policy, optimiser, RNG and search state).
         resume: continue from ``checkpoint`` if it exists.
+        log: called after every update with its learning statistics (e.g. ``SearchLogger.log_learning``).
     """
     cfg = config or FastForwardConfig()
     torch.manual_seed(seed)
@@ -140,17 +157,17 @@ def run_fastforward(
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     updates = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_checkpoint(checkpoint)
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-        env.load_state_dict(state["monitor"])
+        env.load_state_dict(state["search"])
         updates = state["updates"]
 
     stats: dict[str, float] = {}
-    while not env.done:
+    while not env.budget_spent:
         # ---- collect a batch of one-step episodes
         n = min(cfg.batch_episodes, env.budget - env.episodes)
         obs_b, act_b, logp_b, rew_b = [], [], [], []
@@ -176,12 +193,18 @@ def run_fastforward(
 
         # ---- PPO-clip on the full batch; advantage r - V(s), normalised
         with torch.no_grad():
-            adv = returns - policy.value(obs_t)
+            values = policy.value(obs_t)
+            adv = returns - values
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        clipfracs = []
         for _ in range(cfg.update_epochs):
             dist = policy.dist(obs_t)
             logp = dist.log_prob(act_t).sum(-1)
-            ratio = (logp - old_logp).exp()
+            logratio = logp - old_logp
+            ratio = logratio.exp()
+            with torch.no_grad():  # diagnostics only (CleanRL's): KL estimate and share of clipped ratios
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
             pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv).mean()
             v_loss = 0.5 * (policy.value(obs_t) - returns).pow(2).mean()
             entropy = dist.entropy().sum(-1).mean()
@@ -191,12 +214,18 @@ def run_fastforward(
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
         updates += 1
+        var_returns = returns.var().item()
         stats = {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item(),
-                 "std": policy.log_std.exp().mean().item(), "batch_reward": returns.mean().item(), "updates": updates}
+                 "std": policy.log_std.exp().mean().item(), "batch_reward": returns.mean().item(), "updates": updates,
+                 "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs)),
+                 "explained_variance": float("nan") if var_returns == 0 else
+                 1.0 - (returns - values).var().item() / var_returns}
+        if log is not None:
+            log(stats)
 
         if checkpoint is not None:
             atomic_torch_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
                                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                               "python_rng": random.getstate(), "monitor": env.state_dict(),
+                               "python_rng": random.getstate(), "search": env.state_dict(),
                                "updates": updates, "config": asdict(cfg)}, checkpoint)
     return {"policy": policy, "stats": stats, "config": asdict(cfg)}

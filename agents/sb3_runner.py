@@ -7,19 +7,29 @@ those that make the agent *learn within a few hundred episodes*:
 * SAC: ``learning_starts=32``, a replay buffer as large as the budget, one gradient step per episode;
 * others (A2C, TD3, DDPG...): SB3 defaults with ``n_steps`` / ``learning_starts`` scaled the same way.
 
-The run stops after exactly the monitor's budget of episodes (a callback), checkpoints the model (and
-SAC's replay buffer) with the monitor's state at every rollout end, and resumes from there.
+The run stops after exactly the search's budget of episodes (:class:`StopAtBudget`), checkpoints the
+model (and SAC's replay buffer) with the search state at every rollout end, and resumes from there.
+With a ``logdir`` the algorithm's own learning statistics (``train/*``: losses, approx KL, entropy...)
+go to TensorBoard beside the search's scalars.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import stable_baselines3 as sb3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
-from agents.monitor import SearchMonitor, atomic_torch_save
+from ffenv.errors import FFPruneError
+from ffenv.io import atomic_torch_save, atomic_write, load_checkpoint
+from ffenv.wrappers import SearchAccounting
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "PPO": {"n_steps": 16, "batch_size": 16, "n_epochs": 10, "learning_rate": 3e-4, "ent_coef": 0.01,
@@ -31,31 +41,46 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def algorithm_class(name: str) -> type:
-    """The SB3 class for ``name`` (case-insensitive); ``ValueError`` if unknown or not for Box actions."""
-    import stable_baselines3 as sb3
-
+def algorithm_class(name: str) -> type[BaseAlgorithm]:
+    """The SB3 class for ``name`` (case-insensitive); :class:`FFPruneError` if unknown or not for Box actions."""
     cls = getattr(sb3, name.upper(), None)
     if cls is None or not isinstance(cls, type):
         known = [n for n in dir(sb3) if n.isupper() and isinstance(getattr(sb3, n), type)]
-        raise ValueError(f"agent must be 'fastforward' or a stable-baselines3 algorithm {known}, got {name!r}")
+        raise FFPruneError(f"agent {name!r} is neither a registered search method nor a stable-baselines3 algorithm "
+                           f"{known}")
     if gym.spaces.Box not in getattr(cls, "_supported_action_spaces", (gym.spaces.Box,)):
-        raise ValueError(f"{name} does not support Box action spaces")
+        raise FFPruneError(f"{name} does not support Box action spaces")
     return cls
 
 
+class StopAtBudget(BaseCallback):
+    """Stops learning once the search's budget is spent; calls ``save`` at rollout ends (every 16 episodes
+    for off-policy algorithms, whose rollouts are single steps)."""
+
+    def __init__(self, env: SearchAccounting, save: Callable[[], None], every: int = 16) -> None:
+        super().__init__()
+        self.env, self.save, self.every = env, save, every
+        self.last_saved = env.episodes
+
+    def _on_step(self) -> bool:
+        return not self.env.budget_spent
+
+    def _on_rollout_end(self) -> None:
+        if self.env.episodes - self.last_saved >= self.every or not isinstance(self.model, OffPolicyAlgorithm):
+            self.save()
+            self.last_saved = self.env.episodes
+
+
 def run_sb3(
-    env: SearchMonitor,
+    env: SearchAccounting,
     algo: str = "ppo",
     seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    logdir: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train an SB3 algorithm until the monitor's budget is spent. Returns the model and its settings."""
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-
+    """Train an SB3 algorithm until the search's budget is spent. Returns the model and its settings."""
     cls = algorithm_class(algo)
     name = cls.__name__
     kwargs: dict[str, Any] = dict(DEFAULTS.get(name, {}))
@@ -68,43 +93,26 @@ def run_sb3(
 
     resumed = bool(resume and ckpt is not None and ckpt.exists() and model_file.exists())
     if resumed:
-        import torch
-
-        state = torch.load(ckpt, weights_only=False)
-        env.load_state_dict(state["monitor"])
+        env.load_state_dict(load_checkpoint(ckpt)["search"])
         model = cls.load(model_file, env=env, seed=seed)
         if isinstance(model, OffPolicyAlgorithm) and buffer_file.exists():
             model.load_replay_buffer(buffer_file)
     else:
         model = cls("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+    if logdir is not None:
+        model.set_logger(configure(str(logdir), ["tensorboard"]))
 
     def save() -> None:
         if ckpt is None:
             return
-        tmp = model_file.with_name(f".{model_file.name}.tmp.zip")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        model.save(tmp)
-        tmp.replace(model_file)
+        atomic_write(model_file, model.save, keep_suffix=True)
         if isinstance(model, OffPolicyAlgorithm):
-            tmpb = buffer_file.with_name(f".{buffer_file.name}.tmp.pkl")
-            model.save_replay_buffer(tmpb)
-            tmpb.replace(buffer_file)
-        atomic_torch_save({"monitor": env.state_dict(), "algo": name}, ckpt)
-
-    class Budget(BaseCallback):
-        last_saved = env.episodes
-
-        def _on_step(self) -> bool:
-            return not env.done
-
-        def _on_rollout_end(self) -> None:  # every rollout (PPO) or every 16 episodes (off-policy)
-            if env.episodes - self.last_saved >= 16 or not isinstance(model, OffPolicyAlgorithm):
-                save()
-                self.last_saved = env.episodes
+            atomic_write(buffer_file, model.save_replay_buffer, keep_suffix=True)
+        atomic_torch_save({"search": env.state_dict(), "algo": name}, ckpt)
 
     remaining = env.budget - env.episodes
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=Budget(), reset_num_timesteps=not resumed,
+        model.learn(total_timesteps=remaining, callback=StopAtBudget(env, save), reset_num_timesteps=not resumed,
                     progress_bar=False)
     save()
     return {"model": model, "config": {"algorithm": name, **{k: _plain(v) for k, v in kwargs.items()}}}

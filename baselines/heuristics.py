@@ -13,26 +13,23 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from baselines.allocators import (
+from ffenv.env import UNIT_FEATURES
+from ffenv.errors import FFPruneError
+from ffenv.importance import collect_input_moments
+from ffenv.projector import keep_to_raw, project_budget
+from ffprune.baselines.allocators import (
     alphapruning_sparsities,
     flap_sparsities,
     hill_alpha,
     owl_sparsities,
     uniform_sparsities,
 )
-from ffenv.env import UNIT_FEATURES
-from ffenv.importance import collect_input_moments
-from ffenv.models import decoder_blocks
-from ffenv.projector import keep_to_raw, project_budget
-
-HEURISTICS = ("uniform", "owl", "alphapruning", "flap")
 
 
 def flap_scores(env: gym.Env) -> list[np.ndarray]:
     """Per unit, FLAP's fluctuation score of each granule: ``Var(X_j)·‖W_{:,j}‖²`` summed per head group."""
     u = env.unwrapped
-    blocks = decoder_blocks(u.model)
-    linears = [lin for b in blocks for lin in (b.attn_out, b.ffn_out)]
+    linears = [lin for b in u.blocks for lin in (b.attn_out, b.ffn_out)]
     moments = collect_input_moments(u.model, linears, u.calibration_tokens)
     out = []
     for unit, lin, (_mean, var) in zip(u.units, linears, moments):
@@ -50,35 +47,53 @@ def within_keep_bounds(env: gym.Env, sparsities: np.ndarray) -> np.ndarray:
     target spans sparsities up to ``0.7 · 1.3 = 0.91`` while ``min_keep = 0.1`` allows at most 0.9.
     """
     u = env.unwrapped
+    lo, hi = u.config.min_keep, u.config.max_keep
     keep = 1.0 - np.asarray(sparsities, np.float64)
-    if np.all(keep >= u.min_keep - 1e-9) and np.all(keep <= u.max_keep + 1e-9):
+    if np.all(keep >= lo - 1e-9) and np.all(keep <= hi + 1e-9):
         return np.asarray(sparsities, np.float64)
-    raw = keep_to_raw(keep, u.min_keep, u.max_keep)  # outside [-1, 1]: the projector clips it to the bounds
-    return 1.0 - project_budget(raw, u.target_sparsity, u.sizes, u.min_keep, u.max_keep)
+    raw = keep_to_raw(keep, lo, hi)  # outside [-1, 1]: the projector clips it to the bounds
+    return 1.0 - project_budget(raw, u.target_sparsity, u.sizes, lo, hi)
 
 
-def heuristic_sparsities(env: gym.Env, method: str, **params: Any) -> np.ndarray:
-    """Per-unit sparsities of a heuristic ``method`` at the env's current target (see module doc), as the
-    method defines them; :func:`within_keep_bounds` makes them runnable when they leave the env's bounds."""
+def _per_unit(env: gym.Env, per_block: np.ndarray) -> np.ndarray:
     u = env.unwrapped
-    target = u.target_sparsity
+    return np.asarray(per_block)[[unit.block for unit in u.units]]
+
+
+def _block_sizes(env: gym.Env) -> np.ndarray:
+    u = env.unwrapped
     blocks = np.array([unit.block for unit in u.units])
-    sizes = np.array([u.sizes[blocks == b].sum() for b in range(u.n_blocks)])
-    if method == "uniform":
-        per_block = uniform_sparsities(target, u.n_blocks)
-    elif method == "owl":
-        obs, _ = env.reset()
-        feats = obs[1:].reshape(u.n_units, len(UNIT_FEATURES))
-        ratio = feats[:, UNIT_FEATURES.index("outlier_ratio")]
-        per_block = owl_sparsities(np.array([ratio[blocks == b][0] for b in range(u.n_blocks)]), target, sizes, **params)
-    elif method == "alphapruning":
-        alphas = [np.mean([hill_alpha(lin.weight) for lin in b.linears.values()]) for b in decoder_blocks(u.model)]
-        per_block = alphapruning_sparsities(np.array(alphas), target, sizes, **params)
-    elif method == "flap":
-        if u.mode != "structured":
-            raise ValueError("method 'flap' needs a structured env (heads and neurons)")
-        return flap_sparsities(flap_scores(env), [unit.kind for unit in u.units],
-                               np.array([unit.granule_params for unit in u.units]), target, u.min_keep, **params)
-    else:
-        raise ValueError(f"method must be one of {HEURISTICS}, got {method!r}")
-    return per_block[blocks]
+    return np.array([u.sizes[blocks == b].sum() for b in range(u.n_blocks)])
+
+
+def uniform_allocation(env: gym.Env) -> np.ndarray:
+    """The same sparsity in every unit (the env's current target)."""
+    u = env.unwrapped
+    return _per_unit(env, uniform_sparsities(u.target_sparsity, u.n_blocks))
+
+
+def owl_allocation(env: gym.Env, **params: Any) -> np.ndarray:
+    """OWL from the observation's per-block outlier ratios (``params``: :func:`owl_sparsities`' ``m``, ``lam``)."""
+    u = env.unwrapped
+    obs, _ = env.reset()
+    ratio = obs[1:].reshape(u.n_units, len(UNIT_FEATURES))[:, UNIT_FEATURES.index("outlier_ratio")]
+    blocks = np.array([unit.block for unit in u.units])
+    per_block = np.array([ratio[blocks == b][0] for b in range(u.n_blocks)])
+    return _per_unit(env, owl_sparsities(per_block, u.target_sparsity, _block_sizes(env), **params))
+
+
+def alphapruning_allocation(env: gym.Env, **params: Any) -> np.ndarray:
+    """AlphaPruning from each block's mean Hill ``α`` (``params``: :func:`alphapruning_sparsities`' ``eps``)."""
+    u = env.unwrapped
+    alphas = np.array([np.mean([hill_alpha(lin.weight) for lin in b.linears.values()]) for b in u.blocks])
+    return _per_unit(env, alphapruning_sparsities(alphas, u.target_sparsity, _block_sizes(env), **params))
+
+
+def flap_allocation(env: gym.Env, **params: Any) -> np.ndarray:
+    """FLAP's global ranking of standardised fluctuation scores (structured envs only)."""
+    u = env.unwrapped
+    if u.config.mode != "structured":
+        raise FFPruneError("method 'flap' needs a structured env (heads and neurons)")
+    return flap_sparsities(flap_scores(env), [unit.kind for unit in u.units],
+                           np.array([unit.granule_params for unit in u.units]), u.target_sparsity,
+                           u.config.min_keep, **params)

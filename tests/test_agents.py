@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-import agents.search as search_module
-from agents.fastforward import load_policy
-from agents.monitor import SearchMonitor
-from agents.search import run_search
-from ffenv.cli import main as cli_main
+import ffprune.agents.search as search_module
+from ffenv.env import FFPruneEnv
+from ffenv.errors import FFPruneError
+from ffenv.wrappers import SearchAccounting
+from ffprune.agents.cli import main as cli_main
+from ffprune.agents.fastforward import load_policy
+from ffprune.agents.search import run_search
 
 ENV_KW = {"reward_samples": 4, "calib_samples": 8, "eval_samples": 8}
 AGENT_KW = {"batch_episodes": 4, "hidden": (32, 32)}
@@ -65,24 +67,24 @@ def test_save_load_and_warm_start(tmp_path):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = search(tmp_path, "full", budget=16)
-    original = SearchMonitor.step
+    original = SearchAccounting.step
 
     def flaky(self, action):
         if self.episodes == 10:
             raise KeyboardInterrupt
         return original(self, action)
 
-    monkeypatch.setattr(SearchMonitor, "step", flaky)
+    monkeypatch.setattr(SearchAccounting, "step", flaky)
     with pytest.raises(KeyboardInterrupt):
         search(tmp_path, "cut", budget=16)
     assert (tmp_path / "cut.ckpt").exists() and not (tmp_path / "cut.json").exists()
-    monkeypatch.setattr(SearchMonitor, "step", original)
+    monkeypatch.setattr(SearchAccounting, "step", original)
     # the model's weights changed since the checkpoint (e.g. a retrained zoo): refused, nothing mixed
-    real_weights = search_module.model_weights
-    monkeypatch.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
-    with pytest.raises(ValueError, match="other model weights"):
-        search(tmp_path, "cut", budget=16, resume=True)
-    monkeypatch.setattr(search_module, "model_weights", real_weights)
+    with monkeypatch.context() as m:
+        m.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
+        m.setattr(FFPruneEnv, "weights", property(lambda self: "sha256:0123456789abcdef"))
+        with pytest.raises(FFPruneError, match="other model weights"):
+            search(tmp_path, "cut", budget=16, resume=True)
     resumed = search(tmp_path, "cut", budget=16, resume=True)
     assert resumed["cost"]["episodes"] == 16
     assert len(resumed["history"]) == 16
@@ -113,6 +115,10 @@ def test_tensorboard_has_cost_axis_scalars(tmp_path):
     tokens = [e.step for e in acc.Scalars("by_tokens/reward")]
     assert tokens == sorted(tokens) and tokens[-1] == r["cost"]["tokens"]
     assert r["logdir"].endswith("FFPrune-Llama-v0/fastforward/seed0")
+    # FastForward logs its learning every update (12 episodes, 4 per update: 3 updates), as CleanRL does
+    for name in ("pg_loss", "v_loss", "entropy", "std", "approx_kl", "clipfrac", "explained_variance", "batch_reward"):
+        assert f"learning/{name}" in tags, name
+    assert [e.step for e in acc.Scalars("learning/approx_kl")] == [4, 8, 12]
 
 
 def test_sb3_runner_stops_at_budget(tmp_path):
@@ -149,3 +155,77 @@ def test_cli_bad_input_is_one_clear_line(capsys):
     assert "FFPrune-Llama-v0" in err and "Traceback" not in err
     assert cli_main(["search", "--budget", "2", "--target", "0.97", "--quiet"]) == 2
     assert "infeasible" in capsys.readouterr().err
+
+
+def test_cli_bad_input_found_as_a_new_user_is_one_line_each(tmp_path, capsys):
+    tiny = [a for k, v in ENV_KW.items() for a in ("--env-kwarg", f"{k}={v}")]
+    # a heuristic's budget is still validated (before: accepted because heuristics run once)
+    assert cli_main(["search", "--agent", "uniform", "--budget", "-3", "--quiet", "--logdir", str(tmp_path)]) == 2
+    assert "budget must be a positive integer, got -3" in capsys.readouterr().err
+    # an --out that cannot be written: refused before any work (before: a traceback at the end)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli_main(["search", "--agent", "uniform", "--budget", "1", "--quiet", "--out", str(blocker / "r.json"),
+                     "--logdir", str(tmp_path), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and str(blocker) in err and "Traceback" not in err
+    # a corrupt checkpoint with --resume (before: an UnpicklingError traceback)
+    out = tmp_path / "r.json"
+    out.with_suffix(".ckpt").write_bytes(b"not a checkpoint")
+    assert cli_main(["search", "--agent", "fastforward", "--budget", "4", "--quiet", "--out", str(out), "--resume",
+                     "--logdir", str(tmp_path), *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and "without --resume" in err and len(err.strip().splitlines()) == 1
+    # an empty or non-UTF-8 corpus file (before: DatasetGenerationError from inside datasets)
+    for name, content in (("empty.txt", b""), ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"))):
+        corpus = tmp_path / name
+        corpus.write_bytes(content)
+        assert cli_main(["search", "--agent", "uniform", "--budget", "1", "--quiet", "--logdir", str(tmp_path),
+                         "--env-kwarg", f"corpus={corpus}"]) == 2
+        err = capsys.readouterr().err
+        assert str(corpus) in err and len(err.strip().splitlines()) == 1
+
+
+def test_genuine_bugs_keep_their_traceback(monkeypatch):
+    """Only bad input (FFPruneError) becomes one line; a bug elsewhere still raises."""
+    import ffprune.agents.cli as cli
+
+    def broken(*_args, **_kw):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "run_search", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        cli_main(["search", "--budget", "2", "--quiet"])
+
+
+def test_one_registry_drives_run_search_bench_and_the_cli(tmp_path, monkeypatch, capsys):
+    from ffprune.agents import methods
+    from ffprune.agents.cli import build_parser
+
+    calls = []
+
+    def always_zero(env, seed, run, **params):
+        calls.append(params)
+        while not env.budget_spent:
+            env.reset(seed=seed)
+            env.step(np.zeros(env.action_space.shape, np.float32))
+        return {"agent_stats": {"params": params}}
+
+    monkeypatch.setitem(methods.METHODS, "zeros", methods.SearchMethod("zeros", always_zero, "search",
+                                                                       modes=("structured",), description="test"))
+    r = search(tmp_path, agent="zeros", budget=3, agent_kwargs={"k": 1})
+    assert r["agent"] == "zeros" and r["cost"]["episodes"] == 3 and calls == [{"k": 1}] and r["curriculum"] is False
+    assert "zeros" in methods.methods_for("structured") and "zeros" not in methods.methods_for("unstructured")
+    assert "zeros" in _subcommand_help(build_parser(), "search")
+    with pytest.raises(FFPruneError, match="structured"):
+        search(tmp_path, agent="zeros", env_id="FFPrune-Llama-Unstructured-v0")
+    assert methods.get_method("a2c").kind == "rl"  # any other SB3 algorithm
+    with pytest.raises(FFPruneError, match="stable-baselines3 algorithm"):
+        methods.get_method("nope")
+
+
+def _subcommand_help(parser, name):
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name].format_help()

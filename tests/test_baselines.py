@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.allocators import (
+from ffprune.baselines.allocators import (
     alphapruning_sparsities,
     flap_sparsities,
     hill_alpha,
     owl_sparsities,
     uniform_sparsities,
 )
-from baselines.heuristics import within_keep_bounds
+from ffprune.baselines.heuristics import within_keep_bounds
 
 
 def test_owl_hand_computed_equal_sizes():
@@ -93,35 +93,37 @@ def test_flap_standardises_per_kind_and_rejects_bad_input():
 def test_flap_on_the_env_meets_the_budget():
     import gymnasium as gym
 
-    from baselines.heuristics import heuristic_sparsities
+    from ffprune.baselines.heuristics import flap_allocation
 
     env = gym.make("FFPrune-OPT-v0", reward_samples=2, calib_samples=8)
     u = env.unwrapped
-    s = heuristic_sparsities(env, "flap")
+    s = flap_allocation(env)
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity, abs=max(u.sizes / u.sizes.sum()))
-    assert np.all(1 - s >= u.min_keep - 1e-9) and s.std() > 0
+    assert np.all(1 - s >= u.config.min_keep - 1e-9) and s.std() > 0
     env.reset(seed=0)
     _, _, _, _, info = env.step(u.action_from_sparsities(s))
     assert info["sparsity"] == pytest.approx(u.target_sparsity, abs=0.01)
     with pytest.raises(ValueError, match="structured"):
-        heuristic_sparsities(gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8), "flap")
+        flap_allocation(gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8))
 
 
 @pytest.mark.parametrize("method", ["uniform", "owl", "alphapruning"])
 def test_allocations_go_through_the_env_unchanged(method):
     import gymnasium as gym
 
-    from baselines.heuristics import heuristic_sparsities
+    from ffprune.agents.methods import METHODS
+    from ffprune.baselines import heuristics
 
     env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)
     env.reset(seed=0)
     u = env.unwrapped
-    s = heuristic_sparsities(env, method)
+    assert METHODS[method].heuristic
+    s = getattr(heuristics, f"{method}_allocation")(env)
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
     runnable = within_keep_bounds(env, s)
     assert runnable @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
-    assert np.all(1 - runnable >= u.min_keep - 1e-9) and np.all(1 - runnable <= u.max_keep + 1e-9)
-    if np.all(1 - s >= u.min_keep):
+    assert np.all(1 - runnable >= u.config.min_keep - 1e-9) and np.all(1 - runnable <= u.config.max_keep + 1e-9)
+    if np.all(1 - s >= u.config.min_keep):
         np.testing.assert_array_equal(runnable, s)  # within the bounds: untouched
     _, _, _, _, info = env.step(u.action_from_sparsities(runnable))
     np.testing.assert_allclose(info["keep_ratio"], 1 - runnable, atol=1e-6)
@@ -146,7 +148,7 @@ def test_allocation_outside_the_keep_bounds_is_clipped_and_rebalanced():
 
 @pytest.mark.parametrize("method", ["random", "evolution", "uniform-split", "flap", "owl"])
 def test_search_baselines_share_the_search_pipeline(tmp_path, method):
-    from agents.search import run_search
+    from ffprune.agents.search import run_search
 
     r = run_search("FFPrune-Mistral-v0", agent=method, budget=6, seed=0, logdir=tmp_path, out=tmp_path / "r.json",
                    env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 4}, progress=False)

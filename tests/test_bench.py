@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from agents.bench import default_methods, evaluations_to_reach
-from ffenv.cli import main as cli_main
+from ffprune.agents.bench import cost_to_reach
+from ffprune.agents.cli import main as cli_main
+from ffprune.agents.methods import methods_for
 
 TINY = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 
@@ -21,7 +22,7 @@ def test_bench_runs_every_method_writes_everything_and_resumes(tmp_path, capsys)
     for name in ("results.csv", "results.md", "curves.png", "allocations.png", "config.json"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "results.csv").open()))
-    methods = default_methods("structured")
+    methods = methods_for("structured")
     assert sorted(r["method"] for r in rows) == sorted(methods)
     for r in rows:
         assert r["seeds"] == "2" and float(r["eval_ppl_mean"]) > 1 and float(r["eval_ppl_calib_mean"]) > 1
@@ -56,10 +57,10 @@ def test_bench_bad_input(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_evaluations_to_reach():
+def test_cost_to_reach():
     history = [{"evaluations": 1, "best_reward": float("nan")}, {"evaluations": 3, "best_reward": 0.9},
                {"evaluations": 7, "best_reward": 0.95}]
-    assert evaluations_to_reach(history, 0.9) == 3
-    assert evaluations_to_reach(history, 0.91) == 7
-    assert evaluations_to_reach(history, 0.99) is None
-    assert json.dumps(default_methods("unstructured")).count("flap") == 0
+    assert cost_to_reach(history, 0.9) == 3
+    assert cost_to_reach(history, 0.91) == 7
+    assert cost_to_reach(history, 0.99) is None
+    assert json.dumps(methods_for("unstructured")).count("flap") == 0

@@ -92,7 +92,7 @@ def test_offline_hub_id_is_a_clear_error():
 
 
 def test_cli_models_and_version(capsys):
-    from ffenv.cli import main
+    from ffprune.agents.cli import main
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

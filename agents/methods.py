@@ -1,0 +1,170 @@
+"""The registry of search methods: one entry per name, read by ``run_search``, ``ffprune bench`` and the CLI.
+
+A :class:`SearchMethod` says how to run a method on a search environment (a
+:class:`~ffenv.wrappers.SearchAccounting`, curriculum inside when the method uses one), which env
+modes it supports, and whether it is a one-evaluation heuristic. Adding a method is one
+:func:`register` call plus its function::
+
+    def my_search(env, seed, run, **params):          # env: SearchAccounting; run: RunContext
+        rng = np.random.default_rng(seed)
+        while not env.budget_spent:
+            env.reset(seed=seed)
+            env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        return {}
+
+    register(SearchMethod("my-search", my_search, kind="search", description="uniform random actions"))
+
+Any stable-baselines3 algorithm for Box actions that is not registered by name (A2C, TD3, ...) is
+found by :func:`get_method` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ffenv.config import MODES
+from ffenv.errors import FFPruneError
+from ffenv.wrappers import SearchAccounting
+from ffprune.agents.fastforward import FastForwardConfig, run_fastforward, save_policy
+from ffprune.agents.sb3_runner import algorithm_class, run_sb3
+from ffprune.baselines.heuristics import alphapruning_allocation, flap_allocation, owl_allocation, uniform_allocation
+from ffprune.baselines.search import evolution, heuristic, random_search, uniform_split
+
+KINDS = ("rl", "search", "heuristic")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What ``run_search`` gives every method besides the env, the seed and the method's own parameters."""
+
+    checkpoint: Path | None = None
+    """File the method may checkpoint to after each update (``None``: no checkpoints)."""
+    resume: bool = False
+    """Continue from ``checkpoint`` if it exists."""
+    warm_start: Path | None = None
+    """A policy file to start from (only methods with ``warm_start=True``)."""
+    out: Path | None = None
+    """The result file; artefacts (e.g. the final policy) go beside it."""
+    logdir: Path | None = None
+    """The run's TensorBoard folder, for a method's own learning statistics."""
+    log: Callable[[dict[str, float]], None] | None = None
+    """Receives learning statistics after each update (TensorBoard ``learning/*``)."""
+    meta: dict[str, Any] | None = None
+    """Provenance stored with saved artefacts (env id, target, seed)."""
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """One search method of the benchmark."""
+
+    name: str
+    """What ``--agent`` / ``--methods`` call it (lower case)."""
+    run: Callable[..., dict[str, Any]]
+    """``run(env, seed, run_context, **params) -> extra result fields`` (``agent_config``, ``agent_stats``...)."""
+    kind: str
+    """``"rl"`` (learns under the curriculum), ``"search"`` (a baseline search with the same budget) or
+    ``"heuristic"`` (no search: one evaluation)."""
+    modes: tuple[str, ...] = MODES
+    """Env modes it supports."""
+    warm_start: bool = False
+    """Whether it can start from a policy file."""
+    description: str = ""
+    """One line for ``--help`` and the docs."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise FFPruneError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def heuristic(self) -> bool:
+        """One evaluation, no search (its budget is 1 whatever the others get)."""
+        return self.kind == "heuristic"
+
+    @property
+    def curriculum(self) -> bool:
+        """Whether it runs under the curriculum (RL agents); baselines are defined at the final target."""
+        return self.kind == "rl"
+
+
+METHODS: dict[str, SearchMethod] = {}
+
+
+def register(method: SearchMethod) -> SearchMethod:
+    """Add a method to :data:`METHODS` (a name can be registered once)."""
+    if method.name in METHODS:
+        raise FFPruneError(f"search method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> SearchMethod:
+    """The registered method ``name`` (case-insensitive), or any other stable-baselines3 algorithm for Box actions."""
+    key = name.lower()
+    if key in METHODS:
+        return METHODS[key]
+    try:
+        cls = algorithm_class(key)
+    except FFPruneError as err:
+        raise FFPruneError(f"agent must be one of {list(METHODS)} or a stable-baselines3 algorithm; {err}") from None
+    return SearchMethod(key, _sb3(cls.__name__), kind="rl", description=f"stable-baselines3 {cls.__name__}")
+
+
+def methods_for(mode: str) -> list[str]:
+    """Every registered method that supports ``mode``, in registration order (``ffprune bench``'s default)."""
+    return [m.name for m in METHODS.values() if mode in m.modes]
+
+
+# ---------------------------------------------------------------------------- adapters to the run signature
+def _fastforward(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
+    cfg = FastForwardConfig(**params)
+    result = run_fastforward(env, seed=seed, config=cfg, warm_start=run.warm_start, checkpoint=run.checkpoint,
+                             resume=run.resume, log=run.log)
+    extra: dict[str, Any] = {}
+    if run.out is not None:
+        policy_file = run.out.with_suffix(".policy.pt")
+        save_policy(result["policy"], policy_file, run.meta)
+        extra["policy_file"] = str(policy_file)
+    return {**extra, "agent_config": result["config"], "agent_stats": result["stats"]}
+
+
+def _sb3(algo: str) -> Callable[..., dict[str, Any]]:
+    def run_algo(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
+        result = run_sb3(env, algo, seed=seed, checkpoint=run.checkpoint, resume=run.resume, logdir=run.logdir, **params)
+        return {"agent_config": result["config"]}
+
+    return run_algo
+
+
+def _baseline(search: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def run_baseline(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
+        return {"agent_stats": search(env, seed, **params)}
+
+    return run_baseline
+
+
+def _heuristic(allocate: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    def run_heuristic(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
+        return {"agent_stats": heuristic(env, allocate, seed, **params)}
+
+    return run_heuristic
+
+
+# ---------------------------------------------------------------------------- the benchmark's methods
+register(SearchMethod("fastforward", _fastforward, "rl", warm_start=True,
+                      description="FastForward: single-step PPO on the whole allocation (agents/fastforward.py)"))
+register(SearchMethod("ppo", _sb3("PPO"), "rl", description="stable-baselines3 PPO"))
+register(SearchMethod("sac", _sb3("SAC"), "rl", description="stable-baselines3 SAC"))
+register(SearchMethod("random", _baseline(random_search), "search", description="uniform random actions"))
+register(SearchMethod("evolution", _baseline(evolution), "search",
+                      description="(1+lambda) evolution from the uniform allocation (EvoPress-style)"))
+register(SearchMethod("uniform-split", _baseline(uniform_split), "search", modes=("structured",),
+                      description="uniform keep ratio, attention/FFN split swept over heads kept"))
+register(SearchMethod("uniform", _heuristic(uniform_allocation), "heuristic", description="same sparsity everywhere"))
+register(SearchMethod("owl", _heuristic(owl_allocation), "heuristic", description="OWL outlier-weighted (Yin et al.)"))
+register(SearchMethod("alphapruning", _heuristic(alphapruning_allocation), "heuristic",
+                      description="AlphaPruning heavy-tail alpha (Lu et al.)"))
+register(SearchMethod("flap", _heuristic(flap_allocation), "heuristic", modes=("structured",),
+                      description="FLAP fluctuation, global ranking (An et al.)"))
