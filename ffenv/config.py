@@ -19,6 +19,7 @@ from ffenv.projector import check_budget
 
 MODES = ("structured", "unstructured")
 CRITERIA = ("wanda", "magnitude")
+REWARDS = ("plain", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,16 @@ class EnvConfig:
     """Unstructured ranking within each row: ``"wanda"`` or ``"magnitude"``."""
     batch_size: int = 16
     """Windows per forward pass."""
+    reward: str = "plain"
+    """``"plain"``: ``dense_ppl / pruned_ppl``; ``"calibrated"``: the same after post-pruning calibration (Calib,
+    the quality the paper reports; structured mode only; costs ≈ 2-3 plain evaluations)."""
+    calib_alpha: float = 0.9
+    """Ridge penalty of Calib (for ``reward="calibrated"`` and :meth:`~ffenv.env.FFPruneEnv.evaluate`)."""
+    workers: int = 0
+    """Population evaluations (:meth:`~ffenv.env.FFPruneEnv.step_many`) in this process (``0``) or on this many
+    Ray actors, one model replica each (one GPU each with a CUDA ``device``); needs ``pip install 'ffprune[ray]'``."""
+    ray_address: str | None = None
+    """An existing Ray cluster (``"auto"``, ``"ray://host:10001"``) for the workers; ``None``: a local Ray instance."""
 
     BACKEND_FIELDS: ClassVar[tuple[str, ...]] = ("model", "mode", "corpus", "calib_samples", "reward_samples",
                                                  "seq_len", "device", "dtype", "seed", "criterion")
@@ -68,6 +79,17 @@ class EnvConfig:
         check_budget(self.target_sparsity, self.min_keep, self.max_keep)
         if self.criterion not in CRITERIA:
             raise FFPruneError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.reward not in REWARDS:
+            raise FFPruneError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.reward == "calibrated" and self.mode != "structured":
+            raise FFPruneError("reward='calibrated' needs mode='structured' (Calib compensates removed heads / neurons)")
+        if isinstance(self.calib_alpha, bool) or not isinstance(self.calib_alpha, (int, float)) or not self.calib_alpha >= 0:
+            raise FFPruneError(f"calib_alpha must be a number >= 0, got {self.calib_alpha!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 0:
+            raise FFPruneError(f"workers must be an integer >= 0 (0: in-process), got {self.workers!r}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
+            raise FFPruneError(f"ray_address must be a Ray address such as 'auto' or 'ray://host:10001', "
+                               f"got {self.ray_address!r}")
         if not isinstance(self.corpus, str) or not self.corpus:
             raise FFPruneError(f"corpus must be a corpus name or a path, got {self.corpus!r}")
         for name in ("calib_samples", "reward_samples", "seq_len", "batch_size"):
@@ -80,9 +102,9 @@ class EnvConfig:
             if not isinstance(getattr(self, name), str):
                 raise FFPruneError(f"{name} must be a string, got {getattr(self, name)!r}")
         # normalise number types so equal configurations compare (and hash) equal
-        for name in ("target_sparsity", "min_keep", "max_keep"):
+        for name in ("target_sparsity", "min_keep", "max_keep", "calib_alpha"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size", "seed"):
+        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size", "seed", "workers"):
             object.__setattr__(self, name, int(getattr(self, name)))
         if self.eval_samples is not None:
             object.__setattr__(self, "eval_samples", int(self.eval_samples))

@@ -39,10 +39,13 @@ from ffenv.config import EnvConfig
 from ffenv.data import SPLITS, calibration_windows, evaluation_windows
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.evaluation import perplexity
+from ffenv.forking import check_fork_safety
 from ffenv.importance import block_outlier_ratio, collect_input_norms
 from ffenv.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
+from ffenv.population import Evaluator, PopulationEnv
 from ffenv.projector import check_budget, keep_to_raw, project_budget
 from ffenv.pruning import StructuredPruner, Unit, UnstructuredPruner
+from ffenv.ray_evaluator import RayEvaluator
 
 RESET_OPTIONS = ("target_sparsity", "reward_windows")
 UNIT_FEATURES = (
@@ -143,7 +146,7 @@ def _get_backend(cfg: EnvConfig) -> Backend:
     return backend
 
 
-class FFPruneEnv(gym.Env):
+class FFPruneEnv(gym.Env, PopulationEnv):
     """Single-step layer-wise sparsity allocation for a causal LM (FastForward Pruning).
 
     Args:
@@ -155,6 +158,10 @@ class FFPruneEnv(gym.Env):
     episode (the curriculum's knobs); without options an episode runs at the configured target on all
     ``reward_samples`` windows.
 
+    Populations: :meth:`reset_many` / :meth:`step_many` run ``n`` episodes at once (what the
+    population searches and :func:`gymnasium.make_vec` use): in this process, or on ``workers`` Ray
+    actors. The rewards and infos are those of ``n`` single steps.
+
     Version history:
         * v0: initial release (structured heads / KV groups + neurons, unstructured per-row; reward
           ``dense_ppl / pruned_ppl`` on the ``calib`` split).
@@ -164,6 +171,7 @@ class FFPruneEnv(gym.Env):
 
     def __init__(self, config: EnvConfig | None = None, **overrides: Any) -> None:
         super().__init__()
+        check_fork_safety()
         if config is not None and not isinstance(config, EnvConfig):
             raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
         self.config = (config or EnvConfig()).replace(**overrides) if overrides else (config or EnvConfig())
@@ -179,6 +187,8 @@ class FFPruneEnv(gym.Env):
         self.target_sparsity = self.config.target_sparsity  # of the current episode
         self.reward_windows = self.config.reward_samples    # of the current episode
         self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
+        self._pending: list[tuple[float, int]] = []          # (target, windows) of the episodes of reset_many
+        self._evaluator: Evaluator | None = None
 
     # ------------------------------------------------------------------ public knobs
     @property
@@ -231,7 +241,10 @@ class FFPruneEnv(gym.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def _obs(self) -> np.ndarray:
-        return np.concatenate([[self.target_sparsity], self._backend.features.reshape(-1)]).astype(np.float32)
+        return self._obs_at(self.target_sparsity)
+
+    def _obs_at(self, target: float) -> np.ndarray:
+        return np.concatenate([[target], self._backend.features.reshape(-1)]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; ``options`` may set its ``target_sparsity`` and ``reward_windows`` (else the config's)."""
@@ -269,7 +282,8 @@ class FFPruneEnv(gym.Env):
         keep = project_budget(a, target, self.sizes, self.config.min_keep, self.config.max_keep)
         unit_sparsity = self.pruner.round(keep, (1.0 - target) * self.sizes.sum())
         tokens = self._backend.reward_tokens[:windows]
-        ppl = self._ppl_pruned(unit_sparsity, tokens)
+        calibrated = self.config.reward == "calibrated"
+        ppl = self._ppl_pruned(unit_sparsity, tokens, self.config.calib_alpha if calibrated else None)
         reward = dense_ppl / ppl if np.isfinite(ppl) and ppl > 0 else 0.0
         n_tokens = int(tokens.numel())
         self.cost["evaluations"] += 1
@@ -280,16 +294,80 @@ class FFPruneEnv(gym.Env):
                     dense_ppl=float(dense_ppl), reward_windows=windows, cost={"evaluations": 1, "tokens": n_tokens})
         return float(reward), info
 
+    def reset_many(self, n: int, *, seed: int | None = None,
+                   options: dict[str, Any] | list[dict[str, Any] | None] | None = None) -> tuple[np.ndarray, list[dict]]:
+        """Start ``n`` episodes at once (``options``: one dict for all, or one per episode); their observations."""
+        n = positive_int("n", n)
+        per_episode = options if isinstance(options, list) else [options] * n
+        if len(per_episode) != n:
+            raise FFPruneError(f"options must be one dict or a list of {n} (one per episode), got {len(per_episode)}")
+        obs, infos, pending = [], [], []
+        for i, opts in enumerate(per_episode):
+            o, info = self.reset(seed=seed if i == 0 else None, options=opts)
+            obs.append(o)
+            infos.append(info)
+            pending.append((self.target_sparsity, self.reward_windows))
+        self._pending = pending
+        return np.stack(obs), infos
+
+    def step_many(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Run the episodes of the last :meth:`reset_many`, one action each (evaluated as a population)."""
+        actions = np.asarray(actions)
+        if not self._pending or actions.ndim != 2 or len(actions) != len(self._pending):
+            raise FFPruneError(f"step_many needs one action per episode of the last reset_many ({len(self._pending)}), "
+                               f"shaped ({len(self._pending)}, {self.n_units}); got shape {actions.shape}")
+        targets, windows = zip(*self._pending)
+        results = self.score_many(actions, list(targets), list(windows))
+        self._pending = []
+        n = len(results)
+        obs = np.stack([self._obs_at(t) for t in targets])
+        return (obs, np.array([r for r, _ in results], np.float64), np.ones(n, bool), np.zeros(n, bool),
+                [info for _, info in results])
+
+    def score_many(self, actions: np.ndarray, targets: list[float] | float | None = None,
+                   windows: list[int] | int | None = None) -> list[tuple[float, dict[str, Any]]]:
+        """:meth:`score` for each action (at its own target and fidelity), in this process or on the workers.
+
+        Counted in :attr:`cost` like as many steps (``seconds``: the wall time of the whole population).
+        """
+        actions = np.asarray(actions)
+        if actions.ndim != 2:
+            raise FFPruneError(f"actions must be shaped (n, {self.n_units}), got {actions.shape}")
+        n = len(actions)
+        targets = targets if isinstance(targets, list) else [self.target_sparsity if targets is None else targets] * n
+        windows = windows if isinstance(windows, list) else [self.reward_windows if windows is None else windows] * n
+        checked = np.stack([self._check_action(a) for a in actions]).astype(np.float32)
+        for t, w in zip(targets, windows):
+            check_budget(t, self.config.min_keep, self.config.max_keep)
+            self._check_windows(w)
+        if self.config.workers == 0:
+            return [self.score(a, target_sparsity=t, reward_windows=w) for a, t, w in zip(actions, targets, windows)]
+        if self._evaluator is None:
+            self._evaluator = RayEvaluator(self.config, self.config.workers, self.config.ray_address)
+        t0 = time.perf_counter()
+        results = self._evaluator.score_many(checked, [float(t) for t in targets], [int(w) for w in windows])
+        self.cost["evaluations"] += len(results)
+        self.cost["tokens"] += sum(int(info["cost"]["tokens"]) for _, info in results)
+        self.cost["seconds"] += time.perf_counter() - t0
+        return results
+
+    def close(self) -> None:
+        """Release the population workers, if any."""
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
+        super().close()
+
     def evaluate(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
                  split: str = "eval", n_windows: int | None = None, target_sparsity: float | None = None,
-                 calibrate: bool = False, calib_alpha: float = 0.9) -> dict[str, Any]:
+                 calibrate: bool = False, calib_alpha: float | None = None) -> dict[str, Any]:
         """Perplexity of a pruned model on a split (held-out ``eval`` by default), for reporting.
 
         Give exactly one of ``action`` (projected like :meth:`step`, at ``target_sparsity``, default the
         configured target) or ``sparsities`` (per-unit sparsities used as they are, only rounded to whole
         units). ``n_windows`` limits the split's windows (default: ``eval_samples``, else all).
         ``calibrate=True`` applies the post-pruning ridge compensation (:mod:`ffenv.compensation`,
-        penalty ``calib_alpha``) fitted on :attr:`calibration_tokens` before measuring (structured
+        penalty ``calib_alpha``, default the config's) fitted on :attr:`calibration_tokens` before measuring (structured
         mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """
         if calibrate and self.config.mode != "structured":
@@ -316,7 +394,8 @@ class FFPruneEnv(gym.Env):
         tokens = self._split_tokens(split, n_windows)
         if n_windows is None and self.config.eval_samples is not None:
             tokens = tokens[: self.config.eval_samples]
-        ppl = self._ppl_pruned(unit_sparsity, tokens, calib_alpha if calibrate else None)
+        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
+        ppl = self._ppl_pruned(unit_sparsity, tokens, alpha if calibrate else None)
         out = self._allocation_info(unit_sparsity)
         out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
                    tokens=int(tokens.numel()))
@@ -355,13 +434,20 @@ class FFPruneEnv(gym.Env):
         pruner, blocks = self.pruner, self.blocks
         if calib_alpha is not None:  # Calib folds the removed columns' dense weights into the kept ones
             dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
-        pruner.apply(unit_sparsity)
+        if calib_alpha is None:
+            pruner.prune(unit_sparsity)  # structured: physically smaller modules, so the forward costs less
+        else:
+            pruner.apply(unit_sparsity)  # Calib regresses the removed channels: they must still be computed
         try:
             if calib_alpha is None:
                 return perplexity(self.model, tokens, self.config.batch_size)
             with ridge_compensation(self.model, blocks, pruner.kept_columns(unit_sparsity), dense,
                                     self.calibration_tokens, calib_alpha, self.config.batch_size):
-                return perplexity(self.model, tokens, self.config.batch_size)
+                pruner.slice(unit_sparsity)  # (structured only) removed columns are zero now: run the smaller model
+                try:
+                    return perplexity(self.model, tokens, self.config.batch_size)
+                finally:
+                    pruner.unslice()
         finally:
             pruner.restore()
 

@@ -198,6 +198,7 @@ class Block:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    attention: nn.Module | None = None  # the attention module (its head count changes when heads are removed)
 
     @property
     def linears(self) -> dict[str, nn.Linear]:
@@ -224,14 +225,14 @@ def decoder_blocks(model: nn.Module) -> list[Block]:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         return [
             Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.o_proj,
-                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, heads, kv, head_dim)
+                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, heads, kv, head_dim, l.self_attn)
             for i, l in enumerate(model.model.layers)
         ]
     if kind == "opt":
         head_dim = cfg.hidden_size // heads
         return [
             Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.out_proj,
-                  [l.fc1], l.fc2, heads, heads, head_dim)
+                  [l.fc1], l.fc2, heads, heads, head_dim, l.self_attn)
             for i, l in enumerate(model.model.decoder.layers)
         ]
     raise FFPruneError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")

@@ -11,12 +11,15 @@ engine can realise** (whole heads / neurons in structured mode; per-row rounding
 
 :class:`StructuredPruner` (the paper's setting)
     Two units per decoder block: attention (whole heads; whole KV groups under grouped-query
-    attention) and FFN (whole intermediate neurons). Keeping the top-``k`` units of a module by
-    importance is done by zeroing the pruned units' input columns of the output projection
-    (``o_proj``/``out_proj``, ``down_proj``/``fc2``). That gives exactly the function of the model with
-    those heads / neurons physically removed (their only path to the residual stream is through
-    those columns), so the counted sparsity — q/k/v rows, output-projection columns, FFN input rows
-    and biases of every removed unit — is real and removable.
+    attention) and FFN (whole intermediate neurons), the top-``k`` of a module kept by importance.
+    :meth:`StructuredPruner.slice` removes the others **physically** for an evaluation: every touched
+    module's weights are swapped for index-selected smaller copies (q/k/v and FFN input rows and
+    biases, output-projection columns; the attention module's head count), so a step costs the
+    pruned model's forward; :meth:`~StructuredPruner.restore` puts the dense tensors back (they are
+    never written). :meth:`StructuredPruner.apply` instead zeroes the removed units' input columns of
+    the output projections (``o_proj``/``out_proj``, ``down_proj``/``fc2``): the same function (their
+    only path to the residual stream is through those columns), used where the removed channels
+    must still be computed (post-pruning calibration regresses them on the kept ones).
 
 :class:`UnstructuredPruner`
     One unit per decoder block; a block's sparsity applies to every linear of the block, pruning
@@ -98,9 +101,13 @@ def _slice_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.in_features = len(idx)
 
 
-def _attention_module(model: nn.Module, index: int) -> nn.Module:
-    layers = model.model.decoder.layers if model.config.model_type == "opt" else model.model.layers
-    return layers[index].self_attn
+def _head_rows(b: Block, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of q (all query heads of the KV groups) and of k/v (the groups) for KV-group indices."""
+    r = b.num_heads // b.num_kv_heads
+    heads = (groups[:, None] * r + torch.arange(r)).reshape(-1)
+    q_rows = (heads[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+    kv_rows = (groups[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+    return q_rows, kv_rows
 
 
 class StructuredPruner:
@@ -121,6 +128,7 @@ class StructuredPruner:
                 self.importance.append(imp.cpu())
                 self._order.append(torch.argsort(imp, descending=True, stable=True))
         self._saved: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+        self._swapped: list[tuple[object, str, object]] = []  # (module, attribute, dense value) put back by restore
 
     @staticmethod
     def _group_params(b: Block) -> int:
@@ -138,7 +146,8 @@ class StructuredPruner:
 
     @property
     def active(self) -> bool:
-        return bool(self._saved)
+        """True between :meth:`apply` / :meth:`slice` and :meth:`restore`."""
+        return bool(self._saved or self._swapped)
 
     def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """Per-unit sparsity of whole granules closest to ``keep`` and the target (:func:`round_to_units`)."""
@@ -157,7 +166,7 @@ class StructuredPruner:
 
     def apply(self, unit_sparsity: np.ndarray) -> None:
         """Prune every unit to its sparsity (most important granules kept); call :meth:`restore` after."""
-        if self._saved:
+        if self.active:
             raise RuntimeError("apply() called twice without restore()")
         kept = self.granules_kept(unit_sparsity)
         with torch.no_grad():
@@ -174,6 +183,65 @@ class StructuredPruner:
                 cols = pruned.to(lin.weight.device)
                 self._saved.append((lin, cols, lin.weight.index_select(1, cols)))
                 lin.weight.index_fill_(1, cols, 0)
+
+    def prune(self, unit_sparsity: np.ndarray) -> None:
+        """The cheapest exact pruning for an evaluation: :meth:`slice` (physical removal)."""
+        self.slice(unit_sparsity)
+
+    def slice(self, unit_sparsity: np.ndarray) -> None:
+        """Remove the pruned heads / KV groups and neurons physically until :meth:`restore`.
+
+        Each touched linear gets new, smaller weight (and bias) tensors; the dense ones are kept aside
+        untouched. On a model already pruned by :meth:`apply` (and compensated by Calib) it keeps the
+        current values of the kept columns: :meth:`unslice` then returns to that state. A unit with no head
+        group left keeps its most important group with zeroed output
+        columns (a module with zero heads cannot run); an FFN with no neuron left runs with width 0.
+        """
+        if self._swapped:
+            raise RuntimeError("slice() called twice without unslice() / restore()")
+        kept = self.kept_indices(unit_sparsity)
+        with torch.no_grad():
+            for j, b in enumerate(self.blocks):
+                groups, neurons = kept[2 * j], kept[2 * j + 1]
+                if len(groups) < b.num_kv_heads:
+                    self._slice_attention(b, groups, self._order[2 * j])
+                if len(neurons) < b.intermediate_size:
+                    for lin in b.ffn_in:
+                        self._slice_linear(lin, rows=neurons)
+                    self._slice_linear(b.ffn_out, cols=neurons)
+
+    def _slice_attention(self, b: Block, groups: torch.Tensor, order: torch.Tensor) -> None:
+        silent = len(groups) == 0
+        if silent:
+            groups = order[:1]
+        q_rows, kv_rows = _head_rows(b, groups)
+        q, k, v = b.attn_in
+        self._slice_linear(q, rows=q_rows)
+        self._slice_linear(k, rows=kv_rows)
+        self._slice_linear(v, rows=kv_rows)
+        self._slice_linear(b.attn_out, cols=q_rows)
+        if silent:
+            b.attn_out.weight.zero_()
+        if hasattr(b.attention, "num_heads"):  # OPT reshapes by num_heads; Llama/Mistral infer it
+            self._swap(b.attention, "num_heads", len(q_rows) // b.head_dim)
+        if hasattr(b.attention, "num_key_value_heads"):
+            self._swap(b.attention, "num_key_value_heads", len(kv_rows) // b.head_dim)
+
+    def _slice_linear(self, lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
+        if rows is not None:
+            idx = rows.to(lin.weight.device)
+            self._swap(lin, "weight", nn.Parameter(lin.weight.index_select(0, idx), requires_grad=False))
+            if lin.bias is not None:
+                self._swap(lin, "bias", nn.Parameter(lin.bias.index_select(0, idx), requires_grad=False))
+            self._swap(lin, "out_features", len(idx))
+        if cols is not None:
+            idx = cols.to(lin.weight.device)
+            self._swap(lin, "weight", nn.Parameter(lin.weight.index_select(1, idx), requires_grad=False))
+            self._swap(lin, "in_features", len(idx))
+
+    def _swap(self, obj: object, name: str, value: object) -> None:
+        self._swapped.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
 
     def kept_indices(self, unit_sparsity: np.ndarray) -> list[torch.Tensor]:
         """Per unit, the indices (ascending) of the granules kept at a per-unit sparsity."""
@@ -194,7 +262,7 @@ class StructuredPruner:
         ``model`` must be the dense model this pruner was built on (its blocks, same order). Every
         module must keep at least one unit. The copy computes the same function as :meth:`apply`.
         """
-        if self._saved:
+        if self.active:
             raise RuntimeError("restore() before export()")
         if np.any(self.granules_kept(unit_sparsity) < 1):
             raise FFPruneError("export needs at least one head group and one neuron kept in every block")
@@ -202,10 +270,7 @@ class StructuredPruner:
         out = copy.deepcopy(model)
         with torch.no_grad():
             for b, (g_idx, n_idx) in zip(decoder_blocks(out), zip(keep_idx[0::2], keep_idx[1::2])):
-                r = b.num_heads // b.num_kv_heads
-                heads = (g_idx[:, None] * r + torch.arange(r)).reshape(-1)
-                q_rows = (heads[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
-                kv_rows = (g_idx[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+                q_rows, kv_rows = _head_rows(b, g_idx)
                 q, k, v = b.attn_in
                 _slice_rows(q, q_rows)
                 _slice_rows(k, kv_rows)
@@ -214,15 +279,21 @@ class StructuredPruner:
                 for lin in b.ffn_in:
                     _slice_rows(lin, n_idx)
                 _slice_cols(b.ffn_out, n_idx)
-                parent = _attention_module(out, b.index)
-                if hasattr(parent, "num_heads"):
-                    parent.num_heads = len(heads)
-                if hasattr(parent, "num_key_value_heads"):
-                    parent.num_key_value_heads = len(g_idx)
+                if hasattr(b.attention, "num_heads"):
+                    b.attention.num_heads = len(q_rows) // b.head_dim
+                if hasattr(b.attention, "num_key_value_heads"):
+                    b.attention.num_key_value_heads = len(g_idx)
         return out
 
+    def unslice(self) -> None:
+        """Undo :meth:`slice` only: the full-size tensors come back (those of :meth:`apply`, if it ran first)."""
+        for obj, name, value in reversed(self._swapped):
+            setattr(obj, name, value)
+        self._swapped.clear()
+
     def restore(self) -> None:
-        """Put back the dense columns saved by :meth:`apply` (bit-identical)."""
+        """Undo :meth:`slice` (the dense tensors come back) and :meth:`apply` (the saved columns); bit-identical."""
+        self.unslice()
         with torch.no_grad():
             for lin, cols, values in reversed(self._saved):
                 lin.weight.index_copy_(1, cols, values)
@@ -277,6 +348,10 @@ class UnstructuredPruner:
             kept.append(sum(lin.weight.numel() - self.row_prune_counts(float(s), lin) * lin.out_features
                             for lin, _, _ in entries))
         return np.array(kept, dtype=np.float64)
+
+    def prune(self, unit_sparsity: np.ndarray) -> None:
+        """The cheapest exact pruning for an evaluation: :meth:`apply` (masks; dense kernels run either way)."""
+        self.apply(unit_sparsity)
 
     def apply(self, unit_sparsity: np.ndarray) -> None:
         """Zero the lowest-ranked ``round(s · in_features)`` weights of every row of every linear of each block."""

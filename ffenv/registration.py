@@ -4,6 +4,8 @@ Every id takes the :class:`ffenv.env.FFPruneEnv` keyword arguments as overrides,
 checkpoint on a GPU is one change::
 
     gym.make("FFPrune-Llama-v0", model="meta-llama/Llama-2-7b-hf", device="cuda")
+
+and ``gym.make_vec(id, num_envs=K)`` gives :class:`ffenv.vector.FFPruneVectorEnv` (K allocations per step).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 ENTRY_POINT = "ffenv.env:FFPruneEnv"
+VECTOR_ENTRY_POINT = "ffenv.vector:FFPruneVectorEnv"
 FAMILIES = {"Llama": "tiny-llama", "Mistral": "tiny-mistral", "OPT": "tiny-opt"}
 STRUCTURED_TARGET = 0.3
 UNSTRUCTURED_TARGET = 0.7
@@ -29,5 +32,5 @@ def register_envs() -> None:
             env_id = f"FFPrune-{family}{suffix}-v0"
             if env_id in gym.registry:
                 continue
-            gym.register(id=env_id, entry_point=ENTRY_POINT,
+            gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT,
                          kwargs={"model": model, "mode": mode, "target_sparsity": target})

@@ -1,4 +1,4 @@
-"""Speed benchmark of an environment step against one dense forward of the same reward tokens."""
+"""Speed benchmark of an environment: step and Calib against one dense forward of the same reward tokens."""
 
 from __future__ import annotations
 
@@ -14,17 +14,23 @@ from ffenv.errors import positive_int
 from ffenv.evaluation import nll_sum
 
 
-def bench_env(env_id: str, repeats: int = 7, seed: int = 0, **env_kwargs: Any) -> dict[str, Any]:
-    """Median wall time of ``env.step`` (random actions) and of a dense forward over the reward tokens.
+def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float, ...] | None = None,
+              calibrate: bool = True, **env_kwargs: Any) -> dict[str, Any]:
+    """Median wall times of ``env.step`` (random actions) at each target, of a dense forward over the reward
+    tokens, and (structured envs) of a calibrated vs a plain evaluation on the same tokens.
 
-    The ratio ``step / forward`` is the overhead of projecting, pruning and restoring (goal ≤ 1.3).
+    ``step_over_forward`` is the cost of a step relative to the dense model (below 1: the pruned model is
+    cheaper than the dense one); ``calib_over_plain`` what Calib costs in plain evaluations.
+    ``targets``: default the env's own target, plus 0.5 for structured envs.
     """
     positive_int("repeats", repeats)
     env = gym.make(env_id, **env_kwargs)
     base = env.unwrapped
-    env.reset(seed=seed)
+    structured = base.config.mode == "structured"
+    if targets is None:
+        targets = tuple(sorted({base.config.target_sparsity, *((0.5,) if structured else ())}))
     env.action_space.seed(seed)
-    tokens = base.reward_tokens[: base.reward_windows]
+    tokens = base.reward_tokens
     sync = torch.cuda.synchronize if base.model.device.type == "cuda" else (lambda: None)
 
     def timed(fn: Any) -> float:
@@ -34,16 +40,34 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, **env_kwargs: Any) -
         sync()
         return time.perf_counter() - t0
 
-    timed(lambda: nll_sum(base.model, tokens, base.config.batch_size))  # warm-up
-    forward, step = [], []
-    for _ in range(repeats):
-        action = env.action_space.sample()
-        forward.append(timed(lambda: nll_sum(base.model, tokens, base.config.batch_size)))
-        step.append(timed(lambda a=action: env.step(a)))
-    f, s = statistics.median(forward), statistics.median(step)
-    return {
+    def forward() -> float:
+        return timed(lambda: nll_sum(base.model, tokens, base.config.batch_size))
+
+    forward()  # warm-up
+    result: dict[str, Any] = {
         "env": env_id, "mode": base.config.mode, "units": base.n_units, "reward_tokens": int(tokens.numel()),
-        "device": str(base.model.device), "threads": torch.get_num_threads(), "repeats": repeats,
-        "median_forward_s": round(f, 4), "median_step_s": round(s, 4), "step_over_forward": round(s / f, 3),
-        "setup_s": round(base.setup_seconds, 2), "seed": seed, "numpy": np.__version__,
-    }
+        "device": str(base.model.device), "threads": torch.get_num_threads(), "repeats": repeats, "steps": {}}
+    dense = []
+    for target in targets:
+        env.reset(seed=seed, options={"target_sparsity": target})
+        steps = []
+        for _ in range(repeats):
+            action = env.action_space.sample()
+            dense.append(forward())
+            steps.append(timed(lambda a=action: env.step(a)))
+        result["steps"][f"{target:g}"] = {"median_step_s": round(statistics.median(steps), 4)}
+    f = statistics.median(dense)
+    result["median_forward_s"] = round(f, 4)
+    for entry in result["steps"].values():
+        entry["step_over_forward"] = round(entry["median_step_s"] / f, 3)
+    if calibrate and structured:
+        action = np.zeros(base.n_units, np.float32)
+        n = base.config.reward_samples
+        plain = [timed(lambda: base.evaluate(action, split="calib", n_windows=n)) for _ in range(max(3, repeats // 2))]
+        calib = [timed(lambda: base.evaluate(action, split="calib", n_windows=n, calibrate=True))
+                 for _ in range(max(3, repeats // 2))]
+        result.update(median_plain_eval_s=round(statistics.median(plain), 4),
+                      median_calib_eval_s=round(statistics.median(calib), 4),
+                      calib_over_plain=round(statistics.median(calib) / statistics.median(plain), 3))
+    result.update(setup_s=round(base.setup_seconds, 2), seed=seed, numpy=np.__version__)
+    return result

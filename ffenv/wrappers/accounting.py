@@ -28,10 +28,11 @@ import numpy as np
 from ffenv.env import FFPruneEnv
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.logger import SearchLogger
+from ffenv.population import PopulationEnv, inner_population_env
 from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states
 
 
-class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
+class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, PopulationEnv):
     """Budget, cost axes, best allocation and history of one search (see the module docstring).
 
     Args:
@@ -57,6 +58,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
         self._wall_offset = 0.0  # seconds spent before a resume
         self._cost_offset = {"evaluations": 0, "tokens": 0}
         self._cost_at_start = dict(base.cost)
+        self._unbooked = {"evaluations": 0, "tokens": 0}  # population episodes evaluated but not recorded yet
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ the cost axes
@@ -70,8 +72,9 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
         """Search cost so far: episodes, evaluations (re-scorings included), tokens, wall seconds."""
         base = self.env.unwrapped.cost
         return {"episodes": self.episodes,
-                "evaluations": self._cost_offset["evaluations"] + base["evaluations"] - self._cost_at_start["evaluations"],
-                "tokens": self._cost_offset["tokens"] + base["tokens"] - self._cost_at_start["tokens"],
+                "evaluations": self._cost_offset["evaluations"] + base["evaluations"] - self._cost_at_start["evaluations"]
+                - self._unbooked["evaluations"],
+                "tokens": self._cost_offset["tokens"] + base["tokens"] - self._cost_at_start["tokens"] - self._unbooked["tokens"],
                 "seconds": round(self.wall_seconds, 3)}
 
     @property
@@ -86,9 +89,35 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
 
     # ------------------------------------------------------------------ gymnasium API
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self.budget_spent:
-            raise FFPruneError(f"the search budget of {self.budget} episodes is spent; no more steps")
+        self._check_budget(1)
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._record(action, reward, info)
+        return obs, reward, terminated, truncated, info
+
+    def reset_many(self, n: int, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, list[dict]]:
+        """Start ``n`` episodes (a population); at most the budget left."""
+        self._check_budget(n)
+        return inner_population_env(self).reset_many(n, seed=seed, options=options)
+
+    def step_many(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Run a population of episodes; each is recorded exactly as if it had been a single :meth:`step`."""
+        self._check_budget(len(actions))
+        obs, rewards, terminated, truncated, infos = inner_population_env(self).step_many(actions)
+        tokens = [int(info["cost"]["tokens"]) for info in infos]
+        try:  # the population ran before any re-scoring: each episode is booked as if the steps had run one by one
+            for i, info in enumerate(infos):
+                self._unbooked = {"evaluations": len(infos) - i - 1, "tokens": sum(tokens[i + 1:])}
+                self._record(actions[i], float(rewards[i]), info)
+        finally:
+            self._unbooked = {"evaluations": 0, "tokens": 0}
+        return obs, rewards, terminated, truncated, infos
+
+    def _check_budget(self, n: int) -> None:
+        if self.episodes + n > self.budget:
+            raise FFPruneError(f"{n} more episode(s) would exceed the search budget of {self.budget} episodes "
+                               f"({self.episodes} spent)")
+
+    def _record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         self.episodes += 1
         at_target = info["target_sparsity"] == self.final_target
         full_reward, full_info = (reward, info) if at_target and info["reward_windows"] == self.full_windows else (None, None)
@@ -114,7 +143,6 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
         info["search"] = dict(point)
         if self.logger is not None:
             self.logger.log_episode(point, info, self.budget)
-        return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
         """Close the logger (flushes TensorBoard), then the environment."""

@@ -26,13 +26,14 @@ import numpy as np
 
 from ffenv.env import FFPruneEnv
 from ffenv.errors import FFPruneError, positive_int, unit_interval
+from ffenv.population import PopulationEnv, inner_population_env
 from ffenv.projector import check_budget
 from ffenv.wrappers.common import Resumable
 
 SCHEDULES = ("cubic", "staircase", "none")
 
 
-class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable):
+class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, PopulationEnv):
     """Sparsity and fidelity curricula over the first ``warmup_episodes`` episodes.
 
     Args:
@@ -130,6 +131,27 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable)
         info["curriculum"] = dict(self.stage)
         self.episodes += 1
         return obs, reward, terminated, truncated, info
+
+    def reset_many(self, n: int, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, list[dict]]:
+        """The next ``n`` episodes' stages, passed down as per-episode reset options."""
+        if options is not None:
+            raise FFPruneError("the curriculum sets each episode's options itself; reset_many takes none")
+        self._population = [self.stage_at(self.episodes + i) for i in range(n)]
+        self.stage = self._population[0]
+        per_episode = [{"target_sparsity": st["target_sparsity"], "reward_windows": st["reward_windows"]}
+                       for st in self._population]
+        obs, infos = inner_population_env(self).reset_many(n, seed=seed, options=per_episode)
+        for info, st in zip(infos, self._population):
+            info["curriculum"] = dict(st)
+        return obs, infos
+
+    def step_many(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        obs, rewards, terminated, truncated, infos = inner_population_env(self).step_many(actions)
+        for info, st in zip(infos, self._population):
+            info["curriculum"] = dict(st)
+        self.episodes += len(infos)
+        self.stage = self.stage_at(self.episodes)
+        return obs, rewards, terminated, truncated, infos
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume the schedule."""
