@@ -1,0 +1,37 @@
+"""Searches and benches on Ray workers (a local Ray instance started by the code under test)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_search_with_two_workers_equals_one_worker(tmp_path):
+    """``--workers 2`` gives the same search as ``--workers 1`` (FastForward's batches and evolution's offspring)."""
+    from ffprune.agents.search import run_search
+
+    env_kwargs = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
+    results = {}
+    for workers in (1, 2):
+        for agent, params in (("fastforward", {"batch_episodes": 4, "hidden": [16]}), ("evolution", {})):
+            results[workers, agent] = run_search("FFPrune-Llama-v0", agent=agent, budget=8, seed=0, logdir=None,
+                                                 out=tmp_path / f"{agent}-{workers}.json", progress=False,
+                                                 env_kwargs={**env_kwargs, "workers": workers}, agent_kwargs=params)
+    for agent in ("fastforward", "evolution"):
+        one, two = results[1, agent], results[2, agent]
+        assert [h["reward"] for h in one["history"]] == [h["reward"] for h in two["history"]]
+        assert one["best"]["action"] == two["best"]["action"] and one["best"]["eval_ppl"] == two["best"]["eval_ppl"]
+        assert one["cost"]["evaluations"] == two["cost"]["evaluations"]
+
+
+@pytest.mark.slow
+def test_bench_cells_run_as_ray_tasks(tmp_path):
+    from ffprune.agents.bench import run_bench
+
+    rows = run_bench("FFPrune-Llama-v0", budget=3, seeds=2, methods=["random", "uniform"], out=tmp_path / "b",
+                     env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False,
+                     progress=False, workers=2)
+    assert sorted(r["method"] for r in rows) == ["random", "uniform"]
+    assert len(list((tmp_path / "b" / "cells").glob("*/seed*.json"))) == 4
