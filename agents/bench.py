@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ffenv.ray_evaluator import run_on_ray
 from ffprune.agents.methods import get_method, methods_for
 from ffprune.agents.search import calibrated_eval_ppl, make_search_env, model_weights, run_search
 
@@ -77,8 +78,13 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any
 
 def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = None, out: str | Path = "bench",
               target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
-              calib_alpha: float = 0.9, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """Run (or resume) every (method, seed) cell; returns the finished cells per method."""
+              calib_alpha: float = 0.9, progress: bool = True, workers: int = 0,
+              ray_address: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run (or resume) every (method, seed) cell; returns the finished cells per method.
+
+    ``workers=N`` runs the cells as Ray tasks (one CPU each, on a local Ray instance with N CPUs or on the
+    cluster at ``ray_address``); a task whose worker dies is retried once and resumes from its checkpoint.
+    """
     out = Path(out)
     positive_int("seeds", seeds)
     positive_int("budget", budget)
@@ -92,18 +98,28 @@ def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
         calibrate = False  # Calib compensates removed heads / neurons: structured only
     _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},
                         "weights": model_weights(env_id, env_kwargs)})
+    jobs = [{"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out, "target": target,
+             "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha,
+             "progress": progress and not workers} for method in methods for seed in range(seeds)]
+    if workers:
+        done = run_on_ray(run_cell, jobs, workers, ray_address, progress)
+    else:
+        done = [run_cell(**job) for job in jobs]
     cells: dict[str, list[dict[str, Any]]] = {}
-    for method in methods:
-        for seed in range(seeds):
-            path = cell_path(out, method, seed)
-            if progress:
-                print(f"[bench] {env_id} {method} seed {seed}", flush=True)
-            cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb", out=path,
-                              target=target, resume=True, env_kwargs=env_kwargs, progress=progress)
-            if calibrate:
-                cell = _calibrated(cell, path, calib_alpha)
-            cells.setdefault(method, []).append(cell)
+    for job, cell in zip(jobs, done):
+        cells.setdefault(job["method"], []).append(cell)
     return cells
+
+
+def run_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
+             env_kwargs: dict[str, Any] | None, calibrate: bool, calib_alpha: float, progress: bool) -> dict[str, Any]:
+    """One (method, seed) cell: the search (resumed if interrupted) and, optionally, its calibrated score."""
+    path = cell_path(out, method, seed)
+    if progress:
+        print(f"[bench] {env_id} {method} seed {seed}", flush=True)
+    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb", out=path,
+                      target=target, resume=True, env_kwargs=env_kwargs, progress=progress)
+    return _calibrated(cell, path, calib_alpha) if calibrate else cell
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -266,10 +282,12 @@ def _unit_names(cell: dict[str, Any]) -> list[str]:
 
 def run_bench(env_id: str, budget: int, seeds: int = 3, methods: list[str] | None = None, out: str | Path = "bench",
               target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
-              calib_alpha: float = 0.9, progress: bool = True) -> list[dict[str, Any]]:
-    """Run/resume all cells, then write the tables and plots; returns the summary rows."""
+              calib_alpha: float = 0.9, progress: bool = True, workers: int = 0,
+              ray_address: str | None = None) -> list[dict[str, Any]]:
+    """Run/resume all cells (as Ray tasks with ``workers``), then write the tables and plots; returns the summary rows."""
     out = Path(out)
-    cells = run_cells(env_id, budget, seeds, methods, out, target, env_kwargs, calibrate, calib_alpha, progress)
+    cells = run_cells(env_id, budget, seeds, methods, out, target, env_kwargs, calibrate, calib_alpha, progress,
+                      workers, ray_address)
     rows = summarize(cells)
     target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
     title = f"{env_id}, target {target_used:g}, budget {budget}, {seeds} seed(s)"

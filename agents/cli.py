@@ -77,7 +77,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 @_command("bench-env")
 def cmd_bench_env(args: argparse.Namespace) -> int:
     """Median step time vs. median dense forward over the same reward tokens."""
-    result = bench_env(args.env, repeats=args.repeats, seed=args.seed, **parse_env_kwargs(args.env_kwarg))
+    targets = tuple(args.target) if args.target else None
+    result = bench_env(args.env, repeats=args.repeats, seed=args.seed, targets=targets, calibrate=not args.no_calibrate,
+                       **parse_env_kwargs(args.env_kwarg))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -88,7 +90,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         result = run_search(args.env, agent=args.agent, budget=args.budget, seed=args.seed, logdir=args.logdir,
                             out=args.out, target=args.target, warm_start=args.warm_start, resume=args.resume,
-                            env_kwargs=parse_env_kwargs(args.env_kwarg), curriculum=not args.no_curriculum,
+                            env_kwargs=_env_kwargs(args), curriculum=not args.no_curriculum,
                             warmup_fraction=args.warmup_fraction, agent_kwargs=parse_env_kwargs(args.agent_kwarg),
                             progress=not args.quiet, calibrate=args.calibrate)
     except KeyboardInterrupt:
@@ -112,14 +114,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     try:
-        run_bench(args.env, args.budget, args.seeds, methods, args.out, args.target, parse_env_kwargs(args.env_kwarg),
-                  calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha, progress=not args.quiet)
+        run_bench(args.env, args.budget, args.seeds, methods, args.out, args.target, _env_kwargs(args, workers=False),
+                  calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha, progress=not args.quiet,
+                  workers=args.workers, ray_address=args.ray_address)
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out}/cells are kept)")
         return 130
     print((Path(args.out) / "results.md").read_text())
     print(f"written: {args.out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {args.out}/tb")
     return 0
+
+
+def _env_kwargs(args: argparse.Namespace, workers: bool = True) -> dict[str, Any]:
+    """``--env-kwarg`` pairs plus the flags that are env settings (``--reward``; ``--workers``/``--ray-address``)."""
+    kwargs = parse_env_kwargs(args.env_kwarg)
+    if args.reward is not None:
+        kwargs["reward"] = args.reward
+    if workers and args.workers:
+        kwargs["workers"] = args.workers
+    if workers and args.ray_address is not None:
+        kwargs["ray_address"] = args.ray_address
+    return kwargs
+
+
+def _scale_out_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, default=0, help=f"{what} on this many Ray workers (a local Ray instance "
+                   "with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: in this process (default)")
+    p.add_argument("--ray-address", help="an existing Ray cluster ('auto', 'ray://host:10001') instead of a local one")
+    p.add_argument("--reward", choices=("plain", "calibrated"),
+                   help="what the search optimises: plain held-in ppl ratio (default) or the ratio after Calib")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", type=float, action="append", help="target sparsity to time (repeatable; default: "
+                   "the env's, plus 0.5 for structured envs)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip timing the calibrated evaluation")
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p = sub.add_parser("search", help="search an allocation with one agent")
     p.add_argument("--env", default="FFPrune-Llama-v0")
@@ -151,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--calibrate", action="store_true",
                    help="also report the held-out ppl after post-pruning calibration (structured envs)")
+    _scale_out_arguments(p, "population evaluations")
     p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")
@@ -162,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-alpha", type=float, default=0.9, help="ridge penalty of the calibration")
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _scale_out_arguments(p, "(method, seed) cells")
     return ap
 
 

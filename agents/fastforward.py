@@ -4,9 +4,10 @@ Read top to bottom, like a CleanRL file:
 
 1. A Gaussian policy: MLP [256, 256, 128] (ReLU) on the observation → the mean of the raw action;
    a state-independent learned log-std (initial std 1). A value head of the same shape.
-2. Each update collects ``batch_episodes`` single-step episodes. The sampled action ``a ~ N(μ, σ)`` is
-   sent to the env clipped to the action box (the env's projector does the rest); its log-probability
-   is that of the unclipped sample, as stable-baselines3 does.
+2. Each update collects ``batch_episodes`` single-step episodes as one population
+   (``reset_many`` / ``step_many``: evaluated in-process or on Ray workers). The sampled action
+   ``a ~ N(μ, σ)`` is sent to the env clipped to the action box (the env's projector does the rest); its
+   log-probability is that of the unclipped sample, as stable-baselines3 does.
 3. With one-step episodes the return is the reward: advantage ``A = r - V(s)``, normalised over the
    batch (γ and λ play no part). ``update_epochs`` PPO-clip epochs on the full batch (one minibatch):
    ``L = -min(ρA, clip(ρ, 1±ε)A) + c_v (V - r)² - c_e H``, gradients clipped to ``max_grad_norm``.
@@ -168,22 +169,22 @@ def run_fastforward(
 
     stats: dict[str, float] = {}
     while not env.budget_spent:
-        # ---- collect a batch of one-step episodes
+        # ---- collect a batch of one-step episodes: one population evaluation (in-process or on workers)
         n = min(cfg.batch_episodes, env.budget - env.episodes)
-        obs_b, act_b, logp_b, rew_b = [], [], [], []
-        for _ in range(n):
-            obs, _ = env.reset(seed=seed + env.episodes)
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)[None]
+        obs_n, _ = env.reset_many(n, seed=seed + env.episodes)
+        obs_b, act_b, logp_b, env_actions = [], [], [], []
+        for i in range(n):
+            obs_t = torch.as_tensor(obs_n[i], dtype=torch.float32)[None]
             with torch.no_grad():
                 dist = policy.dist(obs_t)
                 action = dist.sample()
                 logp = dist.log_prob(action).sum(-1)
-            env_action = np.clip(action[0].numpy(), low, high).astype(np.float32)
-            _, reward, _, _, _ = env.step(env_action)
+            env_actions.append(np.clip(action[0].numpy(), low, high).astype(np.float32))
             obs_b.append(obs_t)
             act_b.append(action)
             logp_b.append(logp)
-            rew_b.append(float(reward))
+        _, rewards, _, _, _ = env.step_many(np.stack(env_actions))
+        rew_b = [float(r) for r in rewards]
         if n < 2:  # a batch of one has no advantage signal; the episode still counted
             break
         obs_t = torch.cat(obs_b)

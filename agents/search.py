@@ -141,6 +141,9 @@ def run_search(
         where = f"; resume with the same command and --resume (checkpoint {ckpt})" if ckpt else ""
         print(f"\ninterrupted after {search.episodes} episodes{where}")
         raise
+    except BaseException:
+        search.close()  # flushes TensorBoard and releases Ray workers
+        raise
     if search.best is None:
         search.close()
         raise FFPruneError(f"budget={budget} was too small: no episode reached the final target at full fidelity "

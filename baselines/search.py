@@ -7,6 +7,9 @@
   and the FFN ratio is whatever meets the budget; infeasible ``h`` are skipped. Its ``G + 1``
   evaluations are its search cost (structured mode only).
 * ``random`` — actions uniform in ``[-1, 1]``, the best one kept.
+
+Populations (the sweep, a batch of random actions, the offspring) are evaluated with one
+``reset_many`` / ``step_many`` each: in-process, or spread over Ray workers (``workers=N``).
 * ``evolution`` — a (1+λ) evolutionary search on the action in the spirit of EvoPress (Sieberling et
   al., ICML 2025): start from the uniform allocation, each generation mutates the parent with Gaussian
   noise (``sigma``) into ``lam`` offspring and keeps the best of parent and offspring.
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ffenv.errors import FFPruneError
+from ffenv.errors import FFPruneError, positive_int
 from ffenv.wrappers import SearchAccounting
 from ffprune.baselines.heuristics import within_keep_bounds
 
@@ -50,28 +53,30 @@ def uniform_split(env: SearchAccounting, seed: int = 0) -> dict[str, Any]:
     attn, ffn = kinds == "attn", kinds == "ffn"
     groups = base.units[int(np.flatnonzero(attn)[0])].count
     target_keep = (1.0 - env.final_target) * base.sizes.sum()
-    tried = []
+    splits = []
     for h in range(groups, -1, -1):
-        if env.budget_spent:
-            break
         a_keep = h / groups
         f_keep = (target_keep - a_keep * base.sizes[attn].sum()) / base.sizes[ffn].sum()
-        if not (cfg.min_keep <= a_keep <= cfg.max_keep and cfg.min_keep <= f_keep <= cfg.max_keep):
-            continue
-        sparsity = np.where(attn, 1.0 - a_keep, 1.0 - f_keep)
-        env.reset(seed=seed)
-        _, reward, _, _, _ = env.step(base.action_from_sparsities(sparsity))
-        tried.append({"heads_kept": h, "attn_keep": a_keep, "ffn_keep": float(f_keep), "reward": float(reward)})
+        if cfg.min_keep <= a_keep <= cfg.max_keep and cfg.min_keep <= f_keep <= cfg.max_keep:
+            splits.append((h, a_keep, float(f_keep)))
+    splits = splits[: env.budget - env.episodes]
+    actions = np.stack([base.action_from_sparsities(np.where(attn, 1.0 - a, 1.0 - f)) for _, a, f in splits])
+    env.reset_many(len(splits), seed=seed)
+    _, rewards, _, _, _ = env.step_many(actions)  # the whole sweep is one population
+    tried = [{"heads_kept": h, "attn_keep": a, "ffn_keep": f, "reward": float(r)} for (h, a, f), r in zip(splits, rewards)]
     return {"sweep": tried}
 
 
-def random_search(env: SearchAccounting, seed: int = 0) -> dict[str, Any]:
-    """Uniform random actions until the budget is spent."""
+def random_search(env: SearchAccounting, seed: int = 0, population: int = 16) -> dict[str, Any]:
+    """Uniform random actions until the budget is spent, evaluated ``population`` at a time."""
+    population = positive_int("population", population)
     rng = np.random.default_rng(seed)
     while not env.budget_spent:
-        env.reset(seed=seed)
-        env.step(rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32))
-    return {}
+        n = min(population, env.budget - env.episodes)
+        actions = np.stack([rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32) for _ in range(n)])
+        env.reset_many(n, seed=seed)
+        env.step_many(actions)
+    return {"population": population}
 
 
 def evolution(env: SearchAccounting, seed: int = 0, lam: int = 4, sigma: float = 0.3) -> dict[str, Any]:
@@ -84,16 +89,13 @@ def evolution(env: SearchAccounting, seed: int = 0, lam: int = 4, sigma: float =
     _, parent_reward, _, _, _ = env.step(parent)
     generations = 0
     while not env.budget_spent:
-        best_child, best_reward = None, -np.inf
-        for _ in range(lam):
-            if env.budget_spent:
-                break
-            child = np.clip(parent + rng.normal(0.0, sigma, parent.shape), -1.0, 1.0).astype(np.float32)
-            env.reset(seed=seed)
-            _, reward, _, _, _ = env.step(child)
-            if reward > best_reward:
-                best_child, best_reward = child, reward
-        if best_child is not None and best_reward >= parent_reward:
-            parent, parent_reward = best_child, best_reward
+        n = min(lam, env.budget - env.episodes)
+        children = np.stack([np.clip(parent + rng.normal(0.0, sigma, parent.shape), -1.0, 1.0).astype(np.float32)
+                             for _ in range(n)])
+        env.reset_many(n, seed=seed)
+        _, rewards, _, _, _ = env.step_many(children)  # the offspring are one population
+        best = int(np.argmax(rewards))  # the first of the best, as a sequential loop with ">" would keep
+        if rewards[best] >= parent_reward:
+            parent, parent_reward = children[best], rewards[best]
         generations += 1
     return {"generations": generations, "lam": lam, "sigma": sigma}

@@ -67,18 +67,18 @@ def test_save_load_and_warm_start(tmp_path):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = search(tmp_path, "full", budget=16)
-    original = SearchAccounting.step
+    original = SearchAccounting._record
 
-    def flaky(self, action):
+    def flaky(self, action, reward, info):
         if self.episodes == 10:
             raise KeyboardInterrupt
-        return original(self, action)
+        return original(self, action, reward, info)
 
-    monkeypatch.setattr(SearchAccounting, "step", flaky)
+    monkeypatch.setattr(SearchAccounting, "_record", flaky)
     with pytest.raises(KeyboardInterrupt):
         search(tmp_path, "cut", budget=16)
     assert (tmp_path / "cut.ckpt").exists() and not (tmp_path / "cut.json").exists()
-    monkeypatch.setattr(SearchAccounting, "step", original)
+    monkeypatch.setattr(SearchAccounting, "_record", original)
     # the model's weights changed since the checkpoint (e.g. a retrained zoo): refused, nothing mixed
     with monkeypatch.context() as m:
         m.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
