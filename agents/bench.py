@@ -102,7 +102,8 @@ def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
              "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha,
              "progress": progress and not workers} for method in methods for seed in range(seeds)]
     if workers:
-        done = run_on_ray(run_cell, jobs, workers, ray_address, progress)
+        on_gpu = str((env_kwargs or {}).get("device", "cpu")).startswith("cuda")  # one model replica per GPU
+        done = run_on_ray(run_cell, jobs, workers, ray_address, progress, gpus_per_job=1 if on_gpu else 0)
     else:
         done = [run_cell(**job) for job in jobs]
     cells: dict[str, list[dict[str, Any]]] = {}

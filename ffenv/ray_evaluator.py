@@ -174,8 +174,9 @@ def _one_thread_task(fn: Callable[..., Any], job: dict[str, Any]) -> Any:
 
 
 def run_on_ray(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int, address: str | None = None,
-               progress: bool = True) -> list[Any]:
-    """``[fn(**job) for job in jobs]`` as Ray tasks (one CPU and one torch thread each), results in order.
+               progress: bool = True, gpus_per_job: int = 0) -> list[Any]:
+    """``[fn(**job) for job in jobs]`` as Ray tasks (one CPU and one torch thread each, plus ``gpus_per_job``
+    GPUs), results in order.
 
     For resumable work such as bench cells: a task whose worker dies is retried once (``fn`` resumes from
     what it wrote); if it dies again the run stops with :class:`FFPruneError` and finished jobs are kept.
@@ -187,7 +188,7 @@ def run_on_ray(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int,
         raise FFPruneError(RAY_MISSING) from None
     started = init_ray(ray, positive_int("workers", workers), address)
     try:
-        task = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(_one_thread_task)
+        task = ray.remote(num_cpus=1, num_gpus=gpus_per_job, max_retries=1, retry_exceptions=False)(_one_thread_task)
         refs = [task.remote(fn, job) for job in jobs]
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
