@@ -26,8 +26,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
 
-from ffenv.errors import FFPruneError
+from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_torch_save, atomic_write, load_checkpoint
 from ffenv.wrappers import SearchAccounting
 
@@ -51,6 +52,69 @@ def algorithm_class(name: str) -> type[BaseAlgorithm]:
     if gym.spaces.Box not in getattr(cls, "_supported_action_spaces", (gym.spaces.Box,)):
         raise FFPruneError(f"{name} does not support Box action spaces")
     return cls
+
+
+class PopulationVecEnv(VecEnv):
+    """An SB3 ``VecEnv`` of ``n_envs`` episodes per SB3 step, run as one population of the search.
+
+    Every SB3 step is one ``step_many`` of the :class:`~ffenv.wrappers.SearchAccounting` (in-process or on
+    Ray workers), so the budget, the cost axes and the best allocation are accounted exactly as for the
+    other methods. Episodes are single steps: each step also starts the next ``n_envs`` episodes (SB3's
+    same-step reset; ``info["terminal_observation"]`` holds the finished one's). When fewer than
+    ``n_envs`` episodes are left in the budget, only those run; the others return reward 0 with
+    ``info["beyond_budget"] = True``, and SB3 stops right after that step, before learning from it.
+    """
+
+    def __init__(self, env: SearchAccounting, n_envs: int) -> None:
+        positive_int("n_envs", n_envs)
+        if n_envs > env.budget - env.episodes:
+            raise FFPruneError(f"n_envs={n_envs} exceeds the {env.budget - env.episodes} episodes left in the budget")
+        self.search = env  # before VecEnv's constructor, which reads render_mode through get_attr
+        super().__init__(n_envs, env.observation_space, env.action_space)
+        self._obs = np.zeros((n_envs, *env.observation_space.shape), np.float32)
+        self._actions = np.zeros((n_envs, *env.action_space.shape), np.float32)
+
+    def _start(self, seed: int | None = None) -> np.ndarray:
+        n = min(self.num_envs, self.search.budget - self.search.episodes)
+        if n > 0:
+            obs, _ = self.search.reset_many(n, seed=seed)
+            self._obs[:n] = obs
+        return self._obs.copy()
+
+    def reset(self) -> np.ndarray:
+        obs = self._start(self._seeds[0])
+        self._reset_seeds()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.clip(np.asarray(actions, np.float32), self.action_space.low, self.action_space.high)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        n = min(self.num_envs, self.search.budget - self.search.episodes)
+        final_obs = self._obs.copy()
+        _, rewards, _, _, infos = self.search.step_many(self._actions[:n])
+        infos = list(infos) + [{"beyond_budget": True} for _ in range(self.num_envs - n)]
+        rewards = np.concatenate([np.asarray(rewards, np.float32), np.zeros(self.num_envs - n, np.float32)])
+        for i, info in enumerate(infos):
+            info["terminal_observation"] = final_obs[i]
+            info["TimeLimit.truncated"] = False
+        return self._start(), rewards, np.ones(self.num_envs, bool), infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [self.search.get_wrapper_attr(attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        raise FFPruneError(f"PopulationVecEnv has one environment for all its episodes; cannot set {attr_name!r} per env")
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+        method = self.search.get_wrapper_attr(method_name)
+        return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: Any = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
 
 
 class StopAtBudget(BaseCallback):
@@ -78,10 +142,16 @@ def run_sb3(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     logdir: str | Path | None = None,
+    n_envs: int = 1,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train an SB3 algorithm until the search's budget is spent. Returns the model and its settings."""
+    """Train an SB3 algorithm until the search's budget is spent. Returns the model and its settings.
+
+    ``n_envs > 1`` runs it on a :class:`PopulationVecEnv`: ``n_envs`` episodes per SB3 step, evaluated as one
+    population (in-process or on the env's Ray workers), with the same budget accounting.
+    """
     cls = algorithm_class(algo)
+    venv: gym.Env | VecEnv = env if positive_int("n_envs", n_envs) == 1 else PopulationVecEnv(env, n_envs)
     name = cls.__name__
     kwargs: dict[str, Any] = dict(DEFAULTS.get(name, {}))
     if "learning_starts" in kwargs:
@@ -94,11 +164,11 @@ def run_sb3(
     resumed = bool(resume and ckpt is not None and ckpt.exists() and model_file.exists())
     if resumed:
         env.load_state_dict(load_checkpoint(ckpt)["search"])
-        model = cls.load(model_file, env=env, seed=seed)
+        model = cls.load(model_file, env=venv, seed=seed)
         if isinstance(model, OffPolicyAlgorithm) and buffer_file.exists():
             model.load_replay_buffer(buffer_file)
     else:
-        model = cls("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **kwargs)
+        model = cls("MlpPolicy", venv, seed=seed, verbose=0, device="cpu", **kwargs)
     if logdir is not None:
         model.set_logger(configure(str(logdir), ["tensorboard"]))
 
@@ -115,7 +185,7 @@ def run_sb3(
         model.learn(total_timesteps=remaining, callback=StopAtBudget(env, save), reset_num_timesteps=not resumed,
                     progress_bar=False)
     save()
-    return {"model": model, "config": {"algorithm": name, **{k: _plain(v) for k, v in kwargs.items()}}}
+    return {"model": model, "config": {"algorithm": name, "n_envs": n_envs, **{k: _plain(v) for k, v in kwargs.items()}}}
 
 
 def _plain(v: Any) -> Any:

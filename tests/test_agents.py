@@ -229,3 +229,12 @@ def _subcommand_help(parser, name):
 
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices[name].format_help()
+
+
+@pytest.mark.parametrize(("agent", "kwargs"), [("ppo", {"n_envs": 4, "n_steps": 2, "batch_size": 8}),
+                                               ("sac", {"n_envs": 3, "learning_starts": 3, "batch_size": 4})])
+def test_sb3_on_a_population_keeps_the_same_budget_accounting(tmp_path, agent, kwargs):
+    r = search(tmp_path, agent, agent=agent, budget=10, agent_kwargs=kwargs)  # 10 is not a multiple of n_envs
+    assert r["cost"]["episodes"] == 10 and len(r["history"]) == 10 and r["cost"]["evaluations"] >= 10
+    assert r["agent_config"]["n_envs"] == kwargs["n_envs"] and r["best"]["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert [h["episode"] for h in r["history"]] == list(range(1, 11))
