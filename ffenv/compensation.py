@@ -85,7 +85,9 @@ def input_gram(model: nn.Module, linear: nn.Linear, tokens: torch.Tensor, batch_
 def ridge_fold(linear: nn.Linear, kept: torch.Tensor, gram: torch.Tensor, alpha: float, dense: torch.Tensor) -> None:
     """Set ``linear``'s kept columns to ``W_K + W_R Bᵀ`` (``W`` = the ``dense`` weight), in place.
 
-    ``B`` are the ridge coefficients from the input Gram matrix; the removed columns are left as they are.
+    ``B`` are the ridge coefficients from the input Gram matrix ``XᵀX`` (``[in, in]``) or from its kept rows
+    ``X_Kᵀ X`` (``[len(kept), in]``: all the solve needs, and cheaper to gather); the removed columns are left as
+    they are.
     """
     n = linear.in_features
     mask = torch.ones(n, dtype=torch.bool, device=gram.device)
@@ -94,8 +96,9 @@ def ridge_fold(linear: nn.Linear, kept: torch.Tensor, gram: torch.Tensor, alpha:
     kept = kept.to(gram.device)
     if len(removed) == 0 or len(kept) == 0:
         return
-    g_kk = gram.index_select(0, kept).index_select(1, kept)
-    g_kr = gram.index_select(0, kept).index_select(1, removed)
+    rows = gram if gram.shape[0] == len(kept) else gram.index_select(0, kept)
+    g_kk = rows.index_select(1, kept)
+    g_kr = rows.index_select(1, removed)
     g_kk.diagonal().add_(alpha)
     b = torch.linalg.solve(g_kk, g_kr)  # [k, r]
     w = dense.detach().double()
@@ -160,10 +163,11 @@ class _AttentionReplay:
 
 @torch.inference_mode()
 def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
-                    gram: torch.Tensor | None) -> _AttentionReplay | None:
-    """Run ``layer`` on the cached ``inputs`` up to the end of its attention module, accumulating ``attn_out``'s
-    input Gram into ``gram`` (if given). Returns the replay of the attention, or ``None`` when the attention
-    module's output is not ``attn_out``'s (then the layer is simply run again for the later passes)."""
+                    gram: torch.Tensor | None, kept: torch.Tensor | None = None) -> _AttentionReplay | None:
+    """Run ``layer`` on the cached ``inputs`` up to the end of its attention module, accumulating the kept rows
+    ``X_Kᵀ X`` of ``attn_out``'s input Gram into ``gram`` (if given). Returns the replay of the attention, or
+    ``None`` when the attention module's output is not ``attn_out``'s (then the layer is simply run again for the
+    later passes)."""
     attn = next((m for m in layer.children() if any(sub is attn_out for sub in m.modules())), None)
     if attn is None or attn is attn_out:
         raise FFPruneError("attn_out is not inside an attention submodule of its decoder layer")
@@ -175,7 +179,7 @@ def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
         seen["x"] = args[0]
         if gram is not None:
             x = args[0].detach().double().reshape(-1, attn_out.in_features)
-            gram.addmm_(x.T, x)
+            gram.addmm_(x.index_select(1, kept).T, x)
 
     def record_output(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
         seen["y"] = out
@@ -203,13 +207,16 @@ def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
 
 
 @torch.inference_mode()
-def _ffn_pass(layer: nn.Module, ffn_out: nn.Linear, inputs: _Inputs, replay: _AttentionReplay | None) -> torch.Tensor:
-    """``XᵀX`` (float64) of ``ffn_out``'s input when ``layer`` runs on the cached ``inputs``; stopped at ``ffn_out``."""
-    gram = torch.zeros(ffn_out.in_features, ffn_out.in_features, dtype=torch.float64, device=ffn_out.weight.device)
+def _ffn_pass(layer: nn.Module, ffn_out: nn.Linear, inputs: _Inputs, replay: _AttentionReplay | None,
+              kept: torch.Tensor) -> torch.Tensor:
+    """The kept rows ``X_Kᵀ X`` (float64) of ``ffn_out``'s input Gram when ``layer`` runs on the cached ``inputs``;
+    stopped at ``ffn_out``."""
+    kept = kept.to(ffn_out.weight.device)
+    gram = torch.zeros(len(kept), ffn_out.in_features, dtype=torch.float64, device=ffn_out.weight.device)
 
     def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0].detach().double().reshape(-1, ffn_out.in_features)
-        gram.addmm_(x.T, x)
+        gram.addmm_(x.index_select(1, kept).T, x)
         raise _Stop
 
     handle = ffn_out.register_forward_pre_hook(hook)
@@ -248,13 +255,14 @@ def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, to
         layer, lin = layers[block.index], block.attn_out
         gram = None
         if attn_cols is not None:
-            gram = torch.zeros(lin.in_features, lin.in_features, dtype=torch.float64, device=lin.weight.device)
-        replay = _attention_pass(layer, lin, inputs, gram)
+            attn_cols = attn_cols.to(lin.weight.device)
+            gram = torch.zeros(len(attn_cols), lin.in_features, dtype=torch.float64, device=lin.weight.device)
+        replay = _attention_pass(layer, lin, inputs, gram, attn_cols)
         if attn_cols is not None:
             ridge_fold(lin, attn_cols, gram, alpha, attn_w)
         with replay if replay is not None else nullcontext():
             if ffn_cols is not None:
-                ridge_fold(block.ffn_out, ffn_cols, _ffn_pass(layer, block.ffn_out, inputs, replay), alpha, ffn_w)
+                ridge_fold(block.ffn_out, ffn_cols, _ffn_pass(layer, block.ffn_out, inputs, replay, ffn_cols), alpha, ffn_w)
             if n + 1 < len(todo):  # later layers still need calibrating
                 _run_layer(layer, inputs, replay)
         del replay  # this layer's cached attn_out inputs
