@@ -39,7 +39,7 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.importance import structured_importance, wanda_scores
-from ffenv.models import Block, decoder_blocks
+from ffenv.models import Block
 
 
 @dataclass(frozen=True)
@@ -87,20 +87,6 @@ def round_to_units(keep: np.ndarray, units: list[Unit], target_keep_params: floa
     return kept
 
 
-def _slice_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
-    idx = idx.to(lin.weight.device)
-    lin.weight = nn.Parameter(lin.weight.index_select(0, idx).clone(), requires_grad=False)
-    if lin.bias is not None:
-        lin.bias = nn.Parameter(lin.bias.index_select(0, idx).clone(), requires_grad=False)
-    lin.out_features = len(idx)
-
-
-def _slice_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
-    idx = idx.to(lin.weight.device)
-    lin.weight = nn.Parameter(lin.weight.index_select(1, idx).clone(), requires_grad=False)
-    lin.in_features = len(idx)
-
-
 def _head_rows(b: Block, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of q (all query heads of the KV groups) and of k/v (the groups) for KV-group indices."""
     r = b.num_heads // b.num_kv_heads
@@ -127,6 +113,8 @@ class StructuredPruner:
             for imp in (attn_imp, ffn_imp):
                 self.importance.append(imp.cpu())
                 self._order.append(torch.argsort(imp, descending=True, stable=True))
+        self._counts = np.array([u.count for u in self.units], dtype=np.float64)
+        self._granule_params = np.array([u.granule_params for u in self.units], dtype=np.float64)
         self._saved: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         self._swapped: list[tuple[object, str, object]] = []  # (module, attribute, dense value) put back by restore
 
@@ -151,18 +139,15 @@ class StructuredPruner:
 
     def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """Per-unit sparsity of whole granules closest to ``keep`` and the target (:func:`round_to_units`)."""
-        counts = np.array([u.count for u in self.units], dtype=np.float64)
-        return 1.0 - round_to_units(keep, self.units, target_keep_params) / counts
+        return 1.0 - round_to_units(keep, self.units, target_keep_params) / self._counts
 
     def granules_kept(self, unit_sparsity: np.ndarray) -> np.ndarray:
         """Whole granules (KV groups / neurons) kept per unit at a per-unit sparsity of whole granules."""
-        counts = np.array([u.count for u in self.units], dtype=np.float64)
-        return np.rint((1.0 - np.asarray(unit_sparsity, np.float64)) * counts).astype(np.int64)
+        return np.rint((1.0 - np.asarray(unit_sparsity, np.float64)) * self._counts).astype(np.int64)
 
     def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:
         """Parameters kept per unit (exact)."""
-        gran = np.array([u.granule_params for u in self.units], dtype=np.float64)
-        return self.granules_kept(unit_sparsity) * gran
+        return self.granules_kept(unit_sparsity) * self._granule_params
 
     def apply(self, unit_sparsity: np.ndarray) -> None:
         """Prune every unit to its sparsity (most important granules kept); call :meth:`restore` after."""
@@ -259,30 +244,18 @@ class StructuredPruner:
     def export(self, model: nn.Module, unit_sparsity: np.ndarray) -> nn.Module:
         """A physically smaller copy of ``model`` with the pruned heads / neurons removed.
 
-        ``model`` must be the dense model this pruner was built on (its blocks, same order). Every
+        ``model`` must be the dense model this pruner was built on (it is sliced, copied and restored). Every
         module must keep at least one unit. The copy computes the same function as :meth:`apply`.
         """
         if self.active:
             raise RuntimeError("restore() before export()")
         if np.any(self.granules_kept(unit_sparsity) < 1):
             raise FFPruneError("export needs at least one head group and one neuron kept in every block")
-        keep_idx = self.kept_indices(unit_sparsity)
-        out = copy.deepcopy(model)
-        with torch.no_grad():
-            for b, (g_idx, n_idx) in zip(decoder_blocks(out), zip(keep_idx[0::2], keep_idx[1::2])):
-                q_rows, kv_rows = _head_rows(b, g_idx)
-                q, k, v = b.attn_in
-                _slice_rows(q, q_rows)
-                _slice_rows(k, kv_rows)
-                _slice_rows(v, kv_rows)
-                _slice_cols(b.attn_out, q_rows)
-                for lin in b.ffn_in:
-                    _slice_rows(lin, n_idx)
-                _slice_cols(b.ffn_out, n_idx)
-                if hasattr(b.attention, "num_heads"):
-                    b.attention.num_heads = len(q_rows) // b.head_dim
-                if hasattr(b.attention, "num_key_value_heads"):
-                    b.attention.num_key_value_heads = len(g_idx)
+        self.slice(unit_sparsity)  # the same slicing a step uses, then a copy of the smaller model
+        try:
+            out = copy.deepcopy(model)
+        finally:
+            self.restore()
         return out
 
     def unslice(self) -> None:
