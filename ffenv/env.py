@@ -42,7 +42,7 @@ from ffenv.evaluation import perplexity
 from ffenv.forking import check_fork_safety
 from ffenv.importance import block_outlier_ratio, collect_input_norms
 from ffenv.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
-from ffenv.population import Evaluator, PopulationEnv
+from ffenv.population import Evaluator, LocalEvaluator, PopulationEnv
 from ffenv.projector import check_budget, keep_to_raw, project_budget
 from ffenv.pruning import StructuredPruner, Unit, UnstructuredPruner
 from ffenv.ray_evaluator import RayEvaluator
@@ -174,7 +174,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         check_fork_safety()
         if config is not None and not isinstance(config, EnvConfig):
             raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
-        self.config = (config or EnvConfig()).replace(**overrides) if overrides else (config or EnvConfig())
+        base = config or EnvConfig()
+        self.config = base.replace(**overrides) if overrides else base
         self._backend = _get_backend(self.config)
         self.units: list[Unit] = list(self._backend.pruner.units)
         self.sizes = np.array([u.size for u in self.units], dtype=np.float64)
@@ -336,16 +337,17 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         n = len(actions)
         targets = targets if isinstance(targets, list) else [self.target_sparsity if targets is None else targets] * n
         windows = windows if isinstance(windows, list) else [self.reward_windows if windows is None else windows] * n
-        checked = np.stack([self._check_action(a) for a in actions]).astype(np.float32)
+        checked = np.stack([self._check_action(a) for a in actions])  # the whole population before any work
         for t, w in zip(targets, windows):
             check_budget(t, self.config.min_keep, self.config.max_keep)
             self._check_windows(w)
-        if self.config.workers == 0:
-            return [self.score(a, target_sparsity=t, reward_windows=w) for a, t, w in zip(actions, targets, windows)]
+        if self.config.workers == 0:  # LocalEvaluator calls score, which books the cost itself
+            return LocalEvaluator(self).score_many(checked, targets, windows)
         if self._evaluator is None:
             self._evaluator = RayEvaluator(self.config, self.config.workers, self.config.ray_address)
         t0 = time.perf_counter()
-        results = self._evaluator.score_many(checked, [float(t) for t in targets], [int(w) for w in windows])
+        results = self._evaluator.score_many(checked.astype(np.float32), [float(t) for t in targets],
+                                             [int(w) for w in windows])
         self.cost["evaluations"] += len(results)
         self.cost["tokens"] += sum(int(info["cost"]["tokens"]) for _, info in results)
         self.cost["seconds"] += time.perf_counter() - t0

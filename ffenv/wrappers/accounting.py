@@ -132,8 +132,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                          "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
                          "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
                          "evaluations": cost["evaluations"], "tokens": cost["tokens"],
-                         "seconds": round(self.wall_seconds, 3)}
-        cost = self.cost
+                         "seconds": cost["seconds"]}
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
                  "target": float(info["target_sparsity"]), "evaluations": cost["evaluations"],
                  "tokens": cost["tokens"], "seconds": cost["seconds"],

@@ -85,6 +85,7 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
         self.full_windows = base.config.reward_samples
         self.episodes = 0
         self.stage: dict[str, Any] = self.stage_at(0)
+        self._population: list[dict[str, Any]] = []  # the stages of the episodes of the last reset_many
 
     # ------------------------------------------------------------------ schedules
     def progress(self, episode: int) -> float:
