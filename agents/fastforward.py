@@ -118,7 +118,7 @@ def load_policy(path: str | Path, obs_dim: int | None = None, act_dim: int | Non
     for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
         if want is not None and blob[name] != want:
             raise FFPruneError(f"policy {str(path)!r} has {name}={blob[name]}, but this env needs {want} "
-                             "(a warm start needs the same model and mode)")
+                               "(a warm start needs the same model and mode)")
     policy = Policy(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
     policy.load_state_dict(blob["state_dict"])
     return policy

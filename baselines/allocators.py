@@ -116,7 +116,7 @@ def flap_sparsities(scores: list[np.ndarray], kinds: list[str], granule_params: 
     gran = np.asarray(granule_params, np.float64)
     if not (len(scores) == len(kinds) == len(gran)):
         raise FFPruneError(f"scores, kinds and granule_params need one entry per unit, got "
-                         f"{len(scores)}, {len(kinds)}, {len(gran)}")
+                           f"{len(scores)}, {len(kinds)}, {len(gran)}")
     scores = [np.asarray(x, np.float64) for x in scores]
     if any(x.ndim != 1 or len(x) == 0 or not np.all(np.isfinite(x)) for x in scores):
         raise FFPruneError("scores must be non-empty, finite 1-D arrays")

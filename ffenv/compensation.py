@@ -290,7 +290,7 @@ def ridge_compensation(model: nn.Module, blocks: list[Block], kept_columns: list
         raise FFPruneError(f"alpha must be > 0, got {alpha}")
     if len(kept_columns) != len(blocks) or len(dense) != len(blocks):
         raise FFPruneError(f"kept_columns and dense need one entry per block ({len(blocks)}), "
-                         f"got {len(kept_columns)} and {len(dense)}")
+                           f"got {len(kept_columns)} and {len(dense)}")
     saved = [(lin, lin.weight.detach().clone()) for b in blocks for lin in (b.attn_out, b.ffn_out)]
     try:
         todo = [(b, a_cols if len(a_cols) < b.attn_out.in_features else None,

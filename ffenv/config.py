@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ffenv.errors import FFPruneError, positive_int
+from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.projector import check_budget
 
 MODES = ("structured", "unstructured")
@@ -85,8 +85,7 @@ class EnvConfig:
             raise FFPruneError("reward='calibrated' needs mode='structured' (Calib compensates removed heads / neurons)")
         if isinstance(self.calib_alpha, bool) or not isinstance(self.calib_alpha, (int, float)) or not self.calib_alpha >= 0:
             raise FFPruneError(f"calib_alpha must be a number >= 0, got {self.calib_alpha!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, (int, np.integer)) or self.workers < 0:
-            raise FFPruneError(f"workers must be an integer >= 0 (0: in-process), got {self.workers!r}")
+        non_negative_int("workers (0: in-process)", self.workers)
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
             raise FFPruneError(f"ray_address must be a Ray address such as 'auto' or 'ray://host:10001', "
                                f"got {self.ray_address!r}")

@@ -379,7 +379,7 @@ def _check_window_args(tokenizer: Any, seq_len: int, max_positions: int | None) 
         raise FFPruneError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     if max_positions is not None and seq_len > max_positions:
         raise FFPruneError(f"seq_len={seq_len} exceeds the model's context length ({max_positions}); "
-                         f"use seq_len <= {max_positions}")
+                           f"use seq_len <= {max_positions}")
 
 
 def calibration_windows(

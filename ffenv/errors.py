@@ -23,6 +23,13 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= 0`` (``bool`` is not), else :class:`FFPruneError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise FFPruneError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def unit_interval(name: str, value: Any, *, open_low: bool = True, open_high: bool = False) -> float:
     """``value`` as a ``float`` if it is a finite number in ``(0, 1]`` (bounds as given), else :class:`FFPruneError`."""
     ok_type = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

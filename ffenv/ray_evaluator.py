@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from ffenv.config import EnvConfig
-from ffenv.errors import FFPruneError, positive_int
+from ffenv.errors import FFPruneError, non_negative_int, positive_int
 
 RAY_MISSING = "workers / ray_address need Ray: pip install 'ffprune[ray]'"
 WORKER_FIELDS = ("workers", "ray_address")
@@ -72,10 +72,8 @@ OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def actor_env_kwargs(config: EnvConfig, device: str) -> dict[str, Any]:
-    """The keyword arguments of an actor's environment: ``config`` without :data:`WORKER_FIELDS`, on ``device``.
-
-    Leaving the fields out (rather than setting ``workers=0``) also works with a config class that lacks them.
-    """
+    """The keyword arguments of an actor's environment: ``config`` without :data:`WORKER_FIELDS` (an actor never
+    starts workers of its own), on ``device``."""
     kwargs = {k: v for k, v in config.as_kwargs().items() if k not in WORKER_FIELDS}
     kwargs["device"] = device
     return kwargs
@@ -237,8 +235,7 @@ class RayEvaluator:
         if not isinstance(config, EnvConfig):
             raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
         self.workers = positive_int("workers", workers)
-        if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
-            raise FFPruneError(f"retries must be an integer >= 0, got {retries!r}")
+        non_negative_int("retries", retries)
         if address is not None and (not isinstance(address, str) or not address):
             raise FFPruneError(f"address must be a Ray address such as 'auto' or 'ray://host:10001', got {address!r}")
         self.config = config
