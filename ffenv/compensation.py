@@ -23,21 +23,25 @@ batch's cached hidden states:
 (b) run layer ``i`` again up to ``ffn_out`` (pre-hook accumulates the Gram, then stops), with the attention
     replayed as ``attn_out(cached input)`` rather than recomputed (same values; an attention module whose
     output is not ``attn_out``'s own is recomputed instead); fold the FFN compensation;
-(c) run layer ``i`` whole, attention replayed likewise, to get layer ``i + 1``'s inputs.
+(c) run layer ``i`` whole, attention replayed likewise, and the FFN replayed as ``ffn_out(cached input)``
+    when the FFN is a submodule whose output is ``ffn_out``'s (Llama/Mistral's MLP; checked once per class
+    on one batch; OPT's ``fc1``/``fc2`` sit in the layer itself and are recomputed), to get layer ``i + 1``'s
+    inputs.
 
 Layers with nothing removed only get (c); (b) is skipped when the FFN has nothing removed, and the walk ends
 at the last pruned layer (no (c) there). The Gram matrices are the ones that running the model from the
-embeddings for every module would give (bit for bit on the bundled models), for about one attention and
-two FFN evaluations per calibrated layer instead of one partial model forward per module. Memory: the cached
+embeddings for every module would give (to float32 rounding of each batch's product), for about one attention
+and one FFN evaluation (two for OPT) per calibrated layer instead of one partial model forward per module. Memory: the cached
 hidden states, ``[calibration windows, seq_len, hidden]`` in the model's dtype (32 × 2048 × 4096 × 2 bytes =
-0.5 GB for a 7B model), the same again for one layer's ``attn_out`` inputs, and one Gram matrix (``in × in``,
-float64) at a time.
+0.5 GB for a 7B model), the same again for one layer's ``attn_out`` inputs, its ``ffn_out`` inputs
+(``[calibration windows, seq_len, intermediate]``: 1.4 GB for Llama-2-7B), and one Gram matrix (``in × in``,
+float64; each batch's product in ``GRAM_PRODUCT_DTYPE``) at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -45,6 +49,18 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.models import Block
+
+#: dtype of each batch's Gram product (accumulated across batches in float64). float32 products are ~3x
+#: cheaper than float64 ones on CPU (and on most GPUs); the folded weights agree with all-float64 statistics
+#: to ~1e-6 relative on the bundled models (tests/test_compensation.py checks 1e-4 on the perplexity).
+GRAM_PRODUCT_DTYPE = torch.float32
+
+
+def _add_gram(gram: torch.Tensor, x: torch.Tensor, kept: torch.Tensor | None = None) -> None:
+    """``gram += x_Kᵀ x`` for ``x`` of shape ``[..., in]`` (all rows of ``xᵀx`` when ``kept`` is ``None``)."""
+    x = x.detach().reshape(-1, x.shape[-1]).to(GRAM_PRODUCT_DTYPE)
+    rows = x if kept is None else x.index_select(1, kept)
+    gram.add_(rows.T @ x)
 
 
 class _Stop(Exception):
@@ -74,8 +90,7 @@ def input_gram(model: nn.Module, linear: nn.Linear, tokens: torch.Tensor, batch_
     gram = torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64, device=linear.weight.device)
 
     def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double().reshape(-1, linear.in_features)
-        gram.addmm_(x.T, x)
+        _add_gram(gram, args[0])
         raise _Stop
 
     _forward_until_stopped(model, tokens, batch_size, linear.register_forward_pre_hook(hook))
@@ -134,42 +149,50 @@ def _first_layer_inputs(model: nn.Module, layer: nn.Module, tokens: torch.Tensor
     return captured
 
 
-class _AttentionReplay:
-    """While active (``with``), the layer's attention module skips q, k, v and the attention itself and returns
-    ``attn_out(x)`` for the current batch's cached ``attn_out`` input ``x`` (and the rest of its cached output).
+class _Replay:
+    """While active (``with``), ``module`` (the attention, or the FFN) skips everything before its output projection
+    ``linear`` and returns ``linear(x)`` for the current batch's cached input ``x`` of ``linear`` (and the rest of
+    its cached output).
 
-    Exact: ``x`` depends only on the layer input and q, k, v, which compensation never changes.
+    Exact: ``x`` depends only on the layer input and the weights before ``linear``, which compensation never
+    changes; only ``linear``'s own weights change between the pass that cached ``x`` and the replay.
     """
 
-    def __init__(self, attn: nn.Module, attn_out: nn.Linear, cached: list[tuple[torch.Tensor, tuple | None]]) -> None:
-        self.attn, self.attn_out, self.cached, self.batch = attn, attn_out, cached, 0
+    def __init__(self, module: nn.Module, linear: nn.Linear, cached: list[tuple[torch.Tensor, tuple | None]]) -> None:
+        self.module, self.linear, self.cached, self.batch = module, linear, cached, 0
 
     def _forward(self, *_args: object, **_kwargs: object) -> torch.Tensor | tuple:
         x, tail = self.cached[self.batch]
-        y = self.attn_out(x)
+        y = self.linear(x)
         return y if tail is None else (y, *tail)
 
-    def __enter__(self) -> _AttentionReplay:
-        self._own = self.attn.__dict__.get("forward")  # an instance-level forward (e.g. a dispatch hook) is kept
-        self.attn.forward = self._forward
+    def __enter__(self) -> _Replay:
+        self._own = self.module.__dict__.get("forward")  # an instance-level forward (e.g. a dispatch hook) is kept
+        self.module.forward = self._forward
         return self
 
     def __exit__(self, *_exc: object) -> None:
         if self._own is None:
-            del self.attn.forward
+            del self.module.forward
         else:
-            self.attn.forward = self._own
+            self.module.forward = self._own
+
+
+def _submodule_with(layer: nn.Module, linear: nn.Linear) -> nn.Module | None:
+    """The child of ``layer`` that contains ``linear`` (``None`` if ``linear`` is itself a child, as OPT's ``fc2``)."""
+    child = next((m for m in layer.children() if any(sub is linear for sub in m.modules())), None)
+    return None if child is linear else child
 
 
 @torch.inference_mode()
 def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
-                    gram: torch.Tensor | None, kept: torch.Tensor | None = None) -> _AttentionReplay | None:
+                    gram: torch.Tensor | None, kept: torch.Tensor | None = None) -> _Replay | None:
     """Run ``layer`` on the cached ``inputs`` up to the end of its attention module, accumulating the kept rows
     ``X_Kᵀ X`` of ``attn_out``'s input Gram into ``gram`` (if given). Returns the replay of the attention, or
     ``None`` when the attention module's output is not ``attn_out``'s (then the layer is simply run again for the
     later passes)."""
-    attn = next((m for m in layer.children() if any(sub is attn_out for sub in m.modules())), None)
-    if attn is None or attn is attn_out:
+    attn = _submodule_with(layer, attn_out)
+    if attn is None:
         raise FFPruneError("attn_out is not inside an attention submodule of its decoder layer")
     seen: dict[str, torch.Tensor] = {}
     cached: list[tuple[torch.Tensor, tuple | None]] = []
@@ -178,8 +201,7 @@ def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
     def record_input(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         seen["x"] = args[0]
         if gram is not None:
-            x = args[0].detach().double().reshape(-1, attn_out.in_features)
-            gram.addmm_(x.index_select(1, kept).T, x)
+            _add_gram(gram, args[0], kept)
 
     def record_output(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
         seen["y"] = out
@@ -203,23 +225,44 @@ def _attention_pass(layer: nn.Module, attn_out: nn.Linear, inputs: _Inputs,
     finally:
         for h in handles:
             h.remove()
-    return _AttentionReplay(attn, attn_out, cached) if replayable else None
+    return _Replay(attn, attn_out, cached) if replayable else None
 
 
 @torch.inference_mode()
-def _ffn_pass(layer: nn.Module, ffn_out: nn.Linear, inputs: _Inputs, replay: _AttentionReplay | None,
-              kept: torch.Tensor) -> torch.Tensor:
-    """The kept rows ``X_Kᵀ X`` (float64) of ``ffn_out``'s input Gram when ``layer`` runs on the cached ``inputs``;
-    stopped at ``ffn_out``."""
+def _ffn_pass(layer: nn.Module, ffn_out: nn.Linear, inputs: _Inputs, replay: _Replay | None, kept: torch.Tensor,
+              check: dict[type, bool] | None = None) -> tuple[torch.Tensor, _Replay | None]:
+    """The kept rows ``X_Kᵀ X`` (float64) of ``ffn_out``'s input Gram when ``layer`` runs on the cached ``inputs``
+    (stopped at ``ffn_out``), and, when ``check`` is given, the replay of the FFN for pass (c).
+
+    ``check`` maps an FFN module class to whether its output is exactly ``ffn_out``'s; a class seen for the first
+    time is checked on the first batch (which then also runs ``ffn_out``, before its fold: only object identity is
+    looked at). Without a separate FFN submodule (OPT) or when the check fails there is no replay.
+    """
     kept = kept.to(ffn_out.weight.device)
     gram = torch.zeros(len(kept), ffn_out.in_features, dtype=torch.float64, device=ffn_out.weight.device)
+    ffn = _submodule_with(layer, ffn_out) if check is not None else None
+    cache = ffn is not None and check.get(type(ffn), True)
+    verify = cache and type(ffn) not in check
+    xs: list[tuple[torch.Tensor, None]] = []
+    seen: dict[str, torch.Tensor] = {}
 
-    def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double().reshape(-1, ffn_out.in_features)
-        gram.addmm_(x.index_select(1, kept).T, x)
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        _add_gram(gram, args[0], kept)
+        if cache:
+            xs.append((args[0], None))
+        if not (verify and len(xs) == 1):
+            raise _Stop
+
+    def record_output(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        seen["y"] = out
+
+    def stop(_module: nn.Module, _args: tuple, out: torch.Tensor | tuple) -> None:
+        check[type(ffn)] = out is seen.get("y")
         raise _Stop
 
-    handle = ffn_out.register_forward_pre_hook(hook)
+    handles = [ffn_out.register_forward_pre_hook(record)]
+    if verify:
+        handles += [ffn_out.register_forward_hook(record_output), ffn.register_forward_hook(stop)]
     try:
         for j, (hidden, rest, kwargs) in enumerate(inputs):
             if replay is not None:
@@ -228,19 +271,29 @@ def _ffn_pass(layer: nn.Module, ffn_out: nn.Linear, inputs: _Inputs, replay: _At
                 layer(hidden, *rest, **kwargs)
             except _Stop:
                 pass
+            if verify and j == 0:  # checked: the other batches stop at ffn_out
+                for h in handles[1:]:
+                    h.remove()
+                handles = handles[:1]
     finally:
-        handle.remove()
-    return gram
+        for h in handles:
+            h.remove()
+    return gram, (_Replay(ffn, ffn_out, xs) if cache and check[type(ffn)] else None)
 
 
 @torch.inference_mode()
-def _run_layer(layer: nn.Module, inputs: _Inputs, replay: _AttentionReplay | None = None) -> None:
-    """Replace each cached hidden state by ``layer``'s output on it (the next layer's input), in place."""
-    for j, (hidden, rest, kwargs) in enumerate(inputs):
-        if replay is not None:
-            replay.batch = j
-        out = layer(hidden, *rest, **kwargs)
-        inputs[j] = (out[0] if isinstance(out, (tuple, list)) else out, rest, kwargs)
+def _run_layer(layer: nn.Module, inputs: _Inputs, *replays: _Replay | None) -> None:
+    """Replace each cached hidden state by ``layer``'s output on it (the next layer's input), in place, with the
+    given replays active."""
+    replays = tuple(r for r in replays if r is not None)
+    with ExitStack() as stack:
+        for r in replays:
+            stack.enter_context(r)
+        for j, (hidden, rest, kwargs) in enumerate(inputs):
+            for r in replays:
+                r.batch = j
+            out = layer(hidden, *rest, **kwargs)
+            inputs[j] = (out[0] if isinstance(out, (tuple, list)) else out, rest, kwargs)
 
 
 def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]],
@@ -249,6 +302,7 @@ def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, to
     layers = _decoder_layers(model)
     inputs = _first_layer_inputs(model, layers[0], tokens, batch_size)
     nxt = 0  # the layer whose input ``inputs`` holds
+    checked: dict[type, bool] = {}  # FFN module classes whose output is exactly ffn_out's (see _ffn_pass)
     for n, (block, attn_cols, ffn_cols, attn_w, ffn_w) in enumerate(todo):
         for i in range(nxt, block.index):  # nothing to calibrate there: just move on
             _run_layer(layers[i], inputs)
@@ -260,12 +314,15 @@ def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, to
         replay = _attention_pass(layer, lin, inputs, gram, attn_cols)
         if attn_cols is not None:
             ridge_fold(lin, attn_cols, gram, alpha, attn_w)
-        with replay if replay is not None else nullcontext():
-            if ffn_cols is not None:
-                ridge_fold(block.ffn_out, ffn_cols, _ffn_pass(layer, block.ffn_out, inputs, replay, ffn_cols), alpha, ffn_w)
-            if n + 1 < len(todo):  # later layers still need calibrating
-                _run_layer(layer, inputs, replay)
-        del replay  # this layer's cached attn_out inputs
+        last = n + 1 == len(todo)  # no later layer needs this one's output
+        ffn_replay = None
+        if ffn_cols is not None:
+            with replay if replay is not None else nullcontext():
+                gram, ffn_replay = _ffn_pass(layer, block.ffn_out, inputs, replay, ffn_cols, None if last else checked)
+            ridge_fold(block.ffn_out, ffn_cols, gram, alpha, ffn_w)
+        if not last:
+            _run_layer(layer, inputs, replay, ffn_replay)
+        del replay, ffn_replay  # this layer's cached attn_out / ffn_out inputs
         nxt = block.index + 1
 
 

@@ -3,6 +3,12 @@
 A window of ``T`` tokens predicts ``T - 1`` of them (the first has no context). Perplexity is
 ``exp(Σ NLL / Σ predicted tokens)`` over all windows: the exact token-weighted mean, not a mean of
 per-window means and not normalised by ``T`` instead of ``T - 1``.
+
+For the model families whose logits are exactly ``lm_head(last hidden state)`` (``HEAD_ONLY_FAMILIES``) the
+LM head and the loss run on chunks of about ``CHUNK_LOGITS`` logits, so the ``[B, T, V]`` logits tensor (and
+its shifted copy) is never built: same sum (float32 summation order aside), less memory traffic. On a
+model as small as the zoo's the head is about a quarter of a forward, so this is a visible share of every
+evaluation; any other family goes through its own ``forward`` unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ffenv.errors import FFPruneError
+
+#: ``config.model_type`` values whose ``ForCausalLM.forward`` computes ``logits = lm_head(base_model(...)[0])``
+#: with no scaling or soft-capping (checked against transformers 5's modelling code).
+HEAD_ONLY_FAMILIES = frozenset({"llama", "mistral", "opt", "qwen2", "qwen3"})
+#: logits per chunk of the head + loss (float32: 16 MiB)
+CHUNK_LOGITS = 1 << 22
 
 
 @torch.inference_mode()
@@ -29,16 +41,24 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
     if batch_size <= 0:
         raise FFPruneError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
-    total = 0.0
+    head = model.get_output_embeddings() if getattr(model.config, "model_type", None) in HEAD_ONLY_FAMILIES else None
+    total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i : i + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-        target = batch[:, 1:]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
-        total += float(loss)
+        target = batch[:, 1:].reshape(-1)
+        if head is None:
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+            total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target, reduction="sum")
+        else:
+            hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+            rows = max(1, CHUNK_LOGITS // head.out_features)
+            for j in range(0, hidden.shape[0], rows):
+                logits = head(hidden[j : j + rows]).float()
+                total += F.cross_entropy(logits, target[j : j + rows], reduction="sum")
         count += target.numel()
-    return total, count
+    return float(total), count
 
 
 def perplexity(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) -> float:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ffenv import evaluation
 from ffenv.data import evaluation_windows
 from ffenv.evaluation import nll_sum, perplexity
 from ffenv.models import BUNDLED_MODELS, bundled_card, bundled_path, decoder_blocks, load_model, load_model_cached
@@ -58,6 +59,24 @@ def test_perplexity_is_exact_token_weighted_mean():
             manual += torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum").item()
     assert total == pytest.approx(manual, rel=1e-5)
     assert perplexity(model, w, batch_size=3) == pytest.approx(math.exp(manual / count), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_chunked_head_and_loss_equal_the_models_own_logits(name, monkeypatch):
+    model, tok = load_model_cached(name, "cpu", "auto")
+    assert model.config.model_type in evaluation.HEAD_ONLY_FAMILIES
+    w = evaluation_windows(tok, "stdlib", "eval", seq_len=64, n=5)
+    monkeypatch.setattr(evaluation, "CHUNK_LOGITS", 100 * model.config.vocab_size)  # 100 rows: chunks cut windows
+    chunked = nll_sum(model, w, batch_size=2)
+    calls = []
+    monkeypatch.setattr(evaluation, "HEAD_ONLY_FAMILIES", frozenset())  # any other family: its own forward
+    handle = model.register_forward_hook(lambda *_a: calls.append(1))
+    try:
+        whole = nll_sum(model, w, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and chunked[1] == whole[1] == 5 * 63
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-6)
 
 
 def test_local_path_loads(tmp_path):

@@ -86,7 +86,8 @@ def test_slicing_makes_the_modules_smaller_during_the_step():
     u = env.unwrapped
     dense_params = sum(p.numel() for p in u.model.parameters())
     seen = []
-    handle = u.model.register_forward_pre_hook(lambda m, a: seen.append(sum(p.numel() for p in m.parameters())))
+    handle = u.model.base_model.register_forward_pre_hook(
+        lambda _m, _a: seen.append(sum(p.numel() for p in u.model.parameters())))
     try:
         env.reset(seed=0)
         env.step(np.zeros(u.n_units, np.float32))
