@@ -8,6 +8,7 @@ anything else is a bug and shows its traceback.
     ffprune bench-env --env FFPrune-Llama-v0
     ffprune search --env FFPrune-Llama-v0 --agent fastforward --budget 200 --out r.json
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama
+    ffprune export r.json --out pruned/llama [--calibrate]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ffenv.evaluation import perplexity
 from ffenv.models import BUNDLED_MODELS, bundled_card, load_model
 from ffenv.speed import bench_env
 from ffprune.agents.bench import run_bench
+from ffprune.agents.export import export_result
 from ffprune.agents.methods import METHODS
 from ffprune.agents.search import run_search
 
@@ -109,6 +111,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    """A finished search's best allocation as a pruned Hugging Face folder (checked by reloading it)."""
+    facts = export_result(args.result, args.out, calibrate=args.calibrate, calib_alpha=args.calib_alpha,
+                          force=args.force, speed=not args.no_speed, dtype=args.dtype)
+    fig = facts["figures"]
+    print(f"{args.out}: {facts['mode']} {facts['base_model']} at sparsity {facts['allocation']['sparsity']:.4f}"
+          f"{' + calib' if facts['calibrated'] else ''}")
+    print(f"  parameters {fig['params']['dense']:,} -> {fig['params']['pruned']:,};"
+          f" weight files {facts['weights_bytes']:,} bytes")
+    print(f"  held-out ppl {fig['eval_ppl']['pruned']:.4f} (dense {fig['eval_ppl']['dense']:.4f}); reloaded "
+          f"{facts['reloaded']['eval_ppl']:.4f}")
+    if "tokens_per_s" in fig:
+        tps = fig["tokens_per_s"]
+        print(f"  forward tokens/s {tps['dense']:,.0f} -> {tps['pruned']:,.0f} ({fig['speed_setup']})")
+    return 0
+
+
 @_command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
@@ -178,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true",
                    help="also report the held-out ppl after post-pruning calibration (structured envs)")
     _scale_out_arguments(p, "population evaluations")
+    p = sub.add_parser("export", help="write a search result's pruned model as a Hugging Face folder")
+    p.add_argument("result", help="result JSON of a finished `ffprune search --out`")
+    p.add_argument("--out", required=True, help="output folder (must be absent or empty unless --force)")
+    p.add_argument("--calibrate", action="store_true", help="fold post-pruning calibration into the kept weights "
+                   "(structured envs)")
+    p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--no-speed", action="store_true", help="skip the dense vs pruned forward timing")
+    p.add_argument("--dtype", help="storage dtype (float32, bfloat16, float16; default: the source checkpoint's when it "
+                   "stores the pruned weights exactly, else the compute dtype)")
     p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")

@@ -25,8 +25,11 @@ in a per-process cache shared by environments whose :class:`~ffenv.config.EnvCon
 
 from __future__ import annotations
 
+import copy
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +199,11 @@ class FFPruneEnv(gym.Env, PopulationEnv):
     def model(self) -> torch.nn.Module:
         """The (dense, between steps) model. Do not modify it."""
         return self._backend.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self._backend.tokenizer
 
     @property
     def blocks(self) -> list[Block]:
@@ -372,12 +380,53 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         penalty ``calib_alpha``, default the config's) fitted on :attr:`calibration_tokens` before measuring (structured
         mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """
+        if split not in SPLITS:
+            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+        unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
+        tokens = self.windows(split, n_windows)
+        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
+        ppl = self._ppl_pruned(unit_sparsity, tokens, alpha if calibrate else None)
+        out = self._allocation_info(unit_sparsity)
+        out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
+                   tokens=int(tokens.numel()))
+        return out
+
+    def windows(self, split: str = "eval", n_windows: int | None = None) -> torch.Tensor:
+        """The ``[N, seq_len]`` token windows :meth:`evaluate` measures on a split (default ``n_windows``:
+        ``eval_samples``, else all of the split)."""
+        if split not in SPLITS:
+            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+        tokens = self._split_tokens(split, n_windows)
+        if n_windows is None and self.config.eval_samples is not None:
+            tokens = tokens[: self.config.eval_samples]
+        return tokens
+
+    def pruned_model(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
+                     target_sparsity: float | None = None, calibrate: bool = False,
+                     calib_alpha: float | None = None) -> torch.nn.Module:
+        """A pruned copy of the model: the one :meth:`evaluate` measures for the same arguments.
+
+        Structured: the removed heads / KV groups and FFN neurons are physically gone (layers of different
+        widths; ``calibrate=True`` folds the ridge compensation into the kept weights). Unstructured: the
+        same shapes with the pruned weights zeroed. The env's own model is left dense (bit-identical).
+        """
+        unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
+        if self.config.mode == "structured" and np.any(self.pruner.granules_kept(unit_sparsity) < 1):
+            empty = [self.unit_names[i] for i in np.flatnonzero(self.pruner.granules_kept(unit_sparsity) < 1)]
+            raise FFPruneError(f"a pruned model needs at least one head group and one neuron per layer; this allocation "
+                               f"empties {empty} (raise min_keep above 0)")
+        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
+        with self._pruned(unit_sparsity, alpha if calibrate else None):
+            return copy.deepcopy(self.model)
+
+    # ------------------------------------------------------------------ internals
+    def _unit_sparsity(self, action: np.ndarray | None, sparsities: np.ndarray | None, target_sparsity: float | None,
+                       calibrate: bool) -> np.ndarray:
+        """Per-unit sparsity of an action (projected at ``target_sparsity``) or of given sparsities (rounded)."""
         if calibrate and self.config.mode != "structured":
             raise FFPruneError("calibrate=True needs mode='structured' (Calib compensates removed heads / neurons)")
         if (action is None) == (sparsities is None):
             raise FFPruneError("give exactly one of action or sparsities")
-        if split not in SPLITS:
-            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
         if action is not None:
             target = self.config.target_sparsity if target_sparsity is None else target_sparsity
             check_budget(target, self.config.min_keep, self.config.max_keep)
@@ -392,18 +441,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                 raise FFPruneError(f"sparsities must lie in [0, 1], got range [{s.min():.6g}, {s.max():.6g}]")
             keep = 1.0 - s
             target_params = float(keep @ self.sizes)
-        unit_sparsity = self.pruner.round(keep, target_params)
-        tokens = self._split_tokens(split, n_windows)
-        if n_windows is None and self.config.eval_samples is not None:
-            tokens = tokens[: self.config.eval_samples]
-        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
-        ppl = self._ppl_pruned(unit_sparsity, tokens, alpha if calibrate else None)
-        out = self._allocation_info(unit_sparsity)
-        out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
-                   tokens=int(tokens.numel()))
-        return out
+        return self.pruner.round(keep, target_params)
 
-    # ------------------------------------------------------------------ internals
     def _check_windows(self, n: Any) -> int:
         n = positive_int("reward_windows", n)
         if n > self.config.reward_samples:
@@ -433,21 +472,30 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                 "sparsity": float(1.0 - kept_params.sum() / self.sizes.sum())}
 
     def _ppl_pruned(self, unit_sparsity: np.ndarray, tokens: torch.Tensor, calib_alpha: float | None = None) -> float:
+        with self._pruned(unit_sparsity, calib_alpha):
+            return perplexity(self.model, tokens, self.config.batch_size)
+
+    @contextmanager
+    def _pruned(self, unit_sparsity: np.ndarray, calib_alpha: float | None = None) -> Iterator[None]:
+        """The model pruned to ``unit_sparsity`` (and compensated by Calib with penalty ``calib_alpha``) inside the
+        ``with``; dense (bit-identical) again after it."""
         pruner, blocks = self.pruner, self.blocks
-        if calib_alpha is not None:  # Calib folds the removed columns' dense weights into the kept ones
-            dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
         if calib_alpha is None:
             pruner.prune(unit_sparsity)  # structured: physically smaller modules, so the forward costs less
-        else:
-            pruner.apply(unit_sparsity)  # Calib regresses the removed channels: they must still be computed
+            try:
+                yield
+            finally:
+                pruner.restore()
+            return
+        # Calib folds the removed columns' dense weights into the kept ones: they must still be computed
+        dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
+        pruner.apply(unit_sparsity)
         try:
-            if calib_alpha is None:
-                return perplexity(self.model, tokens, self.config.batch_size)
             with ridge_compensation(self.model, blocks, pruner.kept_columns(unit_sparsity), dense,
                                     self.calibration_tokens, calib_alpha, self.config.batch_size):
-                pruner.slice(unit_sparsity)  # (structured only) removed columns are zero now: run the smaller model
+                pruner.slice(unit_sparsity)  # removed columns are zero now: run the smaller model
                 try:
-                    return perplexity(self.model, tokens, self.config.batch_size)
+                    yield
                 finally:
                     pruner.unslice()
         finally:

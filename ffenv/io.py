@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +43,45 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], keep_suffix: bo
     except BaseException:
         _remove(tmp)
         raise
+    return path
+
+
+def check_new_dir(path: str | Path, force: bool = False, name: str = "out") -> Path:
+    """``path`` as a folder that may be (re)written: absent or empty, or anything with ``force``; else
+    :class:`FFPruneError` naming ``name``. Call it before expensive work that ends in :func:`atomic_write_dir`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FFPruneError(f"{name}={str(path)!r} is a file; give a folder path")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise FFPruneError(f"{name}={str(path)!r} exists and is not empty; choose another folder or pass --force to replace it")
+    return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], Any], force: bool = False, name: str = "out") -> Path:
+    """Call ``write(tmp)`` on a temporary folder beside ``path``, then put it at ``path`` by renames: a failure
+    or a kill leaves no half-written folder (at worst a ``.<name>.tmp<pid>`` beside it, removed on failure).
+
+    ``path`` must not exist or be empty, unless ``force`` (it is then replaced, only once the new folder is
+    complete). Raises :class:`FFPruneError` naming ``name`` (the option) otherwise or when it cannot be written.
+    """
+    path = check_new_dir(path, force, name)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FFPruneError(f"cannot write {name}={str(path)!r}: {err.strerror or err}; choose a writable location") from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 

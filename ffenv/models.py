@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
+from ffenv.pruned_modeling import LAYERS_KEY, pruned_class
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 BUNDLED_MODELS = ("tiny-llama", "tiny-mistral", "tiny-opt")
@@ -160,11 +161,31 @@ def load_model(
         raise FFPruneError(
             f"model {name_or_path!r} is a {config.model_type!r} model; supported families are {SUPPORTED_MODEL_TYPES}"
         )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    # an `ffprune export` folder has per-layer widths (ffenv.pruned_modeling)
+    cls = pruned_class(config.model_type) if hasattr(config, LAYERS_KEY) else AutoModelForCausalLM
+    try:
+        model = cls.from_pretrained(source, dtype=dt)
+    except Exception as err:  # noqa: BLE001 - corrupt/truncated weight files, shape mismatches, hub errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FFPruneError(f"model {name_or_path!r}: the weights could not be loaded ({type(err).__name__}: {first[:200]}); "
+                           "the checkpoint may be corrupt or incomplete") from err
     model.to(dev).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(source)
     return model, tokenizer
+
+
+def stored_dtype(name_or_path: str) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are stored in (its config's ``dtype``), if it says so."""
+    from transformers import AutoConfig
+
+    try:
+        value = getattr(AutoConfig.from_pretrained(_resolve_source(name_or_path)), "dtype", None)
+    except OSError:
+        return None
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -216,23 +237,28 @@ class Block:
 
 
 def decoder_blocks(model: nn.Module) -> list[Block]:
-    """The decoder layers of a Llama / Mistral / OPT causal LM as :class:`Block` views."""
+    """The decoder layers of a Llama / Mistral / OPT causal LM as :class:`Block` views.
+
+    Head and KV-group counts are read per layer from the projections' sizes, so a model exported by
+    ``ffprune export`` (layers of different widths) can be pruned again.
+    """
     cfg = model.config
     kind = cfg.model_type
     heads = cfg.num_attention_heads
     if kind in ("llama", "mistral"):
-        kv = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         return [
             Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.o_proj,
-                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, heads, kv, head_dim, l.self_attn)
+                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, l.self_attn.q_proj.out_features // head_dim,
+                  l.self_attn.k_proj.out_features // head_dim, head_dim, l.self_attn)
             for i, l in enumerate(model.model.layers)
         ]
     if kind == "opt":
         head_dim = cfg.hidden_size // heads
         return [
             Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.out_proj,
-                  [l.fc1], l.fc2, heads, heads, head_dim, l.self_attn)
+                  [l.fc1], l.fc2, l.self_attn.q_proj.out_features // head_dim, l.self_attn.k_proj.out_features // head_dim,
+                  head_dim, l.self_attn)
             for i, l in enumerate(model.model.decoder.layers)
         ]
     raise FFPruneError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")

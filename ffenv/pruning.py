@@ -29,7 +29,6 @@ engine can realise** (whole heads / neurons in structured mode; per-row rounding
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -239,23 +238,6 @@ class StructuredPruner:
             width = b.attn_out.in_features // b.num_kv_heads
             cols = (g_idx[:, None] * width + torch.arange(width)).reshape(-1)
             out.append((cols, n_idx))
-        return out
-
-    def export(self, model: nn.Module, unit_sparsity: np.ndarray) -> nn.Module:
-        """A physically smaller copy of ``model`` with the pruned heads / neurons removed.
-
-        ``model`` must be the dense model this pruner was built on (it is sliced, copied and restored). Every
-        module must keep at least one unit. The copy computes the same function as :meth:`apply`.
-        """
-        if self.active:
-            raise RuntimeError("restore() before export()")
-        if np.any(self.granules_kept(unit_sparsity) < 1):
-            raise FFPruneError("export needs at least one head group and one neuron kept in every block")
-        self.slice(unit_sparsity)  # the same slicing a step uses, then a copy of the smaller model
-        try:
-            out = copy.deepcopy(model)
-        finally:
-            self.restore()
         return out
 
     def unslice(self) -> None:

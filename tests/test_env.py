@@ -104,7 +104,7 @@ def test_masking_equals_physical_removal(model_name):
     kept = np.array([max(1, int(rng.integers(1, x.count + 1))) for x in u.units])
     unit_sparsity = 1 - kept / np.array([x.count for x in u.units])
     np.testing.assert_array_equal(pruner.granules_kept(unit_sparsity), kept)
-    small = pruner.export(u.model, unit_sparsity)
+    small = u.pruned_model(sparsities=unit_sparsity)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in u.model.parameters())
     x = u.reward_tokens[:2]
     pruner.apply(unit_sparsity)

@@ -1,0 +1,167 @@
+"""ffprune export / ffenv.load_pruned: a search's best allocation as a smaller Hugging Face folder that loads again."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+import ffenv
+from ffenv.evaluation import perplexity
+from ffenv.export import EXPORT_FILE, RECIPE_FILE, load_pruned, read_export
+from ffprune.agents.cli import main
+from ffprune.agents.export import export_result
+from ffprune.agents.search import run_search
+
+SMALL = {"reward_samples": 8, "eval_samples": 8, "calib_samples": 8}
+
+
+def _search(tmp_path, env_id, agent="random", **env_kwargs):
+    out = tmp_path / f"{env_id}.json"
+    run_search(env_id, agent=agent, budget=4, seed=0, logdir=None, out=out, env_kwargs={**SMALL, **env_kwargs},
+               progress=False)
+    return out
+
+
+@pytest.mark.parametrize("env_id", ["FFPrune-Llama-v0", "FFPrune-Mistral-v0", "FFPrune-OPT-v0"])
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_structured_export_reloads_to_the_envs_held_out_ppl(tmp_path, env_id, calibrate):
+    result = _search(tmp_path, env_id)
+    facts = export_result(result, tmp_path / "pruned", calibrate=calibrate, speed=False)
+    env = gym.make(env_id, **SMALL)
+    u = env.unwrapped
+    action = np.asarray(json.loads(result.read_text())["best"]["action"], np.float32)
+    expected = u.evaluate(action, split="eval", calibrate=calibrate)["ppl"]
+    model, _tok = load_pruned(tmp_path / "pruned")
+    assert perplexity(model, u.windows("eval")) == pytest.approx(expected, rel=1e-4)
+    assert facts["reloaded"]["eval_ppl"] == pytest.approx(expected, rel=1e-4)
+    # physically smaller, by exactly the parameters the env counts as removed
+    removed = float(np.asarray(facts["allocation"]["unit_sparsity"], np.float64) @ u.sizes)
+    dense = sum(p.numel() for p in u.model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(dense - removed, abs=1)
+    cfg = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert len(cfg["ffprune_layers"]) == len(u.blocks) and cfg["architectures"][0].startswith("FFPruned")
+    assert any(w["intermediate_size"] < u.blocks[0].intermediate_size for w in cfg["ffprune_layers"])
+    # bytes on disk: what the kept parameters predict (float32 after Calib, the source's float16 otherwise)
+    itemsize = 4 if calibrate else 2
+    assert facts["weights_bytes"] == pytest.approx(facts["figures"]["params"]["pruned"] * itemsize, rel=0.01)
+    assert facts["storage_dtype"] == ("float32" if calibrate else "float16") and facts["lossless_storage"]
+
+
+def test_exported_folder_loads_without_ffprune_and_prunes_again(tmp_path):
+    result = _search(tmp_path, "FFPrune-Mistral-v0")
+    export_result(result, tmp_path / "pruned", speed=False)
+    ours, tok = load_pruned(tmp_path / "pruned")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True, dtype=torch.float32)
+    x = tok("def main():\n    return 0\n", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        torch.testing.assert_close(theirs(input_ids=x).logits, ours(input_ids=x).logits)
+    # the exported folder is a model the env can load and prune again (layers of different widths)
+    env = gym.make("FFPrune-Mistral-v0", model=str(tmp_path / "pruned"), **SMALL)
+    u = env.unwrapped
+    widths = read_export(tmp_path / "pruned")["allocation"]["layers"]
+    assert [x.count for x in u.units[::2]] == [w["num_key_value_heads"] for w in widths]
+    assert [x.count for x in u.units[1::2]] == [w["intermediate_size"] for w in widths]
+    dense_before = {k: v.clone() for k, v in u.model.state_dict().items()}
+    env.reset(seed=0)
+    _obs, reward, *_ = env.step(np.zeros(u.n_units, np.float32))
+    assert np.isfinite(reward)
+    assert all(torch.equal(v, dense_before[k]) for k, v in u.model.state_dict().items())
+
+
+def test_unstructured_export_is_a_plain_checkpoint_with_a_recipe(tmp_path):
+    result = _search(tmp_path, "FFPrune-Llama-Unstructured-v0")
+    facts = export_result(result, tmp_path / "pruned", speed=False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)  # no custom code
+    env = gym.make("FFPrune-Llama-Unstructured-v0", **SMALL)
+    u = env.unwrapped
+    action = np.asarray(json.loads(result.read_text())["best"]["action"], np.float32)
+    assert perplexity(model, u.windows("eval")) == pytest.approx(u.evaluate(action)["ppl"], rel=1e-4)
+    recipe = yaml.safe_load((tmp_path / "pruned" / RECIPE_FILE).read_text())
+    sparsity = recipe["sparsity_stage"]["sparsity_modifiers"]["WandaPruningModifier"]["sparsity"]
+    assert sparsity == pytest.approx(facts["allocation"]["unit_sparsity"], abs=1e-6) and len(sparsity) == len(u.blocks)
+    for block, s in zip(ffenv.models.decoder_blocks(model), sparsity):  # the zeros are in the weights
+        for lin in block.linears.values():
+            assert (lin.weight == 0).float().mean().item() == pytest.approx(s, abs=2 / lin.in_features)
+    assert "auto_map" not in json.loads((tmp_path / "pruned" / "config.json").read_text())
+
+
+def test_export_refusals_write_nothing(tmp_path, capsys):
+    result = _search(tmp_path, "FFPrune-Llama-v0")
+    data = json.loads(result.read_text())
+    out = tmp_path / "pruned"
+
+    def refused(path, match, **kw):
+        with pytest.raises(ffenv.FFPruneError, match=match):
+            export_result(path, out, speed=False, **kw)
+        assert not out.exists() or not any(out.iterdir())
+        assert not list(tmp_path.glob(".pruned*"))  # no temporary folder left behind
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "weights": "0" * 64}))
+    refused(other, "other weights")
+    other.write_text(json.dumps({**data, "complete": False}))
+    refused(other, "unfinished")
+    refused(tmp_path / "missing.json", "does not exist")
+    (tmp_path / "running.ckpt").write_bytes(b"x")
+    refused(tmp_path / "running.json", "unfinished")
+    other.write_text(json.dumps({**data, "env_kwargs": {**data["env_kwargs"], "model": str(tmp_path / "gone")}}))
+    refused(other, "unknown model")
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ffenv.FFPruneError, match="--force"):
+        export_result(result, out, speed=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_result(result, out, speed=False, force=True)
+    assert not (out / "keep.txt").exists() and (out / EXPORT_FILE).exists()
+    # the CLI: one line on stderr, exit code 2
+    assert main(["export", str(result), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_a_failing_write_leaves_no_folder(tmp_path, monkeypatch):
+    result = _search(tmp_path, "FFPrune-OPT-v0")
+
+    def broken(*_a, **_k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("ffenv.export.model_card", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_result(result, tmp_path / "pruned", speed=False)
+    assert not (tmp_path / "pruned").exists() and not list(tmp_path.glob(".pruned*"))
+
+
+def test_calibrate_needs_a_structured_search(tmp_path):
+    result = _search(tmp_path, "FFPrune-Llama-Unstructured-v0")
+    with pytest.raises(ffenv.FFPruneError, match="structured"):
+        export_result(result, tmp_path / "pruned", calibrate=True, speed=False)
+
+
+def test_corrupt_or_foreign_folders_are_refused_in_one_line(tmp_path):
+    result = _search(tmp_path, "FFPrune-Llama-v0")
+    export_result(result, tmp_path / "pruned", speed=False)
+    weights = tmp_path / "pruned" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ffenv.FFPruneError, match="corrupt or incomplete"):
+        load_pruned(tmp_path / "pruned")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text("{}")
+    with pytest.raises(ffenv.FFPruneError, match="not an ffprune export"):
+        load_pruned(tmp_path / "plain")
+
+
+def test_export_reports_size_and_speed(tmp_path, capsys):
+    result = _search(tmp_path, "FFPrune-Llama-v0")
+    assert main(["export", str(result), "--out", str(tmp_path / "pruned")]) == 0
+    printed = capsys.readouterr().out
+    assert "forward tokens/s" in printed and "parameters" in printed
+    fig = read_export(tmp_path / "pruned")["figures"]
+    assert fig["tokens_per_s"]["dense"] > 0 and fig["tokens_per_s"]["pruned"] > 0
+    assert fig["params"]["pruned"] < fig["params"]["dense"]
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    assert "## Allocation" in card and "FFN sparsity" in card and "trust_remote_code=True" in card
