@@ -9,6 +9,7 @@ anything else is a bug and shows its traceback.
     ffprune search --env FFPrune-Llama-v0 --agent fastforward --budget 200 --out r.json
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama
     ffprune export r.json --out pruned/llama [--calibrate]
+    ffprune eval pruned/llama --tasks ffprune_nextline
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import torch
 
 import ffenv
 from ffenv.data import evaluation_windows
 from ffenv.errors import FFPruneError
 from ffenv.evaluation import perplexity
-from ffenv.models import BUNDLED_MODELS, bundled_card, load_model
+from ffenv.io import atomic_write_json
+from ffenv.models import BUNDLED_MODELS, bundled_card, load_model, weights_fingerprint
 from ffenv.speed import bench_env
+from ffenv.zeroshot import run_tasks
 from ffprune.agents.bench import run_bench
 from ffprune.agents.export import export_result
 from ffprune.agents.methods import METHODS
@@ -129,6 +133,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Zero-shot tasks (lm-evaluation-harness) on an exported, bundled, local or hub model."""
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = run_tasks(model, tokenizer, args.tasks, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                        num_fewshot=args.num_fewshot, include_path=args.include_path)
+    summary = {"model": args.model, "weights": weights_fingerprint(args.model), **summary}
+    for name, m in summary["tasks"].items():
+        acc = "n/a" if m.get("acc") is None else f"{m['acc']:.4f} ± {m.get('acc_stderr') or 0:.4f}"
+        norm = "n/a" if m.get("acc_norm") is None else f"{m['acc_norm']:.4f}"
+        print(f"{name}: acc {acc} | acc_norm {norm} | n {m.get('n')}")
+    if args.out:
+        atomic_write_json(args.out, summary)
+        print(f"written: {args.out}")
+    return 0
+
+
 @_command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
@@ -208,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speed", action="store_true", help="skip the dense vs pruned forward timing")
     p.add_argument("--dtype", help="storage dtype (float32, bfloat16, float16; default: the source checkpoint's when it "
                    "stores the pruned weights exactly, else the compute dtype)")
+    p = sub.add_parser("eval", help="zero-shot tasks (lm-evaluation-harness; pip install -e \".[eval]\") on a model")
+    p.add_argument("model", help="an `ffprune export` folder, a bundled name, a local checkpoint or a hub id")
+    p.add_argument("--tasks", default="ffprune_nextline", help="comma-separated lm-eval tasks (default: "
+                   "ffprune_nextline, built offline from the corpus; e.g. arc_easy,arc_challenge,hellaswag,piqa,winogrande)")
+    p.add_argument("--limit", type=int, help="first N documents of each task (default: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-path", help="folder of extra lm-eval task YAML files")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", help="write the summary JSON here")
     p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
     p.add_argument("--env", default="FFPrune-Llama-v0")
     p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")

@@ -9,6 +9,7 @@ Pipeline, one way: corpus (:mod:`ffenv.data`) â†’ model (:mod:`ffenv.models`) â†
 from ffenv.config import EnvConfig
 from ffenv.env import FFPruneEnv, clear_cache
 from ffenv.errors import FFPruneError
+from ffenv.export import load_pruned
 from ffenv.logger import SearchLogger
 from ffenv.projector import project_budget
 from ffenv.registration import env_ids, register_envs
@@ -16,6 +17,6 @@ from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 
 __version__ = "0.1.0"
 __all__ = ["EnvConfig", "FFPruneEnv", "FFPruneError", "CurriculumWrapper", "SearchAccounting", "SearchLogger",
-           "clear_cache", "project_budget", "env_ids", "register_envs", "__version__"]
+           "clear_cache", "load_pruned", "project_budget", "env_ids", "register_envs", "__version__"]
 
 register_envs()

@@ -165,3 +165,20 @@ def test_export_reports_size_and_speed(tmp_path, capsys):
     assert fig["params"]["pruned"] < fig["params"]["dense"]
     card = (tmp_path / "pruned" / "README.md").read_text()
     assert "## Allocation" in card and "FFN sparsity" in card and "trust_remote_code=True" in card
+
+
+def test_eval_runs_the_harness_on_an_exported_model(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    result = _search(tmp_path, "FFPrune-OPT-v0")
+    export_result(result, tmp_path / "pruned", speed=False)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["eval", str(tmp_path / "pruned"), "--tasks", "ffprune_nextline", "--limit", "20", "--threads", "1",
+                     "--out", str(tmp_path / "eval.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    task = summary["tasks"]["ffprune_nextline"]
+    assert task["n"] == 20 and 0 <= task["acc"] <= 1 and summary["weights"]
+    assert "ffprune_nextline: acc" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "pruned"), "--tasks", "no_such_task_xyz", "--limit", "2"]) == 2
