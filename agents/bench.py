@@ -76,15 +76,11 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any
     return cell
 
 
-def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = None, out: str | Path = "bench",
+def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = None, out: str | Path = "bench",
               target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
-              calib_alpha: float = 0.9, progress: bool = True, workers: int = 0,
-              ray_address: str | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Run (or resume) every (method, seed) cell; returns the finished cells per method.
-
-    ``workers=N`` runs the cells as Ray tasks (one CPU each, on a local Ray instance with N CPUs or on the
-    cluster at ``ray_address``); a task whose worker dies is retried once and resumes from its checkpoint.
-    """
+              calib_alpha: float = 0.9, progress: bool = True) -> list[dict[str, Any]]:
+    """The (method, seed) cells of one bench folder as :func:`run_cell` keyword arguments (settings checked,
+    ``<out>/config.json`` written)."""
     out = Path(out)
     positive_int("seeds", seeds)
     positive_int("budget", budget)
@@ -98,16 +94,31 @@ def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
         calibrate = False  # Calib compensates removed heads / neurons: structured only
     _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},
                         "weights": model_weights(env_id, env_kwargs)})
-    jobs = [{"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out, "target": target,
-             "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha,
-             "progress": progress and not workers} for method in methods for seed in range(seeds)]
-    if workers:
-        on_gpu = str((env_kwargs or {}).get("device", "cpu")).startswith("cuda")  # one model replica per GPU
-        done = run_on_ray(run_cell, jobs, workers, ray_address, progress, gpus_per_job=1 if on_gpu else 0)
-    else:
-        done = [run_cell(**job) for job in jobs]
+    return [{"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out, "target": target,
+             "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha, "progress": progress}
+            for method in methods for seed in range(seeds)]
+
+
+def run_jobs(jobs: list[dict[str, Any]], workers: int = 0, ray_address: str | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) cells: in this process, or as Ray tasks (one CPU each, one GPU each on CUDA) on a local
+    Ray instance with ``workers`` CPUs or on the cluster at ``ray_address``; a task whose worker dies is retried
+    once and resumes from its checkpoint."""
+    if not workers:
+        return [run_cell(**job) for job in jobs]
+    on_gpu = any(str((job["env_kwargs"] or {}).get("device", "cpu")).startswith("cuda") for job in jobs)
+    quiet = [{**job, "progress": False} for job in jobs]
+    return run_on_ray(run_cell, quiet, workers, ray_address, progress, gpus_per_job=1 if on_gpu else 0)
+
+
+def run_cells(env_id: str, budget: int, seeds: int, methods: list[str] | None = None, out: str | Path = "bench",
+              target: float | None = None, env_kwargs: dict[str, Any] | None = None, calibrate: bool = True,
+              calib_alpha: float = 0.9, progress: bool = True, workers: int = 0,
+              ray_address: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run (or resume) every (method, seed) cell (:func:`run_jobs`); returns the finished cells per method."""
+    jobs = cell_jobs(env_id, budget, seeds, methods, out, target, env_kwargs, calibrate, calib_alpha, progress)
     cells: dict[str, list[dict[str, Any]]] = {}
-    for job, cell in zip(jobs, done):
+    for job, cell in zip(jobs, run_jobs(jobs, workers, ray_address, progress)):
         cells.setdefault(job["method"], []).append(cell)
     return cells
 
@@ -286,9 +297,14 @@ def run_bench(env_id: str, budget: int, seeds: int = 3, methods: list[str] | Non
               calib_alpha: float = 0.9, progress: bool = True, workers: int = 0,
               ray_address: str | None = None) -> list[dict[str, Any]]:
     """Run/resume all cells (as Ray tasks with ``workers``), then write the tables and plots; returns the summary rows."""
-    out = Path(out)
     cells = run_cells(env_id, budget, seeds, methods, out, target, env_kwargs, calibrate, calib_alpha, progress,
                       workers, ray_address)
+    return write_outputs(Path(out), cells, env_id, budget, seeds)
+
+
+def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str, budget: int,
+                  seeds: int) -> list[dict[str, Any]]:
+    """``results.csv`` / ``results.md`` / ``curves.png`` / ``allocations.png`` of finished cells; the summary rows."""
     rows = summarize(cells)
     target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
     title = f"{env_id}, target {target_used:g}, budget {budget}, {seeds} seed(s)"

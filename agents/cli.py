@@ -36,6 +36,7 @@ from ffprune.agents.bench import run_bench
 from ffprune.agents.export import export_result
 from ffprune.agents.methods import METHODS
 from ffprune.agents.search import run_search
+from ffprune.agents.suite import SUITES, run_suite
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -154,17 +155,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 @_command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Every RL agent and baseline on one env; tables, plots and TensorBoard runs in one folder."""
+    """Every RL agent and baseline on one env (or every task of a suite); tables, plots and TensorBoard runs."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.suite:
+        if args.env is not None or args.target is not None:
+            raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
+        out = args.out or f"docs/results/{args.suite}"
+        try:
+            run_suite(args.suite, out, args.budget, args.seeds, methods, _env_kwargs(args, workers=False) or None,
+                      calibrate=not args.no_calibrate, workers=args.workers, ray_address=args.ray_address,
+                      progress=not args.quiet)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; run the same command again to resume (finished cells in {out}/<task>/cells are kept)")
+            return 130
+        print((Path(out) / "suite.md").read_text())
+        print(f"written: {out}/suite.md, suite.json, scores.csv, aggregate.png, profiles.png and one bench folder per task")
+        return 0
+    out = args.out or "bench"
     try:
-        run_bench(args.env, args.budget, args.seeds, methods, args.out, args.target, _env_kwargs(args, workers=False),
-                  calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha, progress=not args.quiet,
-                  workers=args.workers, ray_address=args.ray_address)
+        run_bench(args.env or "FFPrune-Llama-v0", args.budget or 200, args.seeds or 3, methods, out, args.target,
+                  _env_kwargs(args, workers=False), calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha,
+                  progress=not args.quiet, workers=args.workers, ray_address=args.ray_address)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out}/cells are kept)")
+        print(f"\ninterrupted; run the same command again to resume (finished cells in {out}/cells are kept)")
         return 130
-    print((Path(args.out) / "results.md").read_text())
-    print(f"written: {args.out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {args.out}/tb")
+    print((Path(out) / "results.md").read_text())
+    print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
     return 0
 
 
@@ -244,13 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", help="write the summary JSON here")
-    p = sub.add_parser("bench", help="all agents and baselines on one env: tables, plots, TensorBoard")
-    p.add_argument("--env", default="FFPrune-Llama-v0")
-    p.add_argument("--budget", type=int, default=200, help="episodes per search (heuristics use one)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per method")
+    p = sub.add_parser("bench", help="all agents and baselines on one env (or a suite): tables, plots, TensorBoard")
+    p.add_argument("--env", help="the env (default FFPrune-Llama-v0)")
+    p.add_argument("--suite", choices=sorted(SUITES), help="run every task of a benchmark suite instead of one env "
+                   "(default --out docs/results/<suite>; its own budget and seeds unless given)")
+    p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
+    p.add_argument("--seeds", type=int, help="seeds 0..K-1 per method (default 3, or the suite's)")
     p.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)} (default: all that fit the env's mode)")
     p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
-    p.add_argument("--out", default="bench", help="output folder (resumes what is already there)")
+    p.add_argument("--out", help="output folder (resumes what is already there; default bench)")
     p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
     p.add_argument("--calib-alpha", type=float, default=0.9, help="ridge penalty of the calibration")
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env kwarg")

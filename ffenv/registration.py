@@ -19,16 +19,20 @@ STRUCTURED_TARGET = 0.3
 UNSTRUCTURED_TARGET = 0.7
 
 
+#: (id suffix, mode, target): the two defaults and the benchmark suite's half-sparsity structured task
+VARIANTS = (("", "structured", STRUCTURED_TARGET), ("-Unstructured", "unstructured", UNSTRUCTURED_TARGET),
+            ("-Structured50", "structured", 0.5))
+
+
 def env_ids() -> list[str]:
     """All ids this package registers."""
-    return [f"FFPrune-{fam}{suffix}-v0" for suffix in ("", "-Unstructured") for fam in FAMILIES]
+    return [f"FFPrune-{fam}{suffix}-v0" for suffix, _mode, _target in VARIANTS for fam in FAMILIES]
 
 
 def register_envs() -> None:
-    """Register the structured and unstructured ids for each bundled family (idempotent)."""
+    """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family (idempotent)."""
     for family, model in FAMILIES.items():
-        for suffix, mode, target in (("", "structured", STRUCTURED_TARGET),
-                                     ("-Unstructured", "unstructured", UNSTRUCTURED_TARGET)):
+        for suffix, mode, target in VARIANTS:
             env_id = f"FFPrune-{family}{suffix}-v0"
             if env_id in gym.registry:
                 continue

@@ -32,13 +32,14 @@ def test_registered_ids_pass_checkers(env_id):
     structured = "Unstructured" not in env_id
     assert u.n_units == (2 if structured else 1) * u.n_blocks
     assert env.observation_space.shape == (1 + u.n_units * len(UNIT_FEATURES),)
-    assert u.target_sparsity == (0.3 if structured else 0.7)
+    assert u.target_sparsity == (0.7 if not structured else 0.5 if "Structured50" in env_id else 0.3)
 
 
-def test_all_six_ids_registered():
+def test_all_nine_ids_registered():
     assert set(ffenv.env_ids()) == {
         "FFPrune-Llama-v0", "FFPrune-Mistral-v0", "FFPrune-OPT-v0",
         "FFPrune-Llama-Unstructured-v0", "FFPrune-Mistral-Unstructured-v0", "FFPrune-OPT-Unstructured-v0",
+        "FFPrune-Llama-Structured50-v0", "FFPrune-Mistral-Structured50-v0", "FFPrune-OPT-Structured50-v0",
     }
     for env_id in ffenv.env_ids():
         assert env_id in gym.registry

@@ -134,7 +134,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                          "evaluations": cost["evaluations"], "tokens": cost["tokens"],
                          "seconds": cost["seconds"]}
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
-                 "target": float(info["target_sparsity"]), "evaluations": cost["evaluations"],
+                 "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
+                 "action": np.asarray(action, np.float32).tolist(), "evaluations": cost["evaluations"],
                  "tokens": cost["tokens"], "seconds": cost["seconds"],
                  "best_reward": self.best["reward"] if self.best else float("nan"),
                  "best_ppl": self.best["ppl"] if self.best else float("nan")}
