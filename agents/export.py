@@ -27,7 +27,8 @@ RELOAD_RTOL = 1e-4
 #: ... when the storage dtype rounds weights (e.g. calibrated float32 weights stored as float16)
 LOSSY_RTOL = 1e-2
 #: windows of the speed measurement (one batch at the env's ``seq_len``)
-SPEED_BATCH = 8
+SPEED_BATCH = 16
+SPEED_REPEATS = 9
 
 
 def _read_result(path: Path) -> dict[str, Any]:
@@ -99,9 +100,10 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     }
     if speed:
         batch = tokens[:SPEED_BATCH]
-        dense_tps, pruned_tps = (forward_tokens_per_second(m, batch) for m in (base.model, model))
+        dense_tps, pruned_tps = (forward_tokens_per_second(m, batch, repeats=SPEED_REPEATS) for m in (base.model, model))
         figures["tokens_per_s"] = {"dense": round(dense_tps, 1), "pruned": round(pruned_tps, 1)}
-        figures["speed_setup"] = (f"one forward of {batch.shape[0]} x {batch.shape[1]} tokens (logits included), median of 5, "
+        figures["speed_setup"] = (f"one forward of {batch.shape[0]} x {batch.shape[1]} tokens (logits included), "
+                                  f"median of {SPEED_REPEATS}, "
                                   f"{base.model.device}, {torch.get_num_threads()} threads, measured at export")
     model.to(storage)  # after the timing, which runs in the compute dtype
     structured = base.config.mode == "structured"
