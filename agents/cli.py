@@ -173,7 +173,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     out = args.out or "bench"
     try:
-        run_bench(args.env or "FFPrune-Llama-v0", args.budget or 200, args.seeds or 3, methods, out, args.target,
+        run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
+                  3 if args.seeds is None else args.seeds, methods, out, args.target,
                   _env_kwargs(args, workers=False), calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha,
                   progress=not args.quiet, workers=args.workers, ray_address=args.ray_address)
     except KeyboardInterrupt:

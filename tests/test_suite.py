@@ -27,6 +27,8 @@ def test_core_suite_is_nine_registered_tasks():
         for mode, t in (("structured", 0.3), ("structured", 0.5), ("unstructured", 0.7))}
     with pytest.raises(FFPruneError, match="suite must be one of"):
         get_suite("nope")
+    assert main(["bench", "--suite", "core", "--seeds", "0", "--quiet"]) == 2  # refused before any work
+    assert main(["bench", "--suite", "core", "--budget", "0", "--quiet"]) == 2
 
 
 def test_normalised_score():
