@@ -157,31 +157,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Every RL agent and baseline on one env (or every task of a suite); tables, plots and TensorBoard runs."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.suite and (args.env is not None or args.target is not None):
+        raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
+    out = args.out or (f"docs/results/{args.suite}" if args.suite else "bench")
+    kwargs = {"calibrate": not args.no_calibrate, "calib_alpha": args.calib_alpha, "workers": args.workers,
+              "ray_address": args.ray_address, "progress": not args.quiet}
+    try:
+        if args.suite:
+            run_suite(args.suite, out, args.budget, args.seeds, methods, _env_kwargs(args, workers=False) or None, **kwargs)
+        else:
+            run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
+                      3 if args.seeds is None else args.seeds, methods, out, args.target, _env_kwargs(args, workers=False),
+                      **kwargs)
+    except KeyboardInterrupt:
+        cells = f"{out}/<task>/cells" if args.suite else f"{out}/cells"
+        print(f"\ninterrupted; run the same command again to resume (finished cells in {cells} are kept)")
+        return 130
     if args.suite:
-        if args.env is not None or args.target is not None:
-            raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
-        out = args.out or f"docs/results/{args.suite}"
-        try:
-            run_suite(args.suite, out, args.budget, args.seeds, methods, _env_kwargs(args, workers=False) or None,
-                      calibrate=not args.no_calibrate, workers=args.workers, ray_address=args.ray_address,
-                      progress=not args.quiet)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted; run the same command again to resume (finished cells in {out}/<task>/cells are kept)")
-            return 130
         print((Path(out) / "suite.md").read_text())
         print(f"written: {out}/suite.md, suite.json, scores.csv, aggregate.png, profiles.png and one bench folder per task")
-        return 0
-    out = args.out or "bench"
-    try:
-        run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
-                  3 if args.seeds is None else args.seeds, methods, out, args.target,
-                  _env_kwargs(args, workers=False), calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha,
-                  progress=not args.quiet, workers=args.workers, ray_address=args.ray_address)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume (finished cells in {out}/cells are kept)")
-        return 130
-    print((Path(out) / "results.md").read_text())
-    print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
+    else:
+        print((Path(out) / "results.md").read_text())
+        print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
     return 0
 
 

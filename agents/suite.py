@@ -92,8 +92,8 @@ def get_suite(name: str) -> Suite:
 
 def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
               seeds: int | None = None, methods: list[str] | None = None, env_kwargs: dict[str, Any] | None = None,
-              calibrate: bool = True, workers: int = 0, ray_address: str | None = None, progress: bool = True,
-              agreement_points: int = 24, reps: int = 2000) -> dict[str, Any]:
+              calibrate: bool = True, calib_alpha: float = 0.9, workers: int = 0, ray_address: str | None = None,
+              progress: bool = True, agreement_points: int = 24, reps: int = 2000) -> dict[str, Any]:
     """Run (or resume) every cell of a suite, then write the per-task outputs and the suite's analysis.
 
     ``budget`` / ``seeds`` default to the suite's own; ``methods`` to every method that fits each task's mode
@@ -110,7 +110,7 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
         chosen = None if methods is None else [m for m in dict.fromkeys([REFERENCE, *methods])
                                                if m not in ("uniform-split", "flap") or mode == "structured"]
         for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, calibrate,
-                             progress=progress):
+                             calib_alpha, progress):
             jobs.append(job)
             owner.append(task.name)
     done = run_jobs(jobs, workers, ray_address, progress)
