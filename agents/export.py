@@ -76,7 +76,16 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     out = check_new_dir(out, force)
     env_kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in ("workers", "ray_address")}
     env = gym.make(result["env_id"], **env_kwargs)
-    base = env.unwrapped
+    try:
+        _export(env.unwrapped, result, result_path, out, calibrate, calib_alpha, force, speed, dtype)
+    finally:
+        env.close()
+    return read_export(out)
+
+
+def _export(base: Any, result: dict[str, Any], result_path: Path, out: Path, calibrate: bool, calib_alpha: float | None,
+            force: bool, speed: bool, dtype: str | None) -> None:
+    """:func:`export_result` on the env ``base`` built from the result's settings."""
     if base.weights != result.get("weights"):
         raise FFPruneError(f"{str(result_path)!r} was searched on other weights of {base.config.model!r} "
                            f"({result.get('weights')}, now {base.weights}); search again on these weights")
@@ -131,5 +140,4 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
         return {"eval_ppl": ppl, "relative_difference": abs(ppl / expected["ppl"] - 1)}
 
     save_pruned(model, base.tokenizer, out, info, force=force, check=check)
-    env.close()
-    return read_export(out)
+
