@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -21,6 +20,7 @@ from ffenv.evaluation import perplexity
 from ffenv.export import forward_tokens_per_second, layer_widths, load_pruned, matmul_params, read_export, save_pruned
 from ffenv.io import check_new_dir, read_json, versions
 from ffenv.models import resolve_dtype, stored_dtype
+from ffprune.agents.search import result_env
 
 #: relative perplexity agreement required between the reloaded export and ``env.evaluate``
 RELOAD_RTOL = 1e-4
@@ -74,8 +74,7 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     result_path = Path(result_path)
     result = _read_result(result_path)
     out = check_new_dir(out, force)
-    env_kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in ("workers", "ray_address")}
-    env = gym.make(result["env_id"], **env_kwargs)
+    env = result_env(result)
     try:
         _export(env.unwrapped, result, result_path, out, calibrate, calib_alpha, force, speed, dtype)
     finally:

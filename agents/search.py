@@ -24,6 +24,7 @@ from ffenv.errors import FFPruneError, positive_int, unit_interval
 from ffenv.io import atomic_write_json, check_writable, read_json, versions
 from ffenv.logger import SearchLogger
 from ffenv.models import weights_fingerprint
+from ffenv.ray_evaluator import WORKER_FIELDS
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffprune.agents.methods import METHODS, RunContext, get_method
 
@@ -41,6 +42,13 @@ def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None 
         warmup = max(1, int(round(warmup_fraction * budget)))
         env = CurriculumWrapper(env, warmup_episodes=warmup, **(curriculum_kwargs or {}))
     return env
+
+
+def result_env(result: dict[str, Any]) -> gym.Env:
+    """An in-process env with a finished search's settings (``env_id`` + ``env_kwargs``), for scoring its
+    allocations again: the population workers (:data:`~ffenv.ray_evaluator.WORKER_FIELDS`) are left out."""
+    kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in WORKER_FIELDS}
+    return gym.make(result["env_id"], **kwargs)
 
 
 def model_weights(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:

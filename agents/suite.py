@@ -44,6 +44,7 @@ from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_js
 from ffenv.registration import FAMILIES
 from ffprune.agents.bench import cell_jobs, cost_to_reach, run_jobs, write_outputs
 from ffprune.agents.rlstats import iqm, performance_profile, probability_of_improvement, spearman, stratified_bootstrap_ci
+from ffprune.agents.search import result_env
 
 REFERENCE = "uniform"
 AGENT = "fastforward"
@@ -235,7 +236,7 @@ def reward_heldout_agreement(suite: Suite, cells: dict[str, dict[str, list[dict[
             if cached.get("key") == key:
                 result[task.name] = cached["result"]
                 continue
-        env = gym.make(cell["env_id"], **{k: v for k, v in cell["env_kwargs"].items() if k not in ("workers", "ray_address")})
+        env = result_env(cell)
         held_out = [env.unwrapped.evaluate(np.asarray(h["action"], np.float32), split="eval")["ppl"] for h in picks]
         env.close()
         rho = spearman(np.array([h["reward"] for h in picks]), -np.array(held_out))
