@@ -36,7 +36,7 @@ from ffprune.agents.bench import run_bench
 from ffprune.agents.export import export_result
 from ffprune.agents.methods import METHODS
 from ffprune.agents.search import run_search
-from ffprune.agents.suite import SUITES, run_suite
+from ffprune.agents.suite import SUITES, check_readme, run_suite, update_readme
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -159,6 +159,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if args.suite and (args.env is not None or args.target is not None):
         raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
+    if args.readme is not None and not args.suite:
+        raise FFPruneError("--readme writes a suite's section; it needs --suite")
+    if args.readme is not None:
+        check_readme(args.readme, args.suite)  # before hours of search, not after
     out = args.out or (f"docs/results/{args.suite}" if args.suite else "bench")
     kwargs = {"calibrate": not args.no_calibrate, "calib_alpha": args.calib_alpha, "workers": args.workers,
               "ray_address": args.ray_address, "progress": not args.quiet}
@@ -175,6 +179,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 130
     if args.suite:
         print((Path(out) / "suite.md").read_text())
+        if args.readme is not None:
+            update_readme(args.readme, out, args.suite)
+            print(f"updated: the suite:{args.suite} section of {args.readme}")
         print(f"written: {out}/suite.md, suite.json, scores.csv, aggregate.png, profiles.png and one bench folder per task")
     else:
         print((Path(out) / "results.md").read_text())
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", help="the env (default FFPrune-Llama-v0)")
     p.add_argument("--suite", choices=sorted(SUITES), help="run every task of a benchmark suite instead of one env "
                    "(default --out docs/results/<suite>; its own budget and seeds unless given)")
+    p.add_argument("--readme", help="with --suite: rewrite this file's '<!-- suite:NAME -->' section from the results")
     p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
     p.add_argument("--seeds", type=int, help="seeds 0..K-1 per method (default 3, or the suite's)")
     p.add_argument("--methods", help=f"comma-separated subset of {list(METHODS)} (default: all that fit the env's mode)")

@@ -238,3 +238,19 @@ def test_sb3_on_a_population_keeps_the_same_budget_accounting(tmp_path, agent, k
     assert r["cost"]["episodes"] == 10 and len(r["history"]) == 10 and r["cost"]["evaluations"] >= 10
     assert r["agent_config"]["n_envs"] == kwargs["n_envs"] and r["best"]["sparsity"] == pytest.approx(0.3, abs=0.01)
     assert [h["episode"] for h in r["history"]] == list(range(1, 11))
+
+
+def test_fastforward_defaults_explore_inside_the_action_box():
+    """The default policy's samples stay mostly inside [-1, 1] (the paper's std 1 clips about a third of them,
+    and a clipped coordinate carries no information about where inside the range it should be)."""
+    import torch
+
+    from ffprune.agents.fastforward import FastForwardConfig, Policy
+
+    cfg = FastForwardConfig()
+    torch.manual_seed(0)
+    policy = Policy(4, 16, cfg.hidden, cfg.init_std)
+    with torch.no_grad():
+        samples = policy.dist(torch.zeros(4000, 4)).sample()
+    assert 0.02 < (samples.abs() > 1).float().mean().item() < 0.08  # std 0.5: P(|z| > 2) = 4.6 %
+    assert cfg.batch_episodes * 12 <= 100  # a budget-100 search (the core suite's) gets a dozen PPO updates

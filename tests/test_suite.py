@@ -10,7 +10,7 @@ import pytest
 
 from ffenv.errors import FFPruneError
 from ffprune.agents.cli import main
-from ffprune.agents.suite import SUITES, analyse, get_suite, normalised, run_suite
+from ffprune.agents.suite import SUITES, analyse, check_readme, get_suite, normalised, run_suite, update_readme
 
 SMALL = {"reward_samples": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
 
@@ -84,3 +84,27 @@ def test_analysis_needs_the_reference():
     suite = get_suite("core")
     with pytest.raises(FFPruneError, match="uniform"):
         analyse(suite, {t.name: {"random": []} for t in suite.tasks}, 3, 1)
+
+
+def test_readme_section_is_rewritten_from_the_results(tmp_path):
+    out = tmp_path / "docs" / "results" / "core"
+    out.mkdir(parents=True)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- suite:core -->\nold table\n<!-- /suite:core -->\n\nafter\n")
+    with pytest.raises(FFPruneError, match="suite.md"):
+        update_readme(readme, out)  # nothing measured yet
+    (out / "suite.md").write_text("| method | IQM |\n|---|---|\n| fastforward | 0.5 |\n")
+    update_readme(readme, out)
+    text = readme.read_text()
+    assert "old table" not in text and "| fastforward | 0.5 |" in text and text.endswith("\n\nafter\n")
+    assert "](docs/results/core/aggregate.png)" in text
+    update_readme(readme, out)  # idempotent: the generated section is found again by its markers
+    assert readme.read_text() == text
+    with pytest.raises(FFPruneError, match="exactly one section"):
+        check_readme(tmp_path / "README.md", "other")
+    (tmp_path / "two.md").write_text(text + text)
+    with pytest.raises(FFPruneError, match="exactly one section"):
+        update_readme(tmp_path / "two.md", out)
+    with pytest.raises(FFPruneError, match="not a file"):
+        check_readme(tmp_path / "missing.md")
+    assert main(["bench", "--env", "FFPrune-Llama-v0", "--readme", str(readme)]) == 2  # --readme needs --suite
