@@ -61,6 +61,9 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     p = analysis["improvement"]["plain"]["random"]
     assert 0.0 <= p["ci"][0] <= p["p"] <= p["ci"][1] <= 1.0 and p["tasks"] == 9
     assert set(analysis["agreement"]) == set(tasks)
+    across = analysis["agreement_across_cells"]
+    assert set(across) == set(tasks) and all(-1 <= a["spearman"] <= 1 and a["cells"] >= 2 for a in across.values())
+    assert all(r["reward_ppl"] > 0 for r in rows)
     assert all(-1 <= a["spearman"] <= 1 or np.isnan(a["spearman"]) for a in analysis["agreement"].values())
     for f in ("suite.md", "suite.json", "scores.csv", "aggregate.png", "profiles.png"):
         assert (out / f).exists()
