@@ -85,13 +85,32 @@ def alphapruning_sparsities(alphas: np.ndarray, target: float, sizes: np.ndarray
     _check(target, sizes, a, "alphas")
     if not 0.0 <= eps < 1.0:
         raise FFPruneError(f"eps must be in [0, 1), got {eps}")
-    spread = a.max() - a.min()
-    unit = np.full_like(a, 0.5) if spread == 0 else (a - a.min()) / spread
+    unit = _alpha_unit(a)
     s = target * (1.0 - eps + 2.0 * eps * unit)
     s *= target * sizes.sum() / (s @ sizes)
     if np.any(s > 1):
-        raise FFPruneError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1")
+        raise FFPruneError(f"eps={eps} is too large for target={target}: a sparsity exceeds 1 "
+                           f"(the largest that fits is {alphapruning_max_eps(a, target, sizes):.4g})")
     return s
+
+
+def _alpha_unit(a: np.ndarray) -> np.ndarray:
+    spread = a.max() - a.min()
+    return np.full_like(a, 0.5) if spread == 0 else (a - a.min()) / spread
+
+
+def alphapruning_max_eps(alphas: np.ndarray, target: float, sizes: np.ndarray | None = None) -> float:
+    """The largest ``eps`` for which :func:`alphapruning_sparsities` keeps every sparsity <= 1 (``inf``: any).
+
+    After the rescale to the target the heaviest-pruned block gets ``target·(1+ε) / (1-ε+2ε·m)`` with ``m`` the
+    size-weighted mean of the min-max normalised α, so ``ε <= (1-target) / (1+target-2m)``.
+    """
+    a = np.asarray(alphas, np.float64)
+    sizes = np.ones_like(a) if sizes is None else np.asarray(sizes, np.float64)
+    _check(target, sizes, a, "alphas")
+    m = float(_alpha_unit(a) @ sizes / sizes.sum())
+    denom = 1.0 + target - 2.0 * m
+    return float("inf") if denom <= 0 else float((1.0 - target) / denom)
 
 
 def flap_sparsities(scores: list[np.ndarray], kinds: list[str], granule_params: np.ndarray, target: float,

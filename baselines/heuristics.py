@@ -1,6 +1,6 @@
 """Heuristic allocations computed from an env's public API: the statistics each allocator needs.
 
-:func:`heuristic_sparsities` returns per-unit sparsities for ``uniform``, ``owl``, ``alphapruning``
+The ``*_allocation`` functions return per-unit sparsities for ``uniform``, ``owl``, ``alphapruning``
 (both modes; a block's units share its sparsity) and ``flap`` (structured only). The formulas live
 in :mod:`baselines.allocators`; this module only gathers their inputs (the observation's outlier
 ratios, the weights' spectra, one calibration pass for FLAP's fluctuation).
@@ -18,6 +18,7 @@ from ffenv.errors import FFPruneError
 from ffenv.importance import collect_input_moments
 from ffenv.projector import keep_to_raw, project_budget
 from ffprune.baselines.allocators import (
+    alphapruning_max_eps,
     alphapruning_sparsities,
     flap_sparsities,
     hill_alpha,
@@ -82,11 +83,22 @@ def owl_allocation(env: gym.Env, **params: Any) -> np.ndarray:
     return _per_unit(env, owl_sparsities(per_block, u.target_sparsity, _block_sizes(env), **params))
 
 
-def alphapruning_allocation(env: gym.Env, **params: Any) -> np.ndarray:
-    """AlphaPruning from each block's mean Hill ``α`` (``params``: :func:`alphapruning_sparsities`' ``eps``)."""
+def alphapruning_allocation(env: gym.Env, eps: float = 0.3, fit_eps: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """AlphaPruning from each block's mean Hill ``α``, and the ``eps`` it used.
+
+    ``eps`` (the authors' 0.3) spreads the block sparsities over ``[1-ε, 1+ε]·target`` before the rescale to
+    the target; at high targets that can put a block above sparsity 1. With ``fit_eps`` the largest ``eps``
+    that fits (:func:`alphapruning_max_eps`) is used instead — the authors choose ε per model — and the
+    result says so (``eps`` used, ``eps_requested``); without it such a target is an error.
+    """
     u = env.unwrapped
     alphas = np.array([np.mean([hill_alpha(lin.weight) for lin in b.linears.values()]) for b in u.blocks])
-    return _per_unit(env, alphapruning_sparsities(alphas, u.target_sparsity, _block_sizes(env), **params))
+    sizes = _block_sizes(env)
+    used = eps
+    if fit_eps and 0.0 <= eps < 1.0:
+        used = min(eps, alphapruning_max_eps(alphas, u.target_sparsity, sizes) * (1.0 - 1e-9))
+    sparsities = alphapruning_sparsities(alphas, u.target_sparsity, sizes, eps=used)
+    return _per_unit(env, sparsities), {"eps": used, "eps_requested": eps}
 
 
 def flap_allocation(env: gym.Env, **params: Any) -> np.ndarray:

@@ -33,14 +33,16 @@ from ffprune.baselines.heuristics import within_keep_bounds
 
 def heuristic(env: SearchAccounting, allocate: Callable[..., np.ndarray], seed: int = 0,
               **params: Any) -> dict[str, Any]:
-    """One evaluation of the allocation ``allocate(env, **params)`` (a :mod:`~ffprune.baselines.heuristics` function)."""
+    """One evaluation of the allocation ``allocate(env, **params)`` (a :mod:`~ffprune.baselines.heuristics` function;
+    it returns per-unit sparsities, or ``(sparsities, info)`` whose ``info`` goes into the result)."""
     base = env.unwrapped
-    sparsity = allocate(env, **params)
+    allocated = allocate(env, **params)
+    sparsity, info = allocated if isinstance(allocated, tuple) else (allocated, {})
     runnable = within_keep_bounds(env, sparsity)
     env.reset(seed=seed)
     env.step(base.action_from_sparsities(runnable))
     return {"heuristic_sparsity": sparsity.tolist(), "params": params,
-            "projected_to_keep_bounds": bool(not np.allclose(runnable, sparsity, rtol=0, atol=1e-12))}
+            "projected_to_keep_bounds": bool(not np.allclose(runnable, sparsity, rtol=0, atol=1e-12)), **info}
 
 
 def uniform_split(env: SearchAccounting, seed: int = 0) -> dict[str, Any]:

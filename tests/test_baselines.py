@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ffprune.baselines.allocators import (
+    alphapruning_max_eps,
     alphapruning_sparsities,
     flap_sparsities,
     hill_alpha,
@@ -50,6 +51,33 @@ def test_alphapruning_bounds():
         alphapruning_sparsities(np.array([2.0, 3.0]), 0.9, eps=0.3)
     with pytest.raises(ValueError, match="eps"):
         alphapruning_sparsities(np.array([2.0, 3.0]), 0.5, eps=1.5)
+
+
+def test_alphapruning_max_eps_is_where_a_sparsity_reaches_one():
+    alphas, sizes = np.array([2.0, 2.2, 2.1, 4.5]), np.array([5.0, 5.0, 5.0, 1.0])
+    bound = alphapruning_max_eps(alphas, 0.7, sizes)
+    assert 0 < bound < 0.3  # the authors' eps does not fit here
+    assert alphapruning_sparsities(alphas, 0.7, sizes, eps=bound * (1 - 1e-9)).max() <= 1.0
+    assert alphapruning_sparsities(alphas, 0.7, sizes, eps=bound * (1 - 1e-6)).max() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match=f"largest that fits is {bound:.4g}"):
+        alphapruning_sparsities(alphas, 0.7, sizes, eps=bound * 1.001)
+    assert alphapruning_max_eps(np.array([4.0, 2.0]), 0.5, np.array([100.0, 1.0])) == float("inf")  # m > (1+t)/2
+
+
+def test_alphapruning_allocation_fits_eps_and_says_so():
+    import gymnasium as gym
+
+    from ffprune.baselines.heuristics import alphapruning_allocation
+
+    env = gym.make("FFPrune-Mistral-Unstructured-v0", reward_samples=2, calib_samples=8)
+    env.reset(seed=0)
+    u = env.unwrapped
+    s, info = alphapruning_allocation(env)
+    assert info["eps_requested"] == 0.3 and 0 < info["eps"] < 0.3  # tiny-mistral at 0.7 needs a smaller eps
+    assert s.max() <= 1.0 and s @ u.sizes / u.sizes.sum() == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="too large for target=0.7"):
+        alphapruning_allocation(env, fit_eps=False)
+    env.close()
 
 
 def test_hill_alpha_recovers_a_power_law():
@@ -119,6 +147,9 @@ def test_allocations_go_through_the_env_unchanged(method):
     u = env.unwrapped
     assert METHODS[method].heuristic
     s = getattr(heuristics, f"{method}_allocation")(env)
+    if method == "alphapruning":
+        s, info = s
+        assert info == {"eps": 0.3, "eps_requested": 0.3}  # fits at 0.7 on tiny-llama: used as asked
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
     runnable = within_keep_bounds(env, s)
     assert runnable @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity)
