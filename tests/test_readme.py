@@ -33,3 +33,11 @@ def test_readme_own_optimiser_is_short_and_runs(tmp_path, monkeypatch, capsys):
     tags = set(acc.Tags()["scalars"])
     assert {"by_evaluations/best_reward", "by_tokens/reward", "by_wall_ms/ppl"} <= tags
     assert [e.step for e in acc.Scalars("by_evaluations/reward")] == [1, 2, 3, 4]
+
+
+def test_readme_suite_section_is_the_generated_one():
+    """The README's suite results are `ffprune bench --suite core --readme README.md`'s output, not hand edits."""
+    from ffprune.agents.suite import check_readme, readme_block
+
+    text, pattern = check_readme(README, "core")
+    assert pattern.search(text).group(0) == readme_block(README.parent / "docs" / "results" / "core", README, "core")
