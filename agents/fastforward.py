@@ -64,7 +64,7 @@ class FastForwardConfig:
     init_std: float = 0.5
     """Initial standard deviation of the Gaussian policy (state-independent, learned). The paper's 1.0 sends a
     third of the sampled coordinates past the ``[-1, 1]`` bounds (clipped: a search that is mostly random);
-    0.5 clips about 5 %; 0.3 explored too little (README, "FastForward at small budgets")."""
+    0.5 clips about 5 %; 0.3 explored too little (``docs/results/fastforward-budget100/README.md``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the result (not used by the algorithm)."""
 

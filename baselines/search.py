@@ -31,7 +31,7 @@ from ffenv.wrappers import SearchAccounting
 from ffprune.baselines.heuristics import within_keep_bounds
 
 
-def heuristic(env: SearchAccounting, allocate: Callable[..., np.ndarray], seed: int = 0,
+def heuristic(env: SearchAccounting, allocate: Callable[..., Any], seed: int = 0,
               **params: Any) -> dict[str, Any]:
     """One evaluation of the allocation ``allocate(env, **params)`` (a :mod:`~ffprune.baselines.heuristics` function;
     it returns per-unit sparsities, or ``(sparsities, info)`` whose ``info`` goes into the result)."""
