@@ -3,7 +3,8 @@
 With one-step episodes, discounting and bootstrapping play no part, so the settings that matter are
 those that make the agent *learn within a few hundred episodes*:
 
-* PPO: ``n_steps=16`` episodes per rollout, one minibatch of 16, 10 epochs (as the FastForward agent);
+* PPO: ``n_steps=16`` episodes per rollout, one minibatch of 16, 10 epochs (the paper's FastForward settings;
+  the FastForward agent now defaults to 8 episodes per update, lr 1e-3, std 0.5 for budgets near 100);
 * SAC: ``learning_starts=32``, a replay buffer as large as the budget, one gradient step per episode;
 * others (A2C, TD3, DDPG...): SB3 defaults with ``n_steps`` / ``learning_starts`` scaled the same way.
 
