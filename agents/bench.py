@@ -37,7 +37,7 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ffenv.ray_evaluator import run_on_ray
 from ffprune.agents.methods import get_method, methods_for
-from ffprune.agents.search import calibrated_eval_ppl, make_search_env, model_weights, run_search
+from ffprune.agents.search import calibrated_eval_ppl, model_weights, result_env, run_search
 
 
 def cell_path(out: Path, method: str, seed: int) -> Path:
@@ -69,8 +69,11 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float) -> dict[str, Any
             best["eval_ppl_calib"], best["calib_alpha"] = done["best"]["eval_ppl_calib"], alpha
             atomic_write_json(path, cell)
             return cell
-    env = make_search_env(cell["env_id"], 1, cell["env_kwargs"], curriculum=False)
-    best["eval_ppl_calib"] = calibrated_eval_ppl(env, best["action"], cell["env_kwargs"]["target_sparsity"], alpha)
+    env = result_env(cell)  # in-process: one evaluation needs no population workers
+    try:
+        best["eval_ppl_calib"] = calibrated_eval_ppl(env, best["action"], cell["env_kwargs"]["target_sparsity"], alpha)
+    finally:
+        env.close()
     best["calib_alpha"] = alpha
     atomic_write_json(path, cell)
     return cell
