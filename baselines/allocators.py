@@ -2,7 +2,7 @@
 
 Pure functions of precomputed statistics. Uniform, OWL and AlphaPruning return per-block sparsities
 whose parameter-weighted mean is exactly the target, so they go through
-:meth:`ffenv.env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged while they stay
+:meth:`ffenv.envs.prune_env.FFPruneEnv.action_from_sparsities` and the env's projector unchanged while they stay
 within the env's keep bounds (beyond them, :func:`ffprune.baselines.heuristics.within_keep_bounds` clips them and
 lets the env's projector re-balance, as for any action); FLAP returns
 per-unit sparsities within half a granule of the target (the projector then meets it exactly).

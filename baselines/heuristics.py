@@ -13,10 +13,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ffenv.env import UNIT_FEATURES
+from ffenv.envs.prune_env import UNIT_FEATURES
 from ffenv.errors import FFPruneError
-from ffenv.importance import collect_input_moments
-from ffenv.projector import keep_to_raw, project_budget
+from ffenv.pruning.importance import collect_input_moments
+from ffenv.pruning.projector import keep_to_raw, project_budget
 from ffprune.baselines.allocators import (
     alphapruning_max_eps,
     alphapruning_sparsities,

@@ -16,7 +16,7 @@ Populations (the sweep, a batch of random actions, the offspring) are evaluated 
 
 Each function takes the search's :class:`~ffenv.wrappers.SearchAccounting` (budget, best allocation), a
 seed and its own parameters, stops when the budget is spent and returns its statistics; the best
-allocation is in ``env.best``. :mod:`ffprune.agents.methods` registers them by name.
+allocation is in ``env.best``. :mod:`ffprune.agents.methods.registry` registers them by name.
 """
 
 from __future__ import annotations

@@ -1,19 +1,19 @@
 """ffenv: layer-wise LLM pruning allocation as a gymnasium environment (FastForward Pruning).
 
-Pipeline, one way: corpus (:mod:`ffenv.data`) → model (:mod:`ffenv.models`) → importance, once
-(:mod:`ffenv.importance`) → budget projector (:mod:`ffenv.projector`) → pruning (:mod:`ffenv.pruning`)
-→ evaluation (:mod:`ffenv.evaluation`) → reward (:mod:`ffenv.env`). Searches wrap the env with
-:mod:`ffenv.wrappers` (curriculum, search accounting) and log with :class:`ffenv.logger.SearchLogger`.
+Pipeline, one way: corpus (:mod:`ffenv.lm.data`) → model (:mod:`ffenv.lm.models`) → importance, once
+(:mod:`ffenv.pruning.importance`) → budget projector (:mod:`ffenv.pruning.projector`) → pruning (:mod:`ffenv.pruning.engines`)
+→ evaluation (:mod:`ffenv.lm.perplexity`) → reward (:mod:`ffenv.envs.prune_env`). Searches wrap the env with
+:mod:`ffenv.wrappers` (curriculum, search accounting) and log with :class:`ffenv.wrappers.logger.SearchLogger`.
 """
 
 from ffenv.config import EnvConfig
-from ffenv.env import FFPruneEnv, clear_cache
+from ffenv.envs.prune_env import FFPruneEnv, clear_cache
 from ffenv.errors import FFPruneError
-from ffenv.export import load_pruned
-from ffenv.logger import SearchLogger
-from ffenv.projector import project_budget
+from ffenv.lm.models import load_pruned
+from ffenv.pruning.projector import project_budget
 from ffenv.registration import env_ids, register_envs
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
+from ffenv.wrappers.logger import SearchLogger
 
 __version__ = "0.1.0"
 __all__ = ["EnvConfig", "FFPruneEnv", "FFPruneError", "CurriculumWrapper", "SearchAccounting", "SearchLogger",

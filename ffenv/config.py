@@ -1,4 +1,4 @@
-"""``EnvConfig``: the whole configuration of an :class:`~ffenv.env.FFPruneEnv`, as one frozen, typed value.
+"""``EnvConfig``: the whole configuration of an :class:`~ffenv.envs.prune_env.FFPruneEnv`, as one frozen, typed value.
 
 It is validated once (bad values are an :class:`~ffenv.errors.FFPruneError` naming the field and the
 allowed range), it is what ``gym.make`` keyword arguments override, what a result file records, and
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
-from ffenv.projector import check_budget
+from ffenv.pruning.projector import check_budget
 
 MODES = ("structured", "unstructured")
 CRITERIA = ("wanda", "magnitude")
@@ -37,13 +37,13 @@ class EnvConfig:
     max_keep: float = 1.0
     """Upper bound on every unit's keep ratio (``0 <= min_keep <= max_keep <= 1``)."""
     corpus: str = "stdlib"
-    """Corpus name or path (:mod:`ffenv.data`); calibration and reward use its ``calib`` split."""
+    """Corpus name or path (:mod:`ffenv.lm.data`); calibration and reward use its ``calib`` split."""
     calib_samples: int = 32
     """Random calibration windows for the importance statistics (and Calib)."""
     reward_samples: int = 32
     """Non-overlapping ``calib`` windows the reward is measured on (full fidelity)."""
     eval_samples: int | None = None
-    """Windows of a split :meth:`~ffenv.env.FFPruneEnv.evaluate` uses by default (``None``: all)."""
+    """Windows of a split :meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate` uses by default (``None``: all)."""
     seq_len: int = 256
     """Tokens per window (at most the model's context)."""
     device: str = "cpu"
@@ -60,9 +60,9 @@ class EnvConfig:
     """``"plain"``: ``dense_ppl / pruned_ppl``; ``"calibrated"``: the same after post-pruning calibration (Calib,
     the quality the paper reports; structured mode only; costs ≈ 2-3 plain evaluations)."""
     calib_alpha: float = 0.9
-    """Ridge penalty of Calib (for ``reward="calibrated"`` and :meth:`~ffenv.env.FFPruneEnv.evaluate`)."""
+    """Ridge penalty of Calib (for ``reward="calibrated"`` and :meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate`)."""
     workers: int = 0
-    """Population evaluations (:meth:`~ffenv.env.FFPruneEnv.step_many`) in this process (``0``) or on this many
+    """Population evaluations (:meth:`~ffenv.envs.prune_env.FFPruneEnv.step_many`) in this process (``0``) or on this many
     Ray actors, one model replica each (one GPU each with a CUDA ``device``); needs ``pip install 'ffprune[ray]'``."""
     ray_address: str | None = None
     """An existing Ray cluster (``"auto"``, ``"ray://host:10001"``) for the workers; ``None``: a local Ray instance."""

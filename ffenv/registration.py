@@ -1,6 +1,6 @@
 """Gymnasium ids of ffprune's environments (registered on ``import ffenv``).
 
-Every id takes the :class:`ffenv.env.FFPruneEnv` keyword arguments as overrides, so moving to a real
+Every id takes the :class:`ffenv.envs.prune_env.FFPruneEnv` keyword arguments as overrides, so moving to a real
 checkpoint on a GPU is one change::
 
     gym.make("FFPrune-Llama-v0", model="meta-llama/Llama-2-7b-hf", device="cuda")
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-ENTRY_POINT = "ffenv.env:FFPruneEnv"
-VECTOR_ENTRY_POINT = "ffenv.vector:FFPruneVectorEnv"
+ENTRY_POINT = "ffenv.envs.prune_env:FFPruneEnv"
+VECTOR_ENTRY_POINT = "ffenv.vector.vector_env:FFPruneVectorEnv"
 FAMILIES = {"Llama": "tiny-llama", "Mistral": "tiny-mistral", "OPT": "tiny-opt"}
 STRUCTURED_TARGET = 0.3
 UNSTRUCTURED_TARGET = 0.7

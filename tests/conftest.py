@@ -26,6 +26,6 @@ def wikitext_valid() -> Path:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from ffenv.models import ZOO_DIR
+    from ffenv.lm.models import BUNDLED_DIR as ZOO_DIR
 
     return AutoTokenizer.from_pretrained(str(ZOO_DIR / "tokenizer"))

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-import ffprune.agents.search as search_module
-from ffenv.env import FFPruneEnv
+import ffprune.agents.experiments.search as search_module
+from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import FFPruneError
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.cli import main as cli_main
-from ffprune.agents.fastforward import load_policy
-from ffprune.agents.search import run_search
+from ffprune.agents.experiments.search import run_search
+from ffprune.agents.methods.fastforward import load_policy
 
 ENV_KW = {"reward_samples": 4, "calib_samples": 8, "eval_samples": 8}
 AGENT_KW = {"batch_episodes": 4, "hidden": (32, 32)}
@@ -245,7 +245,7 @@ def test_fastforward_defaults_explore_inside_the_action_box():
     and a clipped coordinate carries no information about where inside the range it should be)."""
     import torch
 
-    from ffprune.agents.fastforward import FastForwardConfig, Policy
+    from ffprune.agents.methods.fastforward import FastForwardConfig, Policy
 
     cfg = FastForwardConfig()
     torch.manual_seed(0)

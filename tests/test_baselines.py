@@ -139,7 +139,7 @@ def test_flap_on_the_env_meets_the_budget():
 def test_allocations_go_through_the_env_unchanged(method):
     import gymnasium as gym
 
-    from ffprune.agents.methods import METHODS
+    from ffprune.agents.methods.registry import METHODS
     from ffprune.baselines import heuristics
 
     env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)
@@ -179,7 +179,7 @@ def test_allocation_outside_the_keep_bounds_is_clipped_and_rebalanced():
 
 @pytest.mark.parametrize("method", ["random", "evolution", "uniform-split", "flap", "owl"])
 def test_search_baselines_share_the_search_pipeline(tmp_path, method):
-    from ffprune.agents.search import run_search
+    from ffprune.agents.experiments.search import run_search
 
     r = run_search("FFPrune-Mistral-v0", agent=method, budget=6, seed=0, logdir=tmp_path, out=tmp_path / "r.json",
                    env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 4}, progress=False)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from ffprune.agents.bench import cost_to_reach
 from ffprune.agents.cli import main as cli_main
-from ffprune.agents.methods import methods_for
+from ffprune.agents.experiments.bench import cost_to_reach
+from ffprune.agents.methods.registry import methods_for
 
 TINY = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 

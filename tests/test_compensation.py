@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ffenv  # noqa: F401
-from ffenv.compensation import input_gram, ridge_compensation, ridge_fold
-from ffenv.projector import project_budget
+from ffenv.pruning.calib import input_gram, ridge_compensation, ridge_fold
+from ffenv.pruning.projector import project_budget
 
 SMALL = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
 
@@ -145,16 +145,16 @@ def _recording(compensation, folded: list):
 
 @pytest.mark.parametrize("env_id", ["FFPrune-Llama-v0", "FFPrune-Mistral-v0", "FFPrune-OPT-v0"])
 def test_one_pass_gives_the_same_compensation_as_the_per_module_reference(env_id, monkeypatch):
-    monkeypatch.setattr("ffenv.compensation.GRAM_PRODUCT_DTYPE", torch.float64)  # the algorithms, not float32 noise
+    monkeypatch.setattr("ffenv.pruning.calib.GRAM_PRODUCT_DTYPE", torch.float64)  # the algorithms, not float32 noise
     u, action, unit_sparsity = _random_allocation(env_id)
     assert len(set(np.round(unit_sparsity, 6))) > 2  # a non-uniform allocation
     u.pruner.apply(unit_sparsity)
     masked = [lin.weight.detach().clone() for b in u.blocks for lin in (b.attn_out, b.ffn_out)]
     u.pruner.restore()
     new, ref = [], []
-    monkeypatch.setattr("ffenv.env.ridge_compensation", _recording(ridge_compensation, new))
+    monkeypatch.setattr("ffenv.envs.prune_env.ridge_compensation", _recording(ridge_compensation, new))
     ppl = u.evaluate(action, calibrate=True)["ppl"]  # held-out split
-    monkeypatch.setattr("ffenv.env.ridge_compensation", _recording(_reference_compensation, ref))
+    monkeypatch.setattr("ffenv.envs.prune_env.ridge_compensation", _recording(_reference_compensation, ref))
     ppl_ref = u.evaluate(action, calibrate=True)["ppl"]
     assert len(new) == len(ref) == len(masked) == 2 * len(u.blocks)
     assert sum(not torch.equal(w, m) for w, m in zip(ref, masked)) >= len(u.blocks)  # the reference did fold
@@ -249,6 +249,6 @@ def test_calibration_walks_the_layers_once(env_id):
 def test_float32_gram_products_agree_with_float64(env_id, monkeypatch):
     u, action, _unit_sparsity = _random_allocation(env_id)
     ppl32 = u.evaluate(action, split="calib", calibrate=True)["ppl"]
-    monkeypatch.setattr("ffenv.compensation.GRAM_PRODUCT_DTYPE", torch.float64)
+    monkeypatch.setattr("ffenv.pruning.calib.GRAM_PRODUCT_DTYPE", torch.float64)
     ppl64 = u.evaluate(action, split="calib", calibrate=True)["ppl"]
     assert np.isfinite(ppl32) and ppl32 == pytest.approx(ppl64, rel=1e-5)

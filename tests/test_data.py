@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from ffenv import data
+from ffenv.lm import data
 from ffenv.errors import FFPruneError
 
 

@@ -9,10 +9,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ffenv
 from ffenv.config import EnvConfig
-from ffenv.env import UNIT_FEATURES, FFPruneEnv
+from ffenv.envs.prune_env import UNIT_FEATURES, FFPruneEnv
 from ffenv.errors import FFPruneError
-from ffenv.evaluation import perplexity
-from ffenv.models import load_model_cached
+from ffenv.lm.models import load_model_cached
+from ffenv.lm.perplexity import perplexity
 
 FAST = {"reward_samples": 4, "calib_samples": 8}
 

@@ -12,11 +12,12 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import ffenv
-from ffenv.evaluation import perplexity
-from ffenv.export import EXPORT_FILE, RECIPE_FILE, load_pruned, read_export
+from ffenv.lm.models import EXPORT_FILE, load_pruned, read_export
+from ffenv.lm.perplexity import perplexity
 from ffprune.agents.cli import main
-from ffprune.agents.export import export_result
-from ffprune.agents.search import run_search
+from ffprune.agents.experiments.search import run_search
+from ffprune.agents.tools.export import export_result
+from ffprune.agents.tools.hf_folder import RECIPE_FILE
 
 SMALL = {"reward_samples": 8, "eval_samples": 8, "calib_samples": 8}
 
@@ -85,7 +86,7 @@ def test_unstructured_export_is_a_plain_checkpoint_with_a_recipe(tmp_path):
     recipe = yaml.safe_load((tmp_path / "pruned" / RECIPE_FILE).read_text())
     sparsity = recipe["sparsity_stage"]["sparsity_modifiers"]["WandaPruningModifier"]["sparsity"]
     assert sparsity == pytest.approx(facts["allocation"]["unit_sparsity"], abs=1e-6) and len(sparsity) == len(u.blocks)
-    for block, s in zip(ffenv.models.decoder_blocks(model), sparsity):  # the zeros are in the weights
+    for block, s in zip(ffenv.lm.models.decoder_blocks(model), sparsity):  # the zeros are in the weights
         for lin in block.linears.values():
             assert (lin.weight == 0).float().mean().item() == pytest.approx(s, abs=2 / lin.in_features)
     assert "auto_map" not in json.loads((tmp_path / "pruned" / "config.json").read_text())
@@ -130,7 +131,7 @@ def test_a_failing_write_leaves_no_folder(tmp_path, monkeypatch):
     def broken(*_a, **_k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("ffenv.export.model_card", broken)
+    monkeypatch.setattr("ffprune.agents.tools.hf_folder.model_card", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export_result(result, tmp_path / "pruned", speed=False)
     assert not (tmp_path / "pruned").exists() and not list(tmp_path.glob(".pruned*"))

@@ -52,7 +52,7 @@ class Import:
 
 
 def module_name(rel: Path) -> str:
-    """Dotted name a source file is imported as (``agents/search.py`` -> ``ffprune.agents.search``)."""
+    """Dotted name a source file is imported as (``agents/search.py`` -> ``ffprune.agents.experiments.search``)."""
     parts = list(rel.with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -152,24 +152,24 @@ def test_collector_sees_every_kind_of_import():
         "import os\n"
         "from . import sibling\n"
         "from ..baselines import heuristics\n"
-        "try:\n    import ffenv.data\nexcept ImportError:\n    pass\n"
+        "try:\n    import ffenv.lm.data\nexcept ImportError:\n    pass\n"
         "class C:\n    from ffenv.io import atomic_write\n"
         "def f():\n    from ffprune.agents import cli\n    return cli\n"
-        "if TYPE_CHECKING:\n    from ffenv.env import FFPruneEnv\n"
-        "ENTRY = 'ffenv.env:FFPruneEnv'\n"
+        "if TYPE_CHECKING:\n    from ffenv.envs.prune_env import FFPruneEnv\n"
+        "ENTRY = 'ffenv.envs.prune_env:FFPruneEnv'\n"
     )
     got = {(i.line, i.target, i.in_function, i.type_checking) for i in collect_imports(source, "x.py", "ffprune.agents.x")}
     assert got == {
         (1, "os", False, False),
         (2, "ffprune.agents.sibling", False, False),
         (3, "ffprune.baselines.heuristics", False, False),
-        (5, "ffenv.data", False, False),
+        (5, "ffenv.lm.data", False, False),
         (9, "ffenv.io.atomic_write", False, False),
         (11, "ffprune.agents.cli", True, False),
-        (14, "ffenv.env.FFPruneEnv", False, True),
+        (14, "ffenv.envs.prune_env.FFPruneEnv", False, True),
     }
     assert package_of_file(Path("agents/cli.py")) == "cli" and package_of_file(Path("agents/bench.py")) == "agents"
-    assert [package_of_module(n) for n in ("ffenv.env", "ffprune.baselines", "ffprune.agents.cli.x", "ffprune.agents",
+    assert [package_of_module(n) for n in ("ffenv.envs.prune_env", "ffprune.baselines", "ffprune.agents.cli.x", "ffprune.agents",
                                            "agents.search", "baselines", "numpy", "ffenvx")] == [
         "ffenv", "baselines", "cli", "agents", "bare", "bare", None, None]
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from ffenv import evaluation
-from ffenv.data import evaluation_windows
-from ffenv.evaluation import nll_sum, perplexity
-from ffenv.models import BUNDLED_MODELS, bundled_card, bundled_path, decoder_blocks, load_model, load_model_cached
+from ffenv.lm import perplexity as evaluation
+from ffenv.lm.data import evaluation_windows
+from ffenv.lm.models import BUNDLED_MODELS, bundled_card, bundled_path, decoder_blocks, load_model, load_model_cached
+from ffenv.lm.perplexity import nll_sum, perplexity
 
 FAMILY = {"tiny-llama": "LlamaForCausalLM", "tiny-mistral": "MistralForCausalLM", "tiny-opt": "OPTForCausalLM"}
 
@@ -143,7 +143,7 @@ def test_model_card_matches_the_shipped_weights(name):
 def test_weights_fingerprint(tmp_path):
     import shutil
 
-    from ffenv.models import weights_fingerprint
+    from ffenv.lm.models import weights_fingerprint
 
     fp = weights_fingerprint("tiny-llama")
     assert fp.startswith("sha256:") and fp == weights_fingerprint(str(bundled_path("tiny-llama")))

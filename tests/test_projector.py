@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ffenv import project_budget
-from ffenv.projector import keep_to_raw, raw_to_keep
-from ffenv.pruning import Unit, round_to_units
+from ffenv.pruning.engines import Unit, round_to_units
+from ffenv.pruning.projector import keep_to_raw, raw_to_keep
 
 finite = st.floats(-5, 5, allow_nan=False, allow_infinity=False)
 

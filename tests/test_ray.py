@@ -19,8 +19,8 @@ import torch
 ray = pytest.importorskip("ray")
 
 from ffenv import EnvConfig, FFPruneEnv, FFPruneError  # noqa: E402
-from ffenv.population import LocalEvaluator  # noqa: E402
-from ffenv.ray_evaluator import RayEvaluator, actor_device, actor_env_kwargs  # noqa: E402
+from ffenv.envs.population import LocalEvaluator  # noqa: E402
+from ffenv.vector.ray_workers import RayEvaluator, actor_device, actor_env_kwargs  # noqa: E402
 
 CONFIG = EnvConfig(reward_samples=2, calib_samples=8)
 TARGETS = [0.3, 0.2, 0.4, 0.3, 0.2]

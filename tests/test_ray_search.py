@@ -10,7 +10,7 @@ pytest.importorskip("ray")
 @pytest.mark.slow
 def test_search_with_two_workers_equals_one_worker(tmp_path):
     """``--workers 2`` gives the same search as ``--workers 1`` (FastForward's batches and evolution's offspring)."""
-    from ffprune.agents.search import run_search
+    from ffprune.agents.experiments.search import run_search
 
     env_kwargs = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
     results = {}
@@ -28,7 +28,7 @@ def test_search_with_two_workers_equals_one_worker(tmp_path):
 
 @pytest.mark.slow
 def test_bench_cells_run_as_ray_tasks(tmp_path):
-    from ffprune.agents.bench import run_bench
+    from ffprune.agents.experiments.bench import run_bench
 
     rows = run_bench("FFPrune-Llama-v0", budget=3, seeds=2, methods=["random", "uniform"], out=tmp_path / "b",
                      env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False,

@@ -37,7 +37,7 @@ def test_readme_own_optimiser_is_short_and_runs(tmp_path, monkeypatch, capsys):
 
 def test_readme_suite_section_is_the_generated_one():
     """The README's suite results are `ffprune bench --suite core --readme README.md`'s output, not hand edits."""
-    from ffprune.agents.suite import check_readme, readme_block
+    from ffprune.agents.experiments.suite import check_readme, readme_block
 
     text, pattern = check_readme(README, "core")
     assert pattern.search(text).group(0) == readme_block(README.parent / "docs" / "results" / "core", README, "core")

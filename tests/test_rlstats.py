@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from ffenv.errors import FFPruneError
-from ffprune.agents.rlstats import iqm, performance_profile, probability_of_improvement, spearman, stratified_bootstrap_ci
+from ffprune.agents.experiments.rlstats import (
+    iqm,
+    performance_profile,
+    probability_of_improvement,
+    spearman,
+    stratified_bootstrap_ci,
+)
 
 
 def test_iqm_is_the_25_percent_trimmed_mean():

@@ -150,7 +150,7 @@ def test_forked_child_runs_torch_after_parent_started_its_pool():
     """os.fork after parallel torch kernels: check_fork_safety makes the child's kernels run (without it they hang)."""
     code = (
         "import os, sys, warnings, torch\n"
-        "from ffenv.forking import check_fork_safety\n"
+        "from ffenv.lm.forking import check_fork_safety\n"
         "torch.set_num_threads(2)\n"
         "x = torch.randn(512, 4096); idx = torch.randperm(4096)[:2048]\n"
         "x.index_select(1, idx); x @ x.T  # starts the OpenMP pool\n"
@@ -180,7 +180,7 @@ def test_cuda_initialised_before_fork_is_one_clear_error(monkeypatch):
     import torch
 
     from ffenv.errors import FFPruneError
-    from ffenv.forking import check_fork_safety
+    from ffenv.lm.forking import check_fork_safety
 
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
     with pytest.raises(FFPruneError, match=r"context='spawn'.*SAME_STEP.*start_method='spawn'"):
@@ -190,7 +190,7 @@ def test_cuda_initialised_before_fork_is_one_clear_error(monkeypatch):
 def test_not_forked_is_a_noop():
     import torch
 
-    from ffenv import forking
+    from ffenv.lm import forking
 
     threads = torch.get_num_threads()
     forking.check_fork_safety()

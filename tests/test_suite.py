@@ -10,7 +10,7 @@ import pytest
 
 from ffenv.errors import FFPruneError
 from ffprune.agents.cli import main
-from ffprune.agents.suite import SUITES, analyse, check_readme, get_suite, normalised, run_suite, update_readme
+from ffprune.agents.experiments.suite import SUITES, analyse, check_readme, get_suite, normalised, run_suite, update_readme
 
 SMALL = {"reward_samples": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
 
@@ -71,7 +71,7 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     def explode(**_kw):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr("ffprune.agents.bench.run_search", lambda *a, **k: json.loads(
+    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: json.loads(
         (k["out"]).read_text()) if k["out"].exists() else explode())
     again = run_suite("core", out, budget=3, seeds=2, methods=["fastforward", "random"], env_kwargs=SMALL,
                       progress=False, agreement_points=3, reps=200)

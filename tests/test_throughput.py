@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ffenv
-from ffenv.evaluation import perplexity
+from ffenv.lm.perplexity import perplexity
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 
 SMALL = {"reward_samples": 4, "calib_samples": 8}
@@ -28,7 +28,7 @@ def _foreign_model(tmp_path, kind: str) -> str:
         OPTForCausalLM,
     )
 
-    from ffenv.models import ZOO_DIR
+    from ffenv.lm.models import BUNDLED_DIR as ZOO_DIR
 
     torch.manual_seed(0)
     if kind == "llama-gqa3":  # 6 heads in 3 KV groups, head count not a power of two

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation with lm-evaluation-harness (ffenv.zeroshot): the offline task and the harness wrapper.
+"""Zero-shot evaluation with lm-evaluation-harness (ffprune.agents.tools.zeroshot): the offline task and the harness wrapper.
 
 The harness tests need lm-eval and its Hugging Face backend (``pip install -e ".[eval]"``) and skip without
 them; the task construction and argument checks run everywhere.
@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from ffenv.data import load_corpus
 from ffenv.errors import FFPruneError
-from ffenv.zeroshot import INSTALL_HINT, LOCAL_TASK, build_local_task, run_tasks
+from ffenv.lm.data import load_corpus
+from ffprune.agents.tools.zeroshot import INSTALL_HINT, LOCAL_TASK, build_local_task, run_tasks
 
 N = 40  # items of the tasks built here
 CHOICES = 4
@@ -34,7 +34,7 @@ def task_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from ffenv.models import load_model
+    from ffenv.lm.models import load_model
 
     return load_model("tiny-llama")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ffenv.zoo.train as zoo_train
+import ffprune.agents.tools.zoo_train as zoo_train
 from ffenv.errors import FFPruneError
 
 

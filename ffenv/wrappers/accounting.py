@@ -8,9 +8,9 @@ is measured the same way. For every episode it
 * reads the search cost off the environment: evaluations, tokens forwarded, wall seconds;
 * keeps the best allocation **at the final target on all reward windows** (the environment's configured
   ``target_sparsity`` and ``reward_samples``): an episode of a cheaper curriculum stage that looks at
-  least as good as the best is re-scored there with :meth:`ffenv.env.FFPruneEnv.score` (counted as cost);
+  least as good as the best is re-scored there with :meth:`ffenv.envs.prune_env.FFPruneEnv.score` (counted as cost);
 * appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
-  optional :class:`~ffenv.logger.SearchLogger` (TensorBoard, progress bar).
+  optional :class:`~ffenv.wrappers.logger.SearchLogger` (TensorBoard, progress bar).
 
 :meth:`SearchAccounting.state_dict` holds all of it plus the state of every
 :class:`~ffenv.wrappers.common.Resumable` wrapper inside, and the weights fingerprint: a search resumed on
@@ -25,11 +25,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ffenv.env import FFPruneEnv
+from ffenv.envs.population import PopulationEnv, inner_population_env
+from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.logger import SearchLogger
-from ffenv.population import PopulationEnv, inner_population_env
 from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states
+from ffenv.wrappers.logger import SearchLogger
 
 
 class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, PopulationEnv):

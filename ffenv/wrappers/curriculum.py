@@ -24,10 +24,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ffenv.env import FFPruneEnv
+from ffenv.envs.population import PopulationEnv, inner_population_env
+from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import FFPruneError, positive_int, unit_interval
-from ffenv.population import PopulationEnv, inner_population_env
-from ffenv.projector import check_budget
+from ffenv.pruning.projector import check_budget
 from ffenv.wrappers.common import Resumable
 
 SCHEDULES = ("cubic", "staircase", "none")

@@ -1,8 +1,8 @@
 """One search, end to end: make the env, wrap it, run a method, score the best allocation, write the result.
 
 :func:`run_search` is what ``ffprune search`` and ``ffprune bench`` call; any registered method
-(:mod:`ffprune.agents.methods`) runs through it. The env is ``SearchAccounting(CurriculumWrapper(gym.make(...)))``
-(the curriculum only for methods that learn), with a :class:`~ffenv.logger.SearchLogger` for TensorBoard
+(:mod:`ffprune.agents.methods.registry`) runs through it. The env is ``SearchAccounting(CurriculumWrapper(gym.make(...)))``
+(the curriculum only for methods that learn), with a :class:`~ffenv.wrappers.logger.SearchLogger` for TensorBoard
 and the progress bar. The result JSON holds the env id and its configuration, the method and its
 settings, the best allocation (action, per-unit sparsity, keep ratios), its perplexity on the reward split
 (``calib``) and on the held-out ``eval`` split, the search cost (episodes, evaluations, tokens, wall
@@ -22,11 +22,11 @@ import numpy as np
 from ffenv.config import EnvConfig
 from ffenv.errors import FFPruneError, positive_int, unit_interval
 from ffenv.io import atomic_write_json, check_writable, read_json, versions
-from ffenv.logger import SearchLogger
-from ffenv.models import weights_fingerprint
-from ffenv.ray_evaluator import WORKER_FIELDS
+from ffenv.lm.models import weights_fingerprint
+from ffenv.vector.ray_workers import WORKER_FIELDS
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
-from ffprune.agents.methods import METHODS, RunContext, get_method
+from ffenv.wrappers.logger import SearchLogger
+from ffprune.agents.methods.registry import METHODS, RunContext, get_method
 
 
 def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None = None, target: float | None = None,
@@ -46,13 +46,13 @@ def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None 
 
 def result_env(result: dict[str, Any]) -> gym.Env:
     """An in-process env with a finished search's settings (``env_id`` + ``env_kwargs``), for scoring its
-    allocations again: the population workers (:data:`~ffenv.ray_evaluator.WORKER_FIELDS`) are left out."""
+    allocations again: the population workers (:data:`~ffenv.vector.ray_workers.WORKER_FIELDS`) are left out."""
     kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in WORKER_FIELDS}
     return gym.make(result["env_id"], **kwargs)
 
 
 def model_weights(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
-    """:func:`ffenv.models.weights_fingerprint` of the model an env id (plus overrides) would load."""
+    """:func:`ffenv.lm.models.weights_fingerprint` of the model an env id (plus overrides) would load."""
     model = {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("model", EnvConfig().model)
     return weights_fingerprint(model)
 

@@ -7,10 +7,10 @@ checkpoint is the one shipped (early stopping; the ``eval`` split stays untouche
 and the schedule length, and the model card's ``reproduce`` line replays it with ``--steps``. An interrupted
 run continues with ``--resume`` (state checkpointed at each measurement).
 
-    python -m ffenv.zoo.train --arch llama --steps 1200 --seed 0
-    python -m ffenv.zoo.train --arch llama --card-only   # re-measure the shipped model, rewrite its card
-    python -m ffenv.zoo.train --plot docs/zoo-training.png
-    python -m ffenv.zoo.train --tokenizer-only          # (re)build ffenv/zoo/tokenizer
+    python -m ffprune.agents.tools.zoo_train --arch llama --steps 1200 --seed 0
+    python -m ffprune.agents.tools.zoo_train --arch llama --card-only   # re-measure the shipped model, rewrite its card
+    python -m ffprune.agents.tools.zoo_train --plot docs/zoo-training.png
+    python -m ffprune.agents.tools.zoo_train --tokenizer-only          # (re)build ffenv/zoo/tokenizer
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from ffenv.data import corpus_text, evaluation_windows, token_stream
 from ffenv.errors import FFPruneError
-from ffenv.evaluation import perplexity
 from ffenv.io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, read_json
-from ffenv.models import load_model
+from ffenv.lm.data import corpus_text, evaluation_windows, token_stream
+from ffenv.lm.models import BUNDLED_DIR, load_model
+from ffenv.lm.perplexity import perplexity
 
-ZOO_DIR = Path(__file__).resolve().parent
+ZOO_DIR = BUNDLED_DIR  # the bundled models live in the package ffenv.zoo
 TOKENIZER_DIR = ZOO_DIR / "tokenizer"
 VOCAB_SIZE = 4096
 CONTEXT = 512
@@ -210,7 +210,7 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
 
 def write_card(name: str) -> dict[str, Any]:
     """Measure a saved model as shipped (fp16 weights, run in float32) and write ``card.json`` + ``README.md``."""
-    folder = ZOO_DIR / name  # the same folder as ffenv.models.ZOO_DIR
+    folder = ZOO_DIR / name  # the same folder as ffenv.lm.models.BUNDLED_DIR
     training = read_json(folder / "training.json", name="training record")
     model, tokenizer = load_model(str(folder), device="cpu", dtype="float32")
     cfg = model.config
@@ -235,7 +235,7 @@ def write_card(name: str) -> dict[str, Any]:
         "train_seconds": training["train_seconds"],
         "train_seed": training["seed"],
         "dense_ppl": {"seq_len": 256, **ppl},
-        "reproduce": f"python -m ffenv.zoo.train --arch {training['arch']} --steps {training['steps']} "
+        "reproduce": f"python -m ffprune.agents.tools.zoo_train --arch {training['arch']} --steps {training['steps']} "
                      + (f"--schedule-steps {training['schedule_steps']} "
                         if training["schedule_steps"] != training["steps"] else "")
                      + f"--seed {training['seed']} --batch-size {training['batch_size']}",

@@ -1,11 +1,11 @@
-"""``RayEvaluator``: an :class:`~ffenv.population.Evaluator` that scores a population on Ray actors.
+"""``RayEvaluator``: an :class:`~ffenv.envs.population.Evaluator` that scores a population on Ray actors.
 
 What runs where
     The driver (this process) holds no model: it starts or joins Ray, creates ``workers`` actors and
-    hands out evaluations. Each actor is its own process holding one :class:`~ffenv.env.FFPruneEnv`
+    hands out evaluations. Each actor is its own process holding one :class:`~ffenv.envs.prune_env.FFPruneEnv`
     (one model replica, built once from the evaluator's :class:`~ffenv.config.EnvConfig` with
     ``workers=0`` and no ``ray_address``, so an actor never starts workers of its own) and runs
-    :meth:`~ffenv.env.FFPruneEnv.score` for the evaluations it is given. A batch is handed out as a
+    :meth:`~ffenv.envs.prune_env.FFPruneEnv.score` for the evaluations it is given. A batch is handed out as a
     work queue (one evaluation in flight per actor, the next one to whichever actor finishes first), so
     cheap low-fidelity and expensive full-fidelity evaluations balance themselves; the results come
     back in input order. The actors' environments count their own cost; each result's ``info["cost"]``
@@ -25,7 +25,7 @@ Determinism
     Every evaluation is deterministic given its action, target sparsity and reward windows, and each
     actor runs torch with one thread (``torch.set_num_threads(1)``; Ray also sets ``OMP_NUM_THREADS=1``),
     so a batch gives bit-identical rewards and infos whatever the number of workers and however the
-    queue happens to distribute it (an in-process :class:`~ffenv.population.LocalEvaluator` with one
+    queue happens to distribute it (an in-process :class:`~ffenv.envs.population.LocalEvaluator` with one
     torch thread agrees too).
 
 GPUs
@@ -110,7 +110,7 @@ def _copy_info(value: Any) -> Any:
 
 
 class EnvWorker:
-    """The body of one Ray actor: one :class:`~ffenv.env.FFPruneEnv` scoring the evaluations it is sent.
+    """The body of one Ray actor: one :class:`~ffenv.envs.prune_env.FFPruneEnv` scoring the evaluations it is sent.
 
     Built in two steps so that placing the actor (:meth:`ready`, bounded by the evaluator's
     ``start_timeout``) is told apart from building the environment (:meth:`setup`, as long as the model
@@ -132,8 +132,8 @@ class EnvWorker:
     def setup(self, env_kwargs: dict[str, Any]) -> float:
         """Build the environment; returns the seconds it took."""
         t0 = time.perf_counter()
-        # resolved by name, in the actor: ffenv.env imports this module, so a module-level import back is a cycle
-        env_cls = importlib.import_module("ffenv.env").FFPruneEnv
+        # resolved by name, in the actor: ffenv.envs.prune_env imports this module, so a module-level import back is a cycle
+        env_cls = importlib.import_module("ffenv.envs.prune_env").FFPruneEnv
         try:
             self.env = env_cls(EnvConfig(**env_kwargs))
         except Exception as err:
@@ -142,7 +142,7 @@ class EnvWorker:
         return time.perf_counter() - t0
 
     def score(self, action: np.ndarray, target: float | None, windows: int | None) -> tuple[float, dict[str, Any]]:
-        """:meth:`~ffenv.env.FFPruneEnv.score` of one evaluation."""
+        """:meth:`~ffenv.envs.prune_env.FFPruneEnv.score` of one evaluation."""
         if self.env is None:
             raise self.setup_error or FFPruneError("Ray worker has no environment: its setup did not run")
         return self.env.score(action, target_sparsity=target, reward_windows=windows)

@@ -6,7 +6,7 @@ Each (method, seed) cell is one :func:`agents.search.run_search` with the same b
 ``<out>/cells/<method>/seed<k>.json`` (its TensorBoard run under ``<out>/tb/<env>/<method>/seed<k>``);
 a finished cell is never recomputed, an interrupted one resumes from its checkpoint. With
 ``calibrate`` (structured envs) each cell's best allocation is also scored on the held-out split
-after post-pruning calibration (:mod:`ffenv.compensation`), stored in the cell as
+after post-pruning calibration (:mod:`ffenv.pruning.calib`), stored in the cell as
 ``best.eval_ppl_calib``. Then the folder gets
 
 * ``results.csv`` / ``results.md``: per method, held-out ppl mean ± std over seeds (with and without
@@ -15,7 +15,7 @@ after post-pruning calibration (:mod:`ffenv.compensation`), stored in the cell a
 * ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
 * ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
 
-Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods` (or any SB3 algorithm);
+Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods.registry` (or any SB3 algorithm);
 by default every registered method that supports the env's mode (``uniform-split`` and ``flap`` need
 a structured env).
 """
@@ -35,9 +35,9 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
-from ffenv.ray_evaluator import run_on_ray
-from ffprune.agents.methods import get_method, methods_for
-from ffprune.agents.search import calibrated_eval_ppl, model_weights, result_env, run_search
+from ffenv.vector.ray_workers import run_on_ray
+from ffprune.agents.experiments.search import calibrated_eval_ppl, model_weights, result_env, run_search
+from ffprune.agents.methods.registry import get_method, methods_for
 
 
 def cell_path(out: Path, method: str, seed: int) -> Path:

@@ -6,7 +6,7 @@
 * structured: the pruned heads / KV groups and FFN neurons are physically gone. ``config.json`` keeps the
   original family and sizes and adds ``ffprune_layers`` (per-layer widths), ``architectures`` /
   ``auto_map`` naming ``FFPruned<Family>ForCausalLM`` from ``modeling_ffprune.py`` (a copy of
-  :mod:`ffenv.pruned_modeling`), so ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``
+  :mod:`ffenv.lm.pruned_modeling`), so ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``
   loads it without ffprune;
 * unstructured: the original shapes with the pruned weights zero (a plain checkpoint of the family) and
   ``recipe.yaml``, the per-layer sparsities as an llm-compressor recipe (``WandaPruningModifier`` with one
@@ -15,7 +15,7 @@
 * ``ffprune_export.json`` (machine-readable: allocation, search provenance, measured figures) and a model
   card ``README.md``.
 
-:func:`load_pruned` loads such a folder (``gym.make(..., model=DIR)`` too: :func:`ffenv.models.load_model`
+:func:`ffenv.load_pruned` loads such a folder (``gym.make(..., model=DIR)`` too: :func:`ffenv.lm.models.load_model`
 reads ``ffprune_layers``).
 """
 
@@ -32,13 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ffenv import pruned_modeling
 from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_dir, jsonable
-from ffenv.models import decoder_blocks, load_model
-from ffenv.pruned_modeling import CLASS_NAMES, LAYERS_KEY, pruned_class
+from ffenv.lm import pruned_modeling
+from ffenv.lm.models import EXPORT_FILE, decoder_blocks
+from ffenv.lm.pruned_modeling import CLASS_NAMES, LAYERS_KEY, pruned_class
 
-EXPORT_FILE = "ffprune_export.json"
 MODELING_FILE = "modeling_ffprune.py"
 RECIPE_FILE = "recipe.yaml"
 
@@ -142,24 +141,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def load_pruned(path: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[nn.Module, Any]:
-    """Load an ``ffprune export`` folder: ``(model, tokenizer)``, in eval mode, gradients off."""
-    path = Path(path)
-    if not (path / EXPORT_FILE).is_file():
-        raise FFPruneError(f"{str(path)!r} is not an ffprune export (no {EXPORT_FILE}); load other checkpoints with "
-                           "ffenv.models.load_model")
-    return load_model(str(path), device, dtype)
-
-
-def read_export(path: str | Path) -> dict[str, Any]:
-    """The ``ffprune_export.json`` facts of an export folder."""
-    file = Path(path) / EXPORT_FILE
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FFPruneError(f"{str(path)!r} is not a readable ffprune export ({EXPORT_FILE}: {err})") from err
 
 
 def model_card(facts: dict[str, Any]) -> str:

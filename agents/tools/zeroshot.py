@@ -7,12 +7,12 @@ samples; the lm-eval version, seeds, limit and few-shot count). lm-eval is an op
 (``pip install -e ".[eval]"``) imported only when :func:`run_tasks` runs.
 
 :func:`build_local_task` writes ``ffprune_nextline``, a multiple-choice task built from the project's own
-corpus (the docstrings, comments and pydoc topics of :mod:`ffenv.data`'s ``stdlib`` corpus) so the harness
+corpus (the docstrings, comments and pydoc topics of :mod:`ffenv.lm.data`'s ``stdlib`` corpus) so the harness
 runs fully offline: each item is a few consecutive lines of one document of a split (``eval`` by default:
 documents the bundled models never trained on) and ``choices`` (4) candidate next lines, the true one and
 distractors drawn from *other* documents (same indentation, similar length). A model that has learned the
 corpus picks the continuation of the text it reads; chance is ``1 / choices``.
-:func:`run_tasks` builds it under :func:`ffenv.data.cache_dir` whenever the name is asked for.
+:func:`run_tasks` builds it under :func:`ffenv.lm.data.cache_dir` whenever the name is asked for.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffenv.data import SPLITS, cache_dir, load_corpus
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_text
+from ffenv.lm.data import SPLITS, cache_dir, load_corpus
 
 #: the task :func:`build_local_task` writes (and :func:`run_tasks` builds on demand)
 LOCAL_TASK = "ffprune_nextline"
@@ -117,7 +117,7 @@ def build_local_task(
         n: number of items.
         choices: options per item (``>= 2``); chance accuracy is ``1 / choices``.
         seed: seed of the item selection, distractors and answer positions.
-        corpus: a corpus name or path, as for :func:`ffenv.data.load_corpus`.
+        corpus: a corpus name or path, as for :func:`ffenv.lm.data.load_corpus`.
         split: ``train``, ``calib`` or ``eval``.
 
     Raises:
@@ -176,7 +176,8 @@ def build_local_task(
     data = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
     meta = {"version": float(TASK_FORMAT), "corpus": corpus, "split": split, "n": n, "choices": choices, "seed": seed}
     yaml = "\n".join([
-        f"# written by ffenv.zeroshot.build_local_task({', '.join(f'{k}={v!r}' for k, v in meta.items() if k != 'version')})",
+        "# written by ffprune.agents.tools.zeroshot.build_local_task("
+        f"{', '.join(f'{k}={v!r}' for k, v in meta.items() if k != 'version')})",
         f"task: {LOCAL_TASK}",
         "dataset_path: json",
         "dataset_kwargs:",
@@ -320,7 +321,7 @@ def run_tasks(
     under :func:`local_task_dir` when asked for. HFLM calls ``model.eval()`` and ``model.tie_weights()``.
 
     Args:
-        model: a Hugging Face causal LM (``PreTrainedModel``), e.g. from :func:`ffenv.models.load_model`.
+        model: a Hugging Face causal LM (``PreTrainedModel``), e.g. from :func:`ffenv.lm.models.load_model`.
         tokenizer: its tokenizer.
         tasks: lm-eval task / group names (or paths of task YAML files); a comma-separated string works too.
         limit: evaluate only the first ``limit`` documents of each task (``None``: all).

@@ -11,7 +11,7 @@ initialised CUDA.
 
 What ffprune does: importing this module registers an ``os.fork`` hook that counts the parent's OS
 threads. In a child forked from a multi-threaded parent (the OpenMP pool may be among its threads),
-:func:`check_fork_safety`, the first thing :class:`~ffenv.env.FFPruneEnv` does, sets
+:func:`check_fork_safety`, the first thing :class:`~ffenv.envs.prune_env.FFPruneEnv` does, sets
 ``torch.set_num_threads(1)``: ``at::parallel_for`` and MKL then run on the calling thread and never
 touch the dead pool (verified: the workers step normally, with the same rewards), and it warns once
 that spawned workers keep all threads. If CUDA was initialised before the fork it raises
@@ -74,7 +74,7 @@ def forked_unsafely() -> bool:
 def check_fork_safety() -> None:
     """Make torch usable in a forked worker (1 thread) or raise :class:`FFPruneError` if it cannot be (CUDA).
 
-    Called first thing by every :class:`~ffenv.env.FFPruneEnv`; a no-op in a process that was not forked.
+    Called first thing by every :class:`~ffenv.envs.prune_env.FFPruneEnv`; a no-op in a process that was not forked.
     """
     global _warned
     if torch.cuda._is_in_bad_fork():

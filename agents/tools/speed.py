@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ffenv.errors import positive_int
-from ffenv.evaluation import nll_sum
+from ffenv.lm.perplexity import nll_sum
 
 
 def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float, ...] | None = None,

@@ -1,7 +1,7 @@
 """From a search result to a pruned checkpoint: ``ffprune export RESULT.json --out DIR [--calibrate]``.
 
 The result's best allocation is pruned on the same env (same model, weights fingerprint, target and
-settings), written with :func:`ffenv.export.save_pruned`, loaded back from the written folder and measured
+settings), written with :func:`ffprune.agents.tools.hf_folder.save_pruned`, loaded back from the written folder and measured
 on the held-out split before the folder is put in place: it must give the perplexity that
 ``env.evaluate(best_action, split="eval", calibrate=...)`` reports (relative 1e-4), or nothing is written.
 """
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from ffenv.errors import FFPruneError
-from ffenv.evaluation import perplexity
-from ffenv.export import forward_tokens_per_second, layer_widths, load_pruned, matmul_params, read_export, save_pruned
 from ffenv.io import check_new_dir, read_json, versions
-from ffenv.models import resolve_dtype, stored_dtype
-from ffprune.agents.search import result_env
+from ffenv.lm.models import load_pruned, read_export, resolve_dtype, stored_dtype
+from ffenv.lm.perplexity import perplexity
+from ffprune.agents.experiments.search import result_env
+from ffprune.agents.tools.hf_folder import forward_tokens_per_second, layer_widths, matmul_params, save_pruned
 
 #: relative perplexity agreement required between the reloaded export and ``env.evaluate``
 RELOAD_RTOL = 1e-4

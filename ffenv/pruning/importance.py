@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ffenv.models import Block
+from ffenv.lm.models import Block
 
 
 @torch.inference_mode()

@@ -25,18 +25,18 @@ import gymnasium as gym
 import torch
 
 import ffenv
-from ffenv.data import evaluation_windows
 from ffenv.errors import FFPruneError
-from ffenv.evaluation import perplexity
 from ffenv.io import atomic_write_json
-from ffenv.models import BUNDLED_MODELS, bundled_card, load_model, weights_fingerprint
-from ffenv.speed import bench_env
-from ffenv.zeroshot import run_tasks
-from ffprune.agents.bench import run_bench
-from ffprune.agents.export import export_result
-from ffprune.agents.methods import METHODS
-from ffprune.agents.search import run_search
-from ffprune.agents.suite import SUITES, check_readme, run_suite, update_readme
+from ffenv.lm.data import evaluation_windows
+from ffenv.lm.models import BUNDLED_MODELS, bundled_card, load_model, weights_fingerprint
+from ffenv.lm.perplexity import perplexity
+from ffprune.agents.experiments.bench import run_bench
+from ffprune.agents.experiments.search import run_search
+from ffprune.agents.experiments.suite import SUITES, check_readme, run_suite, update_readme
+from ffprune.agents.methods.registry import METHODS
+from ffprune.agents.tools.export import export_result
+from ffprune.agents.tools.speed import bench_env
+from ffprune.agents.tools.zeroshot import run_tasks
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 

@@ -1,8 +1,8 @@
 """Population evaluation: many allocations scored in one call, in-process or on workers.
 
 An :class:`Evaluator` scores a batch of actions, each at its own target sparsity and fidelity (reward
-windows), and returns what :meth:`ffenv.env.FFPruneEnv.score` returns for each, in order.
-:class:`LocalEvaluator` runs them one after another in this process; ``ffenv.ray_evaluator.RayEvaluator``
+windows), and returns what :meth:`ffenv.envs.prune_env.FFPruneEnv.score` returns for each, in order.
+:class:`LocalEvaluator` runs them one after another in this process; ``ffenv.vector.ray_workers.RayEvaluator``
 spreads them over Ray actors (one model replica each). Every evaluation is deterministic given its action,
 target and fidelity, so the results do not depend on how a batch is split.
 """
@@ -66,7 +66,7 @@ class Evaluator(Protocol):
 
 
 class LocalEvaluator:
-    """Scores one action after another with an environment's own :meth:`~ffenv.env.FFPruneEnv.score`."""
+    """Scores one action after another with an environment's own :meth:`~ffenv.envs.prune_env.FFPruneEnv.score`."""
 
     def __init__(self, env: Any) -> None:
         self.env = env

@@ -44,9 +44,15 @@ from matplotlib.figure import Figure
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ffenv.registration import FAMILIES
-from ffprune.agents.bench import cell_jobs, cost_to_reach, run_jobs, write_outputs
-from ffprune.agents.rlstats import iqm, performance_profile, probability_of_improvement, spearman, stratified_bootstrap_ci
-from ffprune.agents.search import result_env
+from ffprune.agents.experiments.bench import cell_jobs, cost_to_reach, run_jobs, write_outputs
+from ffprune.agents.experiments.rlstats import (
+    iqm,
+    performance_profile,
+    probability_of_improvement,
+    spearman,
+    stratified_bootstrap_ci,
+)
+from ffprune.agents.experiments.search import result_env
 
 REFERENCE = "uniform"
 AGENT = "fastforward"

@@ -28,8 +28,8 @@ from typing import Any
 from ffenv.config import MODES
 from ffenv.errors import FFPruneError
 from ffenv.wrappers import SearchAccounting
-from ffprune.agents.fastforward import FastForwardConfig, run_fastforward, save_policy
-from ffprune.agents.sb3_runner import algorithm_class, run_sb3
+from ffprune.agents.methods.fastforward import FastForwardConfig, run_fastforward, save_policy
+from ffprune.agents.methods.sb3 import algorithm_class, run_sb3
 from ffprune.baselines.heuristics import alphapruning_allocation, flap_allocation, owl_allocation, uniform_allocation
 from ffprune.baselines.search import evolution, heuristic, random_search, uniform_split
 

@@ -1,7 +1,7 @@
 """``FFPruneVectorEnv``: ``gym.make_vec("FFPrune-Llama-v0", num_envs=K)``, K allocations per step as one population.
 
 Every registered FFPrune id has this class as its ``vector_entry_point``, so :func:`gymnasium.make_vec`
-returns it by default. A step evaluates the K actions with :meth:`ffenv.env.FFPruneEnv.step_many`:
+returns it by default. A step evaluates the K actions with :meth:`ffenv.envs.prune_env.FFPruneEnv.step_many`:
 in this process, or on Ray actors when the env has ``workers=N`` (one model replica per actor). It counts
 K evaluations in ``cost``. Episodes are single steps and the vector env resets them **within the same
 step** (``metadata["autoreset_mode"] = AutoresetMode.SAME_STEP``): the returned observations are those of
@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from ffenv.config import EnvConfig
-from ffenv.env import FFPruneEnv
+from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import positive_int
 
 

@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
-from ffenv.pruned_modeling import LAYERS_KEY, pruned_class
+from ffenv.lm.pruned_modeling import LAYERS_KEY, pruned_class
 
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "zoo"
+EXPORT_FILE = "ffprune_export.json"
+"""What marks a folder written by ``ffprune export`` (its facts, as JSON)."""
 BUNDLED_MODELS = ("tiny-llama", "tiny-mistral", "tiny-opt")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "opt")
 
@@ -36,7 +38,7 @@ def bundled_path(name: str) -> Path:
     """Folder of a bundled model; ``ValueError`` listing the bundled names for anything else."""
     if name not in BUNDLED_MODELS:
         raise FFPruneError(f"model {name!r} is not bundled; bundled models are {list(BUNDLED_MODELS)}")
-    path = ZOO_DIR / name
+    path = BUNDLED_DIR / name
     if not (path / "config.json").exists():
         raise FFPruneError(f"bundled model {name!r} is missing its files under {path}; reinstall ffprune")
     return path
@@ -161,7 +163,7 @@ def load_model(
         raise FFPruneError(
             f"model {name_or_path!r} is a {config.model_type!r} model; supported families are {SUPPORTED_MODEL_TYPES}"
         )
-    # an `ffprune export` folder has per-layer widths (ffenv.pruned_modeling)
+    # an `ffprune export` folder has per-layer widths (ffenv.lm.pruned_modeling)
     cls = pruned_class(config.model_type) if hasattr(config, LAYERS_KEY) else AutoModelForCausalLM
     try:
         model = cls.from_pretrained(source, dtype=dt)
@@ -262,3 +264,21 @@ def decoder_blocks(model: nn.Module) -> list[Block]:
             for i, l in enumerate(model.model.decoder.layers)
         ]
     raise FFPruneError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")
+
+
+def load_pruned(path: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[nn.Module, Any]:
+    """Load an ``ffprune export`` folder: ``(model, tokenizer)``, in eval mode, gradients off."""
+    path = Path(path)
+    if not (path / EXPORT_FILE).is_file():
+        raise FFPruneError(f"{str(path)!r} is not an ffprune export (no {EXPORT_FILE}); load other checkpoints with "
+                           "ffenv.lm.models.load_model")
+    return load_model(str(path), device, dtype)
+
+
+def read_export(path: str | Path) -> dict[str, Any]:
+    """The ``ffprune_export.json`` facts of an export folder."""
+    file = Path(path) / EXPORT_FILE
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FFPruneError(f"{str(path)!r} is not a readable ffprune export ({EXPORT_FILE}: {err})") from err

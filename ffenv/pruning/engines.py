@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
-from ffenv.importance import structured_importance, wanda_scores
-from ffenv.models import Block
+from ffenv.lm.models import Block
+from ffenv.pruning.importance import structured_importance, wanda_scores
 
 
 @dataclass(frozen=True)

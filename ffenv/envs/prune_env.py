@@ -37,18 +37,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ffenv.compensation import ridge_compensation
 from ffenv.config import EnvConfig
-from ffenv.data import SPLITS, calibration_windows, evaluation_windows
+from ffenv.envs.population import Evaluator, LocalEvaluator, PopulationEnv
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.evaluation import perplexity
-from ffenv.forking import check_fork_safety
-from ffenv.importance import block_outlier_ratio, collect_input_norms
-from ffenv.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
-from ffenv.population import Evaluator, LocalEvaluator, PopulationEnv
-from ffenv.projector import check_budget, keep_to_raw, project_budget
-from ffenv.pruning import StructuredPruner, Unit, UnstructuredPruner
-from ffenv.ray_evaluator import RayEvaluator
+from ffenv.lm.data import SPLITS, calibration_windows, evaluation_windows
+from ffenv.lm.forking import check_fork_safety
+from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
+from ffenv.lm.perplexity import perplexity
+from ffenv.pruning.calib import ridge_compensation
+from ffenv.pruning.engines import StructuredPruner, Unit, UnstructuredPruner
+from ffenv.pruning.importance import block_outlier_ratio, collect_input_norms
+from ffenv.pruning.projector import check_budget, keep_to_raw, project_budget
+from ffenv.vector.ray_workers import RayEvaluator
 
 RESET_OPTIONS = ("target_sparsity", "reward_windows")
 UNIT_FEATURES = (
@@ -207,7 +207,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     @property
     def blocks(self) -> list[Block]:
-        """The model's decoder blocks as family-neutral :class:`~ffenv.models.Block` views."""
+        """The model's decoder blocks as family-neutral :class:`~ffenv.lm.models.Block` views."""
         return self._backend.blocks
 
     @property
@@ -227,7 +227,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     @property
     def weights(self) -> str | None:
-        """Identity of the model's weights (:func:`ffenv.models.weights_fingerprint`), for provenance."""
+        """Identity of the model's weights (:func:`ffenv.lm.models.weights_fingerprint`), for provenance."""
         return weights_fingerprint(self.config.model)
 
     @property
@@ -376,7 +376,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         Give exactly one of ``action`` (projected like :meth:`step`, at ``target_sparsity``, default the
         configured target) or ``sparsities`` (per-unit sparsities used as they are, only rounded to whole
         units). ``n_windows`` limits the split's windows (default: ``eval_samples``, else all).
-        ``calibrate=True`` applies the post-pruning ridge compensation (:mod:`ffenv.compensation`,
+        ``calibrate=True`` applies the post-pruning ridge compensation (:mod:`ffenv.pruning.calib`,
         penalty ``calib_alpha``, default the config's) fitted on :attr:`calibration_tokens` before measuring (structured
         mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """

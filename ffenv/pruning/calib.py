@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
-from ffenv.models import Block
+from ffenv.lm.models import Block
 
 #: dtype of each batch's Gram product (accumulated across batches in float64). float32 products are ~3x
 #: cheaper than float64 ones on CPU (and on most GPUs); the folded weights agree with all-float64 statistics

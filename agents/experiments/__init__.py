@@ -1,0 +1,1 @@
+"""Experiments over the methods: one search, a bench of methods × seeds, the suite, statistics and reports."""
