@@ -8,15 +8,15 @@ Pipeline, one way: corpus (:mod:`ffenv.lm.data`) → model (:mod:`ffenv.lm.model
 
 from ffenv.config import EnvConfig
 from ffenv.envs.prune_env import FFPruneEnv, clear_cache
-from ffenv.errors import FFPruneError
+from ffenv.errors import FFPruneError, SearchInterrupted, WorkerLostError
 from ffenv.lm.models import load_pruned
 from ffenv.pruning.projector import project_budget
-from ffenv.registration import env_ids, register_envs
+from ffenv.registration import env_ids, register_envs, resolve_config
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffenv.wrappers.logger import SearchLogger
 
 __version__ = "0.1.0"
-__all__ = ["EnvConfig", "FFPruneEnv", "FFPruneError", "CurriculumWrapper", "SearchAccounting", "SearchLogger",
-           "clear_cache", "load_pruned", "project_budget", "env_ids", "register_envs", "__version__"]
+__all__ = ["EnvConfig", "FFPruneEnv", "FFPruneError", "SearchInterrupted", "WorkerLostError", "CurriculumWrapper",
+           "SearchAccounting", "SearchLogger", "clear_cache", "load_pruned", "project_budget", "env_ids", "register_envs", "resolve_config", "__version__"]
 
 register_envs()

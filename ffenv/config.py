@@ -15,11 +15,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
+from ffenv.pruning.calib import CALIB_ALPHA
 from ffenv.pruning.projector import check_budget
 
 MODES = ("structured", "unstructured")
 CRITERIA = ("wanda", "magnitude")
 REWARDS = ("plain", "calibrated")
+RENAMED_FIELDS = {"reward_samples": "reward_windows"}
+"""Old field name -> new one (results written before the rename record the old names; see
+:func:`ffprune.agents.experiments.results.read_result`)."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ class EnvConfig:
     """Corpus name or path (:mod:`ffenv.lm.data`); calibration and reward use its ``calib`` split."""
     calib_samples: int = 32
     """Random calibration windows for the importance statistics (and Calib)."""
-    reward_samples: int = 32
-    """Non-overlapping ``calib`` windows the reward is measured on (full fidelity)."""
+    reward_windows: int = 32
+    """Non-overlapping ``calib`` windows the reward is measured on at full fidelity (an episode may use fewer:
+    ``reset(options={"reward_windows": n})``, the curriculum's fidelity)."""
     eval_samples: int | None = None
     """Windows of a split :meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate` uses by default (``None``: all)."""
     seq_len: int = 256
@@ -59,7 +64,7 @@ class EnvConfig:
     reward: str = "plain"
     """``"plain"``: ``dense_ppl / pruned_ppl``; ``"calibrated"``: the same after post-pruning calibration (Calib,
     the quality the paper reports; structured mode only; costs ≈ 2-3 plain evaluations)."""
-    calib_alpha: float = 0.9
+    calib_alpha: float = CALIB_ALPHA
     """Ridge penalty of Calib (for ``reward="calibrated"`` and :meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate`)."""
     workers: int = 0
     """Population evaluations (:meth:`~ffenv.envs.prune_env.FFPruneEnv.step_many`) in this process (``0``) or on this many
@@ -67,7 +72,7 @@ class EnvConfig:
     ray_address: str | None = None
     """An existing Ray cluster (``"auto"``, ``"ray://host:10001"``) for the workers; ``None``: a local Ray instance."""
 
-    BACKEND_FIELDS: ClassVar[tuple[str, ...]] = ("model", "mode", "corpus", "calib_samples", "reward_samples",
+    BACKEND_FIELDS: ClassVar[tuple[str, ...]] = ("model", "mode", "corpus", "calib_samples", "reward_windows",
                                                  "seq_len", "device", "dtype", "seed", "criterion")
     """The fields that shape what is loaded and precomputed once (the backend cache key)."""
 
@@ -91,7 +96,7 @@ class EnvConfig:
                                f"got {self.ray_address!r}")
         if not isinstance(self.corpus, str) or not self.corpus:
             raise FFPruneError(f"corpus must be a corpus name or a path, got {self.corpus!r}")
-        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size"):
+        for name in ("calib_samples", "reward_windows", "seq_len", "batch_size"):
             positive_int(name, getattr(self, name))
         if self.eval_samples is not None:
             positive_int("eval_samples", self.eval_samples)
@@ -103,7 +108,7 @@ class EnvConfig:
         # normalise number types so equal configurations compare (and hash) equal
         for name in ("target_sparsity", "min_keep", "max_keep", "calib_alpha"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("calib_samples", "reward_samples", "seq_len", "batch_size", "seed", "workers"):
+        for name in ("calib_samples", "reward_windows", "seq_len", "batch_size", "seed", "workers"):
             object.__setattr__(self, name, int(getattr(self, name)))
         if self.eval_samples is not None:
             object.__setattr__(self, "eval_samples", int(self.eval_samples))
@@ -111,6 +116,10 @@ class EnvConfig:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
         """A config from keyword arguments; an unknown name is an :class:`FFPruneError` listing the known ones."""
+        renamed = sorted(k for k in kwargs if k in RENAMED_FIELDS)
+        if renamed:
+            raise FFPruneError(f"env argument(s) {renamed} were renamed: use "
+                               f"{', '.join(f'{RENAMED_FIELDS[k]}=' for k in renamed)} instead")
         unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise FFPruneError(f"unknown env argument(s) {unknown}; known: {[f.name for f in dataclasses.fields(cls)]}")

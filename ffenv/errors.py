@@ -1,8 +1,15 @@
-"""The project's exception for bad input, and the small argument checks every layer shares.
+"""The project's exceptions, by kind, and the small argument checks every layer shares.
 
-:class:`FFPruneError` is a :class:`ValueError`: code that catches ``ValueError`` keeps working. The
-``ffprune`` command line prints it as one line (the message names the parameter, the value, the
-allowed range and the fix); any other exception is a bug and shows its traceback.
+* :class:`FFPruneError` (a :class:`ValueError`): **bad input** — a parameter out of range, a missing or
+  corrupt file, an unknown name. Nothing was computed; fix the input and run again.
+* :class:`WorkerLostError` (a :class:`RuntimeError`): a population worker or a bench task died (killed,
+  out of memory, its node lost) and its retry was lost too. The input was fine; what finished is kept and
+  the same command with ``--resume`` (searches) or run again (benches) continues.
+* :class:`SearchInterrupted` (a :class:`RuntimeError`): a search stopped by Ctrl-C; it names the checkpoint
+  to resume from.
+
+The ``ffprune`` command line prints each as one line (exit code 2 for bad input, 1 for a lost worker, 130
+for an interruption); any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +21,23 @@ import numpy as np
 
 class FFPruneError(ValueError):
     """Bad input to ffprune: a parameter out of range, a missing or corrupt file, an unknown name."""
+
+
+class FFPruneRuntimeError(RuntimeError):
+    """A run that failed for a reason other than its input (the base of the two below)."""
+
+
+class WorkerLostError(FFPruneRuntimeError):
+    """A Ray worker (population actor or bench task) died and the retry of its work was lost too; resume."""
+
+
+class SearchInterrupted(FFPruneRuntimeError):
+    """A search stopped by Ctrl-C after ``episodes`` episodes; ``checkpoint`` (if any) resumes it."""
+
+    def __init__(self, episodes: int, checkpoint: str | None = None) -> None:
+        self.episodes, self.checkpoint = episodes, checkpoint
+        where = f"; resume with the same command and --resume (checkpoint {checkpoint})" if checkpoint else ""
+        super().__init__(f"interrupted after {episodes} episodes{where}")
 
 
 def positive_int(name: str, value: Any) -> int:

@@ -10,7 +10,12 @@ and ``gym.make_vec(id, num_envs=K)`` gives :class:`ffenv.vector.FFPruneVectorEnv
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
+
+from ffenv.config import EnvConfig
+from ffenv.errors import FFPruneError
 
 ENTRY_POINT = "ffenv.envs.prune_env:FFPruneEnv"
 VECTOR_ENTRY_POINT = "ffenv.vector.vector_env:FFPruneVectorEnv"
@@ -38,3 +43,16 @@ def register_envs() -> None:
                 continue
             gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT,
                          kwargs={"model": model, "mode": mode, "target_sparsity": target})
+
+
+def resolve_config(env_id: str, overrides: dict[str, Any] | None = None) -> EnvConfig:
+    """The :class:`~ffenv.config.EnvConfig` ``gym.make(env_id, **overrides)`` builds, without building it.
+
+    The one place where a registered id's keyword arguments and a caller's overrides merge (searches,
+    benches, the suite and export all ask here). An unknown id or field is an :class:`FFPruneError`.
+    """
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as err:
+        raise FFPruneError(f"env_id {env_id!r} is not registered ({err}); ffprune ids: {', '.join(env_ids())}") from None
+    return EnvConfig.from_kwargs(**{**spec.kwargs, **(overrides or {})})

@@ -13,7 +13,7 @@ from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.methods.fastforward import load_policy
 
-ENV_KW = {"reward_samples": 4, "calib_samples": 8, "eval_samples": 8}
+ENV_KW = {"reward_windows": 4, "calib_samples": 8, "eval_samples": 8}
 AGENT_KW = {"batch_episodes": 4, "hidden": (32, 32)}
 
 

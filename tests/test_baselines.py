@@ -69,7 +69,7 @@ def test_alphapruning_allocation_fits_eps_and_says_so():
 
     from ffprune.baselines.heuristics import alphapruning_allocation
 
-    env = gym.make("FFPrune-Mistral-Unstructured-v0", reward_samples=2, calib_samples=8)
+    env = gym.make("FFPrune-Mistral-Unstructured-v0", reward_windows=2, calib_samples=8)
     env.reset(seed=0)
     u = env.unwrapped
     s, info = alphapruning_allocation(env)
@@ -123,7 +123,7 @@ def test_flap_on_the_env_meets_the_budget():
 
     from ffprune.baselines.heuristics import flap_allocation
 
-    env = gym.make("FFPrune-OPT-v0", reward_samples=2, calib_samples=8)
+    env = gym.make("FFPrune-OPT-v0", reward_windows=2, calib_samples=8)
     u = env.unwrapped
     s = flap_allocation(env)
     assert s @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity, abs=max(u.sizes / u.sizes.sum()))
@@ -132,7 +132,7 @@ def test_flap_on_the_env_meets_the_budget():
     _, _, _, _, info = env.step(u.action_from_sparsities(s))
     assert info["sparsity"] == pytest.approx(u.target_sparsity, abs=0.01)
     with pytest.raises(ValueError, match="structured"):
-        flap_allocation(gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8))
+        flap_allocation(gym.make("FFPrune-Llama-Unstructured-v0", reward_windows=2, calib_samples=8))
 
 
 @pytest.mark.parametrize("method", ["uniform", "owl", "alphapruning"])
@@ -142,7 +142,7 @@ def test_allocations_go_through_the_env_unchanged(method):
     from ffprune.agents.methods.registry import METHODS
     from ffprune.baselines import heuristics
 
-    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)
+    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_windows=2, calib_samples=8)
     env.reset(seed=0)
     u = env.unwrapped
     assert METHODS[method].heuristic
@@ -165,7 +165,7 @@ def test_allocations_go_through_the_env_unchanged(method):
 def test_allocation_outside_the_keep_bounds_is_clipped_and_rebalanced():
     import gymnasium as gym
 
-    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_samples=2, calib_samples=8)  # target 0.7, min_keep 0.1
+    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_windows=2, calib_samples=8)  # target 0.7, min_keep 0.1
     u = env.unwrapped
     s = alphapruning_sparsities(np.linspace(2.0, 4.0, u.n_units), u.target_sparsity, u.sizes, eps=0.3)
     assert s.max() > 0.9  # AlphaPruning's own range at 70 % exceeds what min_keep allows
@@ -182,7 +182,7 @@ def test_search_baselines_share_the_search_pipeline(tmp_path, method):
     from ffprune.agents.experiments.search import run_search
 
     r = run_search("FFPrune-Mistral-v0", agent=method, budget=6, seed=0, logdir=tmp_path, out=tmp_path / "r.json",
-                   env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 4}, progress=False)
+                   env_kwargs={"reward_windows": 2, "calib_samples": 8, "eval_samples": 4}, progress=False)
     assert r["curriculum"] is False
     assert r["best"]["sparsity"] == pytest.approx(0.3, abs=0.02)
     if method == "uniform-split":

@@ -11,7 +11,7 @@ from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.bench import cost_to_reach
 from ffprune.agents.methods.registry import methods_for
 
-TINY = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
+TINY = ["--env-kwarg", "reward_windows=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import ffenv  # noqa: F401
 from ffenv.pruning.calib import input_gram, ridge_compensation, ridge_fold
 from ffenv.pruning.projector import project_budget
 
-SMALL = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
+SMALL = {"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}
 
 
 def _pruned(env_id: str, target: float):
@@ -86,7 +86,7 @@ def test_calibration_bad_input():
 def test_search_reports_the_calibrated_ppl_next_to_the_plain_one(tmp_path, capsys):
     from ffprune.agents.cli import main as cli_main
 
-    tiny = ["--env-kwarg", "reward_samples=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
+    tiny = ["--env-kwarg", "reward_windows=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
     out = tmp_path / "r.json"
     assert cli_main(["search", "--env", "FFPrune-Mistral-v0", "--agent", "uniform", "--calibrate", "--out", str(out),
                      "--logdir", str(tmp_path), "--quiet", *tiny]) == 0

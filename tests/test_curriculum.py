@@ -9,7 +9,7 @@ import pytest
 import ffenv  # noqa: F401
 from ffenv.wrappers.curriculum import CurriculumWrapper
 
-KW = {"reward_samples": 20, "calib_samples": 8}
+KW = {"reward_windows": 20, "calib_samples": 8}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_curriculum_drives_the_episode_through_reset_options(base_env):
     w.reset(seed=0)
     u = base_env.unwrapped
     assert u.target_sparsity == pytest.approx(0.05) and u.reward_windows == 1  # this episode's
-    assert u.config.target_sparsity == 0.3 and u.config.reward_samples == 20    # the env's configuration is untouched
+    assert u.config.target_sparsity == 0.3 and u.config.reward_windows == 20    # the env's configuration is untouched
     w.load_state_dict({"episodes": 10})
     assert w.stage["final"]
     assert w.state_dict() == {"episodes": 10}

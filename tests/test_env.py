@@ -14,7 +14,7 @@ from ffenv.errors import FFPruneError
 from ffenv.lm.models import load_model_cached
 from ffenv.lm.perplexity import perplexity
 
-FAST = {"reward_samples": 4, "calib_samples": 8}
+FAST = {"reward_windows": 4, "calib_samples": 8}
 
 
 def make(env_id: str = "FFPrune-Llama-v0", **kw) -> gym.Env:
@@ -85,7 +85,7 @@ def test_same_seed_same_action_same_result():
 
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
 def test_dense_weights_bit_identical_after_50_steps(mode):
-    env = make(mode=mode, target_sparsity=0.5, reward_samples=1)
+    env = make(mode=mode, target_sparsity=0.5, reward_windows=1)
     model = env.unwrapped.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(1)
@@ -194,7 +194,7 @@ def test_config_is_one_frozen_value_and_the_cache_can_be_cleared():
 
     env = make()
     u = env.unwrapped
-    assert isinstance(u.config, EnvConfig) and u.config.reward_samples == 4
+    assert isinstance(u.config, EnvConfig) and u.config.reward_windows == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         u.config.target_sparsity = 0.5
     assert u.config.as_kwargs()["target_sparsity"] == 0.3
@@ -243,8 +243,8 @@ def test_bad_actions_rejected_and_env_keeps_working(action, match):
         ({"min_keep": 0.8, "max_keep": 0.5}, "min_keep"),
         ({"mode": "semi"}, "mode"),
         ({"model": "tiny-gpt"}, "tiny-llama"),
-        ({"reward_samples": 0}, "reward_samples"),
-        ({"reward_samples": 10_000}, "reward_samples"),
+        ({"reward_windows": 0}, "reward_windows"),
+        ({"reward_windows": 10_000}, "reward_windows"),
         ({"seq_len": 4096}, "context length"),
         ({"criterion": "random"}, "criterion"),
         ({"corpus": "nope"}, "corpus"),

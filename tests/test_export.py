@@ -19,7 +19,7 @@ from ffprune.agents.experiments.search import run_search
 from ffprune.agents.tools.export import export_result
 from ffprune.agents.tools.hf_folder import RECIPE_FILE
 
-SMALL = {"reward_samples": 8, "eval_samples": 8, "calib_samples": 8}
+SMALL = {"reward_windows": 8, "eval_samples": 8, "calib_samples": 8}
 
 
 def _search(tmp_path, env_id, agent="random", **env_kwargs):

@@ -22,7 +22,7 @@ from ffenv import EnvConfig, FFPruneEnv, FFPruneError  # noqa: E402
 from ffenv.envs.population import LocalEvaluator  # noqa: E402
 from ffenv.vector.ray_workers import RayEvaluator, actor_device, actor_env_kwargs  # noqa: E402
 
-CONFIG = EnvConfig(reward_samples=2, calib_samples=8)
+CONFIG = EnvConfig(reward_windows=2, calib_samples=8)
 TARGETS = [0.3, 0.2, 0.4, 0.3, 0.2]
 WINDOWS = [1, 2, 2, 1, 2]
 
@@ -151,8 +151,8 @@ def test_worker_lost_without_retry_fails_the_batch(ray_instance, actions, two_wo
 @pytest.mark.slow
 def test_bad_config_is_the_environments_error(ray_instance):
     t0 = time.perf_counter()
-    with pytest.raises(FFPruneError, match="reward_samples=100000 exceeds"):
-        RayEvaluator(EnvConfig(reward_samples=100000, calib_samples=8), workers=1)
+    with pytest.raises(FFPruneError, match="reward_windows=100000 exceeds"):
+        RayEvaluator(EnvConfig(reward_windows=100000, calib_samples=8), workers=1)
     assert time.perf_counter() - t0 < 120
     deadline = time.monotonic() + 30  # the failed evaluator's actor is killed: its CPU comes back
     while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:

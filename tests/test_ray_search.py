@@ -12,7 +12,7 @@ def test_search_with_two_workers_equals_one_worker(tmp_path):
     """``--workers 2`` gives the same search as ``--workers 1`` (FastForward's batches and evolution's offspring)."""
     from ffprune.agents.experiments.search import run_search
 
-    env_kwargs = {"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}
+    env_kwargs = {"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}
     results = {}
     for workers in (1, 2):
         for agent, params in (("fastforward", {"batch_episodes": 4, "hidden": [16]}), ("evolution", {})):
@@ -31,7 +31,7 @@ def test_bench_cells_run_as_ray_tasks(tmp_path):
     from ffprune.agents.experiments.bench import run_bench
 
     rows = run_bench("FFPrune-Llama-v0", budget=3, seeds=2, methods=["random", "uniform"], out=tmp_path / "b",
-                     env_kwargs={"reward_samples": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False,
+                     env_kwargs={"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False,
                      progress=False, workers=2)
     assert sorted(r["method"] for r in rows) == ["random", "uniform"]
     assert len(list((tmp_path / "b" / "cells").glob("*/seed*.json"))) == 4

@@ -21,8 +21,8 @@ def test_readme_own_optimiser_is_short_and_runs(tmp_path, monkeypatch, capsys):
     code = own_optimiser_snippet()
     assert len(code.strip().splitlines()) <= 15
     small = code.replace("budget=100", "budget=4").replace(
-        'gym.make("FFPrune-Llama-v0")', 'gym.make("FFPrune-Llama-v0", reward_samples=2, calib_samples=8, eval_samples=2)')
-    assert small.count("budget=4") == 1 and small.count("reward_samples=2") == 1
+        'gym.make("FFPrune-Llama-v0")', 'gym.make("FFPrune-Llama-v0", reward_windows=2, calib_samples=8, eval_samples=2)')
+    assert small.count("budget=4") == 1 and small.count("reward_windows=2") == 1
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(small, "README own-optimiser", "exec"), namespace)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 ENV_ID = "FFPrune-Llama-v0"
-KWARGS = {"reward_samples": 2, "calib_samples": 8}
+KWARGS = {"reward_windows": 2, "calib_samples": 8}
 N_ENVS, N_STEPS = 2, 3
 STEP_TIMEOUT = 120  # seconds, gymnasium's own wait bound
 SCENARIO_TIMEOUT = 480  # a spawn scenario takes about 2 min on 2 busy cores

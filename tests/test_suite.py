@@ -12,7 +12,7 @@ from ffenv.errors import FFPruneError
 from ffprune.agents.cli import main
 from ffprune.agents.experiments.suite import SUITES, analyse, check_readme, get_suite, normalised, run_suite, update_readme
 
-SMALL = {"reward_samples": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
+SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
 
 
 def test_core_suite_is_nine_registered_tasks():

@@ -13,7 +13,7 @@ import ffenv
 from ffenv.lm.perplexity import perplexity
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 
-SMALL = {"reward_samples": 4, "calib_samples": 8}
+SMALL = {"reward_windows": 4, "calib_samples": 8}
 
 
 def _foreign_model(tmp_path, kind: str) -> str:
@@ -68,7 +68,7 @@ def _masked_and_sliced(env: gym.Env, action: np.ndarray) -> tuple[float, float]:
 def test_sliced_evaluation_equals_masked_and_leaves_the_dense_weights(model, tmp_path):
     name = model if model.startswith("tiny-") else _foreign_model(tmp_path, model)
     for target in (0.3, 0.8):  # 0.8 with min_keep 0 removes every head of some layers
-        env = gym.make("FFPrune-Llama-v0", model=name, target_sparsity=target, min_keep=0.0, reward_samples=2,
+        env = gym.make("FFPrune-Llama-v0", model=name, target_sparsity=target, min_keep=0.0, reward_windows=2,
                        calib_samples=4)
         u = env.unwrapped
         dense = {k: v.clone() for k, v in u.model.state_dict().items()}

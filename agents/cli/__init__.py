@@ -49,7 +49,7 @@ def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Calla
 
 
 def parse_env_kwargs(pairs: list[str] | None) -> dict[str, Any]:
-    """``["model=tiny-opt", "reward_samples=8"]`` → kwargs (values parsed as JSON when possible)."""
+    """``["model=tiny-opt", "reward_windows=8"]`` → kwargs (values parsed as JSON when possible)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:

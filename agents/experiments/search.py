@@ -61,7 +61,7 @@ def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[st
     """Perplexity of an allocation on the full reward split and on the held-out split (not search cost)."""
     base = env.unwrapped
     action = np.asarray(action, np.float32)
-    calib = base.evaluate(action, split="calib", n_windows=base.config.reward_samples, target_sparsity=target)
+    calib = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
     return {"calib_ppl": calib["ppl"], "dense_calib_ppl": calib["dense_ppl"], "eval_ppl": held["ppl"],
             "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],

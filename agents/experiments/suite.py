@@ -242,7 +242,7 @@ def reward_heldout_agreement(suite: Suite, cells: dict[str, dict[str, list[dict[
         cell = min(runs, key=lambda c: c["seed"])
         target = cell["env_kwargs"]["target_sparsity"]
         visited = [h for h in cell["history"] if "action" in h and h["target"] == target
-                   and h.get("windows") == cell["env_kwargs"]["reward_samples"]]
+                   and h.get("windows") == cell["env_kwargs"]["reward_windows"]]
         if len(visited) < 2:
             continue
         picks = [visited[i] for i in np.unique(np.linspace(0, len(visited) - 1, min(points, len(visited))).astype(int))]

@@ -62,7 +62,7 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
         entry["step_over_forward"] = round(entry["median_step_s"] / f, 3)
     if calibrate and structured:
         action = np.zeros(base.n_units, np.float32)
-        n = base.config.reward_samples
+        n = base.config.reward_windows
         plain = [timed(lambda: base.evaluate(action, split="calib", n_windows=n)) for _ in range(max(3, repeats // 2))]
         calib = [timed(lambda: base.evaluate(action, split="calib", n_windows=n, calibrate=True))
                  for _ in range(max(3, repeats // 2))]

@@ -132,7 +132,7 @@ def _get_backend(cfg: EnvConfig) -> Backend:
     net, tok = load_model_cached(cfg.model, cfg.device, cfg.dtype)
     ctx = context_length(net)
     blocks = decoder_blocks(net)
-    norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_samples"))
+    norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_windows"))
     if norms_key not in _NORMS:
         calib = calibration_windows(tok, cfg.corpus, "calib", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
                                     max_positions=ctx)
@@ -141,10 +141,10 @@ def _get_backend(cfg: EnvConfig) -> Backend:
     pruner = StructuredPruner(blocks, norms) if cfg.mode == "structured" else UnstructuredPruner(blocks, norms, cfg.criterion)
     features = _unit_features(pruner, blocks, norms)
     reward = evaluation_windows(tok, cfg.corpus, "calib", seq_len=cfg.seq_len, max_positions=ctx)
-    if cfg.reward_samples > len(reward):
-        raise FFPruneError(f"reward_samples={cfg.reward_samples} exceeds the {len(reward)} windows of {cfg.seq_len} "
-                           f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_samples <= {len(reward)}")
-    backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_samples], calib, time.perf_counter() - t0)
+    if cfg.reward_windows > len(reward):
+        raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "
+                           f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_windows <= {len(reward)}")
+    backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_windows], calib, time.perf_counter() - t0)
     _BACKENDS[cfg.backend_key] = backend
     return backend
 
@@ -155,11 +155,11 @@ class FFPruneEnv(gym.Env, PopulationEnv):
     Args:
         config: the whole configuration (:class:`~ffenv.config.EnvConfig`; default: its defaults).
         **overrides: any :class:`~ffenv.config.EnvConfig` field, e.g. ``model``, ``mode``,
-            ``target_sparsity``, ``reward_samples``, ``device`` (what ``gym.make`` passes).
+            ``target_sparsity``, ``reward_windows``, ``device`` (what ``gym.make`` passes).
 
     Episodes: :meth:`reset` takes ``options={"target_sparsity": σ, "reward_windows": n}`` for that
     episode (the curriculum's knobs); without options an episode runs at the configured target on all
-    ``reward_samples`` windows.
+    ``reward_windows`` windows.
 
     Populations: :meth:`reset_many` / :meth:`step_many` run ``n`` episodes at once (what the
     population searches and :func:`gymnasium.make_vec` use): in this process, or on ``workers`` Ray
@@ -189,7 +189,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         self.cost: dict[str, float] = {"evaluations": 0, "tokens": 0, "seconds": 0.0}
         self.setup_seconds = self._backend.setup_seconds
         self.target_sparsity = self.config.target_sparsity  # of the current episode
-        self.reward_windows = self.config.reward_samples    # of the current episode
+        self.reward_windows = self.config.reward_windows    # of the current episode
         self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
         self._pending: list[tuple[float, int]] = []          # (target, windows) of the episodes of reset_many
         self._evaluator: Evaluator | None = None
@@ -222,7 +222,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     @property
     def reward_tokens(self) -> torch.Tensor:
-        """All ``[reward_samples, seq_len]`` reward windows; an episode uses the first :attr:`reward_windows`."""
+        """All ``[reward_windows, seq_len]`` reward windows; an episode uses the first :attr:`reward_windows`."""
         return self._backend.reward_tokens
 
     @property
@@ -264,7 +264,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             raise FFPruneError(f"reset options {unknown} are unknown; allowed: {list(RESET_OPTIONS)}")
         target = options.get("target_sparsity", self.config.target_sparsity)
         check_budget(target, self.config.min_keep, self.config.max_keep)
-        windows = self._check_windows(options.get("reward_windows", self.config.reward_samples))
+        windows = self._check_windows(options.get("reward_windows", self.config.reward_windows))
         self.target_sparsity, self.reward_windows = float(target), windows
         self.dense_ppl = self._dense_ppl("calib", windows)
         return self._obs(), {"target_sparsity": self.target_sparsity, "dense_ppl": self.dense_ppl,
@@ -445,8 +445,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     def _check_windows(self, n: Any) -> int:
         n = positive_int("reward_windows", n)
-        if n > self.config.reward_samples:
-            raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_samples}] (reward_samples), got {n}")
+        if n > self.config.reward_windows:
+            raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_windows}] (reward_windows), got {n}")
         return n
 
     def _check_vector(self, name: str, value: Any) -> np.ndarray:

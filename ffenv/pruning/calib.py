@@ -53,6 +53,8 @@ from ffenv.lm.models import Block
 #: dtype of each batch's Gram product (accumulated across batches in float64). float32 products are ~3x
 #: cheaper than float64 ones on CPU (and on most GPUs); the folded weights agree with all-float64 statistics
 #: to ~1e-6 relative on the bundled models (tests/test_compensation.py checks 1e-4 on the perplexity).
+CALIB_ALPHA = 0.9
+"""The ridge penalty α of Calib unless a caller sets one (:attr:`ffenv.EnvConfig.calib_alpha` defaults to it)."""
 GRAM_PRODUCT_DTYPE = torch.float32
 
 
@@ -328,7 +330,7 @@ def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, to
 
 @contextmanager
 def ridge_compensation(model: nn.Module, blocks: list[Block], kept_columns: list[tuple[torch.Tensor, torch.Tensor]],
-                       dense: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor, alpha: float = 0.9,
+                       dense: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor, alpha: float = CALIB_ALPHA,
                        batch_size: int = 8) -> Iterator[None]:
     """Compensate an (already pruned) model inside a ``with`` block; the weights are put back on exit.
 

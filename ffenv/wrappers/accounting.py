@@ -7,7 +7,7 @@ is measured the same way. For every episode it
 * counts the episode against the ``budget`` (a step after the budget is spent is refused);
 * reads the search cost off the environment: evaluations, tokens forwarded, wall seconds;
 * keeps the best allocation **at the final target on all reward windows** (the environment's configured
-  ``target_sparsity`` and ``reward_samples``): an episode of a cheaper curriculum stage that looks at
+  ``target_sparsity`` and ``reward_windows``): an episode of a cheaper curriculum stage that looks at
   least as good as the best is re-scored there with :meth:`ffenv.envs.prune_env.FFPruneEnv.score` (counted as cost);
 * appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
   optional :class:`~ffenv.wrappers.logger.SearchLogger` (TensorBoard, progress bar).
@@ -50,7 +50,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.budget = positive_int("budget", budget)
         self.logger = logger
         self.final_target = base.config.target_sparsity
-        self.full_windows = base.config.reward_samples
+        self.full_windows = base.config.reward_windows
         self.weights = base.weights
         self.episodes = 0
         self.best: dict[str, Any] | None = None

@@ -82,7 +82,7 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
         self.stairs = stairs
         self.fidelity_start = float(fidelity_start)
         self.fidelity_schedule = fidelity_schedule
-        self.full_windows = base.config.reward_samples
+        self.full_windows = base.config.reward_windows
         self.episodes = 0
         self.stage: dict[str, Any] = self.stage_at(0)
         self._population: list[dict[str, Any]] = []  # the stages of the episodes of the last reset_many
