@@ -17,6 +17,7 @@ from ffenv.wrappers.logger import SearchLogger
 
 __version__ = "0.1.0"
 __all__ = ["EnvConfig", "FFPruneEnv", "FFPruneError", "SearchInterrupted", "WorkerLostError", "CurriculumWrapper",
-           "SearchAccounting", "SearchLogger", "clear_cache", "load_pruned", "project_budget", "env_ids", "register_envs", "resolve_config", "__version__"]
+           "SearchAccounting", "SearchLogger", "clear_cache", "load_pruned", "project_budget", "env_ids", "register_envs",
+           "resolve_config", "__version__"]
 
 register_envs()

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from ffenv.lm import data
 from ffenv.errors import FFPruneError
+from ffenv.lm import data
 
 
 def test_stdlib_splits_are_deterministic_and_disjoint():
