@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ffenv.envs.prune_env import UNIT_FEATURES
+from ffenv.envs.features import UNIT_FEATURES
 from ffenv.errors import FFPruneError
 from ffenv.pruning.importance import collect_input_moments
 from ffenv.pruning.projector import keep_to_raw, project_budget

@@ -23,7 +23,7 @@ CRITERIA = ("wanda", "magnitude")
 REWARDS = ("plain", "calibrated")
 RENAMED_FIELDS = {"reward_samples": "reward_windows"}
 """Old field name -> new one (results written before the rename record the old names; see
-:func:`ffprune.agents.experiments.results.read_result`)."""
+:func:`ffprune.agents.results.read_result`)."""
 
 
 @dataclass(frozen=True)

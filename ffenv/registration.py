@@ -17,7 +17,7 @@ import gymnasium as gym
 from ffenv.config import EnvConfig
 from ffenv.errors import FFPruneError
 
-ENTRY_POINT = "ffenv.envs.prune_env:FFPruneEnv"
+ENTRY_POINT = "ffenv.vector.factory:make_env"
 VECTOR_ENTRY_POINT = "ffenv.vector.vector_env:FFPruneVectorEnv"
 FAMILIES = {"Llama": "tiny-llama", "Mistral": "tiny-mistral", "OPT": "tiny-opt"}
 STRUCTURED_TARGET = 0.3

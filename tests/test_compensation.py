@@ -21,7 +21,7 @@ def _pruned(env_id: str, target: float):
     env = gym.make(env_id, target_sparsity=target, **SMALL)
     u = env.unwrapped
     keep = project_budget(np.zeros(u.n_units), target, u.sizes, u.config.min_keep, u.config.max_keep)
-    return u, u.pruner.round(keep, (1 - target) * u.sizes.sum())
+    return u, u.pruner.to_unit_sparsity(keep, (1 - target) * u.sizes.sum())
 
 
 @pytest.mark.parametrize("env_id", ["FFPrune-Llama-v0", "FFPrune-OPT-v0"])
@@ -91,7 +91,7 @@ def test_search_reports_the_calibrated_ppl_next_to_the_plain_one(tmp_path, capsy
     assert cli_main(["search", "--env", "FFPrune-Mistral-v0", "--agent", "uniform", "--calibrate", "--out", str(out),
                      "--logdir", str(tmp_path), "--quiet", *tiny]) == 0
     best = json.loads(out.read_text())["best"]
-    assert np.isfinite(best["eval_ppl_calib"]) and best["eval_ppl_calib"] != best["eval_ppl"]
+    assert np.isfinite(best["eval_ppl_after_calib"]) and best["eval_ppl_after_calib"] != best["eval_ppl"]
     assert "after post-pruning calibration" in capsys.readouterr().out
     assert cli_main(["search", "--env", "FFPrune-Mistral-Unstructured-v0", "--agent", "uniform", "--calibrate",
                      "--logdir", str(tmp_path), "--quiet", *tiny]) == 2
@@ -125,7 +125,7 @@ def _random_allocation(env_id: str, target: float = 0.5, **kwargs):
     u = env.unwrapped
     action = np.random.default_rng(0).uniform(-1, 1, u.n_units).astype(np.float32)
     keep = project_budget(action.astype(np.float64), target, u.sizes, u.config.min_keep, u.config.max_keep)
-    return u, action, u.pruner.round(keep, (1 - target) * u.sizes.sum())
+    return u, action, u.pruner.to_unit_sparsity(keep, (1 - target) * u.sizes.sum())
 
 
 def _dense_weights(u):
@@ -152,9 +152,9 @@ def test_one_pass_gives_the_same_compensation_as_the_per_module_reference(env_id
     masked = [lin.weight.detach().clone() for b in u.blocks for lin in (b.attn_out, b.ffn_out)]
     u.pruner.restore()
     new, ref = [], []
-    monkeypatch.setattr("ffenv.envs.prune_env.ridge_compensation", _recording(ridge_compensation, new))
+    monkeypatch.setattr("ffenv.envs.backend.ridge_compensation", _recording(ridge_compensation, new))
     ppl = u.evaluate(action, calibrate=True)["ppl"]  # held-out split
-    monkeypatch.setattr("ffenv.envs.prune_env.ridge_compensation", _recording(_reference_compensation, ref))
+    monkeypatch.setattr("ffenv.envs.backend.ridge_compensation", _recording(_reference_compensation, ref))
     ppl_ref = u.evaluate(action, calibrate=True)["ppl"]
     assert len(new) == len(ref) == len(masked) == 2 * len(u.blocks)
     assert sum(not torch.equal(w, m) for w, m in zip(ref, masked)) >= len(u.blocks)  # the reference did fold
@@ -232,7 +232,7 @@ def test_calibration_walks_the_layers_once(env_id):
     # only up to the last pruned layer: nothing pruned after layer 0 -> the other layers never run
     sparsity = np.zeros(u.n_units)
     sparsity[1] = 0.5  # layer 0's FFN only
-    unit_sparsity = u.pruner.round(1 - sparsity, (1 - sparsity) @ u.sizes)
+    unit_sparsity = u.pruner.to_unit_sparsity(1 - sparsity, (1 - sparsity) @ u.sizes)
     kept = u.pruner.kept_columns(unit_sparsity)
     n_layer, h_layer = _count_calls(list(layers))
     u.pruner.apply(unit_sparsity)

@@ -9,7 +9,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ffenv
 from ffenv.config import EnvConfig
-from ffenv.envs.prune_env import UNIT_FEATURES, FFPruneEnv
+from ffenv.envs.features import UNIT_FEATURES
+from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import FFPruneError
 from ffenv.lm.models import load_model_cached
 from ffenv.lm.perplexity import perplexity
@@ -150,7 +151,7 @@ def test_evaluate_uses_held_out_split_and_does_not_count_as_search_cost():
     res2 = u.evaluate(sparsities=s, n_windows=4)
     assert res2["sparsity"] == pytest.approx(0.3, abs=0.02)
     model, tok = load_model_cached("tiny-llama", "cpu", "auto")
-    assert res["dense_ppl"] == pytest.approx(perplexity(model, u._split_tokens("eval", 4)))
+    assert res["dense_ppl"] == pytest.approx(perplexity(model, u.windows("eval", 4)))
 
 
 def test_uniform_action_is_uniform_allocation():

@@ -50,7 +50,7 @@ def _foreign_model(tmp_path, kind: str) -> str:
 def _masked_and_sliced(env: gym.Env, action: np.ndarray) -> tuple[float, float]:
     u = env.unwrapped
     keep = ffenv.project_budget(action, u.target_sparsity, u.sizes, u.config.min_keep, u.config.max_keep)
-    s = u.pruner.round(keep, (1 - u.target_sparsity) * u.sizes.sum())
+    s = u.pruner.to_unit_sparsity(keep, (1 - u.target_sparsity) * u.sizes.sum())
     u.pruner.apply(s)
     try:
         masked = perplexity(u.model, u.reward_tokens)
@@ -159,3 +159,84 @@ def test_calibrated_reward_is_the_ratio_after_calib():
     assert reward == pytest.approx(info["dense_ppl"] / calibrated)
     with pytest.raises(ffenv.FFPruneError, match="structured"):
         gym.make("FFPrune-Llama-Unstructured-v0", reward="calibrated", **SMALL)
+
+
+# ----------------------------------------------------------------------------- the one timer and the speed benchmark
+class _FakeClock:
+    """``time.perf_counter`` that advances only when the timed work says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_median_seconds_discards_the_warm_up_and_takes_the_median(monkeypatch):
+    from ffprune.agents.tools import timing
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    durations = iter([5.0, 1.0, 9.0, 2.0])  # warm-up, then three timed calls
+
+    def work():
+        clock.now += next(durations)
+
+    assert timing.median_seconds(work, "cpu", repeats=3, warmup=1) == 2.0  # not 4.0 (mean), not 5.0 (warm-up)
+    assert next(durations, None) is None
+    for kwargs, needle in (({"repeats": 0}, "repeats"), ({"repeats": 2, "warmup": -1}, "warmup")):
+        with pytest.raises(ffenv.FFPruneError, match=needle):
+            timing.median_seconds(work, "cpu", **kwargs)
+
+
+def test_the_timer_synchronises_a_cuda_device_before_and_after(monkeypatch):
+    from ffprune.agents.tools import timing
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
+    timing.timed(lambda: calls.append("work"), "cuda:0")
+    assert calls == [("sync", torch.device("cuda:0")), "work", ("sync", torch.device("cuda:0"))]
+    calls.clear()
+    timing.timed(lambda: calls.append("work"), torch.device("cpu"))
+    assert calls == ["work"]
+
+
+def test_forward_tokens_per_second_is_tokens_over_the_median_forward(monkeypatch):
+    from ffprune.agents.tools import timing
+    from ffprune.agents.tools.hf_folder import forward_tokens_per_second
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    durations = iter([10.0, 0.5, 0.25, 4.0])
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids: torch.Tensor, use_cache: bool) -> None:
+            assert not use_cache and torch.is_inference_mode_enabled()
+            clock.now += next(durations)
+
+    tokens = torch.zeros(4, 8, dtype=torch.long)
+    assert forward_tokens_per_second(Model(), tokens, repeats=3) == 32 / 0.5  # one warm-up (10 s) discarded
+
+
+def test_bench_env_times_steps_against_the_dense_forward():
+    from ffprune.agents.tools.speed import bench_env
+
+    result = bench_env("FFPrune-Llama-v0", repeats=1, reward_windows=2, calib_samples=4)
+    json.dumps(result)
+    assert result["mode"] == "structured" and result["units"] == 16 and result["repeats"] == 1
+    assert set(result["steps"]) == {"0.3", "0.5"}  # the env's target and 0.5
+    for entry in result["steps"].values():
+        assert entry["median_step_s"] > 0
+        assert entry["step_over_forward"] == pytest.approx(entry["median_step_s"] / result["median_forward_s"], rel=0.05)
+    assert result["median_calib_eval_s"] > 0 and result["median_plain_eval_s"] > 0
+    assert result["calib_over_plain"] == pytest.approx(result["median_calib_eval_s"] / result["median_plain_eval_s"],
+                                                       rel=0.05)
+    for kwargs, needle in (({"env_id": "FFPrune-Nope-v0"}, "not registered"), ({"repeats": 0}, "repeats"),
+                           ({"reward_samples": 2}, "reward_windows")):
+        with pytest.raises(ffenv.FFPruneError, match=needle) as err:
+            bench_env(**{"env_id": "FFPrune-Llama-v0", **kwargs})
+        assert "\n" not in str(err.value)

@@ -91,9 +91,10 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Policy(nn.Module):
-    """Gaussian actor (state-independent log-std) and critic on the observation."""
+    """Gaussian actor (state-independent log-std) and critic on the observation (defaults: :class:`FastForwardConfig`'s)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256, 128), init_std: float = 1.0):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = FastForwardConfig.hidden,
+                 init_std: float = FastForwardConfig.init_std):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.actor = mlp([obs_dim, *hidden, act_dim])

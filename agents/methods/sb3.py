@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_torch_save, atomic_write, load_checkpoint
+from ffenv.vector.vector_env import FFPruneVectorEnv
 from ffenv.wrappers import SearchAccounting
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -55,15 +56,16 @@ def algorithm_class(name: str) -> type[BaseAlgorithm]:
     return cls
 
 
-class PopulationVecEnv(VecEnv):
-    """An SB3 ``VecEnv`` of ``n_envs`` episodes per SB3 step, run as one population of the search.
+class SB3VecEnv(VecEnv):
+    """stable-baselines3's ``VecEnv`` face of :class:`ffenv.vector.vector_env.FFPruneVectorEnv`: ``n_envs`` episodes
+    per SB3 step, run as one population of the search.
 
-    Every SB3 step is one ``step_many`` of the :class:`~ffenv.wrappers.SearchAccounting` (in-process or on
-    Ray workers), so the budget, the cost axes and the best allocation are accounted exactly as for the
-    other methods. Episodes are single steps: each step also starts the next ``n_envs`` episodes (SB3's
-    same-step reset; ``info["terminal_observation"]`` holds the finished one's). When fewer than
-    ``n_envs`` episodes are left in the budget, only those run; the others return reward 0 with
-    ``info["beyond_budget"] = True``, and SB3 stops right after that step, before learning from it.
+    Every SB3 step is one :meth:`~ffenv.vector.vector_env.FFPruneVectorEnv.step_episodes` over the
+    :class:`~ffenv.wrappers.SearchAccounting` (in-process or on Ray workers), so the budget, the cost axes and the
+    best allocation are accounted exactly as for the other methods, and the same-step autoreset is the vector
+    env's (``info["terminal_observation"]`` holds the finished episode's observation). When fewer than ``n_envs``
+    episodes are left in the budget, only those run; the others return reward 0 with ``info["beyond_budget"] =
+    True``, and SB3 stops right after that step, before learning from it.
     """
 
     def __init__(self, env: SearchAccounting, n_envs: int) -> None:
@@ -71,19 +73,12 @@ class PopulationVecEnv(VecEnv):
         if n_envs > env.budget - env.episodes:
             raise FFPruneError(f"n_envs={n_envs} exceeds the {env.budget - env.episodes} episodes left in the budget")
         self.search = env  # before VecEnv's constructor, which reads render_mode through get_attr
+        self.vector = FFPruneVectorEnv(n_envs, env=env)
         super().__init__(n_envs, env.observation_space, env.action_space)
-        self._obs = np.zeros((n_envs, *env.observation_space.shape), np.float32)
         self._actions = np.zeros((n_envs, *env.action_space.shape), np.float32)
 
-    def _start(self, seed: int | None = None) -> np.ndarray:
-        n = min(self.num_envs, self.search.budget - self.search.episodes)
-        if n > 0:
-            obs, _ = self.search.reset_many(n, seed=seed)
-            self._obs[:n] = obs
-        return self._obs.copy()
-
     def reset(self) -> np.ndarray:
-        obs = self._start(self._seeds[0])
+        obs, _ = self.vector.start_episodes(self._seeds[0])
         self._reset_seeds()
         return obs
 
@@ -91,15 +86,11 @@ class PopulationVecEnv(VecEnv):
         self._actions = np.clip(np.asarray(actions, np.float32), self.action_space.low, self.action_space.high)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-        n = min(self.num_envs, self.search.budget - self.search.episodes)
-        final_obs = self._obs.copy()
-        _, rewards, _, _, infos = self.search.step_many(self._actions[:n])
-        infos = list(infos) + [{"beyond_budget": True} for _ in range(self.num_envs - n)]
-        rewards = np.concatenate([np.asarray(rewards, np.float32), np.zeros(self.num_envs - n, np.float32)])
-        for i, info in enumerate(infos):
-            info["terminal_observation"] = final_obs[i]
+        out = self.vector.step_episodes(self._actions)
+        for i, info in enumerate(out.final_infos):
+            info["terminal_observation"] = out.final_obs[i]
             info["TimeLimit.truncated"] = False
-        return self._start(), rewards, np.ones(self.num_envs, bool), infos
+        return out.obs, out.rewards.astype(np.float32), out.terminated, out.final_infos
 
     def close(self) -> None:
         pass
@@ -108,7 +99,7 @@ class PopulationVecEnv(VecEnv):
         return [self.search.get_wrapper_attr(attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        raise FFPruneError(f"PopulationVecEnv has one environment for all its episodes; cannot set {attr_name!r} per env")
+        raise FFPruneError(f"SB3VecEnv has one environment for all its episodes; cannot set {attr_name!r} per env")
 
     def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
         method = self.search.get_wrapper_attr(method_name)
@@ -148,11 +139,11 @@ def run_sb3(
 ) -> dict[str, Any]:
     """Train an SB3 algorithm until the search's budget is spent. Returns the model and its settings.
 
-    ``n_envs > 1`` runs it on a :class:`PopulationVecEnv`: ``n_envs`` episodes per SB3 step, evaluated as one
+    ``n_envs > 1`` runs it on a :class:`SB3VecEnv`: ``n_envs`` episodes per SB3 step, evaluated as one
     population (in-process or on the env's Ray workers), with the same budget accounting.
     """
     cls = algorithm_class(algo)
-    venv: gym.Env | VecEnv = env if positive_int("n_envs", n_envs) == 1 else PopulationVecEnv(env, n_envs)
+    venv: gym.Env | VecEnv = env if positive_int("n_envs", n_envs) == 1 else SB3VecEnv(env, n_envs)
     name = cls.__name__
     kwargs: dict[str, Any] = dict(DEFAULTS.get(name, {}))
     if "learning_starts" in kwargs:

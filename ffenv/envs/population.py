@@ -2,8 +2,9 @@
 
 An :class:`Evaluator` scores a batch of actions, each at its own target sparsity and fidelity (reward
 windows), and returns what :meth:`ffenv.envs.prune_env.FFPruneEnv.score` returns for each, in order.
-:class:`LocalEvaluator` runs them one after another in this process; ``ffenv.vector.ray_workers.RayEvaluator``
-spreads them over Ray actors (one model replica each). Every evaluation is deterministic given its action,
+:class:`LocalEvaluator` runs them one after another in this process;
+:class:`ffenv.vector.ray_workers.RayEvaluator` spreads them over Ray actors (one model replica each), handed
+to the env by the layer above (:mod:`ffenv.vector.factory`). Every evaluation is deterministic given its action,
 target and fidelity, so the results do not depend on how a batch is split.
 """
 
@@ -13,7 +14,9 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker
 
 from ffenv.errors import FFPruneError
 
@@ -35,7 +38,8 @@ class PopulationEnv(abc.ABC):
         """Run the episodes of the last :meth:`reset_many`, one action each."""
 
 
-_PASS_THROUGH = ("OrderEnforcing", "PassiveEnvChecker")  # what gym.make adds; neither changes an episode
+PASS_THROUGH: tuple[type[gym.Wrapper], ...] = (OrderEnforcing, PassiveEnvChecker)
+"""What ``gym.make`` adds around an env; neither changes an episode, so a population step may pass them."""
 
 
 def inner_population_env(env: Any) -> PopulationEnv:
@@ -45,7 +49,7 @@ def inner_population_env(env: Any) -> PopulationEnv:
     """
     inner = env.env
     while not isinstance(inner, PopulationEnv):
-        if type(inner).__name__ not in _PASS_THROUGH or not hasattr(inner, "env"):
+        if not isinstance(inner, PASS_THROUGH):
             raise FFPruneError(f"population steps (reset_many / step_many) would bypass {type(inner).__name__}; "
                                "wrap FFPruneEnv only with CurriculumWrapper / SearchAccounting for them")
         inner = inner.env

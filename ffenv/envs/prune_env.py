@@ -10,7 +10,7 @@ Spaces
       in block order: ``[attn_0, ffn_0, attn_1, ffn_1, ...]``), ``D = L`` in unstructured mode.
       ``-1`` asks for ``min_keep``, ``+1`` for ``max_keep``; the projector fixes the total.
     * observation: ``Box(0, 1, (1 + D·F,), float32)``: the target sparsity, then for each unit the
-      :data:`UNIT_FEATURES` (static: computed once from the dense model).
+      :data:`~ffenv.envs.features.UNIT_FEATURES` (static: computed once from the dense model).
 
 ``info`` after a step: ``layer_sparsity`` (per unit, after projection and rounding), ``keep_ratio``
 (projected, before rounding), ``sparsity`` (realized global), ``target_sparsity``, ``ppl``,
@@ -18,19 +18,20 @@ Spaces
 search cost, wall seconds included, is ``env.unwrapped.cost``; :meth:`FFPruneEnv.evaluate` measures
 held-out perplexity for reporting without touching it.
 
-Everything loaded or precomputed once (model, tokenizer, importance, features, token windows) lives
-in a per-process cache shared by environments whose :class:`~ffenv.config.EnvConfig` agrees on
-:attr:`~ffenv.config.EnvConfig.BACKEND_FIELDS`; :func:`clear_cache` frees it (e.g. between models).
+Everything loaded or precomputed once (model, tokenizer, importance, features, token windows) is the
+env's :class:`~ffenv.envs.backend.Backend`, shared per process by environments whose
+:class:`~ffenv.config.EnvConfig` agrees on :attr:`~ffenv.config.EnvConfig.BACKEND_FIELDS`;
+:func:`~ffenv.envs.backend.clear_cache` frees it (e.g. between models).
+
+Populations (:meth:`FFPruneEnv.score_many`) run in this process (``workers=0``) or through the population
+evaluator the layer above hands in (``evaluator_factory``: ``gym.make`` and the vector env pass Ray's,
+:func:`ffenv.vector.factory.ray_evaluator`); the env itself knows nothing of Ray.
 """
 
 from __future__ import annotations
 
-import copy
-import gc
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -38,115 +39,21 @@ import numpy as np
 import torch
 
 from ffenv.config import EnvConfig
+from ffenv.envs.backend import Backend, clear_cache, get_backend
+from ffenv.envs.features import UNIT_FEATURES
 from ffenv.envs.population import Evaluator, LocalEvaluator, PopulationEnv
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.lm.data import SPLITS, calibration_windows, evaluation_windows
+from ffenv.lm.data import SPLITS
 from ffenv.lm.forking import check_fork_safety
-from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
-from ffenv.lm.perplexity import perplexity
-from ffenv.pruning.calib import ridge_compensation
-from ffenv.pruning.engines import StructuredPruner, Unit, UnstructuredPruner
-from ffenv.pruning.importance import block_outlier_ratio, collect_input_norms
+from ffenv.lm.models import Block, weights_fingerprint
+from ffenv.pruning.engines import Pruner, Unit
 from ffenv.pruning.projector import check_budget, keep_to_raw, project_budget
-from ffenv.vector.ray_workers import RayEvaluator
+
+__all__ = ["FFPruneEnv", "RESET_OPTIONS", "UNIT_FEATURES", "clear_cache"]
 
 RESET_OPTIONS = ("target_sparsity", "reward_windows")
-UNIT_FEATURES = (
-    "depth",            # block index / (L - 1)
-    "kind",             # 0 attention, 1 FFN, 0.5 whole block (unstructured)
-    "size_share",       # unit parameters / largest unit's parameters
-    "importance",       # mean unit importance / largest among units of the same kind
-    "importance_spread",  # coefficient of variation c of granule importances, as c / (1 + c)
-    "outlier_ratio",    # OWL: share of the block's Wanda scores above 5 × their mean
-)
-
-
-@dataclass
-class Backend:
-    """Everything a step needs that does not change between steps (shared per process, see :func:`clear_cache`)."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    blocks: list[Block]
-    pruner: StructuredPruner | UnstructuredPruner
-    features: np.ndarray
-    reward_tokens: torch.Tensor
-    calib_tokens: torch.Tensor
-    setup_seconds: float
-    dense_ppl_cache: dict[tuple[str, int], float] = field(default_factory=dict)
-    eval_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-_BACKENDS: dict[tuple, Backend] = {}
-_NORMS: dict[tuple, tuple[torch.Tensor, dict]] = {}  # calibration windows and input norms, shared by both modes
-
-
-def clear_cache() -> None:
-    """Free every cached backend (models, statistics, token windows) of this process.
-
-    Environments built before keep working on their own backend; new ones load again. Use it between
-    models in one process (e.g. a notebook comparing checkpoints), so only one copy stays in memory.
-    """
-    _BACKENDS.clear()
-    _NORMS.clear()
-    load_model_cached.cache_clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _unit_features(pruner: StructuredPruner | UnstructuredPruner, blocks: list[Block], norms: dict) -> np.ndarray:
-    units = pruner.units
-    n_blocks = len(blocks)
-    outliers = [block_outlier_ratio(b, norms) for b in blocks]
-    max_size = max(u.size for u in units)
-    if isinstance(pruner, StructuredPruner):
-        imps = [imp.double() for imp in pruner.importance]
-    else:
-        imps = []
-        for b in blocks:
-            col = [(lin.weight.detach().float().abs() * norms[(b.index, name)][None, :]).mean(0).double().cpu()
-                   for name, lin in b.linears.items()]
-            imps.append(torch.cat(col))
-    means = np.array([float(i.mean()) for i in imps])
-    kinds = np.array([u.kind for u in units])
-    feats = np.zeros((len(units), len(UNIT_FEATURES)), dtype=np.float64)
-    for j, (u, imp) in enumerate(zip(units, imps)):
-        same = means[kinds == u.kind]
-        cv = float(imp.std() / imp.mean()) if imp.numel() > 1 and float(imp.mean()) > 0 else 0.0
-        feats[j] = [
-            u.block / max(n_blocks - 1, 1),
-            {"attn": 0.0, "ffn": 1.0, "block": 0.5}[u.kind],
-            u.size / max_size,
-            means[j] / same.max() if same.max() > 0 else 0.0,
-            cv / (1.0 + cv),
-            outliers[u.block],
-        ]
-    return np.clip(feats, 0.0, 1.0).astype(np.float32)
-
-
-def _get_backend(cfg: EnvConfig) -> Backend:
-    if cfg.backend_key in _BACKENDS:
-        return _BACKENDS[cfg.backend_key]
-    t0 = time.perf_counter()
-    net, tok = load_model_cached(cfg.model, cfg.device, cfg.dtype)
-    ctx = context_length(net)
-    blocks = decoder_blocks(net)
-    norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_windows"))
-    if norms_key not in _NORMS:
-        calib = calibration_windows(tok, cfg.corpus, "calib", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
-                                    max_positions=ctx)
-        _NORMS[norms_key] = (calib, collect_input_norms(net, blocks, calib))
-    calib, norms = _NORMS[norms_key]
-    pruner = StructuredPruner(blocks, norms) if cfg.mode == "structured" else UnstructuredPruner(blocks, norms, cfg.criterion)
-    features = _unit_features(pruner, blocks, norms)
-    reward = evaluation_windows(tok, cfg.corpus, "calib", seq_len=cfg.seq_len, max_positions=ctx)
-    if cfg.reward_windows > len(reward):
-        raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "
-                           f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_windows <= {len(reward)}")
-    backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_windows], calib, time.perf_counter() - t0)
-    _BACKENDS[cfg.backend_key] = backend
-    return backend
+EvaluatorFactory = Callable[[EnvConfig], Evaluator]
+"""Builds the population evaluator of a configuration with ``workers > 0`` (called once, at the first population)."""
 
 
 class FFPruneEnv(gym.Env, PopulationEnv):
@@ -154,6 +61,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     Args:
         config: the whole configuration (:class:`~ffenv.config.EnvConfig`; default: its defaults).
+        evaluator_factory: builds the population evaluator when ``workers > 0`` (``gym.make`` passes
+            :func:`ffenv.vector.factory.ray_evaluator`); not needed with ``workers=0``.
         **overrides: any :class:`~ffenv.config.EnvConfig` field, e.g. ``model``, ``mode``,
             ``target_sparsity``, ``reward_windows``, ``device`` (what ``gym.make`` passes).
 
@@ -172,61 +81,64 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: EnvConfig | None = None, *, evaluator_factory: EvaluatorFactory | None = None,
+                 **overrides: Any) -> None:
         super().__init__()
         check_fork_safety()
         if config is not None and not isinstance(config, EnvConfig):
             raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
         base = config or EnvConfig()
         self.config = base.replace(**overrides) if overrides else base
-        self._backend = _get_backend(self.config)
-        self.units: list[Unit] = list(self._backend.pruner.units)
+        self.backend: Backend = get_backend(self.config)
+        """The shared model, engine, features and windows (:mod:`ffenv.envs.backend`)."""
+        self.units: list[Unit] = list(self.backend.pruner.units)
         self.sizes = np.array([u.size for u in self.units], dtype=np.float64)
         self.n_units = len(self.units)
-        self.n_blocks = len(self._backend.blocks)
+        self.n_blocks = len(self.backend.blocks)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_units,), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (1 + self.n_units * len(UNIT_FEATURES),), np.float32)
         self.cost: dict[str, float] = {"evaluations": 0, "tokens": 0, "seconds": 0.0}
-        self.setup_seconds = self._backend.setup_seconds
+        self.setup_seconds = self.backend.setup_seconds
         self.target_sparsity = self.config.target_sparsity  # of the current episode
         self.reward_windows = self.config.reward_windows    # of the current episode
-        self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
+        self.dense_ppl = self.backend.dense_ppl("calib", self.reward_windows, self.config.batch_size)
         self._pending: list[tuple[float, int]] = []          # (target, windows) of the episodes of reset_many
+        self._evaluator_factory = evaluator_factory
         self._evaluator: Evaluator | None = None
 
-    # ------------------------------------------------------------------ public knobs
+    # ------------------------------------------------------------------ what the env is made of
     @property
     def model(self) -> torch.nn.Module:
         """The (dense, between steps) model. Do not modify it."""
-        return self._backend.model
+        return self.backend.model
 
     @property
     def tokenizer(self) -> Any:
         """The model's tokenizer."""
-        return self._backend.tokenizer
+        return self.backend.tokenizer
 
     @property
     def blocks(self) -> list[Block]:
         """The model's decoder blocks as family-neutral :class:`~ffenv.lm.models.Block` views."""
-        return self._backend.blocks
+        return self.backend.blocks
 
     @property
-    def pruner(self) -> StructuredPruner | UnstructuredPruner:
+    def pruner(self) -> Pruner:
         """The pruning engine (precomputed orderings; :meth:`step` applies and restores it)."""
-        return self._backend.pruner
+        return self.backend.pruner
 
     @property
     def calibration_tokens(self) -> torch.Tensor:
         """The ``[calib_samples, seq_len]`` calibration windows importance (and Calib) were computed on."""
-        return self._backend.calib_tokens
+        return self.backend.calib_tokens
 
     @property
     def reward_tokens(self) -> torch.Tensor:
         """All ``[reward_windows, seq_len]`` reward windows; an episode uses the first :attr:`reward_windows`."""
-        return self._backend.reward_tokens
+        return self.backend.reward_tokens
 
     @property
-    def weights(self) -> str | None:
+    def weights_fingerprint(self) -> str | None:
         """Identity of the model's weights (:func:`ffenv.lm.models.weights_fingerprint`), for provenance."""
         return weights_fingerprint(self.config.model)
 
@@ -249,11 +161,9 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         return np.clip(keep_to_raw(keep, lo, hi), -1.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ gymnasium API
-    def _obs(self) -> np.ndarray:
-        return self._obs_at(self.target_sparsity)
-
-    def _obs_at(self, target: float) -> np.ndarray:
-        return np.concatenate([[target], self._backend.features.reshape(-1)]).astype(np.float32)
+    def _obs(self, target: float | None = None) -> np.ndarray:
+        target = self.target_sparsity if target is None else target
+        return np.concatenate([[target], self.backend.features.reshape(-1)]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; ``options`` may set its ``target_sparsity`` and ``reward_windows`` (else the config's)."""
@@ -266,7 +176,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         check_budget(target, self.config.min_keep, self.config.max_keep)
         windows = self._check_windows(options.get("reward_windows", self.config.reward_windows))
         self.target_sparsity, self.reward_windows = float(target), windows
-        self.dense_ppl = self._dense_ppl("calib", windows)
+        self.dense_ppl = self.backend.dense_ppl("calib", windows, self.config.batch_size)
         return self._obs(), {"target_sparsity": self.target_sparsity, "dense_ppl": self.dense_ppl,
                              "reward_windows": self.reward_windows}
 
@@ -286,13 +196,14 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         target = self.target_sparsity if target_sparsity is None else target_sparsity
         check_budget(target, self.config.min_keep, self.config.max_keep)
         windows = self.reward_windows if reward_windows is None else self._check_windows(reward_windows)
-        dense_ppl = self._dense_ppl("calib", windows)
+        batch = self.config.batch_size
+        dense_ppl = self.backend.dense_ppl("calib", windows, batch)
         t0 = time.perf_counter()
         keep = project_budget(a, target, self.sizes, self.config.min_keep, self.config.max_keep)
-        unit_sparsity = self.pruner.round(keep, (1.0 - target) * self.sizes.sum())
-        tokens = self._backend.reward_tokens[:windows]
-        calibrated = self.config.reward == "calibrated"
-        ppl = self._ppl_pruned(unit_sparsity, tokens, self.config.calib_alpha if calibrated else None)
+        unit_sparsity = self.pruner.to_unit_sparsity(keep, (1.0 - target) * self.sizes.sum())
+        tokens = self.backend.reward_tokens[:windows]
+        alpha = self.config.calib_alpha if self.config.reward == "calibrated" else None
+        ppl = self.backend.pruned_ppl(unit_sparsity, tokens, batch, alpha)
         reward = dense_ppl / ppl if np.isfinite(ppl) and ppl > 0 else 0.0
         n_tokens = int(tokens.numel())
         self.cost["evaluations"] += 1
@@ -303,6 +214,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                     dense_ppl=float(dense_ppl), reward_windows=windows, cost={"evaluations": 1, "tokens": n_tokens})
         return float(reward), info
 
+    # ------------------------------------------------------------------ population steps
     def reset_many(self, n: int, *, seed: int | None = None,
                    options: dict[str, Any] | list[dict[str, Any] | None] | None = None) -> tuple[np.ndarray, list[dict]]:
         """Start ``n`` episodes at once (``options``: one dict for all, or one per episode); their observations."""
@@ -329,7 +241,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         results = self.score_many(actions, list(targets), list(windows))
         self._pending = []
         n = len(results)
-        obs = np.stack([self._obs_at(t) for t in targets])
+        obs = np.stack([self._obs(t) for t in targets])
         return (obs, np.array([r for r, _ in results], np.float64), np.ones(n, bool), np.zeros(n, bool),
                 [info for _, info in results])
 
@@ -351,15 +263,22 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             self._check_windows(w)
         if self.config.workers == 0:  # LocalEvaluator calls score, which books the cost itself
             return LocalEvaluator(self).score_many(checked, targets, windows)
-        if self._evaluator is None:
-            self._evaluator = RayEvaluator(self.config, self.config.workers, self.config.ray_address)
         t0 = time.perf_counter()
-        results = self._evaluator.score_many(checked.astype(np.float32), [float(t) for t in targets],
-                                             [int(w) for w in windows])
+        results = self._population_evaluator().score_many(checked.astype(np.float32), [float(t) for t in targets],
+                                                          [int(w) for w in windows])
         self.cost["evaluations"] += len(results)
         self.cost["tokens"] += sum(int(info["cost"]["tokens"]) for _, info in results)
         self.cost["seconds"] += time.perf_counter() - t0
         return results
+
+    def _population_evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            if self._evaluator_factory is None:
+                raise FFPruneError(f"workers={self.config.workers} needs a population evaluator: build the env with "
+                                   "gym.make / gym.make_vec (they attach Ray's), or pass "
+                                   "evaluator_factory=ffenv.vector.factory.ray_evaluator; workers=0 runs in-process")
+            self._evaluator = self._evaluator_factory(self.config)
+        return self._evaluator
 
     def close(self) -> None:
         """Release the population workers, if any."""
@@ -368,6 +287,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             self._evaluator = None
         super().close()
 
+    # ------------------------------------------------------------------ reporting (not search cost)
     def evaluate(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
                  split: str = "eval", n_windows: int | None = None, target_sparsity: float | None = None,
                  calibrate: bool = False, calib_alpha: float | None = None) -> dict[str, Any]:
@@ -380,14 +300,12 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         penalty ``calib_alpha``, default the config's) fitted on :attr:`calibration_tokens` before measuring (structured
         mode only); the dense weights are restored afterwards either way. Not counted in :attr:`cost`.
         """
-        if split not in SPLITS:
-            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
-        unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
         tokens = self.windows(split, n_windows)
-        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
-        ppl = self._ppl_pruned(unit_sparsity, tokens, alpha if calibrate else None)
+        unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
+        batch = self.config.batch_size
+        ppl = self.backend.pruned_ppl(unit_sparsity, tokens, batch, self._alpha(calibrate, calib_alpha))
         out = self._allocation_info(unit_sparsity)
-        out.update(split=split, ppl=float(ppl), dense_ppl=self._dense_ppl(split, len(tokens)),
+        out.update(split=split, ppl=float(ppl), dense_ppl=self.backend.dense_ppl(split, len(tokens), batch),
                    tokens=int(tokens.numel()))
         return out
 
@@ -396,7 +314,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         ``eval_samples``, else all of the split)."""
         if split not in SPLITS:
             raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
-        tokens = self._split_tokens(split, n_windows)
+        tokens = self.backend.split_tokens(split, n_windows)
         if n_windows is None and self.config.eval_samples is not None:
             tokens = tokens[: self.config.eval_samples]
         return tokens
@@ -415,11 +333,15 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             empty = [self.unit_names[i] for i in np.flatnonzero(self.pruner.granules_kept(unit_sparsity) < 1)]
             raise FFPruneError(f"a pruned model needs at least one head group and one neuron per layer; this allocation "
                                f"empties {empty} (raise min_keep above 0)")
-        alpha = self.config.calib_alpha if calib_alpha is None else calib_alpha
-        with self._pruned(unit_sparsity, alpha if calibrate else None):
-            return copy.deepcopy(self.model)
+        return self.backend.pruned_copy(unit_sparsity, self._alpha(calibrate, calib_alpha), self.config.batch_size)
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ checks and conversions
+    def _alpha(self, calibrate: bool, calib_alpha: float | None) -> float | None:
+        """Calib's penalty for an evaluation (``None``: no Calib)."""
+        if not calibrate:
+            return None
+        return self.config.calib_alpha if calib_alpha is None else calib_alpha
+
     def _unit_sparsity(self, action: np.ndarray | None, sparsities: np.ndarray | None, target_sparsity: float | None,
                        calibrate: bool) -> np.ndarray:
         """Per-unit sparsity of an action (projected at ``target_sparsity``) or of given sparsities (rounded)."""
@@ -441,12 +363,13 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                 raise FFPruneError(f"sparsities must lie in [0, 1], got range [{s.min():.6g}, {s.max():.6g}]")
             keep = 1.0 - s
             target_params = float(keep @ self.sizes)
-        return self.pruner.round(keep, target_params)
+        return self.pruner.to_unit_sparsity(keep, target_params)
 
     def _check_windows(self, n: Any) -> int:
         n = positive_int("reward_windows", n)
         if n > self.config.reward_windows:
-            raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_windows}] (reward_windows), got {n}")
+            raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_windows}] (the config's "
+                               f"reward_windows), got {n}")
         return n
 
     def _check_vector(self, name: str, value: Any) -> np.ndarray:
@@ -470,54 +393,3 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         kept_params = self.pruner.kept_params(unit_sparsity)
         return {"layer_sparsity": (1.0 - kept_params / self.sizes).astype(np.float32),
                 "sparsity": float(1.0 - kept_params.sum() / self.sizes.sum())}
-
-    def _ppl_pruned(self, unit_sparsity: np.ndarray, tokens: torch.Tensor, calib_alpha: float | None = None) -> float:
-        with self._pruned(unit_sparsity, calib_alpha):
-            return perplexity(self.model, tokens, self.config.batch_size)
-
-    @contextmanager
-    def _pruned(self, unit_sparsity: np.ndarray, calib_alpha: float | None = None) -> Iterator[None]:
-        """The model pruned to ``unit_sparsity`` (and compensated by Calib with penalty ``calib_alpha``) inside the
-        ``with``; dense (bit-identical) again after it."""
-        pruner, blocks = self.pruner, self.blocks
-        if calib_alpha is None:
-            pruner.prune(unit_sparsity)  # structured: physically smaller modules, so the forward costs less
-            try:
-                yield
-            finally:
-                pruner.restore()
-            return
-        # Calib folds the removed columns' dense weights into the kept ones: they must still be computed
-        dense = [(b.attn_out.weight.detach().clone(), b.ffn_out.weight.detach().clone()) for b in blocks]
-        pruner.apply(unit_sparsity)
-        try:
-            with ridge_compensation(self.model, blocks, pruner.kept_columns(unit_sparsity), dense,
-                                    self.calibration_tokens, calib_alpha, self.config.batch_size):
-                pruner.slice(unit_sparsity)  # removed columns are zero now: run the smaller model
-                try:
-                    yield
-                finally:
-                    pruner.unslice()
-        finally:
-            pruner.restore()
-
-    def _split_tokens(self, split: str, n: int | None) -> torch.Tensor:
-        if split == "calib" and n is not None and n <= len(self._backend.reward_tokens):
-            return self._backend.reward_tokens[:n]
-        if split not in self._backend.eval_tokens:
-            self._backend.eval_tokens[split] = evaluation_windows(
-                self._backend.tokenizer, self.config.corpus, split, seq_len=self.config.seq_len,
-                max_positions=context_length(self.model))
-        tokens = self._backend.eval_tokens[split]
-        if n is not None:
-            if n <= 0 or n > len(tokens):
-                raise FFPruneError(f"n_windows must be in [1, {len(tokens)}] for split {split!r}, got {n}")
-            tokens = tokens[:n]
-        return tokens
-
-    def _dense_ppl(self, split: str, n: int) -> float:
-        key = (split, n)
-        if key not in self._backend.dense_ppl_cache:
-            self._backend.dense_ppl_cache[key] = perplexity(self.model, self._split_tokens(split, n),
-                                                            self.config.batch_size)
-        return self._backend.dense_ppl_cache[key]

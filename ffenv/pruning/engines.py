@@ -4,10 +4,12 @@ Both engines precompute everything that does not depend on the allocation when t
 (unit orderings, per-row score ranks, the dense weights they will touch), so applying a new
 allocation is a selection, not a sort, and :meth:`restore` brings back bit-identical dense weights.
 
-Both speak one language: :meth:`round` turns projected keep ratios into the **per-unit sparsity the
-engine can realise** (whole heads / neurons in structured mode; per-row rounding is left to
-:meth:`apply` in unstructured mode), :meth:`apply` prunes to such a per-unit sparsity and
-:meth:`kept_params` counts the parameters it keeps, exactly.
+Both speak one language, the :class:`Pruner` protocol: :meth:`~Pruner.to_unit_sparsity` turns projected
+keep ratios into the **per-unit sparsity the engine can realise** (whole heads / neurons in structured
+mode, as close as possible to the global target; in unstructured mode every block sparsity is realisable
+as it is, and the per-row rounding happens in :meth:`~Pruner.apply`), :meth:`~Pruner.prune` /
+:meth:`~Pruner.apply` prune to such a per-unit sparsity, :meth:`~Pruner.restore` undoes them and
+:meth:`~Pruner.kept_params` counts the parameters kept, exactly.
 
 :class:`StructuredPruner` (the paper's setting)
     Two units per decoder block: attention (whole heads; whole KV groups under grouped-query
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -57,6 +60,33 @@ class Unit:
     @property
     def size(self) -> int:
         return self.count * self.granule_params
+
+
+class Pruner(Protocol):
+    """What the environment needs of a pruning engine (both engines below implement it)."""
+
+    units: list[Unit]
+    """The prunable units, in action order."""
+
+    def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+        """The per-unit sparsity this engine realises for projected keep ratios (and the kept-parameter target)."""
+        ...
+
+    def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:
+        """Parameters kept per unit at a realisable per-unit sparsity (exact)."""
+        ...
+
+    def prune(self, unit_sparsity: np.ndarray) -> None:
+        """The cheapest exact pruning for an evaluation; :meth:`restore` undoes it."""
+        ...
+
+    def apply(self, unit_sparsity: np.ndarray) -> None:
+        """Pruning by masking (every weight keeps its shape; what Calib needs); :meth:`restore` undoes it."""
+        ...
+
+    def restore(self) -> None:
+        """The dense weights back, bit-identical."""
+        ...
 
 
 def round_to_units(keep: np.ndarray, units: list[Unit], target_keep_params: float) -> np.ndarray:
@@ -98,8 +128,6 @@ def _head_rows(b: Block, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 class StructuredPruner:
     """Head/KV-group and neuron pruning by masking output-projection columns (exactly undone)."""
 
-    mode = "structured"
-
     def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor]) -> None:
         self.blocks = blocks
         self.units: list[Unit] = []
@@ -131,12 +159,7 @@ class StructuredPruner:
         params = sum(lin.in_features + (1 if lin.bias is not None else 0) for lin in b.ffn_in)
         return params + b.ffn_out.out_features
 
-    @property
-    def active(self) -> bool:
-        """True between :meth:`apply` / :meth:`slice` and :meth:`restore`."""
-        return bool(self._saved or self._swapped)
-
-    def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+    def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """Per-unit sparsity of whole granules closest to ``keep`` and the target (:func:`round_to_units`)."""
         return 1.0 - round_to_units(keep, self.units, target_keep_params) / self._counts
 
@@ -150,7 +173,7 @@ class StructuredPruner:
 
     def apply(self, unit_sparsity: np.ndarray) -> None:
         """Prune every unit to its sparsity (most important granules kept); call :meth:`restore` after."""
-        if self.active:
+        if self._saved or self._swapped:
             raise RuntimeError("apply() called twice without restore()")
         kept = self.granules_kept(unit_sparsity)
         with torch.no_grad():
@@ -258,8 +281,6 @@ class StructuredPruner:
 class UnstructuredPruner:
     """Per-block unstructured sparsity with precomputed per-row ranks (Wanda or magnitude)."""
 
-    mode = "unstructured"
-
     def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor], criterion: str = "wanda") -> None:
         if criterion not in ("wanda", "magnitude"):
             raise FFPruneError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
@@ -284,16 +305,13 @@ class UnstructuredPruner:
             n_weights = sum(lin.weight.numel() for lin, _, _ in entries)
             self.units.append(Unit(b.index, "block", n_weights, 1))
 
-    @property
-    def active(self) -> bool:
-        return self._active
-
     def row_prune_counts(self, sparsity: float, lin: nn.Linear) -> int:
         """Weights removed from each row of ``lin`` at a block sparsity ``sparsity``."""
         return min(lin.in_features, int(math.floor(sparsity * lin.in_features + 0.5)))
 
-    def round(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
-        """Per-unit sparsity ``1 - keep`` (the per-row rounding happens in :meth:`apply`); the target is unused."""
+    def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
+        """Per-unit sparsity ``1 - keep``: any block sparsity is realisable as it is (the per-row rounding happens in
+        :meth:`apply`, :meth:`kept_params` counts it), so the kept-parameter target plays no part here."""
         return np.clip(1.0 - np.asarray(keep, np.float64), 0.0, 1.0)
 
     def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:

@@ -84,6 +84,13 @@ def structured_importance(
     return attn, ffn
 
 
+def block_column_importance(block: Block, norms: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
+    """Per input column of each linear of a block (concatenated, float64 on the CPU): the mean Wanda score
+    ``mean_i |W_ij| · ‖X_j‖₂`` — the unstructured counterpart of :func:`structured_importance`."""
+    return torch.cat([wanda_scores(lin, norms[(block.index, name)]).mean(0).double().cpu()
+                      for name, lin in block.linears.items()])
+
+
 def block_outlier_ratio(block: Block, norms: dict[tuple[int, str], torch.Tensor], m: float = 5.0) -> float:
     """OWL outlier ratio over all Wanda scores of all linears of one block."""
     above = 0

@@ -1,5 +1,9 @@
 """``RayEvaluator``: an :class:`~ffenv.envs.population.Evaluator` that scores a population on Ray actors.
 
+The environment does not know Ray: :func:`ffenv.vector.factory.make_env` (the registered ``gym.make``
+entry point) and the vector env hand :func:`ffenv.vector.factory.ray_evaluator` to the env, which calls it
+at its first population when ``workers > 0``.
+
 What runs where
     The driver (this process) holds no model: it starts or joins Ray, creates ``workers`` actors and
     hands out evaluations. Each actor is its own process holding one :class:`~ffenv.envs.prune_env.FFPruneEnv`
@@ -42,27 +46,28 @@ Failures
     worker that dies (its process killed, out of memory, its node lost) loses the one evaluation it was
     running: the dead actor is replaced by a fresh one (a new process that builds its environment
     again) and the lost evaluation is retried there, at most ``retries`` times per evaluation (default
-    1). If it is lost again, :meth:`RayEvaluator.score_many` raises an :class:`~ffenv.errors.FFPruneError`
-    (one line: which worker died, how many evaluations were lost, and that the search can continue with
-    ``--resume``) and returns nothing: a batch never comes back partly scored. A slot whose actor stayed
-    dead is refilled at the next batch.
+    1). If it is lost again, :meth:`RayEvaluator.score_many` raises :class:`~ffenv.errors.WorkerLostError`
+    (not bad input: one line naming the worker, how many evaluations were lost, and that the search can
+    continue with ``--resume``) and returns nothing: a batch never comes back partly scored. A slot whose
+    actor stayed dead is refilled at the next batch. A worker that dies while building its environment is
+    a :class:`~ffenv.errors.WorkerLostError` too.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ffenv.config import EnvConfig
-from ffenv.errors import FFPruneError, non_negative_int, positive_int
+from ffenv.envs.prune_env import FFPruneEnv
+from ffenv.errors import FFPruneError, WorkerLostError, non_negative_int, positive_int
 
 RAY_MISSING = "workers / ray_address need Ray: pip install 'ffprune[ray]'"
 WORKER_FIELDS = ("workers", "ray_address")
@@ -132,10 +137,8 @@ class EnvWorker:
     def setup(self, env_kwargs: dict[str, Any]) -> float:
         """Build the environment; returns the seconds it took."""
         t0 = time.perf_counter()
-        # resolved by name, in the actor: ffenv.envs.prune_env imports this module, so a module-level import back is a cycle
-        env_cls = importlib.import_module("ffenv.envs.prune_env").FFPruneEnv
         try:
-            self.env = env_cls(EnvConfig(**env_kwargs))
+            self.env = FFPruneEnv(EnvConfig(**env_kwargs))
         except Exception as err:
             self.setup_error = err  # what this actor's every evaluation raises
             raise
@@ -164,50 +167,6 @@ def init_ray(ray: Any, cpus: int, address: str | None) -> bool:
         raise FFPruneError(f"cannot reach the Ray cluster at {address!r} ({err}); start one with "
                            "'ray start --head' or leave ray_address unset for a local instance") from None
     return False
-
-
-def _one_thread_task(fn: Callable[..., Any], job: dict[str, Any]) -> Any:
-    torch.set_num_threads(1)
-    return fn(**job)
-
-
-def run_on_ray(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int, address: str | None = None,
-               progress: bool = True, gpus_per_job: int = 0) -> list[Any]:
-    """``[fn(**job) for job in jobs]`` as Ray tasks (one CPU and one torch thread each, plus ``gpus_per_job``
-    GPUs), results in order.
-
-    For resumable work such as bench cells: a task whose worker dies is retried once (``fn`` resumes from
-    what it wrote); if it dies again the run stops with :class:`FFPruneError` and finished jobs are kept.
-    An :class:`FFPruneError` raised by ``fn`` reaches the caller as itself.
-    """
-    try:
-        import ray
-    except ImportError:
-        raise FFPruneError(RAY_MISSING) from None
-    started = init_ray(ray, positive_int("workers", workers), address)
-    try:
-        task = ray.remote(num_cpus=1, num_gpus=gpus_per_job, max_retries=1, retry_exceptions=False)(_one_thread_task)
-        refs = [task.remote(fn, job) for job in jobs]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                results[index[done[0]]] = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                if isinstance(err.cause, FFPruneError):  # bad input found in the task: one line, as in-process
-                    raise FFPruneError(*err.cause.args) from None
-                raise
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as err:
-                raise FFPruneError(f"a Ray worker died twice running job {index[done[0]]} ({type(err).__name__}); "
-                                   "finished jobs are kept: run the same command again to resume") from None
-            if progress:
-                print(f"[ray] {len(refs) - len(pending)}/{len(refs)} done", flush=True)
-        return results
-    finally:
-        if started:
-            ray.shutdown()
 
 
 class RayEvaluator:
@@ -244,7 +203,6 @@ class RayEvaluator:
         self._ray: Any = ray
         self._actors: list[Any] = []
         self._closed = False
-        t0 = time.perf_counter()
         self.started_ray = self._init_ray(address)
         try:
             resources = ray.cluster_resources()
@@ -266,14 +224,12 @@ class RayEvaluator:
                     self.setup_seconds.append(float(self._get([ref])[0]))
                 except self._lost_errors():
                     where = self.worker_info[slot]
-                    raise FFPruneError(f"Ray worker {slot} of {self.workers} (pid {where.get('pid', '?')} on "
+                    raise WorkerLostError(f"Ray worker {slot} of {self.workers} (pid {where.get('pid', '?')} on "
                                        f"{where.get('node', '?')}) died while building its environment (out of "
                                        "memory? see the Ray session's logs); lower workers or use a larger machine") from None
         except BaseException:
             self.close()
             raise
-        self.startup_seconds = time.perf_counter() - t0
-        """Seconds from the constructor's start to every actor's environment being built."""
 
     # ------------------------------------------------------------------ Ray and the actors
     def _init_ray(self, address: str | None) -> bool:
@@ -368,7 +324,7 @@ class RayEvaluator:
                     self._actors[slot] = None
                     tries = f"again after {self.retries} retr{'y' if self.retries == 1 else 'ies'}" if self.retries else \
                         "(retries=0)"
-                    raise FFPruneError(
+                    raise WorkerLostError(
                         f"Ray worker {slot} of {self.workers} (pid {where.get('pid', '?')} on {where.get('node', '?')}) "
                         f"died {tries}; all {n} evaluations of this batch are lost (no partial results, "
                         f"{sum(r is not None for r in results)} had finished); the search can continue with --resume"

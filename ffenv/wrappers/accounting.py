@@ -51,7 +51,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.logger = logger
         self.final_target = base.config.target_sparsity
         self.full_windows = base.config.reward_windows
-        self.weights = base.weights
+        self.weights_fingerprint = base.weights_fingerprint
         self.episodes = 0
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
@@ -154,15 +154,17 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     def state_dict(self) -> dict[str, Any]:
         cost = self.cost
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
-                "tokens": cost["tokens"], "best": self.best, "history": self.history, "weights": self.weights,
+                "tokens": cost["tokens"], "best": self.best, "history": self.history,
+                "weights_fingerprint": self.weights_fingerprint,
                 "wrappers": resumable_states(self.env)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "wrappers" not in state:
             raise FFPruneError("the checkpoint was written by an older ffprune; start the search again without resume")
-        if state.get("weights") != self.weights:
-            raise FFPruneError(f"the checkpoint was written for other model weights ({state.get('weights')}, now "
-                               f"{self.weights}): the model changed since; start the search again without resume")
+        written_for = state.get("weights_fingerprint", state.get("weights"))  # "weights": checkpoints before the rename
+        if written_for != self.weights_fingerprint:
+            raise FFPruneError(f"the checkpoint was written for other model weights ({written_for}, now "
+                               f"{self.weights_fingerprint}): the model changed since; start the search again without resume")
         self.episodes = int(state["episodes"])
         self._wall_offset = float(state["wall_seconds"])
         self._t0 = time.perf_counter()
