@@ -7,7 +7,7 @@ import pytest
 
 import ffprune.agents.experiments.search as search_module
 from ffenv.envs.prune_env import FFPruneEnv
-from ffenv.errors import FFPruneError
+from ffenv.errors import FFPruneError, SearchInterrupted
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.search import run_search
@@ -42,7 +42,7 @@ def test_result_file_contents(tmp_path):
     on_disk = json.loads((tmp_path / "r.json").read_text())
     assert on_disk["complete"] and on_disk["env_id"] == "FFPrune-Llama-v0"
     assert on_disk["env_kwargs"]["target_sparsity"] == 0.3
-    for key in ("calib_ppl", "eval_ppl", "layer_sparsity", "action", "dense_eval_ppl"):
+    for key in ("reward_ppl", "eval_ppl", "layer_sparsity", "action", "dense_eval_ppl"):
         assert key in on_disk["best"]
     for key in ("evaluations", "tokens", "seconds", "evaluations_to_best"):
         assert key in on_disk["cost"]
@@ -75,14 +75,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         return original(self, action, reward, info)
 
     monkeypatch.setattr(SearchAccounting, "_record", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SearchInterrupted, match="interrupted after 10 episodes.*--resume.*cut.ckpt") as stopped:
         search(tmp_path, "cut", budget=16)
+    assert stopped.value.episodes == 10 and stopped.value.checkpoint == str(tmp_path / "cut.ckpt")
     assert (tmp_path / "cut.ckpt").exists() and not (tmp_path / "cut.json").exists()
     monkeypatch.setattr(SearchAccounting, "_record", original)
     # the model's weights changed since the checkpoint (e.g. a retrained zoo): refused, nothing mixed
     with monkeypatch.context() as m:
-        m.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
-        m.setattr(FFPruneEnv, "weights", property(lambda self: "sha256:0123456789abcdef"))
+        m.setattr(search_module, "model_fingerprint", lambda *a, **k: "sha256:0123456789abcdef")
+        m.setattr(FFPruneEnv, "weights_fingerprint", property(lambda self: "sha256:0123456789abcdef"))
         with pytest.raises(FFPruneError, match="other model weights"):
             search(tmp_path, "cut", budget=16, resume=True)
     resumed = search(tmp_path, "cut", budget=16, resume=True)
@@ -94,8 +95,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     # a finished result is returned as it is
     again = search(tmp_path, "cut", budget=16, resume=True)
     assert [h["reward"] for h in again["history"]] == [h["reward"] for h in resumed["history"]]
-    assert again["weights"] == full["weights"] and again["weights"].startswith("sha256:")
-    monkeypatch.setattr(search_module, "model_weights", lambda *a, **k: "sha256:0123456789abcdef")
+    assert again["weights_fingerprint"] == full["weights_fingerprint"] and again["weights_fingerprint"].startswith("sha256:")
+    monkeypatch.setattr(search_module, "model_fingerprint", lambda *a, **k: "sha256:0123456789abcdef")
     with pytest.raises(ValueError, match="other model weights"):
         search(tmp_path, "cut", budget=16, resume=True)
 
@@ -188,19 +189,16 @@ def test_cli_bad_input_found_as_a_new_user_is_one_line_each(tmp_path, capsys):
 
 def test_genuine_bugs_keep_their_traceback(monkeypatch):
     """Only bad input (FFPruneError) becomes one line; a bug elsewhere still raises."""
-    import ffprune.agents.cli as cli
-
     def broken(*_args, **_kw):
         raise ValueError("a bug, not bad input")
 
-    monkeypatch.setattr(cli, "run_search", broken)
+    monkeypatch.setattr("ffprune.agents.experiments.search.run_search", broken)
     with pytest.raises(ValueError, match="a bug"):
         cli_main(["search", "--budget", "2", "--quiet"])
 
 
 def test_one_registry_drives_run_search_bench_and_the_cli(tmp_path, monkeypatch, capsys):
     from ffprune.agents import methods
-    from ffprune.agents.cli import build_parser
 
     calls = []
 
@@ -216,19 +214,12 @@ def test_one_registry_drives_run_search_bench_and_the_cli(tmp_path, monkeypatch,
     r = search(tmp_path, agent="zeros", budget=3, agent_kwargs={"k": 1})
     assert r["agent"] == "zeros" and r["cost"]["episodes"] == 3 and calls == [{"k": 1}] and r["curriculum"] is False
     assert "zeros" in methods.methods_for("structured") and "zeros" not in methods.methods_for("unstructured")
-    assert "zeros" in _subcommand_help(build_parser(), "search")
+    assert cli_main(["methods"]) == 0 and "zeros" in capsys.readouterr().out
     with pytest.raises(FFPruneError, match="structured"):
         search(tmp_path, agent="zeros", env_id="FFPrune-Llama-Unstructured-v0")
     assert methods.get_method("a2c").kind == "rl"  # any other SB3 algorithm
     with pytest.raises(FFPruneError, match="stable-baselines3 algorithm"):
         methods.get_method("nope")
-
-
-def _subcommand_help(parser, name):
-    import argparse
-
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name].format_help()
 
 
 @pytest.mark.parametrize(("agent", "kwargs"), [("ppo", {"n_envs": 4, "n_steps": 2, "batch_size": 8}),

@@ -3,12 +3,14 @@
 :func:`run_search` is what ``ffprune search`` and ``ffprune bench`` call; any registered method
 (:mod:`ffprune.agents.methods.registry`) runs through it. The env is ``SearchAccounting(CurriculumWrapper(gym.make(...)))``
 (the curriculum only for methods that learn), with a :class:`~ffenv.wrappers.logger.SearchLogger` for TensorBoard
-and the progress bar. The result JSON holds the env id and its configuration, the method and its
-settings, the best allocation (action, per-unit sparsity, keep ratios), its perplexity on the reward split
-(``calib``) and on the held-out ``eval`` split, the search cost (episodes, evaluations, tokens, wall
+and the progress bar. The result JSON holds the env id and its configuration, the fingerprint of the model's
+weights (``weights_fingerprint``), the method and its settings, the env's ``unit_names`` (one per action
+entry), the best allocation (action, per-unit sparsity, keep ratios), its perplexity on the reward split
+(``best.reward_ppl``, dense ``best.dense_reward_ppl``) and on the held-out ``eval`` split (``best.eval_ppl``;
+with ``calibrate``, ``best.eval_ppl_after_calib``), the search cost (episodes, evaluations, tokens, wall
 seconds, evaluations-to-best) and the versions used. It is written atomically; a checkpoint beside it
 (``<out>.ckpt``) lets ``resume=True`` continue an interrupted search, and a finished result is returned
-as it is.
+as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ffenv.config import EnvConfig
-from ffenv.errors import FFPruneError, positive_int, unit_interval
-from ffenv.io import atomic_write_json, check_writable, read_json, versions
+from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
+from ffenv.io import atomic_write_json, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
-from ffenv.vector.ray_workers import WORKER_FIELDS
+from ffenv.registration import resolve_config
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffenv.wrappers.logger import SearchLogger
-from ffprune.agents.methods.registry import METHODS, RunContext, get_method
+from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
+from ffprune.agents.results import read_result
 
 
 def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None = None, target: float | None = None,
@@ -44,32 +46,25 @@ def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None 
     return env
 
 
-def result_env(result: dict[str, Any]) -> gym.Env:
-    """An in-process env with a finished search's settings (``env_id`` + ``env_kwargs``), for scoring its
-    allocations again: the population workers (:data:`~ffenv.vector.ray_workers.WORKER_FIELDS`) are left out."""
-    kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in WORKER_FIELDS}
-    return gym.make(result["env_id"], **kwargs)
-
-
-def model_weights(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
+def model_fingerprint(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str | None:
     """:func:`ffenv.lm.models.weights_fingerprint` of the model an env id (plus overrides) would load."""
-    model = {**gym.spec(env_id).kwargs, **(env_kwargs or {})}.get("model", EnvConfig().model)
-    return weights_fingerprint(model)
+    return weights_fingerprint(resolve_config(env_id, env_kwargs).model)
 
 
 def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[str, Any]:
     """Perplexity of an allocation on the full reward split and on the held-out split (not search cost)."""
     base = env.unwrapped
     action = np.asarray(action, np.float32)
-    calib = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
+    reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
-    return {"calib_ppl": calib["ppl"], "dense_calib_ppl": calib["dense_ppl"], "eval_ppl": held["ppl"],
+    return {"reward_ppl": reward["ppl"], "dense_reward_ppl": reward["dense_ppl"], "eval_ppl": held["ppl"],
             "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],
             "layer_sparsity": held["layer_sparsity"].tolist(), "eval_tokens": held["tokens"]}
 
 
-def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: float = 0.9) -> float:
-    """Held-out ppl of an allocation after post-pruning calibration (ridge ``alpha``; not search cost)."""
+def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: float | None = None) -> float:
+    """Held-out ppl of an allocation after post-pruning calibration (ridge ``alpha``, default the env config's
+    ``calib_alpha``; not search cost)."""
     return env.unwrapped.evaluate(np.asarray(action, np.float32), split="eval", target_sparsity=target,
                                   calibrate=True, calib_alpha=alpha)["ppl"]
 
@@ -95,93 +90,136 @@ def run_search(
     agent_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     calibrate: bool = False,
-    calib_alpha: float = 0.9,
+    calib_alpha: float | None = None,
 ) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
 
     ``agent`` is any name of :func:`ffprune.agents.methods.get_method`. ``calibrate=True`` also scores the
-    best allocation on the held-out split after post-pruning calibration (structured envs):
-    ``best.eval_ppl_calib``, next to the uncalibrated ``best.eval_ppl``.
+    best allocation on the held-out split after post-pruning calibration (structured envs; ridge
+    ``calib_alpha``, default the env config's): ``best.eval_ppl_after_calib``, next to the uncalibrated
+    ``best.eval_ppl``. Ctrl-C raises :class:`~ffenv.errors.SearchInterrupted` naming the checkpoint.
     """
     method = get_method(agent)
+    budget, curriculum = _check_request(method, budget, warm_start, curriculum)
+    out_path = Path(out) if out is not None else None
+    fingerprint = model_fingerprint(env_id, env_kwargs)
+    finished = _finished_result(out_path, fingerprint) if resume else None
+    if finished is not None:
+        return finished
+    checkpoint = _prepare_checkpoint(out_path, resume)
+    env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate)
+    final_target = env.unwrapped.config.target_sparsity
+    logpath = run_dir(logdir, env_id, method.name, seed) if logdir is not None else None
+    hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
+               "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
+    search = SearchAccounting(env, budget, SearchLogger(logpath, progress=progress, hparams=hparams))
+    context = RunContext(checkpoint=checkpoint, resume=resume, warm_start=Path(warm_start) if warm_start else None,
+                         out=out_path, logdir=logpath, log=search.logger.log_learning,
+                         meta={"env_id": env_id, "target": final_target, "seed": seed})
+    extra = _run_method(method, search, seed, context, agent_kwargs)
+    try:
+        scored = _score_best(search, calibrate, calib_alpha)
+    finally:
+        search.close()
+    run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
+           "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None}
+    result = _assemble(env_id, env.unwrapped, fingerprint, run, search, scored, logpath, extra)
+    if out_path is not None:
+        atomic_write_json(out_path, result)
+    return result
+
+
+def _check_request(method: SearchMethod, budget: int, warm_start: str | Path | None,
+                   curriculum: bool) -> tuple[int, bool]:
+    """The checked budget and curriculum flag as the method runs them (heuristics: one evaluation, no curriculum;
+    search baselines: no curriculum); bad arguments are an :class:`FFPruneError` before any work."""
     budget = positive_int("budget", budget)
     if warm_start is not None and not method.warm_start:
         raise FFPruneError(f"warm_start is only supported by {[m.name for m in METHODS.values() if m.warm_start]}; "
                            f"{method.name!r} cannot start from a policy file")
-    out_path = Path(out) if out is not None else None
-    weights = model_weights(env_id, env_kwargs)
-    if resume and out_path is not None and out_path.exists():
-        done = read_json(out_path, "result")
-        if done.get("weights") != weights:
-            raise FFPruneError(f"out={str(out_path)!r} holds a search on other model weights ({done.get('weights')}, "
-                               f"now {weights}): the model changed since; use another out path")
-        if done.get("complete"):
-            return done
-    if out_path is not None:
-        check_writable(out_path)
-    ckpt = out_path.with_suffix(".ckpt") if out_path is not None else None
-    if not resume and ckpt is not None and ckpt.exists():
-        ckpt.unlink()
     if not method.curriculum:
         curriculum = False  # the baselines are defined at the final target and full fidelity
     if method.heuristic:
         budget = 1  # no search: one evaluation gives the heuristic allocation's reward
+    return budget, curriculum
+
+
+def _finished_result(out: Path | None, fingerprint: str | None) -> dict[str, Any] | None:
+    """The finished result at ``out`` (``None`` if there is none or it is unfinished); a result on other model
+    weights is refused."""
+    if out is None or not out.exists():
+        return None
+    done = read_result(out)
+    if done.get("weights_fingerprint") != fingerprint:
+        raise FFPruneError(f"out={str(out)!r} holds a search on other model weights ({done.get('weights_fingerprint')}, "
+                           f"now {fingerprint}): the model changed since; use another out path")
+    return done if done.get("complete") else None
+
+
+def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
+    """``<out>.ckpt`` (after checking ``out`` can be written); an old checkpoint is removed unless resuming."""
+    if out is None:
+        return None
+    check_writable(out)
+    checkpoint = out.with_suffix(".ckpt")
+    if not resume and checkpoint.exists():
+        checkpoint.unlink()
+    return checkpoint
+
+
+def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict[str, Any] | None,
+                target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool) -> gym.Env:
+    """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib."""
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
-    base = env.unwrapped
-    if base.config.mode not in method.modes:
-        raise FFPruneError(f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {base.config.mode}")
-    if calibrate and base.config.mode != "structured":
-        raise FFPruneError(f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is "
-                           f"{base.config.mode}")
-    final_target = base.config.target_sparsity
-    hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target,
-               "curriculum": curriculum, "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
-    logpath = run_dir(logdir, env_id, method.name, seed) if logdir is not None else None
-    logger = SearchLogger(logpath, progress=progress, hparams=hparams)
-    search = SearchAccounting(env, budget, logger)
-    context = RunContext(checkpoint=ckpt, resume=resume, warm_start=Path(warm_start) if warm_start else None,
-                         out=out_path, logdir=logpath, log=logger.log_learning,
-                         meta={"env_id": env_id, "target": final_target, "seed": seed})
+    mode = env.unwrapped.config.mode
+    problem = None
+    if mode not in method.modes:
+        problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
+    elif calibrate and mode != "structured":
+        problem = f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is {mode}"
+    if problem is not None:
+        env.close()
+        raise FFPruneError(problem)
+    return env
+
+
+def _run_method(method: SearchMethod, search: SearchAccounting, seed: int, context: RunContext,
+                agent_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The method's run on the search env: its extra result fields. On any failure the search is closed (flushes
+    TensorBoard, releases Ray workers); Ctrl-C becomes :class:`SearchInterrupted`; a search that found no
+    allocation at the final target is an :class:`FFPruneError`."""
     try:
         extra = method.run(search, seed, context, **(agent_kwargs or {}))
     except KeyboardInterrupt:
         search.close()
-        where = f"; resume with the same command and --resume (checkpoint {ckpt})" if ckpt else ""
-        print(f"\ninterrupted after {search.episodes} episodes{where}")
-        raise
+        raise SearchInterrupted(search.episodes, str(context.checkpoint) if context.checkpoint else None) from None
     except BaseException:
-        search.close()  # flushes TensorBoard and releases Ray workers
+        search.close()
         raise
     if search.best is None:
         search.close()
-        raise FFPruneError(f"budget={budget} was too small: no episode reached the final target at full fidelity "
+        raise FFPruneError(f"budget={search.budget} was too small: no episode reached the final target at full fidelity "
                            "(raise the budget or disable the curriculum)")
-    cost = {**search.cost, "evaluations_to_best": search.evaluations_to_best,
-            "setup_seconds": round(base.setup_seconds, 3)}  # frozen before the (uncounted) held-out scoring
-    scores = score_allocation(env, np.array(search.best["action"], np.float32), final_target)
+    return extra
+
+
+def _score_best(search: SearchAccounting, calibrate: bool, calib_alpha: float | None) -> dict[str, Any]:
+    """The search cost (frozen first: the held-out scoring is not search cost), then :func:`score_allocation` of the
+    best allocation (plus its held-out ppl after Calib with ``calibrate``); the final metrics go to TensorBoard."""
+    base, action, target = search.env.unwrapped, search.best["action"], search.final_target
+    cost = {**search.cost, "evaluations_to_best": search.evaluations_to_best, "setup_seconds": round(base.setup_seconds, 3)}
+    scores = score_allocation(search, np.array(action, np.float32), target)
     if calibrate:
-        scores.update(eval_ppl_calib=calibrated_eval_ppl(env, search.best["action"], final_target, calib_alpha),
-                      calib_alpha=calib_alpha)
-    logger.close({"eval_ppl": scores["eval_ppl"], "calib_ppl": scores["calib_ppl"]})
-    search.close()
-    result = {
-        "complete": True,
-        "env_id": env_id,
-        "env_kwargs": base.config.as_kwargs(),
-        "weights": weights,
-        "agent": method.name,
-        "seed": seed,
-        "budget": budget,
-        "curriculum": curriculum,
-        "warmup_fraction": warmup_fraction,
-        "warm_start": str(warm_start) if warm_start else None,
-        "best": {**search.best, **scores},
-        "cost": cost,
-        "history": search.history,
-        "logdir": str(logpath) if logpath else None,
-        "versions": versions(),
-        **extra,
-    }
-    if out_path is not None:
-        atomic_write_json(out_path, result)
-    return result
+        alpha = base.config.calib_alpha if calib_alpha is None else float(calib_alpha)
+        scores.update(eval_ppl_after_calib=calibrated_eval_ppl(search, action, target, alpha), calib_alpha=alpha)
+    search.logger.close({"eval_ppl": scores["eval_ppl"], "reward_ppl": scores["reward_ppl"]})
+    return {"scores": scores, "cost": cost}
+
+
+def _assemble(env_id: str, base: Any, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
+              scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The result JSON (module docstring): the env and its settings, how the search ran (``run``), the best
+    allocation with its scores, the cost, the history and the versions."""
+    return {"complete": True, "env_id": env_id, "env_kwargs": base.config.as_kwargs(), "weights_fingerprint": fingerprint,
+            "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, "cost": scored["cost"],
+            "history": search.history, "logdir": str(logpath) if logpath else None, "versions": versions(), **extra}

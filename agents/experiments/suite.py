@@ -4,16 +4,22 @@ The ``core`` suite is 9 tasks, {tiny-llama, tiny-mistral, tiny-opt} × {structur
 unstructured 70 %}, each a registered id (``FFPrune-<Family>-v0``, ``FFPrune-<Family>-Structured50-v0``,
 ``FFPrune-<Family>-Unstructured-v0``) run with a fixed budget and seeds under the bench's held-out protocol
 (the search sees only the reward split; the best allocation is scored once on ``eval``). Every
-(task, method, seed) cell is one bench cell in ``<out>/<task>/cells`` (resumable; Ray tasks with ``--workers``),
-each task folder gets the bench's tables and plots, and the suite folder gets
+(task, method, seed) cell is one bench cell in ``<out>/<task>/cells`` (resumable; Ray tasks with
+``--cell-workers``), each task folder gets the bench's tables and plots, and the suite folder gets
+(:func:`ffprune.agents.experiments.reports.write_suite_report`)
 
 * ``suite.md`` / ``scores.csv``: the normalised score of every cell and the per-task table;
 * per method, the interquartile mean (IQM) of the normalised scores over tasks × seeds with a 95 %
-  stratified-bootstrap interval (also with Calib, structured tasks); probability of improvement of
-  FastForward over every other method; the evaluations FastForward needed to reach each agent's best;
+  stratified-bootstrap interval (also with Calib, over the structured tasks); probability of improvement of
+  FastForward over every other method; the evaluations FastForward needed to reach each searching method's best;
 * ``aggregate.png`` (IQM with intervals) and ``profiles.png`` (performance profiles);
 * the rank agreement of the reward split and the held-out split over the allocations one FastForward
   search visited per task (Spearman ρ).
+
+**The suite goes on.** A cell that raises is recorded with its error (in ``<out>/<task>/failures.json``: a
+rerun retries it), the other cells finish, the analysis covers the cells that finished and lists the
+failures (``analysis["failures"]``, and at the end of ``suite.md``). :func:`report_suite` redoes the
+analysis and every table from the cells on disk without running a search.
 
 **Normalised score** of a cell, on held-out perplexity: the share of the gap between the uniform allocation
 and the dense model that the method's allocation closes,
@@ -24,27 +30,30 @@ and the dense model that the method's allocation closes,
 fall back on and the one the heuristics and searches claim to improve, so "share of the uniform → dense gap
 closed" means the same on every model and sparsity, and tasks can be aggregated. With Calib the reference
 is uniform + Calib (same formula on the calibrated perplexities).
+
+**Generated doc sections.** A markdown file holds the suite's full section (``<!-- suite:core ... -->`` …
+``<!-- /suite:core -->``: ``suite.md`` and the plots) and/or its headline (``<!-- suite:core:headline ... -->``
+… ``<!-- /suite:core:headline -->``: the aggregate table and a link to the full page);
+:func:`update_sections` rewrites them from the results.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import FAMILIES
-from ffprune.agents.experiments.bench import cell_jobs, cost_to_reach, run_jobs, write_outputs
+from ffenv.io import atomic_write_json, atomic_write_text, read_json
+from ffenv.registration import FAMILIES, resolve_config
+from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
+from ffprune.agents.experiments.reports import AGENT, cost_to_reach, write_outputs, write_suite_report
 from ffprune.agents.experiments.rlstats import (
     iqm,
     performance_profile,
@@ -52,10 +61,14 @@ from ffprune.agents.experiments.rlstats import (
     spearman,
     stratified_bootstrap_ci,
 )
-from ffprune.agents.experiments.search import result_env
+from ffprune.agents.methods.registry import METHODS, get_method, methods_for
+from ffprune.agents.results import read_result, result_env
 
+log = logging.getLogger(__name__)
 REFERENCE = "uniform"
-AGENT = "fastforward"
+"""The method every cell's normalised score is measured against (always run)."""
+Cells = dict[str, dict[str, list[dict[str, Any]]]]
+"""Finished cells: ``{task: {method: [cell, ...]}}``."""
 
 
 @dataclass(frozen=True)
@@ -99,42 +112,109 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+def task_methods(task: SuiteTask, methods: Sequence[str] | None = None,
+                 env_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """The methods a task runs: ``methods`` (default: every registered one) that support the task env's mode, with
+    :data:`REFERENCE` always first when methods are given."""
+    mode = resolve_config(task.env_id, env_kwargs).mode
+    if methods is None:
+        return methods_for(mode)
+    return [m for m in dict.fromkeys([REFERENCE, *methods]) if mode in get_method(m).modes]
+
+
+# ---------------------------------------------------------------------------- running and reporting a suite
 def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
               seeds: int | None = None, methods: list[str] | None = None, env_kwargs: dict[str, Any] | None = None,
-              calibrate: bool = True, calib_alpha: float = 0.9, workers: int = 0, ray_address: str | None = None,
+              calibrate: bool = True, calib_alpha: float | None = None, workers: int = 0, ray_address: str | None = None,
               progress: bool = True, agreement_points: int = 24, reps: int = 2000) -> dict[str, Any]:
     """Run (or resume) every cell of a suite, then write the per-task outputs and the suite's analysis.
 
     ``budget`` / ``seeds`` default to the suite's own; ``methods`` to every method that fits each task's mode
     (``uniform`` is always run: it is the score's reference). ``env_kwargs`` override every task's env (tests
-    use small windows). Returns the analysis (also in ``<out>/suite.json``).
+    use small windows); ``workers`` runs the cells as Ray tasks. A cell that raises does not stop the others:
+    the returned analysis (also in ``<out>/suite.json``) covers the finished cells and lists the failed ones
+    under ``"failures"`` (task, method, seed, error type, message).
     """
     suite = get_suite(name)
     budget = positive_int("budget", suite.budget if budget is None else budget)
     seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
     out = Path(out)
-    jobs, owner = [], []
+    jobs, owners = [], []
     for task in suite.tasks:
-        mode = {**gym.spec(task.env_id).kwargs, **(env_kwargs or {})}.get("mode", "structured")
-        chosen = None if methods is None else [m for m in dict.fromkeys([REFERENCE, *methods])
-                                               if m not in ("uniform-split", "flap") or mode == "structured"]
+        chosen = task_methods(task, methods, env_kwargs)
         for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, calibrate,
                              calib_alpha, progress):
             jobs.append(job)
-            owner.append(task.name)
-    done = run_jobs(jobs, workers, ray_address, progress)
-    cells: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in suite.tasks}
-    for task_name, job, cell in zip(owner, jobs, done):
-        cells[task_name].setdefault(job["method"], []).append(cell)
+            owners.append(task.name)
+    cells: Cells = {t.name: {} for t in suite.tasks}
+    failures: list[dict[str, Any]] = []
+    for task_name, job, outcome in zip(owners, jobs, run_jobs(jobs, workers, ray_address, keep_going=True)):
+        if isinstance(outcome, CellFailure):
+            failures.append({"task": task_name, **outcome.as_dict()})
+        else:
+            cells[task_name].setdefault(job["method"], []).append(outcome)
+    _record_failures(out, suite, failures)
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True)
+
+
+def report_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
+                 seeds: int | None = None, methods: list[str] | None = None, agreement_points: int = 24,
+                 reps: int = 2000) -> dict[str, Any]:
+    """The analysis and every table and plot of a suite again, from the cells already in ``out``: no search and no
+    evaluation (the reward / held-out agreement is read from its ``agreement.json`` caches; a task without a
+    matching cache is left out of that table, with a warning).
+
+    ``budget`` / ``seeds`` default to the suite's own (each task's ``config.json`` must agree on the budget);
+    ``methods`` to every registered method that fits a task's mode. Missing cells are left out; the failures
+    recorded by the last :func:`run_suite` are listed.
+    """
+    suite = get_suite(name)
+    budget = positive_int("budget", suite.budget if budget is None else budget)
+    seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
+    out = Path(out)
+    cells: Cells = {}
+    failures: list[dict[str, Any]] = []
     for task in suite.tasks:
-        write_outputs(out / task.name, cells[task.name], task.env_id, budget, seeds)
-    analysis = analyse(suite, cells, budget, seeds, reps=reps)
-    analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points)
+        folder = out / task.name
+        config = read_result(folder / "config.json")
+        if config.get("env_id") != task.env_id or config.get("budget") != budget:
+            raise FFPruneError(f"{str(folder)!r} holds {config.get('env_id')} at budget {config.get('budget')}, not "
+                               f"{task.env_id} at budget {budget}: pass the budget it was run with")
+        cells[task.name] = {}
+        for method in task_methods(task, methods, config.get("env_kwargs") or None):
+            found = [read_result(p) for seed in range(seeds) if (p := cell_path(folder, method, seed)).exists()]
+            if found:
+                cells[task.name][method] = found
+        if (folder / "failures.json").exists():
+            failures += read_json(folder / "failures.json", "failures record")
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False)
+
+
+def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]]) -> None:
+    """``<out>/<task>/failures.json`` for every task with failed cells; a task whose cells all finished has none."""
+    for task in suite.tasks:
+        path = out / task.name / "failures.json"
+        mine = [f for f in failures if f["task"] == task.name]
+        if mine:
+            atomic_write_json(path, mine)
+        elif path.exists():
+            path.unlink()
+
+
+def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]], budget: int, seeds: int,
+            agreement_points: int, reps: int, measure: bool) -> dict[str, Any]:
+    """Per-task tables and plots, the analysis (``suite.json``) and the suite's report of the finished ``cells``."""
+    for task in suite.tasks:
+        if cells[task.name]:
+            write_outputs(out / task.name, cells[task.name], task.env_id, budget, seeds)
+    analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures)
+    analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points, measure=measure)
     atomic_write_json(out / "suite.json", analysis)
-    write_report(out, analysis)
+    write_suite_report(out, analysis)
     return analysis
 
 
+# ---------------------------------------------------------------------------- the analysis
 def normalised(ppl: float | None, uniform: float | None, dense: float) -> float | None:
     """Share of the uniform → dense held-out perplexity gap closed (see the module docstring)."""
     if ppl is None or uniform is None or not np.isfinite(ppl) or uniform == dense:
@@ -142,29 +222,42 @@ def normalised(ppl: float | None, uniform: float | None, dense: float) -> float 
     return float((uniform - ppl) / (uniform - dense))
 
 
-def analyse(suite: Suite, cells: dict[str, dict[str, list[dict[str, Any]]]], budget: int, seeds: int,
-            reps: int = 2000) -> dict[str, Any]:
-    """Normalised scores of every cell and the aggregate statistics (module docstring)."""
-    rows, scores = [], {"plain": {}, "calib": {}}
+def _score_rows(suite: Suite, cells: Cells, failures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per finished cell: its perplexities, normalised scores and cost. A task whose reference cells failed
+    has no scores (left out, with a warning); one that never had them is an :class:`FFPruneError`."""
+    rows = []
     for task in suite.tasks:
         by_method = cells[task.name]
         if REFERENCE not in by_method:
+            if any(f["task"] == task.name and f["method"] == REFERENCE for f in failures) or not by_method:
+                log.warning("task %s has no finished %r cells: its cells have no normalised score", task.name, REFERENCE)
+                continue
             raise FFPruneError(f"task {task.name!r} has no {REFERENCE!r} cells: the normalised score needs them")
         ref = by_method[REFERENCE][0]["best"]
         for method, runs in by_method.items():
             for cell in sorted(runs, key=lambda c: c["seed"]):
                 best = cell["best"]
-                row = {"task": task.name, "method": method, "seed": cell["seed"], "eval_ppl": best["eval_ppl"],
-                       "eval_ppl_calib": best.get("eval_ppl_calib"), "dense_eval_ppl": best["dense_eval_ppl"],
-                       "score": normalised(best["eval_ppl"], ref["eval_ppl"], best["dense_eval_ppl"]),
-                       "score_calib": normalised(best.get("eval_ppl_calib"), ref.get("eval_ppl_calib"),
-                                                 best["dense_eval_ppl"]),
-                       "reward_ppl": best["calib_ppl"],
-                       "evaluations": cell["cost"]["evaluations"], "seconds": cell["cost"]["seconds"]}
-                rows.append(row)
-                for kind, key in (("plain", "score"), ("calib", "score_calib")):
-                    if row[key] is not None:
-                        scores[kind].setdefault(method, {}).setdefault(task.name, []).append(row[key])
+                rows.append({"task": task.name, "method": method, "seed": cell["seed"], "eval_ppl": best["eval_ppl"],
+                             "eval_ppl_after_calib": best.get("eval_ppl_after_calib"),
+                             "dense_eval_ppl": best["dense_eval_ppl"],
+                             "score": normalised(best["eval_ppl"], ref["eval_ppl"], best["dense_eval_ppl"]),
+                             "score_calib": normalised(best.get("eval_ppl_after_calib"), ref.get("eval_ppl_after_calib"),
+                                                       best["dense_eval_ppl"]),
+                             "reward_ppl": best["reward_ppl"],
+                             "evaluations": cell["cost"]["evaluations"], "seconds": cell["cost"]["seconds"]})
+    return rows
+
+
+def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 2000,
+            failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Normalised scores of every finished cell and the aggregate statistics (module docstring); ``failures`` (the
+    cells that raised) are listed in the result."""
+    rows = _score_rows(suite, cells, failures)
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {"plain": {}, "calib": {}}
+    for row in rows:
+        for kind, key in (("plain", "score"), ("calib", "score_calib")):
+            if row[key] is not None:
+                scores[kind].setdefault(row["method"], {}).setdefault(row["task"], []).append(row[key])
     aggregate: dict[str, Any] = {}
     for kind, by_method in scores.items():
         aggregate[kind] = {}
@@ -201,8 +294,8 @@ def analyse(suite: Suite, cells: dict[str, dict[str, list[dict[str, Any]]]], bud
             across[task.name] = {"spearman": spearman(-reward_ppl, -eval_ppl), "cells": len(pairs)}
     return {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [t.__dict__ for t in suite.tasks],
             "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
-            "profiles": profiles,
-            "reach": _reach(suite, cells), "bootstrap_reps": reps}
+            "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
+            "failures": [{k: f[k] for k in ("task", "method", "seed", "error", "message")} for f in failures]}
 
 
 def _matrix(by_task: dict[str, list[float]]) -> np.ndarray:
@@ -212,14 +305,17 @@ def _matrix(by_task: dict[str, list[float]]) -> np.ndarray:
     return np.array([by_task[t][:n] for t in sorted(by_task)], np.float64).T
 
 
-def _reach(suite: Suite, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """Per task, agent and seed: its best reward, its evaluations to best, FastForward's evaluations to reach it."""
+def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
+    """Per task, searching method (every registered one that is not a heuristic) and seed: its best reward, its
+    evaluations to best, FastForward's evaluations to reach it."""
     out = []
     for task in suite.tasks:
         by_method = cells[task.name]
         ff = {c["seed"]: c for c in by_method.get(AGENT, [])}
-        for method in ("ppo", "sac", "evolution", "random"):
-            for cell in by_method.get(method, []):
+        for method, runs in by_method.items():
+            if method == AGENT or (method in METHODS and METHODS[method].heuristic):
+                continue
+            for cell in runs:
                 mine = ff.get(cell["seed"])
                 reward = cell["best"]["reward"]
                 out.append({"task": task.name, "method": method, "seed": cell["seed"], "best_reward": reward,
@@ -228,11 +324,12 @@ def _reach(suite: Suite, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> l
     return out
 
 
-def reward_heldout_agreement(suite: Suite, cells: dict[str, dict[str, list[dict[str, Any]]]], out: Path,
-                             points: int = 24) -> dict[str, Any]:
+def reward_heldout_agreement(suite: Suite, cells: Cells, out: Path, points: int = 24,
+                             measure: bool = True) -> dict[str, Any]:
     """Spearman ρ between the reward (held-in ``calib`` split) and the held-out perplexity over ``points``
     allocations one FastForward search (lowest seed) visited at the final target on all reward windows, per
-    task; measured once and cached in ``<out>/<task>/agreement.json``. Not counted in any search's cost."""
+    task; measured once and cached in ``<out>/<task>/agreement.json``. Not counted in any search's cost.
+    ``measure=False`` only reads the caches (a task without a matching one is left out, with a warning)."""
     result = {}
     for task in suite.tasks:
         runs = cells[task.name].get(AGENT)
@@ -252,9 +349,15 @@ def reward_heldout_agreement(suite: Suite, cells: dict[str, dict[str, list[dict[
             if cached.get("key") == key:
                 result[task.name] = cached["result"]
                 continue
+        if not measure:
+            log.warning("task %s: no agreement cache for these allocations in %s; left out (run the suite to measure it)",
+                        task.name, path)
+            continue
         env = result_env(cell)
-        held_out = [env.unwrapped.evaluate(np.asarray(h["action"], np.float32), split="eval")["ppl"] for h in picks]
-        env.close()
+        try:
+            held_out = [env.unwrapped.evaluate(np.asarray(h["action"], np.float32), split="eval")["ppl"] for h in picks]
+        finally:
+            env.close()
         rho = spearman(np.array([h["reward"] for h in picks]), -np.array(held_out))
         result[task.name] = {"spearman": rho, "points": len(picks), "seed": cell["seed"],
                              "reward": [h["reward"] for h in picks], "eval_ppl": held_out}
@@ -262,120 +365,93 @@ def reward_heldout_agreement(suite: Suite, cells: dict[str, dict[str, list[dict[
     return result
 
 
-def write_report(out: Path, analysis: dict[str, Any]) -> None:
-    """``suite.md``, ``scores.csv``, ``aggregate.png`` and ``profiles.png`` from :func:`analyse`'s result."""
-    buf = io.StringIO()
-    fields = ["task", "method", "seed", "reward_ppl", "eval_ppl", "eval_ppl_calib", "dense_eval_ppl", "score",
-              "score_calib", "evaluations", "seconds"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(analysis["rows"])
-    atomic_write_text(out / "scores.csv", buf.getvalue())
-    agg, imp = analysis["aggregate"], analysis["improvement"]
-    order = sorted(agg["plain"], key=lambda m: -agg["plain"][m]["iqm"])
-    lines = [f"### Suite `{analysis['suite']}`: budget {analysis['budget']}, {analysis['seeds']} seed(s), "
-             f"{len(analysis['tasks'])} tasks", "",
-             "Normalised score = share of the uniform → dense held-out ppl gap closed (1 = dense, 0 = uniform). "
-             f"IQM over tasks × seeds with 95 % stratified-bootstrap intervals ({analysis['bootstrap_reps']} resamples); "
-             "P(FF > X): probability that FastForward's score beats the method's on a task, averaged over the tasks both ran.",
-             "", "| method | tasks | IQM score | 95 % CI | + calib IQM | 95 % CI | P(FF > X) | P(FF > X), calib |",
-             "|---|---|---|---|---|---|---|---|"]
-    for m in order:
-        a, c = agg["plain"][m], agg["calib"].get(m)
-        p, pc = imp["plain"].get(m), imp["calib"].get(m)
-        lines.append(f"| {m} | {len(a['tasks'])} | {a['iqm']:.3f} | [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
-                     + (f"{c['iqm']:.3f} | [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | " if c else "– | – | ")
-                     + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] | " if p else "– | ")
-                     + (f"{pc['p']:.2f} [{pc['ci'][0]:.2f}, {pc['ci'][1]:.2f}] |" if pc else "– |"))
-    tasks = [t["name"] for t in analysis["tasks"]]
-    lines += ["", "Held-out ppl per task (mean over seeds; dense in the header):", "",
-              "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    dense = {t: next((r["dense_eval_ppl"] for r in analysis["rows"] if r["task"] == t), float("nan")) for t in tasks}
-    lines.append("| dense | " + " | ".join(f"{dense[t]:.2f}" for t in tasks) + " |")
-    for m in order:
-        vals = []
-        for t in tasks:
-            v = [r["eval_ppl"] for r in analysis["rows"] if r["task"] == t and r["method"] == m]
-            vals.append(f"{np.mean(v):.2f}" if v else "–")
-        lines.append(f"| {m} | " + " | ".join(vals) + " |")
-    agree, across = analysis.get("agreement") or {}, analysis.get("agreement_across_cells") or {}
-    if agree or across:
-        lines += ["", "Reward split vs held-out split, Spearman ρ: over the allocations one FastForward search visited "
-                  "(lowest seed), and over the distinct best allocations of the task's cells (all methods and seeds):", "",
-                  "| task | ρ, one search | allocations | ρ, all cells | distinct allocations |", "|---|---|---|---|---|"]
-        for t in tasks:
-            a, c = agree.get(t), across.get(t)
-            lines.append(f"| {t} | " + (f"{a['spearman']:.3f} | {a['points']} | " if a else "– | – | ")
-                         + (f"{c['spearman']:.3f} | {c['cells']} |" if c else "– | – |"))
-    atomic_write_text(out / "suite.md", "\n".join(lines) + "\n")
-    _plot(out, analysis, order)
+# ---------------------------------------------------------------------------- generated doc sections
+SECTIONS = ("full", "headline")
+"""The generated sections a markdown file may hold: the full results, or only the headline table."""
 
 
-def readme_block(out: str | Path, readme: str | Path, suite: str = "core") -> str:
-    """The README's generated suite section: ``<out>/suite.md`` with the aggregate figure, between markers."""
-    out = Path(out)
+def _tag(suite: str, kind: str) -> str:
+    return f"suite:{suite}" if kind == "full" else f"suite:{suite}:{kind}"
+
+
+def _section_pattern(suite: str, kind: str) -> re.Pattern[str]:
+    tag = re.escape(_tag(suite, kind))
+    return re.compile(rf"<!-- {tag}(?![\w:-]).*?<!-- /{tag} -->", re.S)
+
+
+def check_sections(files: Sequence[str | Path], suite: str = "core") -> dict[Path, list[str]]:
+    """The generated sections (:data:`SECTIONS`) each file holds; an :class:`FFPruneError` names a file that is
+    missing, holds none of ``<!-- suite:<name> -->`` / ``<!-- suite:<name>:headline -->`` … ``<!-- /… -->``, or
+    holds one twice."""
+    get_suite(suite)
+    if not files:
+        raise FFPruneError("files must name at least one markdown file to write the suite's sections into")
+    found = {}
+    for file in map(Path, files):
+        if not file.is_file():
+            raise FFPruneError(f"docs file {str(file)!r} is not a file")
+        text = file.read_text()
+        counts = {kind: len(_section_pattern(suite, kind).findall(text)) for kind in SECTIONS}
+        if any(n > 1 for n in counts.values()) or not any(counts.values()):
+            raise FFPruneError(f"docs file {str(file)!r} needs one section '<!-- {_tag(suite, 'full')} -->' ... "
+                               f"'<!-- /{_tag(suite, 'full')} -->' and/or one '<!-- {_tag(suite, 'headline')} -->' ... "
+                               f"'<!-- /{_tag(suite, 'headline')} -->' to replace (found {counts})")
+        found[file] = [kind for kind in SECTIONS if counts[kind]]
+    return found
+
+
+def _link(target: Path, file: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), file.resolve().parent)).as_posix()
+
+
+def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: str = "full",
+                  full_page: str | Path | None = None) -> str:
+    """One generated section for ``file`` from ``<out>/suite.md``, between its markers: ``"full"`` (``suite.md`` and
+    the plots) or ``"headline"`` (only the aggregate table, the failures' count if any, and a link to ``full_page``,
+    default ``suite.md``). Links are relative to ``file``."""
+    if kind not in SECTIONS:
+        raise FFPruneError(f"kind must be one of {SECTIONS}, got {kind!r}")
+    out, file = Path(out), Path(file)
     table = out / "suite.md"
     if not table.exists():
         raise FFPruneError(f"{str(table)!r} does not exist: run `ffprune bench --suite {suite}` first")
-    rel = Path(os.path.relpath(out, Path(readme).resolve().parent)).as_posix()
     body = table.read_text().rstrip("\n")
-    return (f"<!-- suite:{suite} (generated by `ffprune bench --suite {suite} --readme`; do not edit) -->\n"
-            f"{body}\n\n![IQM normalised scores per method]({rel}/aggregate.png)\n"
-            f"![performance profiles]({rel}/profiles.png)\n<!-- /suite:{suite} -->")
+    if kind == "full":
+        rel = _link(out, file)
+        body += (f"\n\n![IQM normalised scores per method]({rel}/aggregate.png)\n"
+                 f"![performance profiles]({rel}/profiles.png)")
+    else:
+        blocks = body.split("\n\n")
+        headline = [next(b for b in blocks if b.startswith("|"))]  # the aggregate table comes first
+        headline += [b.split("\n")[0] for b in blocks if b.startswith("Failures:")]
+        rel = _link(Path(full_page) if full_page is not None else table, file)
+        body = "\n\n".join([*headline, f"Full results (per task, agreement, plots): [{rel}]({rel})"])
+    tag = _tag(suite, kind)
+    return (f"<!-- {tag} (generated by `ffprune bench --suite {suite} --docs FILE`; do not edit) -->\n"
+            f"{body}\n<!-- /{tag} -->")
 
 
-def check_readme(readme: str | Path, suite: str = "core") -> tuple[str, re.Pattern[str]]:
-    """The README's text and the pattern of its one ``<!-- suite:<name> -->`` section; one-line error otherwise."""
-    readme = Path(readme)
-    if not readme.is_file():
-        raise FFPruneError(f"readme {str(readme)!r} is not a file")
-    text = readme.read_text()
-    pattern = re.compile(rf"<!-- suite:{re.escape(suite)}\b.*?<!-- /suite:{re.escape(suite)} -->", re.S)
-    if len(pattern.findall(text)) != 1:
-        raise FFPruneError(f"readme {str(readme)!r} needs exactly one section '<!-- suite:{suite} -->' ... "
-                           f"'<!-- /suite:{suite} -->' to replace")
-    return text, pattern
+def render_sections(files: Sequence[str | Path], out: str | Path, suite: str = "core") -> dict[Path, str]:
+    """Each file's text with its generated sections (:func:`check_sections`) rewritten from the results in ``out``.
+    A headline links to the first given file holding the full section (to ``suite.md`` if none, or if it is that file)."""
+    found = check_sections(files, suite)
+    full_page = next((f for f, kinds in found.items() if "full" in kinds), None)
+    texts = {}
+    for file, kinds in found.items():
+        text = file.read_text()
+        for kind in kinds:
+            page = full_page if full_page is not None and full_page.resolve() != file.resolve() else None
+            block = section_block(out, file, suite, kind, page)
+            text = _section_pattern(suite, kind).sub(lambda _m, b=block: b, text)
+        texts[file] = text
+    return texts
 
 
-def update_readme(readme: str | Path, out: str | Path, suite: str = "core") -> None:
-    """Replace the README's ``<!-- suite:<name> ... -->`` … ``<!-- /suite:<name> -->`` section with
-    :func:`readme_block` (atomically); the section must already be there."""
-    text, pattern = check_readme(readme, suite)
-    block = readme_block(out, readme, suite)
-    atomic_write_text(Path(readme), pattern.sub(lambda _m: block, text))
-
-
-def _plot(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
-    for ax, kind in zip(axes, ("plain", "calib")):
-        agg = analysis["aggregate"][kind]
-        names = [m for m in order if m in agg]
-        y = np.arange(len(names))
-        iqms = np.array([agg[m]["iqm"] for m in names])
-        lo = iqms - np.array([agg[m]["ci"][0] for m in names])
-        hi = np.array([agg[m]["ci"][1] for m in names]) - iqms
-        ax.barh(y, iqms, xerr=[lo, hi], color=["tab:red" if m == AGENT else "tab:blue" for m in names], alpha=0.8)
-        ax.set_yticks(y, names)
-        ax.invert_yaxis()
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("IQM normalised score (95 % CI)")
-        ax.set_title("held-out ppl" + (" after Calib (structured tasks)" if kind == "calib" else ""))
-        ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"suite {analysis['suite']}: budget {analysis['budget']}, {analysis['seeds']} seeds")
-    fig.tight_layout()
-    atomic_write(out / "aggregate.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.subplots()
-    cmap = matplotlib.colormaps["tab10"]
-    for i, m in enumerate(order):
-        p = analysis["profiles"][m]
-        color = cmap(i % 10)
-        ax.plot(p["taus"], p["profile"], label=m, color=color, lw=2 if m == AGENT else 1)
-        ax.fill_between(p["taus"], p["low"], p["high"], color=color, alpha=0.15)
-    ax.set_xlabel("normalised score τ")
-    ax.set_ylabel("fraction of runs with score > τ")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(out / "profiles.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+def update_sections(files: Sequence[str | Path], out: str | Path, suite: str = "core") -> list[Path]:
+    """Rewrite the generated suite sections of ``files`` (:func:`render_sections`, atomically); the files changed."""
+    changed = []
+    for file, text in render_sections(files, out, suite).items():
+        if text != file.read_text():
+            atomic_write_text(file, text)
+            changed.append(file)
+    return changed

@@ -1,0 +1,328 @@
+"""Tables and plots of finished results: a bench folder's and a suite's, all written atomically.
+
+A bench folder (:func:`write_outputs`) gets
+
+* ``results.csv`` / ``results.md``: per method, held-out ppl mean ± std over seeds (with and without Calib),
+  best reward, search cost (evaluations, tokens, wall seconds) and evaluations-to-best; ``results.md`` adds,
+  per other method and seed, the evaluations FastForward needed to reach its best reward;
+* ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
+* ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
+
+A suite folder (:func:`write_suite_report`, from :func:`ffprune.agents.experiments.suite.analyse`'s analysis)
+gets ``suite.md`` (the aggregate table, the per-task table, the reward/held-out agreement and, if any cell
+failed, the failures), ``scores.csv``, ``aggregate.png`` and ``profiles.png``. Cells are read with their
+names of today (:func:`ffprune.agents.results.read_result`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ffenv.io import atomic_write, atomic_write_text
+
+AGENT = "fastforward"
+"""The method the reach tables and the suite's probability of improvement are about."""
+KIND_TITLES = {"attn": "attention (heads / KV groups)", "ffn": "FFN neurons", "block": "block weights"}
+
+
+# ---------------------------------------------------------------------------- one bench folder
+def _mean_std(values: list[float | None]) -> tuple[float, float]:
+    arr = np.array([v for v in values if v is not None], np.float64)
+    if len(arr) == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per method: means (and stds) over seeds."""
+    rows = []
+    for method, runs in cells.items():
+        row: dict[str, Any] = {"method": method, "seeds": len(runs)}
+        for key, values in (
+            ("eval_ppl", [r["best"]["eval_ppl"] for r in runs]),
+            ("eval_ppl_after_calib", [r["best"].get("eval_ppl_after_calib") for r in runs]),
+            ("reward_ppl", [r["best"]["reward_ppl"] for r in runs]),
+            ("best_reward", [r["best"]["reward"] for r in runs]),
+            ("evaluations", [r["cost"]["evaluations"] for r in runs]),
+            ("tokens", [r["cost"]["tokens"] for r in runs]),
+            ("wall_seconds", [r["cost"]["seconds"] for r in runs]),
+            ("evaluations_to_best", [r["cost"]["evaluations_to_best"] for r in runs]),
+        ):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
+        row["dense_eval_ppl"] = runs[0]["best"]["dense_eval_ppl"]
+        row["sparsity_mean"] = _mean_std([r["best"]["sparsity"] for r in runs])[0]
+        rows.append(row)
+    return rows
+
+
+def cost_to_reach(history: list[dict[str, Any]], reward: float, axis: str = "evaluations") -> int | None:
+    """Cost on ``axis`` (evaluations or tokens) a search spent until its best reward reached ``reward`` (``None``: never)."""
+    for point in history:
+        if np.isfinite(point["best_reward"]) and point["best_reward"] >= reward:
+            return int(point[axis])
+    return None
+
+
+def reach_table(cells: dict[str, list[dict[str, Any]]], agent: str = AGENT) -> list[dict[str, Any]]:
+    """Per other method and seed: its best reward, its evaluations, and the evaluations ``agent`` needed to match it."""
+    if agent not in cells:
+        return []
+    mine = {r["seed"]: r for r in cells[agent]}
+    rows = []
+    for method, runs in cells.items():
+        if method == agent:
+            continue
+        for r in runs:
+            if r["seed"] not in mine:
+                continue
+            history = mine[r["seed"]]["history"]
+            rows.append({"method": method, "seed": r["seed"], "best_reward": r["best"]["reward"],
+                         "evaluations": r["cost"]["evaluations"],
+                         "evaluations_to_best": r["cost"]["evaluations_to_best"], "tokens_to_best": r["best"]["tokens"],
+                         f"{agent}_evaluations_to_reach": cost_to_reach(history, r["best"]["reward"]),
+                         f"{agent}_tokens_to_reach": cost_to_reach(history, r["best"]["reward"], "tokens")})
+    return rows
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str) -> None:
+    """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+
+    ordered = sorted(rows, key=lambda r: r["eval_ppl_mean"])
+    lines = [header, "",
+             "| method | held-out ppl | + calib | best reward | evaluations | tokens | wall s | evals to best |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        lines.append(f"| {r['method']} | {_fmt(r['eval_ppl_mean'], r['eval_ppl_std'])} | "
+                     f"{_fmt(r['eval_ppl_after_calib_mean'], r['eval_ppl_after_calib_std'])} | "
+                     f"{_fmt(r['best_reward_mean'], r['best_reward_std'], 4)} | {r['evaluations_mean']:.0f} | "
+                     f"{r['tokens_mean']:,.0f} | {r['wall_seconds_mean']:.0f} | "
+                     f"{_fmt(r['evaluations_to_best_mean'], r['evaluations_to_best_std'], 0)} |")
+    lines += ["", f"Dense held-out ppl {rows[0]['dense_eval_ppl']:.2f}. Mean ± sample std over seeds; "
+              "ppl of the best allocation found (best reward on the `calib` reward split), measured on the held-out "
+              "`eval` split; '+ calib' after post-pruning ridge calibration. Heuristics cost one evaluation."]
+    if reach:
+        key = next(k for k in reach[0] if k.endswith("_evaluations_to_reach"))
+        agent = key.removesuffix("_evaluations_to_reach")
+        lines += ["", f"Search cost {agent} needed to reach each method's best reward (same seed):", "",
+                  f"| method | seed | its best reward | its evaluations to best | {agent} evaluations to reach it "
+                  f"| its tokens to best | {agent} tokens to reach it |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in reach:
+            got = r[key] if r[key] is not None else "not reached"
+            tok = r[f"{agent}_tokens_to_reach"]
+            lines.append(f"| {r['method']} | {r['seed']} | {r['best_reward']:.4f} | {r['evaluations_to_best']} | {got} "
+                         f"| {r['tokens_to_best']:,} | {f'{tok:,}' if tok is not None else 'not reached'} |")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``curves.png`` (best reward vs. evaluations / wall seconds) and ``allocations.png`` of finished cells
+    (``{method: [result, ...]}``, results with ``unit_names``, as :func:`~ffprune.agents.results.read_result` gives them)."""
+    _plot_curves(out, cells, title)
+    _plot_allocations(out, cells, title)
+
+
+def _plot_curves(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``curves.png``: best reward vs. evaluations and vs. wall seconds, every method and seed."""
+    colors = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(13, 4.8))  # no pyplot: no global state, no GUI backend
+    axes = fig.subplots(1, 2, sharey=True)
+    for i, (method, runs) in enumerate(cells.items()):
+        color = colors(i % 10)
+        for j, r in enumerate(runs):
+            h = [p for p in r["history"] if np.isfinite(p["best_reward"])]
+            if not h:
+                continue
+            label = method if j == 0 else None
+            for ax, axis in zip(axes, ("evaluations", "seconds")):
+                xs = [p[axis] for p in h]
+                ys = [p["best_reward"] for p in h]
+                if len(h) == 1:
+                    ax.scatter(xs, ys, color=color, marker="D", s=30, label=label, zorder=3)
+                else:
+                    ax.step(xs, ys, where="post", color=color, alpha=0.85, lw=1.4, label=label)
+    axes[0].set_xlabel("evaluations (search cost)")
+    axes[1].set_xlabel("wall seconds")
+    axes[0].set_ylabel("best reward (dense ppl / pruned ppl, calib split)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+
+
+def _plot_allocations(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``allocations.png``: the best allocation's sparsity per layer and unit kind, per method (lowest seed)."""
+    colors = matplotlib.colormaps["tab10"]
+    first = next(iter(cells.values()))[0]
+    kinds = sorted({name.split(".")[0] for name in first["unit_names"]}, key=list(KIND_TITLES).index)
+    fig = Figure(figsize=(6.5 * len(kinds), 4.2))
+    axes = fig.subplots(1, len(kinds), squeeze=False)
+    for i, (method, runs) in enumerate(cells.items()):
+        r = min(runs, key=lambda c: c["seed"])
+        names, sparsity = r["unit_names"], np.array(r["best"]["layer_sparsity"])
+        for ax, kind in zip(axes[0], kinds):
+            idx = [k for k, n in enumerate(names) if n.startswith(kind)]
+            ax.plot(range(len(idx)), sparsity[idx], marker="o", ms=3, color=colors(i % 10), label=method)
+    for ax, kind in zip(axes[0], kinds):
+        ax.set_title(KIND_TITLES[kind])
+        ax.set_xlabel("layer")
+        ax.set_ylabel("sparsity")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{title}: best allocation per method (seed 0)")
+    fig.tight_layout()
+    atomic_write(out / "allocations.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+
+
+def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str, budget: int,
+                  seeds: int) -> list[dict[str, Any]]:
+    """``results.csv`` / ``results.md`` / ``curves.png`` / ``allocations.png`` of finished cells; the summary rows."""
+    rows = summarize(cells)
+    target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
+    title = f"{env_id}, target {target_used:g}, budget {budget}, {seeds} seed(s)"
+    write_tables(out, rows, reach_table(cells), f"### {title}")
+    plot(out, cells, title)
+    return rows
+
+
+# ---------------------------------------------------------------------------- a suite folder
+SCORE_FIELDS = ["task", "method", "seed", "reward_ppl", "eval_ppl", "eval_ppl_after_calib", "dense_eval_ppl", "score",
+                "score_calib", "evaluations", "seconds"]
+"""The columns of ``scores.csv`` (one row per cell)."""
+
+
+def calib_tasks(analysis: dict[str, Any]) -> str:
+    """The tasks the ``+ Calib`` aggregates cover, in words (``"6 structured tasks"``): Calib scores exist for
+    structured tasks only."""
+    n = len(set().union(*(a["tasks"] for a in analysis["aggregate"]["calib"].values())))
+    return f"{n} structured task{'' if n == 1 else 's'}"
+
+
+def _cell(text: Any) -> str:
+    """A value as one markdown table cell (no line breaks, pipes escaped)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def suite_markdown(analysis: dict[str, Any]) -> str:
+    """``suite.md``: the aggregate table first (the headline), then the per-task table, the agreement and the failures."""
+    agg, imp = analysis["aggregate"], analysis["improvement"]
+    order = sorted(agg["plain"], key=lambda m: -agg["plain"][m]["iqm"])
+    covered = calib_tasks(analysis)
+    lines = [f"### Suite `{analysis['suite']}`: budget {analysis['budget']}, {analysis['seeds']} seed(s), "
+             f"{len(analysis['tasks'])} tasks", "",
+             "Normalised score = share of the uniform → dense held-out ppl gap closed (1 = dense, 0 = uniform). "
+             f"IQM over tasks × seeds with 95 % stratified-bootstrap intervals ({analysis['bootstrap_reps']} resamples); "
+             "P(FF > X): probability that FastForward's score beats the method's on a task, averaged over the tasks both ran.",
+             "", f"| method | tasks | IQM score | 95 % CI | + Calib IQM ({covered}) | 95 % CI | P(FF > X) "
+             f"| P(FF > X), + Calib ({covered}) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in order:
+        a, c = agg["plain"][m], agg["calib"].get(m)
+        p, pc = imp["plain"].get(m), imp["calib"].get(m)
+        lines.append(f"| {m} | {len(a['tasks'])} | {a['iqm']:.3f} | [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
+                     + (f"{c['iqm']:.3f} | [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | " if c else "– | – | ")
+                     + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] | " if p else "– | ")
+                     + (f"{pc['p']:.2f} [{pc['ci'][0]:.2f}, {pc['ci'][1]:.2f}] |" if pc else "– |"))
+    tasks = [t["name"] for t in analysis["tasks"]]
+    lines += ["", "Held-out ppl per task (mean over seeds; dense in the header):", "",
+              "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    dense = {t: next((r["dense_eval_ppl"] for r in analysis["rows"] if r["task"] == t), float("nan")) for t in tasks}
+    lines.append("| dense | " + " | ".join(f"{dense[t]:.2f}" for t in tasks) + " |")
+    for m in order:
+        vals = []
+        for t in tasks:
+            v = [r["eval_ppl"] for r in analysis["rows"] if r["task"] == t and r["method"] == m]
+            vals.append(f"{np.mean(v):.2f}" if v else "–")
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    agree, across = analysis.get("agreement") or {}, analysis.get("agreement_across_cells") or {}
+    if agree or across:
+        lines += ["", "Reward split vs held-out split, Spearman ρ: over the allocations one FastForward search visited "
+                  "(lowest seed), and over the distinct best allocations of the task's cells (all methods and seeds):", "",
+                  "| task | ρ, one search | allocations | ρ, all cells | distinct allocations |", "|---|---|---|---|---|"]
+        for t in tasks:
+            a, c = agree.get(t), across.get(t)
+            lines.append(f"| {t} | " + (f"{a['spearman']:.3f} | {a['points']} | " if a else "– | – | ")
+                         + (f"{c['spearman']:.3f} | {c['cells']} |" if c else "– | – |"))
+    failures = analysis.get("failures") or []
+    if failures:
+        lines += ["", f"Failures: {len(failures)} cell(s) raised and are left out of every table above; the same command "
+                  "retries them (their errors are in `<task>/failures.json`):", "",
+                  "| task | method | seed | error |", "|---|---|---|---|"]
+        lines += [f"| {f['task']} | {f['method']} | {f['seed']} | {_cell(f['error'])}: {_cell(f['message'])} |"
+                  for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def write_suite_report(out: Path, analysis: dict[str, Any]) -> None:
+    """``suite.md`` (:func:`suite_markdown`), ``scores.csv``, ``aggregate.png`` and ``profiles.png`` of an analysis."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SCORE_FIELDS)
+    writer.writeheader()
+    writer.writerows(analysis["rows"])
+    atomic_write_text(out / "scores.csv", buf.getvalue())
+    atomic_write_text(out / "suite.md", suite_markdown(analysis))
+    order = sorted(analysis["aggregate"]["plain"], key=lambda m: -analysis["aggregate"]["plain"][m]["iqm"])
+    _plot_aggregate(out, analysis, order)
+    _plot_profiles(out, analysis, order)
+
+
+def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, kind in zip(axes, ("plain", "calib")):
+        agg = analysis["aggregate"][kind]
+        names = [m for m in order if m in agg]
+        y = np.arange(len(names))
+        iqms = np.array([agg[m]["iqm"] for m in names])
+        lo = iqms - np.array([agg[m]["ci"][0] for m in names])
+        hi = np.array([agg[m]["ci"][1] for m in names]) - iqms
+        ax.barh(y, iqms, xerr=[lo, hi], color=["tab:red" if m == AGENT else "tab:blue" for m in names], alpha=0.8)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("IQM normalised score (95 % CI)")
+        ax.set_title("held-out ppl" + (f" after Calib ({calib_tasks(analysis)})"
+                                       if kind == "calib" else ""))
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"suite {analysis['suite']}: budget {analysis['budget']}, {analysis['seeds']} seeds")
+    fig.tight_layout()
+    atomic_write(out / "aggregate.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+
+
+def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
+    for i, m in enumerate(order):
+        p = analysis["profiles"][m]
+        color = cmap(i % 10)
+        ax.plot(p["taus"], p["profile"], label=m, color=color, lw=2 if m == AGENT else 1)
+        ax.fill_between(p["taus"], p["low"], p["high"], color=color, alpha=0.15)
+    ax.set_xlabel("normalised score τ")
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(out / "profiles.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)

@@ -1,0 +1,110 @@
+"""The one results reader: committed results read with today's names, old and new files agree, migration is idempotent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+from ffenv.errors import FFPruneError
+from ffprune.agents.results import FIELD_RENAMES, migrate_result, read_result, result_env
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
+
+
+def committed_results() -> list[Path]:
+    """Every committed search result, bench cell and bench ``config.json`` (the suite's analysis and the
+    agreement caches are outputs of the analysis, not results)."""
+    return sorted(p for p in RESULTS.rglob("*.json") if p.name not in ("suite.json", "agreement.json"))
+
+
+def dotted(d: dict, path: str) -> bool:
+    *parent, key = path.split(".")
+    for p in parent:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return False
+    return key in d
+
+
+def test_every_committed_result_reads_with_the_new_names():
+    paths = committed_results()
+    assert len(paths) > 250  # the core suite's cells and configs and the FastForward budget study
+    old_seen = set()
+    for path in paths:
+        raw = json.loads(path.read_text())
+        old_seen |= {old for old in FIELD_RENAMES if dotted(raw, old)}
+        result = read_result(path)
+        assert not [old for old in FIELD_RENAMES if dotted(result, old)], path
+        assert result["weights_fingerprint"].startswith("sha256:"), path
+        if path.name == "config.json":
+            assert "best" not in result and "unit_names" not in result
+            continue
+        best = result["best"]
+        assert {"reward_ppl", "dense_reward_ppl", "eval_ppl", "dense_eval_ppl"} <= set(best), path
+        assert result["env_kwargs"]["reward_windows"] > 0
+        assert len(result["unit_names"]) == len(best["layer_sparsity"]) == len(best["action"])
+        assert migrate_result(result) == result, path  # idempotent
+    assert old_seen == set(FIELD_RENAMES)  # every rename is exercised by a committed file
+
+
+def test_migration_maps_every_old_name_and_keeps_values(tmp_path):
+    old = {"weights": "sha256:ab", "env_id": "FFPrune-Llama-v0",
+           "env_kwargs": {"mode": "unstructured", "reward_samples": 8, "workers": 2},
+           "best": {"calib_ppl": 90.0, "dense_calib_ppl": 80.0, "eval_ppl_calib": 85.0, "eval_ppl": 91.0,
+                    "layer_sparsity": [0.5, 0.6, 0.7]}}
+    frozen = json.loads(json.dumps(old))
+    new = migrate_result(old)
+    assert old == frozen  # the argument is not modified
+    assert new["weights_fingerprint"] == "sha256:ab" and "weights" not in new
+    assert new["best"] == {"reward_ppl": 90.0, "dense_reward_ppl": 80.0, "eval_ppl_after_calib": 85.0, "eval_ppl": 91.0,
+                           "layer_sparsity": [0.5, 0.6, 0.7]}
+    assert new["env_kwargs"] == {"mode": "unstructured", "reward_windows": 8, "workers": 2}
+    assert new["unit_names"] == ["block.0", "block.1", "block.2"]
+    assert migrate_result(new) == new
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(old))
+    assert read_result(path) == new == read_result(old)
+    recorded = {**new, "unit_names": ["x", "y", "z"]}  # names a result recorded are kept
+    assert migrate_result(recorded)["unit_names"] == ["x", "y", "z"]
+
+
+def test_migration_refuses_conflicts_and_bad_files(tmp_path):
+    with pytest.raises(FFPruneError, match="weights_fingerprint"):
+        migrate_result({"weights": "sha256:a", "weights_fingerprint": "sha256:b"})
+    assert migrate_result({"weights": "sha256:a", "weights_fingerprint": "sha256:a"}) == {"weights_fingerprint": "sha256:a"}
+    with pytest.raises(FFPruneError, match="does not exist"):
+        read_result(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(FFPruneError, match="not valid JSON"):
+        read_result(tmp_path / "bad.json")
+    with pytest.raises(FFPruneError, match="JSON object"):
+        migrate_result([1, 2])
+
+
+@pytest.mark.parametrize("env_id", ["FFPrune-OPT-v0", "FFPrune-Mistral-Unstructured-v0"])
+def test_derived_unit_names_are_the_envs(env_id):
+    """The names given to old results are the ones the env itself reports (in action order)."""
+    env = gym.make(env_id, **SMALL, workers=0)
+    try:
+        base = env.unwrapped
+        old = {"env_id": env_id, "env_kwargs": base.config.as_kwargs(),
+               "best": {"layer_sparsity": [0.0] * base.n_units}}
+        assert migrate_result(old)["unit_names"] == base.unit_names
+    finally:
+        env.close()
+
+
+def test_result_env_leaves_the_workers_out():
+    result = {"env_id": "FFPrune-Llama-v0", "env_kwargs": {**SMALL, "reward_samples": 2, "workers": 3,
+                                                           "ray_address": "auto"}}
+    del result["env_kwargs"]["reward_windows"]
+    env = result_env(result)  # an old result: the renamed window count is accepted, no Ray is started
+    try:
+        assert env.unwrapped.config.workers == 0 and env.unwrapped.config.ray_address is None
+        assert env.unwrapped.config.reward_windows == 2
+    finally:
+        env.close()
