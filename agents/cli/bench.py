@@ -1,0 +1,129 @@
+"""``ffprune bench``: every method on one env, or every task of a suite; tables, plots and TensorBoard runs.
+
+The (method, seed) cells are resumable: an interrupted bench (Ctrl-C) exits with 130 and the same command
+continues it. A suite records a failing cell with its error and finishes the others; the failures are listed
+at the end and the exit code is 1 (the ``--docs`` files are then left as they are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ffprune.agents.cli.common import METHODS_HINT, add_env_arguments, add_ray_address_argument, env_kwargs
+
+NAME = "bench"
+HELP = "all agents and baselines on one env (or a suite): tables, plots, TensorBoard"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ffprune bench``."""
+    p.add_argument("--env", help="the env (default FFPrune-Llama-v0)")
+    p.add_argument("--suite", metavar="NAME", help="run every task of a benchmark suite (core) instead of one env "
+                   "(default --out docs/results/<suite>; its own budget and seeds unless given)")
+    p.add_argument("--docs", action="append", metavar="FILE",
+                   help="with --suite: rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': "
+                   "the full section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
+    p.add_argument("--report-only", action="store_true", help="with --suite: no search, no evaluation; rewrite the suite's "
+                   "tables, figures and --docs sections from the finished cells in --out (after a change of the report)")
+    p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
+    p.add_argument("--seeds", type=int, help="seeds 0..K-1 per method (default 3, or the suite's)")
+    p.add_argument("--methods", help=f"comma-separated registered methods ({METHODS_HINT}; default: all that fit the "
+                   "env's mode)")
+    p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
+    p.add_argument("--out", help="output folder (resumes what is already there; default bench)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
+    p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
+    add_env_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+    p.add_argument("--cell-workers", type=int, default=0, help="run the (method, seed) cells as Ray tasks on this many "
+                   "workers (a local Ray instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: one after "
+                   "the other in this process (default)")
+    add_ray_address_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`~ffprune.agents.experiments.bench.run_bench` on one env, or
+    :func:`~ffprune.agents.experiments.suite.run_suite`; prints the tables and what was written."""
+    from ffenv.errors import FFPruneError
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.suite is None:
+        if args.docs or args.report_only:
+            raise FFPruneError(f"{'--docs' if args.docs else '--report-only'} works on a suite's results; it needs --suite")
+        return _bench(args, methods)
+    if args.env is not None or args.target is not None:
+        raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
+    return _suite(args, methods)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments ``run_bench`` and ``run_suite`` share (``calib_alpha`` only when given: else the env's)."""
+    options: dict[str, Any] = {"calibrate": not args.no_calibrate, "workers": args.cell_workers,
+                               "ray_address": args.ray_address, "progress": not args.quiet}
+    if args.calib_alpha is not None:
+        options["calib_alpha"] = args.calib_alpha
+    return options
+
+
+def _interrupted(cells: str) -> int:
+    print(f"\ninterrupted; run the same command again to resume (finished cells in {cells} are kept)", file=sys.stderr)
+    return 130
+
+
+def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
+    from ffenv.errors import SearchInterrupted
+    from ffprune.agents.experiments.bench import run_bench
+
+    out = args.out or "bench"
+    try:
+        run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
+                  3 if args.seeds is None else args.seeds, methods, out, args.target, env_kwargs(args), **_options(args))
+    except (KeyboardInterrupt, SearchInterrupted):  # a bench resumes its cells by itself: no --resume to add
+        return _interrupted(f"{out}/cells")
+    print((Path(out) / "results.md").read_text())
+    print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
+    return 0
+
+
+def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
+    from ffenv.errors import SearchInterrupted
+    from ffprune.agents.experiments.suite import get_suite, report_suite, run_suite
+
+    suite = get_suite(args.suite).name  # an unknown name: one line listing the suites
+    if args.docs:
+        from ffprune.agents.experiments.suite import check_sections
+
+        check_sections(args.docs, suite)  # before hours of search, not after
+    out = args.out or f"docs/results/{suite}"
+    try:
+        if args.report_only:
+            analysis = report_suite(suite, out, args.budget, args.seeds, methods)
+        else:
+            analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args))
+    except (KeyboardInterrupt, SearchInterrupted):
+        return _interrupted(f"{out}/<task>/cells")
+    report = Path(out) / "suite.md"
+    if report.exists():
+        print(report.read_text())
+    failures = analysis["failures"]
+    if failures:
+        for f in failures:  # error: the exception's type; message: its text
+            detail = f"{f['error']}: {f['message']}" if f.get("message") else f["error"]
+            print(f"failed: {f['task']} {f['method']} seed {f['seed']}: {detail}", file=sys.stderr)
+        kept = " (--docs files left as they are)" if args.docs else ""
+        print(f"ffprune bench: {len(failures)} cell(s) of suite {suite} failed{kept}; the other cells are in {out}; "
+              "run the same command again to retry the failed ones", file=sys.stderr)
+        return 1
+    if args.docs:
+        from ffprune.agents.experiments.suite import update_sections
+
+        changed = update_sections(args.docs, out, suite)
+        if changed:
+            print(f"updated: the suite:{suite} sections of {', '.join(map(str, changed))}")
+        else:
+            print(f"up to date: the suite:{suite} sections of {', '.join(args.docs)}")
+    print(f"written: {out}/suite.md, suite.json, scores.csv, aggregate.png, profiles.png and one bench folder per task")
+    return 0

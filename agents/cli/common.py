@@ -1,0 +1,51 @@
+"""Arguments and parsing shared by several subcommands (nothing heavy is imported here: ``ffprune --help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+METHODS_HINT = "`ffprune methods` lists them"
+
+
+def parse_kwargs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["model=tiny-opt", "reward_windows=8"]`` → ``{"model": "tiny-opt", "reward_windows": 8}``.
+
+    Values are parsed as JSON when they are JSON (numbers, ``true``, lists), else kept as strings. ``flag``
+    (``"--env-kwarg"``, ``"--agent-kwarg"``) is named in the one-line :class:`ffenv.FFPruneError` for a pair
+    without ``=`` or with an empty key.
+    """
+    from ffenv.errors import FFPruneError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise FFPruneError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def add_env_arguments(p: argparse.ArgumentParser) -> None:
+    """``--env-kwarg`` and ``--reward``: the env settings every searching subcommand takes."""
+    p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE",
+                   help="override an env setting (an EnvConfig field; repeatable; VALUE parsed as JSON when it is JSON)")
+    p.add_argument("--reward", choices=("plain", "calibrated"),
+                   help="what the search optimises: plain held-in ppl ratio (default) or the ratio after Calib")
+
+
+def add_ray_address_argument(p: argparse.ArgumentParser) -> None:
+    """``--ray-address``: an existing Ray cluster instead of a local instance."""
+    p.add_argument("--ray-address", help="an existing Ray cluster ('auto', 'ray://host:10001') instead of a local one")
+
+
+def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--env-kwarg`` pairs plus ``--reward`` (the flags that are env settings)."""
+    kwargs = parse_kwargs(args.env_kwarg, "--env-kwarg")
+    if args.reward is not None:
+        kwargs["reward"] = args.reward
+    return kwargs

@@ -1,0 +1,34 @@
+"""``ffprune models``: the bundled models with their shape and dense perplexity (from their model cards)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "models"
+HELP = "list the bundled models and their dense perplexity"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ffprune models``."""
+    p.add_argument("--measure", action="store_true", help="also re-measure the perplexities now")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one line per bundled model (and, with ``--measure``, the perplexities measured now)."""
+    from ffenv.lm.data import evaluation_windows
+    from ffenv.lm.models import BUNDLED_MODELS, bundled_card, load_model
+    from ffenv.lm.perplexity import perplexity
+
+    print(f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}"
+          f"{'calib-split ppl':>17}{'eval-split ppl':>16}")
+    for name in BUNDLED_MODELS:
+        c = bundled_card(name)
+        print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
+              f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>17.2f}{c['dense_ppl']['eval']:>16.2f}")
+    if args.measure:
+        print("\nmeasured now (seq_len 256, all windows):")
+        for name in BUNDLED_MODELS:
+            model, tok = load_model(name)
+            ppl = {s: perplexity(model, evaluation_windows(tok, "stdlib", s, seq_len=256)) for s in ("calib", "eval")}
+            print(f"{name:<14} calib split {ppl['calib']:.2f}  eval split {ppl['eval']:.2f}")
+    return 0

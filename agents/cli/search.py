@@ -1,0 +1,62 @@
+"""``ffprune search``: one search with one method; writes the result JSON atomically and can resume."""
+
+from __future__ import annotations
+
+import argparse
+
+from ffprune.agents.cli.common import METHODS_HINT, add_env_arguments, add_ray_address_argument, env_kwargs, parse_kwargs
+
+NAME = "search"
+HELP = "search an allocation with one agent"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ffprune search``."""
+    p.add_argument("--env", default="FFPrune-Llama-v0")
+    p.add_argument("--agent", default="fastforward", metavar="METHOD",
+                   help=f"a registered method ({METHODS_HINT}) or another stable-baselines3 algorithm (a2c, td3...)")
+    p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each; heuristics use one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
+    p.add_argument("--out", help="result JSON (checkpoint beside it as <out>.ckpt)")
+    p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
+    p.add_argument("--warm-start", help="policy file of an earlier fastforward search")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    p.add_argument("--no-curriculum", action="store_true", help="final target and full fidelity from the start")
+    p.add_argument("--warmup-fraction", type=float, default=0.4, help="share of the budget the curricula span")
+    p.add_argument("--agent-kwarg", action="append", metavar="KEY=VALUE", help="override an agent setting (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no progress lines")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also report the held-out ppl after post-pruning calibration (structured envs)")
+    add_env_arguments(p)
+    p.add_argument("--workers", type=int, default=0, help="population evaluations on this many Ray actors (a local Ray "
+                   "instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: in this process (default)")
+    add_ray_address_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`ffprune.agents.experiments.search.run_search` and print the best allocation's figures and cost."""
+    from ffprune.agents.experiments.search import run_search
+
+    env = env_kwargs(args)
+    if args.workers:
+        env["workers"] = args.workers  # env population actors (EnvConfig.workers)
+    if args.ray_address is not None:
+        env["ray_address"] = args.ray_address
+    result = run_search(args.env, agent=args.agent, budget=args.budget, seed=args.seed, logdir=args.logdir, out=args.out,
+                        target=args.target, warm_start=args.warm_start, resume=args.resume, env_kwargs=env,
+                        curriculum=not args.no_curriculum, warmup_fraction=args.warmup_fraction,
+                        agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), progress=not args.quiet,
+                        calibrate=args.calibrate)
+    best, cost = result["best"], result["cost"]
+    print(f"{result['env_id']} {result['agent']} seed {result['seed']}: target {result['env_kwargs']['target_sparsity']}"
+          f" realized sparsity {best['sparsity']:.4f}")
+    print(f"  best reward {best['reward']:.4f} | reward-split ppl {best['reward_ppl']:.2f} (dense "
+          f"{best['dense_reward_ppl']:.2f}) | held-out eval ppl {best['eval_ppl']:.2f} (dense {best['dense_eval_ppl']:.2f})")
+    if "eval_ppl_after_calib" in best:
+        print(f"  after post-pruning calibration: held-out eval ppl {best['eval_ppl_after_calib']:.2f}")
+    print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
+          f" best found after {cost['evaluations_to_best']} evaluations")
+    if args.out:
+        print(f"  result: {args.out}")
+    return 0
