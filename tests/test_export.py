@@ -12,10 +12,12 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 import ffenv
-from ffenv.lm.models import EXPORT_FILE, load_pruned, read_export
+from ffenv.lm.models import EXPORT_FILE, load_pruned, read_export, weights_fingerprint
 from ffenv.lm.perplexity import perplexity
+from ffenv.pruning.calib import CALIB_ALPHA
 from ffprune.agents.cli import main
 from ffprune.agents.experiments.search import run_search
+from ffprune.agents.results import FIELD_RENAMES, read_result
 from ffprune.agents.tools.export import export_result
 from ffprune.agents.tools.hf_folder import RECIPE_FILE
 
@@ -52,6 +54,30 @@ def test_structured_export_reloads_to_the_envs_held_out_ppl(tmp_path, env_id, ca
     itemsize = 4 if calibrate else 2
     assert facts["weights_bytes"] == pytest.approx(facts["figures"]["params"]["pruned"] * itemsize, rel=0.01)
     assert facts["storage_dtype"] == ("float32" if calibrate else "float16") and facts["lossless_storage"]
+    assert facts["calib_alpha"] == (CALIB_ALPHA if calibrate else None)  # calib_alpha=None: the env config's
+    assert facts["base_weights_fingerprint"] == weights_fingerprint(u.config.model) == read_result(result)["weights_fingerprint"]
+
+
+def test_a_result_with_the_old_field_names_exports_the_same_model(tmp_path):
+    """Results committed before the renames (``weights``, ``best.calib_ppl``, ...) are read through the one reader."""
+    result = _search(tmp_path, "FFPrune-Llama-v0")
+    new = read_result(result)
+    old = json.loads(json.dumps(new))
+    for was, now in FIELD_RENAMES.items():
+        *parent, was_key = was.split(".")
+        holder = old[parent[0]] if parent else old
+        if now.split(".")[-1] in holder:
+            holder[was_key] = holder.pop(now.split(".")[-1])
+    assert "weights" in old and "calib_ppl" in old["best"] and "reward_samples" in old["env_kwargs"]
+    assert "weights_fingerprint" not in old and "reward_ppl" not in old["best"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    facts = [export_result(path, tmp_path / name, speed=False, calibrate=True)
+             for path, name in ((result, "from-new"), (tmp_path / "old.json", "from-old"))]
+    for f in facts:
+        f["search"].pop("result")
+    assert facts[0] == facts[1]
+    a, b = (load_pruned(tmp_path / name)[0].state_dict() for name in ("from-new", "from-old"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_exported_folder_loads_without_ffprune_and_prunes_again(tmp_path):
@@ -94,7 +120,7 @@ def test_unstructured_export_is_a_plain_checkpoint_with_a_recipe(tmp_path):
 
 def test_export_refusals_write_nothing(tmp_path, capsys):
     result = _search(tmp_path, "FFPrune-Llama-v0")
-    data = json.loads(result.read_text())
+    data = read_result(result)
     out = tmp_path / "pruned"
 
     def refused(path, match, **kw):
@@ -104,7 +130,7 @@ def test_export_refusals_write_nothing(tmp_path, capsys):
         assert not list(tmp_path.glob(".pruned*"))  # no temporary folder left behind
 
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({**data, "weights": "0" * 64}))
+    other.write_text(json.dumps({**data, "weights_fingerprint": "0" * 64}))
     refused(other, "other weights")
     other.write_text(json.dumps({**data, "complete": False}))
     refused(other, "unfinished")
@@ -180,6 +206,6 @@ def test_eval_runs_the_harness_on_an_exported_model(tmp_path, capsys):
         torch.set_num_threads(threads)
     summary = json.loads((tmp_path / "eval.json").read_text())
     task = summary["tasks"]["ffprune_nextline"]
-    assert task["n"] == 20 and 0 <= task["acc"] <= 1 and summary["weights"]
+    assert task["n"] == 20 and 0 <= task["acc"] <= 1 and summary["weights_fingerprint"]
     assert "ffprune_nextline: acc" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "pruned"), "--tasks", "no_such_task_xyz", "--limit", "2"]) == 2

@@ -1,6 +1,7 @@
 """From a search result to a pruned checkpoint: ``ffprune export RESULT.json --out DIR [--calibrate]``.
 
-The result's best allocation is pruned on the same env (same model, weights fingerprint, target and
+The result (read through :func:`ffprune.agents.results.read_result`, which accepts the field names of older
+results) has its best allocation pruned on the same env (same model, weights fingerprint, target and
 settings), written with :func:`ffprune.agents.tools.hf_folder.save_pruned`, loaded back from the written folder and measured
 on the held-out split before the folder is put in place: it must give the perplexity that
 ``env.evaluate(best_action, split="eval", calibrate=...)`` reports (relative 1e-4), or nothing is written.
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 
 from ffenv.errors import FFPruneError
-from ffenv.io import check_new_dir, read_json, versions
+from ffenv.io import check_new_dir, versions
 from ffenv.lm.models import load_pruned, read_export, resolve_dtype, stored_dtype
 from ffenv.lm.perplexity import perplexity
-from ffprune.agents.experiments.search import result_env
+from ffprune.agents.results import read_result, result_env
 from ffprune.agents.tools.hf_folder import forward_tokens_per_second, layer_widths, matmul_params, save_pruned
 
 #: relative perplexity agreement required between the reloaded export and ``env.evaluate``
@@ -32,13 +33,14 @@ SPEED_REPEATS = 9
 
 
 def _read_result(path: Path) -> dict[str, Any]:
+    """The finished search result at ``path``, with today's field names (:func:`ffprune.agents.results.read_result`)."""
     if not path.exists():
         ckpt = path.with_suffix(".ckpt")
         if ckpt.exists():
             raise FFPruneError(f"{str(path)!r} does not exist but {str(ckpt)!r} does: the search is unfinished; finish it "
                                "with the same `ffprune search` command and --resume, then export")
         raise FFPruneError(f"result {str(path)!r} does not exist (write one with `ffprune search ... --out {path}`)")
-    result = read_json(path, "result")
+    result = read_result(path)
     if not isinstance(result, dict) or "best" not in result or "env_id" not in result:
         raise FFPruneError(f"{str(path)!r} is not an ffprune search result (no env_id / best)")
     if not result.get("complete"):
@@ -69,7 +71,15 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     be loaded, weights that differ from the ones the search ran on (fingerprint), a non-empty ``out``
     without ``force``, ``calibrate`` on an unstructured env, and a reloaded model that does not reproduce
     the env's held-out perplexity (relative ``RELOAD_RTOL``; ``LOSSY_RTOL`` when ``dtype`` rounds weights).
-    ``dtype``: storage dtype (default: see :func:`_storage_dtype`).
+    The result is read with :func:`ffprune.agents.results.read_result` (old field names accepted) and its env
+    built with :func:`ffprune.agents.results.result_env`.
+
+    Args:
+        calib_alpha: Calib's ridge α when ``calibrate``; ``None``: the result's env config's
+            (:data:`ffenv.pruning.calib.CALIB_ALPHA` unless the search set another).
+        speed: measure forward tokens/s of the dense and the pruned model
+            (:func:`ffprune.agents.tools.hf_folder.forward_tokens_per_second`).
+        dtype: storage dtype (default: see :func:`_storage_dtype`).
     """
     result_path = Path(result_path)
     result = _read_result(result_path)
@@ -85,9 +95,10 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
 def _export(base: Any, result: dict[str, Any], result_path: Path, out: Path, calibrate: bool, calib_alpha: float | None,
             force: bool, speed: bool, dtype: str | None) -> None:
     """:func:`export_result` on the env ``base`` built from the result's settings."""
-    if base.weights != result.get("weights"):
+    fingerprint = base.weights_fingerprint
+    if fingerprint != result.get("weights_fingerprint"):
         raise FFPruneError(f"{str(result_path)!r} was searched on other weights of {base.config.model!r} "
-                           f"({result.get('weights')}, now {base.weights}); search again on these weights")
+                           f"({result.get('weights_fingerprint')}, now {fingerprint}); search again on these weights")
     if calibrate and base.config.mode != "structured":
         raise FFPruneError(f"--calibrate needs a structured env; {result['env_id']} is {base.config.mode}")
     alpha = base.config.calib_alpha if calib_alpha is None else calib_alpha
@@ -120,7 +131,7 @@ def _export(base: Any, result: dict[str, Any], result_path: Path, out: Path, cal
     if structured:
         allocation.update(layers=layer_widths(model), dense_layers=layer_widths(base.model))
     info = {
-        "mode": base.config.mode, "base_model": base.config.model, "base_weights": base.weights,
+        "mode": base.config.mode, "base_model": base.config.model, "base_weights_fingerprint": fingerprint,
         "calibrated": calibrate, "calib_alpha": alpha if calibrate else None, "allocation": allocation,
         "action": action.tolist(), "figures": figures, "storage_dtype": str(storage).split(".")[-1],
         "lossless_storage": lossless,

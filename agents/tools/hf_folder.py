@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from ffenv.io import atomic_write_dir, jsonable
 from ffenv.lm import pruned_modeling
 from ffenv.lm.models import EXPORT_FILE, decoder_blocks
 from ffenv.lm.pruned_modeling import CLASS_NAMES, LAYERS_KEY, pruned_class
+from ffprune.agents.tools.timing import median_seconds
 
 MODELING_FILE = "modeling_ffprune.py"
 RECIPE_FILE = "recipe.yaml"
@@ -54,20 +53,13 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def forward_tokens_per_second(model: nn.Module, tokens: torch.Tensor, repeats: int = 5) -> float:
-    """Median tokens per second of ``model(tokens)`` (one batch, logits included), after one warm-up."""
+    """Median tokens per second of ``model(tokens)`` (one batch, logits included), after one warm-up
+    (:func:`ffprune.agents.tools.timing.median_seconds` on the model's device)."""
     device = next(model.parameters()).device
     x = tokens.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
     with torch.inference_mode():
-        for i in range(repeats + 1):
-            sync()
-            t0 = time.perf_counter()
-            model(input_ids=x, use_cache=False)
-            sync()
-            if i:
-                times.append(time.perf_counter() - t0)
-    return x.numel() / statistics.median(times)
+        seconds = median_seconds(lambda: model(input_ids=x, use_cache=False), device, repeats=repeats, warmup=1)
+    return x.numel() / seconds
 
 
 def recipe_yaml(model: nn.Module, layer_sparsity: list[float]) -> str:

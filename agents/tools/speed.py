@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import gymnasium as gym
@@ -12,6 +11,8 @@ import torch
 
 from ffenv.errors import positive_int
 from ffenv.lm.perplexity import nll_sum
+from ffenv.registration import resolve_config
+from ffprune.agents.tools.timing import median_seconds, timed
 
 
 def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float, ...] | None = None,
@@ -21,27 +22,34 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
 
     ``step_over_forward`` is the cost of a step relative to the dense model (below 1: the pruned model is
     cheaper than the dense one); ``calib_over_plain`` what Calib costs in plain evaluations.
-    ``targets``: default the env's own target, plus 0.5 for structured envs.
+    ``targets``: default the env's own target, plus 0.5 for structured envs. Every time is one
+    :func:`ffprune.agents.tools.timing.timed` call (CUDA-synchronised on a GPU).
+
+    Raises:
+        FFPruneError: ``repeats`` not a positive integer, an unregistered ``env_id`` or an unknown env argument.
     """
     positive_int("repeats", repeats)
+    resolve_config(env_id, env_kwargs)  # an unknown id or argument: one line, before the model is loaded
     env = gym.make(env_id, **env_kwargs)
+    try:
+        return _bench(env, env_id, repeats, seed, targets, calibrate)
+    finally:
+        env.close()
+
+
+def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[float, ...] | None,
+           calibrate: bool) -> dict[str, Any]:
+    """:func:`bench_env` on the env it built."""
     base = env.unwrapped
     structured = base.config.mode == "structured"
     if targets is None:
         targets = tuple(sorted({base.config.target_sparsity, *((0.5,) if structured else ())}))
     env.action_space.seed(seed)
     tokens = base.reward_tokens
-    sync = torch.cuda.synchronize if base.model.device.type == "cuda" else (lambda: None)
-
-    def timed(fn: Any) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
+    device = base.model.device
 
     def forward() -> float:
-        return timed(lambda: nll_sum(base.model, tokens, base.config.batch_size))
+        return timed(lambda: nll_sum(base.model, tokens, base.config.batch_size), device)
 
     forward()  # warm-up
     result: dict[str, Any] = {
@@ -54,7 +62,7 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
         for _ in range(repeats):
             action = env.action_space.sample()
             dense.append(forward())
-            steps.append(timed(lambda a=action: env.step(a)))
+            steps.append(timed(lambda a=action: env.step(a), device))
         result["steps"][f"{target:g}"] = {"median_step_s": round(statistics.median(steps), 4)}
     f = statistics.median(dense)
     result["median_forward_s"] = round(f, 4)
@@ -62,12 +70,11 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
         entry["step_over_forward"] = round(entry["median_step_s"] / f, 3)
     if calibrate and structured:
         action = np.zeros(base.n_units, np.float32)
-        n = base.config.reward_windows
-        plain = [timed(lambda: base.evaluate(action, split="calib", n_windows=n)) for _ in range(max(3, repeats // 2))]
-        calib = [timed(lambda: base.evaluate(action, split="calib", n_windows=n, calibrate=True))
-                 for _ in range(max(3, repeats // 2))]
-        result.update(median_plain_eval_s=round(statistics.median(plain), 4),
-                      median_calib_eval_s=round(statistics.median(calib), 4),
-                      calib_over_plain=round(statistics.median(calib) / statistics.median(plain), 3))
+        n, times = base.config.reward_windows, max(3, repeats // 2)
+        plain = median_seconds(lambda: base.evaluate(action, split="calib", n_windows=n), device, times, warmup=0)
+        calib = median_seconds(lambda: base.evaluate(action, split="calib", n_windows=n, calibrate=True), device, times,
+                               warmup=0)
+        result.update(median_plain_eval_s=round(plain, 4), median_calib_eval_s=round(calib, 4),
+                      calib_over_plain=round(calib / plain, 3))
     result.update(setup_s=round(base.setup_seconds, 2), seed=seed, numpy=np.__version__)
     return result

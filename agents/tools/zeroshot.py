@@ -123,6 +123,22 @@ def build_local_task(
     Raises:
         FFPruneError: bad arguments, a split with fewer than ``n`` usable positions, an unwritable ``out_dir``.
     """
+    n, choices, seed = _check_task_arguments(n, choices, seed, split)
+    docs = [t or "" for t in load_corpus(corpus)[split]["text"]]
+    items, available = _select_items(docs, n, choices, random.Random(seed), tokenizer)
+    if len(items) < n:
+        raise FFPruneError(f"n={n} exceeds the {len(items)} items the {split!r} split of corpus {corpus!r} offers "
+                           f"({available} positions); use n <= {len(items)} or another split")
+    out = Path(out_dir).expanduser().resolve()
+    data_path, yaml_path = out / f"{LOCAL_TASK}.jsonl", out / f"{LOCAL_TASK}.yaml"
+    meta = {"version": float(TASK_FORMAT), "corpus": corpus, "split": split, "n": n, "choices": choices, "seed": seed}
+    _write_if_changed(data_path, "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items))
+    _write_if_changed(yaml_path, _task_yaml(data_path, meta))
+    return yaml_path
+
+
+def _check_task_arguments(n: Any, choices: Any, seed: Any, split: Any) -> tuple[int, int, int]:
+    """``(n, choices, seed)`` as ints, or a one-line :class:`FFPruneError` naming the bad argument."""
     n = positive_int("n", n)
     choices = positive_int("choices", choices)
     if choices < 2:
@@ -130,18 +146,36 @@ def build_local_task(
     seed = non_negative_int("seed", seed)
     if split not in SPLITS:
         raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
-    docs = [t or "" for t in load_corpus(corpus)[split]["text"]]
+    return n, choices, seed
 
-    rng = random.Random(seed)
+
+class _Distractors:
+    """The candidate lines of a split's documents, from which an item's wrong choices are drawn."""
+
+    def __init__(self, docs: list[str]) -> None:
+        self.first_doc: dict[str, int] = {}  # candidate line (stripped) -> first document holding it
+        self.doc_lines = [{line.strip() for line in text.split("\n")} for text in docs]
+        for d, text in enumerate(docs):
+            for line in text.split("\n"):
+                if _candidate(line):
+                    self.first_doc.setdefault(line.strip(), d)
+        self.lines = sorted(self.first_doc)
+
+    def source(self, doc: int, answer: str, count: int) -> list[str]:
+        """Lines an item of document ``doc`` with this (stripped) ``answer`` may draw ``count`` distractors from:
+        lines of other documents that its own document does not hold, those within :data:`LENGTH_FACTOR` of the
+        answer's length when there are ``count`` of them."""
+        others = [s for s in self.lines if self.first_doc[s] != doc and s != answer and s not in self.doc_lines[doc]]
+        close = [s for s in others if len(answer) / LENGTH_FACTOR <= len(s) <= len(answer) * LENGTH_FACTOR]
+        return close if len(close) >= count else others
+
+
+def _select_items(docs: list[str], n: int, choices: int, rng: random.Random,
+                  tokenizer: Any) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``n`` items taken round-robin over the documents in a seeded order, and the number of positions
+    the split offers. An item is skipped when too few distractors exist or ``tokenizer`` finds it too long."""
     per_doc = [_items_of(d, text) for d, text in enumerate(docs)]
-    pool: dict[str, int] = {}  # candidate line (stripped) -> first document holding it
-    doc_lines = [{line.strip() for line in text.split("\n")} for text in docs]
-    for d, text in enumerate(docs):
-        for line in text.split("\n"):
-            if _candidate(line):
-                pool.setdefault(line.strip(), d)
-    pool_lines = sorted(pool)
-
+    distractors = _Distractors(docs)
     order = [d for d, found in enumerate(per_doc) if found]
     rng.shuffle(order)
     queues = {d: rng.sample(per_doc[d], len(per_doc[d])) for d in order}
@@ -151,31 +185,31 @@ def build_local_task(
         for d in order:
             if not queues[d] or len(items) >= n:
                 continue
-            item = queues[d].pop()
-            answer = item["answer"].strip()
-            indent = item["answer"][: len(item["answer"]) - len(item["answer"].lstrip())]
-            others = [s for s in pool_lines if pool[s] != d and s != answer and s not in doc_lines[d]]
-            close = [s for s in others if len(answer) / LENGTH_FACTOR <= len(s) <= len(answer) * LENGTH_FACTOR]
-            source = close if len(close) >= choices - 1 else others
-            if len(source) < choices - 1:
-                continue
-            options = [item["answer"], *(indent + s for s in rng.sample(source, choices - 1))]
-            rng.shuffle(options)
-            record = {"id": len(items), "doc": d, "line": item["line"], "context": item["context"],
-                      "choices": options, "label": options.index(item["answer"])}
-            if tokenizer is not None and _too_long(tokenizer, record):
+            record = _multiple_choice(queues[d].pop(), d, len(items), choices, distractors, rng)
+            if record is None or (tokenizer is not None and _too_long(tokenizer, record)):
                 continue
             items.append(record)
-    if len(items) < n:
-        raise FFPruneError(f"n={n} exceeds the {len(items)} items the {split!r} split of corpus {corpus!r} offers "
-                           f"({available} positions); use n <= {len(items)} or another split")
+    return items, available
 
-    out = Path(out_dir).expanduser().resolve()
-    data_path = out / f"{LOCAL_TASK}.jsonl"
-    yaml_path = out / f"{LOCAL_TASK}.yaml"
-    data = "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in items)
-    meta = {"version": float(TASK_FORMAT), "corpus": corpus, "split": split, "n": n, "choices": choices, "seed": seed}
-    yaml = "\n".join([
+
+def _multiple_choice(item: dict[str, Any], doc: int, index: int, choices: int, distractors: _Distractors,
+                     rng: random.Random) -> dict[str, Any] | None:
+    """The task record of one position of document ``doc``: its answer among ``choices - 1`` distractors
+    re-indented like it, at a seeded position; ``None`` when too few distractors exist."""
+    answer = item["answer"].strip()
+    indent = item["answer"][: len(item["answer"]) - len(item["answer"].lstrip())]
+    source = distractors.source(doc, answer, choices - 1)
+    if len(source) < choices - 1:
+        return None
+    options = [item["answer"], *(indent + s for s in rng.sample(source, choices - 1))]
+    rng.shuffle(options)
+    return {"id": index, "doc": doc, "line": item["line"], "context": item["context"], "choices": options,
+            "label": options.index(item["answer"])}
+
+
+def _task_yaml(data_path: Path, meta: dict[str, Any]) -> str:
+    """The lm-eval task YAML of :data:`LOCAL_TASK` reading ``data_path``, with ``meta`` as its metadata."""
+    return "\n".join([
         "# written by ffprune.agents.tools.zeroshot.build_local_task("
         f"{', '.join(f'{k}={v!r}' for k, v in meta.items() if k != 'version')})",
         f"task: {LOCAL_TASK}",
@@ -195,10 +229,12 @@ def build_local_task(
         *(f"  {k}: {json.dumps(v)}" for k, v in meta.items()),
         "",
     ])
-    for path, text in ((data_path, data), (yaml_path, yaml)):
-        if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-            atomic_write_text(path, text)
-    return yaml_path
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` atomically unless ``path`` already holds it (``datasets`` caches a data file by its mtime)."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        atomic_write_text(path, text)
 
 
 def local_task_dir() -> Path:

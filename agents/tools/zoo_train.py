@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from ffenv.io import atomic_torch_save, atomic_write, atomic_write_json, atomic_
 from ffenv.lm.data import corpus_text, evaluation_windows, token_stream
 from ffenv.lm.models import BUNDLED_DIR, load_model
 from ffenv.lm.perplexity import perplexity
+
+logger = logging.getLogger(__name__)
 
 ZOO_DIR = BUNDLED_DIR  # the bundled models live in the package ffenv.zoo
 TOKENIZER_DIR = ZOO_DIR / "tokenizer"
@@ -151,7 +155,7 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
         step, spent, history, best, est_total = ck["step"], ck["spent"], ck["history"], ck["best"], ck["est_total"]
-        print(f"resumed {state_file} at step {step}", flush=True)
+        logger.info("resumed %s at step %d", state_file, step)
     t0 = time.time() - spent
     while step < planned:
         elapsed = time.time() - t0
@@ -180,7 +184,7 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
                 best = {"ppl": ppl, "step": step, "state": copy.deepcopy(model.state_dict())}
             history.append({"step": step, "seconds": round(time.time() - t0, 1), "lr": round(cur_lr, 6),
                             "train_loss": round(loss.item(), 4), "calib_ppl": round(ppl, 3)})
-            print(json.dumps(history[-1]), flush=True)
+            logger.info("%s", json.dumps(history[-1]))  # one progress line a measurement
             atomic_torch_save({"arch": arch, "seed": seed, "batch_size": batch_size, "lr": lr, "step": step,
                                "spent": time.time() - t0, "history": history, "best": best, "est_total": est_total,
                                "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()},
@@ -282,6 +286,7 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``python -m ffprune.agents.tools.zoo_train`` command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(ARCHS))
     ap.add_argument("--minutes", type=float)
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--card-only", action="store_true", help="(re)measure the saved model and rewrite its card")
     ap.add_argument("--plot", type=Path, metavar="PNG", help="plot the bundled models' training curves and stop")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # train()'s progress lines
     if args.tokenizer_only:
         train_tokenizer()
         return
