@@ -203,7 +203,7 @@ class RayEvaluator:
         self._ray: Any = ray
         self._actors: list[Any] = []
         self._closed = False
-        self.started_ray = self._init_ray(address)
+        self.started_ray = init_ray(ray, self.workers, address)  # True: this evaluator started it, and stops it
         try:
             resources = ray.cluster_resources()
             self.device, gpus = actor_device(config.device, resources.get("GPU", 0))
@@ -232,10 +232,6 @@ class RayEvaluator:
             raise
 
     # ------------------------------------------------------------------ Ray and the actors
-    def _init_ray(self, address: str | None) -> bool:
-        """Join or start Ray; ``True`` if this evaluator started it (and so shuts it down on :meth:`close`)."""
-        return init_ray(self._ray, self.workers, address)
-
     def _wait_placed(self, slots: list[int]) -> None:
         """Wait until Ray has placed the actors of ``slots`` and record where they run."""
         ray = self._ray
