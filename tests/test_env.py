@@ -261,3 +261,29 @@ def test_infeasible_episode_target_is_rejected():
     with pytest.raises(FFPruneError, match="infeasible"):
         env.reset(options={"target_sparsity": 0.95})
     assert env.unwrapped.target_sparsity == 0.3
+
+
+def test_population_evaluator_comes_from_the_layer_above():
+    """The env knows no Ray: gym.make hands it Ray's evaluator factory; built directly, workers > 0 needs one."""
+    from ffenv.vector.factory import ray_evaluator
+
+    made = gym.make("FFPrune-Llama-v0", reward_windows=2, calib_samples=8, workers=2)
+    assert made.unwrapped._evaluator_factory is ray_evaluator and made.unwrapped._evaluator is None  # started lazily
+    bare = FFPruneEnv(reward_windows=2, calib_samples=8, workers=2)
+    with pytest.raises(FFPruneError, match="workers=2 needs a population evaluator.*gym.make"):
+        bare.score_many(np.zeros((2, bare.n_units), np.float32))
+    assert bare.cost["evaluations"] == 0
+    calls = []
+
+    class Recording:  # any Evaluator works
+        def score_many(self, actions, targets, windows):
+            calls.append(len(actions))
+            return [bare.score(a, target_sparsity=t, reward_windows=w) for a, t, w in zip(actions, targets, windows)]
+
+        def close(self):
+            calls.append("closed")
+
+    env = FFPruneEnv(reward_windows=2, calib_samples=8, workers=2, evaluator_factory=lambda config: Recording())
+    env.score_many(np.zeros((3, env.n_units), np.float32))
+    env.close()
+    assert calls == [3, "closed"] and env.cost["evaluations"] == 3

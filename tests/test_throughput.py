@@ -147,6 +147,27 @@ def test_make_vec_is_a_population_with_same_step_autoreset():
     vec.close()
 
 
+def test_one_vector_env_over_a_search_stops_at_its_budget():
+    """The same same-step autoreset over a SearchAccounting: the budget's last step runs only what is left."""
+    from ffenv.vector.vector_env import FFPruneVectorEnv
+
+    search = SearchAccounting(gym.make("FFPrune-Llama-v0", **SMALL), budget=5)
+    vec = FFPruneVectorEnv(3, env=search)
+    vec.reset(seed=0)
+    actions = np.random.default_rng(2).uniform(-1, 1, (3, 16)).astype(np.float32)
+    vec.step(actions)
+    assert vec.episodes_left == 2
+    obs, rewards, terminated, truncated, infos = vec.step(actions)
+    assert search.episodes == 5 and search.budget_spent and vec.episodes_left == 0
+    assert rewards[2] == 0 and rewards[:2].min() > 0 and terminated.all()
+    assert infos["final_info"]["beyond_budget"][2] and not infos["final_info"]["_beyond_budget"][:2].any()
+    with pytest.raises(ffenv.FFPruneError, match="budget is spent"):
+        vec.step(actions)
+    with pytest.raises(ffenv.FFPruneError, match="either env"):
+        FFPruneVectorEnv(2, env=search, model="tiny-opt")
+    vec.close()
+
+
 def test_calibrated_reward_is_the_ratio_after_calib():
     env = gym.make("FFPrune-Llama-v0", reward="calibrated", target_sparsity=0.5, **SMALL)
     u = env.unwrapped
