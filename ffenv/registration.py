@@ -5,7 +5,11 @@ checkpoint on a GPU is one change::
 
     gym.make("FFPrune-Llama-v0", model="meta-llama/Llama-2-7b-hf", device="cuda")
 
-and ``gym.make_vec(id, num_envs=K)`` gives :class:`ffenv.vector.FFPruneVectorEnv` (K allocations per step).
+and ``gym.make_vec(id, num_envs=K)`` gives :class:`ffenv.vector.vector_env.FFPruneVectorEnv` (K allocations per step).
+
+Each single-step id has a multi-step twin, ``FFPrune-<Family>-Sequential[-Unstructured|-Structured50]-v0``
+(:class:`ffenv.envs.sequential_env.FFPruneSequentialEnv`: one unit per step, AMC style; ``projection="interval"``
+by default, ``projection="deferred"`` as a keyword).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from typing import Any
 import gymnasium as gym
 
 from ffenv.config import EnvConfig
+from ffenv.envs.sequential_env import PROJECTIONS
 from ffenv.errors import FFPruneError
 
 ENTRY_POINT = "ffenv.vector.factory:make_env"
+SEQUENTIAL_ENTRY_POINT = "ffenv.envs.sequential_env:FFPruneSequentialEnv"
+SEQUENTIAL_KWARGS = {"projection": PROJECTIONS}
+"""Keyword arguments of the sequential ids that are not :class:`~ffenv.config.EnvConfig` fields, with their values."""
 VECTOR_ENTRY_POINT = "ffenv.vector.vector_env:FFPruneVectorEnv"
 FAMILIES = {"Llama": "tiny-llama", "Mistral": "tiny-mistral", "OPT": "tiny-opt"}
 STRUCTURED_TARGET = 0.3
@@ -29,20 +37,24 @@ VARIANTS = (("", "structured", STRUCTURED_TARGET), ("-Unstructured", "unstructur
             ("-Structured50", "structured", 0.5))
 
 
-def env_ids() -> list[str]:
-    """All ids this package registers."""
-    return [f"FFPrune-{fam}{suffix}-v0" for suffix, _mode, _target in VARIANTS for fam in FAMILIES]
+def env_ids(sequential: bool = False) -> list[str]:
+    """The single-step ids this package registers (``sequential=True``: their multi-step twins)."""
+    kind = "-Sequential" if sequential else ""
+    return [f"FFPrune-{fam}{kind}{suffix}-v0" for suffix, _mode, _target in VARIANTS for fam in FAMILIES]
 
 
 def register_envs() -> None:
-    """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family (idempotent)."""
+    """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family, single-step and
+    sequential (idempotent)."""
     for family, model in FAMILIES.items():
         for suffix, mode, target in VARIANTS:
+            kwargs = {"model": model, "mode": mode, "target_sparsity": target}
             env_id = f"FFPrune-{family}{suffix}-v0"
-            if env_id in gym.registry:
-                continue
-            gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT,
-                         kwargs={"model": model, "mode": mode, "target_sparsity": target})
+            if env_id not in gym.registry:
+                gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs=kwargs)
+            twin = f"FFPrune-{family}-Sequential{suffix}-v0"
+            if twin not in gym.registry:
+                gym.register(id=twin, entry_point=SEQUENTIAL_ENTRY_POINT, kwargs={**kwargs, "projection": "interval"})
 
 
 def resolve_config(env_id: str, overrides: dict[str, Any] | None = None) -> EnvConfig:
@@ -54,5 +66,11 @@ def resolve_config(env_id: str, overrides: dict[str, Any] | None = None) -> EnvC
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as err:
-        raise FFPruneError(f"env_id {env_id!r} is not registered ({err}); ffprune ids: {', '.join(env_ids())}") from None
-    return EnvConfig.from_kwargs(**{**spec.kwargs, **(overrides or {})})
+        ids = env_ids() + env_ids(sequential=True)
+        raise FFPruneError(f"env_id {env_id!r} is not registered ({err}); ffprune ids: {', '.join(ids)}") from None
+    kwargs = {**spec.kwargs, **(overrides or {})}
+    if spec.entry_point == SEQUENTIAL_ENTRY_POINT:  # the sequential env's own keywords are not config fields
+        for key, allowed in SEQUENTIAL_KWARGS.items():
+            if key in kwargs and kwargs.pop(key) not in allowed:
+                raise FFPruneError(f"{key} must be one of {allowed}, got {(overrides or {}).get(key)!r}")
+    return EnvConfig.from_kwargs(**kwargs)

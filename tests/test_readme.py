@@ -209,7 +209,7 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
     import ffenv
     from ffprune.agents.methods.registry import METHODS
 
-    for env_id in ffenv.env_ids():
+    for env_id in ffenv.env_ids() + ffenv.env_ids(sequential=True):
         for key, value in SMALL_ENV.items():
             monkeypatch.setitem(gym.registry[env_id].kwargs, key, value)
     methods = dict(METHODS)

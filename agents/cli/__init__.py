@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except (FFPruneError, gym.error.Error) as err:  # bad input: one clear line, no traceback
-        known = f" (ffprune ids: {', '.join(ffenv.env_ids())})" if isinstance(err, gym.error.Error) else ""
+        ids = ffenv.env_ids() + ffenv.env_ids(sequential=True)
+        known = f" (ffprune ids: {', '.join(ids)})" if isinstance(err, gym.error.Error) else ""
         return _fail(f"{name}: error: {err}{known}", 2)
     except WorkerLostError as err:
         return _fail(f"{name}: {err}", 1)

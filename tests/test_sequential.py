@@ -1,0 +1,132 @@
+"""Issue 19: the multi-step (AMC-style) twin of every task: one unit per step, the same reward at the end."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import ffenv
+from ffenv.envs.sequential_env import FFPruneSequentialEnv
+from ffenv.errors import FFPruneError
+from ffenv.pruning.projector import project_budget, raw_to_keep
+
+SMALL = {"reward_windows": 2, "calib_samples": 8}
+
+
+def _episode(env: gym.Env, actions: np.ndarray, seed: int = 0, options: dict | None = None):
+    obs, _ = env.reset(seed=seed, options=options)
+    observations, rewards, infos = [obs], [], []
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(np.array([a], np.float32))
+        observations.append(obs)
+        rewards.append(reward)
+        infos.append(info)
+        assert terminated == (len(rewards) == len(actions)) and not truncated
+    return np.stack(observations), rewards, infos
+
+
+def test_every_single_step_id_has_a_registered_twin():
+    twins = ffenv.env_ids(sequential=True)
+    assert len(twins) == 9 and all(t in gym.registry for t in twins)
+    assert {t.replace("-Sequential", "") for t in twins} == set(ffenv.env_ids())
+    cfg = ffenv.resolve_config("FFPrune-OPT-Sequential-Structured50-v0", {"projection": "deferred"})
+    assert (cfg.model, cfg.mode, cfg.target_sparsity) == ("tiny-opt", "structured", 0.5)
+    with pytest.raises(FFPruneError, match="projection must be one of"):
+        ffenv.resolve_config("FFPrune-OPT-Sequential-v0", {"projection": "greedy"})
+
+
+@pytest.mark.parametrize("env_id", ["FFPrune-Mistral-Sequential-v0", "FFPrune-OPT-Sequential-Unstructured-v0"])
+@pytest.mark.parametrize("projection", ["interval", "deferred"])
+def test_checkers_pass(env_id, projection):
+    env = gym.make(env_id, projection=projection, **SMALL)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+    u = env.unwrapped
+    assert env.action_space.shape == (1,) and env.observation_space.shape == (len(ffenv.envs.features.UNIT_FEATURES) + 4,)
+    assert u.n_units == (1 if "Unstructured" in env_id else 2) * u.single.n_blocks
+
+
+@pytest.mark.parametrize("projection", ["interval", "deferred"])
+def test_final_reward_is_the_single_step_reward_of_the_final_allocation(projection):
+    env = gym.make("FFPrune-Llama-Sequential-v0", projection=projection, **SMALL)
+    single = gym.make("FFPrune-Llama-v0", **SMALL)
+    u = env.unwrapped
+    actions = np.random.default_rng(3).uniform(-1, 1, u.n_units).astype(np.float32)
+    observations, rewards, infos = _episode(env, actions, options={"target_sparsity": 0.4})
+    assert rewards[:-1] == [0.0] * (u.n_units - 1) and rewards[-1] > 0
+    assert all(env.observation_space.contains(o) for o in observations)
+    final = u.final_allocation()
+    single.reset(seed=0, options={"target_sparsity": 0.4})
+    _, reward, _, _, info = single.step(final)
+    assert rewards[-1] == reward and infos[-1]["ppl"] == info["ppl"]
+    np.testing.assert_array_equal(infos[-1]["layer_sparsity"], info["layer_sparsity"])
+    np.testing.assert_array_equal(infos[-1]["raw_actions"], actions)
+    if projection == "deferred":  # the raw actions through the single-step projector, nothing else
+        np.testing.assert_array_equal(final, actions)
+        np.testing.assert_array_equal(infos[-1]["executed_actions"], actions)
+    # the observation's "previous action" is the executed action of the step before
+    np.testing.assert_array_equal(observations[1:, -1], infos[-1]["executed_actions"])
+    assert u.cost["evaluations"] == 1 and u.cost["env_steps"] == u.n_units
+
+
+def test_interval_mode_meets_the_target_exactly_and_clips_each_step_into_its_interval():
+    env = gym.make("FFPrune-Llama-Sequential-v0", **SMALL)  # projection="interval" is the ids' default
+    u = env.unwrapped
+    lo, hi = u.config.min_keep, u.config.max_keep
+    actions = np.r_[np.ones(u.n_units // 2), -np.ones(u.n_units - u.n_units // 2)].astype(np.float32)  # greedy first
+    env.reset(seed=0)
+    for a in actions:
+        low, high = u.feasible_interval()
+        wanted = float(raw_to_keep(np.array([a]), lo, hi)[0])
+        _, _, _, _, info = env.step(np.array([a], np.float32))
+        kept = u._keep[u.unit - 1]
+        assert low - 1e-12 <= kept <= high + 1e-12 and kept == pytest.approx(np.clip(wanted, low, high))
+    keep = u._keep
+    assert float(keep @ u.sizes) == pytest.approx((1 - u.target_sparsity) * u.sizes.sum(), rel=1e-12)
+    assert np.all(keep >= lo - 1e-12) and np.all(keep <= hi + 1e-12)
+    assert not np.allclose(info["executed_actions"], actions)  # the greedy start was clipped later on
+    # the projection of the final action is the executed allocation (nothing moved at the end)
+    final_keep = project_budget(u.final_allocation(), u.target_sparsity, u.sizes, lo, hi)
+    np.testing.assert_allclose(final_keep, keep, atol=1e-6)
+
+
+def test_same_seed_same_episode():
+    actions = np.random.default_rng(7).uniform(-1, 1, 16).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        env = gym.make("FFPrune-Llama-Sequential-v0", projection="deferred", **SMALL)
+        obs, rewards, infos = _episode(env, actions, seed=5)
+        runs.append((obs, rewards, infos[-1]["ppl"]))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1] and runs[0][2] == runs[1][2]
+
+
+def test_bad_input_is_one_line_and_evaluates_nothing():
+    with pytest.raises(FFPruneError, match="projection must be one of"):
+        FFPruneSequentialEnv(projection="greedy", **SMALL)
+    env = gym.make("FFPrune-Llama-Sequential-v0", **SMALL).unwrapped
+    with pytest.raises(FFPruneError, match="call reset"):
+        env.step(np.zeros(1, np.float32))  # no episode started yet
+    env.reset(seed=0)
+    with pytest.raises(FFPruneError, match=r"shape \(1,\)"):
+        env.step(np.zeros(2, np.float32))
+    with pytest.raises(FFPruneError, match=r"\[-1, 1\]"):
+        env.step(np.array([1.5], np.float32))
+    with pytest.raises(FFPruneError, match=r"\[-1, 1\]"):
+        env.step(np.array([np.nan], np.float32))
+    with pytest.raises(FFPruneError, match="float"):
+        env.step(np.array([1]))
+    with pytest.raises(FFPruneError, match="infeasible"):
+        env.reset(options={"target_sparsity": 0.95})  # min_keep 0.1 allows at most 0.9
+    with pytest.raises(FFPruneError, match="allocation is complete after all"):
+        env.final_allocation()
+    assert env.unit == 0 and env.cost["evaluations"] == 0
+    env.reset(seed=0)
+    for _ in range(env.n_units):
+        env.step(np.zeros(1, np.float32))
+    with pytest.raises(FFPruneError, match="step after the last unit"):
+        env.step(np.zeros(1, np.float32))
+    assert env.cost["evaluations"] == 1 and env.cost["env_steps"] == env.n_units
