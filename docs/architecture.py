@@ -49,7 +49,8 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("projector", [("ffenv", "ffenv/pruning/", "projector.py: any raw action → an allocation meeting the budget")]),
     ("pruning", [("ffenv", "ffenv/pruning/", "engines.py (Structured / UnstructuredPruner) · calib.py (Calib)")]),
     ("evaluation", [("ffenv", "ffenv/lm/", "perplexity.py: exact token-weighted mean NLL")]),
-    ("reward", [("ffenv", "ffenv/envs/", "prune_env.py (FFPruneEnv) · sequential_env.py (multi-step twin) · backend.py (cache) · features.py")]),
+    ("reward", [("ffenv", "ffenv/envs/", "prune_env.py (FFPruneEnv) · sequential_env.py (multi-step twin) · "
+                                         "backend.py (cache) · features.py")]),
     ("wrappers", [("ffenv", "ffenv/wrappers/", "curriculum.py · accounting.py (SearchAccounting) · logger.py · "
                                                "common.py")]),
     ("batching", [("ffenv", "ffenv/envs/ + ffenv/vector/", "population.py · vector_env.py (FFPruneVectorEnv) · "

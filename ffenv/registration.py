@@ -43,6 +43,15 @@ def env_ids(sequential: bool = False) -> list[str]:
     return [f"FFPrune-{fam}{kind}{suffix}-v0" for suffix, _mode, _target in VARIANTS for fam in FAMILIES]
 
 
+def formulation_of(env_id: str) -> str:
+    """``"sequential"`` for the multi-step ids, ``"single-step"`` for every other (an unknown id: one-line error)."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as err:
+        raise FFPruneError(f"env_id {env_id!r} is not registered ({err})") from None
+    return "sequential" if spec.entry_point == SEQUENTIAL_ENTRY_POINT else "single-step"
+
+
 def register_envs() -> None:
     """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family, single-step and
     sequential (idempotent)."""

@@ -56,7 +56,7 @@ def test_bench_bad_input(tmp_path, capsys):
     assert "Nope" in (err := capsys.readouterr().err) and "FFPrune-Llama-v0" in err
     assert cli_main(["bench", "--env", "FFPrune-Llama-Unstructured-v0", "--methods", "flap", "--budget", "2",
                      "--out", str(tmp_path / "b"), "--quiet"]) == 2
-    assert "do not support unstructured" in capsys.readouterr().err
+    assert "do not support single-step unstructured" in capsys.readouterr().err
     assert cli_main(["bench", "--seeds", "0", "--budget", "2", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "seeds" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

@@ -130,3 +130,59 @@ def test_bad_input_is_one_line_and_evaluates_nothing():
     with pytest.raises(FFPruneError, match="step after the last unit"):
         env.step(np.zeros(1, np.float32))
     assert env.cost["evaluations"] == 1 and env.cost["env_steps"] == env.n_units
+
+
+def test_search_accounting_counts_sequential_episodes_and_keeps_single_step_allocations():
+    from ffenv.wrappers import CurriculumWrapper, SearchAccounting
+
+    env = gym.make("FFPrune-Llama-Sequential-v0", projection="deferred", **SMALL)
+    search = SearchAccounting(CurriculumWrapper(env, warmup_episodes=2), budget=3)
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    for episode in range(3):
+        search.reset(seed=0)
+        for _unit in range(u.n_units):
+            assert search.episodes == episode  # recorded only when the episode ends
+            _, reward, terminated, _, info = search.step(rng.uniform(-1, 1, 1).astype(np.float32))
+        assert terminated and search.episodes == episode + 1 and info["search"]["env_steps"] == (episode + 1) * u.n_units
+    assert search.budget_spent and search.cost["env_steps"] == 3 * u.n_units
+    assert search.history[-1]["action"] == np.asarray(u.final_allocation()).tolist()  # a single-step action
+    assert search.best is not None and search.best["reward"] > 0
+    # the episode that would exceed the budget is refused at its first step, before anything runs
+    search.reset(seed=0)
+    with pytest.raises(FFPruneError, match="exceed the search budget"):
+        search.step(np.zeros(1, np.float32))
+    evaluations = search.cost["evaluations"]
+    state = search.state_dict()
+    again = SearchAccounting(CurriculumWrapper(gym.make("FFPrune-Llama-Sequential-v0", projection="deferred", **SMALL),
+                                               warmup_episodes=2), budget=3)
+    again.load_state_dict(state)
+    assert again.cost["env_steps"] == 3 * u.n_units and again.cost["evaluations"] == evaluations
+
+
+def test_sb3_agents_search_the_sequential_env_and_the_result_exports(tmp_path):
+    from ffprune.agents.experiments.search import run_search
+    from ffprune.agents.results import result_env
+    from ffprune.agents.tools.export import export_result
+
+    result = run_search("FFPrune-Llama-Sequential-v0", agent="ppo", budget=4, seed=0, logdir=tmp_path / "tb",
+                        out=tmp_path / "ppo.json", env_kwargs=dict(SMALL, projection="deferred"), progress=False)
+    assert result["cost"]["episodes"] == 4 and result["cost"]["env_steps"] == 4 * 16
+    assert result["env_kwargs"]["projection"] == "deferred" and len(result["best"]["action"]) == 16
+    assert result_env(result).unwrapped.projection == "deferred"
+    facts = export_result(tmp_path / "ppo.json", tmp_path / "pruned", speed=False)
+    assert facts["figures"]["eval_ppl"]["pruned"] == pytest.approx(result["best"]["eval_ppl"])
+
+
+def test_methods_declare_their_formulation():
+    from ffprune.agents.experiments.bench import cell_jobs
+    from ffprune.agents.experiments.search import run_search
+    from ffprune.agents.methods import get_method, methods_for
+
+    assert methods_for("structured", "sequential") == [m for m in methods_for("structured") if m in ("ppo", "sac")]
+    assert get_method("td3").formulations == ("single-step", "sequential")  # any other SB3 algorithm too
+    with pytest.raises(FFPruneError, match="'fastforward' searches single-step envs.*FFPrune-Llama-v0"):
+        run_search("FFPrune-Llama-Sequential-v0", agent="fastforward", budget=2, logdir=None, env_kwargs=SMALL,
+                   progress=False)
+    with pytest.raises(FFPruneError, match=r"methods \['evolution'\] do not support sequential"):
+        cell_jobs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], out="unused", env_kwargs=SMALL)

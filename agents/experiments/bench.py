@@ -25,7 +25,7 @@ from typing import Any
 
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
 from ffenv.io import atomic_write_json
-from ffenv.registration import resolve_config
+from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search
@@ -110,11 +110,12 @@ def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
     positive_int("budget", budget)
     overrides = {**(env_kwargs or {}), **({} if target is None else {"target_sparsity": target})}
     mode = resolve_config(env_id, overrides).mode  # unknown ids and bad settings fail here, before any work
-    methods = list(methods) if methods else methods_for(mode)
-    bad = [m for m in methods if mode not in get_method(m).modes]
+    formulation = formulation_of(env_id)
+    methods = list(methods) if methods else methods_for(mode, formulation)
+    bad = [m for m in methods if mode not in get_method(m).modes or formulation not in get_method(m).formulations]
     if bad:
-        raise FFPruneError(f"methods {bad} do not support {mode} envs ({env_id} is {mode}); methods for it: "
-                           f"{methods_for(mode)}")
+        raise FFPruneError(f"methods {bad} do not support {formulation} {mode} envs ({env_id}); methods for it: "
+                           f"{methods_for(mode, formulation)}")
     if calibrate and mode != "structured":
         calibrate = False  # Calib compensates removed heads / neurons: structured only
     _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},

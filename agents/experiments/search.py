@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
 from ffenv.io import atomic_write_json, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
@@ -53,7 +54,7 @@ def model_fingerprint(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
 
 def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[str, Any]:
     """Perplexity of an allocation on the full reward split and on the held-out split (not search cost)."""
-    base = env.unwrapped
+    base = single_step_env(env)  # a sequential search's allocations are single-step actions too
     action = np.asarray(action, np.float32)
     reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
@@ -65,8 +66,8 @@ def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[st
 def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: float | None = None) -> float:
     """Held-out ppl of an allocation after post-pruning calibration (ridge ``alpha``, default the env config's
     ``calib_alpha``; not search cost)."""
-    return env.unwrapped.evaluate(np.asarray(action, np.float32), split="eval", target_sparsity=target,
-                                  calibrate=True, calib_alpha=alpha)["ppl"]
+    return single_step_env(env).evaluate(np.asarray(action, np.float32), split="eval", target_sparsity=target,
+                                         calibrate=True, calib_alpha=alpha)["ppl"]
 
 
 def run_dir(logdir: str | Path, env_id: str, method: str, seed: int) -> Path:
@@ -108,7 +109,7 @@ def run_search(
         return finished
     checkpoint = _prepare_checkpoint(out_path, resume)
     env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate)
-    final_target = env.unwrapped.config.target_sparsity
+    final_target = single_step_env(env).config.target_sparsity
     logpath = run_dir(logdir, env_id, method.name, seed) if logdir is not None else None
     hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
                "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
@@ -123,7 +124,7 @@ def run_search(
         search.close()
     run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
            "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None}
-    result = _assemble(env_id, env.unwrapped, fingerprint, run, search, scored, logpath, extra)
+    result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra)
     if out_path is not None:
         atomic_write_json(out_path, result)
     return result
@@ -171,9 +172,13 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
                 target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool) -> gym.Env:
     """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib."""
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
-    mode = env.unwrapped.config.mode
+    mode = single_step_env(env).config.mode
+    formulation = "sequential" if isinstance(env.unwrapped, FFPruneSequentialEnv) else "single-step"
     problem = None
-    if mode not in method.modes:
+    if formulation not in method.formulations:
+        problem = (f"{method.name!r} searches {' or '.join(method.formulations)} envs; {env_id} is {formulation} "
+                   f"(use its twin {_twin(env_id)})")
+    elif mode not in method.modes:
         problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
     elif calibrate and mode != "structured":
         problem = f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is {mode}"
@@ -181,6 +186,14 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
         env.close()
         raise FFPruneError(problem)
     return env
+
+
+def _twin(env_id: str) -> str:
+    """The other formulation's id of a registered task (``FFPrune-Llama-v0`` <-> ``FFPrune-Llama-Sequential-v0``)."""
+    if "-Sequential" in env_id:
+        return env_id.replace("-Sequential", "", 1)
+    family, _, rest = env_id.removeprefix("FFPrune-").partition("-")
+    return f"FFPrune-{family}-Sequential-{rest}"
 
 
 def _run_method(method: SearchMethod, search: SearchAccounting, seed: int, context: RunContext,
@@ -206,7 +219,7 @@ def _run_method(method: SearchMethod, search: SearchAccounting, seed: int, conte
 def _score_best(search: SearchAccounting, calibrate: bool, calib_alpha: float | None) -> dict[str, Any]:
     """The search cost (frozen first: the held-out scoring is not search cost), then :func:`score_allocation` of the
     best allocation (plus its held-out ppl after Calib with ``calibrate``); the final metrics go to TensorBoard."""
-    base, action, target = search.env.unwrapped, search.best["action"], search.final_target
+    base, action, target = search.single, search.best["action"], search.final_target
     cost = {**search.cost, "evaluations_to_best": search.evaluations_to_best, "setup_seconds": round(base.setup_seconds, 3)}
     scores = score_allocation(search, np.array(action, np.float32), target)
     if calibrate:
@@ -216,10 +229,14 @@ def _score_best(search: SearchAccounting, calibrate: bool, calib_alpha: float | 
     return {"scores": scores, "cost": cost}
 
 
-def _assemble(env_id: str, base: Any, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
+def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
               scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """The result JSON (module docstring): the env and its settings, how the search ran (``run``), the best
-    allocation with its scores, the cost, the history and the versions."""
-    return {"complete": True, "env_id": env_id, "env_kwargs": base.config.as_kwargs(), "weights_fingerprint": fingerprint,
+    """The result JSON (module docstring): the env and its settings (a sequential env's ``projection`` among them),
+    how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions."""
+    base = single_step_env(env)
+    env_kwargs = base.config.as_kwargs()
+    if search.sequential:
+        env_kwargs["projection"] = env.unwrapped.projection
+    return {"complete": True, "env_id": env_id, "env_kwargs": env_kwargs, "weights_fingerprint": fingerprint,
             "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, "cost": scored["cost"],
             "history": search.history, "logdir": str(logpath) if logpath else None, "versions": versions(), **extra}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ffenv.envs.sequential_env import single_step_env
 from ffenv.errors import FFPruneError
 from ffenv.io import check_new_dir, versions
 from ffenv.lm.models import load_pruned, read_export, resolve_dtype, stored_dtype
@@ -86,7 +87,7 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     out = check_new_dir(out, force)
     env = result_env(result)
     try:
-        _export(env.unwrapped, result, result_path, out, calibrate, calib_alpha, force, speed, dtype)
+        _export(single_step_env(env), result, result_path, out, calibrate, calib_alpha, force, speed, dtype)
     finally:
         env.close()
     return read_export(out)

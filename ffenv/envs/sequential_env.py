@@ -55,6 +55,17 @@ PROJECTIONS = ("deferred", "interval")
 EPISODE_FEATURES = ("target_sparsity", "removed_share", "to_remove_share", "previous_action")
 
 
+def single_step_env(env: gym.Env) -> FFPruneEnv:
+    """The single-step env behind ``env.unwrapped``: itself, or a sequential env's :attr:`~FFPruneSequentialEnv.single`
+    (what wrappers read the configuration, the weights fingerprint and re-scoring from)."""
+    base = env.unwrapped
+    if isinstance(base, FFPruneSequentialEnv):
+        return base.single
+    if isinstance(base, FFPruneEnv):
+        return base
+    raise FFPruneError(f"an FFPrune environment (single-step or sequential) is needed, got {type(base).__name__}")
+
+
 class FFPruneSequentialEnv(gym.Env):
     """Layer-wise sparsity allocation as a multi-step episode: one unit per step (see the module docstring).
 
@@ -105,6 +116,16 @@ class FFPruneSequentialEnv(gym.Env):
     def unit_names(self) -> list[str]:
         """The units in step order (``"attn.0"``, ``"ffn.0"``, ... or ``"block.0"``, ...)."""
         return self.single.unit_names
+
+    @property
+    def weights_fingerprint(self) -> str | None:
+        """The model's weights fingerprint (the single-step env's)."""
+        return self.single.weights_fingerprint
+
+    @property
+    def episode_started(self) -> bool:
+        """Whether a step now would continue an episode (``False``: it starts one, at the first unit)."""
+        return 0 < self._unit < self.n_units
 
     @property
     def unit(self) -> int:

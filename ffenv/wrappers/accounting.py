@@ -12,6 +12,13 @@ is measured the same way. For every episode it
 * appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
   optional :class:`~ffenv.wrappers.logger.SearchLogger` (TensorBoard, progress bar).
 
+Over a sequential env (:class:`~ffenv.envs.sequential_env.FFPruneSequentialEnv`) an episode is the steps from
+the first unit to the last: the budget is checked when one starts, it is recorded when it ends, its
+``action`` is the single-step allocation that was scored
+(:meth:`~ffenv.envs.sequential_env.FFPruneSequentialEnv.final_allocation`,
+so results of both formulations compare and export alike), and :attr:`SearchAccounting.cost` has an
+``env_steps`` axis.
+
 :meth:`SearchAccounting.state_dict` holds all of it plus the state of every
 :class:`~ffenv.wrappers.common.Resumable` wrapper inside, and the weights fingerprint: a search resumed on
 other weights is refused.
@@ -26,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from ffenv.envs.population import PopulationEnv, inner_population_env
-from ffenv.envs.prune_env import FFPruneEnv
+from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states
 from ffenv.wrappers.logger import SearchLogger
@@ -44,19 +51,21 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     def __init__(self, env: gym.Env, budget: int, logger: SearchLogger | None = None) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, budget=budget)
         gym.Wrapper.__init__(self, env)
+        self.single = single_step_env(env)  # the env itself, or a sequential env's (an error for any other env)
+        """The single-step env that scores allocations (re-scoring at the final target goes through it)."""
         base = env.unwrapped
-        if not isinstance(base, FFPruneEnv):
-            raise FFPruneError(f"SearchAccounting needs an FFPrune environment, got {type(base).__name__}")
+        self.sequential = isinstance(base, FFPruneSequentialEnv)
+        """Whether episodes are sequential (one unit per step) rather than single steps."""
         self.budget = positive_int("budget", budget)
         self.logger = logger
-        self.final_target = base.config.target_sparsity
-        self.full_windows = base.config.reward_windows
-        self.weights_fingerprint = base.weights_fingerprint
+        self.final_target = self.single.config.target_sparsity
+        self.full_windows = self.single.config.reward_windows
+        self.weights_fingerprint = self.single.weights_fingerprint
         self.episodes = 0
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._wall_offset = 0.0  # seconds spent before a resume
-        self._cost_offset = {"evaluations": 0, "tokens": 0}
+        self._cost_offset = {"evaluations": 0, "tokens": 0, "env_steps": 0}
         self._cost_at_start = dict(base.cost)
         self._unbooked = {"evaluations": 0, "tokens": 0}  # population episodes evaluated but not recorded yet
         self._t0 = time.perf_counter()
@@ -69,13 +78,17 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
 
     @property
     def cost(self) -> dict[str, float]:
-        """Search cost so far: episodes, evaluations (re-scorings included), tokens, wall seconds."""
+        """Search cost so far: episodes, evaluations (re-scorings included), tokens, wall seconds (and env steps when
+        sequential)."""
         base = self.env.unwrapped.cost
-        return {"episodes": self.episodes,
+        cost = {"episodes": self.episodes,
                 "evaluations": self._cost_offset["evaluations"] + base["evaluations"] - self._cost_at_start["evaluations"]
                 - self._unbooked["evaluations"],
                 "tokens": self._cost_offset["tokens"] + base["tokens"] - self._cost_at_start["tokens"] - self._unbooked["tokens"],
                 "seconds": round(self.wall_seconds, 3)}
+        if self.sequential:
+            cost["env_steps"] = self._cost_offset["env_steps"] + base["env_steps"] - self._cost_at_start["env_steps"]
+        return cost
 
     @property
     def budget_spent(self) -> bool:
@@ -89,9 +102,14 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
 
     # ------------------------------------------------------------------ gymnasium API
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self._check_budget(1)
+        base = self.env.unwrapped
+        if not (self.sequential and base.episode_started):  # this step starts an episode
+            self._check_budget(1)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        self._record(action, reward, info)
+        if self.sequential and terminated:
+            self._record(base.final_allocation(), reward, info)
+        elif not self.sequential:
+            self._record(action, reward, info)
         return obs, reward, terminated, truncated, info
 
     def reset_many(self, n: int, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, list[dict]]:
@@ -122,8 +140,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         at_target = info["target_sparsity"] == self.final_target
         full_reward, full_info = (reward, info) if at_target and info["reward_windows"] == self.full_windows else (None, None)
         if full_reward is None and at_target and (self.best is None or reward >= self.best["reward"]):
-            full_reward, full_info = self.env.unwrapped.score(action, target_sparsity=self.final_target,
-                                                              reward_windows=self.full_windows)
+            full_reward, full_info = self.single.score(action, target_sparsity=self.final_target,
+                                                       reward_windows=self.full_windows)
         cost = self.cost
         if full_reward is not None and (self.best is None or full_reward > self.best["reward"]):
             self.best = {"reward": float(full_reward), "ppl": float(full_info["ppl"]),
@@ -137,6 +155,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                  "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
                  "action": np.asarray(action, np.float32).tolist(), "evaluations": cost["evaluations"],
                  "tokens": cost["tokens"], "seconds": cost["seconds"],
+                 **({"env_steps": cost["env_steps"]} if self.sequential else {}),
                  "best_reward": self.best["reward"] if self.best else float("nan"),
                  "best_ppl": self.best["ppl"] if self.best else float("nan")}
         self.history.append(point)
@@ -154,7 +173,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     def state_dict(self) -> dict[str, Any]:
         cost = self.cost
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
-                "tokens": cost["tokens"], "best": self.best, "history": self.history,
+                "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0), "best": self.best, "history": self.history,
                 "weights_fingerprint": self.weights_fingerprint,
                 "wrappers": resumable_states(self.env)}
 
@@ -169,7 +188,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self._wall_offset = float(state["wall_seconds"])
         self._t0 = time.perf_counter()
         self._cost_at_start = dict(self.env.unwrapped.cost)
-        self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"])}
+        self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"]),
+                             "env_steps": int(state.get("env_steps", 0))}
         self.best = state["best"]
         self.history = list(state["history"])
         load_resumable_states(self.env, state["wrappers"])

@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from ffenv.envs.population import PopulationEnv, inner_population_env
-from ffenv.envs.prune_env import FFPruneEnv
+from ffenv.envs.sequential_env import single_step_env
 from ffenv.errors import FFPruneError, positive_int, unit_interval
 from ffenv.pruning.projector import check_budget
 from ffenv.wrappers.common import Resumable
@@ -60,9 +60,7 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
             self, warmup_episodes=warmup_episodes, start_sparsity=start_sparsity, sparsity_schedule=sparsity_schedule,
             stairs=stairs, fidelity_start=fidelity_start, fidelity_schedule=fidelity_schedule)
         gym.Wrapper.__init__(self, env)
-        base = env.unwrapped
-        if not isinstance(base, FFPruneEnv):
-            raise FFPruneError(f"CurriculumWrapper needs an FFPrune environment, got {type(base).__name__}")
+        base = single_step_env(env)  # single-step or sequential: the same knobs (an error for any other env)
         positive_int("warmup_episodes", warmup_episodes)
         if sparsity_schedule not in SCHEDULES:
             raise FFPruneError(f"sparsity_schedule must be one of {SCHEDULES}, got {sparsity_schedule!r}")
@@ -130,7 +128,8 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["curriculum"] = dict(self.stage)
-        self.episodes += 1
+        if terminated or truncated:  # every step of the single-step env; the last unit of a sequential episode
+            self.episodes += 1
         return obs, reward, terminated, truncated, info
 
     def reset_many(self, n: int, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, list[dict]]:

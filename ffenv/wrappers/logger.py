@@ -2,7 +2,8 @@
 
 Per episode it writes one scalar family per cost axis — ``by_evaluations/*``, ``by_tokens/*``,
 ``by_wall_ms/*`` (step = milliseconds of wall time) with the tags ``reward``, ``best_reward``, ``ppl``,
-``best_ppl`` — so runs of different methods overlay on any axis, plus ``curriculum/target_sparsity`` and
+``best_ppl`` — so runs of different methods overlay on any axis (and ``by_env_steps/*`` for sequential
+searches, whose episodes take one step per unit), plus ``curriculum/target_sparsity`` and
 ``curriculum/reward_windows`` by episode. An agent may add its learning (``learning/<name>``, e.g. policy
 loss, approx KL) with :meth:`SearchLogger.log_learning`. :meth:`SearchLogger.close` writes the
 hyper-parameters with the final metrics and flushes.
@@ -50,7 +51,9 @@ class SearchLogger:
         if writer is not None:
             steps = {"evaluations": point["evaluations"], "tokens": point["tokens"],
                      "wall_ms": int(round(point["seconds"] * 1000))}
-            for axis in AXES:
+            if "env_steps" in point:
+                steps["env_steps"] = point["env_steps"]
+            for axis in steps:
                 for tag in ("reward", "ppl", "best_reward", "best_ppl"):
                     if np.isfinite(point[tag]):
                         writer.add_scalar(f"by_{axis}/{tag}", point[tag], steps[axis])
