@@ -1,9 +1,10 @@
 """Heuristic allocations computed from an env's public API: the statistics each allocator needs.
 
-The ``*_allocation`` functions return per-unit sparsities for ``uniform``, ``owl``, ``alphapruning``
-(both modes; a block's units share its sparsity) and ``flap`` (structured only). The formulas live
-in :mod:`baselines.allocators`; this module only gathers their inputs (the observation's outlier
-ratios, the weights' spectra, one calibration pass for FLAP's fluctuation).
+The ``*_allocation`` functions return per-unit sparsities for ``uniform``, ``owl``, ``alphapruning``,
+``dlp`` and ``atp`` (both modes; a block's units share its sparsity) and ``flap`` (structured only). The
+formulas live in :mod:`baselines.allocators`; this module only gathers their inputs (the observation's
+outlier ratios, the weights' spectra, one calibration pass for FLAP's fluctuation and for DLP's Wanda
+scores, the block sizes and keep bounds for ATP's progression).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from ffenv.envs.features import UNIT_FEATURES
 from ffenv.errors import FFPruneError
-from ffenv.pruning.importance import collect_input_moments
+from ffenv.pruning.importance import collect_input_moments, collect_input_norms, wanda_scores
 from ffenv.pruning.projector import keep_to_raw, project_budget
 from ffprune.baselines.allocators import (
     alphapruning_max_eps,
     alphapruning_sparsities,
+    atp_max_beta,
+    atp_sparsities,
+    dlp_sparsities,
     flap_sparsities,
     hill_alpha,
     owl_sparsities,
@@ -109,3 +114,47 @@ def flap_allocation(env: gym.Env, **params: Any) -> np.ndarray:
     return flap_sparsities(flap_scores(env), [unit.kind for unit in u.units],
                            np.array([unit.granule_params for unit in u.units]), u.target_sparsity,
                            u.config.min_keep, **params)
+
+
+def dlp_unimportance(env: gym.Env) -> np.ndarray:
+    """Per block, DLP's unimportance: the median Wanda score ``|W_ij|·‖X_j‖₂`` over every weight of every linear
+    of the block, ``‖X_j‖₂`` from one dense pass over the env's calibration tokens (what the pruning engines'
+    importance was computed on)."""
+    u = env.unwrapped
+    norms = collect_input_norms(u.model, u.blocks, u.calibration_tokens, u.config.batch_size)
+    medians = []
+    for b in u.blocks:
+        scores = torch.cat([wanda_scores(lin, norms[(b.index, name)]).reshape(-1) for name, lin in b.linears.items()])
+        medians.append(float(scores.median()))
+    return np.array(medians)
+
+
+def dlp_allocation(env: gym.Env, alpha: float = 0.15) -> np.ndarray:
+    """DLP (:func:`~ffprune.baselines.allocators.dlp_sparsities`) from each block's median Wanda score.
+
+    Structured mode is ffprune's adaptation (DLP is defined for unstructured weights): the block's sparsity is
+    computed from all its weights exactly as in unstructured mode, and its attention and FFN units share it
+    (DLP ranks blocks, not the units inside one), as OWL and AlphaPruning do here.
+    """
+    u = env.unwrapped
+    sparsities = dlp_sparsities(dlp_unimportance(env), u.target_sparsity, _block_sizes(env), alpha=alpha)
+    return _per_unit(env, sparsities)
+
+
+def atp_beta_range(env: gym.Env) -> float:
+    """The largest ATP common difference whose progression stays within the env's keep bounds
+    (:func:`~ffprune.baselines.allocators.atp_max_beta` over the blocks at the env's target)."""
+    u = env.unwrapped
+    return atp_max_beta(u.target_sparsity, _block_sizes(env), u.config.min_keep, u.config.max_keep)
+
+
+def atp_allocation(env: gym.Env, beta: float) -> np.ndarray:
+    """ATP's progression (:func:`~ffprune.baselines.allocators.atp_sparsities`) over the blocks with common
+    difference ``beta``; a block's units share its sparsity (structured: the paper's Sec. F.4 gives LLM-Pruner
+    one rate per layer, as here). ``beta`` above :func:`atp_beta_range` is an error naming the largest that fits."""
+    u = env.unwrapped
+    beta_max = atp_beta_range(env)
+    if not np.isfinite(beta) or not 0.0 <= beta <= beta_max * (1 + 1e-9):
+        raise FFPruneError(f"beta must be in [0, {beta_max:.6g}] (the keep bounds [{u.config.min_keep}, "
+                           f"{u.config.max_keep}] at target {u.target_sparsity}), got {beta}")
+    return _per_unit(env, atp_sparsities(u.target_sparsity, _block_sizes(env), min(beta, beta_max)))

@@ -7,6 +7,9 @@
   and the FFN ratio is whatever meets the budget; infeasible ``h`` are skipped. Its ``G + 1``
   evaluations are its search cost (structured mode only).
 * ``random`` — actions uniform in ``[-1, 1]``, the best one kept.
+* ``atp`` — ATP's arithmetic progression of sparsity over depth (Huang et al., ICML 2025): its common
+  difference ``β`` tried on a grid of ``trials`` values over ``(0, β_max]`` (the range the keep bounds allow),
+  the best kept; each trial is one evaluation of the search's budget (both modes).
 
 Populations (the sweep, a batch of random actions, the offspring) are evaluated with one
 ``reset_many`` / ``step_many`` each: in-process, or spread over Ray workers (``workers=N``).
@@ -28,7 +31,8 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.wrappers import SearchAccounting
-from ffprune.baselines.heuristics import within_keep_bounds
+from ffprune.baselines.allocators import atp_betas
+from ffprune.baselines.heuristics import atp_allocation, atp_beta_range, within_keep_bounds
 
 
 def heuristic(env: SearchAccounting, allocate: Callable[..., Any], seed: int = 0,
@@ -67,6 +71,34 @@ def uniform_split(env: SearchAccounting, seed: int = 0) -> dict[str, Any]:
     _, rewards, _, _, _ = env.step_many(actions)  # the whole sweep is one population
     tried = [{"heads_kept": h, "attn_keep": a, "ffn_keep": f, "reward": float(r)} for (h, a, f), r in zip(splits, rewards)]
     return {"sweep": tried}
+
+
+def atp_search(env: SearchAccounting, seed: int = 0, trials: int = 8) -> dict[str, Any]:
+    """ATP: the common difference ``β`` of :func:`~ffprune.baselines.heuristics.atp_allocation` searched on the reward.
+
+    The grid is :func:`~ffprune.baselines.allocators.atp_betas`: ``n = min(trials, budget left)`` evenly spaced
+    values over ``(0, β_max]``, ``β_max`` = :func:`~ffprune.baselines.heuristics.atp_beta_range` (a smaller budget
+    gives a coarser grid over the same range, not a truncated one). The ``n`` allocations are one population
+    (``n`` evaluations on the reward split, counted by the accounting, which keeps the best); then it stops,
+    whatever budget is left. The paper (Sec. 3.4) grids with a step of 0.002 and picks the β of least
+    WikiText-2 perplexity; here the reward split plays that role. Deterministic: ``seed`` only seeds the resets.
+    """
+    trials = positive_int("trials", trials)
+    left = env.budget - env.episodes
+    if left < 1:
+        raise FFPruneError(f"atp needs at least one evaluation of budget left, got {left}")
+    base = env.unwrapped
+    beta_max = atp_beta_range(env)
+    if beta_max <= 0:
+        raise FFPruneError(f"atp needs room for sparsity to rise with depth: target {base.target_sparsity} sits on a keep "
+                           f"bound ([{base.config.min_keep}, {base.config.max_keep}]), so only beta = 0 (uniform) fits")
+    betas = atp_betas(beta_max, min(trials, left))
+    actions = np.stack([base.action_from_sparsities(atp_allocation(env, float(b))) for b in betas])
+    env.reset_many(len(betas), seed=seed)
+    _, rewards, _, _, _ = env.step_many(actions)  # the whole grid is one population
+    best = int(np.argmax(rewards))  # the first of the best, as the accounting keeps it
+    return {"trials": [{"beta": float(b), "reward": float(r)} for b, r in zip(betas, rewards)],
+            "trials_used": len(betas), "beta_max": beta_max, "best_beta": float(betas[best])}
 
 
 def random_search(env: SearchAccounting, seed: int = 0, population: int = 16) -> dict[str, Any]:

@@ -30,10 +30,18 @@ from ffenv.errors import FFPruneError
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.methods.fastforward import FastForwardConfig, run_fastforward, save_policy
 from ffprune.agents.methods.sb3 import algorithm_class, run_sb3
-from ffprune.baselines.heuristics import alphapruning_allocation, flap_allocation, owl_allocation, uniform_allocation
-from ffprune.baselines.search import evolution, heuristic, random_search, uniform_split
+from ffprune.baselines.heuristics import (
+    alphapruning_allocation,
+    dlp_allocation,
+    flap_allocation,
+    owl_allocation,
+    uniform_allocation,
+)
+from ffprune.baselines.search import atp_search, evolution, heuristic, random_search, uniform_split
 
 KINDS = ("rl", "search", "heuristic")
+FORMULATIONS = ("single-step", "sequential")
+"""One action for the whole allocation (``FFPrune-*-v0``), or one unit per step (``FFPrune-*-Sequential-*-v0``)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,9 @@ class SearchMethod:
     ``"heuristic"`` (no search: one evaluation)."""
     modes: tuple[str, ...] = MODES
     """Env modes it supports."""
+    formulations: tuple[str, ...] = ("single-step",)
+    """The env formulations it can search (:data:`FORMULATIONS`): the SB3 agents step either; FastForward, the
+    population searches and the heuristics need the whole allocation in one action."""
     warm_start: bool = False
     """Whether it can start from a policy file."""
     description: str = ""
@@ -77,6 +88,9 @@ class SearchMethod:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise FFPruneError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        unknown = [f for f in self.formulations if f not in FORMULATIONS]
+        if unknown or not self.formulations:
+            raise FFPruneError(f"formulations must be a non-empty subset of {FORMULATIONS}, got {self.formulations!r}")
 
     @property
     def heuristic(self) -> bool:
@@ -109,12 +123,14 @@ def get_method(name: str) -> SearchMethod:
         cls = algorithm_class(key)
     except FFPruneError as err:
         raise FFPruneError(f"agent must be one of {list(METHODS)} or a stable-baselines3 algorithm; {err}") from None
-    return SearchMethod(key, _sb3(cls.__name__), kind="rl", description=f"stable-baselines3 {cls.__name__}")
+    return SearchMethod(key, _sb3(cls.__name__), kind="rl", formulations=FORMULATIONS,
+                        description=f"stable-baselines3 {cls.__name__}")
 
 
-def methods_for(mode: str) -> list[str]:
-    """Every registered method that supports ``mode``, in registration order (``ffprune bench``'s default)."""
-    return [m.name for m in METHODS.values() if mode in m.modes]
+def methods_for(mode: str, formulation: str = "single-step") -> list[str]:
+    """Every registered method that supports ``mode`` and ``formulation``, in registration order (``ffprune bench``'s
+    default)."""
+    return [m.name for m in METHODS.values() if mode in m.modes and formulation in m.formulations]
 
 
 # ---------------------------------------------------------------------------- adapters to the run signature
@@ -155,8 +171,8 @@ def _heuristic(allocate: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
 # ---------------------------------------------------------------------------- the benchmark's methods
 register(SearchMethod("fastforward", _fastforward, "rl", warm_start=True,
                       description="FastForward: single-step PPO on the whole allocation (agents/fastforward.py)"))
-register(SearchMethod("ppo", _sb3("PPO"), "rl", description="stable-baselines3 PPO"))
-register(SearchMethod("sac", _sb3("SAC"), "rl", description="stable-baselines3 SAC"))
+register(SearchMethod("ppo", _sb3("PPO"), "rl", formulations=FORMULATIONS, description="stable-baselines3 PPO"))
+register(SearchMethod("sac", _sb3("SAC"), "rl", formulations=FORMULATIONS, description="stable-baselines3 SAC"))
 register(SearchMethod("random", _baseline(random_search), "search", description="uniform random actions"))
 register(SearchMethod("evolution", _baseline(evolution), "search",
                       description="(1+lambda) evolution from the uniform allocation (EvoPress-style)"))
@@ -168,3 +184,7 @@ register(SearchMethod("alphapruning", _heuristic(alphapruning_allocation), "heur
                       description="AlphaPruning heavy-tail alpha (Lu et al.)"))
 register(SearchMethod("flap", _heuristic(flap_allocation), "heuristic", modes=("structured",),
                       description="FLAP fluctuation, global ranking (An et al.)"))
+register(SearchMethod("dlp", _heuristic(dlp_allocation), "heuristic",
+                      description="DLP median weight-activation score per block (Chen et al.)"))
+register(SearchMethod("atp", _baseline(atp_search), "search",
+                      description="ATP sparsity rising with depth, common difference from a few trials (Huang et al.)"))

@@ -173,9 +173,10 @@ def run_sb3(
         atomic_torch_save({"search": env.state_dict(), "algo": name}, ckpt)
 
     remaining = env.budget - env.episodes
+    steps_per_episode = env.unwrapped.n_units if env.sequential else 1  # SB3 counts env steps; the budget, episodes
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=StopAtBudget(env, save), reset_num_timesteps=not resumed,
-                    progress_bar=False)
+        model.learn(total_timesteps=remaining * steps_per_episode, callback=StopAtBudget(env, save),
+                    reset_num_timesteps=not resumed, progress_bar=False)
     save()
     return {"model": model, "config": {"algorithm": name, "n_envs": n_envs, **{k: _plain(v) for k, v in kwargs.items()}}}
 
