@@ -186,3 +186,62 @@ def test_methods_declare_their_formulation():
                    progress=False)
     with pytest.raises(FFPruneError, match=r"methods \['evolution'\] do not support sequential"):
         cell_jobs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], out="unused", env_kwargs=SMALL)
+
+
+def test_amc_buffer_pays_the_final_reward_on_every_transition_minus_a_moving_average():
+    from ffprune.agents.methods.amc import EpisodeRewardBuffer
+
+    space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    buffer = EpisodeRewardBuffer(10, space, gym.spaces.Box(-1, 1, (1,), np.float32), device="cpu",
+                                 reward_average_weight=0.5)
+    obs = np.zeros((1, 2), np.float32)
+    for step, (reward, done) in enumerate([(0.0, False), (0.0, False), (0.8, True)]):
+        buffer.add(obs + step, obs + step + 1, np.array([[0.9]], np.float32), np.array([reward]), np.array([done]),
+                   [{"executed_action": np.float32(-0.25 * step)}])
+        assert buffer.size() == (3 if done else 0)  # nothing is stored before the episode's end
+    np.testing.assert_allclose(buffer.rewards[:3, 0], 0.8)
+    np.testing.assert_allclose(buffer.actions[:3, 0, 0], [0.0, -0.25, -0.5])  # the executed actions
+    first = buffer.sample(3)
+    assert buffer.moving_average == pytest.approx(0.8) and float(first.rewards.abs().max()) < 1e-6
+    buffer.add(obs, obs, np.array([[0.0]], np.float32), np.array([0.4]), np.array([True]), [{}])
+    buffer._get_samples(np.array([3]))  # a batch of mean 0.4: the average moves half way
+    assert buffer.moving_average == pytest.approx(0.6)
+
+
+def test_truncated_normal_stays_inside_and_keeps_its_centre():
+    from ffprune.agents.methods.amc import truncated_normal
+
+    rng = np.random.default_rng(0)
+    draws = truncated_normal(rng, np.zeros(20000), 1.0)
+    assert draws.min() >= -1 and draws.max() <= 1 and abs(draws.mean()) < 0.02
+    edge = truncated_normal(rng, np.full(20000, 0.9), 0.5)
+    assert edge.max() <= 1 and 0.3 < edge.mean() < 0.9  # mass piles up inside, not clipped onto the bound
+
+
+def test_amc_ddpg_searches_the_sequential_env_with_amcs_settings(tmp_path):
+    from ffprune.agents.experiments.search import run_search
+
+    result = run_search("FFPrune-Llama-Sequential-v0", agent="amc-ddpg", budget=9, seed=0, logdir=None,
+                        out=tmp_path / "amc.json", env_kwargs=SMALL, progress=False)
+    config = result["agent_config"]
+    assert result["cost"]["episodes"] == 9 and result["cost"]["env_steps"] == 9 * 16 and result["curriculum"] is False
+    assert (config["actor_lr"], config["critic_lr"], config["tau"], config["gamma"], config["batch_size"]) == (
+        1e-4, 1e-3, 0.01, 1.0, 64)
+    assert config["warmup_episodes"] == 1 and config["learning_starts"] == 16  # 100/900 of 9 episodes
+    with pytest.raises(FFPruneError, match="'amc-ddpg' searches sequential envs.*FFPrune-Llama-Sequential-v0"):
+        run_search("FFPrune-Llama-v0", agent="amc-ddpg", budget=2, logdir=None, env_kwargs=SMALL, progress=False)
+
+
+def test_amc_ddpg_learning_rates_and_exploration_decay():
+    from ffprune.agents.methods.amc import AMCDDPG
+
+    env = gym.make("FFPrune-Llama-Sequential-v0", **SMALL)
+    model = AMCDDPG("MlpPolicy", env, actor_lr=1e-4, critic_lr=1e-3, warmup_episodes=2, learning_starts=32,
+                    policy_kwargs={"net_arch": [300, 300]}, batch_size=8, train_freq=(1, "episode"), gradient_steps=-1,
+                    seed=0, device="cpu")
+    assert model.sigma == 1.0
+    model.learn(total_timesteps=3 * 16)
+    assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4 and model.critic.optimizer.param_groups[0]["lr"] == 1e-3
+    assert model._episode_num == 3 and model.sigma == pytest.approx(0.95)
+    with pytest.raises(FFPruneError, match="actor_lr must be a positive number"):
+        AMCDDPG("MlpPolicy", env, actor_lr=0)

@@ -28,6 +28,7 @@ from typing import Any
 from ffenv.config import MODES
 from ffenv.errors import FFPruneError
 from ffenv.wrappers import SearchAccounting
+from ffprune.agents.methods.amc import AMCDDPG, WARMUP_FRACTION, amc_settings
 from ffprune.agents.methods.fastforward import FastForwardConfig, run_fastforward, save_policy
 from ffprune.agents.methods.sb3 import algorithm_class, run_sb3
 from ffprune.baselines.heuristics import (
@@ -82,6 +83,8 @@ class SearchMethod:
     population searches and the heuristics need the whole allocation in one action."""
     warm_start: bool = False
     """Whether it can start from a policy file."""
+    uses_curriculum: bool | None = None
+    """Whether it runs under the curriculum; ``None``: as its kind says (RL agents do, baselines do not)."""
     description: str = ""
     """One line for ``--help`` and the docs."""
 
@@ -99,8 +102,9 @@ class SearchMethod:
 
     @property
     def curriculum(self) -> bool:
-        """Whether it runs under the curriculum (RL agents); baselines are defined at the final target."""
-        return self.kind == "rl"
+        """Whether it runs under the curriculum (RL agents, unless they say otherwise); baselines are defined at the
+        final target."""
+        return self.kind == "rl" if self.uses_curriculum is None else self.uses_curriculum
 
 
 METHODS: dict[str, SearchMethod] = {}
@@ -154,6 +158,13 @@ def _sb3(algo: str) -> Callable[..., dict[str, Any]]:
     return run_algo
 
 
+def _amc_ddpg(env: SearchAccounting, seed: int, run: RunContext, warmup_fraction: float = WARMUP_FRACTION,
+              **params: Any) -> dict[str, Any]:
+    settings = {**amc_settings(env, warmup_fraction), **params}
+    result = run_sb3(env, AMCDDPG, seed=seed, checkpoint=run.checkpoint, resume=run.resume, logdir=run.logdir, **settings)
+    return {"agent_config": {**result["config"], "warmup_fraction": warmup_fraction}}
+
+
 def _baseline(search: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     def run_baseline(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
         return {"agent_stats": search(env, seed, **params)}
@@ -173,6 +184,8 @@ register(SearchMethod("fastforward", _fastforward, "rl", warm_start=True,
                       description="FastForward: single-step PPO on the whole allocation (agents/fastforward.py)"))
 register(SearchMethod("ppo", _sb3("PPO"), "rl", formulations=FORMULATIONS, description="stable-baselines3 PPO"))
 register(SearchMethod("sac", _sb3("SAC"), "rl", formulations=FORMULATIONS, description="stable-baselines3 SAC"))
+register(SearchMethod("amc-ddpg", _amc_ddpg, "rl", formulations=("sequential",), uses_curriculum=False,
+                      description="AMC's DDPG, one unit per step (He et al.; SB3 DDPG, agents/methods/amc.py)"))
 register(SearchMethod("random", _baseline(random_search), "search", description="uniform random actions"))
 register(SearchMethod("evolution", _baseline(evolution), "search",
                       description="(1+lambda) evolution from the uniform allocation (EvoPress-style)"))

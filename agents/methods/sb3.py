@@ -129,7 +129,7 @@ class StopAtBudget(BaseCallback):
 
 def run_sb3(
     env: SearchAccounting,
-    algo: str = "ppo",
+    algo: str | type[BaseAlgorithm] = "ppo",
     seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -142,12 +142,13 @@ def run_sb3(
     ``n_envs > 1`` runs it on a :class:`SB3VecEnv`: ``n_envs`` episodes per SB3 step, evaluated as one
     population (in-process or on the env's Ray workers), with the same budget accounting.
     """
-    cls = algorithm_class(algo)
+    cls = algorithm_class(algo) if isinstance(algo, str) else algo
     venv: gym.Env | VecEnv = env if positive_int("n_envs", n_envs) == 1 else SB3VecEnv(env, n_envs)
     name = cls.__name__
     kwargs: dict[str, Any] = dict(DEFAULTS.get(name, {}))
+    steps_per_episode = env.unwrapped.n_units if env.sequential else 1  # SB3 counts env steps; the budget, episodes
     if "learning_starts" in kwargs:
-        kwargs["buffer_size"] = max(env.budget, 1000)
+        kwargs["buffer_size"] = max(env.budget * steps_per_episode, 1000)
     kwargs.update(overrides)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     model_file = ckpt.with_suffix(".sb3.zip") if ckpt is not None else None
@@ -173,7 +174,6 @@ def run_sb3(
         atomic_torch_save({"search": env.state_dict(), "algo": name}, ckpt)
 
     remaining = env.budget - env.episodes
-    steps_per_episode = env.unwrapped.n_units if env.sequential else 1  # SB3 counts env steps; the budget, episodes
     if remaining > 0:
         model.learn(total_timesteps=remaining * steps_per_episode, callback=StopAtBudget(env, save),
                     reset_num_timesteps=not resumed, progress_bar=False)
