@@ -245,3 +245,25 @@ def test_amc_ddpg_learning_rates_and_exploration_decay():
     assert model._episode_num == 3 and model.sigma == pytest.approx(0.95)
     with pytest.raises(FFPruneError, match="actor_lr must be a positive number"):
         AMCDDPG("MlpPolicy", env, actor_lr=0)
+
+
+@pytest.mark.slow
+def test_claim_runs_multi_step_cells_and_compares_them_with_fastforwards_suite_cells(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from ffprune.agents.cli import main as cli_main
+
+    suite = Path(__file__).resolve().parents[1] / "docs" / "results" / "core"
+    argv = ["claim", "--tasks", "llama-s0.5", "--budgets", "2,3", "--seeds", "1", "--out", str(tmp_path / "claim"),
+            "--suite-out", str(suite), "--quiet"]
+    assert cli_main(argv) == 0
+    analysis = json.loads((tmp_path / "claim" / "claim.json").read_text())
+    rows = {(r["method"], r["budget"]): r for r in analysis["rows"]}
+    assert set(rows) == {("fastforward", 100), ("amc-ddpg", 2), ("amc-ddpg", 3)}
+    ff = json.loads((suite / "llama-s0.5" / "cells" / "fastforward" / "seed0.json").read_text())
+    assert rows["fastforward", 100]["eval_ppl"] == ff["best"]["eval_ppl"]  # read, never re-run
+    assert rows["amc-ddpg", 3]["env_steps"] == 3 * 16 and rows["amc-ddpg", 3]["evaluations"] >= 3
+    assert (tmp_path / "claim" / "claim.png").stat().st_size > 0 and "amc-ddpg" in capsys.readouterr().out
+    assert cli_main([*argv, "--report-only"]) == 0  # the report again from the cells on disk
+    assert cli_main(["claim", "--tasks", "llama-u0.9", "--out", str(tmp_path / "x")]) == 2

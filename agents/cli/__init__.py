@@ -29,10 +29,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 
-from ffprune.agents.cli import bench, bench_env, export, methods, models, search
+from ffprune.agents.cli import bench, bench_env, claim, export, methods, models, search
 from ffprune.agents.cli import eval as zero_shot
 
-SUBCOMMANDS = (models, methods, bench_env, search, bench, export, zero_shot)
+SUBCOMMANDS = (models, methods, bench_env, search, bench, claim, export, zero_shot)
 """The subcommand modules, in ``--help`` order (each: ``NAME``, ``HELP``, ``add_arguments``, ``run``)."""
 LOGGERS = ("ffenv", "ffprune")
 """The library loggers the command line shows on stderr."""

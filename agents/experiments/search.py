@@ -177,7 +177,7 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
     problem = None
     if formulation not in method.formulations:
         problem = (f"{method.name!r} searches {' or '.join(method.formulations)} envs; {env_id} is {formulation} "
-                   f"(use its twin {_twin(env_id)})")
+                   f"(use its twin {twin_env_id(env_id)})")
     elif mode not in method.modes:
         problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
     elif calibrate and mode != "structured":
@@ -188,7 +188,7 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
     return env
 
 
-def _twin(env_id: str) -> str:
+def twin_env_id(env_id: str) -> str:
     """The other formulation's id of a registered task (``FFPrune-Llama-v0`` <-> ``FFPrune-Llama-Sequential-v0``)."""
     if "-Sequential" in env_id:
         return env_id.replace("-Sequential", "", 1)

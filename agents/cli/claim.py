@@ -1,0 +1,59 @@
+"""``ffprune claim``: single-step FastForward (the suite's cells) vs multi-step search on the sequential twins."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ffprune.agents.cli.common import add_ray_address_argument
+
+NAME = "claim"
+HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward's suite cells, by evaluations"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ffprune claim``."""
+    p.add_argument("--tasks", default="llama-s0.5,mistral-s0.5,opt-s0.5",
+                   help="comma-separated structured core-suite tasks (default: the three 50 %% ones)")
+    p.add_argument("--budgets", default="100,1000", help="comma-separated budgets of the multi-step searches")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (FastForward's suite cells use 0-2)")
+    p.add_argument("--methods", default="amc-ddpg", help="comma-separated agents for the sequential envs (amc-ddpg, "
+                   "ppo, sac, td3, ...)")
+    p.add_argument("--out", default="docs/results/claim", help="output folder (resumes what is already there)")
+    p.add_argument("--suite-out", default="docs/results/core", help="the core suite's results (FastForward's cells)")
+    p.add_argument("--report-only", action="store_true", help="no search: rewrite the report from the cells in --out")
+    p.add_argument("--cell-workers", type=int, default=0, help="run the cells as Ray tasks on this many workers")
+    add_ray_address_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`~ffprune.agents.experiments.claim.run_claim` (or its report only); prints the table."""
+    from ffenv.errors import FFPruneError
+    from ffprune.agents.experiments.claim import report_claim, run_claim
+
+    def listed(text: str, name: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise FFPruneError(f"--{name} needs at least one entry, got {text!r}")
+        return items
+
+    try:
+        budgets = [int(b) for b in listed(args.budgets, "budgets")]
+    except ValueError:
+        raise FFPruneError(f"--budgets must be comma-separated positive integers, got {args.budgets!r}") from None
+    kwargs = {"tasks": listed(args.tasks, "tasks"), "budgets": budgets, "seeds": args.seeds,
+              "methods": listed(args.methods, "methods")}
+    if args.report_only:
+        analysis = report_claim(args.out, args.suite_out, **kwargs)
+    else:
+        try:
+            analysis = run_claim(args.out, args.suite_out, workers=args.cell_workers, ray_address=args.ray_address,
+                                 progress=not args.quiet, **kwargs)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out} are kept)",
+                  file=sys.stderr)
+            return 130
+    print(open(f"{args.out}/claim.md").read())
+    print(f"written: {args.out}/claim.md, claim.json, claim.png")
+    return 1 if analysis["failures"] else 0

@@ -1,0 +1,215 @@
+"""``ffprune claim``: the paper's central claim measured — single-step FastForward vs multi-step (AMC-style) search.
+
+FastForward Pruning claims that its single-step formulation reaches the quality of conventional multi-step RL
+search (AMC: one layer per step, DDPG) at an order of magnitude less search cost. This experiment takes the
+structured tasks of the ``core`` suite (by default the three 50 % ones), runs multi-step agents on their
+sequential twins (``FFPrune-<Family>-Sequential-Structured50-v0``) at each budget (default 100 and 1000
+evaluations) and seeds ``0..K-1``, and compares them with the suite's FastForward cells at budget 100 (same
+tasks, same seeds, same held-out protocol; read from ``<suite_out>/<task>/cells``, never re-run):
+
+* held-out ppl and normalised score (share of the uniform → dense gap closed; the suite's uniform cell is the
+  reference) of each method at each budget;
+* **evaluations to reach FastForward's best reward at 100** (same seed; on the reward split): the first evaluation
+  at which the multi-step search's best reward is at least FastForward's, or "not reached" within its budget;
+* the single-step SB3 agents of the suite against the same agents run on the sequential twin at equal budget
+  (what credit assignment over units costs or buys), when those cells were run.
+
+Every (task, method, budget, seed) cell is a bench cell in ``<out>/<task>-b<budget>/cells`` (resumable; Ray tasks
+with ``workers``); the analysis is ``claim.md`` / ``claim.json`` and ``claim.png`` (best reward vs evaluations, one
+panel per task, FastForward single-step vs the multi-step agents, median over seeds).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.io import atomic_write, atomic_write_json, atomic_write_text
+from ffenv.registration import formulation_of
+from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
+from ffprune.agents.experiments.reports import cost_to_reach
+from ffprune.agents.experiments.search import twin_env_id
+from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
+from ffprune.agents.results import read_result
+
+log = logging.getLogger(__name__)
+
+SINGLE_STEP_AGENT = "fastforward"
+DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
+DEFAULT_BUDGETS = (100, 1000)
+REFERENCE_BUDGET = 100
+
+
+def claim_jobs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
+               progress: bool = True) -> list[dict[str, Any]]:
+    """The multi-step cells: every method on every task's sequential twin at every budget and seed."""
+    suite = get_suite("core")
+    by_name = {t.name: t for t in suite.tasks}
+    unknown = [t for t in tasks if t not in by_name]
+    if unknown:
+        raise FFPruneError(f"tasks {unknown} are not core suite tasks; known: {list(by_name)}")
+    jobs = []
+    for name in tasks:
+        twin = twin_env_id(by_name[name].env_id)
+        if formulation_of(twin) != "sequential":
+            raise FFPruneError(f"task {name!r} has no sequential twin ({twin})")
+        for budget in budgets:
+            jobs += cell_jobs(twin, budget, seeds, list(methods), out / f"{name}-b{budget}", calibrate=False,
+                              progress=progress)
+    return jobs
+
+
+def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
+              tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
+              methods: Sequence[str] = ("amc-ddpg",), workers: int = 0, ray_address: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the multi-step cells, then write the comparison (module docstring); returns the analysis."""
+    out = Path(out)
+    positive_int("seeds", seeds)
+    for b in budgets:
+        positive_int("budgets", b)
+    jobs = claim_jobs(out, tasks, budgets, seeds, methods, progress)
+    done = run_jobs(jobs, workers, ray_address, keep_going=True)
+    failures = [d.as_dict() for d in done if isinstance(d, CellFailure)]
+    return report_claim(out, suite_out, tasks, budgets, seeds, methods, failures)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return read_result(path) if path.exists() else None
+
+
+def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
+                 tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
+                 methods: Sequence[str] = ("amc-ddpg",), failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The analysis of the cells already on disk (no search, no evaluation): ``claim.md``, ``claim.json``, ``claim.png``."""
+    out, suite_out = Path(out), Path(suite_out)
+    rows, curves = [], {}
+    for task in tasks:
+        reference = _read(cell_path(suite_out / task, REFERENCE, 0))
+        if reference is None:
+            raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
+        uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
+        ff = {s: c for s in range(seeds) if (c := _read(cell_path(suite_out / task, SINGLE_STEP_AGENT, s)))}
+        curves[task] = {SINGLE_STEP_AGENT: [c["history"] for c in ff.values()]}
+        for seed, cell in ff.items():
+            rows.append(_row(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, None))
+        for method in methods:
+            for budget in budgets:
+                for seed in range(seeds):
+                    cell = _read(cell_path(out / f"{task}-b{budget}", method, seed))
+                    if cell is None:
+                        continue
+                    target = ff[seed]["best"]["reward"] if seed in ff else None
+                    rows.append(_row(task, method, "sequential", budget, seed, cell, uniform, dense, target))
+                    if budget == max(budgets):
+                        curves[task].setdefault(f"{method} (sequential)", []).append(cell["history"])
+            for seed in range(seeds):  # the same agent single-step, from the suite, at the reference budget
+                cell = _read(cell_path(suite_out / task, method, seed))
+                if cell is not None:
+                    target = ff[seed]["best"]["reward"] if seed in ff else None
+                    rows.append(_row(task, method, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, target))
+    analysis = {"tasks": list(tasks), "budgets": list(budgets), "seeds": seeds, "methods": list(methods),
+                "reference_budget": REFERENCE_BUDGET, "rows": rows, "summary": _summary(rows), "failures": list(failures)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "claim.json", analysis)
+    atomic_write_text(out / "claim.md", claim_markdown(analysis))
+    _plot(out / "claim.png", curves, budgets)
+    return analysis
+
+
+def _row(task: str, method: str, formulation: str, budget: int, seed: int, cell: dict[str, Any], uniform: float,
+         dense: float, ff_best: float | None) -> dict[str, Any]:
+    reach = cost_to_reach(cell["history"], ff_best) if ff_best is not None and method != SINGLE_STEP_AGENT else None
+    return {"task": task, "method": method, "formulation": formulation, "budget": budget, "seed": seed,
+            "best_reward": cell["best"]["reward"], "eval_ppl": cell["best"]["eval_ppl"],
+            "score": normalised(cell["best"]["eval_ppl"], uniform, dense), "evaluations": cell["cost"]["evaluations"],
+            "env_steps": cell["cost"].get("env_steps", cell["cost"]["episodes"]),
+            "seconds": cell["cost"]["seconds"], "evaluations_to_reach_ff": reach,
+            "reached_ff": None if method == SINGLE_STEP_AGENT else reach is not None}
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, method, formulation, budget): mean ± std of held-out ppl and score over seeds, how many seeds reached
+    FastForward's best, and the median evaluations they needed."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["formulation"], r["budget"]), []).append(r)
+    out = []
+    for (task, method, formulation, budget), rs in groups.items():
+        ppl = np.array([r["eval_ppl"] for r in rs], float)
+        score = np.array([r["score"] for r in rs if r["score"] is not None], float)
+        reached = [r["evaluations_to_reach_ff"] for r in rs if r["evaluations_to_reach_ff"] is not None]
+        out.append({"task": task, "method": method, "formulation": formulation, "budget": budget, "seeds": len(rs),
+                    "eval_ppl_mean": float(ppl.mean()), "eval_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
+                    "score_mean": float(score.mean()) if len(score) else None,
+                    "reached_ff": None if method == SINGLE_STEP_AGENT else len(reached),
+                    "evaluations_to_reach_ff_median": float(np.median(reached)) if reached else None,
+                    "seconds_mean": float(np.mean([r["seconds"] for r in rs]))})
+    return out
+
+
+def claim_markdown(analysis: dict[str, Any]) -> str:
+    """The readable table of :func:`report_claim`."""
+    lines = [f"### Single-step FastForward (budget {analysis['reference_budget']}) vs multi-step search", "",
+             "Held-out ppl mean ± std over seeds; score = share of the uniform → dense held-out gap closed (the suite's "
+             "normalised score); reached = seeds whose search reached FastForward's best reward at budget "
+             f"{analysis['reference_budget']} (same seed, reward split), with the median evaluations it took.", "",
+             "| task | method | formulation | budget | seeds | held-out ppl | score | reached FF's best | evaluations to reach "
+             "(median) | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sorted(analysis["summary"], key=lambda s: (s["task"], s["method"] != SINGLE_STEP_AGENT, s["method"],
+                                                        s["formulation"], s["budget"])):
+        reached = "–" if s["reached_ff"] is None else f"{s['reached_ff']} / {s['seeds']}"
+        median = "–" if s["evaluations_to_reach_ff_median"] is None else f"{s['evaluations_to_reach_ff_median']:.0f}"
+        score = "–" if s["score_mean"] is None else f"{s['score_mean']:.3f}"
+        lines.append(f"| {s['task']} | {s['method']} | {s['formulation']} | {s['budget']} | {s['seeds']} | "
+                     f"{s['eval_ppl_mean']:.2f} ± {s['eval_ppl_std']:.2f} | {score} | {reached} | {median} | "
+                     f"{s['seconds_mean']:.0f} |")
+    if analysis["failures"]:
+        lines += ["", "Failed cells (retried by running the command again):", ""]
+        lines += [f"- {f['env_id']} {f['method']} seed {f['seed']}: {f['error']}: {f['message']}" for f in analysis["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _median_curve(histories: list[list[dict[str, Any]]], grid: np.ndarray) -> np.ndarray:
+    """Median over seeds of the best reward reached by each number of evaluations on ``grid`` (NaN before any)."""
+    rows = []
+    for h in histories:
+        xs = np.array([p["evaluations"] for p in h], float)
+        ys = np.array([p["best_reward"] for p in h], float)
+        idx = np.searchsorted(xs, grid, side="right") - 1
+        rows.append(np.where(idx >= 0, ys[np.clip(idx, 0, None)], np.nan))
+    if not rows:
+        return np.full(len(grid), np.nan)
+    with warnings.catch_warnings():  # before a seed's first full-fidelity episode its best is NaN: expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.array(rows), axis=0)
+
+
+def _plot(path: Path, curves: dict[str, dict[str, list[list[dict[str, Any]]]]], budgets: Sequence[int]) -> None:
+    colors = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(5 * len(curves), 4.2))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    grid = np.unique(np.geomspace(1, max(budgets), 200).astype(int))
+    for ax, (task, by_method) in zip(axes, curves.items()):
+        for i, (method, histories) in enumerate(by_method.items()):
+            if histories:
+                ax.step(grid, _median_curve(histories, grid), where="post", color=colors(i % 10), lw=1.6,
+                        label=f"{method} ({len(histories)} seeds)")
+        ax.axvline(REFERENCE_BUDGET, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("evaluations (search cost)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("best reward (median over seeds)")
+    fig.suptitle("single-step FastForward vs multi-step search: best reward vs evaluations")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
