@@ -56,9 +56,9 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("batching", [("ffenv", "ffenv/envs/ + ffenv/vector/", "population.py · vector_env.py (FFPruneVectorEnv) · "
                                                            "factory.py (gym entry point) · ray_workers.py")]),
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
-                 ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py")]),
+                 ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · bench · suite · rlstats · reports · ray_tasks"),
+                              "search · bench · suite · claim · rlstats · reports · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, bench, export, eval, "
