@@ -61,7 +61,7 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
                               "search · bench · suite · claim · rlstats · reports · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
-    ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, bench, export, eval, "
+    ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, bench, claim, export, eval, "
                                                    "models, methods, bench-env)")]),
 ]
 
