@@ -161,7 +161,9 @@ def claim_markdown(analysis: dict[str, Any]) -> str:
     lines = [f"### Single-step FastForward (budget {analysis['reference_budget']}) vs multi-step search", "",
              "Held-out ppl mean ± std over seeds; score = share of the uniform → dense held-out gap closed (the suite's "
              "normalised score); reached = seeds whose search reached FastForward's best reward at budget "
-             f"{analysis['reference_budget']} (same seed, reward split), with the median evaluations it took.", "",
+             f"{analysis['reference_budget']} (same seed, reward split), with the median evaluations it took. Wall seconds "
+             "depend on how many cells shared the machine when each ran (the suite's cells and these were run at "
+             "different times and loads): compare methods on evaluations, the cost axis every method shares.", "",
              "| task | method | formulation | budget | seeds | held-out ppl | score | reached FF's best | evaluations to reach "
              "(median) | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(analysis["summary"], key=lambda s: (s["task"], s["method"] != SINGLE_STEP_AGENT, s["method"],
@@ -185,7 +187,8 @@ def _median_curve(histories: list[list[dict[str, Any]]], grid: np.ndarray) -> np
         xs = np.array([p["evaluations"] for p in h], float)
         ys = np.array([p["best_reward"] for p in h], float)
         idx = np.searchsorted(xs, grid, side="right") - 1
-        rows.append(np.where(idx >= 0, ys[np.clip(idx, 0, None)], np.nan))
+        inside = (idx >= 0) & (grid <= xs[-1])  # nothing before the first evaluation or after the search's budget
+        rows.append(np.where(inside, ys[np.clip(idx, 0, None)], np.nan))
     if not rows:
         return np.full(len(grid), np.nan)
     with warnings.catch_warnings():  # before a seed's first full-fidelity episode its best is NaN: expected
