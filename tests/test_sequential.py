@@ -179,7 +179,8 @@ def test_methods_declare_their_formulation():
     from ffprune.agents.experiments.search import run_search
     from ffprune.agents.methods import get_method, methods_for
 
-    assert methods_for("structured", "sequential") == [m for m in methods_for("structured") if m in ("ppo", "sac")]
+    assert methods_for("structured", "sequential") == ["ppo", "sac", "amc-ddpg"]
+    assert "amc-ddpg" not in methods_for("structured") and "fastforward" not in methods_for("structured", "sequential")
     assert get_method("td3").formulations == ("single-step", "sequential")  # any other SB3 algorithm too
     with pytest.raises(FFPruneError, match="'fastforward' searches single-step envs.*FFPrune-Llama-v0"):
         run_search("FFPrune-Llama-Sequential-v0", agent="fastforward", budget=2, logdir=None, env_kwargs=SMALL,
