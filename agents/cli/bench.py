@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ffprune.agents.cli.common import METHODS_HINT, add_env_arguments, add_ray_address_argument, env_kwargs
+from ffprune.agents.cli.common import METHODS_HINT, add_cell_workers_argument, add_env_arguments, env_kwargs
 
 NAME = "bench"
 HELP = "all agents and baselines on one env (or a suite): tables, plots, TensorBoard"
@@ -38,10 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
     add_env_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
-    p.add_argument("--cell-workers", type=int, default=0, help="run the (method, seed) cells as Ray tasks on this many "
-                   "workers (a local Ray instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: one after "
-                   "the other in this process (default)")
-    add_ray_address_argument(p)
+    add_cell_workers_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

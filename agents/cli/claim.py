@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ffprune.agents.cli.common import add_ray_address_argument
+from ffprune.agents.cli.common import add_cell_workers_argument
 
 NAME = "claim"
 HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward's suite cells, by evaluations"
@@ -22,14 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/results/claim", help="output folder (resumes what is already there)")
     p.add_argument("--suite-out", default="docs/results/core", help="the core suite's results (FastForward's cells)")
     p.add_argument("--report-only", action="store_true", help="no search: rewrite the report from the cells in --out")
-    p.add_argument("--cell-workers", type=int, default=0, help="run the cells as Ray tasks on this many workers")
-    add_ray_address_argument(p)
+    add_cell_workers_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     """:func:`~ffprune.agents.experiments.claim.run_claim` (or its report only); prints the table."""
-    from ffenv.errors import FFPruneError
+    from ffenv.errors import FFPruneError, SearchInterrupted
     from ffprune.agents.experiments.claim import report_claim, run_claim
 
     def listed(text: str, name: str) -> list[str]:
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             analysis = run_claim(args.out, args.suite_out, workers=args.cell_workers, ray_address=args.ray_address,
                                  progress=not args.quiet, **kwargs)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SearchInterrupted):  # the cells resume by themselves, as in ffprune bench
             print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out} are kept)",
                   file=sys.stderr)
             return 130
-    print(open(f"{args.out}/claim.md").read())
+    print((Path(args.out) / "claim.md").read_text())
     print(f"written: {args.out}/claim.md, claim.json, claim.png")
     return 1 if analysis["failures"] else 0

@@ -38,6 +38,15 @@ def add_env_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the search optimises: plain held-in ppl ratio (default) or the ratio after Calib")
 
 
+def add_cell_workers_argument(p: argparse.ArgumentParser) -> None:
+    """``--cell-workers``: bench cells as Ray tasks (the library's ``workers=`` of ``run_bench`` / ``run_suite`` /
+    ``run_claim``), with ``--ray-address``."""
+    p.add_argument("--cell-workers", type=int, default=0, help="run the (method, seed) cells as Ray tasks on this many "
+                   "workers (a local Ray instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: one after "
+                   "the other in this process (default)")
+    add_ray_address_argument(p)
+
+
 def add_ray_address_argument(p: argparse.ArgumentParser) -> None:
     """``--ray-address``: an existing Ray cluster instead of a local instance."""
     p.add_argument("--ray-address", help="an existing Ray cluster ('auto', 'ray://host:10001') instead of a local one")
