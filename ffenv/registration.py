@@ -52,6 +52,20 @@ def formulation_of(env_id: str) -> str:
     return "sequential" if spec.entry_point == SEQUENTIAL_ENTRY_POINT else "single-step"
 
 
+def twin_env_id(env_id: str) -> str:
+    """The other formulation's id of a registered task (``FFPrune-Llama-v0`` <-> ``FFPrune-Llama-Sequential-v0``;
+    an unknown id or one without a twin: one-line error)."""
+    formulation_of(env_id)  # registered?
+    if "-Sequential" in env_id:
+        twin = env_id.replace("-Sequential", "", 1)
+    else:
+        family, _, rest = env_id.removeprefix("FFPrune-").partition("-")
+        twin = f"FFPrune-{family}-Sequential-{rest}"
+    if twin not in gym.registry:
+        raise FFPruneError(f"env_id {env_id!r} has no registered twin (looked for {twin!r})")
+    return twin
+
+
 def register_envs() -> None:
     """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family, single-step and
     sequential (idempotent)."""

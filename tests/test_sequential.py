@@ -36,6 +36,10 @@ def test_every_single_step_id_has_a_registered_twin():
     assert (cfg.model, cfg.mode, cfg.target_sparsity) == ("tiny-opt", "structured", 0.5)
     with pytest.raises(FFPruneError, match="projection must be one of"):
         ffenv.resolve_config("FFPrune-OPT-Sequential-v0", {"projection": "greedy"})
+    for single, twin in zip(ffenv.env_ids(), twins):
+        assert ffenv.twin_env_id(single) == twin and ffenv.twin_env_id(twin) == single
+    with pytest.raises(FFPruneError, match="not registered"):
+        ffenv.twin_env_id("FFPrune-Nope-v0")
 
 
 @pytest.mark.parametrize("env_id", ["FFPrune-Mistral-Sequential-v0", "FFPrune-OPT-Sequential-Unstructured-v0"])
@@ -265,6 +269,9 @@ def test_claim_runs_multi_step_cells_and_compares_them_with_fastforwards_suite_c
     ff = json.loads((suite / "llama-s0.5" / "cells" / "fastforward" / "seed0.json").read_text())
     assert rows["fastforward", 100]["eval_ppl"] == ff["best"]["eval_ppl"]  # read, never re-run
     assert rows["amc-ddpg", 3]["env_steps"] == 3 * 16 and rows["amc-ddpg", 3]["evaluations"] >= 3
+    amc = json.loads((tmp_path / "claim" / "llama-s0.5-b3" / "cells" / "amc-ddpg" / "seed0.json").read_text())
+    assert rows["amc-ddpg", 3]["late_reward"] == amc["history"][-1]["reward"]  # the last 10 % of 3 episodes: one
+    assert rows["amc-ddpg", 3]["evaluations_to_best"] == amc["cost"]["evaluations_to_best"]
     assert (tmp_path / "claim" / "claim.png").stat().st_size > 0 and "amc-ddpg" in capsys.readouterr().out
     assert cli_main([*argv, "--report-only"]) == 0  # the report again from the cells on disk
     assert cli_main(["claim", "--tasks", "llama-u0.9", "--out", str(tmp_path / "x")]) == 2

@@ -33,10 +33,9 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text
-from ffenv.registration import formulation_of
+from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
-from ffprune.agents.experiments.search import twin_env_id
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
 from ffprune.agents.results import read_result
 
@@ -133,7 +132,16 @@ def _row(task: str, method: str, formulation: str, budget: int, seed: int, cell:
             "score": normalised(cell["best"]["eval_ppl"], uniform, dense), "evaluations": cell["cost"]["evaluations"],
             "env_steps": cell["cost"].get("env_steps", cell["cost"]["episodes"]),
             "seconds": cell["cost"]["seconds"], "evaluations_to_reach_ff": reach,
+            "evaluations_to_best": cell["cost"]["evaluations_to_best"], "late_reward": late_reward(cell["history"]),
             "reached_ff": None if method == SINGLE_STEP_AGENT else reach is not None}
+
+
+def late_reward(history: list[dict[str, Any]], share: float = 0.1) -> float:
+    """Mean reward of the last ``share`` of a search's episodes: what its policy does once it has learned (a search
+    whose late reward sits far below its best found that best by chance and stopped exploring)."""
+    rewards = [float(p["reward"]) for p in history]
+    tail = rewards[-max(1, int(round(share * len(rewards)))):]
+    return float(np.mean(tail))
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -152,6 +160,9 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "score_mean": float(score.mean()) if len(score) else None,
                     "reached_ff": None if method == SINGLE_STEP_AGENT else len(reached),
                     "evaluations_to_reach_ff_median": float(np.median(reached)) if reached else None,
+                    "evaluations_to_best_median": float(np.median([r["evaluations_to_best"] for r in rs])),
+                    "best_reward_mean": float(np.mean([r["best_reward"] for r in rs])),
+                    "late_reward_mean": float(np.mean([r["late_reward"] for r in rs])),
                     "seconds_mean": float(np.mean([r["seconds"] for r in rs]))})
     return out
 
@@ -163,9 +174,11 @@ def claim_markdown(analysis: dict[str, Any]) -> str:
              "normalised score); reached = seeds whose search reached FastForward's best reward at budget "
              f"{analysis['reference_budget']} (same seed, reward split), with the median evaluations it took. Wall seconds "
              "depend on how many cells shared the machine when each ran (the suite's cells and these were run at "
-             "different times and loads): compare methods on evaluations, the cost axis every method shares.", "",
+             "different times and loads): compare methods on evaluations, the cost axis every method shares. Best found at = "
+             "median evaluation at which the search found its best allocation; best / late reward = mean over seeds of the "
+             "best reward and of the mean reward of the last 10 % of episodes (what the learned policy does by then).", "",
              "| task | method | formulation | budget | seeds | held-out ppl | score | reached FF's best | evaluations to reach "
-             "(median) | wall s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(median) | best found at | best / late reward | wall s (mean) |", "|---" * 12 + "|"]
     for s in sorted(analysis["summary"], key=lambda s: (s["task"], s["method"] != SINGLE_STEP_AGENT, s["method"],
                                                         s["formulation"], s["budget"])):
         reached = "–" if s["reached_ff"] is None else f"{s['reached_ff']} / {s['seeds']}"
@@ -173,6 +186,7 @@ def claim_markdown(analysis: dict[str, Any]) -> str:
         score = "–" if s["score_mean"] is None else f"{s['score_mean']:.3f}"
         lines.append(f"| {s['task']} | {s['method']} | {s['formulation']} | {s['budget']} | {s['seeds']} | "
                      f"{s['eval_ppl_mean']:.2f} ± {s['eval_ppl_std']:.2f} | {score} | {reached} | {median} | "
+                     f"{s['evaluations_to_best_median']:.0f} | {s['best_reward_mean']:.3f} / {s['late_reward_mean']:.3f} | "
                      f"{s['seconds_mean']:.0f} |")
     if analysis["failures"]:
         lines += ["", "Failed cells (retried by running the command again):", ""]
