@@ -20,6 +20,8 @@ found by :func:`get_method` too.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,17 @@ from ffprune.baselines.heuristics import (
     owl_allocation,
     uniform_allocation,
 )
-from ffprune.baselines.search import atp_search, evolution, heuristic, random_search, uniform_split
+from ffprune.baselines.search import (
+    atp_search,
+    cmaes_search,
+    evolution,
+    heuristic,
+    random_search,
+    tpe_search,
+    uniform_split,
+)
+
+log = logging.getLogger(__name__)
 
 KINDS = ("rl", "search", "heuristic")
 FORMULATIONS = ("single-step", "sequential")
@@ -87,6 +99,9 @@ class SearchMethod:
     """Whether it runs under the curriculum; ``None``: as its kind says (RL agents do, baselines do not)."""
     description: str = ""
     """One line for ``--help`` and the docs."""
+    requires: tuple[str, ...] = ()
+    """Optional packages it imports (``cma``, ``optuna``: the extras of the same name). A method whose packages are
+    not installed is left out of the defaults (:func:`methods_for`) and stops with an install hint when asked for."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,6 +109,11 @@ class SearchMethod:
         unknown = [f for f in self.formulations if f not in FORMULATIONS]
         if unknown or not self.formulations:
             raise FFPruneError(f"formulations must be a non-empty subset of {FORMULATIONS}, got {self.formulations!r}")
+
+    @property
+    def installed(self) -> bool:
+        """Whether the packages it :attr:`requires` can be imported."""
+        return all(importlib.util.find_spec(package) is not None for package in self.requires)
 
     @property
     def heuristic(self) -> bool:
@@ -132,9 +152,22 @@ def get_method(name: str) -> SearchMethod:
 
 
 def methods_for(mode: str, formulation: str = "single-step") -> list[str]:
-    """Every registered method that supports ``mode`` and ``formulation``, in registration order (``ffprune bench``'s
-    default)."""
-    return [m.name for m in METHODS.values() if mode in m.modes and formulation in m.formulations]
+    """Every registered method that supports ``mode`` and ``formulation`` and whose optional packages are installed,
+    in registration order (``ffprune bench``'s and the suite's default; a method left out for a missing package is
+    logged once)."""
+    names = []
+    for m in METHODS.values():
+        if mode in m.modes and formulation in m.formulations:
+            if m.installed:
+                names.append(m.name)
+            elif m.name not in _warned_missing:
+                _warned_missing.add(m.name)
+                log.warning("%s left out: it needs %s (pip install 'ffprune[%s]')", m.name, ", ".join(m.requires),
+                            ",".join(m.requires))
+    return names
+
+
+_warned_missing: set[str] = set()
 
 
 # ---------------------------------------------------------------------------- adapters to the run signature
@@ -201,3 +234,7 @@ register(SearchMethod("dlp", _heuristic(dlp_allocation), "heuristic",
                       description="DLP median weight-activation score per block (Chen et al.)"))
 register(SearchMethod("atp", _baseline(atp_search), "search",
                       description="ATP sparsity rising with depth, common difference from a few trials (Huang et al.)"))
+register(SearchMethod("cmaes", _baseline(cmaes_search), "search", requires=("cma",),
+                      description="CMA-ES from the uniform allocation (Hansen; pycma, needs ffprune[cma])"))
+register(SearchMethod("tpe", _baseline(tpe_search), "search", requires=("optuna",),
+                      description="Optuna's TPE, batched with a constant liar (Bergstra et al.; needs ffprune[optuna])"))
