@@ -30,6 +30,22 @@ def parse_kwargs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    """``"0.2,0.25,0.35"`` → ``[0.2, 0.25, 0.35]`` (``None`` stays ``None``); anything else is a one-line
+    :class:`ffenv.FFPruneError` naming ``flag``."""
+    from ffenv.errors import FFPruneError
+
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise FFPruneError(f"{flag} expects comma-separated numbers such as 0.2,0.25,0.35, got {text!r}")
+    return values
+
+
 def add_env_arguments(p: argparse.ArgumentParser) -> None:
     """``--env-kwarg`` and ``--reward``: the env settings every searching subcommand takes."""
     p.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE",

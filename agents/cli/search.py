@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ffprune.agents.cli.common import METHODS_HINT, add_env_arguments, add_ray_address_argument, env_kwargs, parse_kwargs
+from ffprune.agents.cli.common import (
+    METHODS_HINT,
+    add_env_arguments,
+    add_ray_address_argument,
+    env_kwargs,
+    parse_floats,
+    parse_kwargs,
+)
 
 NAME = "search"
 HELP = "search an allocation with one agent"
@@ -19,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
     p.add_argument("--out", help="result JSON (checkpoint beside it as <out>.ckpt)")
-    p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
+    p.add_argument("--target", type=float, help="target sparsity (default: the env's; with --train-targets the largest)")
+    p.add_argument("--train-targets", metavar="S1,S2,...", help="train one target-conditioned policy across these "
+                   "targets (each episode's final target drawn from them; `ffprune allocate` uses the policy)")
     p.add_argument("--warm-start", help="policy file of an earlier fastforward search")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--no-curriculum", action="store_true", help="final target and full fidelity from the start")
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                         target=args.target, warm_start=args.warm_start, resume=args.resume, env_kwargs=env,
                         curriculum=not args.no_curriculum, warmup_fraction=args.warmup_fraction,
                         agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), progress=not args.quiet,
-                        calibrate=args.calibrate)
+                        calibrate=args.calibrate, train_targets=parse_floats(args.train_targets, "--train-targets"))
     best, cost = result["best"], result["cost"]
     print(f"{result['env_id']} {result['agent']} seed {result['seed']}: target {result['env_kwargs']['target_sparsity']}"
           f" realized sparsity {best['sparsity']:.4f}")
@@ -57,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  after post-pruning calibration: held-out eval ppl {best['eval_ppl_after_calib']:.2f}")
     print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
           f" best found after {cost['evaluations_to_best']} evaluations")
+    for key, at in sorted(result.get("best_by_target", {}).items(), key=lambda kv: float(kv[0])):
+        print(f"  at training target {key}: best reward {at['reward']:.4f} (reward-split ppl {at['ppl']:.2f})")
     if args.out:
         print(f"  result: {args.out}")
+    if result.get("policy_file"):
+        print(f"  policy: {result['policy_file']} (`ffprune allocate --policy {result['policy_file']} --target S`)")
     return 0

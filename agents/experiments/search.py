@@ -8,13 +8,18 @@ weights (``weights_fingerprint``), the method and its settings, the env's ``unit
 entry), the best allocation (action, per-unit sparsity, keep ratios), its perplexity on the reward split
 (``best.reward_ppl``, dense ``best.dense_reward_ppl``) and on the held-out ``eval`` split (``best.eval_ppl``;
 with ``calibrate``, ``best.eval_ppl_after_calib``), the search cost (episodes, evaluations, tokens, wall
-seconds, evaluations-to-best) and the versions used. It is written atomically; a checkpoint beside it
-(``<out>.ckpt``) lets ``resume=True`` continue an interrupted search, and a finished result is returned
-as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
+seconds, evaluations-to-best) and the versions used. With ``train_targets`` (one target-conditioned policy trained
+across targets) it also records them and ``best_by_target`` (the best allocation found at each training target,
+on the reward split; :class:`~ffenv.wrappers.SearchAccounting`), and ``best`` is the one at ``target``. A
+method that saves a policy (FastForward: ``<out>.policy.pt``) gets its provenance in the policy's metadata
+(:func:`policy_provenance`, plus ``agent_config`` and the ``training_cost`` once it ran). It is written
+atomically; a checkpoint beside it (``<out>.ckpt``) lets ``resume=True`` continue an interrupted search, and a
+finished result is returned as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,11 @@ from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
 from ffenv.io import atomic_write_json, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
-from ffenv.registration import resolve_config
+from ffenv.registration import resolve_config, twin_env_id
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
+from ffenv.wrappers.curriculum import check_train_targets
 from ffenv.wrappers.logger import SearchLogger
+from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
 from ffprune.agents.results import read_result
 
@@ -92,6 +99,7 @@ def run_search(
     progress: bool = True,
     calibrate: bool = False,
     calib_alpha: float | None = None,
+    train_targets: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
 
@@ -99,31 +107,43 @@ def run_search(
     best allocation on the held-out split after post-pruning calibration (structured envs; ridge
     ``calib_alpha``, default the env config's): ``best.eval_ppl_after_calib``, next to the uncalibrated
     ``best.eval_ppl``. Ctrl-C raises :class:`~ffenv.errors.SearchInterrupted` naming the checkpoint.
+
+    ``train_targets`` (methods that learn under the curriculum) trains across targets: each episode's final target is
+    drawn from them (seeded by ``seed``; :class:`~ffenv.wrappers.CurriculumWrapper`), with the usual ramps unless
+    ``curriculum=False`` (then every episode runs at its drawn target on all reward windows). ``target`` (default:
+    ``env_kwargs``'s ``target_sparsity``, else the largest training target) must be one of them: ``best`` is there.
     """
     method = get_method(agent)
     budget, curriculum = _check_request(method, budget, warm_start, curriculum)
+    train_targets, target = _check_train_targets(method, env_id, env_kwargs, train_targets, target)
     out_path = Path(out) if out is not None else None
     fingerprint = model_fingerprint(env_id, env_kwargs)
     finished = _finished_result(out_path, fingerprint) if resume else None
     if finished is not None:
         return finished
     checkpoint = _prepare_checkpoint(out_path, resume)
-    env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate)
+    env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate,
+                      train_targets, seed)
     final_target = single_step_env(env).config.target_sparsity
     logpath = run_dir(logdir, env_id, method.name, seed) if logdir is not None else None
     hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
-               "warmup_fraction": warmup_fraction, **(agent_kwargs or {})}
+               "warmup_fraction": warmup_fraction, **(agent_kwargs or {}),
+               **({"train_targets": ",".join(map(str, train_targets))} if train_targets is not None else {})}
     search = SearchAccounting(env, budget, SearchLogger(logpath, progress=progress, hparams=hparams))
+    run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
+           "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None,
+           **({"train_targets": list(train_targets)} if train_targets is not None else {})}
     context = RunContext(checkpoint=checkpoint, resume=resume, warm_start=Path(warm_start) if warm_start else None,
                          out=out_path, logdir=logpath, log=search.logger.log_learning,
-                         meta={"env_id": env_id, "target": final_target, "seed": seed})
+                         meta=policy_provenance(env_id, env, fingerprint, run, agent_kwargs))
     extra = _run_method(method, search, seed, context, agent_kwargs)
     try:
         scored = _score_best(search, calibrate, calib_alpha)
     finally:
         search.close()
-    run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
-           "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None}
+    if extra.get("policy_file"):  # what only the finished run knows: the method's settings and what training cost
+        update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
+                                                  scored["cost"], "result_file": str(out_path)})
     result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra)
     if out_path is not None:
         atomic_write_json(out_path, result)
@@ -157,6 +177,43 @@ def _finished_result(out: Path | None, fingerprint: str | None) -> dict[str, Any
     return done if done.get("complete") else None
 
 
+def _check_train_targets(method: SearchMethod, env_id: str, env_kwargs: dict[str, Any] | None,
+                         train_targets: Sequence[float] | None, target: float | None) -> tuple[tuple[float, ...] | None,
+                                                                                             float | None]:
+    """The checked (sorted) training targets and the search's target (default: ``env_kwargs``'s, else the largest
+    training target; it must be one of them); one-line :class:`FFPruneError` before any model is loaded."""
+    if train_targets is None:
+        return None, target
+    if not method.curriculum:
+        raise FFPruneError(f"train_targets needs a method that learns under the curriculum "
+                           f"({[m.name for m in METHODS.values() if m.curriculum]}); {method.name!r} does not")
+    if target is None:
+        target = (env_kwargs or {}).get("target_sparsity")
+    config = resolve_config(env_id, {**(env_kwargs or {}), **({"target_sparsity": target} if target is not None else {})})
+    checked = check_train_targets(train_targets, config.min_keep, config.max_keep)
+    if target is None:
+        return checked, checked[-1]
+    if float(target) not in checked:
+        raise FFPruneError(f"target must be one of train_targets {list(checked)} (the result's best is at the target), "
+                           f"got {target}")
+    return checked, float(target)
+
+
+def policy_provenance(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any],
+                      agent_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """What a policy saved by a search records about where it came from (its ``meta``): the env id, its settings
+    (``env_kwargs``), ``mode``, ``unit_names``, the ``weights_fingerprint``, the search's ``target``, ``train_targets``
+    (``None``: trained at ``target`` alone), ``budget``, ``seed``, the method and its overrides, and the versions.
+    ``ffprune allocate`` rebuilds the env from it."""
+    base = single_step_env(env)
+    return {"env_id": env_id, "env_kwargs": recorded_env_kwargs(env), "mode": base.config.mode,
+            "unit_names": list(base.unit_names), "weights_fingerprint": fingerprint,
+            "target": base.config.target_sparsity, "train_targets": run.get("train_targets"), "budget": run["budget"],
+            "seed": run["seed"], "agent": run["agent"], "agent_kwargs": dict(agent_kwargs or {}),
+            "curriculum": run["curriculum"], "warmup_fraction": run["warmup_fraction"], "warm_start": run["warm_start"],
+            "versions": versions()}
+
+
 def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
     """``<out>.ckpt`` (after checking ``out`` can be written); an old checkpoint is removed unless resuming."""
     if out is None:
@@ -169,15 +226,23 @@ def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
 
 
 def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict[str, Any] | None,
-                target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool) -> gym.Env:
-    """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib."""
-    env = make_search_env(env_id, budget, env_kwargs, target, curriculum, warmup_fraction)
+                target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool,
+                train_targets: tuple[float, ...] | None = None, seed: int = 0) -> gym.Env:
+    """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib. With
+    ``train_targets`` the curriculum draws each episode's target (its ramps off when ``curriculum`` is)."""
+    ramps = {} if curriculum else {"sparsity_schedule": "none", "fidelity_schedule": "none"}
+    draws = {} if train_targets is None else {"train_targets": train_targets, "target_seed": seed, **ramps}
+    env = make_search_env(env_id, budget, env_kwargs, target, curriculum or train_targets is not None, warmup_fraction,
+                          draws)
     mode = single_step_env(env).config.mode
     formulation = "sequential" if isinstance(env.unwrapped, FFPruneSequentialEnv) else "single-step"
     problem = None
     if formulation not in method.formulations:
-        problem = (f"{method.name!r} searches {' or '.join(method.formulations)} envs; {env_id} is {formulation} "
-                   f"(use its twin {twin_env_id(env_id)})")
+        try:
+            hint = f" (use its twin {twin_env_id(env_id)})"
+        except FFPruneError:
+            hint = ""
+        problem = f"{method.name!r} searches {' or '.join(method.formulations)} envs; {env_id} is {formulation}{hint}"
     elif mode not in method.modes:
         problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
     elif calibrate and mode != "structured":
@@ -186,14 +251,6 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
         env.close()
         raise FFPruneError(problem)
     return env
-
-
-def twin_env_id(env_id: str) -> str:
-    """The other formulation's id of a registered task (``FFPrune-Llama-v0`` <-> ``FFPrune-Llama-Sequential-v0``)."""
-    if "-Sequential" in env_id:
-        return env_id.replace("-Sequential", "", 1)
-    family, _, rest = env_id.removeprefix("FFPrune-").partition("-")
-    return f"FFPrune-{family}-Sequential-{rest}"
 
 
 def _run_method(method: SearchMethod, search: SearchAccounting, seed: int, context: RunContext,
@@ -211,8 +268,10 @@ def _run_method(method: SearchMethod, search: SearchAccounting, seed: int, conte
         raise
     if search.best is None:
         search.close()
-        raise FFPruneError(f"budget={search.budget} was too small: no episode reached the final target at full fidelity "
-                           "(raise the budget or disable the curriculum)")
+        drawn = ("" if search.train_targets is None else
+                 f" (it is one of train_targets {list(search.train_targets)}: was it drawn after the warm-up?)")
+        raise FFPruneError(f"budget={search.budget} was too small: no episode reached the final target at full fidelity"
+                           f"{drawn} (raise the budget or disable the curriculum)")
     return extra
 
 
@@ -229,14 +288,21 @@ def _score_best(search: SearchAccounting, calibrate: bool, calib_alpha: float | 
     return {"scores": scores, "cost": cost}
 
 
+def recorded_env_kwargs(env: gym.Env) -> dict[str, Any]:
+    """The env's settings as a result records them (``EnvConfig`` fields; a sequential env's ``projection`` too)."""
+    env_kwargs = single_step_env(env).config.as_kwargs()
+    if isinstance(env.unwrapped, FFPruneSequentialEnv):
+        env_kwargs["projection"] = env.unwrapped.projection
+    return env_kwargs
+
+
 def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
               scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any]) -> dict[str, Any]:
     """The result JSON (module docstring): the env and its settings (a sequential env's ``projection`` among them),
     how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions."""
     base = single_step_env(env)
-    env_kwargs = base.config.as_kwargs()
-    if search.sequential:
-        env_kwargs["projection"] = env.unwrapped.projection
-    return {"complete": True, "env_id": env_id, "env_kwargs": env_kwargs, "weights_fingerprint": fingerprint,
-            "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, "cost": scored["cost"],
-            "history": search.history, "logdir": str(logpath) if logpath else None, "versions": versions(), **extra}
+    by_target = {"best_by_target": search.best_by_target} if search.train_targets is not None else {}
+    return {"complete": True, "env_id": env_id, "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": fingerprint,
+            "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, **by_target,
+            "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,
+            "versions": versions(), **extra}

@@ -17,13 +17,16 @@ Read top to bottom, like a CleanRL file:
 5. Every update logs its learning (``log``): policy and value loss, entropy, std, approx KL, clip
    fraction, explained variance and the batch's mean reward, as CleanRL does.
 
-Save / load of the policy (:func:`save_policy`, :func:`load_policy`) and a warm start from a policy
-trained at another target (the paper transfers 20 % → 30 %) are supported; a checkpoint after every
-update makes the search resumable.
+Save / load of the policy (:func:`save_policy`, :func:`load_policy`, :func:`read_policy` with its provenance) and a
+warm start from a policy trained at another target (the paper transfers 20 % → 30 %) are supported; a checkpoint
+after every update makes the search resumable. The observation's first entry is the episode's target, so one
+policy trained across targets (the curriculum's ``train_targets``) is target-conditioned: :func:`mean_action` is
+its deterministic allocation for any target (``ffprune allocate``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,7 +99,7 @@ class Policy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = FastForwardConfig.hidden,
                  init_std: float = FastForwardConfig.init_std):
         super().__init__()
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.obs_dim, self.act_dim, self.hidden = obs_dim, act_dim, tuple(int(h) for h in hidden)
         self.actor = mlp([obs_dim, *hidden, act_dim])
         self.critic = mlp([obs_dim, *hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
@@ -115,19 +118,67 @@ def save_policy(policy: Policy, path: str | Path, meta: dict[str, Any] | None = 
                        "meta": meta or {}}, path)
 
 
+def read_policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
+    """A policy file of :func:`save_policy` and its metadata (provenance; ``{}`` if none was saved).
+
+    A missing file, one that is not a policy file (corrupt, or another checkpoint) is a one-line
+    :class:`FFPruneError` naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FFPruneError(f"policy file {str(path)!r} does not exist")
+    try:
+        blob = load_checkpoint(path)
+    except FFPruneError:
+        raise FFPruneError(f"policy file {str(path)!r} is corrupt or not an ffprune policy file (write one with "
+                           "`ffprune search --agent fastforward --out R.json`: R.policy.pt)") from None
+    try:
+        policy = Policy(int(blob["obs_dim"]), int(blob["act_dim"]), tuple(int(h) for h in blob["hidden"]))
+        policy.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise FFPruneError(f"policy file {str(path)!r} is not an ffprune policy file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else 'missing fields'})") from None
+    meta = blob.get("meta") or {}
+    return policy, dict(meta) if isinstance(meta, dict) else {}
+
+
 def load_policy(path: str | Path, obs_dim: int | None = None, act_dim: int | None = None) -> Policy:
     """Load a policy saved by :func:`save_policy`, checking it fits the given observation / action sizes."""
-    path = Path(path)
-    if not path.exists():
-        raise FFPruneError(f"policy file {str(path)!r} does not exist")
-    blob = load_checkpoint(path)
+    policy, _meta = read_policy(path)
     for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
-        if want is not None and blob[name] != want:
-            raise FFPruneError(f"policy {str(path)!r} has {name}={blob[name]}, but this env needs {want} "
+        if want is not None and getattr(policy, name) != want:
+            raise FFPruneError(f"policy {str(path)!r} has {name}={getattr(policy, name)}, but this env needs {want} "
                                "(a warm start needs the same model and mode)")
-    policy = Policy(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
-    policy.load_state_dict(blob["state_dict"])
     return policy
+
+
+def update_policy_meta(path: str | Path, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to a saved policy's metadata (atomically; the weights are left as they are)."""
+    blob = load_checkpoint(path)
+    blob["meta"] = {**(blob.get("meta") or {}), **fields}
+    atomic_torch_save(blob, path)
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """``sha256:<16 hex>`` of the policy's parameters (names, shapes and values; the metadata plays no part)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(policy.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def mean_action(policy: Policy, obs: np.ndarray, low: float | np.ndarray = -1.0,
+                high: float | np.ndarray = 1.0) -> np.ndarray:
+    """The policy's deterministic action for one observation: the Gaussian's mean, clipped to the action box
+    (``float32``; no sampling, no RNG)."""
+    obs_t = torch.as_tensor(np.asarray(obs, np.float32).reshape(1, -1))
+    if obs_t.shape[1] != policy.obs_dim:
+        raise FFPruneError(f"the observation has {obs_t.shape[1]} entries, the policy expects {policy.obs_dim}")
+    with torch.no_grad():
+        mean = policy.actor(obs_t)[0].numpy()
+    return np.clip(mean, low, high).astype(np.float32)
 
 
 def run_fastforward(

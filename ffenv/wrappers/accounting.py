@@ -9,6 +9,12 @@ is measured the same way. For every episode it
 * keeps the best allocation **at the final target on all reward windows** (the environment's configured
   ``target_sparsity`` and ``reward_windows``): an episode of a cheaper curriculum stage that looks at
   least as good as the best is re-scored there with :meth:`ffenv.envs.prune_env.FFPruneEnv.score` (counted as cost);
+* with a curriculum that trains across targets (:class:`~ffenv.wrappers.CurriculumWrapper`'s ``train_targets``):
+  keeps, the same way, a best allocation **per training target** (:attr:`SearchAccounting.best_by_target`, keyed
+  by :func:`target_key`) — an episode is compared only with the episodes of its own target, at full fidelity. The
+  headline :attr:`SearchAccounting.best` stays the one at the env's configured target (one of the training
+  targets, or no episode ever reaches it); without ``train_targets`` ``best_by_target`` holds ``best`` alone and
+  nothing else changes;
 * appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
   optional :class:`~ffenv.wrappers.logger.SearchLogger` (TensorBoard, progress bar).
 
@@ -35,8 +41,14 @@ import numpy as np
 from ffenv.envs.population import PopulationEnv, inner_population_env
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states
+from ffenv.wrappers.common import Resumable, load_resumable_states, resumable_states, wrapper_chain
+from ffenv.wrappers.curriculum import CurriculumWrapper
 from ffenv.wrappers.logger import SearchLogger
+
+
+def target_key(target: float) -> str:
+    """The key of a target in :attr:`SearchAccounting.best_by_target` and in result files (``0.35`` -> ``"0.35"``)."""
+    return repr(float(target))
 
 
 class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, PopulationEnv):
@@ -61,8 +73,16 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.final_target = self.single.config.target_sparsity
         self.full_windows = self.single.config.reward_windows
         self.weights_fingerprint = self.single.weights_fingerprint
+        curricula = [w for w in wrapper_chain(env) if isinstance(w, CurriculumWrapper)]
+        self.train_targets: tuple[float, ...] | None = curricula[0].train_targets if curricula else None
+        """The training targets of the curriculum inside (``None``: one target, the configured one)."""
+        self._tracked = {self.final_target, *(self.train_targets or ())}  # targets with a best of their own
         self.episodes = 0
         self.best: dict[str, Any] | None = None
+        """The best allocation at the configured target on all reward windows (``None`` before any)."""
+        self.best_by_target: dict[str, dict[str, Any]] = {}
+        """The best allocation at each training target (and the configured one) on all reward windows, keyed by
+        :func:`target_key`; ``best`` is the configured target's entry."""
         self.history: list[dict[str, Any]] = []
         self._wall_offset = 0.0  # seconds spent before a resume
         self._cost_offset = {"evaluations": 0, "tokens": 0, "env_steps": 0}
@@ -137,20 +157,22 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
 
     def _record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         self.episodes += 1
-        at_target = info["target_sparsity"] == self.final_target
+        target = info["target_sparsity"]
+        at_target = target in self._tracked  # the configured target, or one of the curriculum's training targets
+        best = self.best_by_target.get(target_key(target)) if at_target else None
         full_reward, full_info = (reward, info) if at_target and info["reward_windows"] == self.full_windows else (None, None)
-        if full_reward is None and at_target and (self.best is None or reward >= self.best["reward"]):
-            full_reward, full_info = self.single.score(action, target_sparsity=self.final_target,
-                                                       reward_windows=self.full_windows)
+        if full_reward is None and at_target and (best is None or reward >= best["reward"]):
+            full_reward, full_info = self.single.score(action, target_sparsity=target, reward_windows=self.full_windows)
         cost = self.cost
-        if full_reward is not None and (self.best is None or full_reward > self.best["reward"]):
-            self.best = {"reward": float(full_reward), "ppl": float(full_info["ppl"]),
-                         "action": np.asarray(action, np.float32).tolist(),
-                         "layer_sparsity": np.asarray(full_info["layer_sparsity"]).tolist(),
-                         "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
-                         "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
-                         "evaluations": cost["evaluations"], "tokens": cost["tokens"],
-                         "seconds": cost["seconds"]}
+        if full_reward is not None and (best is None or full_reward > best["reward"]):
+            self.best_by_target[target_key(target)] = {
+                "reward": float(full_reward), "ppl": float(full_info["ppl"]),
+                "action": np.asarray(action, np.float32).tolist(),
+                "layer_sparsity": np.asarray(full_info["layer_sparsity"]).tolist(),
+                "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
+                "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
+                "evaluations": cost["evaluations"], "tokens": cost["tokens"], "seconds": cost["seconds"]}
+            self.best = self.best_by_target.get(target_key(self.final_target))
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
                  "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
                  "action": np.asarray(action, np.float32).tolist(), "evaluations": cost["evaluations"],
@@ -173,7 +195,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     def state_dict(self) -> dict[str, Any]:
         cost = self.cost
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
-                "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0), "best": self.best, "history": self.history,
+                "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0), "best": self.best,
+                "best_by_target": self.best_by_target, "history": self.history,
                 "weights_fingerprint": self.weights_fingerprint,
                 "wrappers": resumable_states(self.env)}
 
@@ -191,5 +214,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"]),
                              "env_steps": int(state.get("env_steps", 0))}
         self.best = state["best"]
+        self.best_by_target = dict(state.get("best_by_target") or  # checkpoints before training across targets: best
+                                   ({target_key(self.final_target): self.best} if self.best is not None else {}))
         self.history = list(state["history"])
         load_resumable_states(self.env, state["wrappers"])
