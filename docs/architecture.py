@@ -58,11 +58,11 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · rlstats · reports · ray_tasks"),
+                              "search · allocate · bench · suite · claim · amortised · rlstats · reports · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
-                                                   "export, eval, models, methods, bench-env)")]),
+                                                   "amortised, export, eval, models, methods, bench-env)")]),
 ]
 
 

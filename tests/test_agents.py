@@ -245,3 +245,16 @@ def test_fastforward_defaults_explore_inside_the_action_box():
         samples = policy.dist(torch.zeros(4000, 4)).sample()
     assert 0.02 < (samples.abs() > 1).float().mean().item() < 0.08  # std 0.5: P(|z| > 2) = 4.6 %
     assert cfg.batch_episodes * 12 <= 100  # a budget-100 search (the core suite's) gets a dozen PPO updates
+
+
+def test_mean_episode_plays_the_policy_mean_first_in_every_batch_and_does_not_learn_from_it(tmp_path):
+    from ffprune.agents.methods.fastforward import FastForwardConfig
+
+    r = search(tmp_path, "m", curriculum=False, agent_kwargs={**AGENT_KW, "mean_episode": True})
+    actions = [np.array(h["action"]) for h in r["history"]]
+    assert r["cost"]["evaluations"] == 12 and r["agent_config"]["mean_episode"]
+    assert all(np.abs(actions[i]).max() < 0.5 < np.abs(actions[i + 1]).max() for i in (0, 4, 8))  # mean, sample
+    plain = search(tmp_path, "p", curriculum=False)  # the same draws, one place later (the mean takes none)
+    assert [h["action"] for h in plain["history"]][0:3] == [h["action"] for h in r["history"]][1:4]
+    with pytest.raises(FFPruneError, match="batch_episodes must be >= 3 with mean_episode"):
+        FastForwardConfig(batch_episodes=2, mean_episode=True)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ffprune.agents.cli.common import add_cell_workers_argument
+from ffprune.agents.cli.common import add_study_arguments, interrupted, parse_names
 
 NAME = "claim"
 HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward's suite cells, by evaluations"
@@ -20,11 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (FastForward's suite cells use 0-2)")
     p.add_argument("--methods", default="amc-ddpg", help="comma-separated agents for the sequential envs (amc-ddpg, "
                    "ppo, sac, td3, ...)")
-    p.add_argument("--out", default="docs/results/claim", help="output folder (resumes what is already there)")
-    p.add_argument("--suite-out", default="docs/results/core", help="the core suite's results (FastForward's cells)")
-    p.add_argument("--report-only", action="store_true", help="no search: rewrite the report from the cells in --out")
-    add_cell_workers_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+    add_study_arguments(p, "docs/results/claim", "FastForward's cells")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,18 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from ffenv.errors import FFPruneError, SearchInterrupted
     from ffprune.agents.experiments.claim import report_claim, run_claim
 
-    def listed(text: str, name: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise FFPruneError(f"--{name} needs at least one entry, got {text!r}")
-        return items
-
     try:
-        budgets = [int(b) for b in listed(args.budgets, "budgets")]
+        budgets = [int(b) for b in parse_names(args.budgets, "--budgets")]
     except ValueError:
         raise FFPruneError(f"--budgets must be comma-separated positive integers, got {args.budgets!r}") from None
-    kwargs = {"tasks": listed(args.tasks, "tasks"), "budgets": budgets, "seeds": args.seeds,
-              "methods": listed(args.methods, "methods")}
+    kwargs = {"tasks": parse_names(args.tasks, "--tasks"), "budgets": budgets, "seeds": args.seeds,
+              "methods": parse_names(args.methods, "--methods")}
     if args.report_only:
         analysis = report_claim(args.out, args.suite_out, **kwargs)
     else:
@@ -51,9 +40,7 @@ def run(args: argparse.Namespace) -> int:
             analysis = run_claim(args.out, args.suite_out, workers=args.cell_workers, ray_address=args.ray_address,
                                  progress=not args.quiet, **kwargs)
         except (KeyboardInterrupt, SearchInterrupted):  # the cells resume by themselves, as in ffprune bench
-            print(f"\ninterrupted; run the same command again to resume (finished cells in {args.out} are kept)",
-                  file=sys.stderr)
-            return 130
+            return interrupted(args.out)
     print((Path(args.out) / "claim.md").read_text())
     print(f"written: {args.out}/claim.md, claim.json, claim.png")
     return 1 if analysis["failures"] else 0

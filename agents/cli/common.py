@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 METHODS_HINT = "`ffprune methods` lists them"
@@ -44,6 +45,32 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
     if not values:
         raise FFPruneError(f"{flag} expects comma-separated numbers such as 0.2,0.25,0.35, got {text!r}")
     return values
+
+
+def parse_names(text: str, flag: str) -> list[str]:
+    """``"a,b"`` → ``["a", "b"]``; an empty list is a one-line :class:`ffenv.FFPruneError` naming ``flag``."""
+    from ffenv.errors import FFPruneError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise FFPruneError(f"{flag} needs at least one entry, got {text!r}")
+    return items
+
+
+def add_study_arguments(p: argparse.ArgumentParser, out: str, suite_help: str) -> None:
+    """The options a study over the core suite's cells shares (``claim``, ``amortised``): ``--out`` (resumed),
+    ``--suite-out``, ``--report-only``, the cell workers and ``--quiet``."""
+    p.add_argument("--out", default=out, help="output folder (resumes what is already there)")
+    p.add_argument("--suite-out", default="docs/results/core", help=f"the core suite's results ({suite_help})")
+    p.add_argument("--report-only", action="store_true", help="no search: rewrite the report from what is in --out")
+    add_cell_workers_argument(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+
+
+def interrupted(out: str) -> int:
+    """Say how to resume an interrupted study (finished work in ``out`` is kept); the exit code 130."""
+    print(f"\ninterrupted; run the same command again to resume (finished work in {out} is kept)", file=sys.stderr)
+    return 130
 
 
 def add_env_arguments(p: argparse.ArgumentParser) -> None:

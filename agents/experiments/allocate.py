@@ -14,7 +14,9 @@ provenance its search saved in its metadata), rebuilds that env at σ and
 * ``refine=N``: continues FastForward's search at σ for ``N`` evaluations from the policy (a warm start), **without
   the curriculum**: the policy has already learned the easy targets and the cheap fidelities, a ramp from 5 %
   sparsity would spend the refinement budget far from σ, and low-fidelity episodes would add re-scorings, so
-  that ``N`` episodes would no longer be ``N`` evaluations. The result is an ordinary search result.
+  that ``N`` episodes would no longer be ``N`` evaluations. The first episode of every update plays the policy's
+  mean (FastForward's ``mean_episode``), so the refinement's best is never below the zero-shot allocation on the
+  reward split. The result is an ordinary search result.
 
 Either way the result JSON has the schema of a search result (``read_result``, held-out scoring and
 ``ffprune export`` take it unchanged), plus ``refine``, ``policy`` (the file, its fingerprint, whether it was
@@ -48,7 +50,7 @@ from ffprune.agents.experiments.search import (
     run_search,
     score_allocation,
 )
-from ffprune.agents.methods.fastforward import Policy, mean_action, policy_fingerprint, read_policy
+from ffprune.agents.methods.fastforward import FastForwardConfig, Policy, mean_action, policy_fingerprint, read_policy
 
 AGENT = "fastforward-allocate"
 """The ``agent`` of a zero-shot allocation's result (a refined one is an ordinary ``fastforward`` search)."""
@@ -190,10 +192,14 @@ def _zero_shot(net: Policy, env: gym.Env, env_id: str, target: float, seed: int,
 
 def _refine_settings(net: Policy, meta: dict[str, Any], agent_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """FastForward's settings for a refinement: the policy's training settings (its network shape above all), then
-    ``agent_kwargs``; another ``hidden`` than the policy's is refused."""
+    ``agent_kwargs``; another ``hidden`` than the policy's is refused. ``mean_episode`` is on unless ``agent_kwargs``
+    turns it off: each update's first episode plays the policy's mean, so the refinement's best is at least the
+    zero-shot allocation's reward (on the reward split)."""
     trained = meta.get("agent_config") if isinstance(meta.get("agent_config"), dict) else {}
     settings = {**{k: v for k, v in trained.items() if k != "extra"}, **(agent_kwargs or {})}
     if "hidden" in settings and tuple(settings["hidden"]) != net.hidden:
         raise FFPruneError(f"hidden must be the policy's {list(net.hidden)} to refine it, got {settings['hidden']!r}")
     settings["hidden"] = net.hidden
+    if int(settings.get("batch_episodes", FastForwardConfig.batch_episodes)) >= 3:  # the policy's own answer is a
+        settings["mean_episode"] = (agent_kwargs or {}).get("mean_episode", True)  # candidate: never below zero-shot
     return settings

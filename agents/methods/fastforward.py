@@ -15,7 +15,8 @@ Read top to bottom, like a CleanRL file:
 4. The :class:`~ffenv.wrappers.SearchAccounting` around the env keeps the best allocation seen at the
    final target and full fidelity; the search returns it.
 5. Every update logs its learning (``log``): policy and value loss, entropy, std, approx KL, clip
-   fraction, explained variance and the batch's mean reward, as CleanRL does.
+   fraction, explained variance and the batch's mean reward, as CleanRL does (with ``mean_episode``, also the
+   reward of the policy's mean action, played as the batch's first episode and not learned from).
 
 Save / load of the policy (:func:`save_policy`, :func:`load_policy`, :func:`read_policy` with its provenance) and a
 warm start from a policy trained at another target (the paper transfers 20 % → 30 %) are supported; a checkpoint
@@ -68,6 +69,11 @@ class FastForwardConfig:
     """Initial standard deviation of the Gaussian policy (state-independent, learned). The paper's 1.0 sends a
     third of the sampled coordinates past the ``[-1, 1]`` bounds (clipped: a search that is mostly random);
     0.5 clips about 5 %; 0.3 explored too little (``docs/results/fastforward-budget100/README.md``)."""
+    mean_episode: bool = False
+    """Play the policy's mean (deterministic) action as the first episode of every batch, besides the samples: the
+    search's best then includes what the policy itself would return (``ffprune allocate --refine`` turns it on, so a
+    refinement never ends below its zero-shot allocation on the reward split). It costs one evaluation per update
+    and is left out of the PPO update (it is not a sample of the policy); needs ``batch_episodes >= 3``."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the result (not used by the algorithm)."""
 
@@ -78,6 +84,9 @@ class FastForwardConfig:
         for name, ok in checks.items():
             if not ok:
                 raise FFPruneError(f"{name} is out of range: {getattr(self, name)!r}")
+        if self.mean_episode and self.batch_episodes < 3:
+            raise FFPruneError(f"batch_episodes must be >= 3 with mean_episode (two samples besides the mean), "
+                               f"got {self.batch_episodes}")
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -230,7 +239,10 @@ def run_fastforward(
         n = min(cfg.batch_episodes, env.budget - env.episodes)
         obs_n, _ = env.reset_many(n, seed=seed + env.episodes)
         obs_b, act_b, logp_b, env_actions = [], [], [], []
-        for i in range(n):
+        first = 1 if cfg.mean_episode else 0  # the mean's episode, if any: evaluated, not learned from
+        if first:
+            env_actions.append(mean_action(policy, obs_n[0], low, high))
+        for i in range(first, n):
             obs_t = torch.as_tensor(obs_n[i], dtype=torch.float32)[None]
             with torch.no_grad():
                 dist = policy.dist(obs_t)
@@ -241,8 +253,8 @@ def run_fastforward(
             act_b.append(action)
             logp_b.append(logp)
         _, rewards, _, _, _ = env.step_many(np.stack(env_actions))
-        rew_b = [float(r) for r in rewards]
-        if n < 2:  # a batch of one has no advantage signal; the episode still counted
+        rew_b = [float(r) for r in rewards[first:]]
+        if len(rew_b) < 2:  # a batch of one sample has no advantage signal; the episodes still counted
             break
         obs_t = torch.cat(obs_b)
         act_t = torch.cat(act_b)
@@ -276,6 +288,7 @@ def run_fastforward(
         stats = {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item(),
                  "std": policy.log_std.exp().mean().item(), "batch_reward": returns.mean().item(), "updates": updates,
                  "approx_kl": approx_kl.item(), "clipfrac": float(np.mean(clipfracs)),
+                 **({"mean_reward": float(rewards[0])} if first else {}),
                  "explained_variance": float("nan") if var_returns == 0 else
                  1.0 - (returns - values).var().item() / var_returns}
         if log is not None:

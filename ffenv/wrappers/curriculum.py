@@ -11,7 +11,8 @@ Both are scheduled by the number of episodes so far, ``t = min(episodes / warmup
   A cheap low-fidelity episode forwards fewer tokens, and the env's cost counters show it.
 
 **Training across targets** (``train_targets``, a target-conditioned policy): each episode's *final* target is
-drawn from the given set instead of being the env's configured one, and both ramps go towards it as above. The
+drawn from the given set instead of being the env's configured one (every target once per block of
+``len(train_targets)`` episodes, in a seeded order), and both ramps go towards it as above. The
 draw is a pure function of ``(target_seed, episode index)`` (:meth:`CurriculumWrapper.final_target_at`), so a
 population, a resumed search and a re-run draw the same targets. The drawn target is the stage's
 ``final_target``.
@@ -52,8 +53,8 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
         fidelity_start: share of the reward windows used at first, in ``(0, 1]``.
         fidelity_schedule: ``"cubic"`` or ``"none"``.
         train_targets: ``None`` (every episode ramps to the env's configured target), or the distinct training
-            targets each episode's final target is drawn from (uniformly), each feasible for the env's
-            ``min_keep`` / ``max_keep``; kept sorted.
+            targets each episode's final target is drawn from (each once per block of that many episodes), each
+            feasible for the env's ``min_keep`` / ``max_keep``; kept sorted.
         target_seed: seed of the draws (an integer ``>= 0``; only with ``train_targets``).
     """
 
@@ -111,11 +112,15 @@ class CurriculumWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable,
 
     def final_target_at(self, episode: int) -> float:
         """The final target an episode ramps towards: the configured one, or with ``train_targets`` the one drawn for
-        this episode (uniformly; a pure function of ``(target_seed, episode)``)."""
+        this episode: each block of ``len(train_targets)`` consecutive episodes visits every target once, in an order
+        drawn from ``(target_seed, block)`` (stratified: every target is trained on as often, and each appears within
+        any ``2·len(train_targets) - 1`` consecutive episodes; a pure function of ``(target_seed, episode)``)."""
         if self.train_targets is None:
             return self.final_target
-        rng = np.random.default_rng([self.target_seed, int(episode)])
-        return self.train_targets[int(rng.integers(len(self.train_targets)))]
+        n = len(self.train_targets)
+        block, position = divmod(int(episode), n)
+        order = np.random.default_rng([self.target_seed, block]).permutation(n)
+        return self.train_targets[int(order[position])]
 
     def target_at(self, episode: int) -> float:
         """Target sparsity of an episode."""

@@ -1,0 +1,283 @@
+"""``ffprune amortised``: one target-conditioned FastForward policy per family and mode, serving the suite's targets.
+
+A per-target search (every method of the ``core`` suite) restarts from scratch for each target and model. A policy
+whose observation carries the target can instead be trained once across targets and then asked for any target
+(:mod:`ffprune.agents.experiments.allocate`). The protocol, per family (``llama``, ``mistral``, ``opt``) and mode:
+
+* **train** one FastForward policy with ``train_targets`` that exclude the suite's test targets
+  (:data:`PROTOCOL`: structured ``0.2 … 0.6`` without 0.3 and 0.5; unstructured ``0.5 … 0.8`` without 0.7) for
+  ``budget`` evaluations (default :data:`TRAIN_BUDGET`; the curriculum's ramps as in any FastForward search), seeds
+  ``0..K-1``;
+* **zero-shot**: the policy's mean at each test target, projected — no evaluation (``refine=0``);
+* **refine**: ``refine`` evaluations (default 20) of FastForward's search at the test target from that policy;
+* compare held-out ppl and normalised score (the suite's uniform cell is the reference, as in the suite) with the
+  per-target methods' ``core`` suite cells at budget 100 (read from ``<suite_out>``, never re-run), and the
+  **evaluations each approach spends to serve all the targets of a family**: a per-target method ``100 × targets``,
+  the policy ``budget`` (+ ``refine × targets``).
+
+**Cross-model rows**: the features are family-neutral (every bundled family has 16 structured / 8 unstructured
+units), so a policy trained on one family can allocate for another at zero evaluations. Per mode, the ``llama`` and
+``opt`` policies (already trained above) allocate zero-shot for ``mistral``; and one policy trained on both — the
+``llama`` policy's training continued on ``opt`` for another ``budget`` evaluations (a warm start; FastForward
+trains on one env at a time) — does too.
+
+Every job resumes (training checkpoints, finished allocations are kept) and runs in-process or as Ray tasks
+(``workers``). The analysis is ``amortised.md`` / ``amortised.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffenv.errors import FFPruneError, non_negative_int, positive_int
+from ffenv.io import atomic_write_json, atomic_write_text
+from ffenv.registration import FAMILIES
+from ffprune.agents.experiments.allocate import allocate
+from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.experiments.ray_tasks import run_on_ray
+from ffprune.agents.experiments.search import run_search
+from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
+from ffprune.agents.results import read_result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModeProtocol:
+    """The training targets of one mode and the suite tasks (suffixes) they serve."""
+
+    env_suffix: str
+    """The registered single-step id's suffix of the mode (``""``: structured, ``"-Unstructured"``)."""
+    train_targets: tuple[float, ...]
+    """Training targets: none of them is a test target."""
+    test_targets: tuple[float, ...]
+    """The suite's targets of the mode (its tasks ``<family>-s0.3`` ...)."""
+    task_prefix: str
+    """``"s"`` or ``"u"``: the suite's task names are ``<family>-<prefix><target>``."""
+
+
+PROTOCOL: dict[str, ModeProtocol] = {
+    "structured": ModeProtocol("", (0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6), (0.3, 0.5), "s"),
+    "unstructured": ModeProtocol("-Unstructured", (0.5, 0.55, 0.6, 0.65, 0.75, 0.8), (0.7,), "u"),
+}
+TRAIN_BUDGET = 300
+"""Evaluations of one policy's training (per family, mode and seed)."""
+REFINE = 20
+"""Evaluations of a refinement at one test target."""
+PER_TARGET_BUDGET = 100
+"""The ``core`` suite's budget per target (the per-target methods' cells)."""
+TRANSFER_TO = "mistral"
+TRANSFER_FROM = ("llama", "opt")
+
+
+def _family_id(family: str) -> str:
+    names = {f.lower(): f for f in FAMILIES}
+    if family not in names:
+        raise FFPruneError(f"families must be among {sorted(names)}, got {family!r}")
+    return names[family]
+
+
+def _train_path(out: Path, policy: str, mode: str, seed: int) -> Path:
+    return out / "policies" / f"{policy}-{mode}" / f"seed{seed}.json"
+
+
+def _policy_file(result: Path) -> Path:
+    return result.with_suffix(".policy.pt")
+
+
+def train_job(env_id: str, out: Path, seed: int, budget: int, train_targets: Sequence[float],
+              warm_start: Path | None = None, env_kwargs: dict[str, Any] | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    """One policy's training (a resumable FastForward search across ``train_targets``); its result."""
+    log.info("[amortised] train %s seed %d%s", env_id, seed, f" from {warm_start}" if warm_start else "")
+    return run_search(env_id, agent="fastforward", budget=budget, seed=seed, out=out, logdir=out.parents[2] / "tb",
+                      resume=True, train_targets=list(train_targets), warm_start=warm_start, env_kwargs=env_kwargs,
+                      progress=progress)
+
+
+def allocate_job(policy: Path, target: float, refine: int, seed: int, out: Path, env_id: str | None = None,
+                 env_kwargs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+    """One allocation (zero-shot or refined) at ``target``; a finished one is read back, not recomputed."""
+    if out.exists():
+        done = read_result(out)
+        if done.get("complete"):
+            return done
+    log.info("[amortised] allocate %s at %s refine %d seed %d", policy, target, refine, seed)
+    return allocate(policy, target, env_id=env_id, env_kwargs=env_kwargs, refine=refine, seed=seed, out=out,
+                    progress=progress)
+
+
+def _run(fn: Any, jobs: list[dict[str, Any]], workers: int, ray_address: str | None) -> list[Any]:
+    if not jobs:
+        return []
+    if workers:
+        return run_on_ray(fn, [{**job, "progress": False} for job in jobs], workers, ray_address)
+    return [fn(**job) for job in jobs]
+
+
+def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
+                  families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
+                  seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE, cross_model: bool = True,
+                  env_kwargs: dict[str, Any] | None = None, workers: int = 0, ray_address: str | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the policies, allocate at the test targets, then write the analysis (module docstring).
+    ``env_kwargs`` overrides env settings everywhere (not the target; the suite's cells were run without any)."""
+    out = Path(out)
+    positive_int("seeds", seeds)
+    positive_int("budget", budget)
+    non_negative_int("refine", refine)
+    unknown = [m for m in modes if m not in PROTOCOL]
+    if unknown:
+        raise FFPruneError(f"modes must be among {list(PROTOCOL)}, got {unknown}")
+    ids = {f: _family_id(f) for f in families}
+    trains = [{"env_id": f"FFPrune-{ids[f]}{PROTOCOL[m].env_suffix}-v0", "out": _train_path(out, f, m, s), "seed": s,
+               "budget": budget, "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs,
+               "progress": progress} for m in modes for f in families for s in range(seeds)]
+    _run(train_job, trains, workers, ray_address)
+    both = cross_model and all(f in families for f in (*TRANSFER_FROM, TRANSFER_TO))
+    if both:  # the llama policy's training continued on opt: one policy that has seen both families
+        second = [{"env_id": f"FFPrune-{_family_id(TRANSFER_FROM[1])}{PROTOCOL[m].env_suffix}-v0",
+                   "out": _train_path(out, "+".join(TRANSFER_FROM), m, s), "seed": s, "budget": budget,
+                   "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs, "progress": progress,
+                   "warm_start": _policy_file(_train_path(out, TRANSFER_FROM[0], m, s))}
+                  for m in modes for s in range(seeds)]
+        _run(train_job, second, workers, ray_address)
+    allocations = []
+    for m in modes:
+        proto = PROTOCOL[m]
+        for s in range(seeds):
+            for f in families:
+                policy = _policy_file(_train_path(out, f, m, s))
+                for t in proto.test_targets:
+                    task = f"{f}-{proto.task_prefix}{t:g}"
+                    for r in dict.fromkeys((0, refine)):
+                        allocations.append({"policy": policy, "target": t, "refine": r, "seed": s,
+                                            "out": out / task / f"refine{r}" / f"seed{s}.json",
+                                            "env_kwargs": env_kwargs, "progress": progress})
+            if both:
+                for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
+                    policy = _policy_file(_train_path(out, source, m, s))
+                    for t in proto.test_targets:
+                        task = f"{TRANSFER_TO}-{proto.task_prefix}{t:g}"
+                        allocations.append({"policy": policy, "target": t, "refine": 0, "seed": s,
+                                            "env_id": f"FFPrune-{_family_id(TRANSFER_TO)}{proto.env_suffix}-v0",
+                                            "out": out / task / f"from-{source}" / f"seed{s}.json",
+                                            "env_kwargs": env_kwargs, "progress": progress})
+    _run(allocate_job, allocations, workers, ray_address)
+    return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return read_result(path) if path.exists() else None
+
+
+def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
+                     families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
+                     seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE) -> dict[str, Any]:
+    """The analysis of what is on disk (no search, no evaluation): ``amortised.md`` and ``amortised.json``."""
+    out, suite_out = Path(out), Path(suite_out)
+    suite = get_suite("core")
+    known = {t.name for t in suite.tasks}
+    rows: list[dict[str, Any]] = []
+    for m in modes:
+        proto = PROTOCOL[m]
+        n = len(proto.test_targets)
+        for f in families:
+            for t in proto.test_targets:
+                task = f"{f}-{proto.task_prefix}{t:g}"
+                if task not in known:
+                    raise FFPruneError(f"{task} is not a core suite task")
+                reference = _read(cell_path(suite_out / task, REFERENCE, 0))
+                if reference is None:
+                    raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
+                uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
+
+                def row(approach: str, kind: str, cells: list[dict[str, Any]], spent: int, task: str = task,
+                        mode: str = m, gap: tuple[float, float] = (uniform, dense)) -> None:
+                    if cells:
+                        rows.append(_row(task, mode, approach, kind, cells, spent, *gap))
+
+                for r in dict.fromkeys((0, refine)):
+                    cells = [c for s in range(seeds) if (c := _read(out / task / f"refine{r}" / f"seed{s}.json"))]
+                    row("zero-shot" if r == 0 else f"refine {r}", "amortised", cells, budget + r * n)
+                if f == TRANSFER_TO:
+                    for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
+                        cells = [c for s in range(seeds) if (c := _read(out / task / f"from-{source}" / f"seed{s}.json"))]
+                        row(f"zero-shot, policy of {source}", "cross-model", cells, 0)
+                for method_dir in sorted((suite_out / task / "cells").glob("*")):
+                    cells = [c for s in range(seeds) if (c := _read(cell_path(suite_out / task, method_dir.name, s)))]
+                    spent = cells[0]["cost"]["evaluations"] * n if cells else 0
+                    row(method_dir.name, "per-target", cells, spent)
+    analysis = {"families": list(families), "modes": list(modes), "seeds": seeds, "budget": budget, "refine": refine,
+                "protocol": {m: {"train_targets": list(PROTOCOL[m].train_targets),
+                                 "test_targets": list(PROTOCOL[m].test_targets)} for m in modes},
+                "per_target_budget": PER_TARGET_BUDGET, "rows": rows, "goals": _goals(rows, refine)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "amortised.json", analysis)
+    atomic_write_text(out / "amortised.md", amortised_markdown(analysis))
+    return analysis
+
+
+def _row(task: str, mode: str, approach: str, kind: str, cells: list[dict[str, Any]], spent: int, uniform: float,
+         dense: float) -> dict[str, Any]:
+    """One row of the table: held-out ppl over the seeds' cells, their normalised score and what they spent."""
+    ppl = np.array([c["best"]["eval_ppl"] for c in cells], float)
+    return {"task": task, "mode": mode, "approach": approach, "kind": kind, "seeds": len(cells),
+            "eval_ppl_mean": float(ppl.mean()), "eval_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
+            "score_mean": float(np.mean([normalised(p, uniform, dense) for p in ppl])), "evaluations_per_family": spent,
+            "evaluations_here": float(np.mean([c["cost"]["evaluations"] for c in cells]))}
+
+
+def _goals(rows: list[dict[str, Any]], refine: int) -> list[dict[str, Any]]:
+    """Per task: is zero-shot within 1 % of per-target FastForward's held-out ppl, and is ``refine`` ahead of every
+    per-target method (lower mean held-out ppl)?"""
+    goals = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = {r["approach"]: r for r in rows if r["task"] == task}
+        per_target = [r for r in rows if r["task"] == task and r["kind"] == "per-target"]
+        ff, zero, refined = mine.get("fastforward"), mine.get("zero-shot"), mine.get(f"refine {refine}")
+        best_other = min(per_target, key=lambda r: r["eval_ppl_mean"]) if per_target else None
+        goals.append({
+            "task": task,
+            "zero_shot_vs_fastforward": None if not (ff and zero) else zero["eval_ppl_mean"] / ff["eval_ppl_mean"] - 1,
+            "zero_shot_within_1pct": None if not (ff and zero) else zero["eval_ppl_mean"] <= 1.01 * ff["eval_ppl_mean"],
+            "best_per_target": None if best_other is None else best_other["approach"],
+            "refine_ahead_of_every_per_target": None if not (refined and best_other) else
+            refined["eval_ppl_mean"] < best_other["eval_ppl_mean"]})
+    return goals
+
+
+def amortised_markdown(analysis: dict[str, Any]) -> str:
+    """The readable tables of :func:`report_amortised`."""
+    budget, refine = analysis["budget"], analysis["refine"]
+    lines = ["### One policy per family and mode vs a search per target", "",
+             f"Policies trained for {budget} evaluations on targets "
+             + "; ".join(f"{m} {p['train_targets']}" for m, p in analysis["protocol"].items())
+             + f", then asked for the suite's targets zero-shot (no evaluation) or refined for {refine} evaluations; "
+             f"per-target methods: the `core` suite's cells (budget {analysis['per_target_budget']} per target). "
+             "Held-out ppl mean ± std over seeds; score = share of the uniform → dense held-out gap closed; evaluations "
+             "per family = what the approach spends to serve every target of the family in this mode (a policy: its "
+             "training plus the refinements; cross-model rows reuse policies trained for their own family: 0 more).",
+             "", "| task | approach | seeds | held-out ppl | score | evaluations per family |", "|---" * 6 + "|"]
+    order = {"amortised": 0, "cross-model": 1, "per-target": 2}
+    for r in sorted(analysis["rows"], key=lambda r: (r["task"], order[r["kind"]], r["eval_ppl_mean"])):
+        name = f"**{r['approach']}**" if r["kind"] != "per-target" else r["approach"]
+        lines.append(f"| {r['task']} | {name} | {r['seeds']} | {r['eval_ppl_mean']:.2f} ± {r['eval_ppl_std']:.2f} | "
+                     f"{r['score_mean']:.3f} | {r['evaluations_per_family']} |")
+    lines += ["", "| task | zero-shot vs per-target FastForward (held-out ppl) | within 1 %? | best per-target method | "
+              f"refine {refine} ahead of every per-target method? |", "|---" * 5 + "|"]
+
+    def yes(v: bool | None) -> str:
+        return "–" if v is None else ("yes" if v else "no")
+
+    for g in analysis["goals"]:
+        delta = "–" if g["zero_shot_vs_fastforward"] is None else f"{100 * g['zero_shot_vs_fastforward']:+.1f} %"
+        lines.append(f"| {g['task']} | {delta} | {yes(g['zero_shot_within_1pct'])} | {g['best_per_target'] or '–'} | "
+                     f"{yes(g['refine_ahead_of_every_per_target'])} |")
+    return "\n".join(lines) + "\n"
