@@ -19,8 +19,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "architecture.png"
@@ -58,11 +60,12 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · amortised · rlstats · reports · ray_tasks"),
+                              "search · allocate · bench · suite · claim · amortised · tune · rlstats · reports · "
+                              "ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
-                                                   "amortised, export, eval, models, methods, bench-env)")]),
+                                                   "amortised, tune, export, eval, models, methods, bench-env)")]),
 ]
 
 
@@ -79,6 +82,13 @@ def draw(out: str | Path = DEFAULT_OUT) -> Path:
     ax.set_xlim(0, width)
     ax.set_ylim(-0.2, top + 1.15)
     ax.axis("off")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+
+    def fit(text: Text, right: float) -> None:
+        """Shrink ``text`` until it ends left of ``right`` (data units): a long module list stays inside its box."""
+        limit = ax.transData.transform((right, 0))[0]
+        while text.get_window_extent(renderer).x1 > limit and text.get_fontsize() > 6:
+            text.set_fontsize(text.get_fontsize() - 0.1)
 
     for i, (stage, boxes) in enumerate(ROWS):
         y = i * (row_h + gap)
@@ -97,7 +107,8 @@ def draw(out: str | Path = DEFAULT_OUT) -> Path:
                                         linestyle="-" if stage else "--"))
             ax.text(x + 0.12, y + row_h * 0.70, package, ha="left", va="center", fontsize=9.5, fontweight="bold",
                     family="monospace", color=EDGES[layer])
-            ax.text(x + 0.12, y + row_h * 0.28, modules, ha="left", va="center", fontsize=8.6)
+            text = ax.text(x + 0.12, y + row_h * 0.28, modules, ha="left", va="center", fontsize=8.6)
+            fit(text, x + box_w - 0.06)
     for i in range(1, n - 1):  # the data flow: each stage feeds the next one up
         y0, y1 = i * (row_h + gap) + row_h, (i + 1) * (row_h + gap)
         ax.add_patch(FancyArrowPatch((left + stage_w / 2, y0), (left + stage_w / 2, y1), arrowstyle="-|>",

@@ -258,3 +258,60 @@ def test_mean_episode_plays_the_policy_mean_first_in_every_batch_and_does_not_le
     assert [h["action"] for h in plain["history"]][0:3] == [h["action"] for h in r["history"]][1:4]
     with pytest.raises(FFPruneError, match="batch_episodes must be >= 3 with mean_episode"):
         FastForwardConfig(batch_episodes=2, mean_episode=True)
+
+
+@pytest.fixture(scope="module")
+def squashed(tmp_path_factory):
+    """A squashed FastForward search (budget 12, no curriculum: every episode at the final target)."""
+    return search(tmp_path_factory.mktemp("squash"), "s", curriculum=False, agent_kwargs={**AGENT_KW, "squash": True})
+
+
+def test_squashed_actions_lie_strictly_inside_the_box_and_are_never_clipped(squashed, tmp_path):
+    actions = np.array([h["action"] for h in squashed["history"]])
+    assert squashed["agent_config"]["squash"] and actions.shape == (12, 16)
+    assert np.abs(actions).max() < 1.0  # tanh(u): inside (-1, 1), nothing clipped to a bound
+    plain = search(tmp_path, "p", curriculum=False)  # the same seed unsquashed: some coordinates clipped to ±1
+    assert (np.abs(np.array([h["action"] for h in plain["history"]])) == 1.0).any()
+    again = search(tmp_path, "again", curriculum=False, agent_kwargs={**AGENT_KW, "squash": True})
+    assert [h["action"] for h in again["history"]] == [h["action"] for h in squashed["history"]]  # same seed, same run
+    assert again["best"]["reward"] == squashed["best"]["reward"]
+    with pytest.raises(FFPruneError, match="squash must be true or false"):
+        search(tmp_path, "bad", agent_kwargs={**AGENT_KW, "squash": "yes"})
+
+
+def test_squash_survives_save_load_warm_start_and_allocate(squashed, tmp_path):
+    import gymnasium as gym
+    import torch
+
+    from ffenv.io import atomic_torch_save, load_checkpoint
+    from ffprune.agents.experiments.allocate import _refine_settings, allocate
+    from ffprune.agents.methods.fastforward import policy_fingerprint, read_policy
+
+    policy_file = squashed["policy_file"]
+    policy, meta = read_policy(policy_file)
+    assert policy.squash and load_policy(policy_file).squash and meta["agent_config"]["squash"]
+    blob = load_checkpoint(policy_file)  # a file saved before the flag existed: no "squash", an unsquashed policy
+    del blob["squash"]
+    atomic_torch_save(blob, tmp_path / "old.pt")
+    old, _ = read_policy(tmp_path / "old.pt")
+    assert not old.squash and policy_fingerprint(old) != policy_fingerprint(policy)  # same weights, other actions
+    # zero-shot: tanh of the actor's output (not the clipped mean)
+    result = allocate(policy_file, 0.3)
+    obs, _ = gym.make("FFPrune-Llama-v0", **ENV_KW).reset(seed=0)
+    with torch.no_grad():
+        mean = policy.actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+    assert result["best"]["action"] == np.tanh(mean).tolist() and result["best"]["action"] != np.clip(mean, -1, 1).tolist()
+    # a refinement squashes (its first episode is the zero-shot action); an override that contradicts the file is refused
+    refined = allocate(policy_file, 0.3, refine=3)
+    assert refined["agent_config"]["squash"] and refined["history"][0]["action"] == result["best"]["action"]
+    assert _refine_settings(policy, meta, None)["squash"] is True
+    with pytest.raises(FFPruneError, match="squash must be the policy's True to refine it"):
+        allocate(policy_file, 0.3, refine=3, agent_kwargs={"squash": False})
+    with pytest.raises(FFPruneError, match="squash must be the warm-start policy's"):
+        search(tmp_path, "warm", warm_start=policy_file)  # an unsquashed search from a squashed policy
+
+
+def test_a_warm_start_of_another_network_shape_is_one_line(tmp_path):
+    first = search(tmp_path, "w", budget=4)
+    with pytest.raises(FFPruneError, match=r"hidden must be the warm-start policy's \[32, 32\]"):
+        search(tmp_path, "v", budget=4, warm_start=first["policy_file"], agent_kwargs={"hidden": (16,)})

@@ -17,6 +17,7 @@ traceback. Progress lines of the ``ffenv`` / ``ffprune`` loggers go to stderr (w
     ffprune search --env FFPrune-Llama-v0 --agent fastforward --train-targets 0.2,0.3,0.4 --budget 400 --out p.json
     ffprune allocate --policy p.policy.pt --target 0.35 --out a.json [--refine 16]
     ffprune amortised --cell-workers 2   # one policy per family and mode vs the suite's per-target searches
+    ffprune tune --method fastforward --cell-workers 2   # a grid of settings, on the reward split, seeds 10-12
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama
     ffprune bench --suite core --cell-workers 2 --docs README.md
     ffprune export r.json --out pruned/llama [--calibrate]
@@ -32,10 +33,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 
-from ffprune.agents.cli import allocate, amortised, bench, bench_env, claim, export, methods, models, search
+from ffprune.agents.cli import allocate, amortised, bench, bench_env, claim, export, methods, models, search, tune
 from ffprune.agents.cli import eval as zero_shot
 
-SUBCOMMANDS = (models, methods, bench_env, search, allocate, bench, claim, amortised, export, zero_shot)
+SUBCOMMANDS = (models, methods, bench_env, search, allocate, bench, claim, amortised, tune, export, zero_shot)
 """The subcommand modules, in ``--help`` order (each: ``NAME``, ``HELP``, ``add_arguments``, ``run``)."""
 LOGGERS = ("ffenv", "ffprune")
 """The library loggers the command line shows on stderr."""

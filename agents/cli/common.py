@@ -57,11 +57,13 @@ def parse_names(text: str, flag: str) -> list[str]:
     return items
 
 
-def add_study_arguments(p: argparse.ArgumentParser, out: str, suite_help: str) -> None:
-    """The options a study over the core suite's cells shares (``claim``, ``amortised``): ``--out`` (resumed),
-    ``--suite-out``, ``--report-only``, the cell workers and ``--quiet``."""
+def add_study_arguments(p: argparse.ArgumentParser, out: str, suite_help: str | None) -> None:
+    """The options a study over the core suite's tasks shares (``claim``, ``amortised``, ``tune``): ``--out``
+    (resumed), ``--suite-out`` (only for a study that reads the suite's cells: ``suite_help`` says what it reads;
+    ``None``: no such option), ``--report-only``, the cell workers and ``--quiet``."""
     p.add_argument("--out", default=out, help="output folder (resumes what is already there)")
-    p.add_argument("--suite-out", default="docs/results/core", help=f"the core suite's results ({suite_help})")
+    if suite_help is not None:
+        p.add_argument("--suite-out", default="docs/results/core", help=f"the core suite's results ({suite_help})")
     p.add_argument("--report-only", action="store_true", help="no search: rewrite the report from what is in --out")
     add_cell_workers_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")

@@ -5,12 +5,12 @@ A FastForward policy sees the episode's target as its observation's first entry;
 allocation for any target σ of the same model and mode. :func:`allocate` reads a policy file (with the
 provenance its search saved in its metadata), rebuilds that env at σ and
 
-* ``refine=0`` (**zero-shot**): takes the policy's mean action (deterministic, no sampling) for the observation at
-  σ; the env's projector makes it an allocation meeting σ exactly. No evaluation on the reward split chooses
-  anything: the search cost is zero (``cost.evaluations == 0``, read off the env's own counters). The allocation is
-  then scored as :func:`~ffprune.agents.experiments.search.run_search` scores a search's best — its perplexity on
-  the full reward split and on the held-out ``eval`` split (``best.reward_ppl``, ``best.eval_ppl``,
-  ``best.reward``) — which is reporting, not search cost, there and here.
+* ``refine=0`` (**zero-shot**): takes the policy's mean action (deterministic, no sampling; ``tanh`` of the mean for
+  a squashed policy) for the observation at σ; the env's projector makes it an allocation meeting σ exactly. No
+  evaluation on the reward split chooses anything: the search cost is zero (``cost.evaluations == 0``, read off
+  the env's own counters). The allocation is then scored as :func:`~ffprune.agents.experiments.search.run_search`
+  scores a search's best — its perplexity on the full reward split and on the held-out ``eval`` split
+  (``best.reward_ppl``, ``best.eval_ppl``, ``best.reward``) — which is reporting, not search cost, there and here.
 * ``refine=N``: continues FastForward's search at σ for ``N`` evaluations from the policy (a warm start), **without
   the curriculum**: the policy has already learned the easy targets and the cheap fidelities, a ramp from 5 %
   sparsity would spend the refinement budget far from σ, and low-fidelity episodes would add re-scorings, so
@@ -191,15 +191,17 @@ def _zero_shot(net: Policy, env: gym.Env, env_id: str, target: float, seed: int,
 
 
 def _refine_settings(net: Policy, meta: dict[str, Any], agent_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """FastForward's settings for a refinement: the policy's training settings (its network shape above all), then
-    ``agent_kwargs``; another ``hidden`` than the policy's is refused. ``mean_episode`` is on unless ``agent_kwargs``
-    turns it off: each update's first episode plays the policy's mean, so the refinement's best is at least the
-    zero-shot allocation's reward (on the reward split)."""
+    """FastForward's settings for a refinement: the policy's training settings (its network shape and whether it
+    squashes above all), then ``agent_kwargs``; another ``hidden`` or ``squash`` than the policy file's is refused.
+    ``mean_episode`` is on unless ``agent_kwargs`` turns it off: each update's first episode plays the policy's mean,
+    so the refinement's best is at least the zero-shot allocation's reward (on the reward split)."""
     trained = meta.get("agent_config") if isinstance(meta.get("agent_config"), dict) else {}
     settings = {**{k: v for k, v in trained.items() if k != "extra"}, **(agent_kwargs or {})}
     if "hidden" in settings and tuple(settings["hidden"]) != net.hidden:
         raise FFPruneError(f"hidden must be the policy's {list(net.hidden)} to refine it, got {settings['hidden']!r}")
-    settings["hidden"] = net.hidden
+    if "squash" in settings and settings["squash"] != net.squash:
+        raise FFPruneError(f"squash must be the policy's {net.squash} to refine it, got {settings['squash']!r}")
+    settings["hidden"], settings["squash"] = net.hidden, net.squash
     if int(settings.get("batch_episodes", FastForwardConfig.batch_episodes)) >= 3:  # the policy's own answer is a
         settings["mean_episode"] = (agent_kwargs or {}).get("mean_episode", True)  # candidate: never below zero-shot
     return settings

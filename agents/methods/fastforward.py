@@ -8,10 +8,12 @@ Read top to bottom, like a CleanRL file:
 2. Each update collects ``batch_episodes`` single-step episodes as one population
    (``reset_many`` / ``step_many``: evaluated in-process or on Ray workers). The sampled action
    ``a ~ N(μ, σ)`` is sent to the env clipped to the action box (the env's projector does the rest); its
-   log-probability is that of the unclipped sample, as stable-baselines3 does.
+   log-probability is that of the unclipped sample, as stable-baselines3 does. With ``squash`` the sample
+   ``u ~ N(μ, σ)`` is sent as ``a = tanh(u)``, inside the box with nothing clipped (:func:`env_action`).
 3. With one-step episodes the return is the reward: advantage ``A = r - V(s)``, normalised over the
    batch (γ and λ play no part). ``update_epochs`` PPO-clip epochs on the full batch (one minibatch):
-   ``L = -min(ρA, clip(ρ, 1±ε)A) + c_v (V - r)² - c_e H``, gradients clipped to ``max_grad_norm``.
+   ``L = -min(ρA, clip(ρ, 1±ε)A) + c_v (V - r)² - c_e H``, gradients clipped to ``max_grad_norm``. The ratio
+   ``ρ`` and the entropy ``H`` are the Gaussian's, of the raw (unclipped, or pre-tanh) sample.
 4. The :class:`~ffenv.wrappers.SearchAccounting` around the env keeps the best allocation seen at the
    final target and full fidelity; the search returns it.
 5. Every update logs its learning (``log``): policy and value loss, entropy, std, approx KL, clip
@@ -22,7 +24,8 @@ Save / load of the policy (:func:`save_policy`, :func:`load_policy`, :func:`read
 warm start from a policy trained at another target (the paper transfers 20 % → 30 %) are supported; a checkpoint
 after every update makes the search resumable. The observation's first entry is the episode's target, so one
 policy trained across targets (the curriculum's ``train_targets``) is target-conditioned: :func:`mean_action` is
-its deterministic allocation for any target (``ffprune allocate``).
+its deterministic allocation for any target (``ffprune allocate``): the mean clipped to the box, or ``tanh(μ)`` for a
+squashed policy (the policy, and its file, know whether they squash).
 """
 
 from __future__ import annotations
@@ -74,6 +77,14 @@ class FastForwardConfig:
     search's best then includes what the policy itself would return (``ffprune allocate --refine`` turns it on, so a
     refinement never ends below its zero-shot allocation on the reward split). It costs one evaluation per update
     and is left out of the PPO update (it is not a sample of the policy); needs ``batch_episodes >= 3``."""
+    squash: bool = False
+    """A tanh-squashed Gaussian: sample ``u ~ N(μ, σ)``, send ``a = tanh(u)`` to the env (inside the ``[-1, 1]``
+    box: nothing is clipped; float32 rounds ``|u| > 9`` to ``±1``, still in the box). The PPO ratio uses the
+    Normal log-probability of ``u``: the squashed action's log-density subtracts the tanh's log-Jacobian
+    ``Σ log(1 - tanh(u)²)``, which depends on ``u`` alone, the same for the old and the new policy, so it cancels in
+    the ratio. The entropy bonus is the Normal's, i.e. the pre-squash entropy (the squashed distribution's has no
+    closed form). The deterministic action is ``tanh(μ)``. Off (the default): the sample is clipped to the box, and a
+    clipped coordinate says nothing about where inside the range it should be."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the result (not used by the algorithm)."""
 
@@ -84,6 +95,8 @@ class FastForwardConfig:
         for name, ok in checks.items():
             if not ok:
                 raise FFPruneError(f"{name} is out of range: {getattr(self, name)!r}")
+        if not isinstance(self.squash, bool):
+            raise FFPruneError(f"squash must be true or false, got {self.squash!r}")
         if self.mean_episode and self.batch_episodes < 3:
             raise FFPruneError(f"batch_episodes must be >= 3 with mean_episode (two samples besides the mean), "
                                f"got {self.batch_episodes}")
@@ -103,12 +116,17 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Policy(nn.Module):
-    """Gaussian actor (state-independent log-std) and critic on the observation (defaults: :class:`FastForwardConfig`'s)."""
+    """Gaussian actor (state-independent log-std) and critic on the observation (defaults: :class:`FastForwardConfig`'s).
+
+    ``squash``: the env gets ``tanh`` of the Gaussian's sample (:func:`env_action`); a plain attribute, not a
+    parameter, saved in the policy file beside the weights.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = FastForwardConfig.hidden,
-                 init_std: float = FastForwardConfig.init_std):
+                 init_std: float = FastForwardConfig.init_std, squash: bool = FastForwardConfig.squash):
         super().__init__()
         self.obs_dim, self.act_dim, self.hidden = obs_dim, act_dim, tuple(int(h) for h in hidden)
+        self.squash = bool(squash)
         self.actor = mlp([obs_dim, *hidden, act_dim])
         self.critic = mlp([obs_dim, *hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
@@ -120,15 +138,24 @@ class Policy(nn.Module):
         return self.critic(obs).squeeze(-1)
 
 
+def env_action(policy: Policy, u: np.ndarray, low: float | np.ndarray = -1.0,
+               high: float | np.ndarray = 1.0) -> np.ndarray:
+    """What the env gets for the Gaussian's sample (or mean) ``u``: ``tanh(u)`` for a squashed policy (the env's box
+    is ``[-1, 1]``), else ``u`` clipped to ``[low, high]`` (``float32``)."""
+    u = np.asarray(u, np.float32)
+    return np.tanh(u) if policy.squash else np.clip(u, low, high).astype(np.float32)
+
+
 def save_policy(policy: Policy, path: str | Path, meta: dict[str, Any] | None = None) -> None:
-    """Save a policy (weights, shapes and free-form metadata such as the target) atomically."""
+    """Save a policy (weights, shapes, whether it squashes, and free-form metadata such as the target) atomically."""
     atomic_torch_save({"state_dict": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
                        "hidden": [m.out_features for m in policy.actor if isinstance(m, nn.Linear)][:-1],
-                       "meta": meta or {}}, path)
+                       "squash": policy.squash, "meta": meta or {}}, path)
 
 
 def read_policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
-    """A policy file of :func:`save_policy` and its metadata (provenance; ``{}`` if none was saved).
+    """A policy file of :func:`save_policy` and its metadata (provenance; ``{}`` if none was saved). A file saved
+    before the ``squash`` flag existed is an unsquashed policy.
 
     A missing file, one that is not a policy file (corrupt, or another checkpoint) is a one-line
     :class:`FFPruneError` naming it.
@@ -142,7 +169,8 @@ def read_policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
         raise FFPruneError(f"policy file {str(path)!r} is corrupt or not an ffprune policy file (write one with "
                            "`ffprune search --agent fastforward --out R.json`: R.policy.pt)") from None
     try:
-        policy = Policy(int(blob["obs_dim"]), int(blob["act_dim"]), tuple(int(h) for h in blob["hidden"]))
+        policy = Policy(int(blob["obs_dim"]), int(blob["act_dim"]), tuple(int(h) for h in blob["hidden"]),
+                        squash=bool(blob.get("squash", False)))
         policy.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise FFPruneError(f"policy file {str(path)!r} is not an ffprune policy file ({type(err).__name__}: "
@@ -169,8 +197,11 @@ def update_policy_meta(path: str | Path, fields: dict[str, Any]) -> None:
 
 
 def policy_fingerprint(policy: Policy) -> str:
-    """``sha256:<16 hex>`` of the policy's parameters (names, shapes and values; the metadata plays no part)."""
+    """``sha256:<16 hex>`` of the policy's parameters (names, shapes and values) and, for a squashed policy, of that
+    flag (an unsquashed policy's fingerprint is what it was before the flag existed); the metadata plays no part."""
     digest = hashlib.sha256()
+    if policy.squash:
+        digest.update(b"squash;")
     for name, tensor in sorted(policy.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
@@ -180,14 +211,15 @@ def policy_fingerprint(policy: Policy) -> str:
 
 def mean_action(policy: Policy, obs: np.ndarray, low: float | np.ndarray = -1.0,
                 high: float | np.ndarray = 1.0) -> np.ndarray:
-    """The policy's deterministic action for one observation: the Gaussian's mean, clipped to the action box
-    (``float32``; no sampling, no RNG)."""
+    """The policy's deterministic action for one observation: the Gaussian's mean as the env gets it
+    (:func:`env_action`: clipped to the action box, or ``tanh(μ)`` for a squashed policy; ``float32``; no sampling,
+    no RNG)."""
     obs_t = torch.as_tensor(np.asarray(obs, np.float32).reshape(1, -1))
     if obs_t.shape[1] != policy.obs_dim:
         raise FFPruneError(f"the observation has {obs_t.shape[1]} entries, the policy expects {policy.obs_dim}")
     with torch.no_grad():
         mean = policy.actor(obs_t)[0].numpy()
-    return np.clip(mean, low, high).astype(np.float32)
+    return env_action(policy, mean, low, high)
 
 
 def run_fastforward(
@@ -205,7 +237,8 @@ def run_fastforward(
         env: a :class:`~ffenv.wrappers.SearchAccounting` around the (curriculum-wrapped) environment.
         seed: seeds torch, numpy, Python's ``random`` and the env's first reset.
         config: hyper-parameters.
-        warm_start: a policy file from an earlier search (e.g. at another target) to start from.
+        warm_start: a policy file from an earlier search (e.g. at another target) to start from; it must squash as
+            ``config.squash`` says.
         checkpoint: file to write after every update (policy, optimiser, RNG and search state).
         resume: continue from ``checkpoint`` if it exists.
         log: called after every update with its learning statistics (e.g. ``SearchLogger.log_learning``).
@@ -218,9 +251,18 @@ def run_fastforward(
     act_dim = int(np.prod(env.action_space.shape))
     low, high = env.action_space.low, env.action_space.high
 
-    policy = Policy(obs_dim, act_dim, cfg.hidden, cfg.init_std)
+    if cfg.squash and not (np.all(low == -1.0) and np.all(high == 1.0)):
+        raise FFPruneError(f"squash needs the action box [-1, 1], got [{low.min()}, {high.max()}]")
+    policy = Policy(obs_dim, act_dim, cfg.hidden, cfg.init_std, cfg.squash)
     if warm_start is not None:
-        policy.load_state_dict(load_policy(warm_start, obs_dim, act_dim).state_dict())
+        start = load_policy(warm_start, obs_dim, act_dim)
+        if start.squash != cfg.squash:
+            raise FFPruneError(f"squash must be the warm-start policy's ({start.squash}; {str(warm_start)!r}), "
+                               f"got {cfg.squash}")
+        if start.hidden != tuple(cfg.hidden):
+            raise FFPruneError(f"hidden must be the warm-start policy's {list(start.hidden)} ({str(warm_start)!r}), "
+                               f"got {list(cfg.hidden)}")
+        policy.load_state_dict(start.state_dict())
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     updates = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -246,9 +288,9 @@ def run_fastforward(
             obs_t = torch.as_tensor(obs_n[i], dtype=torch.float32)[None]
             with torch.no_grad():
                 dist = policy.dist(obs_t)
-                action = dist.sample()
+                action = dist.sample()  # u: the Gaussian's sample (clipped, or squashed, on its way to the env)
                 logp = dist.log_prob(action).sum(-1)
-            env_actions.append(np.clip(action[0].numpy(), low, high).astype(np.float32))
+            env_actions.append(env_action(policy, action[0].numpy(), low, high))
             obs_b.append(obs_t)
             act_b.append(action)
             logp_b.append(logp)
@@ -277,7 +319,7 @@ def run_fastforward(
                 clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
             pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv).mean()
             v_loss = 0.5 * (policy.value(obs_t) - returns).pow(2).mean()
-            entropy = dist.entropy().sum(-1).mean()
+            entropy = dist.entropy().sum(-1).mean()  # the Gaussian's (with squash: pre-tanh) entropy
             loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
             optimizer.zero_grad()
             loss.backward()

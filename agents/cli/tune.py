@@ -1,0 +1,62 @@
+"""``ffprune tune``: a grid of settings of one method (FastForward's, SB3 PPO's) tuned on the reward split only.
+
+Each (variant, task, seed) cell is a resumable search at the core suite's budget on seeds that are not the suite's
+(10, 11, 12 by default; 0-2 are refused); the variant with the highest mean best reward (reward split) is selected,
+ties going to default. No held-out number is read or shown. The report goes to docs/results/tune-<method> unless
+--out says otherwise (``<method>`` in --out is replaced by the method's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ffprune.agents.cli.common import add_env_arguments, add_study_arguments, env_kwargs, interrupted, parse_names
+
+NAME = "tune"
+DEFAULTS = {"tasks": "llama-s0.5,mistral-s0.5,opt-s0.5", "seeds": "10,11,12", "budget": 100}
+"""The defaults of :mod:`ffprune.agents.experiments.tune` (written out here so that ``--help`` imports nothing heavy)."""
+HELP = "tune a method's settings (a grid of variants) on the reward split, on seeds the suite does not use"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ffprune tune``."""
+    p.add_argument("--method", default="fastforward", help="the method to tune (built-in grids: fastforward, ppo; any "
+                   "other method needs --variant)")
+    p.add_argument("--variants", help="comma-separated names from the method's built-in grid (default: all of it; "
+                   "default, the method's own settings, is always run)")
+    p.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
+                   help="a custom variant (repeatable), e.g. 'wide:hidden=[512,512],learning_rate=3e-4'")
+    p.add_argument("--tasks", default=DEFAULTS["tasks"], help="comma-separated core-suite tasks")
+    p.add_argument("--seeds", default=DEFAULTS["seeds"], help="comma-separated seeds (not 0-2: the suite's held-out "
+                   "protocol uses them)")
+    p.add_argument("--budget", type=int, default=DEFAULTS["budget"], help="evaluations per search (the core suite's; "
+                   "another budget tunes for another protocol)")
+    add_env_arguments(p)
+    add_study_arguments(p, "docs/results/tune-<method>", None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`~ffprune.agents.experiments.tune.run_tune` (or its report only); prints the table."""
+    from ffenv.errors import FFPruneError, SearchInterrupted
+    from ffprune.agents.experiments.tune import parse_variant, report_tune, run_tune, tune_variants
+
+    try:
+        seeds = [int(s) for s in parse_names(args.seeds, "--seeds")]
+    except ValueError:
+        raise FFPruneError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    names = parse_names(args.variants, "--variants") if args.variants is not None else None
+    variants = tune_variants(args.method, names, [parse_variant(v) for v in args.variant or []])
+    out = args.out.replace("<method>", args.method.lower())
+    kwargs = {"method": args.method, "variants": variants, "tasks": parse_names(args.tasks, "--tasks"), "seeds": seeds}
+    if args.report_only:
+        analysis = report_tune(out, **kwargs)
+    else:
+        try:
+            analysis = run_tune(out, budget=args.budget, env_kwargs=env_kwargs(args) or None, workers=args.cell_workers,
+                                ray_address=args.ray_address, progress=not args.quiet, **kwargs)
+        except (KeyboardInterrupt, SearchInterrupted):  # the cells resume by themselves, as in ffprune bench
+            return interrupted(out)
+    print((Path(out) / "tune.md").read_text())
+    print(f"written: {out}/tune.md, tune.json")
+    return 1 if analysis["failures"] else 0

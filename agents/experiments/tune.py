@@ -1,0 +1,390 @@
+"""``ffprune tune``: an honest tuning of one method's settings (FastForward's, or SB3 PPO's) on the reward split.
+
+A method's defaults were chosen on the benchmark's own runs; to compare methods fairly, each gets the same small grid
+of settings, tuned the same way, **on the search's own signal only**:
+
+* a grid of named **variants** (agent kwargs; :data:`GRIDS` has one for ``fastforward`` and one for ``ppo``, ``default``
+  being the method's own settings) and any custom ones (``NAME:key=value,key=value``, :func:`parse_variant`);
+* run on some tasks of the ``core`` suite (default: the three structured 50 % ones) at the suite's budget (100
+  evaluations), with seeds that are **not** the suite's (default 10, 11, 12: the suite's seeds 0–2 belong to the
+  held-out protocol, and a seed in 0–2 is refused);
+* **selected on the reward split only**: each cell's ``best.reward`` (the best allocation's reward the search itself
+  saw). The held-out ``eval`` perplexity that every search result also records is never read, and the report shows
+  no held-out number, so the selected setting can be run on the suite's seeds without having seen its test.
+
+Every (variant, task, seed) cell is a resumable bench cell (:func:`ffprune.agents.experiments.bench.run_cell` with the
+variant's ``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/seed<k>.json`` (TensorBoard in
+``<out>/<variant>/<task>/tb``); cells run in this process or as Ray tasks (``workers``). ``<out>/config.json`` holds the
+method, budget and env settings and ``<out>/<variant>/variant.json`` the variant's settings: a folder holding other
+settings is refused, so a resumed cell is always the variant's. A cell that raises does not stop the others: it is
+listed in ``<out>/failures.json`` and in the report until a rerun finishes it.
+
+The report (``tune.md``, ``tune.json``; :func:`report_tune` rewrites them from the cells on disk, byte for byte):
+per variant, the mean best reward over seeds on every task, the mean over tasks, its difference from ``default``
+(mean ± std of the per-(task, seed) paired differences, and a 95 % bootstrap interval of the mean difference,
+resampling seeds within tasks), how many (task, seed) pairs it beat ``default`` on, and the **selected** variant: the
+highest mean best reward among the variants with every cell finished (ties go to ``default``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.io import atomic_write_json, atomic_write_text, read_json
+from ffenv.registration import formulation_of, resolve_config
+from ffprune.agents.experiments.bench import CellFailure, cell_path, run_jobs
+from ffprune.agents.experiments.claim import late_reward
+from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
+from ffprune.agents.experiments.suite import get_suite
+from ffprune.agents.methods.fastforward import FastForwardConfig
+from ffprune.agents.methods.registry import get_method
+from ffprune.agents.methods.sb3 import algorithm_class
+from ffprune.agents.results import read_result
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "default"
+"""The variant every other is compared with: the method's own settings (no overrides)."""
+GRIDS: dict[str, dict[str, dict[str, Any]]] = {
+    "fastforward": {REFERENCE: {}, "batch4": {"batch_episodes": 4}, "squash": {"squash": True},
+                    "clip0.3": {"clip_coef": 0.3}, "mean": {"mean_episode": True}, "lr3e-4": {"learning_rate": 3e-4}},
+    "ppo": {REFERENCE: {}, "n_steps8": {"n_steps": 8, "batch_size": 8}, "clip0.3": {"clip_range": 0.3},
+            "ent0": {"ent_coef": 0.0}, "lr1e-3": {"learning_rate": 1e-3}, "epochs4": {"n_epochs": 4}},
+}
+"""The built-in grids: method → variant name → agent kwargs (``default`` first: the method's own settings)."""
+DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
+DEFAULT_SEEDS = (10, 11, 12)
+BOOTSTRAP_REPS = 2000
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_PAIR_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_]\w*\s*=)")  # a comma that starts the next key=value
+
+
+# ---------------------------------------------------------------------------- the variants, checked before any work
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME:key=value,key=value"`` → ``(NAME, {key: value, ...})``; values are JSON when they are JSON (numbers,
+    ``true``, lists such as ``hidden=[64,64]``), else strings. A missing name or ``:``, or no ``key=value``, is a
+    one-line :class:`FFPruneError`."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not sep or not VARIANT_NAME.match(name):
+        raise FFPruneError(f"--variant expects NAME:key=value,key=value (NAME of letters, digits, . _ + -), got {text!r}")
+    kwargs: dict[str, Any] = {}
+    for pair in _PAIR_SEPARATOR.split(rest):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise FFPruneError(f"--variant {name}: expects key=value pairs separated by commas, got {rest!r}")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value.strip()
+    return name, kwargs
+
+
+def tune_variants(method: str, names: Sequence[str] | None = None,
+                  custom: Mapping[str, Mapping[str, Any]] | Sequence[tuple[str, Mapping[str, Any]]] = ()
+                  ) -> dict[str, dict[str, Any]]:
+    """The variants to run: ``default``, then the method's :data:`GRIDS` entries (``names`` of them, default all),
+    then the ``custom`` ones (name → agent kwargs); every variant's settings are checked (:func:`check_agent_kwargs`).
+
+    A method without a grid needs ``custom`` variants; an unknown grid name, a custom name that is taken (``default``
+    or a grid name in use) or given twice, and a setting the method does not have are one-line :class:`FFPruneError`.
+    """
+    method = get_method(method).name
+    pairs = list(custom.items()) if isinstance(custom, Mapping) else list(custom)
+    grid = GRIDS.get(method)
+    if grid is None and not pairs:
+        raise FFPruneError(f"method {method!r} has no built-in grid (grids: {sorted(GRIDS)}); give its variants with "
+                           "--variant NAME:key=value,key=value")
+    grid = grid or {REFERENCE: {}}
+    if names is not None:
+        unknown = [n for n in names if n not in grid]
+        if unknown:
+            raise FFPruneError(f"variants {unknown} are not in the {method} grid {list(grid)}")
+    chosen = {n: dict(k) for n, k in grid.items() if n == REFERENCE or names is None or n in names}
+    for name, kwargs in pairs:
+        if not VARIANT_NAME.match(name):
+            raise FFPruneError(f"variant names are letters, digits, . _ + -, got {name!r}")
+        if name in chosen:
+            raise FFPruneError(f"variant {name!r} is already defined ({chosen[name]}); give the custom variant another name")
+        if not kwargs:
+            raise FFPruneError(f"variant {name!r} sets nothing: the method's own settings are the {REFERENCE!r} variant")
+        chosen[name] = dict(kwargs)
+    for name, kwargs in chosen.items():
+        check_agent_kwargs(method, kwargs, name)
+    return chosen
+
+
+def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = "") -> None:
+    """Refuse (one line) settings a method does not have, before any search: FastForward's are
+    :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s (their ranges checked too), an SB3 agent's those
+    of its algorithm's constructor (plus ``n_envs``). Other methods check their settings when their first cell runs."""
+    where = f"variant {variant!r}: " if variant else ""
+    if method == "fastforward":
+        known = [f for f in FastForwardConfig.__dataclass_fields__ if f != "extra"]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise FFPruneError(f"{where}{unknown} are not fastforward settings; settings: {known}")
+        try:
+            FastForwardConfig(**kwargs)
+        except (FFPruneError, TypeError, ValueError) as err:  # a range, or a value of the wrong type ("x" > 0)
+            raise FFPruneError(f"{where}{err}") from None
+        return
+    try:
+        cls = algorithm_class(method)
+    except FFPruneError:
+        return  # not an SB3 agent: its own run checks its settings
+    fixed = {"self", "policy", "env", "args", "kwargs", "seed", "device", "verbose", "_init_setup_model"}  # run_sb3's
+    known = sorted(set(inspect.signature(cls.__init__).parameters) - fixed | {"n_envs"})
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise FFPruneError(f"{where}{unknown} are not {cls.__name__} settings; settings: {known}")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds as a list of distinct integers ``>= 0`` none of which is one of the ``core`` suite's (0–2: the held-out
+    protocol's); anything else is a one-line :class:`FFPruneError`."""
+    held_out = range(get_suite("core").seeds)
+    checked = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise FFPruneError(f"seeds must be integers >= 0, got {s!r}")
+        checked.append(int(s))
+    if not checked or len(set(checked)) != len(checked):
+        raise FFPruneError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    taken = [s for s in checked if s in held_out]
+    if taken:
+        raise FFPruneError(f"seeds must not be the core suite's {held_out.start}-{held_out.stop - 1} (the held-out "
+                           f"protocol's seeds; tune on seeds >= 10), got {taken}")
+    return checked
+
+
+def _task_ids(method: str, tasks: Sequence[str]) -> dict[str, str]:
+    """Task name → env id for ``core`` suite tasks the method can search (one-line error otherwise)."""
+    by_name = {t.name: t.env_id for t in get_suite("core").tasks}
+    unknown = [t for t in tasks if t not in by_name]
+    if unknown or not tasks:
+        raise FFPruneError(f"tasks must be core suite tasks {list(by_name)}, got {list(tasks)}")
+    m = get_method(method)
+    for name in tasks:
+        env_id = by_name[name]
+        if resolve_config(env_id).mode not in m.modes or formulation_of(env_id) not in m.formulations:
+            raise FFPruneError(f"method {m.name!r} cannot search task {name!r} ({env_id})")
+    return {name: by_name[name] for name in tasks}
+
+
+# ---------------------------------------------------------------------------- running the cells
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples → lists), so settings compare with what a folder records."""
+    return json.loads(json.dumps(value))
+
+
+def _check_record(path: Path, record: dict[str, Any], what: str) -> None:
+    """Write ``record`` to ``path``, refusing one that holds other settings (a resumed cell must be this one's)."""
+    record = _plain(record)
+    if path.exists():
+        old = read_json(path, what)
+        if old != record:
+            raise FFPruneError(f"{str(path.parent)!r} holds a {what} with other settings ({old}, now {record}); use "
+                               "another --out folder or variant name")
+    atomic_write_json(path, record)
+
+
+def tune_jobs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
+              seeds: Sequence[int], budget: int, env_kwargs: dict[str, Any] | None = None,
+              progress: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The (variant, task, seed) cells as :func:`~ffprune.agents.experiments.bench.run_cell` keyword arguments, and
+    each one's (variant, task); the folder's records are checked and written first."""
+    out = Path(out)
+    ids = _task_ids(method, tasks)
+    _check_record(out / "config.json", {"method": method, "budget": budget, "env_kwargs": env_kwargs or {}}, "tune")
+    jobs, owners = [], []
+    for variant, kwargs in variants.items():
+        _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
+        for task, env_id in ids.items():
+            for seed in seeds:
+                jobs.append({"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out / variant / task,
+                             "target": None, "env_kwargs": env_kwargs, "calibrate": False, "calib_alpha": None,
+                             "progress": progress, "agent_kwargs": dict(kwargs) or None})
+                owners.append((variant, task))
+    return jobs, owners
+
+
+def run_tune(out: str | Path | None = None, method: str = "fastforward",
+             variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] = DEFAULT_TASKS,
+             seeds: Sequence[int] = DEFAULT_SEEDS, budget: int | None = None, env_kwargs: dict[str, Any] | None = None,
+             workers: int = 0, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every (variant, task, seed) cell, then write the report (module docstring); returns its analysis.
+
+    ``out`` defaults to ``docs/results/tune-<method>``, ``variants`` to the method's whole grid
+    (:func:`tune_variants`), ``budget`` to the ``core`` suite's;
+    ``env_kwargs`` override every task's env (tests use small windows; the suite runs without any). Bad input — an
+    unknown method or task, a setting the method does not have, a seed in 0–2 — is a one-line :class:`FFPruneError`
+    before any search.
+    """
+    method = get_method(method).name
+    out = Path(f"docs/results/tune-{method}" if out is None else out)
+    variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
+    if REFERENCE not in variants:
+        raise FFPruneError(f"variants must include {REFERENCE!r} (the method's own settings: the reference)")
+    for name, kwargs in variants.items():
+        check_agent_kwargs(method, kwargs, name)
+    seeds = check_seeds(seeds)
+    budget = positive_int("budget", get_suite("core").budget if budget is None else budget)
+    jobs, owners = tune_jobs(out, method, variants, tasks, seeds, budget, env_kwargs, progress)
+    done = run_jobs(jobs, workers, ray_address, keep_going=True)
+    failures = [{"variant": variant, "task": task, **d.as_dict()} for (variant, task), d in zip(owners, done)
+                if isinstance(d, CellFailure)]
+    atomic_write_json(out / "failures.json", [{k: v for k, v in f.items() if k != "traceback"} for f in failures])
+    return report_tune(out, method, variants, tasks, seeds)
+
+
+# ---------------------------------------------------------------------------- the report (reward split only)
+def _cell_row(variant: str, task: str, seed: int, cell: dict[str, Any]) -> dict[str, Any]:
+    """What the report keeps of a cell: reward-split numbers only (never ``eval_ppl`` or any held-out score)."""
+    return {"variant": variant, "task": task, "seed": seed, "best_reward": float(cell["best"]["reward"]),
+            "late_reward": late_reward(cell["history"]), "evaluations_to_best": cell["cost"]["evaluations_to_best"]}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _difference(rows: dict[tuple[str, int], float], reference: dict[tuple[str, int], float], tasks: Sequence[str],
+                seeds: Sequence[int]) -> dict[str, Any] | None:
+    """The paired differences from the reference over the (task, seed) pairs both finished: mean ± std, the wins and,
+    when every pair is there, a 95 % bootstrap interval of the mean (seeds resampled within tasks)."""
+    pairs = [(t, s) for t in tasks for s in seeds if (t, s) in rows and (t, s) in reference]
+    if not pairs:
+        return None
+    d = np.array([rows[p] - reference[p] for p in pairs])
+    diff: dict[str, Any] = {"pairs": len(pairs), "mean": float(d.mean()), "std": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                            "wins": int((d > 0).sum()), "low": None, "high": None}
+    if len(pairs) == len(tasks) * len(seeds):
+        matrix = d.reshape(len(tasks), len(seeds)).T  # [seeds, tasks]
+        _, diff["low"], diff["high"] = stratified_bootstrap_ci(matrix, np.mean, reps=BOOTSTRAP_REPS, seed=0)
+    return diff
+
+
+def report_tune(out: str | Path | None = None, method: str = "fastforward",
+                variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] = DEFAULT_TASKS,
+                seeds: Sequence[int] = DEFAULT_SEEDS) -> dict[str, Any]:
+    """The analysis of the cells already on disk (no search, no evaluation): ``tune.md`` and ``tune.json`` in ``out``,
+    from each cell's ``best.reward`` alone (module docstring); returns it. The same arguments as :func:`run_tune`'s
+    give the same files, byte for byte."""
+    method = get_method(method).name
+    out = Path(f"docs/results/tune-{method}" if out is None else out)
+    variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
+    seeds = check_seeds(seeds)
+    _task_ids(method, tasks)
+    config = read_json(out / "config.json", "tune config (run ffprune tune without --report-only first)")
+    if config.get("method") != method:
+        raise FFPruneError(f"{str(out)!r} holds a tune of {config.get('method')!r}, not {method!r}; use its --out")
+    rows, missing = [], []
+    for variant, kwargs in variants.items():
+        record = out / variant / "variant.json"
+        if record.exists() and read_json(record, "variant record") != _plain({"agent_kwargs": dict(kwargs)}):
+            raise FFPruneError(f"{str(record.parent)!r} holds variant {variant!r} with other settings "
+                               f"({read_json(record, 'variant record')['agent_kwargs']}, now {dict(kwargs)})")
+        for task in tasks:
+            for seed in seeds:
+                path = cell_path(out / variant / task, method, seed)
+                cell = read_result(path) if path.exists() else None
+                if cell is not None and cell.get("complete"):
+                    rows.append(_cell_row(variant, task, seed, cell))
+                else:
+                    missing.append({"variant": variant, "task": task, "seed": seed})
+    failures_file = out / "failures.json"
+    failed = read_json(failures_file, "failures") if failures_file.exists() else []
+    open_cells = {(m["variant"], m["task"], m["seed"]) for m in missing}
+    failures = [f for f in failed if (f["variant"], f["task"], f["seed"]) in open_cells]
+    analysis = _analyse(method, config, variants, tasks, seeds, rows)
+    analysis.update(missing=missing, failures=failures)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "tune.json", analysis)
+    atomic_write_text(out / "tune.md", tune_markdown(analysis))
+    return analysis
+
+
+def _analyse(method: str, config: dict[str, Any], variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
+             seeds: Sequence[int], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: per-task means, the mean over tasks, the paired difference from the reference; the selection."""
+    rewards = {v: {(r["task"], r["seed"]): r["best_reward"] for r in rows if r["variant"] == v} for v in variants}
+    late = {v: [r["late_reward"] for r in rows if r["variant"] == v] for v in variants}
+    summary = []
+    for variant, kwargs in variants.items():
+        mine = rewards[variant]
+        task_means = {t: _mean([mine[(t, s)] for s in seeds if (t, s) in mine]) for t in tasks}
+        complete = len(mine) == len(tasks) * len(seeds)
+        summary.append({"variant": variant, "agent_kwargs": _plain(dict(kwargs)), "cells": len(mine), "complete": complete,
+                        "task_means": task_means, "mean": float(np.mean(list(task_means.values()))) if complete else None,
+                        "late_reward_mean": _mean(late[variant]),
+                        "difference": None if variant == REFERENCE else
+                        _difference(mine, rewards[REFERENCE], tasks, seeds)})
+    return {"method": method, "budget": config["budget"], "env_kwargs": config["env_kwargs"], "tasks": list(tasks),
+            "seeds": list(seeds), "reference": REFERENCE, "selection": "highest mean best reward (reward split); ties "
+            f"go to {REFERENCE}; only variants with every cell finished", "rows": rows, "summary": summary,
+            "selected": select(summary)}
+
+
+def select(summary: Sequence[Mapping[str, Any]]) -> str | None:
+    """The variant with the highest mean best reward among the complete ones; a tie goes to :data:`REFERENCE` (then to
+    the first in order). ``None`` until the reference is complete (nothing to compare with)."""
+    complete = [s for s in summary if s["complete"]]
+    if not any(s["variant"] == REFERENCE for s in complete):
+        return None
+    best = max(s["mean"] for s in complete)
+    tied = [s["variant"] for s in complete if s["mean"] == best]
+    return REFERENCE if REFERENCE in tied else tied[0]
+
+
+def _settings(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in kwargs.items()) or "(the method's own)"
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    return "–" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
+
+
+def tune_markdown(analysis: dict[str, Any]) -> str:
+    """The readable table of :func:`report_tune` (reward split only)."""
+    tasks, seeds = analysis["tasks"], analysis["seeds"]
+    pairs = len(tasks) * len(seeds)
+    lines = [f"### Tuning {analysis['method']} on the reward split", "",
+             f"Budget {analysis['budget']} evaluations per search; seeds {', '.join(map(str, seeds))} (not the core suite's "
+             f"0–2, which belong to the held-out protocol); tasks {', '.join(tasks)}"
+             + (f"; env settings {_settings(analysis['env_kwargs'])}" if analysis["env_kwargs"] else "") + ". Every number is a "
+             "best reward on the reward split (what the search itself saw, higher is better), mean over seeds; no "
+             "held-out number is read. Δ = mean ± std of the paired (task, seed) differences from "
+             f"`{analysis['reference']}`, with a 95 % bootstrap interval of the mean (seeds resampled within tasks); "
+             f"beat = pairs on which the variant's best reward is higher; late = mean reward of each search's last 10 % "
+             "of episodes (what its policy plays by then; not used for the selection).", "",
+             f"| variant | settings | {' | '.join(tasks)} | mean | Δ vs {analysis['reference']} | 95 % interval | beat | "
+             "late |", "|---" * (len(tasks) + 7) + "|"]
+    for s in analysis["summary"]:
+        d = s["difference"]
+        delta = "–" if d is None else f"{d['mean']:+.4f} ± {d['std']:.4f}"
+        interval = "–" if d is None or d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+        beat = "–" if d is None else f"{d['wins']} / {d['pairs']}"
+        mean = _num(s["mean"]) if s["complete"] else f"incomplete ({s['cells']} / {pairs})"
+        per_task = " | ".join(_num(s["task_means"][t]) for t in tasks)
+        lines.append(f"| {s['variant']} | {_settings(s['agent_kwargs'])} | {per_task} | {mean} | {delta} | {interval} | "
+                     f"{beat} | {_num(s['late_reward_mean'])} |")
+    selected = analysis["selected"]
+    lines += ["", f"Selected: **{selected}** ({analysis['selection']})." if selected is not None else
+              f"Selected: none yet ({analysis['reference']} has unfinished cells; run the command again)."]
+    if analysis["missing"]:
+        lines += ["", f"Unfinished cells: {len(analysis['missing'])} (run the command again to finish them)."]
+    if analysis["failures"]:
+        lines += ["", "Failed cells (retried by running the command again):", ""]
+        lines += [f"- {f['variant']} {f['task']} seed {f['seed']}: {f['error']}: {f['message']}"
+                  for f in analysis["failures"]]
+    return "\n".join(lines) + "\n"

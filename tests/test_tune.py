@@ -1,0 +1,169 @@
+"""``ffprune tune``: a grid of a method's settings run as resumable cells on seeds the suite does not use, reported and
+selected on the reward split alone (no held-out number is read or shown)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ffenv.errors import FFPruneError
+from ffenv.io import atomic_write_json
+from ffprune.agents.cli import main
+from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.experiments.tune import (
+    GRIDS,
+    REFERENCE,
+    parse_variant,
+    report_tune,
+    run_tune,
+    tune_markdown,
+    tune_variants,
+)
+
+ENV_KW = {"reward_windows": 4, "calib_samples": 8, "eval_samples": 8}
+TASK = "llama-s0.5"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One task, two variants (default, squash), one seed, budget 4."""
+    out = tmp_path_factory.mktemp("tune")
+    variants = tune_variants("fastforward", ["squash"])
+    analysis = run_tune(out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
+    return out, variants, analysis
+
+
+@pytest.mark.slow
+def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(tiny, capsys):
+    out, variants, analysis = tiny
+    assert list(variants) == [REFERENCE, "squash"] and variants["squash"] == {"squash": True}
+    for variant in variants:
+        cell = json.loads(cell_path(out / variant / TASK, "fastforward", 10).read_text())
+        assert cell["complete"] and cell["seed"] == 10 and cell["budget"] == 4
+        assert cell["agent_config"]["squash"] is (variant == "squash")
+        assert json.loads((out / variant / "variant.json").read_text()) == {"agent_kwargs": variants[variant]}
+    rows = {r["variant"]: r for r in analysis["rows"]}
+    summary = {s["variant"]: s for s in analysis["summary"]}
+    gap = rows["squash"]["best_reward"] - rows[REFERENCE]["best_reward"]
+    assert summary["squash"]["difference"]["mean"] == pytest.approx(gap) and summary["squash"]["difference"]["pairs"] == 1
+    assert analysis["selected"] == max(summary, key=lambda v: (summary[v]["mean"], v == REFERENCE))
+    md, js = (out / "tune.md").read_bytes(), (out / "tune.json").read_bytes()
+    argv = ["tune", "--out", str(out), "--variants", "squash", "--tasks", TASK, "--seeds", "10", "--report-only"]
+    assert main(argv) == 0
+    assert (out / "tune.md").read_bytes() == md and (out / "tune.json").read_bytes() == js  # byte for byte
+    assert "### Tuning fastforward on the reward split" in capsys.readouterr().out
+    # a rerun resumes: every cell is finished, nothing is recomputed, the report is the same
+    before = cell_path(out / "squash" / TASK, "fastforward", 10).stat().st_mtime_ns
+    run_tune(out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
+    assert cell_path(out / "squash" / TASK, "fastforward", 10).stat().st_mtime_ns == before
+    assert (out / "tune.md").read_bytes() == md
+    # the report shows no held-out number: no eval_ppl field, none of the cells' held-out values
+    held_out = []
+    for variant in variants:
+        best = json.loads(cell_path(out / variant / TASK, "fastforward", 10).read_text())["best"]
+        held_out += [best["eval_ppl"], best["dense_eval_ppl"]]
+    for text in (md.decode(), js.decode()):
+        assert "eval_ppl" not in text and "held-out ppl" not in text
+        assert not any(f"{v:.2f}" in text or repr(v) in text for v in held_out)
+
+
+@pytest.mark.slow
+def test_a_folder_holding_other_settings_is_refused(tiny):
+    out, _variants, _ = tiny
+    with pytest.raises(FFPruneError, match="holds a variant with other settings"):
+        run_tune(out, variants={REFERENCE: {}, "squash": {"squash": True, "clip_coef": 0.3}}, tasks=[TASK], seeds=[10],
+                 budget=4, env_kwargs=ENV_KW, progress=False)
+    with pytest.raises(FFPruneError, match="holds a tune with other settings"):
+        run_tune(out, variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], budget=5, env_kwargs=ENV_KW, progress=False)
+
+
+SETTINGS = {REFERENCE: {}, "lo": {"clip_coef": 0.2}, "hi": {"clip_coef": 0.3}, "other": {"clip_coef": 0.25}}
+
+
+def _fake_cell(path, reward, eval_ppl):
+    """A finished cell as the report reads it (its held-out numbers are there, and must not reach the report)."""
+    atomic_write_json(path, {"complete": True, "env_id": "FFPrune-Llama-Structured50-v0", "seed": 10, "budget": 100,
+                             "best": {"reward": reward, "eval_ppl": eval_ppl, "dense_eval_ppl": 11.1111},
+                             "history": [{"reward": reward / 2}, {"reward": reward}],
+                             "cost": {"evaluations_to_best": 2}})
+
+
+def _fake_tune(out, rewards, tasks=("llama-s0.5", "opt-s0.5"), seeds=(10, 11)):
+    """Cells on disk for ``rewards`` = {variant: [reward per (task, seed)]}; the report over them."""
+    variants = {v: SETTINGS[v] for v in rewards}
+    atomic_write_json(out / "config.json", {"method": "fastforward", "budget": 100, "env_kwargs": {}})
+    for variant, values in rewards.items():
+        atomic_write_json(out / variant / "variant.json", {"agent_kwargs": variants[variant]})
+        pairs = [(t, s) for t in tasks for s in seeds]
+        for (task, seed), reward in zip(pairs, values):
+            _fake_cell(cell_path(out / variant / task, "fastforward", seed), reward, 987.6543 + reward)
+    return report_tune(out, "fastforward", variants, list(tasks), list(seeds))
+
+
+def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp_path):
+    analysis = _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7],
+                                           "hi": [0.6, 0.7, 0.6, 0.9]})
+    summary = {s["variant"]: s for s in analysis["summary"]}
+    assert analysis["selected"] == "hi" and summary["hi"]["mean"] == pytest.approx(0.7)
+    assert summary[REFERENCE]["task_means"] == pytest.approx({"llama-s0.5": 0.55, "opt-s0.5": 0.75})
+    d = summary["hi"]["difference"]
+    assert d["mean"] == pytest.approx(0.05) and d["wins"] == 3 and d["pairs"] == 4
+    assert d["std"] == pytest.approx(0.1) and d["low"] <= d["mean"] <= d["high"]
+    assert summary["lo"]["difference"]["wins"] == 0 and summary["lo"]["difference"]["mean"] == pytest.approx(-0.05)
+    text = (tmp_path / "a" / "tune.md").read_text()
+    assert "Selected: **hi**" in text and "| hi | clip_coef=0.3 | 0.6500 | 0.7500 | 0.7000 | +0.0500 ± 0.1000 |" in text
+    assert "987" not in text and "11.11" not in text and "eval_ppl" not in (tmp_path / "a" / "tune.json").read_text()
+    tie = _fake_tune(tmp_path / "t", {"other": [0.6, 0.6, 0.6, 0.6], REFERENCE: [0.6, 0.6, 0.6, 0.6]})
+    assert tie["selected"] == REFERENCE
+    # an unfinished variant is not selected; an unfinished default leaves nothing selected
+    (cell_path(tmp_path / "a" / "hi" / "opt-s0.5", "fastforward", 11)).unlink()
+    failed = {"variant": "hi", "task": "opt-s0.5", "seed": 11, "error": "RuntimeError", "message": "boom"}
+    atomic_write_json(tmp_path / "a" / "failures.json", [failed, {**failed, "seed": 10}])  # seed 10 finished since
+    again = report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+                        ["llama-s0.5", "opt-s0.5"], [10, 11])
+    assert again["selected"] == REFERENCE and again["missing"] == [{"variant": "hi", "task": "opt-s0.5", "seed": 11}]
+    assert again["failures"] == [failed] and "incomplete (3 / 4)" in tune_markdown(again)
+    assert "- hi opt-s0.5 seed 11: RuntimeError: boom" in tune_markdown(again)
+    (cell_path(tmp_path / "a" / REFERENCE / "opt-s0.5", "fastforward", 11)).unlink()
+    assert report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo")},
+                       ["llama-s0.5", "opt-s0.5"], [10, 11])["selected"] is None
+
+
+def test_variants_come_from_the_grid_and_from_the_command_line():
+    assert list(GRIDS["fastforward"]) == [REFERENCE, "batch4", "squash", "clip0.3", "mean", "lr3e-4"]
+    assert list(GRIDS["ppo"]) == [REFERENCE, "n_steps8", "clip0.3", "ent0", "lr1e-3", "epochs4"]
+    assert tune_variants("ppo") == GRIDS["ppo"]
+    assert parse_variant("wide:hidden=[64,64],learning_rate=3e-4") == ("wide", {"hidden": [64, 64], "learning_rate": 3e-4})
+    chosen = tune_variants("fastforward", ["mean"], [parse_variant("wide:hidden=[64,64]")])
+    assert chosen == {REFERENCE: {}, "mean": {"mean_episode": True}, "wide": {"hidden": [64, 64]}}
+    assert tune_variants("random", None, [("few", {"batch": 4})]) == {REFERENCE: {}, "few": {"batch": 4}}
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--seeds", "10,2"], r"seeds must not be the core suite's 0-2 .*got \[2\]"),
+    (["--seeds", "0"], r"seeds must not be the core suite's 0-2"),
+    (["--seeds", "10,x"], "--seeds must be comma-separated integers"),
+    (["--method", "sac"], "method 'sac' has no built-in grid"),
+    (["--method", "nope"], "agent must be one of"),
+    (["--variant", "wide:hiden=[64]"], r"variant 'wide': \['hiden'\] are not fastforward settings"),
+    (["--variant", "fast:learning_rate=-1"], "variant 'fast': learning_rate is out of range"),
+    (["--method", "ppo", "--variant", "x:clip_coef=0.3"], r"\['clip_coef'\] are not PPO settings"),
+    (["--variant", "squash:squash=true"], "variant 'squash' is already defined"),
+    (["--variant", "nothing"], "--variant expects NAME:key=value"),
+    (["--variants", "squash,wide"], r"variants \['wide'\] are not in the fastforward grid"),
+    (["--tasks", "llama-s0.9"], "tasks must be core suite tasks"),
+])
+def test_bad_input_is_one_line_and_exit_code_2_before_any_search(tmp_path, capsys, argv, match):
+    assert main(["tune", "--out", str(tmp_path / "t"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ffprune tune: error:") and "\n" not in err and re.search(match, err), err
+    assert not (tmp_path / "t").exists()  # refused before anything was written
+
+
+def test_seeds_of_the_suite_are_refused_by_the_library_too(tmp_path):
+    with pytest.raises(FFPruneError, match="held-out protocol"):
+        run_tune(tmp_path, tasks=[TASK], seeds=[1, 10], budget=4, env_kwargs=ENV_KW)
+    with pytest.raises(FFPruneError, match="run ffprune tune without --report-only first"):
+        report_tune(tmp_path, seeds=[10])
