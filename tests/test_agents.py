@@ -176,7 +176,7 @@ def test_cli_bad_input_found_as_a_new_user_is_one_line_each(tmp_path, capsys):
     assert cli_main(["search", "--agent", "fastforward", "--budget", "4", "--quiet", "--out", str(out), "--resume",
                      "--logdir", str(tmp_path), *tiny]) == 2
     err = capsys.readouterr().err
-    assert "is corrupt" in err and "without --resume" in err and len(err.strip().splitlines()) == 1
+    assert "is corrupt" in err and "without --resume" in err and len(err.strip().splitlines()) == 1  # --quiet: no bars
     # an empty or non-UTF-8 corpus file (before: DatasetGenerationError from inside datasets)
     for name, content in (("empty.txt", b""), ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"))):
         corpus = tmp_path / name
@@ -315,3 +315,17 @@ def test_a_warm_start_of_another_network_shape_is_one_line(tmp_path):
     first = search(tmp_path, "w", budget=4)
     with pytest.raises(FFPruneError, match=r"hidden must be the warm-start policy's \[32, 32\]"):
         search(tmp_path, "v", budget=4, warm_start=first["policy_file"], agent_kwargs={"hidden": (16,)})
+
+
+def test_quiet_silences_the_libraries_progress_bars_too(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    import ffenv
+
+    tiny = [a for k, v in ENV_KW.items() for a in ("--env-kwarg", f"{k}={v}")]
+    argv = ["search", "--agent", "uniform", "--budget", "1", "--logdir", str(tmp_path), *tiny]
+    ffenv.clear_cache()  # the model is loaded again: transformers' "Loading weights" bar
+    assert cli_main(argv) == 0 and "Loading weights" in capsys.readouterr().err
+    ffenv.clear_cache()
+    assert cli_main([*argv, "--quiet"]) == 0 and "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # restored afterwards

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ffprune`` console script: parse, run the subcommand, map errors to exit codes."""
     args = build_parser().parse_args(argv)
-    with _log_to_stderr(logging.WARNING if getattr(args, "quiet", False) else logging.INFO):
+    quiet = getattr(args, "quiet", False)
+    with _log_to_stderr(logging.WARNING if quiet else logging.INFO), _library_progress_bars(not quiet):
         return _run(args)
 
 
@@ -102,3 +105,32 @@ def _log_to_stderr(level: int) -> Iterator[None]:
         for logger, old in saved:
             logger.removeHandler(handler)
             logger.setLevel(old)
+
+
+@contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """With ``--quiet`` (``enabled=False``), no progress bars from Hugging Face libraries either ("Loading weights"):
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` for what is imported later (Ray workers inherit it), and transformers' switch if
+    it is already imported; both restored afterwards."""
+    if enabled:
+        yield
+        return
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"
+    old_env = os.environ.get(key)
+    os.environ[key] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+        imported_here = hf_logging is None and "transformers.utils.logging" in sys.modules and old_env is None
+        if was_on or imported_here:  # transformers read the variable when this run imported it: switch back on
+            with warnings.catch_warnings():  # huggingface_hub keeps its own bars off (it read the variable at import)
+                warnings.simplefilter("ignore", UserWarning)
+                sys.modules["transformers.utils.logging"].enable_progress_bar()
