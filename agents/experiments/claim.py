@@ -16,7 +16,7 @@ tasks, same seeds, same held-out protocol; read from ``<suite_out>/<task>/cells`
 
 Every (task, method, budget, seed) cell is a bench cell in ``<out>/<task>-b<budget>/cells`` (resumable; Ray tasks
 with ``workers``); the analysis is ``claim.md`` / ``claim.json`` and ``claim.png`` (best reward vs evaluations, one
-panel per task, FastForward single-step vs the multi-step agents, median over seeds).
+panel per task, FastForward single-step vs each multi-step agent at the largest budget it ran, median over seeds).
 """
 
 from __future__ import annotations
@@ -101,15 +101,17 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
         for seed, cell in ff.items():
             rows.append(_row(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, None))
         for method in methods:
-            for budget in budgets:
+            for budget in sorted(budgets):
+                histories = []
                 for seed in range(seeds):
                     cell = _read(cell_path(out / f"{task}-b{budget}", method, seed))
                     if cell is None:
                         continue
                     target = ff[seed]["best"]["reward"] if seed in ff else None
                     rows.append(_row(task, method, "sequential", budget, seed, cell, uniform, dense, target))
-                    if budget == max(budgets):
-                        curves[task].setdefault(f"{method} (sequential)", []).append(cell["history"])
+                    histories.append(cell["history"])
+                if histories:  # the curve of the method's largest budget run
+                    curves[task][f"{method} (sequential)"] = histories
             for seed in range(seeds):  # the same agent single-step, from the suite, at the reference budget
                 cell = _read(cell_path(suite_out / task, method, seed))
                 if cell is not None:
