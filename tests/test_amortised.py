@@ -53,6 +53,12 @@ def test_policies_allocate_at_the_suite_targets_and_are_compared_with_the_per_ta
     both = json.loads((out / "policies" / "llama+opt-unstructured" / "seed0.json").read_text())
     assert both["warm_start"].endswith("llama-unstructured/seed0.policy.pt") and both["env_id"] == "FFPrune-OPT-Unstructured-v0"
     assert [g["task"] for g in analysis["goals"]] == ["llama-u0.7", "mistral-u0.7", "opt-u0.7"]
+    policy_file = out / "policies" / "opt-unstructured" / "seed0.policy.pt"
+    trained = policy_file.read_bytes()
+    policy_file.unlink()  # policies are not committed: a finished training without its policy is trained again
+    amortised.train_job("FFPrune-OPT-Unstructured-v0", policy_file.with_suffix("").with_suffix(".json"), 0, 12,
+                        PROTOCOL["unstructured"].train_targets, env_kwargs=ENV_KW)
+    assert policy_file.exists() and policy_file.stat().st_size == len(trained)
     before = (out / "amortised.md").read_text()
     assert main(["amortised", "--modes", "unstructured", "--seeds", "1", "--budget", "12", "--refine", "2",
                  "--out", str(out), "--suite-out", str(SUITE), "--report-only"]) == 0

@@ -94,11 +94,13 @@ def _policy_file(result: Path) -> Path:
 def train_job(env_id: str, out: Path, seed: int, budget: int, train_targets: Sequence[float],
               warm_start: Path | None = None, env_kwargs: dict[str, Any] | None = None,
               progress: bool = False) -> dict[str, Any]:
-    """One policy's training (a resumable FastForward search across ``train_targets``); its result."""
+    """One policy's training (a resumable FastForward search across ``train_targets``); its result. A finished result
+    whose policy file is missing (policies are not committed with the results) is trained again: same seed, same
+    policy."""
     log.info("[amortised] train %s seed %d%s", env_id, seed, f" from {warm_start}" if warm_start else "")
     return run_search(env_id, agent="fastforward", budget=budget, seed=seed, out=out, logdir=out.parents[2] / "tb",
-                      resume=True, train_targets=list(train_targets), warm_start=warm_start, env_kwargs=env_kwargs,
-                      progress=progress)
+                      resume=_policy_file(out).exists() or not out.exists(), train_targets=list(train_targets),
+                      warm_start=warm_start, env_kwargs=env_kwargs, progress=progress)
 
 
 def allocate_job(policy: Path, target: float, refine: int, seed: int, out: Path, env_id: str | None = None,
