@@ -81,6 +81,11 @@ def read_result(result: str | Path | dict[str, Any]) -> dict[str, Any]:
     return migrate_result(read_json(result, "result"))
 
 
+def read_result_if_any(path: str | Path) -> dict[str, Any] | None:
+    """:func:`read_result` of ``path``, or ``None`` when there is no such file yet (a cell not run)."""
+    return read_result(path) if Path(path).exists() else None
+
+
 def result_env(result: dict[str, Any]) -> gym.Env:
     """An in-process env with a finished search's settings (``env_id`` + ``env_kwargs``), for scoring its
     allocations again: the population workers (:data:`~ffenv.vector.ray_workers.WORKER_FIELDS`) are left out."""

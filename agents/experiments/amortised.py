@@ -28,7 +28,7 @@ Every job resumes (training checkpoints, finished allocations are kept) and runs
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
-from ffprune.agents.results import read_result
+from ffprune.agents.results import read_result, read_result_if_any
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,6 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
     return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return read_result(path) if path.exists() else None
-
 
 def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
                      families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
@@ -195,7 +192,7 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
                 task = f"{f}-{proto.task_prefix}{t:g}"
                 if task not in known:
                     raise FFPruneError(f"{task} is not a core suite task")
-                reference = _read(cell_path(suite_out / task, REFERENCE, 0))
+                reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0))
                 if reference is None:
                     raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
                 uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
@@ -206,14 +203,14 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
                         rows.append(_row(task, mode, approach, kind, cells, spent, *gap))
 
                 for r in dict.fromkeys((0, refine)):
-                    cells = [c for s in range(seeds) if (c := _read(out / task / f"refine{r}" / f"seed{s}.json"))]
+                    cells = _cells(out / task / f"refine{r}" / f"seed{s}.json" for s in range(seeds))
                     row("zero-shot" if r == 0 else f"refine {r}", "amortised", cells, budget + r * n)
                 if f == TRANSFER_TO:
                     for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
-                        cells = [c for s in range(seeds) if (c := _read(out / task / f"from-{source}" / f"seed{s}.json"))]
+                        cells = _cells(out / task / f"from-{source}" / f"seed{s}.json" for s in range(seeds))
                         row(f"zero-shot, policy of {source}", "cross-model", cells, 0)
                 for method_dir in sorted((suite_out / task / "cells").glob("*")):
-                    cells = [c for s in range(seeds) if (c := _read(cell_path(suite_out / task, method_dir.name, s)))]
+                    cells = _cells(cell_path(suite_out / task, method_dir.name, s) for s in range(seeds))
                     spent = cells[0]["cost"]["evaluations"] * n if cells else 0
                     row(method_dir.name, "per-target", cells, spent)
     analysis = {"families": list(families), "modes": list(modes), "seeds": seeds, "budget": budget, "refine": refine,
@@ -224,6 +221,11 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
     atomic_write_json(out / "amortised.json", analysis)
     atomic_write_text(out / "amortised.md", amortised_markdown(analysis))
     return analysis
+
+
+def _cells(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """The finished results among ``paths`` (one per seed; a seed not run yet is left out)."""
+    return [c for p in paths if (c := read_result_if_any(p)) is not None]
 
 
 def _row(task: str, mode: str, approach: str, kind: str, cells: list[dict[str, Any]], spent: int, uniform: float,

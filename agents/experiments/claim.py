@@ -37,7 +37,7 @@ from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
-from ffprune.agents.results import read_result
+from ffprune.agents.results import read_result_if_any
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,6 @@ def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "d
     return report_claim(out, suite_out, tasks, budgets, seeds, methods, failures)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return read_result(path) if path.exists() else None
-
 
 def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
                  tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
@@ -92,11 +89,11 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
     out, suite_out = Path(out), Path(suite_out)
     rows, curves = [], {}
     for task in tasks:
-        reference = _read(cell_path(suite_out / task, REFERENCE, 0))
+        reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0))
         if reference is None:
             raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
         uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
-        ff = {s: c for s in range(seeds) if (c := _read(cell_path(suite_out / task, SINGLE_STEP_AGENT, s)))}
+        ff = {s: c for s in range(seeds) if (c := read_result_if_any(cell_path(suite_out / task, SINGLE_STEP_AGENT, s)))}
         curves[task] = {SINGLE_STEP_AGENT: [c["history"] for c in ff.values()]}
         for seed, cell in ff.items():
             rows.append(_row(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, None))
@@ -104,7 +101,7 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
             for budget in sorted(budgets):
                 histories = []
                 for seed in range(seeds):
-                    cell = _read(cell_path(out / f"{task}-b{budget}", method, seed))
+                    cell = read_result_if_any(cell_path(out / f"{task}-b{budget}", method, seed))
                     if cell is None:
                         continue
                     target = ff[seed]["best"]["reward"] if seed in ff else None
@@ -113,7 +110,7 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
                 if histories:  # the curve of the method's largest budget run
                     curves[task][f"{method} (sequential)"] = histories
             for seed in range(seeds):  # the same agent single-step, from the suite, at the reference budget
-                cell = _read(cell_path(suite_out / task, method, seed))
+                cell = read_result_if_any(cell_path(suite_out / task, method, seed))
                 if cell is not None:
                     target = ff[seed]["best"]["reward"] if seed in ff else None
                     rows.append(_row(task, method, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, target))
