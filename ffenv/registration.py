@@ -10,10 +10,17 @@ and ``gym.make_vec(id, num_envs=K)`` gives :class:`ffenv.vector.vector_env.FFPru
 Each single-step id has a multi-step twin, ``FFPrune-<Family>-Sequential[-Unstructured|-Structured50]-v0``
 (:class:`ffenv.envs.sequential_env.FFPruneSequentialEnv`: one unit per step, AMC style; ``projection="interval"``
 by default, ``projection="deferred"`` as a keyword).
+
+The ids exist in a process once it has imported :mod:`ffenv` (gymnasium has no plugin discovery). A process that
+never did — an RLlib env runner, a spawned or forkserver vector-env worker — reaches them through
+``gym.make("ffenv:FFPrune-Llama-v0")`` (gymnasium imports the module before the lookup), through
+:func:`env_creator` (a picklable creator: unpickling it imports :mod:`ffenv`), or through Ray's
+``runtime_env={"worker_process_setup_hook": "ffenv.register_envs"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -97,3 +104,69 @@ def resolve_config(env_id: str, overrides: dict[str, Any] | None = None) -> EnvC
             if key in kwargs and kwargs.pop(key) not in allowed:
                 raise FFPruneError(f"{key} must be one of {allowed}, got {(overrides or {}).get(key)!r}")
     return EnvConfig.from_kwargs(**kwargs)
+
+
+class EnvCreator:
+    """A picklable maker of one registered ffprune env, for processes that never imported :mod:`ffenv`.
+
+    Build it with :func:`env_creator`. Calling it returns ``gym.make(env_id, **{**kwargs, **env_config})``:
+
+    * with no argument it is a gymnasium / SB3 ``env_fn`` (``AsyncVectorEnv``, ``SubprocVecEnv``, any start method);
+    * with one mapping it is an RLlib env creator (``ray.tune.register_env(name, creator)``): RLlib's
+      ``env_config`` (an ``EnvContext``, whose ``worker_index`` and friends are not env keywords) overrides
+      the keywords given here.
+
+    It pickles by reference to this class, so unpickling it in a worker imports :mod:`ffenv`, which registers
+    the ids before ``gym.make`` looks one up. A ``num_envs`` key (what RLlib passes in its
+    ``gym_env_vectorize_mode="vector_entry_point"`` mode) is a one-line :class:`~ffenv.errors.FFPruneError`:
+    the creator makes one env and leaves vectorising to the caller (RLlib's default ``"sync"`` mode).
+    """
+
+    def __init__(self, env_id: str, kwargs: Mapping[str, Any]) -> None:
+        self.env_id = env_id
+        self.kwargs = dict(kwargs)
+
+    def __call__(self, env_config: Mapping[str, Any] | None = None) -> gym.Env:
+        """``gym.make(env_id, **kwargs)`` with ``env_config`` (if given) overriding ``kwargs``."""
+        if env_config is not None and not isinstance(env_config, Mapping):
+            raise FFPruneError(f"env_config must be a mapping of env keywords (RLlib's env_config), "
+                               f"got {type(env_config).__name__}")
+        kwargs = {**self.kwargs, **dict(env_config or {})}
+        if "num_envs" in kwargs:
+            raise FFPruneError(f"num_envs={kwargs['num_envs']!r}: env_creator({self.env_id!r}) makes one env; vectorise it "
+                               "with gymnasium/SB3 vector envs or RLlib's gym_env_vectorize_mode='sync' (its default) "
+                               "or 'async', not 'vector_entry_point'")
+        return gym.make(self.env_id, **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EnvCreator) and (self.env_id, self.kwargs) == (other.env_id, other.kwargs)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable kwargs)
+
+    def __repr__(self) -> str:
+        args = "".join(f", {key}={value!r}" for key, value in self.kwargs.items())
+        return f"ffenv.env_creator({self.env_id!r}{args})"
+
+
+def env_creator(env_id: str, **kwargs: Any) -> EnvCreator:
+    """A picklable creator of ``gym.make(env_id, **kwargs)`` that works in processes that never imported :mod:`ffenv`.
+
+    ``env_id`` is a registered ffprune id (an ``"ffenv:"`` prefix is accepted and dropped) and ``kwargs`` its
+    overrides, both checked here, in the calling process (an unknown id, field or value, or an id whose entry
+    point is not ffprune's, is a one-line :class:`~ffenv.errors.FFPruneError` now rather than a failure in a
+    remote worker)::
+
+        SubprocVecEnv([ffenv.env_creator("FFPrune-Llama-v0")] * 4)            # SB3, forkserver or spawn
+        AsyncVectorEnv([ffenv.env_creator("FFPrune-Llama-v0")] * 4, context="spawn",
+                       autoreset_mode=AutoresetMode.SAME_STEP)                  # gymnasium
+        register_env("ffprune-llama", ffenv.env_creator("FFPrune-Llama-v0"))   # RLlib: env_config overrides kwargs
+
+    See :class:`EnvCreator` for what a call does.
+    """
+    env_id = env_id.removeprefix("ffenv:")
+    resolve_config(env_id)  # registered? (the error lists the ids)
+    entry_point = gym.spec(env_id).entry_point
+    if entry_point not in (ENTRY_POINT, SEQUENTIAL_ENTRY_POINT):
+        raise FFPruneError(f"env_id {env_id!r} is not an ffprune id (its entry point is {entry_point!r})")
+    resolve_config(env_id, kwargs)
+    return EnvCreator(env_id, kwargs)
