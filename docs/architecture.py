@@ -50,7 +50,9 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("importance (once)", [("ffenv", "ffenv/pruning/", "importance.py: Wanda |W|·‖X‖₂ from one calibration pass")]),
     ("projector", [("ffenv", "ffenv/pruning/", "projector.py: any raw action → an allocation meeting the budget")]),
     ("pruning", [("ffenv", "ffenv/pruning/", "engines.py (Structured / UnstructuredPruner) · calib.py (Calib)")]),
-    ("evaluation", [("ffenv", "ffenv/lm/", "perplexity.py: exact token-weighted mean NLL")]),
+    ("evaluation", [("ffenv", "ffenv/lm/", "perplexity.py: exact token-weighted mean NLL"),
+                    ("ffenv", "ffenv/surrogate/", "or predicted: records.py (evaluation sets) · model.py (MLP "
+                                                  "ensemble)")]),
     ("reward", [("ffenv", "ffenv/envs/", "prune_env.py (FFPruneEnv) · sequential_env.py (multi-step twin) · "
                                          "backend.py (cache) · features.py")]),
     ("wrappers", [("ffenv", "ffenv/wrappers/", "curriculum.py · accounting.py (SearchAccounting) · logger.py · "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from os import PathLike, fspath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -71,6 +72,12 @@ class EnvConfig:
     Ray actors, one model replica each (one GPU each with a CUDA ``device``); needs ``pip install 'ffprune[ray]'``."""
     ray_address: str | None = None
     """An existing Ray cluster (``"auto"``, ``"ray://host:10001"``) for the workers; ``None``: a local Ray instance."""
+    surrogate: bool = False
+    """``True``: rewards and perplexities are predicted by the task's surrogate (:mod:`ffenv.surrogate`, fitted on
+    recorded evaluations; microseconds per step, no model forward) instead of measured; results are labelled so."""
+    surrogate_data: str | None = None
+    """The evaluation set of the surrogate: a ``.npz`` file or a folder holding ``<model>-<mode>.npz``
+    (``None``: the one bundled in ``ffenv/surrogate/data/``). Only with ``surrogate=True``."""
 
     BACKEND_FIELDS: ClassVar[tuple[str, ...]] = ("model", "mode", "corpus", "calib_samples", "reward_windows",
                                                  "seq_len", "device", "dtype", "seed", "criterion")
@@ -94,6 +101,19 @@ class EnvConfig:
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
             raise FFPruneError(f"ray_address must be a Ray address such as 'auto' or 'ray://host:10001', "
                                f"got {self.ray_address!r}")
+        if not isinstance(self.surrogate, (bool, np.bool_)):
+            raise FFPruneError(f"surrogate must be True or False, got {self.surrogate!r}")
+        if self.surrogate_data is not None:
+            if not isinstance(self.surrogate_data, (str, PathLike)) or not str(self.surrogate_data):
+                raise FFPruneError(f"surrogate_data must be a path (an .npz evaluation set or a folder of them), "
+                                   f"got {self.surrogate_data!r}")
+            if not self.surrogate:
+                raise FFPruneError("surrogate_data needs surrogate=True (it names the surrogate's evaluation set)")
+            object.__setattr__(self, "surrogate_data", fspath(self.surrogate_data))
+        if self.surrogate and self.workers:
+            raise FFPruneError(f"surrogate=True evaluates in this process (microseconds per step): use workers=0, "
+                               f"got workers={self.workers}")
+        object.__setattr__(self, "surrogate", bool(self.surrogate))
         if not isinstance(self.corpus, str) or not self.corpus:
             raise FFPruneError(f"corpus must be a corpus name or a path, got {self.corpus!r}")
         for name in ("calib_samples", "reward_windows", "seq_len", "batch_size"):

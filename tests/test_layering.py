@@ -6,6 +6,7 @@ Layers, bottom to top (a module may import its own layer and the layers below, n
     ffenv.lm                      language model and corpus (windows, loading, perplexity)
     ffenv.pruning                 importance → projector → engines (the Pruner protocol) → Calib
     ffenv.config                  EnvConfig
+    ffenv.surrogate               evaluation sets and the surrogate models of surrogate mode
     ffenv.envs                    backend + features → FFPruneEnv (reset/step/score, population steps)
     ffenv.wrappers                curriculum, search accounting, the search logger
     ffenv.vector                  batching: the env factory with Ray's evaluator, the vector env
@@ -43,6 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffenv.lm",),
     ("ffenv.pruning",),
     ("ffenv.config",),
+    ("ffenv.surrogate",),
     ("ffenv.envs",),
     ("ffenv.wrappers",),
     ("ffenv.vector",),
@@ -225,7 +227,7 @@ def test_collector_sees_every_kind_of_reference():
 def test_layers_are_assigned_by_longest_prefix():
     assert [layer_of(n) for n in ("ffenv.errors", "ffenv.lm.data", "ffenv.envs.backend", "ffenv", "ffenv.registration",
                                   "ffprune.agents.tools.export", "ffprune.agents.cli.search", "numpy")] == [
-        0, 1, 4, 7, 7, 11, 13, None]
+        0, 1, 5, 8, 8, 12, 14, None]
     assert layer_of("ffenv.vector.factory") > layer_of("ffenv.envs.prune_env") > layer_of("ffenv.pruning.calib")
     assert is_bare("agents.search") and is_bare("baselines") and not is_bare("ffprune.agents")
 

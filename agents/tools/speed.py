@@ -1,8 +1,10 @@
-"""Speed benchmark of an environment: step and Calib against one dense forward of the same reward tokens."""
+"""Speed benchmark of an environment: step and Calib against one dense forward of the same reward tokens, and a
+surrogate env's microseconds per step (:func:`bench_surrogate`)."""
 
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -78,3 +80,69 @@ def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[fl
                       calib_over_plain=round(calib / plain, 3))
     result.update(setup_s=round(base.setup_seconds, 2), seed=seed, numpy=np.__version__)
     return result
+
+
+SURROGATE_GOAL_US = 1000.0
+"""What a surrogate step may cost at most (issue 21: ≤ 1 ms per step)."""
+
+
+def bench_surrogate(env_id: str, steps: int = 2000, repeats: int = 5, seed: int = 0,
+                    targets: tuple[float, ...] | None = None, population: int = 256,
+                    **env_kwargs: Any) -> dict[str, Any]:
+    """Microseconds per step of ``gym.make(env_id, surrogate=True, **env_kwargs)``.
+
+    Per target (default: the env's own, plus 0.5 for structured envs): the median over ``repeats`` loops of the mean
+    time of ``steps`` ``env.step`` calls on pre-drawn random actions (one episode per step, as a search runs
+    them), at full fidelity; also one reduced-fidelity loop (a quarter of the reward windows, when the surrogate
+    has fidelity data) and a population of ``population`` episodes through ``reset_many`` / ``step_many``
+    (per episode). ``setup_s`` is what building the env took (the evaluation set and its fit; no model is loaded).
+
+    Raises:
+        FFPruneError: a bad count, an unregistered ``env_id``, an unknown env argument, or no evaluation set.
+    """
+    for name, value in (("steps", steps), ("repeats", repeats), ("population", population)):
+        positive_int(name, value)
+    env_kwargs = {**env_kwargs, "surrogate": True}
+    resolve_config(env_id, env_kwargs)
+    t0 = time.perf_counter()
+    env = gym.make(env_id, **env_kwargs)
+    setup = time.perf_counter() - t0
+    try:
+        base = env.unwrapped
+        if targets is None:
+            structured = base.config.mode == "structured"
+            targets = tuple(sorted({base.config.target_sparsity, *((0.5,) if structured else ())}))
+        env.action_space.seed(seed)
+        actions = np.stack([env.action_space.sample() for _ in range(steps)])
+
+        def per_step_us(options: dict[str, Any]) -> float:
+            env.reset(seed=seed, options=options)
+            loops = []
+            for _ in range(repeats + 1):  # the first loop warms up
+                start = time.perf_counter()
+                for a in actions:
+                    env.step(a)
+                loops.append((time.perf_counter() - start) / steps * 1e6)
+            return round(statistics.median(loops[1:]), 1)
+
+        result: dict[str, Any] = {"env": env_id, "surrogate": True, "mode": base.config.mode, "units": base.n_units,
+                                  "data_fingerprint": base.surrogate.fingerprint, "steps": steps, "repeats": repeats,
+                                  "threads": torch.get_num_threads(), "per_target": {}}
+        for target in targets:
+            result["per_target"][f"{target:g}"] = {"median_step_us": per_step_us({"target_sparsity": target})}
+        full = base.config.reward_windows
+        low = max(1, full // 4)
+        if low < full and len(base.surrogate.fidelity.windows):
+            result["reduced_fidelity"] = {"reward_windows": low, "median_step_us": per_step_us({"reward_windows": low})}
+        pop = actions[np.arange(population) % steps]
+        start = time.perf_counter()
+        base.reset_many(population, seed=seed)
+        base.step_many(pop)
+        result["population"] = {"episodes": population,
+                                "us_per_episode": round((time.perf_counter() - start) / population * 1e6, 1)}
+        worst = max(v["median_step_us"] for v in result["per_target"].values())
+        result.update(goal_us=SURROGATE_GOAL_US, meets_goal=worst <= SURROGATE_GOAL_US, setup_s=round(setup, 3),
+                      fit_s=base.surrogate.info.get("fit_seconds"), seed=seed, numpy=np.__version__)
+        return result
+    finally:
+        env.close()

@@ -33,6 +33,7 @@ from ffenv.lm.perplexity import perplexity
 from ffenv.pruning.calib import ridge_compensation
 from ffenv.pruning.engines import Pruner, StructuredPruner, UnstructuredPruner
 from ffenv.pruning.importance import collect_input_norms
+from ffenv.surrogate.model import clear_surrogate_cache
 
 
 @dataclass
@@ -117,13 +118,14 @@ _NORMS: dict[tuple, tuple[torch.Tensor, dict]] = {}  # calibration windows and i
 
 
 def clear_cache() -> None:
-    """Free every cached backend (models, statistics, token windows) of this process.
+    """Free every cached backend (models, statistics, token windows) and fitted surrogate of this process.
 
     Environments built before keep working on their own backend; new ones load again. Use it between
     models in one process (e.g. a notebook comparing checkpoints), so only one copy stays in memory.
     """
     _BACKENDS.clear()
     _NORMS.clear()
+    clear_surrogate_cache()
     load_model_cached.cache_clear()
     gc.collect()
     if torch.cuda.is_available():

@@ -93,7 +93,7 @@ class FFPruneSequentialEnv(gym.Env):
         self.config = self.single.config
         self.n_units = self.single.n_units
         self.sizes = self.single.sizes
-        self._features = self.single.backend.features
+        self._features = self.single.features
         n_feat = len(UNIT_FEATURES)
         low = np.concatenate([np.zeros(n_feat), [0.0, 0.0, -1.0, -1.0]]).astype(np.float32)
         high = np.ones(n_feat + len(EPISODE_FEATURES), np.float32)

@@ -116,6 +116,18 @@ def round_to_units(keep: np.ndarray, units: list[Unit], target_keep_params: floa
     return kept
 
 
+def row_prune_count(sparsity: float, in_features: int) -> int:
+    """Weights removed from each row of a linear with ``in_features`` inputs at a block sparsity (nearest whole count)."""
+    return min(in_features, int(math.floor(sparsity * in_features + 0.5)))
+
+
+def unstructured_kept_params(unit_sparsity: np.ndarray, shapes: list[list[tuple[int, int]]]) -> np.ndarray:
+    """Exact weights kept per block after per-row rounding; ``shapes[j]``: ``(in_features, out_features)`` of each
+    linear of block ``j`` (what :meth:`UnstructuredPruner.kept_params` counts, without the model)."""
+    return np.array([sum(n_in * n_out - row_prune_count(float(s), n_in) * n_out for n_in, n_out in block)
+                     for s, block in zip(unit_sparsity, shapes)], dtype=np.float64)
+
+
 def _head_rows(b: Block, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of q (all query heads of the KV groups) and of k/v (the groups) for KV-group indices."""
     r = b.num_heads // b.num_kv_heads
@@ -304,10 +316,16 @@ class UnstructuredPruner:
             self._linears.append(entries)
             n_weights = sum(lin.weight.numel() for lin, _, _ in entries)
             self.units.append(Unit(b.index, "block", n_weights, 1))
+        self._shapes = [[(lin.in_features, lin.out_features) for lin, _, _ in entries] for entries in self._linears]
 
     def row_prune_counts(self, sparsity: float, lin: nn.Linear) -> int:
-        """Weights removed from each row of ``lin`` at a block sparsity ``sparsity``."""
-        return min(lin.in_features, int(math.floor(sparsity * lin.in_features + 0.5)))
+        """Weights removed from each row of ``lin`` at a block sparsity ``sparsity`` (:func:`row_prune_count`)."""
+        return row_prune_count(sparsity, lin.in_features)
+
+    @property
+    def linear_shapes(self) -> list[list[tuple[int, int]]]:
+        """Per block, ``(in_features, out_features)`` of each linear the block's sparsity applies to."""
+        return self._shapes
 
     def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """Per-unit sparsity ``1 - keep``: any block sparsity is realisable as it is (the per-row rounding happens in
@@ -315,12 +333,8 @@ class UnstructuredPruner:
         return np.clip(1.0 - np.asarray(keep, np.float64), 0.0, 1.0)
 
     def kept_params(self, unit_sparsity: np.ndarray) -> np.ndarray:
-        """Exact weights kept per block after per-row rounding."""
-        kept = []
-        for s, entries in zip(unit_sparsity, self._linears):
-            kept.append(sum(lin.weight.numel() - self.row_prune_counts(float(s), lin) * lin.out_features
-                            for lin, _, _ in entries))
-        return np.array(kept, dtype=np.float64)
+        """Exact weights kept per block after per-row rounding (:func:`unstructured_kept_params`)."""
+        return unstructured_kept_params(unit_sparsity, self.linear_shapes)
 
     def prune(self, unit_sparsity: np.ndarray) -> None:
         """The cheapest exact pruning for an evaluation: :meth:`apply` (masks; dense kernels run either way)."""

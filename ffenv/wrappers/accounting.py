@@ -18,6 +18,12 @@ is measured the same way. For every episode it
 * appends a record to :attr:`SearchAccounting.history`, adds it to ``info["search"]`` and hands it to an
   optional :class:`~ffenv.wrappers.logger.SearchLogger` (TensorBoard, progress bar).
 
+Over a surrogate env (``surrogate=True``, :mod:`ffenv.surrogate`) the budget counts episodes exactly as over a real
+one (each is one surrogate evaluation), re-scorings at the final target are surrogate evaluations too, and
+:attr:`SearchAccounting.cost`, the history records and the best allocations carry a ``surrogate_evaluations`` axis
+beside ``evaluations`` and ``tokens`` (which stay 0: no model forward ran); :attr:`~SearchAccounting.evaluations_to_best`
+counts surrogate evaluations there.
+
 Over a sequential env (:class:`~ffenv.envs.sequential_env.FFPruneSequentialEnv`) an episode is the steps from
 the first unit to the last: the budget is checked when one starts, it is recorded when it ends, its
 ``action`` is the single-step allocation that was scored
@@ -73,6 +79,10 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.final_target = self.single.config.target_sparsity
         self.full_windows = self.single.config.reward_windows
         self.weights_fingerprint = self.single.weights_fingerprint
+        self.surrogate = bool(self.single.config.surrogate)
+        """Whether the env is in surrogate mode (its evaluations are surrogate evaluations)."""
+        self._axis = "surrogate_evaluations" if self.surrogate else "evaluations"  # the axis an episode's score adds to
+        self._surrogate_id = self.single.surrogate.fingerprint if self.surrogate else None  # its evaluation set
         curricula = [w for w in wrapper_chain(env) if isinstance(w, CurriculumWrapper)]
         self.train_targets: tuple[float, ...] | None = curricula[0].train_targets if curricula else None
         """The training targets of the curriculum inside (``None``: one target, the configured one)."""
@@ -85,9 +95,9 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         :func:`target_key`; ``best`` is the configured target's entry."""
         self.history: list[dict[str, Any]] = []
         self._wall_offset = 0.0  # seconds spent before a resume
-        self._cost_offset = {"evaluations": 0, "tokens": 0, "env_steps": 0}
+        self._cost_offset = {"evaluations": 0, "tokens": 0, "env_steps": 0, "surrogate_evaluations": 0}
         self._cost_at_start = dict(base.cost)
-        self._unbooked = {"evaluations": 0, "tokens": 0}  # population episodes evaluated but not recorded yet
+        self._unbooked = {self._axis: 0, "tokens": 0}  # population episodes evaluated but not recorded yet
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ the cost axes
@@ -99,15 +109,18 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     @property
     def cost(self) -> dict[str, float]:
         """Search cost so far: episodes, evaluations (re-scorings included), tokens, wall seconds (and env steps when
-        sequential)."""
+        sequential, surrogate evaluations in surrogate mode)."""
         base = self.env.unwrapped.cost
-        cost = {"episodes": self.episodes,
-                "evaluations": self._cost_offset["evaluations"] + base["evaluations"] - self._cost_at_start["evaluations"]
-                - self._unbooked["evaluations"],
-                "tokens": self._cost_offset["tokens"] + base["tokens"] - self._cost_at_start["tokens"] - self._unbooked["tokens"],
+
+        def spent(axis: str) -> int:
+            return self._cost_offset[axis] + base[axis] - self._cost_at_start[axis] - self._unbooked.get(axis, 0)
+
+        cost = {"episodes": self.episodes, "evaluations": spent("evaluations"), "tokens": spent("tokens"),
                 "seconds": round(self.wall_seconds, 3)}
         if self.sequential:
-            cost["env_steps"] = self._cost_offset["env_steps"] + base["env_steps"] - self._cost_at_start["env_steps"]
+            cost["env_steps"] = spent("env_steps")
+        if self.surrogate:
+            cost["surrogate_evaluations"] = spent("surrogate_evaluations")
         return cost
 
     @property
@@ -117,8 +130,9 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
 
     @property
     def evaluations_to_best(self) -> int | None:
-        """Evaluations spent when the best allocation was found (``None`` before any)."""
-        return None if self.best is None else int(self.best["evaluations"])
+        """Evaluations spent when the best allocation was found (surrogate evaluations in surrogate mode; ``None``
+        before any)."""
+        return None if self.best is None else int(self.best[self._axis])
 
     # ------------------------------------------------------------------ gymnasium API
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -144,10 +158,10 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         tokens = [int(info["cost"]["tokens"]) for info in infos]
         try:  # the population ran before any re-scoring: each episode is booked as if the steps had run one by one
             for i, info in enumerate(infos):
-                self._unbooked = {"evaluations": len(infos) - i - 1, "tokens": sum(tokens[i + 1:])}
+                self._unbooked = {self._axis: len(infos) - i - 1, "tokens": sum(tokens[i + 1:])}
                 self._record(actions[i], float(rewards[i]), info)
         finally:
-            self._unbooked = {"evaluations": 0, "tokens": 0}
+            self._unbooked = {self._axis: 0, "tokens": 0}
         return obs, rewards, terminated, truncated, infos
 
     def _check_budget(self, n: int) -> None:
@@ -171,13 +185,15 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                 "layer_sparsity": np.asarray(full_info["layer_sparsity"]).tolist(),
                 "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
                 "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
-                "evaluations": cost["evaluations"], "tokens": cost["tokens"], "seconds": cost["seconds"]}
+                "evaluations": cost["evaluations"], "tokens": cost["tokens"], "seconds": cost["seconds"],
+                **({"surrogate_evaluations": cost["surrogate_evaluations"]} if self.surrogate else {})}
             self.best = self.best_by_target.get(target_key(self.final_target))
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
                  "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
                  "action": np.asarray(action, np.float32).tolist(), "evaluations": cost["evaluations"],
                  "tokens": cost["tokens"], "seconds": cost["seconds"],
                  **({"env_steps": cost["env_steps"]} if self.sequential else {}),
+                 **({"surrogate_evaluations": cost["surrogate_evaluations"]} if self.surrogate else {}),
                  "best_reward": self.best["reward"] if self.best else float("nan"),
                  "best_ppl": self.best["ppl"] if self.best else float("nan")}
         self.history.append(point)
@@ -195,7 +211,10 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
     def state_dict(self) -> dict[str, Any]:
         cost = self.cost
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
-                "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0), "best": self.best,
+                "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0),
+                **({"surrogate": self._surrogate_id, "surrogate_evaluations": cost["surrogate_evaluations"]}
+                   if self.surrogate else {}),
+                "best": self.best,
                 "best_by_target": self.best_by_target, "history": self.history,
                 "weights_fingerprint": self.weights_fingerprint,
                 "wrappers": resumable_states(self.env)}
@@ -207,12 +226,19 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         if written_for != self.weights_fingerprint:
             raise FFPruneError(f"the checkpoint was written for other model weights ({written_for}, now "
                                f"{self.weights_fingerprint}): the model changed since; start the search again without resume")
+        if state.get("surrogate") != self._surrogate_id:
+            def kind(fingerprint: str | None) -> str:
+                return f"the surrogate fitted on {fingerprint[:19]}" if fingerprint else "the real env"
+
+            raise FFPruneError(f"the checkpoint was written on {kind(state.get('surrogate'))}, this search runs on "
+                               f"{kind(self._surrogate_id)}: start it again without resume")
         self.episodes = int(state["episodes"])
         self._wall_offset = float(state["wall_seconds"])
         self._t0 = time.perf_counter()
         self._cost_at_start = dict(self.env.unwrapped.cost)
         self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"]),
-                             "env_steps": int(state.get("env_steps", 0))}
+                             "env_steps": int(state.get("env_steps", 0)),
+                             "surrogate_evaluations": int(state.get("surrogate_evaluations", 0))}
         self.best = state["best"]
         self.best_by_target = dict(state.get("best_by_target") or  # checkpoints before training across targets: best
                                    ({target_key(self.final_target): self.best} if self.best is not None else {}))
