@@ -62,12 +62,13 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · amortised · tune · rlstats · reports · "
-                              "ray_tasks"),
+                              "search · allocate · bench · suite · claim · amortised · tune"),
+                             ("ffprune.agents", "agents/experiments/", "surrogate_record · surrogate_validate · rlstats · "
+                                                                      "reports · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
-                                                   "amortised, tune, export, eval, models, methods, bench-env)")]),
+                                                   "amortised, tune, surrogate, export, eval, models, methods, bench-env)")]),
 ]
 
 

@@ -44,7 +44,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_subcommand_is_a_module_with_its_arguments_beside_its_handler():
     names = [m.NAME for m in cli.SUBCOMMANDS]
     assert sorted(names) == ["allocate", "amortised", "bench", "bench-env", "claim", "eval", "export", "methods", "models",
-                             "search", "tune"]
+                             "search", "surrogate", "tune"]
     assert list(_subparsers(cli.build_parser())) == names
     for module in cli.SUBCOMMANDS:
         assert module.__name__.startswith("ffprune.agents.cli.") and module.__doc__ and module.HELP
@@ -69,7 +69,8 @@ def test_bench_and_search_name_their_workers_apart():
 
 
 # ----------------------------------------------------------------------------- fast start
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["search", "--help"], ["bench", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["search", "--help"], ["bench", "--help"],
+                                  ["surrogate", "record", "--help"]])
 def test_help_and_version_import_nothing_heavy(argv):
     code = (
         "import sys\n"

@@ -20,6 +20,8 @@ traceback. Progress lines of the ``ffenv`` / ``ffprune`` loggers go to stderr (w
     ffprune tune --method fastforward --cell-workers 2   # a grid of settings, on the reward split, seeds 10-12
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama
     ffprune bench --suite core --cell-workers 2 --docs README.md
+    ffprune surrogate record --dry-run     # the evaluation sets of surrogate mode: plan, then record (resumable)
+    ffprune surrogate validate          # each surrogate vs the real rewards of its test allocations
     ffprune export r.json --out pruned/llama [--calibrate]
     ffprune eval pruned/llama --tasks ffprune_nextline
 """
@@ -35,10 +37,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 
-from ffprune.agents.cli import allocate, amortised, bench, bench_env, claim, export, methods, models, search, tune
+from ffprune.agents.cli import (
+    allocate,
+    amortised,
+    bench,
+    bench_env,
+    claim,
+    export,
+    methods,
+    models,
+    search,
+    surrogate,
+    tune,
+)
 from ffprune.agents.cli import eval as zero_shot
 
-SUBCOMMANDS = (models, methods, bench_env, search, allocate, bench, claim, amortised, tune, export, zero_shot)
+SUBCOMMANDS = (models, methods, bench_env, search, allocate, bench, claim, amortised, tune, surrogate, export,
+               zero_shot)
 """The subcommand modules, in ``--help`` order (each: ``NAME``, ``HELP``, ``add_arguments``, ``run``)."""
 LOGGERS = ("ffenv", "ffprune")
 """The library loggers the command line shows on stderr."""

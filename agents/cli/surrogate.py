@@ -1,0 +1,162 @@
+"""``ffprune surrogate``: record the evaluation sets surrogate mode is fitted on, and validate the surrogates.
+
+``ffprune surrogate record`` builds (or resumes) one set per (family, mode) from the core suite's histories and new
+evaluations (random allocations at several spreads, the heuristics, perturbations of the best, reduced-fidelity
+pairs, held-out ppl for a share of them); ``--dry-run`` prints the plan and its time. ``ffprune surrogate validate``
+fits each surrogate and scores it on its test allocations (Spearman rank correlations per suite task).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ffprune.agents.cli.common import add_cell_workers_argument, interrupted, parse_floats, parse_kwargs, parse_names
+
+NAME = "surrogate"
+HELP = "record the evaluation sets of surrogate mode (resumable) and validate the surrogates"
+DEFAULTS: dict[str, Any] = {"random": 50, "spreads": "uniform,0.1,0.3,0.6", "heuristics": "uniform,owl,alphapruning,flap,dlp,atp",
+                            "atp_trials": 4, "perturb": 100, "fidelity": 40, "fidelity_windows": "2,4,8,16",
+                            "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3}
+"""The defaults of :class:`~ffprune.agents.experiments.surrogate_record.RecordSettings` (written out here so that
+``--help`` imports nothing heavy; a test keeps them equal)."""
+RECORD_DESCRIPTION = (
+    "Record (or resume: the same command continues; Ctrl-C loses at most one chunk) the evaluation set of each "
+    "(family, mode) into OUT/<model>-<mode>.npz. Sources: the core suite's histories (no evaluation; checked by "
+    "re-measuring a few), random allocations at several spreads, the heuristics, perturbations of the best so far, "
+    "allocations at reduced fidelity too, all at the suite's and the curriculum's targets; a share also gets the "
+    "held-out ppl. Cost with the defaults: one (family, mode, env seed) is about 11 min structured and 15 min "
+    "unstructured on one CPU core (about 930 / 900 reward-evaluation equivalents at the 0.7 / 1.0 s one evaluation "
+    "took per core in the core suite); all of it (3 families x 2 modes, env seed 0: the core suite's instance) about "
+    "1.3 h on one core, half with --cell-workers 2 (each further env seed as much again). --dry-run prints the plan "
+    "and its time without evaluating.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The sub-subcommands ``record`` and ``validate`` and their options."""
+    sub = p.add_subparsers(dest="action", required=True, metavar="{record,validate}")
+    rec = sub.add_parser("record", help="record the evaluation sets (resumable)", description=RECORD_DESCRIPTION)
+    rec.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
+    rec.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
+    rec.add_argument("--seeds", default="0", help="comma-separated env seeds (pruning instances; default 0: every "
+                     "core suite cell ran on env seed 0, its search seed varies the agent only)")
+    rec.add_argument("--out", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
+    rec.add_argument("--suite-out", default="docs/results/core", help="the core suite's results (their histories)")
+    rec.add_argument("--no-suite", action="store_true", help="do not read the suite's histories")
+    rec.add_argument("--random", type=int, default=DEFAULTS["random"], help="random rows per spread per seed")
+    rec.add_argument("--spreads", default=DEFAULTS["spreads"], help="random spreads: 'uniform' (in [-1, 1]) or s "
+                     "(N(0, s) clipped)")
+    rec.add_argument("--heuristics", default=DEFAULTS["heuristics"], help="heuristics at every target (flap: "
+                     "structured only)")
+    rec.add_argument("--atp-trials", type=int, default=DEFAULTS["atp_trials"], help="ATP common differences per target")
+    rec.add_argument("--perturb", type=int, default=DEFAULTS["perturb"], help="perturbations of the best allocations "
+                     "per seed")
+    rec.add_argument("--fidelity", type=int, default=DEFAULTS["fidelity"], help="allocations per seed measured at full "
+                     "and every reduced fidelity")
+    rec.add_argument("--fidelity-windows", default=DEFAULTS["fidelity_windows"], help="reduced fidelities (reward "
+                     "windows below the env's)")
+    rec.add_argument("--held-out", type=float, default=DEFAULTS["held_out"], help="share of the random, heuristic and "
+                     "perturbed rows that also get the held-out ppl (about 6.5 reward evaluations each)")
+    rec.add_argument("--targets", help="comma-separated targets of the new rows (default: structured 0.1-0.6 by 0.05, "
+                     "unstructured 0.1-0.4 by 0.1 and 0.5-0.8 by 0.05)")
+    rec.add_argument("--task-weight", type=int, default=DEFAULTS["task_weight"], help="the suite tasks' targets are "
+                     "drawn this many times as often")
+    rec.add_argument("--chunk", type=int, default=DEFAULTS["chunk"], help="most evaluations between two saves")
+    rec.add_argument("--verify", type=int, default=DEFAULTS["verify"], help="suite rows re-measured before the suite's "
+                     "rows are kept (0: none)")
+    rec.add_argument("--sample-seed", type=int, default=0, help="seed of every draw")
+    rec.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env setting (repeatable; "
+                     "the suite's rows are used only when the cells ran with the same settings)")
+    rec.add_argument("--dry-run", action="store_true", help="print the plan (rows, held-out ppls, evaluations per "
+                     "source; chunks done; time) and exit")
+    add_cell_workers_argument(rec)
+    rec.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+    rec.set_defaults(action_run=_record)
+    val = sub.add_parser("validate", help="fit each surrogate and score it on its test allocations",
+                         description="Fit each (family, mode)'s surrogate on its set's train split and score it on the "
+                         "test split: Spearman rho of predicted vs real reward (overall, top decile) and held-out ppl, "
+                         "per core suite task, against gradient-boosted trees when scikit-learn is installed. Writes "
+                         "OUT/validation.json and OUT/validation.md.")
+    val.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
+    val.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
+    val.add_argument("--data", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
+    val.add_argument("--out", default="docs/results/surrogate", help="where validation.json and validation.md go")
+    val.add_argument("--fit-kwarg", action="append", metavar="KEY=VALUE", help="a FitSettings field (repeatable; "
+                     "default: the settings an env fits with)")
+    val.add_argument("--no-compare", action="store_true", help="skip the gradient-boosted trees")
+    val.add_argument("--quiet", action="store_true", help="no progress lines")
+    val.set_defaults(action_run=_validate)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen sub-subcommand."""
+    return args.action_run(args)
+
+
+def _seeds(text: str) -> list[int]:
+    from ffenv.errors import FFPruneError
+
+    try:
+        return [int(s) for s in parse_names(text, "--seeds")]
+    except ValueError:
+        raise FFPruneError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def settings_of(args: argparse.Namespace) -> Any:
+    """The :class:`~ffprune.agents.experiments.surrogate_record.RecordSettings` the ``record`` flags ask for."""
+    from ffenv.errors import FFPruneError
+    from ffprune.agents.experiments.surrogate_record import RecordSettings
+
+    spreads: list[str | float] = []
+    for s in parse_names(args.spreads, "--spreads"):
+        try:
+            spreads.append(s if s == "uniform" else float(s))
+        except ValueError:
+            raise FFPruneError(f"--spreads takes 'uniform' or numbers, got {s!r}") from None
+    try:
+        windows = tuple(int(w) for w in parse_names(args.fidelity_windows, "--fidelity-windows"))
+    except ValueError:
+        raise FFPruneError(f"--fidelity-windows must be comma-separated integers, got {args.fidelity_windows!r}") from None
+    targets = parse_floats(args.targets, "--targets")
+    return RecordSettings(random=args.random, spreads=tuple(spreads), heuristics=tuple(parse_names(args.heuristics,
+                          "--heuristics")), atp_trials=args.atp_trials, perturb=args.perturb, fidelity=args.fidelity,
+                          fidelity_windows=windows, held_out=args.held_out,
+                          targets=None if targets is None else tuple(targets), task_weight=args.task_weight,
+                          chunk=args.chunk, verify=args.verify, suite=not args.no_suite, seed=args.sample_seed)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from ffenv.errors import SearchInterrupted
+    from ffprune.agents.experiments import surrogate_record as sr
+
+    kwargs = {"families": parse_names(args.families, "--families"), "modes": parse_names(args.modes, "--modes"),
+              "seeds": _seeds(args.seeds), "out": args.out, "settings": settings_of(args),
+              "env_kwargs": parse_kwargs(args.env_kwarg, "--env-kwarg") or None, "suite_out": args.suite_out}
+    if args.dry_run:
+        print(sr.plan_markdown(sr.plan_record(**kwargs)))
+        return 0
+    try:
+        summaries = sr.run_record(workers=args.cell_workers, ray_address=args.ray_address, progress=not args.quiet,
+                                  **kwargs)
+    except (KeyboardInterrupt, SearchInterrupted):
+        return interrupted(args.out or "ffenv/surrogate/data")
+    print(sr.summary_markdown(summaries))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ffenv.errors import FFPruneError
+    from ffenv.surrogate import FitSettings
+    from ffprune.agents.experiments.surrogate_validate import run_validate, validation_markdown
+
+    fit = parse_kwargs(args.fit_kwarg, "--fit-kwarg")
+    try:
+        settings = FitSettings(**fit)
+    except TypeError:
+        fields = list(FitSettings.__dataclass_fields__)
+        raise FFPruneError(f"--fit-kwarg takes FitSettings fields {fields}, got {sorted(fit)}") from None
+    analysis = run_validate(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), args.data,
+                            args.out, settings, compare=not args.no_compare)
+    print(validation_markdown(analysis))
+    print(f"written: {args.out}/validation.md, validation.json")
+    return 0

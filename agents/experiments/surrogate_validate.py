@@ -1,0 +1,255 @@
+"""``ffprune surrogate validate``: how well each (model, mode)'s surrogate ranks what it never saw, per suite task.
+
+For every evaluation set (:mod:`ffenv.surrogate.records`; default the bundled ``ffenv/surrogate/data/``) the surrogate
+is fitted as an environment fits it (:func:`ffenv.surrogate.fit`, :class:`~ffenv.surrogate.FitSettings`, seeded: the
+train split, early-stopped on the validation split) and judged on the **test** split (allocations the fit never read;
+the split is by allocation, :func:`ffenv.surrogate.split_of`):
+
+* reward, on the test rows measured on all reward windows: Spearman ρ of predicted vs real reward, over all of them
+  and within the top decile of real reward (the allocations a search ends with), and the mean absolute error of
+  ``log reward``;
+* held-out ppl, on the test rows that have one: Spearman ρ, over all of them and within the top decile (the lowest
+  held-out ppls), and the MAE of ``log eval_ppl``;
+* each per slice: all targets, and the target of each ``core`` suite task of the (model, mode) (structured 0.3 and
+  0.5, unstructured 0.7: the 9 tasks), a slice being the rows at that target;
+* the same numbers for scikit-learn's ``HistGradientBoostingRegressor`` (default settings, the same inputs and
+  training rows; only when scikit-learn is installed) and the microseconds one prediction of a single allocation
+  costs each model: the comparison behind the default model class.
+
+Goals (the issue's, after YAHPO Gym / NAS-Bench-301 practice): ρ ≥ :data:`GOALS` ``["spearman"]`` over all test
+rows of a task and ≥ ``["top_decile"]`` within its top decile, for the reward and for the held-out ppl alike.
+``validation.json`` holds every number, ``validation.md`` a table per (model, mode) with the goals marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffenv.errors import FFPruneError
+from ffenv.io import atomic_write_json, atomic_write_text, check_writable
+from ffenv.surrogate import EvaluationSet, FitSettings, fit
+from ffenv.surrogate.model import REWARD_FLOOR
+from ffenv.surrogate.records import DATA_DIR, data_name
+from ffprune.agents.experiments.rlstats import spearman
+from ffprune.agents.experiments.surrogate_record import FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, check_families_modes
+
+log = logging.getLogger(__name__)
+
+GOALS = {"spearman": 0.9, "top_decile": 0.7}
+"""Spearman ρ the surrogate should reach on a task's test allocations: over all, and within the top decile."""
+TOP_DECILE = 0.9
+"""Rows whose real reward is at or above this quantile of their slice form its top decile."""
+TIMING_CALLS = 2000
+"""Single-allocation predictions timed per model (median of per-call times, after a warm-up)."""
+
+
+def task_name(family: str, mode: str, target: float) -> str:
+    """The ``core`` suite task of a family, mode and target (``llama-s0.3``, ``opt-u0.7``)."""
+    return f"{family}-{'s' if mode == 'structured' else 'u'}{target:g}"
+
+
+def _rho(pred: np.ndarray, real: np.ndarray) -> float | None:
+    """Spearman ρ, ``None`` below 3 rows or when one side is constant."""
+    if len(real) < 3:
+        return None
+    rho = spearman(pred, real)
+    return None if math.isnan(rho) else rho
+
+
+def slice_metrics(pred_log_reward: np.ndarray, reward: np.ndarray, pred_log_eval: np.ndarray | None,
+                  eval_ppl: np.ndarray, reward_rows: np.ndarray, eval_rows: np.ndarray) -> dict[str, Any]:
+    """The metrics of one slice: ρ and MAE of ``log reward`` on ``reward_rows`` (a mask), ρ in their top decile (highest
+    rewards); ρ, ρ in the top decile (lowest held-out ppls) and MAE of ``log eval_ppl`` on ``eval_rows``
+    (``pred_log_eval`` ``None``: the model predicts no held-out ppl); which :data:`GOALS` each ρ meets."""
+    real = np.log(np.maximum(reward[reward_rows].astype(np.float64), REWARD_FLOOR))
+    pred = pred_log_reward[reward_rows]
+    out: dict[str, Any] = {"rows": int(reward_rows.sum()), "spearman": _rho(pred, real),
+                           "mae_log_reward": float(np.mean(np.abs(pred - real))) if len(real) else None}
+    top = real >= np.quantile(real, TOP_DECILE) if len(real) else np.zeros(0, bool)
+    out["top_decile_rows"] = int(top.sum())
+    out["top_decile_spearman"] = _rho(pred[top], real[top])
+    out["eval_rows"] = int(eval_rows.sum())
+    out["eval_top_decile_rows"] = 0
+    if pred_log_eval is None or not eval_rows.any():
+        out["eval_spearman"] = out["eval_top_decile_spearman"] = out["mae_log_eval_ppl"] = None
+    else:
+        real_eval = np.log(eval_ppl[eval_rows].astype(np.float64))
+        pred_eval = pred_log_eval[eval_rows]
+        best = real_eval <= np.quantile(real_eval, 1.0 - TOP_DECILE)  # the lowest held-out ppls
+        out["eval_spearman"] = _rho(pred_eval, real_eval)
+        out["eval_top_decile_rows"] = int(best.sum())
+        out["eval_top_decile_spearman"] = _rho(pred_eval[best], real_eval[best])
+        out["mae_log_eval_ppl"] = float(np.mean(np.abs(pred_eval - real_eval)))
+    out["goals"] = {"spearman": _meets(out["spearman"], GOALS["spearman"]),
+                    "top_decile": _meets(out["top_decile_spearman"], GOALS["top_decile"]),
+                    "eval_spearman": _meets(out["eval_spearman"], GOALS["spearman"]),
+                    "eval_top_decile": _meets(out["eval_top_decile_spearman"], GOALS["top_decile"])}
+    return out
+
+
+def _meets(value: float | None, goal: float) -> bool | None:
+    return None if value is None else bool(value >= goal)
+
+
+def _median_us(call: Any, calls: int) -> float:
+    call()
+    times = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        call()
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times) * 1e6)
+
+
+def _sklearn() -> Any:
+    """scikit-learn's ``HistGradientBoostingRegressor``, or ``None`` when scikit-learn is not installed."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+    except ImportError:
+        return None
+    return HistGradientBoostingRegressor
+
+
+def validate_set(data: EvaluationSet, family: str, settings: FitSettings | None = None, compare: bool = True,
+                 timing_calls: int = TIMING_CALLS) -> dict[str, Any]:
+    """The validation of one evaluation set (module docstring): per slice, the surrogate's metrics and, with
+    ``compare`` and scikit-learn installed, the gradient-boosted trees'. ``settings``: the fit's (default: an env's)."""
+    settings = FitSettings() if settings is None else settings
+    meta, a = data.meta, data.arrays
+    mode = meta["mode"]
+    split = data.split()
+    test = split["test"]
+    full = a["windows"] == int(meta["reward_windows"])
+    measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
+    surrogate = fit(data, settings)
+    x = surrogate.inputs(a["unit_sparsity"], a["target"], a["seed"].astype(np.int64))
+    models: dict[str, dict[str, Any]] = {}
+    pred_reward = surrogate.reward_model.predict(x)[0]
+    pred_eval = surrogate.eval_model.predict(x)[0] if surrogate.eval_model is not None else None
+    one = (a["unit_sparsity"][0], float(a["target"][0]), int(a["seed"][0]))
+    models["mlp-ensemble"] = {
+        "label": f"MLP ensemble ({settings.members} × {settings.depth}×{settings.hidden})", "pred": (pred_reward, pred_eval),
+        "us_per_prediction": _median_us(lambda: surrogate.predict_reward(*one), timing_calls),
+        "fit_seconds": surrogate.info.get("fit_seconds")}
+    hgb = _sklearn() if compare else None
+    if hgb is not None:
+        fit_rows = (split["train"] | split["validation"])  # what the ensemble saw (it early-stops on validation)
+        t0 = time.perf_counter()
+        trees = hgb(random_state=settings.seed).fit(x[fit_rows & full], np.log(np.maximum(
+            a["reward"][fit_rows & full].astype(np.float64), REWARD_FLOOR)))
+        trees_eval = None
+        if (fit_rows & measured).sum() >= 8:
+            trees_eval = hgb(random_state=settings.seed).fit(x[fit_rows & measured],
+                                                             np.log(a["eval_ppl"][fit_rows & measured].astype(np.float64)))
+        seconds = time.perf_counter() - t0
+        row = x[:1]
+        models["hist-gradient-boosting"] = {
+            "label": "scikit-learn HistGradientBoostingRegressor (defaults)",
+            "pred": (trees.predict(x), trees_eval.predict(x) if trees_eval is not None else None),
+            "us_per_prediction": _median_us(lambda: trees.predict(row), max(50, timing_calls // 20)),
+            "fit_seconds": round(seconds, 3)}
+    slices = [("all targets", None)] + [(task_name(family, mode, t), t) for t in TASK_TARGETS[mode]]
+    results: dict[str, Any] = {}
+    for name, model in models.items():
+        pr, pe = model["pred"]
+        per_slice = {}
+        for label, target in slices:
+            at = np.ones(len(data), bool) if target is None else np.abs(a["target"] - target) < 1e-6
+            per_slice[label] = slice_metrics(pr, a["reward"], pe, a["eval_ppl"], test & full & at, test & measured & at)
+        results[name] = {"label": model["label"], "us_per_prediction": model["us_per_prediction"],
+                         "fit_seconds": model["fit_seconds"], "slices": per_slice}
+    sources = data.sources
+    return {"model": meta["model"], "mode": mode, "family": family, "fingerprint": data.fingerprint,
+            "rows": len(data), "seeds": sorted(set(a["seed"].tolist())),
+            "splits": {k: int(v.sum()) for k, v in split.items()},
+            "test": {"full_fidelity": int((test & full).sum()), "held_out": int((test & measured).sum())},
+            "sources": {s: int((a["source"] == i).sum()) for i, s in enumerate(sources)},
+            "fit": {"settings": dataclasses.asdict(settings), "rows": surrogate.info.get("rows")},
+            "models": results}
+
+
+def run_validate(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
+                 data: str | Path | None = None, out: str | Path = "docs/results/surrogate",
+                 settings: FitSettings | None = None, compare: bool = True,
+                 timing_calls: int = TIMING_CALLS) -> dict[str, Any]:
+    """Validate the set of every (family, mode) in ``data`` (a folder; default the bundled sets) and write
+    ``validation.json`` and ``validation.md`` to ``out``; the analysis. A missing set is a one-line
+    :class:`FFPruneError` naming the command that records it."""
+    pairs = check_families_modes(families, modes)
+    folder = DATA_DIR if data is None else Path(data)
+    if not folder.is_dir():
+        raise FFPruneError(f"data={str(folder)!r} is not a folder of evaluation sets")
+    out = Path(out)
+    for name in ("validation.json", "validation.md"):
+        check_writable(out / name)
+    paths = {(f, m): folder / data_name(FAMILY_MODELS[f], m) for f, m in pairs}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FFPruneError(f"{str(folder)!r} has no evaluation set {missing}; record them with `ffprune surrogate "
+                           f"record` (--families / --modes for some only)")
+    sets = []
+    for (family, _mode), path in paths.items():
+        log.info("[surrogate] validating %s", path.name)
+        sets.append(validate_set(EvaluationSet.load(path), family, settings, compare, timing_calls))
+    analysis = {"goals": GOALS, "top_decile": TOP_DECILE, "data": str(folder), "compared": any(
+        "hist-gradient-boosting" in s["models"] for s in sets), "sets": sets}
+    atomic_write_json(out / "validation.json", analysis)
+    atomic_write_text(out / "validation.md", validation_markdown(analysis))
+    return analysis
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mark(value: float | None, goal: float) -> str:
+    return "–" if value is None else f"{value:.3f} {'✓' if value >= goal else '✗'}"
+
+
+def validation_markdown(analysis: dict[str, Any]) -> str:
+    """The readable tables of :func:`run_validate`: a summary per suite task, then one table per (model, mode)."""
+    goals = analysis["goals"]
+    lines = ["### Surrogate validation on the test allocations", "",
+             f"Per (model, mode): the surrogate fitted on the train split (early-stopped on validation) and judged on the "
+             f"test split (by allocation: never seen by the fit). ρ = Spearman rank correlation of predicted vs real, "
+             f"on the test rows measured on all reward windows (reward) or with a held-out ppl; top decile = the test rows "
+             f"at or above the {analysis['top_decile']:.0%} quantile of real reward (held-out ppl: at or below the "
+             f"{1 - analysis['top_decile']:.0%} quantile). Goals: ρ ≥ {goals['spearman']} overall and ≥ "
+             f"{goals['top_decile']} in the top decile (✓ met, ✗ missed, – too few rows).", "",
+             "| task | test rows | ρ reward | ρ top decile | held-out rows | ρ held-out ppl | ρ top decile |",
+             "|---|---|---|---|---|---|---|"]
+    for s in analysis["sets"]:
+        for label, m in s["models"]["mlp-ensemble"]["slices"].items():
+            if label == "all targets":
+                continue
+            lines.append(f"| {label} | {m['rows']} | {_mark(m['spearman'], goals['spearman'])} | "
+                         f"{_mark(m['top_decile_spearman'], goals['top_decile'])} | {m['eval_rows']} | "
+                         f"{_mark(m['eval_spearman'], goals['spearman'])} | "
+                         f"{_mark(m['eval_top_decile_spearman'], goals['top_decile'])} |")
+    for s in analysis["sets"]:
+        sources = ", ".join(f"{k} {v}" for k, v in s["sources"].items())
+        lines += ["", f"#### {s['model']} {s['mode']}", "",
+                  f"{s['rows']} rows (env seeds {', '.join(map(str, s['seeds']))}; train / validation / test "
+                  f"{s['splits']['train']} / {s['splits']['validation']} / {s['splits']['test']}; test rows on all reward "
+                  f"windows {s['test']['full_fidelity']}, with a held-out ppl {s['test']['held_out']}). Sources: {sources}.",
+                  "", "| model | slice | test rows | ρ reward | ρ top decile (rows) | MAE log reward | ρ held-out ppl "
+                  "(rows) | ρ top decile (rows) | MAE log held-out ppl | µs per prediction |", "|---" * 10 + "|"]
+        for model in s["models"].values():
+            for label, m in model["slices"].items():
+                lines.append(f"| {model['label']} | {label} | {m['rows']} | {_mark(m['spearman'], goals['spearman'])} | "
+                             f"{_mark(m['top_decile_spearman'], goals['top_decile'])} ({m['top_decile_rows']}) | "
+                             f"{_fmt(m['mae_log_reward'])} | {_mark(m['eval_spearman'], goals['spearman'])} "
+                             f"({m['eval_rows']}) | {_mark(m['eval_top_decile_spearman'], goals['top_decile'])} "
+                             f"({m['eval_top_decile_rows']}) | {_fmt(m['mae_log_eval_ppl'])} | "
+                             f"{model['us_per_prediction']:.0f} |")
+    if not analysis["compared"]:
+        lines += ["", "scikit-learn is not installed here: no gradient-boosted trees to compare with."]
+    return "\n".join(lines) + "\n"
