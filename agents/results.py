@@ -6,6 +6,13 @@ field was renamed (:data:`FIELD_RENAMES`; the results committed under ``docs/res
 never rewritten by hand) come back with the new names, so the code that reads results knows one name per
 fact. :func:`migrate_result` is the mapping itself (idempotent), :func:`result_env` an in-process env with a
 finished result's settings, for scoring its allocations again.
+
+**Surrogate results** (a search on ``gym.make(id, surrogate=True)``, :mod:`ffenv.surrogate`) carry a top-level
+``"surrogate": {"fingerprint": ..., "data": ...}`` label (and ``env_kwargs.surrogate: true``); their perplexities are
+predictions. Wherever real results are expected (the core suite's cells and reports, ``ffprune claim``, ``amortised``,
+``tune``, ``export``) they are read with ``real=True``: a surrogate result is then a one-line :class:`FFPruneError`
+(:func:`surrogate_of` tells one apart, :func:`check_real` refuses it, :func:`refuse_surrogate_settings` refuses
+``surrogate=True`` among a study's env settings before any work).
 """
 
 from __future__ import annotations
@@ -71,19 +78,69 @@ def migrate_result(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_result(result: str | Path | dict[str, Any]) -> dict[str, Any]:
+SURROGATE_HINT = "`ffprune search --surrogate` and `ffprune bench --suite core --surrogate` keep surrogate results apart"
+
+
+def surrogate_of(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The surrogate label of a result, a bench folder's ``config.json`` or a suite analysis (``{"fingerprint": ...,
+    "data": ...}``), or ``None`` for a real one. A result whose ``env_kwargs`` say ``surrogate: true`` is a surrogate
+    result even without the label (``{"fingerprint": None, "data": None}``)."""
+    label = result.get("surrogate") if isinstance(result, dict) else None
+    if isinstance(label, dict):
+        return label
+    env_kwargs = result.get("env_kwargs") if isinstance(result, dict) else None
+    if label or (isinstance(env_kwargs, dict) and env_kwargs.get("surrogate")):
+        return {"fingerprint": None, "data": None}
+    return None
+
+
+def same_surrogate(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two surrogate labels (:func:`surrogate_of`; ``None``: real) name the same env: both real, or both the
+    surrogate fitted on the same evaluation set."""
+    return (a is None) == (b is None) and (a or {}).get("fingerprint") == (b or {}).get("fingerprint")
+
+
+def describe_surrogate(label: dict[str, Any] | None) -> str:
+    """A label in words: ``"the real env"`` or ``"the surrogate fitted on sha256:…"``."""
+    if label is None:
+        return "the real env"
+    return f"the surrogate fitted on {str(label.get('fingerprint'))[:19]}" if label.get("fingerprint") else "a surrogate"
+
+
+def check_real(result: dict[str, Any], name: str = "result", what: str = "this reader") -> dict[str, Any]:
+    """``result`` itself if it is a real one; a surrogate result (:func:`surrogate_of`) is a one-line
+    :class:`FFPruneError` naming ``name`` (the file) and ``what`` expects real results."""
+    label = surrogate_of(result)
+    if label is not None:
+        fitted = f", surrogate {str(label['fingerprint'])[:19]}" if label.get("fingerprint") else ""
+        raise FFPruneError(f"{name} is a surrogate result (predicted, not measured{fitted}): {what} expects real "
+                           f"results; {SURROGATE_HINT}")
+    return result
+
+
+def refuse_surrogate_settings(env_kwargs: dict[str, Any] | None, what: str) -> None:
+    """A one-line :class:`FFPruneError` when ``env_kwargs`` ask for a surrogate env: ``what`` (a study over the real
+    suite's results) runs and reads real searches only."""
+    if (env_kwargs or {}).get("surrogate"):
+        raise FFPruneError(f"{what} runs and reads real searches only (its results sit beside the real core suite's): "
+                           f"surrogate=True is refused; {SURROGATE_HINT}")
+
+
+def read_result(result: str | Path | dict[str, Any], *, real: bool = False, what: str = "this reader") -> dict[str, Any]:
     """A result file (or an already-parsed result) with the field names of today (:func:`migrate_result`).
 
-    A missing file or one that is not JSON is an :class:`FFPruneError` naming it.
+    A missing file or one that is not JSON is an :class:`FFPruneError` naming it. With ``real=True`` a surrogate
+    result is one too (:func:`check_real`; ``what`` names the reader that expects real results).
     """
-    if isinstance(result, dict):
-        return migrate_result(result)
-    return migrate_result(read_json(result, "result"))
+    done = migrate_result(result if isinstance(result, dict) else read_json(result, "result"))
+    if real:
+        check_real(done, "result" if isinstance(result, dict) else str(result), what)
+    return done
 
 
-def read_result_if_any(path: str | Path) -> dict[str, Any] | None:
+def read_result_if_any(path: str | Path, *, real: bool = False, what: str = "this reader") -> dict[str, Any] | None:
     """:func:`read_result` of ``path``, or ``None`` when there is no such file yet (a cell not run)."""
-    return read_result(path) if Path(path).exists() else None
+    return read_result(path, real=real, what=what) if Path(path).exists() else None
 
 
 def result_env(result: dict[str, Any]) -> gym.Env:

@@ -5,14 +5,20 @@ Every writer (results, checkpoints, bench tables and plots, the token cache, zoo
 and renamed over it, so a kill or Ctrl-C never leaves a half-written file, only the old one or the new
 one. A target that cannot be written (read-only folder, a file where a folder should be) is an
 :class:`~ffenv.errors.FFPruneError` naming the path, not an ``OSError`` traceback.
+
+Checkpoints of long runs (10⁴–10⁵ episodes on a surrogate) stay cheap: :class:`CheckpointPacer` spaces rewrites so
+they cost a bounded share of the run, and :func:`pack` stores a search's plain-Python state (its whole history) as
+one bytes object, which ``torch.save`` copies instead of visiting every record.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
+import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -105,6 +111,58 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` atomically."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def pack(obj: Any) -> bytes:
+    """``obj`` (plain Python: a search's state and history) pickled into one bytes object for a checkpoint.
+    ``torch.save`` visits every object it saves (10⁴ history records: a fifth of a second), but copies one bytes
+    object (about 10× faster). :func:`unpack` reverses it."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack(value: Any) -> Any:
+    """What :func:`pack` packed; any other value (a checkpoint written before packing) as it is."""
+    return pickle.loads(value) if isinstance(value, (bytes, bytearray)) else value
+
+
+class CheckpointPacer:
+    """When a long run rewrites its checkpoint: after every update while writing is cheap, else once the time since
+    the last write is at least ``(1 - share) / share`` times what that write took, so rewrites cost at most about
+    ``share`` of the run. A checkpoint holding a search's history grows with it: at 10⁴ surrogate episodes, rewriting
+    it after every update would take most of the run. An interruption loses only the work since the last write, and
+    a search resumed from any of its checkpoints ends as the uninterrupted one would.
+
+    Args:
+        share: the most of the run's wall time checkpoints may take, in ``(0, 1)``.
+    """
+
+    def __init__(self, share: float = 0.1) -> None:
+        if not 0 < share < 1:
+            raise FFPruneError(f"share must be in (0, 1), got {share!r}")
+        self.share = share
+        self._ended: float | None = None  # perf_counter() when the last write ended
+        self._took = 0.0                  # seconds the last write took
+        self.writes = 0
+        """Checkpoints written so far."""
+
+    def due(self) -> bool:
+        """Whether a checkpoint should be written now (always before the first one)."""
+        return self._ended is None or time.perf_counter() - self._ended >= self._took * (1 - self.share) / self.share
+
+    def write(self, save: Callable[[], Any]) -> None:
+        """Call ``save`` now, timing it for the next :meth:`due`."""
+        start = time.perf_counter()
+        save()
+        self._ended = time.perf_counter()
+        self._took = self._ended - start
+        self.writes += 1
+
+    def maybe(self, save: Callable[[], Any]) -> bool:
+        """:meth:`write` ``save`` if it is :meth:`due`; whether it was written."""
+        if not self.due():
+            return False
+        self.write(save)
+        return True
 
 
 def check_writable(path: str | Path, name: str = "out") -> Path:

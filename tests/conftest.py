@@ -29,3 +29,34 @@ def tokenizer():
     from ffenv.lm.models import BUNDLED_DIR as ZOO_DIR
 
     return AutoTokenizer.from_pretrained(str(ZOO_DIR / "tokenizer"))
+
+
+SURROGATE_KW = dict(model="tiny-llama", reward_windows=4, eval_samples=2, seq_len=64, calib_samples=8)
+"""The tiny real env the surrogate tests record on (short windows, few reward windows)."""
+
+
+@pytest.fixture(scope="session")
+def surrogate_recording(tmp_path_factory):
+    """A small evaluation set recorded once on the tiny real env: (env, set, folder holding tiny-llama-structured.npz).
+
+    32 random allocations at four spreads and targets (16 with the held-out ppl), 6 of them again on 1 and 2 reward
+    windows (the fidelity pairs)."""
+    import numpy as np
+
+    from ffenv import FFPruneEnv
+    from ffenv.surrogate import EvaluationSet, record
+    from ffenv.surrogate.records import data_name
+
+    env = FFPruneEnv(**SURROGATE_KW)
+    rng = np.random.default_rng(0)
+    n = 32
+    spread = np.repeat([0.3, 0.6, 1.0, 1.5], n // 4)[:, None]
+    actions = np.clip(rng.normal(0.0, 1.0, (n, env.n_units)) * spread, -1, 1).astype(np.float32)
+    targets = rng.choice([0.2, 0.3, 0.4, 0.5], n).tolist()
+    data = EvaluationSet.from_rows(record(env, actions[:16], targets[:16], held_out=True, source="random:held"))
+    data.append(record(env, actions[16:], targets[16:], source="random"))
+    data.append(record(env, np.concatenate([actions[:6]] * 2), targets[:6] * 2, windows=[1] * 6 + [2] * 6,
+                       source="fidelity"))
+    folder = tmp_path_factory.mktemp("surrogate")
+    data.save(folder / data_name("tiny-llama", "structured"))
+    return env, data, folder

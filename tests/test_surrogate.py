@@ -12,35 +12,24 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import SURROGATE_KW
 from scipy.stats import spearmanr
 
 import ffenv
 from ffenv import CurriculumWrapper, FFPruneEnv, FFPruneError, SearchAccounting
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, record, split_of
-from ffenv.surrogate.model import Fidelity, Surrogate
-from ffenv.surrogate.records import EnvDescription, data_name
+from ffenv.surrogate.model import Fidelity, Surrogate, fidelity_noise
+from ffenv.surrogate.records import EnvDescription
 
-KW = dict(model="tiny-llama", reward_windows=4, eval_samples=2, seq_len=64, calib_samples=8)
+KW = SURROGATE_KW
 ENV_ID = "FFPrune-Llama-v0"
 FAST_FIT = FitSettings(steps=300, patience=100)
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """(real env, evaluation set, folder holding it as tiny-llama-structured.npz)."""
-    env = FFPruneEnv(**KW)
-    rng = np.random.default_rng(0)
-    n = 32
-    spread = np.repeat([0.3, 0.6, 1.0, 1.5], n // 4)[:, None]
-    actions = np.clip(rng.normal(0.0, 1.0, (n, env.n_units)) * spread, -1, 1).astype(np.float32)
-    targets = rng.choice([0.2, 0.3, 0.4, 0.5], n).tolist()
-    data = EvaluationSet.from_rows(record(env, actions[:16], targets[:16], held_out=True, source="random:held"))
-    data.append(record(env, actions[16:], targets[16:], source="random"))
-    data.append(record(env, np.concatenate([actions[:6]] * 2), targets[:6] * 2, windows=[1] * 6 + [2] * 6,
-                       source="fidelity"))
-    folder = tmp_path_factory.mktemp("surrogate")
-    data.save(folder / data_name("tiny-llama", "structured"))
-    return env, data, folder
+def recorded(surrogate_recording):
+    """(real env, evaluation set, folder holding it as tiny-llama-structured.npz): conftest's recording."""
+    return surrogate_recording
 
 
 def make(folder, env_id=ENV_ID, **kwargs):
@@ -176,7 +165,7 @@ def test_unstructured_rounding_without_the_model_is_the_engines():
     assert np.array_equal(description.features(0), real.features)
 
 
-def test_reward_is_deterministic_for_a_seed_and_reduced_fidelity_adds_seeded_noise(recorded):
+def test_reward_is_deterministic_per_allocation_and_reduced_fidelity_error_is_a_function_of_it(recorded):
     _real, _data, folder = recorded
     a, b = make(folder).unwrapped, make(folder).unwrapped
     actions = np.random.default_rng(7).uniform(-1, 1, (4, a.n_units)).astype(np.float32)
@@ -189,10 +178,20 @@ def test_reward_is_deterministic_for_a_seed_and_reduced_fidelity_adds_seeded_noi
     for env, seed in ((a, 3), (b, 3), (a, 4)):
         env.reset(seed=seed, options={"reward_windows": 1})
         low.append([env.step(x)[1] for x in actions])
-    assert low[0] == low[1] and low[0] != low[2]  # same seed, same noise; another seed, other noise
+    # as the real env (fixed reward windows): same allocation, same windows -> same reward, whatever the reset seed
+    assert low[0] == low[1] == low[2]
+    assert [a.score(x, reward_windows=1)[0] for x in actions[::-1]] == low[0][::-1]  # nor the order of episodes
+    two = [a.score(x, reward_windows=2)[0] for x in actions]
     bias, spread = a.surrogate.fidelity.at(1)
-    assert spread > 0 and not np.allclose(low[0], full[0])
+    assert spread > 0 and not np.allclose(low[0], full[0]) and two != low[0]
     assert a.reset(options={"reward_windows": 1})[1]["dense_ppl"] == a.surrogate.description.dense_ppl(0, "calib", 1)
+    # the error is b_w + s_w * eps, eps a standard normal over allocations (its mean and spread: the fitted ones)
+    many = np.random.default_rng(8).uniform(-1, 1, (400, a.n_units)).astype(np.float32)
+    errors = np.array([np.log(a.score(x, reward_windows=1)[0]) - np.log(a.score(x, reward_windows=4)[0]) for x in many])
+    assert abs(errors.mean() - bias) < 4 * spread / np.sqrt(len(many)) and abs(errors.std() / spread - 1) < 0.15
+    eps = [fidelity_noise(np.full(16, 0.3), 0.3, seed, w) for seed, w in ((0, 1), (0, 2), (1, 1))]
+    assert len(set(eps)) == 3 and eps[0] == fidelity_noise(np.full(16, 0.3, np.float32), 0.3, 0, 1)
+    assert fidelity_noise(np.full(16, -0.0), 0.3, 0, 1) == fidelity_noise(np.zeros(16), 0.3, 0, 1)
 
 
 def test_evaluate_predicts_the_held_out_ppl_labelled_surrogate(recorded):

@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ffprune.agents.cli.common import METHODS_HINT, add_cell_workers_argument, add_env_arguments, env_kwargs
+from ffprune.agents.cli.common import (
+    METHODS_HINT,
+    add_cell_workers_argument,
+    add_env_arguments,
+    add_surrogate_arguments,
+    env_kwargs,
+)
 
 NAME = "bench"
 HELP = "all agents and baselines on one env (or a suite): tables, plots, TensorBoard"
@@ -22,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``ffprune bench``."""
     p.add_argument("--env", help="the env (default FFPrune-Llama-v0)")
     p.add_argument("--suite", metavar="NAME", help="run every task of a benchmark suite (core) instead of one env "
-                   "(default --out docs/results/<suite>; its own budget and seeds unless given)")
+                   "(default --out docs/results/<suite>, with --surrogate docs/results/<suite>-surrogate; its own budget "
+                   "and seeds unless given)")
     p.add_argument("--docs", action="append", metavar="FILE",
                    help="with --suite: rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': "
                    "the full section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
@@ -37,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
     p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
     add_env_arguments(p)
+    add_surrogate_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
     add_cell_workers_argument(p)
 
@@ -86,18 +94,22 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
 
 
 def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
-    from ffenv.errors import SearchInterrupted
+    from ffenv.errors import FFPruneError, SearchInterrupted
     from ffprune.agents.experiments.suite import get_suite, report_suite, run_suite
 
     suite = get_suite(args.suite).name  # an unknown name: one line listing the suites
+    surrogate = bool(env_kwargs(args).get("surrogate"))  # --surrogate or --env-kwarg surrogate=true
+    if args.docs and surrogate:
+        raise FFPruneError("--docs writes the real suite's generated sections; a suite run on the surrogate keeps its "
+                           "labelled tables in its --out folder")
     if args.docs:
         from ffprune.agents.experiments.suite import check_sections
 
         check_sections(args.docs, suite)  # before hours of search, not after
-    out = args.out or f"docs/results/{suite}"
+    out = args.out or f"docs/results/{suite}{'-surrogate' if surrogate else ''}"
     try:
         if args.report_only:
-            analysis = report_suite(suite, out, args.budget, args.seeds, methods)
+            analysis = report_suite(suite, out, args.budget, args.seeds, methods, surrogate=surrogate)
         else:
             analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args))
     except (KeyboardInterrupt, SearchInterrupted):

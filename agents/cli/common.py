@@ -83,6 +83,15 @@ def add_env_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the search optimises: plain held-in ppl ratio (default) or the ratio after Calib")
 
 
+def add_surrogate_arguments(p: argparse.ArgumentParser) -> None:
+    """``--surrogate`` and ``--surrogate-data``: run on the task's surrogate env (:mod:`ffenv.surrogate`), whose results
+    are labelled and kept apart from real ones."""
+    p.add_argument("--surrogate", action="store_true", help="run on the task's surrogate (predicted rewards and held-out "
+                   "ppl, microseconds per evaluation; results labelled 'surrogate', refused where real results are expected)")
+    p.add_argument("--surrogate-data", metavar="PATH", help="with --surrogate: the evaluation set (.npz or a folder of "
+                   "them; default: the bundled one)")
+
+
 def add_cell_workers_argument(p: argparse.ArgumentParser) -> None:
     """``--cell-workers``: bench cells as Ray tasks (the library's ``workers=`` of ``run_bench`` / ``run_suite`` /
     ``run_claim``), with ``--ray-address``."""
@@ -98,8 +107,17 @@ def add_ray_address_argument(p: argparse.ArgumentParser) -> None:
 
 
 def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``--env-kwarg`` pairs plus ``--reward`` (the flags that are env settings)."""
+    """``--env-kwarg`` pairs plus ``--reward`` and, where the subcommand has them, ``--surrogate`` /
+    ``--surrogate-data`` (the flags that are env settings)."""
+    from ffenv.errors import FFPruneError
+
     kwargs = parse_kwargs(args.env_kwarg, "--env-kwarg")
     if args.reward is not None:
         kwargs["reward"] = args.reward
+    if getattr(args, "surrogate", False):
+        kwargs["surrogate"] = True
+    if getattr(args, "surrogate_data", None) is not None:
+        if not kwargs.get("surrogate"):
+            raise FFPruneError("--surrogate-data needs --surrogate")
+        kwargs["surrogate_data"] = args.surrogate_data
     return kwargs

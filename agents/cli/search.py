@@ -8,6 +8,7 @@ from ffprune.agents.cli.common import (
     METHODS_HINT,
     add_env_arguments,
     add_ray_address_argument,
+    add_surrogate_arguments,
     env_kwargs,
     parse_floats,
     parse_kwargs,
@@ -24,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"a registered method ({METHODS_HINT}) or another stable-baselines3 algorithm (a2c, td3...)")
     p.add_argument("--budget", type=int, default=200, help="episodes (one evaluation each; heuristics use one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logdir", default="runs", help="TensorBoard root: <logdir>/<env>/<agent>/seed<k>")
+    p.add_argument("--logdir", default="runs",
+                   help="TensorBoard root: <logdir>/<env>/<agent>/seed<k> (--surrogate: <logdir>/surrogate/<env>/...)")
     p.add_argument("--out", help="result JSON (checkpoint beside it as <out>.ckpt)")
     p.add_argument("--target", type=float, help="target sparsity (default: the env's; with --train-targets the largest)")
     p.add_argument("--train-targets", metavar="S1,S2,...", help="train one target-conditioned policy across these "
@@ -38,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="also report the held-out ppl after post-pruning calibration (structured envs)")
     add_env_arguments(p)
+    add_surrogate_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="population evaluations on this many Ray actors (a local Ray "
                    "instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: in this process (default)")
     add_ray_address_argument(p)
@@ -58,14 +61,20 @@ def run(args: argparse.Namespace) -> int:
                         agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), progress=not args.quiet,
                         calibrate=args.calibrate, train_targets=parse_floats(args.train_targets, "--train-targets"))
     best, cost = result["best"], result["cost"]
+    label = result.get("surrogate")
     print(f"{result['env_id']} {result['agent']} seed {result['seed']}: target {result['env_kwargs']['target_sparsity']}"
-          f" realized sparsity {best['sparsity']:.4f}")
+          f" realized sparsity {best['sparsity']:.4f}"
+          + (f" | SURROGATE {label['fingerprint'][:19]} ({label['data']}): predicted, not measured" if label else ""))
     print(f"  best reward {best['reward']:.4f} | reward-split ppl {best['reward_ppl']:.2f} (dense "
           f"{best['dense_reward_ppl']:.2f}) | held-out eval ppl {best['eval_ppl']:.2f} (dense {best['dense_eval_ppl']:.2f})")
     if "eval_ppl_after_calib" in best:
         print(f"  after post-pruning calibration: held-out eval ppl {best['eval_ppl_after_calib']:.2f}")
-    print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
-          f" best found after {cost['evaluations_to_best']} evaluations")
+    if label:
+        print(f"  cost: {cost['surrogate_evaluations']} surrogate evaluations (0 real), {cost['seconds']:.1f} s;"
+              f" best found after {cost['evaluations_to_best']} surrogate evaluations")
+    else:
+        print(f"  cost: {cost['evaluations']} evaluations, {cost['tokens']:,} tokens, {cost['seconds']:.1f} s;"
+              f" best found after {cost['evaluations_to_best']} evaluations")
     for key, at in sorted(result.get("best_by_target", {}).items(), key=lambda kv: float(kv[0])):
         print(f"  at training target {key}: best reward {at['reward']:.4f} (reward-split ppl {at['ppl']:.2f})")
     if args.out:

@@ -19,10 +19,10 @@ provenance its search saved in its metadata), rebuilds that env at σ and
   reward split. The result is an ordinary search result.
 
 Either way the result JSON has the schema of a search result (``read_result``, held-out scoring and
-``ffprune export`` take it unchanged), plus ``refine``, ``policy`` (the file, its fingerprint, whether it was
-used on another model, and the provenance saved with it) and ``training_cost`` (what training the policy cost,
-from its metadata; ``None`` for a policy saved before it was recorded). ``cost`` counts the ``N`` refinement
-evaluations only.
+``ffprune export`` take it unchanged; on a surrogate env it is labelled as a search's is), plus ``refine``,
+``policy`` (the file, its fingerprint, whether it was used on another model, and the provenance saved with it) and
+``training_cost`` (what training the policy cost, from its metadata; ``None`` for a policy saved before it was
+recorded). ``cost`` counts the ``N`` refinement evaluations only.
 
 ``env_id`` may name another model of the same mode and unit count than the policy was trained on (cross-model
 use; its registered settings then apply, not the policy's); a policy whose observation or action size does not
@@ -49,6 +49,7 @@ from ffprune.agents.experiments.search import (
     recorded_env_kwargs,
     run_search,
     score_allocation,
+    surrogate_label,
 )
 from ffprune.agents.methods.fastforward import FastForwardConfig, Policy, mean_action, policy_fingerprint, read_policy
 
@@ -169,6 +170,9 @@ def _zero_shot(net: Policy, env: gym.Env, env_id: str, target: float, seed: int,
     cost = {"episodes": 0, "evaluations": base.cost["evaluations"] - start["evaluations"],
             "tokens": base.cost["tokens"] - start["tokens"], "seconds": round(seconds, 3), "evaluations_to_best": 0,
             "setup_seconds": round(base.setup_seconds, 3)}
+    label = surrogate_label(env_id, config=cfg)
+    if label is not None:
+        cost["surrogate_evaluations"] = 0
     scores = score_allocation(env, action, target)
     if calibrate:
         if cfg.mode != "structured":
@@ -184,7 +188,8 @@ def _zero_shot(net: Policy, env: gym.Env, env_id: str, target: float, seed: int,
     best = {"reward": float(reward), "ppl": float(reward_ppl), "action": action.tolist(),
             "layer_sparsity": scores["layer_sparsity"], "keep_ratio": keep.tolist(), "sparsity": scores["sparsity"],
             "episode": 0, "evaluations": 0, "tokens": 0, "seconds": round(seconds, 3), **scores}
-    return {"complete": True, "env_id": env_id, "env_kwargs": recorded_env_kwargs(env),
+    return {"complete": True, **({"surrogate": label} if label is not None else {}), "env_id": env_id,
+            "env_kwargs": recorded_env_kwargs(env),
             "weights_fingerprint": base.weights_fingerprint, "unit_names": list(base.unit_names), "agent": AGENT,
             "seed": seed, "budget": 0, "curriculum": False, "warmup_fraction": None, "warm_start": None, "best": best,
             "cost": cost, "history": [], "logdir": None, "versions": versions()}

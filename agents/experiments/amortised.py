@@ -22,7 +22,8 @@ units), so a policy trained on one family can allocate for another at zero evalu
 trains on one env at a time) — does too.
 
 Every job resumes (training checkpoints, finished allocations are kept) and runs in-process or as Ray tasks
-(``workers``). The analysis is ``amortised.md`` / ``amortised.json``.
+(``workers``). The analysis is ``amortised.md`` / ``amortised.json``. It compares with the real suite: surrogate
+settings and surrogate results (:mod:`ffenv.surrogate`) are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
-from ffprune.agents.results import read_result, read_result_if_any
+from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ REFINE = 20
 """Evaluations of a refinement at one test target."""
 PER_TARGET_BUDGET = 100
 """The ``core`` suite's budget per target (the per-target methods' cells)."""
+REAL = {"real": True, "what": "ffprune amortised"}
+"""How the study reads results: real ones only (a surrogate result is a one-line error)."""
 TRANSFER_TO = "mistral"
 TRANSFER_FROM = ("llama", "opt")
 
@@ -107,7 +110,7 @@ def allocate_job(policy: Path, target: float, refine: int, seed: int, out: Path,
                  env_kwargs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """One allocation (zero-shot or refined) at ``target``; a finished one is read back, not recomputed."""
     if out.exists():
-        done = read_result(out)
+        done = read_result(out, **REAL)
         if done.get("complete"):
             return done
     log.info("[amortised] allocate %s at %s refine %d seed %d", policy, target, refine, seed)
@@ -131,6 +134,7 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
     """Train (or resume) the policies, allocate at the test targets, then write the analysis (module docstring).
     ``env_kwargs`` overrides env settings everywhere (not the target; the suite's cells were run without any)."""
     out = Path(out)
+    refuse_surrogate_settings(env_kwargs, "ffprune amortised")
     positive_int("seeds", seeds)
     positive_int("budget", budget)
     non_negative_int("refine", refine)
@@ -192,7 +196,7 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
                 task = f"{f}-{proto.task_prefix}{t:g}"
                 if task not in known:
                     raise FFPruneError(f"{task} is not a core suite task")
-                reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0))
+                reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0), **REAL)
                 if reference is None:
                     raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
                 uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
@@ -225,7 +229,7 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
 
 def _cells(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The finished results among ``paths`` (one per seed; a seed not run yet is left out)."""
-    return [c for p in paths if (c := read_result_if_any(p)) is not None]
+    return [c for p in paths if (c := read_result_if_any(p, **REAL)) is not None]
 
 
 def _row(task: str, mode: str, approach: str, kind: str, cells: list[dict[str, Any]], spent: int, uniform: float,

@@ -13,6 +13,11 @@ the tables and plots of :func:`ffprune.agents.experiments.reports.write_outputs`
 
 Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods.registry` (or any SB3 algorithm);
 by default every registered method whose ``modes`` include the env's mode.
+
+On a surrogate (``env_kwargs={"surrogate": True, ...}``, ``ffprune bench --surrogate``) the folder's ``config.json``
+records the surrogate's label (``"surrogate": {"fingerprint", "data"}``): a folder of real cells refuses surrogate
+ones and back, and a folder of another surrogate's cells is refused too; the calibrated column is left out (a
+surrogate predicts the held-out ppl without Calib), and the tables say "surrogate" and count surrogate evaluations.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from ffenv.io import atomic_write_json
 from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import write_outputs
-from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search
+from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search, surrogate_label
 from ffprune.agents.methods.registry import get_method, methods_for
-from ffprune.agents.results import read_result, result_env
+from ffprune.agents.results import describe_surrogate, read_result, result_env, same_surrogate, surrogate_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,11 @@ def _check_config(out: Path, config: dict[str, Any]) -> None:
     path = out / "config.json"
     if path.exists():
         old = read_result(path)  # an older folder's field names are today's
+        held, label = surrogate_of(old), surrogate_of(config)
+        if not same_surrogate(held, label):
+            raise FFPruneError(f"out={str(out)!r} holds cells of {describe_surrogate(held)}; this bench runs on "
+                               f"{describe_surrogate(label)}: use another --out folder (surrogate and real results never "
+                               "mix)")
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
         if diff:
             raise FFPruneError(f"out={str(out)!r} holds a bench with other settings {diff} (old, new); "
@@ -116,10 +126,12 @@ def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
     if bad:
         raise FFPruneError(f"methods {bad} do not support {formulation} {mode} envs ({env_id}); methods for it: "
                            f"{methods_for(mode, formulation)}")
-    if calibrate and mode != "structured":
-        calibrate = False  # Calib compensates removed heads / neurons: structured only
+    label = surrogate_label(env_id, overrides)
+    if calibrate and (mode != "structured" or label is not None):
+        calibrate = False  # Calib compensates removed heads / neurons: structured only; a surrogate predicts no Calib
     _check_config(out, {"env_id": env_id, "budget": budget, "target": target, "env_kwargs": env_kwargs or {},
-                        "weights_fingerprint": model_fingerprint(env_id, env_kwargs)})
+                        "weights_fingerprint": model_fingerprint(env_id, env_kwargs),
+                        **({"surrogate": label} if label is not None else {})})
     return [{"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out, "target": target,
              "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha, "progress": progress}
             for method in methods for seed in range(seeds)]

@@ -17,6 +17,7 @@ tasks, same seeds, same held-out protocol; read from ``<suite_out>/<task>/cells`
 Every (task, method, budget, seed) cell is a bench cell in ``<out>/<task>-b<budget>/cells`` (resumable; Ray tasks
 with ``workers``); the analysis is ``claim.md`` / ``claim.json`` and ``claim.png`` (best reward vs evaluations, one
 panel per task, FastForward single-step vs each multi-step agent at the largest budget it ran, median over seeds).
+Every cell it reads must be a real result: a surrogate one (:mod:`ffenv.surrogate`) is a one-line error.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ SINGLE_STEP_AGENT = "fastforward"
 DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
 DEFAULT_BUDGETS = (100, 1000)
 REFERENCE_BUDGET = 100
+REAL = {"real": True, "what": "ffprune claim"}
+"""How the claim reads cells: real results only (a surrogate cell is a one-line error)."""
 
 
 def claim_jobs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
@@ -89,11 +92,11 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
     out, suite_out = Path(out), Path(suite_out)
     rows, curves = [], {}
     for task in tasks:
-        reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0))
+        reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0), **REAL)
         if reference is None:
             raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
         uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
-        ff = {s: c for s in range(seeds) if (c := read_result_if_any(cell_path(suite_out / task, SINGLE_STEP_AGENT, s)))}
+        ff = {s: c for s in range(seeds) if (c := read_result_if_any(cell_path(suite_out / task, SINGLE_STEP_AGENT, s), **REAL))}
         curves[task] = {SINGLE_STEP_AGENT: [c["history"] for c in ff.values()]}
         for seed, cell in ff.items():
             rows.append(_row(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, None))
@@ -101,7 +104,7 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
             for budget in sorted(budgets):
                 histories = []
                 for seed in range(seeds):
-                    cell = read_result_if_any(cell_path(out / f"{task}-b{budget}", method, seed))
+                    cell = read_result_if_any(cell_path(out / f"{task}-b{budget}", method, seed), **REAL)
                     if cell is None:
                         continue
                     target = ff[seed]["best"]["reward"] if seed in ff else None
@@ -110,7 +113,7 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
                 if histories:  # the curve of the method's largest budget run
                     curves[task][f"{method} (sequential)"] = histories
             for seed in range(seeds):  # the same agent single-step, from the suite, at the reference budget
-                cell = read_result_if_any(cell_path(suite_out / task, method, seed))
+                cell = read_result_if_any(cell_path(suite_out / task, method, seed), **REAL)
                 if cell is not None:
                     target = ff[seed]["best"]["reward"] if seed in ff else None
                     rows.append(_row(task, method, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, target))

@@ -12,6 +12,10 @@ A suite folder (:func:`write_suite_report`, from :func:`ffprune.agents.experimen
 gets ``suite.md`` (the aggregate table, the per-task table, the reward/held-out agreement and, if any cell
 failed, the failures), ``scores.csv``, ``aggregate.png`` and ``profiles.png``. Cells are read with their
 names of today (:func:`ffprune.agents.results.read_result`).
+
+Cells of a surrogate (:func:`ffprune.agents.results.surrogate_of`) are labelled in every title and table ("surrogate",
+the evaluation set's fingerprint) and counted in surrogate evaluations (:func:`evaluation_axis`): their
+``evaluations`` and ``tokens`` are 0.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.io import atomic_write, atomic_write_text
+from ffprune.agents.results import surrogate_of
 
 AGENT = "fastforward"
 """The method the reach tables and the suite's probability of improvement are about."""
@@ -34,6 +39,22 @@ KIND_TITLES = {"attn": "attention (heads / KV groups)", "ffn": "FFN neurons", "b
 
 
 # ---------------------------------------------------------------------------- one bench folder
+def evaluation_axis(result: dict[str, Any]) -> str:
+    """The cost axis a result's evaluations are counted on: ``"surrogate_evaluations"`` for a surrogate result (also a
+    history record or a best allocation that carries it), else ``"evaluations"``."""
+    return "surrogate_evaluations" if surrogate_of(result) is not None or "surrogate_evaluations" in result else "evaluations"
+
+
+def surrogate_note(cells: dict[str, list[dict[str, Any]]]) -> str | None:
+    """The line that labels tables of surrogate cells (``None`` for real ones)."""
+    label = next((surrogate_of(r) for runs in cells.values() for r in runs if surrogate_of(r) is not None), None)
+    if label is None:
+        return None
+    return (f"**Surrogate results**: rewards and held-out ppl predicted by the surrogate fitted on "
+            f"`{str(label.get('fingerprint'))[:19]}` (`{label.get('data')}`), not measured; cost in surrogate evaluations. "
+            "Never compare with or mix into real tables.")
+
+
 def _mean_std(values: list[float | None]) -> tuple[float, float]:
     arr = np.array([v for v in values if v is not None], np.float64)
     if len(arr) == 0:
@@ -51,7 +72,7 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             ("eval_ppl_after_calib", [r["best"].get("eval_ppl_after_calib") for r in runs]),
             ("reward_ppl", [r["best"]["reward_ppl"] for r in runs]),
             ("best_reward", [r["best"]["reward"] for r in runs]),
-            ("evaluations", [r["cost"]["evaluations"] for r in runs]),
+            ("evaluations", [r["cost"][evaluation_axis(r)] for r in runs]),
             ("tokens", [r["cost"]["tokens"] for r in runs]),
             ("wall_seconds", [r["cost"]["seconds"] for r in runs]),
             ("evaluations_to_best", [r["cost"]["evaluations_to_best"] for r in runs]),
@@ -59,15 +80,18 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
         row["dense_eval_ppl"] = runs[0]["best"]["dense_eval_ppl"]
         row["sparsity_mean"] = _mean_std([r["best"]["sparsity"] for r in runs])[0]
+        if surrogate_of(runs[0]) is not None:
+            row["surrogate"] = surrogate_of(runs[0]).get("fingerprint")
         rows.append(row)
     return rows
 
 
-def cost_to_reach(history: list[dict[str, Any]], reward: float, axis: str = "evaluations") -> int | None:
-    """Cost on ``axis`` (evaluations or tokens) a search spent until its best reward reached ``reward`` (``None``: never)."""
+def cost_to_reach(history: list[dict[str, Any]], reward: float, axis: str | None = None) -> int | None:
+    """Cost on ``axis`` (evaluations or tokens; default: the evaluations of the history's kind, surrogate ones for a
+    search on a surrogate) a search spent until its best reward reached ``reward`` (``None``: never)."""
     for point in history:
         if np.isfinite(point["best_reward"]) and point["best_reward"] >= reward:
-            return int(point[axis])
+            return int(point[axis or evaluation_axis(point)])
     return None
 
 
@@ -85,7 +109,7 @@ def reach_table(cells: dict[str, list[dict[str, Any]]], agent: str = AGENT) -> l
                 continue
             history = mine[r["seed"]]["history"]
             rows.append({"method": method, "seed": r["seed"], "best_reward": r["best"]["reward"],
-                         "evaluations": r["cost"]["evaluations"],
+                         "evaluations": r["cost"][evaluation_axis(r)],
                          "evaluations_to_best": r["cost"]["evaluations_to_best"], "tokens_to_best": r["best"]["tokens"],
                          f"{agent}_evaluations_to_reach": cost_to_reach(history, r["best"]["reward"]),
                          f"{agent}_tokens_to_reach": cost_to_reach(history, r["best"]["reward"], "tokens")})
@@ -98,8 +122,10 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str) -> None:
-    """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically."""
+def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str,
+                 note: str | None = None) -> None:
+    """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically; ``note`` (the
+    :func:`surrogate_note` of surrogate cells) labels the table, whose evaluations are then surrogate ones."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     writer.writeheader()
@@ -107,8 +133,9 @@ def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, An
     atomic_write_text(out / "results.csv", buf.getvalue())
 
     ordered = sorted(rows, key=lambda r: r["eval_ppl_mean"])
-    lines = [header, "",
-             "| method | held-out ppl | + calib | best reward | evaluations | tokens | wall s | evals to best |",
+    evals = "surrogate evaluations" if note else "evaluations"
+    lines = [header, "", *([note, ""] if note else []),
+             f"| method | held-out ppl | + calib | best reward | {evals} | tokens | wall s | evals to best |",
              "|---|---|---|---|---|---|---|---|"]
     for r in ordered:
         lines.append(f"| {r['method']} | {_fmt(r['eval_ppl_mean'], r['eval_ppl_std'])} | "
@@ -154,13 +181,14 @@ def _plot_curves(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) 
                 continue
             label = method if j == 0 else None
             for ax, axis in zip(axes, ("evaluations", "seconds")):
-                xs = [p[axis] for p in h]
+                xs = [p[evaluation_axis(p) if axis == "evaluations" else axis] for p in h]
                 ys = [p["best_reward"] for p in h]
                 if len(h) == 1:
                     ax.scatter(xs, ys, color=color, marker="D", s=30, label=label, zorder=3)
                 else:
                     ax.step(xs, ys, where="post", color=color, alpha=0.85, lw=1.4, label=label)
-    axes[0].set_xlabel("evaluations (search cost)")
+    surrogate = any(surrogate_of(r) is not None for runs in cells.values() for r in runs)
+    axes[0].set_xlabel("surrogate evaluations (search cost)" if surrogate else "evaluations (search cost)")
     axes[1].set_xlabel("wall seconds")
     axes[0].set_ylabel("best reward (dense ppl / pruned ppl, calib split)")
     for ax in axes:
@@ -201,8 +229,9 @@ def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str
     """``results.csv`` / ``results.md`` / ``curves.png`` / ``allocations.png`` of finished cells; the summary rows."""
     rows = summarize(cells)
     target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
-    title = f"{env_id}, target {target_used:g}, budget {budget}, {seeds} seed(s)"
-    write_tables(out, rows, reach_table(cells), f"### {title}")
+    note = surrogate_note(cells)
+    title = f"{env_id}{' on the SURROGATE' if note else ''}, target {target_used:g}, budget {budget}, {seeds} seed(s)"
+    write_tables(out, rows, reach_table(cells), f"### {title}", note)
     plot(out, cells, title)
     return rows
 
@@ -230,8 +259,14 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
     agg, imp = analysis["aggregate"], analysis["improvement"]
     order = sorted(agg["plain"], key=lambda m: -agg["plain"][m]["iqm"])
     covered = calib_tasks(analysis)
-    lines = [f"### Suite `{analysis['suite']}`: budget {analysis['budget']}, {analysis['seeds']} seed(s), "
+    label = analysis.get("surrogate")
+    on = " on the SURROGATE" if label else ""
+    lines = [f"### Suite `{analysis['suite']}`{on}: budget {analysis['budget']}, {analysis['seeds']} seed(s), "
              f"{len(analysis['tasks'])} tasks", "",
+             *([f"**Surrogate results**: every reward and held-out ppl below is predicted by the tasks' surrogates "
+                f"({', '.join(f'`{k}`: `{str(v)[:19]}`' for k, v in sorted(label.items()))}), not measured; budgets "
+                "and costs count surrogate evaluations. Never compare with or mix into the real suite.", ""]
+               if label else []),
              "Normalised score = share of the uniform → dense held-out ppl gap closed (1 = dense, 0 = uniform). "
              f"IQM over tasks × seeds with 95 % stratified-bootstrap intervals ({analysis['bootstrap_reps']} resamples); "
              "P(FF > X): probability that FastForward's score beats the method's on a task, averaged over the tasks both ran.",
@@ -306,7 +341,8 @@ def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> No
         ax.set_title("held-out ppl" + (f" after Calib ({calib_tasks(analysis)})"
                                        if kind == "calib" else ""))
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"suite {analysis['suite']}: budget {analysis['budget']}, {analysis['seeds']} seeds")
+    on = " on the SURROGATE (predicted)" if analysis.get("surrogate") else ""
+    fig.suptitle(f"suite {analysis['suite']}{on}: budget {analysis['budget']}, {analysis['seeds']} seeds")
     fig.tight_layout()
     atomic_write(out / "aggregate.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
 

@@ -15,6 +15,16 @@ method that saves a policy (FastForward: ``<out>.policy.pt``) gets its provenanc
 (:func:`policy_provenance`, plus ``agent_config`` and the ``training_cost`` once it ran). It is written
 atomically; a checkpoint beside it (``<out>.ckpt``) lets ``resume=True`` continue an interrupted search, and a
 finished result is returned as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
+
+**On a surrogate** (``env_kwargs={"surrogate": True}``, optionally ``"surrogate_data": PATH``; ``ffprune search
+--surrogate``) every method runs unchanged on :mod:`ffenv.surrogate`'s env: the budget counts episodes as ever (one
+surrogate evaluation each, re-scorings at the final target are surrogate evaluations too), ``cost`` has
+``surrogate_evaluations`` (``evaluations`` and ``tokens`` stay 0), the best allocation's ``reward_ppl`` is the
+surrogate's full-fidelity prediction and its ``eval_ppl`` the predicted held-out ppl (``best.surrogate: true``,
+``best.eval_ppl_surrogate_std``: the ensemble spread of its log), the result has a top-level ``"surrogate":
+{"fingerprint": ..., "data": ...}`` label (:func:`surrogate_label`), TensorBoard runs go to
+``<logdir>/surrogate/<env>/<method>/seed<k>`` and plot by surrogate evaluations, and a finished result or a
+checkpoint of another surrogate (or of the real env) is refused on resume. ``calibrate`` needs the real env.
 """
 
 from __future__ import annotations
@@ -26,17 +36,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from ffenv.config import EnvConfig
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
 from ffenv.io import atomic_write_json, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
 from ffenv.registration import resolve_config, twin_env_id
+from ffenv.surrogate import data_path, load_surrogate
+from ffenv.surrogate.records import DATA_DIR
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffenv.wrappers.curriculum import check_train_targets
 from ffenv.wrappers.logger import SearchLogger
 from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
-from ffprune.agents.results import read_result
+from ffprune.agents.results import describe_surrogate, read_result, same_surrogate, surrogate_of
 
 
 def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None = None, target: float | None = None,
@@ -59,15 +72,41 @@ def model_fingerprint(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
     return weights_fingerprint(resolve_config(env_id, env_kwargs).model)
 
 
+def surrogate_label(env_id: str, env_kwargs: dict[str, Any] | None = None,
+                    config: EnvConfig | None = None) -> dict[str, Any] | None:
+    """``{"fingerprint": <evaluation set's>, "data": <its file>}`` of the surrogate an env id (plus overrides; or a
+    resolved ``config``) would build (the bundled set is named ``ffenv/surrogate/data/<file>``), or ``None`` for a real
+    env. Loads (and caches) the surrogate: a missing or mismatched evaluation set is the env's one-line
+    :class:`FFPruneError`."""
+    config = config if config is not None else resolve_config(env_id, env_kwargs)
+    if not config.surrogate:
+        return None
+    path = data_path(config.model, config.mode, config.surrogate_data)
+    bundled = path.resolve().parent == DATA_DIR
+    return {"fingerprint": load_surrogate(config).fingerprint,
+            "data": f"ffenv/surrogate/data/{path.name}" if bundled else str(path)}
+
+
 def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[str, Any]:
-    """Perplexity of an allocation on the full reward split and on the held-out split (not search cost)."""
+    """Perplexity of an allocation on the full reward split and on the held-out split (not search cost).
+
+    On a surrogate env both are the surrogate's predictions (the reward split's at full fidelity, through
+    :meth:`~ffenv.envs.prune_env.FFPruneEnv.score`), labelled ``surrogate: True`` with the ensemble spread of the
+    held-out prediction's log (``eval_ppl_surrogate_std``)."""
     base = single_step_env(env)  # a sequential search's allocations are single-step actions too
     action = np.asarray(action, np.float32)
-    reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
+    if base.surrogate is not None:  # the surrogate predicts the reward split through score() (not search cost here)
+        _, info = base.score(action, target_sparsity=target, reward_windows=base.config.reward_windows)
+        reward = {"ppl": info["ppl"], "dense_ppl": info["dense_ppl"]}
+    else:
+        reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
-    return {"reward_ppl": reward["ppl"], "dense_reward_ppl": reward["dense_ppl"], "eval_ppl": held["ppl"],
-            "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],
-            "layer_sparsity": held["layer_sparsity"].tolist(), "eval_tokens": held["tokens"]}
+    scores = {"reward_ppl": reward["ppl"], "dense_reward_ppl": reward["dense_ppl"], "eval_ppl": held["ppl"],
+              "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],
+              "layer_sparsity": held["layer_sparsity"].tolist(), "eval_tokens": held["tokens"]}
+    if base.surrogate is not None:
+        scores.update(surrogate=True, eval_ppl_surrogate_std=float(held["surrogate_std"]))
+    return scores
 
 
 def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: float | None = None) -> float:
@@ -77,9 +116,10 @@ def calibrated_eval_ppl(env: gym.Env, action: np.ndarray, target: float, alpha: 
                                          calibrate=True, calib_alpha=alpha)["ppl"]
 
 
-def run_dir(logdir: str | Path, env_id: str, method: str, seed: int) -> Path:
-    """``<logdir>/<env>/<method>/seed<k>``: where one search's TensorBoard events go."""
-    return Path(logdir) / env_id / method / f"seed{seed}"
+def run_dir(logdir: str | Path, env_id: str, method: str, seed: int, surrogate: bool = False) -> Path:
+    """``<logdir>/<env>/<method>/seed<k>``: where one search's TensorBoard events go (a search on a surrogate:
+    ``<logdir>/surrogate/<env>/<method>/seed<k>``, so its runs never overlay real ones unlabelled)."""
+    return Path(logdir) / ("surrogate" if surrogate else "") / env_id / method / f"seed{seed}"
 
 
 def run_search(
@@ -118,17 +158,19 @@ def run_search(
     train_targets, target = _check_train_targets(method, env_id, env_kwargs, train_targets, target)
     out_path = Path(out) if out is not None else None
     fingerprint = model_fingerprint(env_id, env_kwargs)
-    finished = _finished_result(out_path, fingerprint) if resume else None
+    label = surrogate_label(env_id, env_kwargs)
+    finished = _finished_result(out_path, fingerprint, label) if resume else None
     if finished is not None:
         return finished
     checkpoint = _prepare_checkpoint(out_path, resume)
     env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate,
                       train_targets, seed)
     final_target = single_step_env(env).config.target_sparsity
-    logpath = run_dir(logdir, env_id, method.name, seed) if logdir is not None else None
+    logpath = run_dir(logdir, env_id, method.name, seed, label is not None) if logdir is not None else None
     hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
                "warmup_fraction": warmup_fraction, **(agent_kwargs or {}),
-               **({"train_targets": ",".join(map(str, train_targets))} if train_targets is not None else {})}
+               **({"train_targets": ",".join(map(str, train_targets))} if train_targets is not None else {}),
+               **({"surrogate": label["fingerprint"]} if label is not None else {})}
     search = SearchAccounting(env, budget, SearchLogger(logpath, progress=progress, hparams=hparams))
     run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
            "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None,
@@ -144,7 +186,7 @@ def run_search(
     if extra.get("policy_file"):  # what only the finished run knows: the method's settings and what training cost
         update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
                                                   scored["cost"], "result_file": str(out_path)})
-    result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra)
+    result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra, label)
     if out_path is not None:
         atomic_write_json(out_path, result)
     return result
@@ -165,15 +207,20 @@ def _check_request(method: SearchMethod, budget: int, warm_start: str | Path | N
     return budget, curriculum
 
 
-def _finished_result(out: Path | None, fingerprint: str | None) -> dict[str, Any] | None:
+def _finished_result(out: Path | None, fingerprint: str | None,
+                     label: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The finished result at ``out`` (``None`` if there is none or it is unfinished); a result on other model
-    weights is refused."""
+    weights, or on another surrogate than ``label`` (or on the real env when ``label`` is one, and back), is refused."""
     if out is None or not out.exists():
         return None
     done = read_result(out)
     if done.get("weights_fingerprint") != fingerprint:
         raise FFPruneError(f"out={str(out)!r} holds a search on other model weights ({done.get('weights_fingerprint')}, "
                            f"now {fingerprint}): the model changed since; use another out path")
+    held = surrogate_of(done)
+    if not same_surrogate(held, label):
+        raise FFPruneError(f"out={str(out)!r} holds a search on {describe_surrogate(held)}, this one runs on "
+                           f"{describe_surrogate(label)}: use another out path")
     return done if done.get("complete") else None
 
 
@@ -247,6 +294,8 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
         problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
     elif calibrate and mode != "structured":
         problem = f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is {mode}"
+    elif calibrate and single_step_env(env).surrogate is not None:
+        problem = "calibrate needs the real env: a surrogate predicts the held-out ppl it was recorded with, not after Calib"
     if problem is not None:
         env.close()
         raise FFPruneError(problem)
@@ -297,12 +346,15 @@ def recorded_env_kwargs(env: gym.Env) -> dict[str, Any]:
 
 
 def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
-              scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any]) -> dict[str, Any]:
+              scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any],
+              label: dict[str, Any] | None = None) -> dict[str, Any]:
     """The result JSON (module docstring): the env and its settings (a sequential env's ``projection`` among them),
-    how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions."""
+    how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions; on a
+    surrogate, its ``label`` first."""
     base = single_step_env(env)
     by_target = {"best_by_target": search.best_by_target} if search.train_targets is not None else {}
-    return {"complete": True, "env_id": env_id, "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": fingerprint,
+    return {"complete": True, **({"surrogate": label} if label is not None else {}), "env_id": env_id,
+            "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": fingerprint,
             "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, **by_target,
             "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,
             "versions": versions(), **extra}

@@ -31,6 +31,15 @@ fall back on and the one the heuristics and searches claim to improve, so "share
 closed" means the same on every model and sparsity, and tasks can be aggregated. With Calib the reference
 is uniform + Calib (same formula on the calibrated perplexities).
 
+**On a surrogate** (``env_kwargs={"surrogate": True, ...}``; ``ffprune bench --suite core --surrogate``, default
+``--out docs/results/core-surrogate``) every cell runs on its task's surrogate (:mod:`ffenv.surrogate`; calibrated
+scores are left out), each task folder's ``config.json`` records the surrogate's label, and the analysis
+(``analysis["surrogate"]``: the evaluation set's fingerprint per task), ``suite.md`` and the plots are labelled
+"surrogate". The two never mix: the real suite (:func:`run_suite` without ``surrogate``, :func:`report_suite` with
+``surrogate=False``) refuses a surrogate cell or folder with a one-line :class:`FFPruneError`, a surrogate suite
+refuses real cells and cells of another evaluation set, and a surrogate suite's results are never written into the
+docs' generated sections.
+
 **Generated doc sections.** A markdown file holds the suite's full section (``<!-- suite:core ... -->`` …
 ``<!-- /suite:core -->``: ``suite.md`` and the plots) and/or its headline (``<!-- suite:core:headline ... -->``
 … ``<!-- /suite:core:headline -->``: the aggregate table and a link to the full page);
@@ -53,7 +62,7 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
 from ffenv.registration import FAMILIES, resolve_config
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
-from ffprune.agents.experiments.reports import AGENT, cost_to_reach, write_outputs, write_suite_report
+from ffprune.agents.experiments.reports import AGENT, cost_to_reach, evaluation_axis, write_outputs, write_suite_report
 from ffprune.agents.experiments.rlstats import (
     iqm,
     performance_profile,
@@ -62,7 +71,7 @@ from ffprune.agents.experiments.rlstats import (
     stratified_bootstrap_ci,
 )
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
-from ffprune.agents.results import read_result, result_env
+from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
 
 log = logging.getLogger(__name__)
 REFERENCE = "uniform"
@@ -133,9 +142,11 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     (``uniform`` is always run: it is the score's reference). ``env_kwargs`` override every task's env (tests
     use small windows); ``workers`` runs the cells as Ray tasks. A cell that raises does not stop the others:
     the returned analysis (also in ``<out>/suite.json``) covers the finished cells and lists the failed ones
-    under ``"failures"`` (task, method, seed, error type, message).
+    under ``"failures"`` (task, method, seed, error type, message). ``env_kwargs={"surrogate": True}`` runs the
+    suite on the tasks' surrogates (module docstring; use another ``out`` than the real suite's).
     """
     suite = get_suite(name)
+    surrogate = bool((env_kwargs or {}).get("surrogate"))
     budget = positive_int("budget", suite.budget if budget is None else budget)
     seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
     out = Path(out)
@@ -154,19 +165,20 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
         else:
             cells[task_name].setdefault(job["method"], []).append(outcome)
     _record_failures(out, suite, failures)
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True)
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate)
 
 
 def report_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
                  seeds: int | None = None, methods: list[str] | None = None, agreement_points: int = 24,
-                 reps: int = 2000) -> dict[str, Any]:
+                 reps: int = 2000, surrogate: bool = False) -> dict[str, Any]:
     """The analysis and every table and plot of a suite again, from the cells already in ``out``: no search and no
     evaluation (the reward / held-out agreement is read from its ``agreement.json`` caches; a task without a
     matching cache is left out of that table, with a warning).
 
     ``budget`` / ``seeds`` default to the suite's own (each task's ``config.json`` must agree on the budget);
     ``methods`` to every registered method that fits a task's mode. Missing cells are left out; the failures
-    recorded by the last :func:`run_suite` are listed.
+    recorded by the last :func:`run_suite` are listed. ``surrogate`` says which suite ``out`` must hold: a real one
+    (a surrogate folder or cell is then a one-line :class:`FFPruneError`) or one run on the surrogates.
     """
     suite = get_suite(name)
     budget = positive_int("budget", suite.budget if budget is None else budget)
@@ -177,17 +189,23 @@ def report_suite(name: str = "core", out: str | Path = "docs/results/core", budg
     for task in suite.tasks:
         folder = out / task.name
         config = read_result(folder / "config.json")
+        if surrogate and surrogate_of(config) is None:
+            raise FFPruneError(f"{str(folder)!r} holds real cells, not a suite run on the surrogate: drop --surrogate, "
+                               "or give the surrogate suite's --out")
+        if not surrogate:
+            check_real(config, str(folder / "config.json"), f"the real {suite.name} suite")
         if config.get("env_id") != task.env_id or config.get("budget") != budget:
             raise FFPruneError(f"{str(folder)!r} holds {config.get('env_id')} at budget {config.get('budget')}, not "
                                f"{task.env_id} at budget {budget}: pass the budget it was run with")
         cells[task.name] = {}
         for method in task_methods(task, methods, config.get("env_kwargs") or None):
-            found = [read_result(p) for seed in range(seeds) if (p := cell_path(folder, method, seed)).exists()]
+            found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
+                     for seed in range(seeds) if (p := cell_path(folder, method, seed)).exists()]
             if found:
                 cells[task.name][method] = found
         if (folder / "failures.json").exists():
             failures += read_json(folder / "failures.json", "failures record")
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False)
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False, surrogate=surrogate)
 
 
 def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]]) -> None:
@@ -201,13 +219,40 @@ def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]]) ->
             path.unlink()
 
 
+def suite_surrogates(suite: Suite, cells: Cells, surrogate: bool) -> dict[str, str] | None:
+    """The fingerprint of each task's surrogate (``None`` for a real suite), checked over every cell: a real suite
+    refuses a surrogate cell, a surrogate suite a real one and, within a task, cells of two evaluation sets (one-line
+    :class:`FFPruneError`)."""
+    labels: dict[str, str] = {}
+    for task in suite.tasks:
+        for method, runs in cells[task.name].items():
+            for cell in runs:
+                name = f"cell {task.name}/{method}/seed{cell.get('seed')}"
+                if not surrogate:
+                    check_real(cell, name, f"the real {suite.name} suite")
+                    continue
+                label = surrogate_of(cell)
+                if label is None:
+                    raise FFPruneError(f"{name} is a real result in a suite run on the surrogate: surrogate and real "
+                                       "results never mix; use another --out folder")
+                seen = labels.setdefault(task.name, str(label.get("fingerprint")))
+                if seen != str(label.get("fingerprint")):
+                    raise FFPruneError(f"{name} is a result of {describe_surrogate(label)}, the task's other cells of "
+                                       f"{describe_surrogate({'fingerprint': seen})}: use another --out folder")
+    return labels if surrogate else None
+
+
 def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]], budget: int, seeds: int,
-            agreement_points: int, reps: int, measure: bool) -> dict[str, Any]:
-    """Per-task tables and plots, the analysis (``suite.json``) and the suite's report of the finished ``cells``."""
+            agreement_points: int, reps: int, measure: bool, surrogate: bool = False) -> dict[str, Any]:
+    """Per-task tables and plots, the analysis (``suite.json``) and the suite's report of the finished ``cells``
+    (labelled when they ran on the surrogates)."""
+    labels = suite_surrogates(suite, cells, surrogate)
     for task in suite.tasks:
         if cells[task.name]:
             write_outputs(out / task.name, cells[task.name], task.env_id, budget, seeds)
     analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures)
+    if labels is not None:
+        analysis["surrogate"] = labels
     analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points, measure=measure)
     atomic_write_json(out / "suite.json", analysis)
     write_suite_report(out, analysis)
@@ -244,7 +289,7 @@ def _score_rows(suite: Suite, cells: Cells, failures: Sequence[dict[str, Any]]) 
                              "score_calib": normalised(best.get("eval_ppl_after_calib"), ref.get("eval_ppl_after_calib"),
                                                        best["dense_eval_ppl"]),
                              "reward_ppl": best["reward_ppl"],
-                             "evaluations": cell["cost"]["evaluations"], "seconds": cell["cost"]["seconds"]})
+                             "evaluations": cell["cost"][evaluation_axis(cell)], "seconds": cell["cost"]["seconds"]})
     return rows
 
 
@@ -319,7 +364,7 @@ def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
                 mine = ff.get(cell["seed"])
                 reward = cell["best"]["reward"]
                 out.append({"task": task.name, "method": method, "seed": cell["seed"], "best_reward": reward,
-                            "evaluations_to_best": cell["best"]["evaluations"],
+                            "evaluations_to_best": cell["best"][evaluation_axis(cell["best"])],
                             "fastforward_to_reach": cost_to_reach(mine["history"], reward) if mine else None})
     return out
 
@@ -415,6 +460,9 @@ def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: 
     table = out / "suite.md"
     if not table.exists():
         raise FFPruneError(f"{str(table)!r} does not exist: run `ffprune bench --suite {suite}` first")
+    if (out / "suite.json").exists():
+        check_real(read_json(out / "suite.json", "suite analysis"), str(out / "suite.json"),
+                   f"the docs' generated suite:{suite} sections")
     body = table.read_text().rstrip("\n")
     if kind == "full":
         rel = _link(out, file)

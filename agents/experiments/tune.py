@@ -17,7 +17,8 @@ variant's ``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/
 ``<out>/<variant>/<task>/tb``); cells run in this process or as Ray tasks (``workers``). ``<out>/config.json`` holds the
 method, budget and env settings and ``<out>/<variant>/variant.json`` the variant's settings: a folder holding other
 settings is refused, so a resumed cell is always the variant's. A cell that raises does not stop the others: it is
-listed in ``<out>/failures.json`` and in the report until a rerun finishes it.
+listed in ``<out>/failures.json`` and in the report until a rerun finishes it. Tuning runs on the real tasks:
+surrogate settings are refused, and a surrogate cell in ``<out>`` is a one-line error when the report reads it.
 
 The report (``tune.md``, ``tune.json``; :func:`report_tune` rewrites them from the cells on disk, byte for byte):
 per variant, the mean best reward over seeds on every task, the mean over tasks, its difference from ``default``
@@ -48,7 +49,7 @@ from ffprune.agents.experiments.suite import get_suite
 from ffprune.agents.methods.fastforward import FastForwardConfig
 from ffprune.agents.methods.registry import get_method
 from ffprune.agents.methods.sb3 import algorithm_class
-from ffprune.agents.results import read_result
+from ffprune.agents.results import read_result, refuse_surrogate_settings
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def run_tune(out: str | Path | None = None, method: str = "fastforward",
     before any search.
     """
     method = get_method(method).name
+    refuse_surrogate_settings(env_kwargs, "ffprune tune")
     out = Path(f"docs/results/tune-{method}" if out is None else out)
     variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
     if REFERENCE not in variants:
@@ -297,7 +299,7 @@ def report_tune(out: str | Path | None = None, method: str = "fastforward",
         for task in tasks:
             for seed in seeds:
                 path = cell_path(out / variant / task, method, seed)
-                cell = read_result(path) if path.exists() else None
+                cell = read_result(path, real=True, what="ffprune tune") if path.exists() else None
                 if cell is not None and cell.get("complete"):
                     rows.append(_cell_row(variant, task, seed, cell))
                 else:

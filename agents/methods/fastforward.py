@@ -34,6 +34,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_torch_save, load_checkpoint
+from ffenv.io import CheckpointPacer, atomic_torch_save, load_checkpoint, pack, unpack
 from ffenv.wrappers import SearchAccounting
 
 
@@ -239,7 +240,8 @@ def run_fastforward(
         config: hyper-parameters.
         warm_start: a policy file from an earlier search (e.g. at another target) to start from; it must squash as
             ``config.squash`` says.
-        checkpoint: file to write after every update (policy, optimiser, RNG and search state).
+        checkpoint: file to write after updates (policy, optimiser, RNG and search state): after every one while
+            that is cheap, spaced so rewrites take at most a tenth of the run otherwise (:class:`ffenv.io.CheckpointPacer`).
         resume: continue from ``checkpoint`` if it exists.
         log: called after every update with its learning statistics (e.g. ``SearchLogger.log_learning``).
     """
@@ -272,10 +274,11 @@ def run_fastforward(
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-        env.load_state_dict(state["search"])
+        env.load_state_dict(unpack(state["search"]))
         updates = state["updates"]
 
     stats: dict[str, float] = {}
+    pacer = CheckpointPacer()
     while not env.budget_spent:
         # ---- collect a batch of one-step episodes: one population evaluation (in-process or on workers)
         n = min(cfg.batch_episodes, env.budget - env.episodes)
@@ -336,9 +339,15 @@ def run_fastforward(
         if log is not None:
             log(stats)
 
-        if checkpoint is not None:
-            atomic_torch_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                               "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                               "python_rng": random.getstate(), "search": env.state_dict(),
-                               "updates": updates, "config": asdict(cfg)}, checkpoint)
+        if checkpoint is not None and pacer.due():
+            pacer.write(partial(_save_checkpoint, checkpoint, policy, optimizer, env, updates, cfg))
     return {"policy": policy, "stats": stats, "config": asdict(cfg)}
+
+
+def _save_checkpoint(path: str | Path, policy: Policy, optimizer: torch.optim.Optimizer, env: SearchAccounting,
+                     updates: int, cfg: FastForwardConfig) -> None:
+    """The checkpoint :func:`run_fastforward` resumes from: policy, optimiser, RNGs, search state (packed), updates."""
+    atomic_torch_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                       "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                       "python_rng": random.getstate(), "search": pack(env.state_dict()), "updates": updates,
+                       "config": asdict(cfg)}, path)

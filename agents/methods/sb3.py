@@ -9,7 +9,8 @@ those that make the agent *learn within a few hundred episodes*:
 * others (A2C, TD3, DDPG...): SB3 defaults with ``n_steps`` / ``learning_starts`` scaled the same way.
 
 The run stops after exactly the search's budget of episodes (:class:`StopAtBudget`), checkpoints the
-model (and SAC's replay buffer) with the search state at every rollout end, and resumes from there.
+model (and SAC's replay buffer) with the search state at rollout ends (spaced so that rewriting them takes at most
+a tenth of the run: :class:`ffenv.io.CheckpointPacer`; at the end always), and resumes from there.
 With a ``logdir`` the algorithm's own learning statistics (``train/*``: losses, approx KL, entropy...)
 go to TensorBoard beside the search's scalars.
 """
@@ -30,7 +31,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_torch_save, atomic_write, load_checkpoint
+from ffenv.io import CheckpointPacer, atomic_torch_save, atomic_write, load_checkpoint, pack, unpack
 from ffenv.vector.vector_env import FFPruneVectorEnv
 from ffenv.wrappers import SearchAccounting
 
@@ -110,12 +111,15 @@ class SB3VecEnv(VecEnv):
 
 
 class StopAtBudget(BaseCallback):
-    """Stops learning once the search's budget is spent; calls ``save`` at rollout ends (every 16 episodes
-    for off-policy algorithms, whose rollouts are single steps)."""
+    """Stops learning once the search's budget is spent; calls ``save`` at rollout ends (at most every 16 episodes
+    for off-policy algorithms, whose rollouts are single steps), when ``pacer`` says it is due (default: a
+    :class:`~ffenv.io.CheckpointPacer` keeping checkpoints under a tenth of the run)."""
 
-    def __init__(self, env: SearchAccounting, save: Callable[[], None], every: int = 16) -> None:
+    def __init__(self, env: SearchAccounting, save: Callable[[], None], every: int = 16,
+                 pacer: CheckpointPacer | None = None) -> None:
         super().__init__()
         self.env, self.save, self.every = env, save, every
+        self.pacer = pacer or CheckpointPacer()
         self.last_saved = env.episodes
 
     def _on_step(self) -> bool:
@@ -123,8 +127,8 @@ class StopAtBudget(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         if self.env.episodes - self.last_saved >= self.every or not isinstance(self.model, OffPolicyAlgorithm):
-            self.save()
-            self.last_saved = self.env.episodes
+            if self.pacer.maybe(self.save):
+                self.last_saved = self.env.episodes
 
 
 def run_sb3(
@@ -156,7 +160,7 @@ def run_sb3(
 
     resumed = bool(resume and ckpt is not None and ckpt.exists() and model_file.exists())
     if resumed:
-        env.load_state_dict(load_checkpoint(ckpt)["search"])
+        env.load_state_dict(unpack(load_checkpoint(ckpt)["search"]))
         model = cls.load(model_file, env=venv, seed=seed)
         if isinstance(model, OffPolicyAlgorithm) and buffer_file.exists():
             model.load_replay_buffer(buffer_file)
@@ -171,7 +175,7 @@ def run_sb3(
         atomic_write(model_file, model.save, keep_suffix=True)
         if isinstance(model, OffPolicyAlgorithm):
             atomic_write(buffer_file, model.save_replay_buffer, keep_suffix=True)
-        atomic_torch_save({"search": env.state_dict(), "algo": name}, ckpt)
+        atomic_torch_save({"search": pack(env.state_dict()), "algo": name}, ckpt)
 
     remaining = env.budget - env.episodes
     if remaining > 0:

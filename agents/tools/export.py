@@ -41,7 +41,7 @@ def _read_result(path: Path) -> dict[str, Any]:
             raise FFPruneError(f"{str(path)!r} does not exist but {str(ckpt)!r} does: the search is unfinished; finish it "
                                "with the same `ffprune search` command and --resume, then export")
         raise FFPruneError(f"result {str(path)!r} does not exist (write one with `ffprune search ... --out {path}`)")
-    result = read_result(path)
+    result = read_result(path, real=True, what="ffprune export (it prunes and measures the real model)")
     if not isinstance(result, dict) or "best" not in result or "env_id" not in result:
         raise FFPruneError(f"{str(path)!r} is not an ffprune search result (no env_id / best)")
     if not result.get("complete"):
@@ -68,7 +68,8 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
                   force: bool = False, speed: bool = True, dtype: str | None = None) -> dict[str, Any]:
     """Export the best allocation of a finished search as a pruned Hugging Face folder; returns its facts.
 
-    Refused (:class:`ffenv.FFPruneError`, nothing written): a missing or unfinished result, a model that cannot
+    Refused (:class:`ffenv.FFPruneError`, nothing written): a missing or unfinished result, a surrogate result (its
+    allocation was chosen on predicted rewards; :mod:`ffenv.surrogate`), a model that cannot
     be loaded, weights that differ from the ones the search ran on (fingerprint), a non-empty ``out``
     without ``force``, ``calibrate`` on an unstructured env, and a reloaded model that does not reproduce
     the env's held-out perplexity (relative ``RELOAD_RTOL``; ``LOSSY_RTOL`` when ``dtype`` rounds weights).

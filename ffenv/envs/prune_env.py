@@ -234,7 +234,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         Counted in :attr:`cost` like a step, but it starts no episode and changes no episode state: what
         a search uses to re-score a cheap curriculum episode at the final target on all reward windows.
         In surrogate mode the reward is predicted; at fewer than all reward windows it carries the fidelity
-        error, drawn from the env's seeded ``np_random``.
+        error, a deterministic function of the allocation, target, env seed and windows (as the real env, the same
+        allocation on the same windows gets the same reward; :func:`ffenv.surrogate.model.fidelity_noise`).
         """
         a = self._check_action(action)
         target = self.target_sparsity if target_sparsity is None else target_sparsity
@@ -247,8 +248,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         info = self._allocation_info(unit_sparsity)
         extra: dict[str, Any] = {}
         if self.surrogate is not None:
-            reward, spread = self.surrogate.predict_reward(info["layer_sparsity"], target, self.config.seed, windows,
-                                                           self.np_random)
+            reward, spread = self.surrogate.predict_reward(info["layer_sparsity"], target, self.config.seed, windows)
             ppl = dense_ppl / reward
             cost = {"evaluations": 0, "tokens": 0, "surrogate_evaluations": 1}
             self.cost["surrogate_evaluations"] += 1

@@ -18,9 +18,13 @@ Model
     numpy on weights copied out of torch: a step costs microseconds.
 Fidelity
     An episode on ``w`` of the ``W`` reward windows (the curriculum's fidelity) gets
-    ``exp(pred + b_w + s_w · ε)``, ``ε ~ N(0, 1)`` from the environment's seeded generator: ``b_w`` and ``s_w`` are
-    the mean and standard deviation of ``log reward_w - log reward_W`` over the allocations measured at both
-    (:class:`Fidelity`; interpolated in ``1/w - 1/W`` between recorded fidelities, the nearest one beyond them).
+    ``exp(pred + b_w + s_w · ε)``: ``b_w`` and ``s_w`` are the mean and standard deviation of
+    ``log reward_w - log reward_W`` over the allocations measured at both (:class:`Fidelity`; interpolated in
+    ``1/w - 1/W`` between recorded fidelities, the nearest one beyond them), and ``ε`` is a standard normal that is
+    a deterministic function of (the allocation's float16 bytes, the target, the env seed, ``w``)
+    (:func:`fidelity_noise`): as in the real env, where the first ``w`` windows are fixed, the same allocation on
+    the same windows always gets the same reward, whatever the episode or the reset seed; another allocation, another
+    ``w`` or another env seed draws another error.
 
 :func:`load_surrogate` is what an environment calls: the evaluation set of its (model, mode), checked against its
 configuration, fitted once per process and cached on disk (``<cache_dir>/surrogate/``, keyed by the set's
@@ -33,9 +37,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -233,6 +239,19 @@ class Fidelity:
                 float(np.interp(at, grid, np.concatenate([[0.0], self.spread[order]]))))
 
 
+_STANDARD_NORMAL = NormalDist()
+
+
+def fidelity_noise(layer_sparsity: np.ndarray, target: float, seed: int, windows: int) -> float:
+    """The standard normal ``ε`` of a reduced-fidelity reward (module docstring): the inverse normal CDF of a uniform
+    taken from a BLAKE2b hash of the allocation (rounded to float16 like the model's inputs; ``-0`` is ``0``), the
+    target (float64), the env seed and the reward windows. Deterministic: no generator state, a few microseconds."""
+    row = np.ascontiguousarray(np.asarray(layer_sparsity, np.float64).astype(np.float16) + np.float16(0))
+    key = row.tobytes() + struct.pack("<dqq", float(target), int(seed), int(windows))
+    bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 11  # 53 bits
+    return _STANDARD_NORMAL.inv_cdf((bits + 0.5) / 2.0 ** 53)
+
+
 def fit_fidelity(data: EvaluationSet, rows: np.ndarray) -> Fidelity:
     """:class:`Fidelity` from the ``rows`` (a mask) of an evaluation set: every reduced-fidelity row whose allocation
     and seed were also measured at full fidelity gives one difference."""
@@ -307,17 +326,16 @@ class Surrogate:
             self.description.features(unknown[0])  # the one-line error naming the recorded seeds
         return model_inputs(layer_sparsity, target, seed, self.seeds)
 
-    def predict_reward(self, layer_sparsity: np.ndarray, target: float, seed: int, windows: int | None = None,
-                       rng: np.random.Generator | None = None) -> tuple[float, float]:
+    def predict_reward(self, layer_sparsity: np.ndarray, target: float, seed: int,
+                       windows: int | None = None) -> tuple[float, float]:
         """The reward of one allocation on ``windows`` reward windows (default all) and the ensemble spread of its
-        log. Fewer windows add the fidelity error, with noise drawn from ``rng`` (required then)."""
+        log. Fewer windows add the fidelity error ``b_w + s_w · ε`` with ``ε`` = :func:`fidelity_noise` of the
+        allocation, target, seed and windows: the same arguments always give the same reward."""
         mean, spread = self.reward_model.predict(self._row(layer_sparsity, target, seed))
         log_r = float(mean[0])
         if windows is not None and windows < self.fidelity.full:
-            if rng is None:
-                raise FFPruneError("a reduced-fidelity surrogate reward needs rng (the env's np_random)")
             bias, noise = self.fidelity.at(windows)
-            log_r += bias + noise * float(rng.standard_normal())
+            log_r += bias + noise * fidelity_noise(layer_sparsity, target, seed, windows)
         return math.exp(log_r), float(spread[0])
 
     def predict_eval_ppl(self, layer_sparsity: np.ndarray, target: float, seed: int) -> tuple[float, float]:

@@ -4,8 +4,11 @@ Per episode it writes one scalar family per cost axis — ``by_evaluations/*``, 
 ``by_wall_ms/*`` (step = milliseconds of wall time) with the tags ``reward``, ``best_reward``, ``ppl``,
 ``best_ppl`` — so runs of different methods overlay on any axis (and ``by_env_steps/*`` for sequential
 searches, whose episodes take one step per unit), plus ``curriculum/target_sparsity`` and
-``curriculum/reward_windows`` by episode. An agent may add its learning (``learning/<name>``, e.g. policy
-loss, approx KL) with :meth:`SearchLogger.log_learning`. :meth:`SearchLogger.close` writes the
+``curriculum/reward_windows`` by episode. Over a surrogate env (the history records carry
+``surrogate_evaluations``) the evaluation axes are ``by_surrogate_evaluations/*`` instead of ``by_evaluations/*``
+and ``by_tokens/*`` (no model forward runs: both stay 0), and the progress bar counts surrogate evaluations.
+An agent may add its learning (``learning/<name>``, e.g. policy loss, approx KL) with
+:meth:`SearchLogger.log_learning`. :meth:`SearchLogger.close` writes the
 hyper-parameters with the final metrics and flushes.
 """
 
@@ -17,6 +20,9 @@ from typing import Any
 import numpy as np
 
 AXES = ("evaluations", "tokens", "wall_ms")
+"""The cost axes of a real search (``env_steps`` is added for sequential searches)."""
+SURROGATE_AXES = ("surrogate_evaluations", "wall_ms")
+"""The cost axes of a search on a surrogate (its ``evaluations`` and ``tokens`` stay 0)."""
 
 
 class SearchLogger:
@@ -41,7 +47,7 @@ class SearchLogger:
         if self._writer is None and self.logdir is not None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when a logdir is set
 
-            self._writer = SummaryWriter(str(self.logdir))
+            self._writer = SummaryWriter(str(self.logdir), max_queue=1000)  # fewer waits on the writer thread
         return self._writer
 
     def log_episode(self, point: dict[str, Any], info: dict[str, Any], budget: int) -> None:
@@ -49,8 +55,11 @@ class SearchLogger:
         self._last = point
         writer = self._tb()
         if writer is not None:
-            steps = {"evaluations": point["evaluations"], "tokens": point["tokens"],
-                     "wall_ms": int(round(point["seconds"] * 1000))}
+            if "surrogate_evaluations" in point:
+                steps = {"surrogate_evaluations": point["surrogate_evaluations"]}
+            else:
+                steps = {"evaluations": point["evaluations"], "tokens": point["tokens"]}
+            steps["wall_ms"] = int(round(point["seconds"] * 1000))
             if "env_steps" in point:
                 steps["env_steps"] = point["env_steps"]
             for axis in steps:
@@ -66,8 +75,10 @@ class SearchLogger:
                 self._bar = tqdm(total=budget, initial=point["episode"] - 1, desc="search", unit="ep",
                                  dynamic_ncols=True)
             self._bar.update(1)
-            self._bar.set_postfix(evals=point["evaluations"], best_ppl=f"{point['best_ppl']:.2f}",
-                                  elapsed=f"{point['seconds']:.0f}s", refresh=False)
+            evals = {"surrogate_evals": point["surrogate_evaluations"]} if "surrogate_evaluations" in point else {
+                "evals": point["evaluations"]}
+            self._bar.set_postfix(**evals, best_ppl=f"{point['best_ppl']:.2f}", elapsed=f"{point['seconds']:.0f}s",
+                                  refresh=False)
 
     def log_learning(self, values: dict[str, float]) -> None:
         """An agent's learning statistics (``learning/<name>``) at the search's current episode."""
