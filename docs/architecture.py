@@ -62,9 +62,9 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · amortised · tune"),
-                             ("ffprune.agents", "agents/experiments/", "surrogate_record · surrogate_validate · rlstats · "
-                                                                      "reports · ray_tasks"),
+                              "search · allocate · bench · suite · claim · amortised · tune · rlstats · reports"),
+                             ("ffprune.agents", "agents/experiments/", "surrogate_record · surrogate_validate · "
+                                                                      "surrogate_rank · surrogate_study · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
@@ -102,9 +102,13 @@ def draw(out: str | Path = DEFAULT_OUT) -> Path:
                 fontsize=11 if stage else 9.5, fontweight="bold" if stage else "normal",
                 fontstyle="normal" if stage else "italic", color="#000000" if stage else "#666666")
         ax.plot([left + stage_w + 0.03, box_x0 - 0.03], [y + row_h / 2] * 2, linestyle=":", color="#999999", linewidth=1)
-        box_w = (box_x1 - box_x0 - 0.15 * (len(boxes) - 1)) / len(boxes)
+        room = box_x1 - box_x0 - 0.15 * (len(boxes) - 1)
+        share = [max(len(modules), 60) for _layer, _package, modules in boxes]  # a long module list gets a wider box
+        x = box_x0
         for j, (layer, package, modules) in enumerate(boxes):
-            x = box_x0 + j * (box_w + 0.15)
+            box_w = room * share[j] / sum(share)
+            if j:
+                x += room * share[j - 1] / sum(share) + 0.15
             ax.add_patch(FancyBboxPatch((x, y), box_w, row_h, boxstyle="round,pad=0.02,rounding_size=0.08",
                                         facecolor=LAYERS[layer], edgecolor=EDGES[layer], linewidth=1.2,
                                         linestyle="-" if stage else "--"))

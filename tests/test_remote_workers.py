@@ -10,7 +10,9 @@ that work anywhere are checked here in such processes:
   env_fns, rewards equal to this process's (slow: each worker loads torch and the model);
 * an RLlib PPO for two iterations on one remote env runner, once per way — the creator through ``register_env``,
   the ``"ffenv:<id>"`` string, and Ray's ``worker_process_setup_hook="ffenv.register_envs"`` under a plain
-  user creator — in a private local Ray instance (slow; skipped without RLlib: ``pip install -e ".[ray]"``).
+  user creator — and once on a surrogate (the creator with ``surrogate=True`` and conftest's tiny evaluation set in
+  ``env_config``: the runner's env predicts, it never forwards the model), in a private local Ray instance (slow;
+  skipped without RLlib: ``pip install -e ".[ray]"``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import cloudpickle
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import SURROGATE_KW
 
 import ffenv
 from ffenv import FFPruneError
@@ -173,18 +176,23 @@ def test_gymnasium_async_vector_env_spawn(reference):
 
 
 # ---------------------------------------------------------------------- RLlib
-WAYS = ["creator", "ffenv-prefix", "setup-hook"]
+WAYS = ["creator", "ffenv-prefix", "setup-hook", "surrogate"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("way", WAYS)
-def test_rllib_ppo_two_iterations_on_a_remote_env_runner(way):
+def test_rllib_ppo_two_iterations_on_a_remote_env_runner(way, request):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.rllib", reason="RLlib and its dependencies: pip install -e '.[ray]'")
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.tune.registry import register_env
 
+    env_config = SMALL
+    if way == "surrogate":  # conftest's tiny evaluation set; fitted here once, the runner loads the fit from the disk cache
+        folder = request.getfixturevalue("surrogate_recording")[2]
+        env_config = {**SURROGATE_KW, "surrogate": True, "surrogate_data": str(folder)}
+        gym.make(ENV_ID, **env_config).close()
     if ray.is_initialized():
         ray.shutdown()
     hook = {"worker_process_setup_hook": "ffenv.register_envs"} if way == "setup-hook" else None
@@ -200,7 +208,7 @@ def test_rllib_ppo_two_iterations_on_a_remote_env_runner(way):
 
         # what a Ray worker knows before anything of ffenv reaches it: the ids only with the hook
         assert ray.get(ray.remote(num_cpus=1)(probe).remote()) == ((True, "registered") if hook else (False, "NameNotFound"))
-        if way == "creator":
+        if way in ("creator", "surrogate"):
             register_env("ffprune-llama", ffenv.env_creator(ENV_ID))
             env = "ffprune-llama"
         elif way == "ffenv-prefix":
@@ -208,7 +216,7 @@ def test_rllib_ppo_two_iterations_on_a_remote_env_runner(way):
         else:  # the creator of the issue, which dies in the runner without the hook
             register_env("ffprune-llama-hooked", lambda cfg: gym.make(ENV_ID, **cfg))
             env = "ffprune-llama-hooked"
-        config = (PPOConfig().environment(env, env_config=SMALL)
+        config = (PPOConfig().environment(env, env_config=env_config)
                   .env_runners(num_env_runners=1, num_cpus_per_env_runner=1, rollout_fragment_length=4)
                   .training(train_batch_size_per_learner=4, minibatch_size=4, num_epochs=1)
                   .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[8]))
@@ -217,12 +225,21 @@ def test_rllib_ppo_two_iterations_on_a_remote_env_runner(way):
         try:
             runners = algo.env_runner_group.foreach_env_runner(
                 lambda r: (os.getpid(), r.env.unwrapped.envs[0].unwrapped.config.reward_windows), local_env_runner=False)
-            assert len(runners) == 1 and runners[0][0] != os.getpid() and runners[0][1] == SMALL["reward_windows"]
+            assert len(runners) == 1 and runners[0][0] != os.getpid() and runners[0][1] == env_config["reward_windows"]
             results = [algo.train()["env_runners"] for _ in range(2)]
+            costs = algo.env_runner_group.foreach_env_runner(  # what the runner's env spent: real forwards, predictions
+                lambda r: (r.env.unwrapped.envs[0].unwrapped.surrogate is not None,
+                           dict(r.env.unwrapped.envs[0].unwrapped.cost)), local_env_runner=False)
         finally:
             algo.stop()
     finally:
         ray.shutdown()
+    surrogate, cost = costs[0]
+    assert surrogate == (way == "surrogate")
+    if surrogate:
+        assert cost["evaluations"] == 0 and cost["tokens"] == 0 and cost["surrogate_evaluations"] >= 8
+    else:
+        assert cost["evaluations"] >= 8 and "surrogate_evaluations" not in cost
     assert [r["num_env_steps_sampled_lifetime"] for r in results] == [4, 8]
     assert [r["num_episodes_lifetime"] for r in results] == [4, 8]  # one step per episode
     assert all(math.isfinite(r["episode_return_mean"]) and r["episode_return_mean"] > 0 for r in results)

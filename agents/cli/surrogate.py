@@ -1,9 +1,12 @@
-"""``ffprune surrogate``: record the evaluation sets surrogate mode is fitted on, and validate the surrogates.
+"""``ffprune surrogate``: record the evaluation sets surrogate mode is fitted on, validate the surrogates, and use them.
 
 ``ffprune surrogate record`` builds (or resumes) one set per (family, mode) from the core suite's histories and new
 evaluations (random allocations at several spreads, the heuristics, perturbations of the best, reduced-fidelity
 pairs, held-out ppl for a share of them); ``--dry-run`` prints the plan and its time. ``ffprune surrogate validate``
 fits each surrogate and scores it on its test allocations (Spearman rank correlations per suite task).
+``ffprune surrogate rank`` compares the core suite's method ranking on the surrogates with the real one (Kendall's
+τ-b of the IQM rankings), and ``ffprune surrogate study`` runs RL algorithms to 10,000 evaluations on the surrogates
+of the suite's tasks (learning curves; resumable).
 """
 
 from __future__ import annotations
@@ -11,10 +14,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ffprune.agents.cli.common import add_cell_workers_argument, interrupted, parse_floats, parse_kwargs, parse_names
+from ffprune.agents.cli.common import (
+    METHODS_HINT,
+    add_cell_workers_argument,
+    interrupted,
+    parse_floats,
+    parse_kwargs,
+    parse_names,
+)
 
 NAME = "surrogate"
-HELP = "record the evaluation sets of surrogate mode (resumable) and validate the surrogates"
+HELP = "record the evaluation sets of surrogate mode (resumable), validate the surrogates, rank, study"
 DEFAULTS: dict[str, Any] = {"random": 50, "spreads": "uniform,0.1,0.3,0.6", "heuristics": "uniform,owl,alphapruning,flap,dlp,atp",
                             "atp_trials": 4, "perturb": 100, "fidelity": 40, "fidelity_windows": "2,4,8,16",
                             "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3}
@@ -34,7 +44,7 @@ RECORD_DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sub-subcommands ``record`` and ``validate`` and their options."""
-    sub = p.add_subparsers(dest="action", required=True, metavar="{record,validate}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{record,validate,rank,study}")
     rec = sub.add_parser("record", help="record the evaluation sets (resumable)", description=RECORD_DESCRIPTION)
     rec.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
     rec.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
@@ -86,6 +96,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     val.add_argument("--no-compare", action="store_true", help="skip the gradient-boosted trees")
     val.add_argument("--quiet", action="store_true", help="no progress lines")
     val.set_defaults(action_run=_validate)
+    _add_rank(sub)
+    _add_study(sub)
+
+
+CORE_TASKS = "llama-s0.3, llama-s0.5, llama-u0.7, and the same for mistral and opt"
+
+
+def _add_rank(sub: Any) -> None:
+    rank = sub.add_parser("rank", help="the core suite's method ranking on the surrogates vs the real one",
+                          description="Read the real core suite (--real) and the core suite run on the surrogates "
+                          "(--surrogate-out, made by `ffprune bench --suite core --surrogate`), score every cell as the "
+                          "suite's headline does (on the surrogate: predicted held-out ppls of the method and of uniform, "
+                          "recorded dense ppl), and compare the methods' IQM rankings: Kendall's tau-b overall and per "
+                          "task (goal >= 0.8). Reads only; writes OUT/ranking.json and OUT/ranking.md.")
+    rank.add_argument("--real", default="docs/results/core", help="the real suite's folder")
+    rank.add_argument("--surrogate-out", default="docs/results/core-surrogate", help="the surrogate suite's folder")
+    rank.add_argument("--out", default="docs/results/surrogate", help="where ranking.json and ranking.md go")
+    rank.add_argument("--tasks", help=f"comma-separated suite tasks (default: all 9: {CORE_TASKS})")
+    rank.add_argument("--budget", type=int, help="the suites' budget (default: the suite's, 100)")
+    rank.add_argument("--seeds", type=int, help="seeds read per method (default: the suite's, 3)")
+    rank.add_argument("--methods", help=f"comma-separated methods ({METHODS_HINT}; default: every one both suites ran)")
+    rank.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the intervals")
+    rank.set_defaults(action_run=_rank)
+
+
+def _add_study(sub: Any) -> None:
+    study = sub.add_parser("study", help="RL algorithms to 10,000 evaluations on the surrogates (learning curves)",
+                           description="FastForward, PPO, SAC, TD3, random search and evolution on the surrogate of "
+                           "every core suite task (env seed 0), 10,000 episodes and 5 seeds each by default; resumable "
+                           "(the same command continues; finished cells are kept). Writes per task the result JSONs "
+                           "(OUT/<task>/cells, labelled surrogate) and each cell's learning curve (OUT/<task>/curves: "
+                           "the best-so-far allocation's predicted held-out ppl at log-spaced budgets), then "
+                           "OUT/study.md, study.json and curves.png: per method the IQM normalised best-so-far score "
+                           "over tasks x seeds with 95 %% stratified-bootstrap intervals vs surrogate evaluations, and "
+                           "the wall time per cell.")
+    study.add_argument("--tasks", help=f"comma-separated suite tasks (default: all 9: {CORE_TASKS})")
+    study.add_argument("--methods", default="fastforward,ppo,sac,td3,random,evolution",
+                       help=f"comma-separated methods ({METHODS_HINT}; uniform, the score's reference, always runs)")
+    study.add_argument("--budget", type=int, default=10_000, help="episodes per search")
+    study.add_argument("--seeds", type=int, default=5, help="search seeds 0..K-1 per (task, method)")
+    study.add_argument("--out", default="docs/results/surrogate-study", help="output folder (resumes what is there)")
+    study.add_argument("--surrogate-data", metavar="PATH", help="the evaluation sets (.npz or a folder of them; "
+                       "default: the bundled ones)")
+    study.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env setting (repeatable; "
+                       "it must match what the evaluation set was recorded with)")
+    study.add_argument("--points", type=int, default=40, help="log-spaced checkpoints of the learning curves")
+    study.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the intervals")
+    study.add_argument("--tensorboard", action="store_true", help="also write each search's TensorBoard run "
+                       "(OUT/<task>/tb/surrogate/...)")
+    study.add_argument("--report-only", action="store_true", help="no search: rewrite the report from the curves in --out")
+    add_cell_workers_argument(study)
+    study.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+    study.set_defaults(action_run=_study)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,4 +222,46 @@ def _validate(args: argparse.Namespace) -> int:
                             args.out, settings, compare=not args.no_compare)
     print(validation_markdown(analysis))
     print(f"written: {args.out}/validation.md, validation.json")
+    return 0
+
+
+def _optional_names(text: str | None, flag: str) -> list[str] | None:
+    return None if text is None else parse_names(text, flag)
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from ffprune.agents.experiments.surrogate_rank import ranking_markdown, run_rank
+
+    analysis = run_rank(args.real, args.surrogate_out, args.out, "core", _optional_names(args.tasks, "--tasks"),
+                        args.budget, args.seeds, _optional_names(args.methods, "--methods"), args.reps)
+    print(ranking_markdown(analysis))
+    print(f"written: {args.out}/ranking.md, ranking.json")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    import sys
+
+    from ffenv.errors import SearchInterrupted
+    from ffprune.agents.experiments.surrogate_study import report_study, run_study, study_markdown
+
+    tasks, methods = _optional_names(args.tasks, "--tasks"), parse_names(args.methods, "--methods")
+    if args.report_only:
+        analysis = report_study(tasks, methods, args.budget, args.seeds, args.out, args.reps, args.points)
+    else:
+        env = parse_kwargs(args.env_kwarg, "--env-kwarg")
+        if args.surrogate_data is not None:
+            env["surrogate_data"] = args.surrogate_data
+        try:
+            analysis = run_study(tasks, methods, args.budget, args.seeds, args.out, env, args.cell_workers,
+                                 args.ray_address, not args.quiet, args.points, args.reps, args.tensorboard)
+        except (KeyboardInterrupt, SearchInterrupted):
+            return interrupted(args.out)
+    print(study_markdown(analysis))
+    print(f"written: {args.out}/study.md, study.json, curves.png; per task the cells and their curves")
+    failures = analysis.get("failures") or []
+    if failures:
+        print(f"ffprune surrogate study: {len(failures)} cell(s) failed; run the same command again to retry them",
+              file=sys.stderr)
+        return 1
     return 0

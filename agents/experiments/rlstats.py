@@ -10,7 +10,9 @@ import with pandas 3: its ``arch`` dependency fails at import time.)
   replacement independently within each task;
 * :func:`performance_profile` — share of runs × tasks whose score exceeds each threshold τ, with CIs;
 * :func:`probability_of_improvement` — ``P(X > Y)`` averaged over tasks (Mann–Whitney U / mn, ties count ½);
-* :func:`spearman` — rank correlation (average ranks for ties).
+* :func:`spearman` — rank correlation (average ranks for ties);
+* :func:`kendall_tau_b` — Kendall's τ-b (pairs concordant minus discordant, corrected for ties, as
+  ``scipy.stats.kendalltau``'s default).
 """
 
 from __future__ import annotations
@@ -110,3 +112,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's τ-b of two equally long vectors: ``(C - D) / sqrt((n0 - n1) (n0 - n2))`` with ``C`` / ``D`` the
+    concordant / discordant pairs, ``n0 = n (n - 1) / 2`` and ``n1`` / ``n2`` the pairs tied in ``a`` / ``b`` (a pair
+    tied in both counts in neither ``C`` nor ``D``); ``nan`` if one vector is constant."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise FFPruneError(f"a and b must be equally long vectors of >= 2 values, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise FFPruneError("a and b must be finite")
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    n0 = len(i)
+    n1, n2 = int(np.sum(da == 0)), int(np.sum(db == 0))
+    if n1 == n0 or n2 == n0:
+        return float("nan")
+    return float(np.sum(da * db) / np.sqrt((n0 - n1) * (n0 - n2)))

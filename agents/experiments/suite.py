@@ -48,6 +48,7 @@ docs' generated sections.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -121,6 +122,18 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+def select_tasks(suite: Suite, tasks: Sequence[str] | None) -> Suite:
+    """``suite`` restricted to ``tasks`` (names of its tasks, in the suite's order; ``None``: all of them); an unknown
+    or repeated name is a one-line :class:`FFPruneError` listing the suite's tasks."""
+    names = [t.name for t in suite.tasks]
+    if tasks is None:
+        return suite
+    unknown = [t for t in tasks if t not in names]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise FFPruneError(f"tasks must be distinct tasks of suite {suite.name!r} {names}, got {list(tasks)}")
+    return dataclasses.replace(suite, tasks=tuple(t for t in suite.tasks if t.name in tasks))
+
+
 def task_methods(task: SuiteTask, methods: Sequence[str] | None = None,
                  env_kwargs: dict[str, Any] | None = None) -> list[str]:
     """The methods a task runs: ``methods`` (default: every registered one) that support the task env's mode, with
@@ -184,6 +197,17 @@ def report_suite(name: str = "core", out: str | Path = "docs/results/core", budg
     budget = positive_int("budget", suite.budget if budget is None else budget)
     seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
     out = Path(out)
+    cells, failures = read_suite_cells(suite, out, budget, seeds, methods, surrogate)
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False, surrogate=surrogate)
+
+
+def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, methods: list[str] | None = None,
+                     surrogate: bool = False) -> tuple[Cells, list[dict[str, Any]]]:
+    """The finished cells of every task of ``suite`` in ``out`` (``<out>/<task>/cells``, seeds ``0..seeds-1``; missing
+    cells left out) and the failures the last :func:`run_suite` recorded; reads only. A task folder without
+    ``config.json``, a folder of another env id or budget, and a folder or cell of the other kind than ``surrogate``
+    asks for are each a one-line :class:`FFPruneError` (as in :func:`report_suite`)."""
+    out = Path(out)
     cells: Cells = {}
     failures: list[dict[str, Any]] = []
     for task in suite.tasks:
@@ -205,7 +229,7 @@ def report_suite(name: str = "core", out: str | Path = "docs/results/core", budg
                 cells[task.name][method] = found
         if (folder / "failures.json").exists():
             failures += read_json(folder / "failures.json", "failures record")
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False, surrogate=surrogate)
+    return cells, failures
 
 
 def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]]) -> None:

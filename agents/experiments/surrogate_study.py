@@ -1,0 +1,367 @@
+"""``ffprune surrogate study``: RL algorithms run to 10,000 evaluations on the surrogates of the suite's tasks.
+
+What surrogate mode unlocks, shown: FastForward, PPO, SAC, TD3, random search and evolution (:data:`STUDY_METHODS`)
+on the surrogate of every ``core`` suite task (:mod:`ffenv.surrogate`; ``gym.make(id, surrogate=True)``), each with a
+budget of :data:`DEFAULT_BUDGET` episodes and :data:`DEFAULT_SEEDS` seeds, and their learning curves.
+
+**Cells.** Every (task, method, seed) is one search of :func:`~ffprune.agents.experiments.search.run_search` with
+``env_kwargs={"surrogate": True, ...}``, laid out as a bench folder per task (``<out>/<task>/config.json``, the result
+JSON in ``<out>/<task>/cells/<method>/seed<k>.json``, labelled surrogate; :func:`~ffprune.agents.experiments.bench.cell_jobs`
+checks the settings and refuses a folder of other settings, real cells or another evaluation set). The uniform
+allocation (the normalised score's reference, one evaluation) always runs too. A finished cell is never rerun, an
+interrupted one resumes from its checkpoint, and cells run as Ray tasks with ``workers``
+(:func:`~ffprune.agents.experiments.ray_tasks.run_on_ray`). A cell that raises is recorded and the others finish.
+
+**Curves.** When a cell finishes its learning curve is written beside it, ``<out>/<task>/curves/<method>/seed<k>.json``
+(:func:`cell_curve`; a few kB, while a 10,000-episode result with its history is ≈ 6 MB): at each checkpoint of
+:func:`checkpoint_grid` (log-spaced surrogate evaluations, the search's cost axis, re-scorings included) the best
+allocation found so far at the task's target on all reward windows (the history's best-so-far), its reward, and its
+held-out ppl **as the surrogate predicts it** (the held-out ppl is measured once per search, on its final best; at an
+intermediate budget there is no measurement, so the best-so-far allocation is scored by the surrogate's held-out model,
+as the final one is in a surrogate cell). The report needs only these files.
+
+**Aggregate.** At each checkpoint a run's normalised score is the suite's
+(:func:`~ffprune.agents.experiments.suite.normalised`: ``(ppl_uniform − ppl) / (ppl_uniform − ppl_dense)``, with the
+predicted held-out ppls of the best-so-far and of the uniform allocation and the recorded dense ppl); per method the
+IQM over tasks × seeds with a 95 % stratified-bootstrap interval (:mod:`~ffprune.agents.experiments.rlstats`), at a
+checkpoint where every run has a best allocation (methods under the curriculum have none before its warm-up ends, at
+40 % of the budget: their curve starts there). ``study.json`` holds every number, ``study.md`` the table at
+:data:`TABLE_BUDGETS` and the wall time per cell, ``curves.png`` the learning curves (log x axis).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
+from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, check_writable, read_json
+from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path
+from ffprune.agents.experiments.ray_tasks import run_on_ray
+from ffprune.agents.experiments.reports import AGENT, evaluation_axis
+from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
+from ffprune.agents.experiments.search import run_search, score_allocation
+from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, select_tasks
+from ffprune.agents.results import result_env, surrogate_of
+
+log = logging.getLogger(__name__)
+
+STUDY_METHODS = ("fastforward", "ppo", "sac", "td3", "random", "evolution")
+"""The methods the study runs by default."""
+DEFAULT_BUDGET = 10_000
+"""Episodes per search."""
+DEFAULT_SEEDS = 5
+"""Search seeds ``0..4`` per (task, method); every cell runs on env seed 0, the core suite's pruning instance."""
+TABLE_BUDGETS = (100, 1_000, 10_000)
+"""The budgets (surrogate evaluations) of the study's table (those up to the budget, and the budget itself)."""
+DEFAULT_OUT = "docs/results/surrogate-study"
+
+
+def checkpoint_grid(budget: int, points: int = 40) -> list[int]:
+    """``points`` log-spaced checkpoints from 1 to ``budget`` (rounded, distinct), plus :data:`TABLE_BUDGETS` up to
+    ``budget`` and ``budget`` itself."""
+    budget, points = positive_int("budget", budget), positive_int("points", points)
+    grid = np.unique(np.round(np.logspace(0, np.log10(budget), points)).astype(int)).tolist()
+    return sorted(set(grid) | {b for b in TABLE_BUDGETS if b <= budget} | {budget})
+
+
+def curve_path(out: str | Path, method: str, seed: int) -> Path:
+    """Where one (method, seed) cell's curve lives in a task folder."""
+    return Path(out) / "curves" / method / f"seed{seed}.json"
+
+
+def cell_curve(cell: dict[str, Any], checkpoints: Sequence[int], task: str | None = None,
+               budget: int | None = None) -> dict[str, Any]:
+    """The learning curve of a finished surrogate cell (module docstring): per checkpoint (surrogate evaluations), the
+    best reward found so far at the cell's target on all reward windows, the episode that found it and the surrogate's
+    predicted held-out ppl of that allocation (``None`` before the first). ``budget``: the study's (default: the
+    cell's; a heuristic's cell has budget 1). A real cell is an :class:`FFPruneError`."""
+    label = surrogate_of(cell)
+    if label is None:
+        raise FFPruneError(f"cell {cell.get('env_id')}/{cell.get('agent')}/seed{cell.get('seed')} is a real result: the "
+                           "study's curves score allocations with the surrogate")
+    axis = evaluation_axis(cell)
+    target = cell["env_kwargs"]["target_sparsity"]
+    changes: list[tuple[int, dict[str, Any]]] = []  # (cost when found, history point) each time the best improved
+    last = float("-inf")
+    for point in cell["history"]:
+        best = point["best_reward"]
+        if np.isfinite(best) and best > last:
+            changes.append((int(point[axis]), point))
+            last = best
+    picks = []
+    for checkpoint in checkpoints:
+        found = [i for i, (cost, _p) in enumerate(changes) if cost <= checkpoint]
+        picks.append(found[-1] if found else None)
+    eval_ppl: dict[int, float] = {}
+    env = result_env(cell) if any(p is not None for p in picks) else None
+    try:
+        for i in sorted({p for p in picks if p is not None}):
+            action = np.asarray(changes[i][1]["action"], np.float32)
+            eval_ppl[i] = float(score_allocation(env, action, target)["eval_ppl"])
+    finally:
+        if env is not None:
+            env.close()
+    best = cell["best"]
+    return {"task": task, "env_id": cell["env_id"], "method": cell["agent"], "seed": cell["seed"],
+            "budget": cell["budget"] if budget is None else budget, "surrogate": label, "target": target, "axis": axis,
+            "checkpoints": list(checkpoints),
+            "best_reward": [None if p is None else float(changes[p][1]["best_reward"]) for p in picks],
+            "best_episode": [None if p is None else int(changes[p][1]["episode"]) for p in picks],
+            "eval_ppl": [None if p is None else eval_ppl[p] for p in picks],
+            "dense_eval_ppl": float(best["dense_eval_ppl"]),
+            "final": {"reward": float(best["reward"]), "eval_ppl": float(best["eval_ppl"])},
+            "cost": dict(cell["cost"])}
+
+
+def run_study_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
+                   env_kwargs: dict[str, Any] | None, progress: bool, task: str, checkpoints: list[int],
+                   tensorboard: bool = False) -> dict[str, Any]:
+    """One study cell (a :func:`~ffprune.agents.experiments.bench.cell_jobs` job, less its Calib settings, plus
+    ``task``, ``checkpoints`` and ``tensorboard``): its curve if already written for these checkpoints, else the search
+    (resumed if interrupted; a finished result is read back) and its :func:`cell_curve`, written atomically. Returns
+    the curve (small: what a Ray task sends back)."""
+    path = curve_path(out, method, seed)
+    if path.exists():
+        done = read_json(path, "study curve")
+        if done.get("budget") == budget and done.get("checkpoints") == checkpoints:
+            return done
+    log.info("[study] %s %s seed %d", task, method, seed)
+    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb" if tensorboard else None,
+                      out=cell_path(out, method, seed), target=target, resume=True, env_kwargs=env_kwargs,
+                      progress=progress)
+    curve = cell_curve(cell, checkpoints, task, budget)
+    atomic_write_json(path, curve)
+    return curve
+
+
+def _run_here(job: dict[str, Any]) -> dict[str, Any] | CellFailure:
+    try:
+        return run_study_cell(**job)
+    except SearchInterrupted:
+        raise
+    except Exception as err:  # one cell's failure must not stop the others: recorded, reported at the end
+        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], job["method"], job["seed"], type(err).__name__, err)
+        return CellFailure.of(job, err)
+
+
+def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seeds: int, out: Path,
+          env_kwargs: dict[str, Any], progress: bool, points: int, tensorboard: bool) -> list[dict[str, Any]]:
+    """Every cell of the study as :func:`run_study_cell` keyword arguments (settings checked, task folders' ``config.json``
+    written)."""
+    suite = select_tasks(get_suite("core"), tasks)
+    grid = checkpoint_grid(budget, points)
+    jobs = []
+    for task in suite.tasks:
+        chosen = list(dict.fromkeys([REFERENCE, *methods]))
+        for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, False, None,
+                             progress):
+            job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}  # a surrogate predicts no Calib
+            jobs.append({**job, "task": task.name, "checkpoints": grid, "tensorboard": tensorboard})
+    return jobs
+
+
+def study_settings(tasks: Sequence[str] | None, methods: Sequence[str] | None, budget: int, seeds: int,
+                   env_kwargs: dict[str, Any] | None) -> tuple[list[str], list[str], int, int, dict[str, Any]]:
+    """The checked task names, methods, budget, seeds and surrogate env settings of a study (one-line
+    :class:`FFPruneError` for bad input, before any work)."""
+    suite = select_tasks(get_suite("core"), tasks)
+    methods = list(STUDY_METHODS if methods is None else methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise FFPruneError(f"methods must be distinct registered methods (`ffprune methods` lists them), got {methods}")
+    kwargs = dict(env_kwargs or {})
+    if kwargs.get("surrogate", True) is not True:
+        raise FFPruneError("the study runs on the surrogates: surrogate must stay true among the env settings")
+    kwargs["surrogate"] = True
+    return ([t.name for t in suite.tasks], methods, positive_int("budget", budget), positive_int("seeds", seeds), kwargs)
+
+
+def run_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None, budget: int = DEFAULT_BUDGET,
+              seeds: int = DEFAULT_SEEDS, out: str | Path = DEFAULT_OUT, env_kwargs: dict[str, Any] | None = None,
+              workers: int = 0, ray_address: str | None = None, progress: bool = True, points: int = 40,
+              reps: int = 2000, tensorboard: bool = False) -> dict[str, Any]:
+    """Run (or resume) every cell of the study (module docstring) and write its report; the analysis.
+
+    ``tasks``: names of ``core`` suite tasks (default all 9); ``methods``: default :data:`STUDY_METHODS` (uniform, the
+    reference, always runs); ``env_kwargs``: env settings on top of ``surrogate=True`` (``surrogate_data`` for another
+    evaluation set); ``workers``: cells as Ray tasks; ``points``: log-spaced checkpoints of the curves; ``reps``:
+    bootstrap resamples; ``tensorboard``: each search's TensorBoard run in ``<out>/<task>/tb``.
+    """
+    tasks, methods, budget, seeds, kwargs = study_settings(tasks, methods, budget, seeds, env_kwargs)
+    positive_int("reps", reps)
+    out = Path(out)
+    for name in ("study.json", "study.md", "curves.png"):
+        check_writable(out / name)
+    jobs = _jobs(tasks, methods, budget, seeds, out, kwargs, progress, points, tensorboard)
+    if workers:
+        quiet = [{**job, "progress": False} for job in jobs]
+        done = run_on_ray(run_study_cell, quiet, workers, ray_address, keep_going=True)
+        outcomes = [CellFailure.of(job, r) if isinstance(r, BaseException) else r for job, r in zip(jobs, done)]
+    else:
+        outcomes = [_run_here(job) for job in jobs]
+    curves = [c for c in outcomes if not isinstance(c, CellFailure)]
+    failures = [{"task": job["task"], **{k: v for k, v in c.as_dict().items() if k != "traceback"}}
+                for job, c in zip(jobs, outcomes) if isinstance(c, CellFailure)]
+    return _report(out, tasks, methods, budget, seeds, curves, failures, reps)
+
+
+def report_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+                 budget: int = DEFAULT_BUDGET, seeds: int = DEFAULT_SEEDS, out: str | Path = DEFAULT_OUT,
+                 reps: int = 2000, points: int = 40) -> dict[str, Any]:
+    """The study's report again from the curve files in ``out`` (no search, no evaluation; cells not there are left
+    out, as are curves of another budget or other checkpoints than ``points`` gives)."""
+    tasks, methods, budget, seeds, _ = study_settings(tasks, methods, budget, seeds, None)
+    positive_int("reps", reps)
+    grid = checkpoint_grid(budget, points)
+    out = Path(out)
+    curves = []
+    for task in tasks:
+        for method in dict.fromkeys([REFERENCE, *methods]):
+            for seed in range(seeds):
+                path = curve_path(out / task, method, seed)
+                if path.exists():
+                    curve = read_json(path, "study curve")
+                    if curve.get("budget") == budget and curve.get("checkpoints") == grid:
+                        curves.append(curve)
+    if not curves:
+        raise FFPruneError(f"{str(out)!r} holds no study curves at budget {budget} with {points} points: run `ffprune "
+                           "surrogate study` first (or pass the --budget and --points it ran with)")
+    return _report(out, tasks, methods, budget, seeds, curves, [], reps)
+
+
+# ---------------------------------------------------------------------------- the analysis
+def analyse_study(curves: Sequence[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str], budget: int,
+                  seeds: int, reps: int = 2000) -> dict[str, Any]:
+    """Per method and checkpoint: IQM of the normalised best-so-far score over tasks × seeds with its 95 %
+    stratified-bootstrap interval (``None`` where a run has no best allocation yet or a task has no uniform
+    reference), runs counted; per method the wall seconds of its cells; the tables' budgets."""
+    by_key = {(c["task"], c["method"], c["seed"]): c for c in curves}
+    checkpoints = next(iter(curves))["checkpoints"] if curves else checkpoint_grid(budget)
+    reference = {}
+    for task in tasks:
+        ref = next((by_key[(task, REFERENCE, s)] for s in range(seeds) if (task, REFERENCE, s) in by_key), None)
+        if ref is not None:
+            reference[task] = ref["final"]["eval_ppl"]
+    results: dict[str, Any] = {}
+    wall: dict[str, Any] = {}
+    for method in methods:
+        runs = {t: [by_key[(t, method, s)] for s in range(seeds) if (t, method, s) in by_key] for t in tasks}
+        runs = {t: r for t, r in runs.items() if r and t in reference}
+        cells = [c for r in runs.values() for c in r]
+        if not cells:
+            continue
+        iqms, lows, highs, counts = [], [], [], []
+        n = min(len(r) for r in runs.values())
+        for k in range(len(checkpoints)):
+            scores = [[normalised(c["eval_ppl"][k], reference[t], c["dense_eval_ppl"]) for c in runs[t][:n]]
+                      for t in sorted(runs)]
+            counts.append(sum(s is not None for row in scores for s in row))
+            if any(s is None for row in scores for s in row):
+                point = lo = hi = None
+            else:
+                point, lo, hi = stratified_bootstrap_ci(np.array(scores, np.float64).T, iqm, reps=reps)
+            iqms.append(point)
+            lows.append(lo)
+            highs.append(hi)
+        results[method] = {"iqm": iqms, "low": lows, "high": highs, "runs_with_best": counts, "runs": n * len(runs),
+                           "tasks": sorted(runs)}
+        seconds = np.array([c["cost"]["seconds"] for c in cells], np.float64)
+        setup = np.array([c["cost"].get("setup_seconds", 0.0) for c in cells], np.float64)
+        wall[method] = {"cells": len(cells), "median": float(np.median(seconds)), "min": float(seconds.min()),
+                        "max": float(seconds.max()), "total": float(seconds.sum()), "setup_median": float(np.median(setup)),
+                        "evaluations_median": float(np.median([c["cost"][c["axis"]] for c in cells]))}
+    labels = {c["task"]: c["surrogate"].get("fingerprint") for c in curves}
+    table = [b for b in TABLE_BUDGETS if b <= budget] + ([budget] if budget not in TABLE_BUDGETS else [])
+    return {"budget": budget, "seeds": seeds, "tasks": list(tasks), "methods": list(methods), "checkpoints": checkpoints,
+            "axis": "surrogate_evaluations", "surrogate": labels, "reference_eval_ppl": reference, "curves": results,
+            "wall_seconds": wall, "table_budgets": table, "bootstrap_reps": reps}
+
+
+def _report(out: Path, tasks: Sequence[str], methods: Sequence[str], budget: int, seeds: int,
+            curves: list[dict[str, Any]], failures: list[dict[str, Any]], reps: int) -> dict[str, Any]:
+    analysis = analyse_study(curves, tasks, methods, budget, seeds, reps)
+    analysis["failures"] = failures
+    atomic_write_json(out / "study.json", analysis)
+    atomic_write_text(out / "study.md", study_markdown(analysis))
+    plot_curves(out / "curves.png", analysis)
+    return analysis
+
+
+def _at(analysis: dict[str, Any], method: str, budget: int) -> str:
+    curve = analysis["curves"][method]
+    k = analysis["checkpoints"].index(budget)
+    if curve["iqm"][k] is None:
+        return f"– ({curve['runs_with_best'][k]}/{curve['runs']} runs with a best)"
+    return f"{curve['iqm'][k]:.3f} [{curve['low'][k]:.3f}, {curve['high'][k]:.3f}]"
+
+
+def study_markdown(analysis: dict[str, Any]) -> str:
+    """``study.md``: the IQM normalised best-so-far score at the table's budgets and the wall time per cell."""
+    budgets, methods = analysis["table_budgets"], [m for m in analysis["methods"] if m in analysis["curves"]]
+    labels = analysis["surrogate"]
+    order = sorted(methods, key=lambda m: -next((v for v in reversed(analysis["curves"][m]["iqm"]) if v is not None),
+                                                float("-inf")))
+    lines = [f"### Surrogate study: {len(methods)} methods × {len(analysis['tasks'])} tasks × {analysis['seeds']} seed(s), "
+             f"{analysis['budget']:,} episodes each", "",
+             "**Surrogate results**: every reward and held-out ppl below is predicted by the tasks' surrogates ("
+             + ", ".join(f"`{t}`: `{str(f)[:19]}`" for t, f in sorted(labels.items())) + "), not measured; cost in "
+             "surrogate evaluations. Never compare with or mix into the real suite.", "",
+             "Normalised best-so-far score (1 = dense, 0 = uniform: the suite's score, of the best allocation found "
+             "within that many surrogate evaluations, with its predicted held-out ppl), IQM over tasks × seeds with 95 % "
+             f"stratified-bootstrap intervals ({analysis['bootstrap_reps']} resamples). –: some runs have no best "
+             "allocation at the task's target yet (under the curriculum the first comes after its warm-up, 40 % of "
+             "the budget).", "",
+             "| method | " + " | ".join(f"{b:,} evaluations" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for m in order:
+        lines.append(f"| {m} | " + " | ".join(_at(analysis, m, b) for b in budgets) + " |")
+    lines += ["", "Wall time per cell (search only, one CPU thread per cell; seconds):", "",
+              "| method | cells | median | min | max | total | surrogate evaluations (median) |",
+              "|---|---|---|---|---|---|---|"]
+    for m in order:
+        w = analysis["wall_seconds"][m]
+        lines.append(f"| {m} | {w['cells']} | {w['median']:.1f} | {w['min']:.1f} | {w['max']:.1f} | {w['total']:.0f} | "
+                     f"{w['evaluations_median']:,.0f} |")
+    failures = analysis.get("failures") or []
+    if failures:
+        lines += ["", f"Failures: {len(failures)} cell(s) raised and are left out; the same command retries them:", "",
+                  "| task | method | seed | error |", "|---|---|---|---|"]
+        lines += [f"| {f['task']} | {f['method']} | {f['seed']} | {f['error']}: {' '.join(str(f['message']).split())} |"
+                  for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(path: Path, analysis: dict[str, Any]) -> None:
+    """The learning curves: per method the IQM normalised best-so-far score vs surrogate evaluations (log x axis) with
+    its 95 % interval."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab10"]
+    x = np.array(analysis["checkpoints"], np.float64)
+    for i, method in enumerate(m for m in analysis["methods"] if m in analysis["curves"]):
+        curve = analysis["curves"][method]
+        ok = np.array([v is not None for v in curve["iqm"]])
+        if not ok.any():
+            continue
+        y = np.array([np.nan if v is None else v for v in curve["iqm"]], np.float64)
+        lo = np.array([np.nan if v is None else v for v in curve["low"]], np.float64)
+        hi = np.array([np.nan if v is None else v for v in curve["high"]], np.float64)
+        color = cmap(i % 10)
+        ax.plot(x[ok], y[ok], marker="o", ms=2.5, color=color, lw=2 if method == AGENT else 1.3, label=method)
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.15)
+    ax.set_xscale("log")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("surrogate evaluations (search cost)")
+    ax.set_ylabel("IQM normalised best-so-far score (95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"on the SURROGATE (predicted): {len(analysis['tasks'])} tasks × {analysis['seeds']} seeds, "
+                 f"budget {analysis['budget']:,}")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
