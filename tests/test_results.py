@@ -16,9 +16,10 @@ SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 
 
 
 def committed_results() -> list[Path]:
-    """Every committed search result, bench cell and bench ``config.json`` (the suite's and the claim's analyses and
-    the agreement caches are outputs of the analysis, not results)."""
-    return sorted(p for p in RESULTS.rglob("*.json") if p.name not in ("suite.json", "claim.json", "agreement.json"))
+    """Every committed search result, bench cell and bench ``config.json`` (the suite's, the claim's and
+    the amortised analyses and the agreement caches are outputs of the analysis, not results)."""
+    analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json")
+    return sorted(p for p in RESULTS.rglob("*.json") if p.name not in analyses)
 
 
 def dotted(d: dict, path: str) -> bool:
