@@ -38,12 +38,19 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text
-from ffenv.registration import FAMILIES
 from ffprune.agents.experiments.allocate import allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.search import run_search
-from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
+from ffprune.agents.experiments.suite import (
+    MODE_SUFFIX,
+    REFERENCE,
+    TASK_TARGETS,
+    family_id,
+    get_suite,
+    normalised,
+    task_name,
+)
 from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings
 
 log = logging.getLogger(__name__)
@@ -59,13 +66,13 @@ class ModeProtocol:
     """Training targets: none of them is a test target."""
     test_targets: tuple[float, ...]
     """The suite's targets of the mode (its tasks ``<family>-s0.3`` ...)."""
-    task_prefix: str
-    """``"s"`` or ``"u"``: the suite's task names are ``<family>-<prefix><target>``."""
 
 
 PROTOCOL: dict[str, ModeProtocol] = {
-    "structured": ModeProtocol("", (0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6), (0.3, 0.5), "s"),
-    "unstructured": ModeProtocol("-Unstructured", (0.5, 0.55, 0.6, 0.65, 0.75, 0.8), (0.7,), "u"),
+    "structured": ModeProtocol(MODE_SUFFIX["structured"], (0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6),
+                               TASK_TARGETS["structured"]),
+    "unstructured": ModeProtocol(MODE_SUFFIX["unstructured"], (0.5, 0.55, 0.6, 0.65, 0.75, 0.8),
+                                 TASK_TARGETS["unstructured"]),
 }
 TRAIN_BUDGET = 300
 """Evaluations of one policy's training (per family, mode and seed)."""
@@ -77,13 +84,6 @@ REAL = {"real": True, "what": "ffprune amortised"}
 """How the study reads results: real ones only (a surrogate result is a one-line error)."""
 TRANSFER_TO = "mistral"
 TRANSFER_FROM = ("llama", "opt")
-
-
-def _family_id(family: str) -> str:
-    names = {f.lower(): f for f in FAMILIES}
-    if family not in names:
-        raise FFPruneError(f"families must be among {sorted(names)}, got {family!r}")
-    return names[family]
 
 
 def _train_path(out: Path, policy: str, mode: str, seed: int) -> Path:
@@ -141,14 +141,14 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
     unknown = [m for m in modes if m not in PROTOCOL]
     if unknown:
         raise FFPruneError(f"modes must be among {list(PROTOCOL)}, got {unknown}")
-    ids = {f: _family_id(f) for f in families}
+    ids = {f: family_id(f) for f in families}
     trains = [{"env_id": f"FFPrune-{ids[f]}{PROTOCOL[m].env_suffix}-v0", "out": _train_path(out, f, m, s), "seed": s,
                "budget": budget, "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs,
                "progress": progress} for m in modes for f in families for s in range(seeds)]
     _run(train_job, trains, workers, ray_address)
     both = cross_model and all(f in families for f in (*TRANSFER_FROM, TRANSFER_TO))
     if both:  # the llama policy's training continued on opt: one policy that has seen both families
-        second = [{"env_id": f"FFPrune-{_family_id(TRANSFER_FROM[1])}{PROTOCOL[m].env_suffix}-v0",
+        second = [{"env_id": f"FFPrune-{family_id(TRANSFER_FROM[1])}{PROTOCOL[m].env_suffix}-v0",
                    "out": _train_path(out, "+".join(TRANSFER_FROM), m, s), "seed": s, "budget": budget,
                    "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs, "progress": progress,
                    "warm_start": _policy_file(_train_path(out, TRANSFER_FROM[0], m, s))}
@@ -161,7 +161,7 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
             for f in families:
                 policy = _policy_file(_train_path(out, f, m, s))
                 for t in proto.test_targets:
-                    task = f"{f}-{proto.task_prefix}{t:g}"
+                    task = task_name(f, m, t)
                     for r in dict.fromkeys((0, refine)):
                         allocations.append({"policy": policy, "target": t, "refine": r, "seed": s,
                                             "out": out / task / f"refine{r}" / f"seed{s}.json",
@@ -170,14 +170,13 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
                 for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
                     policy = _policy_file(_train_path(out, source, m, s))
                     for t in proto.test_targets:
-                        task = f"{TRANSFER_TO}-{proto.task_prefix}{t:g}"
+                        task = task_name(TRANSFER_TO, m, t)
                         allocations.append({"policy": policy, "target": t, "refine": 0, "seed": s,
-                                            "env_id": f"FFPrune-{_family_id(TRANSFER_TO)}{proto.env_suffix}-v0",
+                                            "env_id": f"FFPrune-{family_id(TRANSFER_TO)}{proto.env_suffix}-v0",
                                             "out": out / task / f"from-{source}" / f"seed{s}.json",
                                             "env_kwargs": env_kwargs, "progress": progress})
     _run(allocate_job, allocations, workers, ray_address)
     return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
-
 
 
 def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
@@ -193,7 +192,7 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
         n = len(proto.test_targets)
         for f in families:
             for t in proto.test_targets:
-                task = f"{f}-{proto.task_prefix}{t:g}"
+                task = task_name(f, m, t)
                 if task not in known:
                     raise FFPruneError(f"{task} is not a core suite task")
                 reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0), **REAL)

@@ -100,12 +100,34 @@ class Suite:
     description: str
 
 
+FAMILY_IDS = {family.lower(): family for family in FAMILIES}
+"""Family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
+FAMILY_MODELS = {family.lower(): model for family, model in FAMILIES.items()}
+"""Family name → bundled model (``llama`` → ``tiny-llama``)."""
+MODE_SUFFIX = {"structured": "", "unstructured": "-Unstructured"}
+"""Mode → the suffix of its registered single-step id (``FFPrune-<Family><suffix>-v0``)."""
+TASK_TARGETS = {"structured": (0.3, 0.5), "unstructured": (0.7,)}
+"""The ``core`` suite's targets per mode."""
+
+
+def family_id(family: str) -> str:
+    """The registered ids' family of a family name (``llama`` → ``Llama``); a one-line error for an unknown one."""
+    if family not in FAMILY_IDS:
+        raise FFPruneError(f"families must be among {sorted(FAMILY_IDS)}, got {family!r}")
+    return FAMILY_IDS[family]
+
+
+def task_name(family: str, mode: str, target: float) -> str:
+    """The ``core`` suite task of a family, mode and target (``llama-s0.3``, ``opt-u0.7``)."""
+    return f"{family}-{'s' if mode == 'structured' else 'u'}{target:g}"
+
+
 def _core_tasks() -> tuple[SuiteTask, ...]:
     tasks = []
-    for family in FAMILIES:
-        tasks += [SuiteTask(f"{family.lower()}-s0.3", f"FFPrune-{family}-v0"),
-                  SuiteTask(f"{family.lower()}-s0.5", f"FFPrune-{family}-Structured50-v0"),
-                  SuiteTask(f"{family.lower()}-u0.7", f"FFPrune-{family}-Unstructured-v0")]
+    for family, fid in FAMILY_IDS.items():
+        tasks += [SuiteTask(task_name(family, "structured", 0.3), f"FFPrune-{fid}-v0"),
+                  SuiteTask(task_name(family, "structured", 0.5), f"FFPrune-{fid}-Structured50-v0"),
+                  SuiteTask(task_name(family, "unstructured", 0.7), f"FFPrune-{fid}{MODE_SUFFIX['unstructured']}-v0")]
     return tuple(tasks)
 
 

@@ -62,12 +62,12 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
-from ffenv.registration import FAMILIES, formulation_of, resolve_config
+from ffenv.registration import formulation_of, resolve_config
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
-from ffprune.agents.experiments.suite import get_suite
+from ffprune.agents.experiments.suite import FAMILY_IDS, FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, get_suite
 from ffprune.agents.results import read_result_if_any
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
@@ -83,14 +83,6 @@ from ffprune.baselines.heuristics import (
 
 log = logging.getLogger(__name__)
 
-FAMILY_MODELS = {family.lower(): model for family, model in FAMILIES.items()}
-"""Family name (``--families``) → bundled model."""
-FAMILIES_BY_NAME = {family.lower(): family for family in FAMILIES}
-"""Family name (``--families``) → its registered ids' family (``llama`` → ``Llama``)."""
-MODE_SUFFIX = {"structured": "", "unstructured": "-Unstructured"}
-"""Mode → the suffix of its registered single-step id (``FFPrune-<Family><suffix>-v0``)."""
-TASK_TARGETS = {"structured": (0.3, 0.5), "unstructured": (0.7,)}
-"""The ``core`` suite's targets per mode."""
 TARGETS = {"structured": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6),
            "unstructured": (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)}
 """Targets of the new rows: the suite's, the amortised protocol's (structured 0.2-0.6, unstructured 0.5-0.8) and
@@ -303,7 +295,7 @@ def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[
 
 def env_config(family: str, mode: str, seed: int, env_kwargs: dict[str, Any] | None = None) -> EnvConfig:
     """The configuration of the env one seed of a set is recorded on (the registered id of the family and mode)."""
-    return resolve_config(f"FFPrune-{FAMILIES_BY_NAME[family]}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
+    return resolve_config(f"FFPrune-{FAMILY_IDS[family]}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
 
 
 

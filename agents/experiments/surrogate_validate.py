@@ -39,7 +39,8 @@ from ffenv.surrogate import EvaluationSet, FitSettings, fit
 from ffenv.surrogate.model import REWARD_FLOOR
 from ffenv.surrogate.records import DATA_DIR, data_name
 from ffprune.agents.experiments.rlstats import spearman
-from ffprune.agents.experiments.surrogate_record import FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, check_families_modes
+from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, task_name
+from ffprune.agents.experiments.surrogate_record import check_families_modes
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ TOP_DECILE = 0.9
 """Rows whose real reward is at or above this quantile of their slice form its top decile."""
 TIMING_CALLS = 2000
 """Single-allocation predictions timed per model (median of per-call times, after a warm-up)."""
-
-
-def task_name(family: str, mode: str, target: float) -> str:
-    """The ``core`` suite task of a family, mode and target (``llama-s0.3``, ``opt-u0.7``)."""
-    return f"{family}-{'s' if mode == 'structured' else 'u'}{target:g}"
 
 
 def _rho(pred: np.ndarray, real: np.ndarray) -> float | None:
