@@ -12,6 +12,7 @@ from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.tune import (
     GRIDS,
     REFERENCE,
@@ -70,6 +71,17 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
 
 
 @pytest.mark.slow
+def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
+    out, _variants, _ = tiny  # the default cell is finished: only full32's runs
+    run_tune(out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10], budget=4,
+             env_kwargs=ENV_KW, progress=False)
+    default, full = (json.loads(cell_path(out / v / TASK, "fastforward", 10).read_text()) for v in (REFERENCE, "full32"))
+    assert full["curriculum_kwargs"] == {"fidelity_schedule": "none"} and "curriculum_kwargs" not in default
+    assert full["agent_config"] == default["agent_config"]
+    assert {h["windows"] for h in full["history"]} == {ENV_KW["reward_windows"]}
+    assert min(h["windows"] for h in default["history"]) < ENV_KW["reward_windows"]
+
+
 def test_a_folder_holding_other_settings_is_refused(tiny):
     out, _variants, _ = tiny
     with pytest.raises(FFPruneError, match="holds a variant with other settings"):
@@ -132,8 +144,10 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
 
 
 def test_variants_come_from_the_grid_and_from_the_command_line():
-    assert list(GRIDS["fastforward"]) == [REFERENCE, "batch4", "squash", "clip0.3", "mean", "lr3e-4"]
-    assert list(GRIDS["ppo"]) == [REFERENCE, "n_steps8", "clip0.3", "ent0", "lr1e-3", "epochs4"]
+    assert list(GRIDS["fastforward"]) == [REFERENCE, "batch4", "squash", "clip0.3", "mean", "lr3e-4", "full32"]
+    assert list(GRIDS["ppo"]) == [REFERENCE, "n_steps8", "clip0.3", "ent0", "lr1e-3", "epochs4", "full32"]
+    assert parse_variant("f:curriculum.fidelity_start=1,clip_coef=0.3") == (
+        "f", {"curriculum.fidelity_start": 1, "clip_coef": 0.3})
     assert tune_variants("ppo") == GRIDS["ppo"]
     assert parse_variant("wide:hidden=[64,64],learning_rate=3e-4") == ("wide", {"hidden": [64, 64], "learning_rate": 3e-4})
     chosen = tune_variants("fastforward", ["mean"], [parse_variant("wide:hidden=[64,64]")])
@@ -154,6 +168,8 @@ def test_variants_come_from_the_grid_and_from_the_command_line():
     (["--variant", "nothing"], "--variant expects NAME:key=value"),
     (["--variants", "squash,wide"], r"variants \['wide'\] are not in the fastforward grid"),
     (["--tasks", "llama-s0.9"], "tasks must be core suite tasks"),
+    (["--variant", "x:curriculum.warmup_episodes=3"], r"\['curriculum.warmup_episodes'\] are not curriculum settings"),
+    (["--method", "random", "--variant", "x:curriculum.stairs=2"], "does not search under the curriculum"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_before_any_search(tmp_path, capsys, argv, match):
     assert main(["tune", "--out", str(tmp_path / "t"), *argv]) == 2
@@ -167,3 +183,12 @@ def test_seeds_of_the_suite_are_refused_by_the_library_too(tmp_path):
         run_tune(tmp_path, tasks=[TASK], seeds=[1, 10], budget=4, env_kwargs=ENV_KW)
     with pytest.raises(FFPruneError, match="run ffprune tune without --report-only first"):
         report_tune(tmp_path, seeds=[10])
+
+
+def test_a_search_refuses_curriculum_settings_it_cannot_use(tmp_path):
+    with pytest.raises(FFPruneError, match=r"curriculum_kwargs: \['warmup_episodes'\] are not curriculum settings"):
+        run_search("FFPrune-Llama-v0", agent="fastforward", budget=2, logdir=None, env_kwargs=ENV_KW,
+                   curriculum_kwargs={"warmup_episodes": 5}, progress=False)
+    with pytest.raises(FFPruneError, match="need a search under the curriculum"):
+        run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
+                   curriculum_kwargs={"stairs": 2}, progress=False)

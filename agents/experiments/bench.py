@@ -139,13 +139,16 @@ def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
 
 def run_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
              env_kwargs: dict[str, Any] | None, calibrate: bool, calib_alpha: float | None,
-             progress: bool, agent_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+             progress: bool, agent_kwargs: dict[str, Any] | None = None,
+             curriculum_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One (method, seed) cell: the search (resumed if interrupted) and, optionally, its calibrated score.
-    ``agent_kwargs`` override the method's settings (``ffprune tune``'s variants; the bench runs the defaults)."""
+    ``agent_kwargs`` and ``curriculum_kwargs`` override the method's and the curriculum's settings (``ffprune tune``'s
+    variants; the bench runs the defaults)."""
     path = cell_path(out, method, seed)
     log.info("[bench] %s %s seed %d", env_id, method, seed)
     cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb", out=path,
-                      target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs)
+                      target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs,
+                      curriculum_kwargs=curriculum_kwargs)
     return _calibrated(cell, path, calib_alpha) if calibrate else cell
 
 

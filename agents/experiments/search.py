@@ -140,6 +140,7 @@ def run_search(
     calibrate: bool = False,
     calib_alpha: float | None = None,
     train_targets: Sequence[float] | None = None,
+    curriculum_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
 
@@ -152,9 +153,14 @@ def run_search(
     drawn from them (seeded by ``seed``; :class:`~ffenv.wrappers.CurriculumWrapper`), with the usual ramps unless
     ``curriculum=False`` (then every episode runs at its drawn target on all reward windows). ``target`` (default:
     ``env_kwargs``'s ``target_sparsity``, else the largest training target) must be one of them: ``best`` is there.
+
+    ``curriculum_kwargs`` change the curriculum's schedules (:data:`CURRICULUM_SETTINGS` of
+    :class:`~ffenv.wrappers.CurriculumWrapper`, e.g. ``{"fidelity_schedule": "none"}``: every episode on all reward
+    windows) for a method that learns under it; they are recorded in the result's ``run`` and the TensorBoard hparams.
     """
     method = get_method(agent)
     budget, curriculum = _check_request(method, budget, warm_start, curriculum)
+    curriculum_kwargs = check_curriculum_kwargs(curriculum_kwargs, curriculum)
     train_targets, target = _check_train_targets(method, env_id, env_kwargs, train_targets, target)
     out_path = Path(out) if out is not None else None
     fingerprint = model_fingerprint(env_id, env_kwargs)
@@ -164,17 +170,19 @@ def run_search(
         return finished
     checkpoint = _prepare_checkpoint(out_path, resume)
     env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate,
-                      train_targets, seed)
+                      train_targets, seed, curriculum_kwargs)
     final_target = single_step_env(env).config.target_sparsity
     logpath = run_dir(logdir, env_id, method.name, seed, label is not None) if logdir is not None else None
     hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
                "warmup_fraction": warmup_fraction, **(agent_kwargs or {}),
                **({"train_targets": ",".join(map(str, train_targets))} if train_targets is not None else {}),
+               **{f"curriculum.{k}": v for k, v in (curriculum_kwargs or {}).items()},
                **({"surrogate": label["fingerprint"]} if label is not None else {})}
     search = SearchAccounting(env, budget, SearchLogger(logpath, progress=progress, hparams=hparams))
     run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
            "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None,
-           **({"train_targets": list(train_targets)} if train_targets is not None else {})}
+           **({"train_targets": list(train_targets)} if train_targets is not None else {}),
+           **({"curriculum_kwargs": dict(curriculum_kwargs)} if curriculum_kwargs else {})}
     context = RunContext(checkpoint=checkpoint, resume=resume, warm_start=Path(warm_start) if warm_start else None,
                          out=out_path, logdir=logpath, log=search.logger.log_learning,
                          meta=policy_provenance(env_id, env, fingerprint, run, agent_kwargs))
@@ -190,6 +198,24 @@ def run_search(
     if out_path is not None:
         atomic_write_json(out_path, result)
     return result
+
+
+CURRICULUM_SETTINGS = ("start_sparsity", "sparsity_schedule", "stairs", "fidelity_start", "fidelity_schedule")
+"""The curriculum's settings a search may change (its length, targets and seed are the search's)."""
+
+
+def check_curriculum_kwargs(kwargs: dict[str, Any] | None, curriculum: bool) -> dict[str, Any] | None:
+    """``kwargs`` if they name only :data:`CURRICULUM_SETTINGS` and the search runs under the curriculum (their values
+    are checked by the wrapper); a one-line :class:`FFPruneError` otherwise."""
+    if not kwargs:
+        return None
+    unknown = sorted(set(kwargs) - set(CURRICULUM_SETTINGS))
+    if unknown:
+        raise FFPruneError(f"curriculum_kwargs: {unknown} are not curriculum settings; settings: {list(CURRICULUM_SETTINGS)}")
+    if not curriculum:
+        raise FFPruneError(f"curriculum_kwargs {sorted(kwargs)} need a search under the curriculum (a method that learns, "
+                           "curriculum=True)")
+    return dict(kwargs)
 
 
 def _check_request(method: SearchMethod, budget: int, warm_start: str | Path | None,
@@ -274,13 +300,14 @@ def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
 
 def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict[str, Any] | None,
                 target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool,
-                train_targets: tuple[float, ...] | None = None, seed: int = 0) -> gym.Env:
+                train_targets: tuple[float, ...] | None = None, seed: int = 0,
+                curriculum_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib. With
     ``train_targets`` the curriculum draws each episode's target (its ramps off when ``curriculum`` is)."""
     ramps = {} if curriculum else {"sparsity_schedule": "none", "fidelity_schedule": "none"}
     draws = {} if train_targets is None else {"train_targets": train_targets, "target_seed": seed, **ramps}
     env = make_search_env(env_id, budget, env_kwargs, target, curriculum or train_targets is not None, warmup_fraction,
-                          draws)
+                          {**(curriculum_kwargs or {}), **draws})
     mode = single_step_env(env).config.mode
     formulation = "sequential" if isinstance(env.unwrapped, FFPruneSequentialEnv) else "single-step"
     problem = None

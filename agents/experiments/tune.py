@@ -45,6 +45,7 @@ from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.bench import CellFailure, cell_path, run_jobs
 from ffprune.agents.experiments.claim import late_reward
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
+from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite
 from ffprune.agents.methods.fastforward import FastForwardConfig
 from ffprune.agents.methods.registry import get_method
@@ -57,22 +58,29 @@ REFERENCE = "default"
 """The variant every other is compared with: the method's own settings (no overrides)."""
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "fastforward": {REFERENCE: {}, "batch4": {"batch_episodes": 4}, "squash": {"squash": True},
-                    "clip0.3": {"clip_coef": 0.3}, "mean": {"mean_episode": True}, "lr3e-4": {"learning_rate": 3e-4}},
+                    "clip0.3": {"clip_coef": 0.3}, "mean": {"mean_episode": True}, "lr3e-4": {"learning_rate": 3e-4},
+                    "full32": {"curriculum.fidelity_schedule": "none"}},
     "ppo": {REFERENCE: {}, "n_steps8": {"n_steps": 8, "batch_size": 8}, "clip0.3": {"clip_range": 0.3},
-            "ent0": {"ent_coef": 0.0}, "lr1e-3": {"learning_rate": 1e-3}, "epochs4": {"n_epochs": 4}},
+            "ent0": {"ent_coef": 0.0}, "lr1e-3": {"learning_rate": 1e-3}, "epochs4": {"n_epochs": 4},
+            "full32": {"curriculum.fidelity_schedule": "none"}},
 }
-"""The built-in grids: method → variant name → agent kwargs (``default`` first: the method's own settings)."""
+"""The built-in grids: method → variant name → settings (``default`` first: the method's own settings). A setting is
+the agent's keyword, or ``curriculum.<setting>`` for the curriculum's (:data:`CURRICULUM_PREFIX`; ``full32``: every
+episode on all 32 reward windows, the sparsity ramp kept)."""
+CURRICULUM_PREFIX = "curriculum."
+"""A variant's settings with this prefix go to the curriculum (``curriculum_kwargs`` of the search), not the agent."""
 DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
 DEFAULT_SEEDS = (10, 11, 12)
 BOOTSTRAP_REPS = 2000
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_PAIR_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_]\w*\s*=)")  # a comma that starts the next key=value
+_PAIR_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")  # a comma that starts the next key=value
 
 
 # ---------------------------------------------------------------------------- the variants, checked before any work
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``"NAME:key=value,key=value"`` → ``(NAME, {key: value, ...})``; values are JSON when they are JSON (numbers,
-    ``true``, lists such as ``hidden=[64,64]``), else strings. A missing name or ``:``, or no ``key=value``, is a
+    ``true``, lists such as ``hidden=[64,64]``), else strings; a key is a setting of the agent or
+    ``curriculum.<setting>``. A missing name or ``:``, or no ``key=value``, is a
     one-line :class:`FFPruneError`."""
     name, sep, rest = text.partition(":")
     name = name.strip()
@@ -81,7 +89,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {}
     for pair in _PAIR_SEPARATOR.split(rest):
         key, eq, value = pair.partition("=")
-        if not eq or not key.strip().isidentifier():
+        if not eq or not key.strip().removeprefix(CURRICULUM_PREFIX).isidentifier():
             raise FFPruneError(f"--variant {name}: expects key=value pairs separated by commas, got {rest!r}")
         try:
             kwargs[key.strip()] = json.loads(value)
@@ -124,11 +132,28 @@ def tune_variants(method: str, names: Sequence[str] | None = None,
     return chosen
 
 
+def split_settings(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A variant's settings as ``(agent_kwargs, curriculum_kwargs)``: ``curriculum.<setting>`` keys, prefix dropped, go
+    to the second."""
+    agent = {k: v for k, v in kwargs.items() if not k.startswith(CURRICULUM_PREFIX)}
+    curriculum = {k[len(CURRICULUM_PREFIX):]: v for k, v in kwargs.items() if k.startswith(CURRICULUM_PREFIX)}
+    return agent, curriculum
+
+
 def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = "") -> None:
     """Refuse (one line) settings a method does not have, before any search: FastForward's are
     :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s (their ranges checked too), an SB3 agent's those
-    of its algorithm's constructor (plus ``n_envs``). Other methods check their settings when their first cell runs."""
+    of its algorithm's constructor (plus ``n_envs``), ``curriculum.<setting>`` one of
+    :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that learns under the curriculum (its
+    value is checked when the env is built). Other methods check their settings when their first cell runs."""
     where = f"variant {variant!r}: " if variant else ""
+    kwargs, schedule = split_settings(kwargs)
+    unknown = sorted(set(schedule) - set(CURRICULUM_SETTINGS))
+    if unknown:
+        raise FFPruneError(f"{where}{[CURRICULUM_PREFIX + k for k in unknown]} are not curriculum settings; settings: "
+                           f"{[CURRICULUM_PREFIX + k for k in CURRICULUM_SETTINGS]}")
+    if schedule and not get_method(method).curriculum:
+        raise FFPruneError(f"{where}{method!r} does not search under the curriculum: curriculum.* settings do not apply")
     if method == "fastforward":
         known = [f for f in FastForwardConfig.__dataclass_fields__ if f != "extra"]
         unknown = sorted(set(kwargs) - set(known))
@@ -214,7 +239,8 @@ def tune_jobs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, 
             for seed in seeds:
                 jobs.append({"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out / variant / task,
                              "target": None, "env_kwargs": env_kwargs, "calibrate": False, "calib_alpha": None,
-                             "progress": progress, "agent_kwargs": dict(kwargs) or None})
+                             "progress": progress, "agent_kwargs": split_settings(kwargs)[0] or None,
+                             "curriculum_kwargs": split_settings(kwargs)[1] or None})
                 owners.append((variant, task))
     return jobs, owners
 
