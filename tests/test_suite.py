@@ -3,7 +3,10 @@ cell does not stop the suite; the analysis is redone from the cells without any 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,13 +18,16 @@ from ffprune.agents.experiments.suite import (
     SUITES,
     Suite,
     SuiteTask,
+    SuiteVariant,
     analyse,
     check_sections,
+    check_variants,
     get_suite,
     normalised,
     render_sections,
     report_suite,
     run_suite,
+    section_block,
     task_methods,
     update_sections,
 )
@@ -235,3 +241,149 @@ def test_doc_sections_are_rewritten_from_the_results(tmp_path):
         check_sections([])
     with pytest.raises(FFPruneError, match="suite must be one of"):
         check_sections([readme], "nope")
+
+
+# ----------------------------------------------------------------------------- variant labels (--tuned) and restricted runs
+TUNED = SuiteVariant("fastforward", {"batch_episodes": 2}, {"fidelity_schedule": "none"}, name="b2", source="a test")
+
+
+@pytest.fixture(scope="module")
+def tuned_suite(tmp_path_factory):
+    """One structured task, budget 2, one seed: uniform, fastforward and the label ``fastforward-tuned`` (TUNED)."""
+    suite = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=2, seeds=1, description="test: one task")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SUITES, "one", suite)
+        out = tmp_path_factory.mktemp("suite") / "one"
+        analysis = run_suite("one", out, methods=["fastforward"], env_kwargs=SMALL, progress=False, agreement_points=0,
+                             reps=50, variants={"fastforward-tuned": TUNED})
+        yield out, analysis
+
+
+def test_a_variant_runs_with_its_settings_as_a_row_of_its_own(tuned_suite):
+    out, analysis = tuned_suite
+    cell = json.loads((out / "llama-s0.3" / "cells" / "fastforward-tuned" / "seed0.json").read_text())
+    assert cell["agent_config"]["batch_episodes"] == 2 and cell["curriculum_kwargs"] == {"fidelity_schedule": "none"}
+    assert cell["variant"] == {"label": "fastforward-tuned", "method": "fastforward", "name": "b2",
+                               "agent_kwargs": {"batch_episodes": 2}, "curriculum_kwargs": {"fidelity_schedule": "none"},
+                               "source": "a test"}
+    default = json.loads((out / "llama-s0.3" / "cells" / "fastforward" / "seed0.json").read_text())
+    assert default["agent_config"]["batch_episodes"] != 2 and "variant" not in default
+    assert (out / "llama-s0.3" / "tb" / "fastforward-tuned" / "FFPrune-Llama-v0" / "fastforward" / "seed0").is_dir()
+    assert [r["method"] for r in analysis["rows"]] == ["fastforward", "uniform", "fastforward-tuned"]  # registry order
+    assert set(analysis["aggregate"]["plain"]) == {"uniform", "fastforward", "fastforward-tuned"}
+    assert "fastforward-tuned" in analysis["improvement"]["plain"]  # P(FF > fastforward-tuned)
+    assert [r["method"] for r in analysis["reach"]] == ["fastforward-tuned"]
+    assert analysis["variants"] == {"fastforward-tuned": {k: v for k, v in cell["variant"].items() if k != "label"}}
+    md = (out / "suite.md").read_text()
+    assert "| fastforward-tuned | 1 |" in md
+    assert ('`fastforward-tuned` = fastforward with batch_episodes=2, curriculum.fidelity_schedule="none" '
+            "(variant `b2`; a test)") in md
+    assert "| fastforward-tuned |" in (out / "llama-s0.3" / "results.md").read_text()
+    assert ",fastforward-tuned," in (out / "scores.csv").read_text()
+    headline = section_block(out, out / "README.md", "one", "headline")
+    assert "Variants: " in headline and "Held-out ppl per task" not in headline
+
+
+def test_a_variant_label_must_not_be_a_method_and_its_folder_must_hold_its_settings(tuned_suite, monkeypatch):
+    out, _ = tuned_suite
+    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", _no_search)
+    other = dataclasses.replace(TUNED, agent_kwargs={"batch_episodes": 4})
+    with pytest.raises(FFPruneError, match=r"fastforward-tuned' holds cells of other settings \(.*'batch_episodes': 2"
+                       r".*now .*'batch_episodes': 4"):
+        run_suite("one", out, methods=[], env_kwargs=SMALL, progress=False, variants={"fastforward-tuned": other})
+    for label, variant, match in [("random", TUNED, "is a method's name"), ("PPO", TUNED, "is a method's name"),
+                                  ("a b", TUNED, "letters, digits"),
+                                  ("ff-x", dataclasses.replace(TUNED, agent_kwargs={}, curriculum_kwargs={}), "sets nothing"),
+                                  ("ff-x", dataclasses.replace(TUNED, method="nope"), "agent must be one of")]:
+        with pytest.raises(FFPruneError, match=match):
+            check_variants({label: variant})
+    with pytest.raises(FFPruneError, match="collide"):
+        check_variants({"ff-x": TUNED, "FF-X": TUNED})
+    with pytest.raises(FFPruneError, match="neither methods nor variant labels"):
+        report_suite("one", out, methods=["fastforward", "ff-missing"])
+
+
+def _no_search(*_a, **_k):
+    raise AssertionError("a search ran")
+
+
+def test_a_restricted_run_keeps_every_other_row_in_the_report(tuned_suite, monkeypatch, capsys):
+    out, first = tuned_suite
+    failed = {"task": "llama-s0.3", "env_id": "FFPrune-Llama-v0", "method": "ppo", "seed": 0, "error": "RuntimeError",
+              "message": "earlier", "traceback": ""}
+    (out / "llama-s0.3" / "failures.json").write_text(json.dumps([failed, {**failed, "method": "random"}]))
+    again = run_suite("one", out, methods=["random"], env_kwargs=SMALL, progress=False, agreement_points=0, reps=50)
+    assert [r["method"] for r in again["rows"]] == ["fastforward", "random", "uniform", "fastforward-tuned"]
+    assert [(f["method"], f["message"]) for f in again["failures"]] == [("ppo", "earlier")]  # not retried: still listed
+    (out / "llama-s0.3" / "failures.json").unlink()
+    assert again["aggregate"]["plain"]["fastforward-tuned"] == first["aggregate"]["plain"]["fastforward-tuned"]
+    table = (out / "llama-s0.3" / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in ("uniform", "fastforward", "random", "fastforward-tuned"))
+    # --report-only shows them too (no search), --methods restricts the report, a label is named like a method
+    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", _no_search)
+    assert report_suite("one", out, budget=2, seeds=1, reps=50)["rows"] == again["rows"]
+    assert [r["method"] for r in report_suite("one", out, methods=["random", "fastforward-tuned"], reps=50)["rows"]] == [
+        "uniform", "random", "fastforward-tuned"]
+    assert main(["bench", "--suite", "one", "--out", str(out), "--report-only", "--quiet"]) == 0  # the fixture's suite
+    assert "| fastforward-tuned |" in capsys.readouterr().out
+
+
+def test_a_variant_runs_only_on_the_tasks_its_method_supports(tmp_path, two_task_suite, monkeypatch):
+    seen = []
+
+    def run(env, seed, run_context, **params):
+        seen.append(params)
+        return {"agent_stats": heuristic(env, uniform_allocation, seed)}
+
+    monkeypatch.setitem(METHODS, "sonly", SearchMethod("sonly", run, "heuristic", modes=("structured",),
+                                                       description="test: structured only, takes a setting"))
+    analysis = run_suite("two", tmp_path / "two", methods=[], env_kwargs=SMALL, progress=False, calibrate=False, reps=50,
+                         variants={"sonly-x": SuiteVariant("sonly", {"k": 1})})
+    assert seen == [{"k": 1}]
+    assert [(r["task"], r["method"]) for r in analysis["rows"]] == [
+        ("llama-s0.3", "uniform"), ("llama-s0.3", "sonly-x"), ("llama-u0.7", "uniform")]
+    assert analysis["reach"] == []  # its method is a heuristic: no search to reach
+    assert not (tmp_path / "two" / "llama-u0.7" / "cells" / "sonly-x").exists()
+
+
+def _fake_tune(folder, selected="batch4", missing=(), method="fastforward", settings=None):
+    summary = [{"variant": "default", "agent_kwargs": {}},
+               {"variant": "batch4", "agent_kwargs": settings or {"batch_episodes": 4,
+                                                                  "curriculum.fidelity_schedule": "none"}}]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tune.json").write_text(json.dumps({"method": method, "seeds": [10, 11, 12], "summary": summary,
+                                                  "selected": selected, "missing": list(missing)}))
+    return folder
+
+
+def test_bench_tuned_adds_the_selected_variant_and_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
+    import ffprune.agents.experiments.suite as suite
+
+    calls = []
+
+    def fake_suite(name, out, budget, seeds, methods, env_kwargs, **options):
+        calls.append((methods, options.get("variants")))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "suite.md").write_text("| method | IQM score |\n")
+        return {"failures": []}
+
+    monkeypatch.setattr(suite, "run_suite", fake_suite)
+    tune = _fake_tune(tmp_path / "tune-ff")
+    assert main(["bench", "--suite", "core", "--out", str(tmp_path / "core"), "--methods", "cmaes", "--tuned", str(tune),
+                 "--quiet"]) == 0
+    assert calls == [(["cmaes"], {"fastforward-tuned": SuiteVariant(
+        "fastforward", {"batch_episodes": 4}, {"fidelity_schedule": "none"}, name="batch4",
+        source=f"selected by `ffprune tune` on the reward split of seeds 10, 11, 12: `{tune.as_posix()}/tune.json`")})]
+    capsys.readouterr()
+    bad = [(["--tuned", str(tmp_path / "none")], "tune.json' does not exist"),
+           (["--tuned", str(_fake_tune(tmp_path / "d", selected="default"))], "nothing new to run"),
+           (["--tuned", str(_fake_tune(tmp_path / "u", missing=[{"variant": "x"}]))], "1 unfinished cell"),
+           (["--tuned", str(tune), "--tuned", str(_fake_tune(tmp_path / "t2"))], "both tunes of fastforward"),
+           (["--tuned", str(_fake_tune(tmp_path / "s", settings={"hiden": 1}))], r"\['hiden'\] are not fastforward"),
+           (["--env", "FFPrune-Llama-v0", "--tuned", str(tune)], "--tuned works on a suite's results")]
+    for argv, match in bad:
+        suite_args = [] if "--env" in argv else ["--suite", "core"]
+        assert main(["bench", *suite_args, "--out", str(tmp_path / "core"), *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ffprune bench: error:") and "\n" not in err and re.search(match, err), err
+    assert len(calls) == 1

@@ -19,6 +19,7 @@ from ffprune.agents.experiments.tune import (
     parse_variant,
     report_tune,
     run_tune,
+    selected_settings,
     tune_markdown,
     tune_variants,
 )
@@ -141,6 +142,25 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
     (cell_path(tmp_path / "a" / REFERENCE / "opt-s0.5", "fastforward", 11)).unlink()
     assert report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo")},
                        ["llama-s0.5", "opt-s0.5"], [10, 11])["selected"] is None
+
+
+def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
+    _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7], "hi": [0.6, 0.7, 0.6, 0.9]})
+    assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3})
+    _fake_tune(tmp_path / "t", {"other": [0.6] * 4, REFERENCE: [0.6] * 4})
+    with pytest.raises(FFPruneError, match="selected 'default' .*nothing new to run"):
+        selected_settings(tmp_path / "t")
+    cell_path(tmp_path / "a" / "lo" / "opt-s0.5", "fastforward", 11).unlink()  # hi is still the best, but not for good
+    report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+                ["llama-s0.5", "opt-s0.5"], [10, 11])
+    with pytest.raises(FFPruneError, match=r"1 unfinished cell\(s\), so its selection \('hi' so far\) is not final"):
+        selected_settings(tmp_path / "a")
+    with pytest.raises(FFPruneError, match="tune.json' does not exist: run `ffprune tune"):
+        selected_settings(tmp_path / "none")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tune.json").write_text('{"method": "fastforward"}')
+    with pytest.raises(FFPruneError, match="is not a tune report"):
+        selected_settings(tmp_path / "bad")
 
 
 def test_variants_come_from_the_grid_and_from_the_command_line():

@@ -22,6 +22,8 @@ traceback. Progress lines of the ``ffenv`` / ``ffprune`` loggers go to stderr (w
     ffprune bench --suite core --cell-workers 2 --docs README.md
     ffprune surrogate record --dry-run     # the evaluation sets of surrogate mode: plan, then record (resumable)
     ffprune surrogate validate          # each surrogate vs the real rewards of its test allocations
+    ffprune surrogate rank              # the core suite's method ranking on the surrogates vs the real suite
+    ffprune surrogate study             # RL algorithms to 10,000 surrogate evaluations: learning curves
     ffprune export r.json --out pruned/llama [--calibrate]
     ffprune eval pruned/llama --tasks ffprune_nextline
 """

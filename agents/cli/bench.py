@@ -1,7 +1,9 @@
 """``ffprune bench``: every method on one env, or every task of a suite; tables, plots and TensorBoard runs.
 
 The (method, seed) cells are resumable: an interrupted bench (Ctrl-C) exits with 130 and the same command
-continues it. A suite records a failing cell with its error and finishes the others; the failures are listed
+continues it. ``--tuned DIR`` adds the variant ``ffprune tune --out DIR`` selected to a suite as the row
+``<method>-tuned`` (this module composes the tune's reader and the suite; the suite does not import the tune).
+A suite records a failing cell with its error and finishes the others; the failures are listed
 at the end and the exit code is 1 (the ``--docs`` files are then left as they are).
 """
 
@@ -33,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", action="append", metavar="FILE",
                    help="with --suite: rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': "
                    "the full section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
+    p.add_argument("--tuned", action="append", metavar="DIR",
+                   help="with --suite: also run the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the "
+                   "suite does not use) on the suite's tasks and seeds, as the row <method>-tuned; repeatable (one tune "
+                   "per method)")
     p.add_argument("--report-only", action="store_true", help="with --suite: no search, no evaluation; rewrite the suite's "
                    "tables, figures and --docs sections from the finished cells in --out (after a change of the report)")
     p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
@@ -56,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if args.suite is None:
-        if args.docs or args.report_only:
-            raise FFPruneError(f"{'--docs' if args.docs else '--report-only'} works on a suite's results; it needs --suite")
+        if args.docs or args.report_only or args.tuned:
+            flag = "--docs" if args.docs else "--report-only" if args.report_only else "--tuned"
+            raise FFPruneError(f"{flag} works on a suite's results; it needs --suite")
         return _bench(args, methods)
     if args.env is not None or args.target is not None:
         raise FFPruneError("--suite runs its own tasks (envs and targets); drop --env / --target")
@@ -93,11 +100,37 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     return 0
 
 
+def tuned_variants(folders: list[str]) -> dict[str, Any]:
+    """``--tuned DIR ...``: label ``<method>-tuned`` → the :class:`~ffprune.agents.experiments.suite.SuiteVariant` of the
+    variant each tune folder selected (:func:`~ffprune.agents.experiments.tune.selected_settings`); two tunes of one
+    method are a one-line error. The command composes the two: the suite does not know about tunes."""
+    from ffenv.errors import FFPruneError
+    from ffenv.io import read_json
+    from ffprune.agents.experiments.suite import SuiteVariant
+    from ffprune.agents.experiments.tune import selected_settings, split_settings
+
+    variants: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for folder in folders:
+        method, name, settings = selected_settings(folder)
+        label = f"{method}-tuned"
+        if label in variants:
+            raise FFPruneError(f"--tuned {sources[label]} and --tuned {folder} are both tunes of {method}: give one")
+        agent_kwargs, curriculum_kwargs = split_settings(settings)
+        seeds = ", ".join(map(str, read_json(Path(folder) / "tune.json", "tune report").get("seeds") or []))
+        source = (f"selected by `ffprune tune` on the reward split{f' of seeds {seeds}' if seeds else ''}: "
+                  f"`{Path(folder).as_posix()}/tune.json`")
+        variants[label] = SuiteVariant(method, agent_kwargs, curriculum_kwargs, name=name, source=source)
+        sources[label] = folder
+    return variants
+
+
 def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffenv.errors import FFPruneError, SearchInterrupted
-    from ffprune.agents.experiments.suite import get_suite, report_suite, run_suite
+    from ffprune.agents.experiments.suite import check_variants, get_suite, report_suite, run_suite
 
     suite = get_suite(args.suite).name  # an unknown name: one line listing the suites
+    variants = check_variants(tuned_variants(args.tuned)) if args.tuned else {}
     surrogate = bool(env_kwargs(args).get("surrogate"))  # --surrogate or --env-kwarg surrogate=true
     if args.docs and surrogate:
         raise FFPruneError("--docs writes the real suite's generated sections; a suite run on the surrogate keeps its "
@@ -108,10 +141,12 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
         check_sections(args.docs, suite)  # before hours of search, not after
     out = args.out or f"docs/results/{suite}{'-surrogate' if surrogate else ''}"
     try:
-        if args.report_only:
-            analysis = report_suite(suite, out, args.budget, args.seeds, methods, surrogate=surrogate)
+        if args.report_only:  # every row with cells in out, tuned ones too; --tuned adds its labels to --methods
+            shown = None if methods is None else [*methods, *variants]
+            analysis = report_suite(suite, out, args.budget, args.seeds, shown, surrogate=surrogate)
         else:
-            analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args))
+            analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args),
+                                 **({"variants": variants} if variants else {}))
     except (KeyboardInterrupt, SearchInterrupted):
         return _interrupted(f"{out}/<task>/cells")
     report = Path(out) / "suite.md"
@@ -124,7 +159,7 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
             print(f"failed: {f['task']} {f['method']} seed {f['seed']}: {detail}", file=sys.stderr)
         kept = " (--docs files left as they are)" if args.docs else ""
         print(f"ffprune bench: {len(failures)} cell(s) of suite {suite} failed{kept}; the other cells are in {out}; "
-              "run the same command again to retry the failed ones", file=sys.stderr)
+              "run the command again (with their methods) to retry the failed ones", file=sys.stderr)
         return 1
     if args.docs:
         from ffprune.agents.experiments.suite import update_sections

@@ -12,7 +12,8 @@ Cells run in this process or as Ray tasks (:mod:`ffprune.agents.experiments.ray_
 the tables and plots of :func:`ffprune.agents.experiments.reports.write_outputs`.
 
 Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods.registry` (or any SB3 algorithm);
-by default every registered method whose ``modes`` include the env's mode.
+by default every registered method whose ``modes`` include the env's mode. A suite's variant label (a method with
+other settings, :func:`run_cell`'s ``variant``) has cells of its own in ``<out>/cells/<label>/``.
 
 On a surrogate (``env_kwargs={"surrogate": True, ...}``, ``ffprune bench --surrogate``) the folder's ``config.json``
 records the surrogate's label (``"surrogate": {"fingerprint", "data"}``): a folder of real cells refuses surrogate
@@ -22,6 +23,7 @@ surrogate predicts the held-out ppl without Calib), and the tables say "surrogat
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from dataclasses import asdict, dataclass
@@ -137,18 +139,53 @@ def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
             for method in methods for seed in range(seeds)]
 
 
+VARIANT_KEYS = ("method", "agent_kwargs", "curriculum_kwargs")
+"""The fields of a cell's ``variant`` record that say what ran (its ``label``, ``name`` and ``source`` only say where the
+settings came from)."""
+
+
+def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """What a ``variant`` record (:func:`run_cell`) ran: its :data:`VARIANT_KEYS`, as JSON gives them back."""
+    return json.loads(json.dumps({k: record.get(k) or ({} if k != "method" else None) for k in VARIANT_KEYS}))
+
+
+def check_variant_cell(path: Path, record: dict[str, Any]) -> None:
+    """Refuse (one line) to resume the finished cell at ``path`` as the variant ``record`` when the cell ran other
+    settings, or is not a variant's cell at all."""
+    if not path.exists():
+        return
+    held = read_result(path).get("variant")
+    old = variant_settings(held) if isinstance(held, dict) else None
+    if old != variant_settings(record):
+        raise FFPruneError(f"{str(path.parent)!r} holds cells of other settings ({old or 'not a variant'}, now "
+                           f"{variant_settings(record)}): use another label or --out folder")
+
+
 def run_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
              env_kwargs: dict[str, Any] | None, calibrate: bool, calib_alpha: float | None,
              progress: bool, agent_kwargs: dict[str, Any] | None = None,
-             curriculum_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+             curriculum_kwargs: dict[str, Any] | None = None, variant: dict[str, Any] | None = None) -> dict[str, Any]:
     """One (method, seed) cell: the search (resumed if interrupted) and, optionally, its calibrated score.
     ``agent_kwargs`` and ``curriculum_kwargs`` override the method's and the curriculum's settings (``ffprune tune``'s
-    variants; the bench runs the defaults)."""
-    path = cell_path(out, method, seed)
-    log.info("[bench] %s %s seed %d", env_id, method, seed)
-    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb", out=path,
+    variants; the bench runs the defaults).
+
+    ``variant`` (a suite's labelled variant: ``{"label", "method", "name", "agent_kwargs", "curriculum_kwargs",
+    "source"}``) puts the cell in ``<out>/cells/<label>/seed<k>.json`` (TensorBoard under ``<out>/tb/<label>``) and
+    records it as the cell's top-level ``"variant"``; a finished cell there that ran other settings is refused
+    (:func:`check_variant_cell`)."""
+    if variant is not None:
+        path = cell_path(out, variant["label"], seed)
+        check_variant_cell(path, variant)
+        logdir = out / "tb" / variant["label"]
+    else:
+        path, logdir = cell_path(out, method, seed), out / "tb"
+    log.info("[bench] %s %s seed %d", env_id, method if variant is None else variant["label"], seed)
+    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=logdir, out=path,
                       target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs,
                       curriculum_kwargs=curriculum_kwargs)
+    if variant is not None and "variant" not in cell:
+        cell["variant"] = json.loads(json.dumps(variant))
+        atomic_write_json(path, cell)
     return _calibrated(cell, path, calib_alpha) if calibrate else cell
 
 

@@ -9,8 +9,10 @@ A bench folder (:func:`write_outputs`) gets
 * ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
 
 A suite folder (:func:`write_suite_report`, from :func:`ffprune.agents.experiments.suite.analyse`'s analysis)
-gets ``suite.md`` (the aggregate table, the per-task table, the reward/held-out agreement and, if any cell
-failed, the failures), ``scores.csv``, ``aggregate.png`` and ``profiles.png``. Cells are read with their
+gets ``suite.md`` (the aggregate table, what its variant labels ran, the per-task table, the reward/held-out
+agreement and, if any cell failed, the failures), ``scores.csv``, ``aggregate.png`` and ``profiles.png``. A variant
+label (``fastforward-tuned``: a method with other settings, ``analysis["variants"]``) is a row like a method's, drawn
+orange (a FastForward variant) or green in ``aggregate.png`` and dashed in ``profiles.png``. Cells are read with their
 names of today (:func:`ffprune.agents.results.read_result`).
 
 Cells of a surrogate (:func:`ffprune.agents.results.surrogate_of`) are labelled in every title and table ("surrogate",
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -254,8 +257,22 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def variants_note(variants: dict[str, dict[str, Any]]) -> str:
+    """The ``Variants:`` paragraph of ``suite.md``: what each variant label's row ran (its method and the settings that
+    differ) and where the settings come from."""
+    parts = []
+    for label, v in variants.items():
+        settings = [f"{k}={json.dumps(x)}" for k, x in (v.get("agent_kwargs") or {}).items()]
+        settings += [f"curriculum.{k}={json.dumps(x)}" for k, x in (v.get("curriculum_kwargs") or {}).items()]
+        origin = "; ".join(x for x in (f"variant `{v['name']}`" if v.get("name") else "", v.get("source") or "") if x)
+        parts.append(f"`{label}` = {v['method']} with {', '.join(settings)}" + (f" ({origin})" if origin else ""))
+    return ("Variants: a method run with other settings than its own, as a row of its own (cells in "
+            "`<task>/cells/<label>`): " + "; ".join(_cell(p) for p in parts) + ".")
+
+
 def suite_markdown(analysis: dict[str, Any]) -> str:
-    """``suite.md``: the aggregate table first (the headline), then the per-task table, the agreement and the failures."""
+    """``suite.md``: the aggregate table first (the headline), then what its variant rows ran (if any), the per-task
+    table, the agreement and the failures."""
     agg, imp = analysis["aggregate"], analysis["improvement"]
     order = sorted(agg["plain"], key=lambda m: -agg["plain"][m]["iqm"])
     covered = calib_tasks(analysis)
@@ -280,6 +297,8 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
                      + (f"{c['iqm']:.3f} | [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | " if c else "– | – | ")
                      + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] | " if p else "– | ")
                      + (f"{pc['p']:.2f} [{pc['ci'][0]:.2f}, {pc['ci'][1]:.2f}] |" if pc else "– |"))
+    if analysis.get("variants"):
+        lines += ["", variants_note(analysis["variants"])]
     tasks = [t["name"] for t in analysis["tasks"]]
     lines += ["", "Held-out ppl per task (mean over seeds; dense in the header):", "",
               "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
@@ -323,6 +342,14 @@ def write_suite_report(out: Path, analysis: dict[str, Any]) -> None:
     _plot_profiles(out, analysis, order)
 
 
+def _bar_color(row: str, analysis: dict[str, Any]) -> str:
+    """FastForward red, a variant label of it orange, another variant label green, every other method blue."""
+    variant = (analysis.get("variants") or {}).get(row)
+    if variant is not None:
+        return "tab:orange" if variant["method"] == AGENT else "tab:green"
+    return "tab:red" if row == AGENT else "tab:blue"
+
+
 def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
@@ -333,7 +360,7 @@ def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> No
         iqms = np.array([agg[m]["iqm"] for m in names])
         lo = iqms - np.array([agg[m]["ci"][0] for m in names])
         hi = np.array([agg[m]["ci"][1] for m in names]) - iqms
-        ax.barh(y, iqms, xerr=[lo, hi], color=["tab:red" if m == AGENT else "tab:blue" for m in names], alpha=0.8)
+        ax.barh(y, iqms, xerr=[lo, hi], color=[_bar_color(m, analysis) for m in names], alpha=0.8)
         ax.set_yticks(y, names)
         ax.invert_yaxis()
         ax.axvline(0, color="k", lw=0.8)
@@ -354,7 +381,8 @@ def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> Non
     for i, m in enumerate(order):
         p = analysis["profiles"][m]
         color = cmap(i % 10)
-        ax.plot(p["taus"], p["profile"], label=m, color=color, lw=2 if m == AGENT else 1)
+        ax.plot(p["taus"], p["profile"], label=m, color=color, lw=2 if m == AGENT else 1,
+                ls="--" if m in (analysis.get("variants") or {}) else "-")
         ax.fill_between(p["taus"], p["low"], p["high"], color=color, alpha=0.15)
     ax.set_xlabel("normalised score τ")
     ax.set_ylabel("fraction of runs with score > τ")

@@ -19,7 +19,15 @@ unstructured 70 %}, each a registered id (``FFPrune-<Family>-v0``, ``FFPrune-<Fa
 **The suite goes on.** A cell that raises is recorded with its error (in ``<out>/<task>/failures.json``: a
 rerun retries it), the other cells finish, the analysis covers the cells that finished and lists the
 failures (``analysis["failures"]``, and at the end of ``suite.md``). :func:`report_suite` redoes the
-analysis and every table from the cells on disk without running a search.
+analysis and every table from the cells on disk without running a search. Either way the report covers every
+method with cells in the folder: a run restricted to some methods adds its rows to the others.
+
+**Variants.** ``run_suite(..., variants={label: SuiteVariant(method, agent_kwargs, curriculum_kwargs, name, source)})``
+runs a method with other settings as a row of its own (``fastforward-tuned``: ``ffprune bench --suite core --tuned
+DIR`` makes one from the variant ``ffprune tune`` selected on the reward split; the command composes the two, this
+module does not know about tunes). Its cells are ``<out>/<task>/cells/<label>/seed<k>.json`` on the tasks the method
+supports, each recording its ``"variant"``; the analysis lists them under ``analysis["variants"]`` and ``suite.md``
+says what each ran.
 
 **Normalised score** of a cell, on held-out perplexity: the share of the gap between the uniform allocation
 and the dense model that the method's allocation closes,
@@ -52,8 +60,8 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +69,15 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import FAMILIES, resolve_config
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
+from ffenv.registration import FAMILIES, formulation_of, resolve_config
+from ffprune.agents.experiments.bench import (
+    CellFailure,
+    cell_jobs,
+    cell_path,
+    check_variant_cell,
+    run_jobs,
+    variant_settings,
+)
 from ffprune.agents.experiments.reports import AGENT, cost_to_reach, evaluation_axis, write_outputs, write_suite_report
 from ffprune.agents.experiments.rlstats import (
     iqm,
@@ -78,7 +93,9 @@ log = logging.getLogger(__name__)
 REFERENCE = "uniform"
 """The method every cell's normalised score is measured against (always run)."""
 Cells = dict[str, dict[str, list[dict[str, Any]]]]
-"""Finished cells: ``{task: {method: [cell, ...]}}``."""
+"""Finished cells: ``{task: {method or variant label: [cell, ...]}}``."""
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+"""What a variant's label may be: letters, digits, ``. _ + -`` (it names a folder and a row)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,61 @@ SUITES: dict[str, Suite] = {
 }
 
 
+@dataclass(frozen=True)
+class SuiteVariant:
+    """A method run with other settings than its own, as a row of its own: the ``variants`` of :func:`run_suite` map
+    a label (``fastforward-tuned``: not a method's name) to one. ``ffprune bench --suite core --tuned <tune folder>``
+    makes one from the variant ``ffprune tune`` selected on the reward split (``name``; ``source``: its ``tune.json``).
+    """
+
+    method: str
+    """The registered method (or SB3 algorithm) that runs; the variant runs on the tasks whose mode it supports."""
+    agent_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """The method's settings that differ from its defaults."""
+    curriculum_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """The curriculum's settings that differ (:data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS`)."""
+    name: str = ""
+    """The variant's name where its settings come from (a tune's grid)."""
+    source: str = ""
+    """Where its settings come from, in words or as a path (a tune's ``tune.json``)."""
+
+    def record(self, label: str) -> dict[str, Any]:
+        """The ``"variant"`` record every cell of the label holds (:func:`~ffprune.agents.experiments.bench.run_cell`)."""
+        return {"label": label, "method": self.method, "name": self.name, "agent_kwargs": dict(self.agent_kwargs),
+                "curriculum_kwargs": dict(self.curriculum_kwargs), "source": self.source}
+
+
+def _is_method(name: str) -> bool:
+    """Whether ``name`` is a method :func:`~ffprune.agents.methods.registry.get_method` knows (registered or SB3)."""
+    try:
+        get_method(name)
+    except FFPruneError:
+        return False
+    return True
+
+
+def check_variants(variants: Mapping[str, SuiteVariant] | None) -> dict[str, SuiteVariant]:
+    """The variants with their methods' canonical names; a label that is not letters, digits, ``. _ + -``, that is a
+    method's name (registered or SB3) or another label's in other case, a variant that sets nothing (it would be the
+    method's own row) and an unknown method are each a one-line :class:`FFPruneError`."""
+    checked: dict[str, SuiteVariant] = {}
+    for label, variant in (variants or {}).items():
+        if not isinstance(label, str) or not LABEL.match(label):
+            raise FFPruneError(f"variant labels are letters, digits, . _ + - (a folder and a row), got {label!r}")
+        if not isinstance(variant, SuiteVariant):
+            raise FFPruneError(f"variant {label!r} must be a SuiteVariant, got {type(variant).__name__}")
+        if _is_method(label):
+            raise FFPruneError(f"variant label {label!r} is a method's name: its cells would mix with the method's; "
+                               f"use another label (e.g. {variant.method}-tuned)")
+        taken = [other for other in checked if other.lower() == label.lower()]
+        if taken:
+            raise FFPruneError(f"variant labels {taken[0]!r} and {label!r} collide (a folder each, case-insensitive)")
+        if not variant.agent_kwargs and not variant.curriculum_kwargs:
+            raise FFPruneError(f"variant {label!r} sets nothing: {variant.method}'s own settings are its own row")
+        checked[label] = dataclasses.replace(variant, method=get_method(variant.method).name)
+    return checked
+
+
 def get_suite(name: str) -> Suite:
     """A registered suite; :class:`FFPruneError` listing the names otherwise."""
     if name not in SUITES:
@@ -166,11 +238,33 @@ def task_methods(task: SuiteTask, methods: Sequence[str] | None = None,
     return [m for m in dict.fromkeys([REFERENCE, *methods]) if mode in get_method(m).modes]
 
 
+def _fits(task: SuiteTask, method: str, env_kwargs: dict[str, Any] | None) -> bool:
+    """Whether ``method`` can search ``task`` (its mode and formulation)."""
+    m = get_method(method)
+    return resolve_config(task.env_id, env_kwargs).mode in m.modes and formulation_of(task.env_id) in m.formulations
+
+
+def variant_jobs(task: SuiteTask, folder: Path, label: str, variant: SuiteVariant, budget: int, seeds: int,
+                 env_kwargs: dict[str, Any] | None, calibrate: bool, calib_alpha: float | None,
+                 progress: bool) -> list[dict[str, Any]]:
+    """A variant's cells on one task as :func:`~ffprune.agents.experiments.bench.run_cell` keyword arguments (in
+    ``<folder>/cells/<label>``); a finished cell there that ran other settings is a one-line :class:`FFPruneError`
+    before any work."""
+    record = variant.record(label)
+    for path in sorted((folder / "cells" / label).glob("seed*.json")):
+        check_variant_cell(path, record)
+    return [{**job, "agent_kwargs": dict(variant.agent_kwargs) or None,
+             "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record}
+            for job in cell_jobs(task.env_id, budget, seeds, [variant.method], folder, None, env_kwargs, calibrate,
+                                 calib_alpha, progress)]
+
+
 # ---------------------------------------------------------------------------- running and reporting a suite
 def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
               seeds: int | None = None, methods: list[str] | None = None, env_kwargs: dict[str, Any] | None = None,
               calibrate: bool = True, calib_alpha: float | None = None, workers: int = 0, ray_address: str | None = None,
-              progress: bool = True, agreement_points: int = 24, reps: int = 2000) -> dict[str, Any]:
+              progress: bool = True, agreement_points: int = 24, reps: int = 2000,
+              variants: Mapping[str, SuiteVariant] | None = None) -> dict[str, Any]:
     """Run (or resume) every cell of a suite, then write the per-task outputs and the suite's analysis.
 
     ``budget`` / ``seeds`` default to the suite's own; ``methods`` to every method that fits each task's mode
@@ -179,11 +273,21 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     the returned analysis (also in ``<out>/suite.json``) covers the finished cells and lists the failed ones
     under ``"failures"`` (task, method, seed, error type, message). ``env_kwargs={"surrogate": True}`` runs the
     suite on the tasks' surrogates (module docstring; use another ``out`` than the real suite's).
+
+    ``variants`` (label → :class:`SuiteVariant`, checked by :func:`check_variants`) run too, each as a row of its
+    own: cells ``<out>/<task>/cells/<label>/seed<k>.json`` (on the tasks its method supports) with the variant's
+    settings, each recording them as its ``"variant"``; a label folder whose finished cells ran other settings is
+    refused before any work.
+
+    The report covers **every** method and variant label with finished cells in ``out``, not only the ones this call
+    ran (a run restricted with ``methods`` adds its rows to the others: :func:`read_suite_cells`); the failures of
+    cells this call did not retry stay listed until their cells finish.
     """
     suite = get_suite(name)
     surrogate = bool((env_kwargs or {}).get("surrogate"))
     budget = positive_int("budget", suite.budget if budget is None else budget)
     seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
+    variants = check_variants(variants)
     out = Path(out)
     jobs, owners = [], []
     for task in suite.tasks:
@@ -191,15 +295,20 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
         for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, calibrate,
                              calib_alpha, progress):
             jobs.append(job)
-            owners.append(task.name)
-    cells: Cells = {t.name: {} for t in suite.tasks}
+            owners.append((task.name, job["method"]))
+        for label, variant in variants.items():
+            if _fits(task, variant.method, env_kwargs):
+                for job in variant_jobs(task, out / task.name, label, variant, budget, seeds, env_kwargs, calibrate,
+                                        calib_alpha, progress):
+                    jobs.append(job)
+                    owners.append((task.name, label))
     failures: list[dict[str, Any]] = []
-    for task_name, job, outcome in zip(owners, jobs, run_jobs(jobs, workers, ray_address, keep_going=True)):
+    for (task_name, row), outcome in zip(owners, run_jobs(jobs, workers, ray_address, keep_going=True)):
         if isinstance(outcome, CellFailure):
-            failures.append({"task": task_name, **outcome.as_dict()})
-        else:
-            cells[task_name].setdefault(job["method"], []).append(outcome)
-    _record_failures(out, suite, failures)
+            failures.append({"task": task_name, **outcome.as_dict(), "method": row})
+    attempted = {(task_name, row, job["seed"]) for (task_name, row), job in zip(owners, jobs)}
+    _record_failures(out, suite, failures, attempted)
+    cells, failures = read_suite_cells(suite, out, budget, seeds, None, surrogate)
     return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate)
 
 
@@ -211,8 +320,8 @@ def report_suite(name: str = "core", out: str | Path = "docs/results/core", budg
     matching cache is left out of that table, with a warning).
 
     ``budget`` / ``seeds`` default to the suite's own (each task's ``config.json`` must agree on the budget);
-    ``methods`` to every registered method that fits a task's mode. Missing cells are left out; the failures
-    recorded by the last :func:`run_suite` are listed. ``surrogate`` says which suite ``out`` must hold: a real one
+    ``methods`` to every method and variant label with cells in ``out`` (:func:`read_suite_cells`). Missing cells are
+    left out; the failures recorded by :func:`run_suite` are listed. ``surrogate`` says which suite ``out`` must hold: a real one
     (a surrogate folder or cell is then a one-line :class:`FFPruneError`) or one run on the surrogates.
     """
     suite = get_suite(name)
@@ -226,12 +335,21 @@ def report_suite(name: str = "core", out: str | Path = "docs/results/core", budg
 def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, methods: list[str] | None = None,
                      surrogate: bool = False) -> tuple[Cells, list[dict[str, Any]]]:
     """The finished cells of every task of ``suite`` in ``out`` (``<out>/<task>/cells``, seeds ``0..seeds-1``; missing
-    cells left out) and the failures the last :func:`run_suite` recorded; reads only. A task folder without
-    ``config.json``, a folder of another env id or budget, and a folder or cell of the other kind than ``surrogate``
-    asks for are each a one-line :class:`FFPruneError` (as in :func:`report_suite`)."""
+    cells left out) and the failures :func:`run_suite` recorded; reads only.
+
+    ``methods`` (default: all) picks the rows: by default every registered method that fits a task's mode, in
+    registration order, then every other method (an SB3 algorithm) and every variant label (:class:`SuiteVariant`:
+    a folder whose cells record a ``"variant"``) with cells in the task folder, by name; given, ``uniform`` and those
+    names (a name that is not a method must be a label with cells in some task). A task folder without
+    ``config.json``, a folder of another env id or budget, a folder or cell of the other kind than ``surrogate`` asks
+    for, a label whose cells ran different settings and an unknown name in ``methods`` are each a one-line
+    :class:`FFPruneError` (as in :func:`report_suite`)."""
     out = Path(out)
     cells: Cells = {}
     failures: list[dict[str, Any]] = []
+    names = None if methods is None else [m for m in methods if _is_method(m)]
+    labels = None if methods is None else [m for m in methods if m not in names]
+    found_labels: set[str] = set()
     for task in suite.tasks:
         folder = out / task.name
         config = read_result(folder / "config.json")
@@ -244,21 +362,51 @@ def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, met
             raise FFPruneError(f"{str(folder)!r} holds {config.get('env_id')} at budget {config.get('budget')}, not "
                                f"{task.env_id} at budget {budget}: pass the budget it was run with")
         cells[task.name] = {}
-        for method in task_methods(task, methods, config.get("env_kwargs") or None):
+        task_kwargs = config.get("env_kwargs") or None
+        rows = task_methods(task, names, task_kwargs)
+        on_disk = sorted(p.name for p in (folder / "cells").glob("*") if p.is_dir() and p.name not in rows)
+        if names is None:  # every other method with cells here (an SB3 algorithm a run named)
+            rows += [m for m in on_disk if _is_method(m) and _fits(task, m, task_kwargs)]
+        for method in rows:
             found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
                      for seed in range(seeds) if (p := cell_path(folder, method, seed)).exists()]
             if found:
                 cells[task.name][method] = found
+        for label in ([n for n in on_disk if n not in rows] if labels is None else labels):
+            found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
+                     for seed in range(seeds) if (p := cell_path(folder, label, seed)).exists()]
+            if found and any("variant" in c for c in found):
+                _check_label(folder / "cells" / label, found)
+                cells[task.name][label] = found
+                found_labels.add(label)
         if (folder / "failures.json").exists():
             failures += read_json(folder / "failures.json", "failures record")
+    unknown = [m for m in labels or () if m not in found_labels]
+    if unknown:
+        raise FFPruneError(f"methods {unknown} are neither methods nor variant labels with cells in {str(out)!r}")
     return cells, failures
 
 
-def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]]) -> None:
-    """``<out>/<task>/failures.json`` for every task with failed cells; a task whose cells all finished has none."""
+def _check_label(folder: Path, found: list[dict[str, Any]]) -> None:
+    """Every cell of a variant label's folder records the same settings (one-line :class:`FFPruneError` otherwise)."""
+    held = [variant_settings(c["variant"]) if isinstance(c.get("variant"), dict) else None for c in found]
+    if any(h != held[0] for h in held):
+        other = next(h for h in held if h != held[0])
+        raise FFPruneError(f"{str(folder)!r} holds cells of different settings ({held[0]} and {other}): a label's "
+                           "cells must all be one variant's")
+
+
+def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]],
+                     attempted: set[tuple[str, str, int]]) -> None:
+    """``<out>/<task>/failures.json`` for every task with failed cells: this run's, and the recorded ones of cells it
+    did not run (``attempted``: its (task, method or label, seed) cells) that are still unfinished; a task with none
+    has no file."""
     for task in suite.tasks:
         path = out / task.name / "failures.json"
-        mine = [f for f in failures if f["task"] == task.name]
+        earlier = read_json(path, "failures record") if path.exists() else []
+        mine = [f for f in earlier if (f["task"], f["method"], f["seed"]) not in attempted
+                and not cell_path(out / task.name, f["method"], f["seed"]).exists()]
+        mine += [f for f in failures if f["task"] == task.name]
         if mine:
             atomic_write_json(path, mine)
         elif path.exists():
@@ -383,10 +531,32 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
         if len(pairs) >= 2:
             reward_ppl, eval_ppl = np.array(pairs).T
             across[task.name] = {"spearman": spearman(-reward_ppl, -eval_ppl), "cells": len(pairs)}
-    return {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [t.__dict__ for t in suite.tasks],
-            "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
-            "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
-            "failures": [{k: f[k] for k in ("task", "method", "seed", "error", "message")} for f in failures]}
+    analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [t.__dict__ for t in suite.tasks],
+                "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
+                "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
+                "failures": [{k: f[k] for k in ("task", "method", "seed", "error", "message")} for f in failures]}
+    variants = suite_variants(cells)
+    if variants:
+        analysis["variants"] = variants
+    return analysis
+
+
+def suite_variants(cells: Cells) -> dict[str, dict[str, Any]]:
+    """The variant labels among ``cells`` (cells that record a ``"variant"``: :class:`SuiteVariant`) → their record
+    (method, name, settings, source), in order of appearance."""
+    found: dict[str, dict[str, Any]] = {}
+    for by_method in cells.values():
+        for label, runs in by_method.items():
+            record = runs[0].get("variant") if runs else None
+            if isinstance(record, dict) and label not in found:
+                found[label] = {k: v for k, v in record.items() if k != "label"}
+    return found
+
+
+def base_method(label: str, runs: Sequence[dict[str, Any]]) -> str:
+    """The method a row's cells ran: a variant label's method (its cells' ``"variant"`` record), else the row's name."""
+    record = runs[0].get("variant") if runs else None
+    return record["method"] if isinstance(record, dict) and record.get("method") else label
 
 
 def _matrix(by_task: dict[str, list[float]]) -> np.ndarray:
@@ -397,14 +567,15 @@ def _matrix(by_task: dict[str, list[float]]) -> np.ndarray:
 
 
 def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
-    """Per task, searching method (every registered one that is not a heuristic) and seed: its best reward, its
-    evaluations to best, FastForward's evaluations to reach it."""
+    """Per task, row that searched (every row but FastForward's own whose method is not a heuristic, variant labels
+    included) and seed: its best reward, its evaluations to best, FastForward's evaluations to reach it."""
     out = []
     for task in suite.tasks:
         by_method = cells[task.name]
         ff = {c["seed"]: c for c in by_method.get(AGENT, [])}
         for method, runs in by_method.items():
-            if method == AGENT or (method in METHODS and METHODS[method].heuristic):
+            base = base_method(method, runs)
+            if method == AGENT or (base in METHODS and METHODS[base].heuristic):
                 continue
             for cell in runs:
                 mine = ff.get(cell["seed"])
@@ -498,8 +669,8 @@ def _link(target: Path, file: Path) -> str:
 def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: str = "full",
                   full_page: str | Path | None = None) -> str:
     """One generated section for ``file`` from ``<out>/suite.md``, between its markers: ``"full"`` (``suite.md`` and
-    the plots) or ``"headline"`` (only the aggregate table, the failures' count if any, and a link to ``full_page``,
-    default ``suite.md``). Links are relative to ``file``."""
+    the plots) or ``"headline"`` (only the aggregate table, what its variant rows ran if any, the failures' count if
+    any, and a link to ``full_page``, default ``suite.md``). Links are relative to ``file``."""
     if kind not in SECTIONS:
         raise FFPruneError(f"kind must be one of {SECTIONS}, got {kind!r}")
     out, file = Path(out), Path(file)
@@ -517,6 +688,7 @@ def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: 
     else:
         blocks = body.split("\n\n")
         headline = [next(b for b in blocks if b.startswith("|"))]  # the aggregate table comes first
+        headline += [b for b in blocks if b.startswith("Variants:")]  # what a tuned row ran
         headline += [b.split("\n")[0] for b in blocks if b.startswith("Failures:")]
         rel = _link(Path(full_page) if full_page is not None else table, file)
         body = "\n\n".join([*headline, f"Full results (per task, agreement, plots): [{rel}]({rel})"])

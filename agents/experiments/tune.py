@@ -374,6 +374,41 @@ def select(summary: Sequence[Mapping[str, Any]]) -> str | None:
     return REFERENCE if REFERENCE in tied else tied[0]
 
 
+def selected_settings(out: str | Path) -> tuple[str, str, dict[str, Any]]:
+    """The variant a finished tune selected, from ``<out>/tune.json``: ``(method, variant name, settings)``, the
+    settings as the grid gives them (agent keywords and ``curriculum.<setting>``; :func:`split_settings` splits them)
+    and checked again (:func:`check_agent_kwargs`). ``ffprune bench --suite core --tuned <out>`` runs them on the
+    suite's seeds as the ``<method>-tuned`` row.
+
+    A one-line :class:`FFPruneError` when there is no ``tune.json``, when the file is not a tune report, when the grid
+    has unfinished cells (the selection is not final; ``None`` until ``default`` is finished) and when the selected
+    variant is ``default``: the method's own settings, already the suite's row of the method.
+    """
+    path = Path(out) / "tune.json"
+    if not path.is_file():
+        raise FFPruneError(f"{str(path)!r} does not exist: run `ffprune tune --out {out}` first (or --report-only)")
+    analysis = read_json(path, "tune report")
+    try:
+        method, selected, missing = analysis["method"], analysis["selected"], analysis["missing"]
+        settings = {s["variant"]: s["agent_kwargs"] for s in analysis["summary"]}
+        if not isinstance(method, str):
+            raise TypeError(method)
+    except (KeyError, TypeError):
+        raise FFPruneError(f"{str(path)!r} is not a tune report (rewrite it with `ffprune tune --report-only`)") from None
+    method = get_method(method).name
+    if missing or selected is None:
+        so_far = "no variant is selected yet" if selected is None else f"its selection ({selected!r} so far) is not final"
+        raise FFPruneError(f"{str(path)!r}: the tune of {method} has {len(missing)} unfinished cell(s), so {so_far}: "
+                           f"run `ffprune tune --method {method} --out {out}` again to finish it")
+    if selected == REFERENCE:
+        raise FFPruneError(f"{str(path)!r}: the tune of {method} selected {REFERENCE!r} (the method's own settings): "
+                           f"nothing new to run, the suite's {method!r} row is already it")
+    if selected not in settings or not isinstance(settings[selected], dict):
+        raise FFPruneError(f"{str(path)!r} selects {selected!r} but has no settings for it: not a tune report")
+    check_agent_kwargs(method, settings[selected], selected)
+    return method, selected, dict(settings[selected])
+
+
 def _settings(kwargs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in kwargs.items()) or "(the method's own)"
 
