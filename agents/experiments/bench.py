@@ -171,12 +171,10 @@ def run_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target
 
     ``variant`` (a suite's labelled variant: ``{"label", "method", "name", "agent_kwargs", "curriculum_kwargs",
     "source"}``) puts the cell in ``<out>/cells/<label>/seed<k>.json`` (TensorBoard under ``<out>/tb/<label>``) and
-    records it as the cell's top-level ``"variant"``; a finished cell there that ran other settings is refused
-    (:func:`check_variant_cell`)."""
+    records it as the cell's top-level ``"variant"``; the caller checks a finished cell there against the variant
+    before any work (:func:`check_variant_cell`, as :func:`~ffprune.agents.experiments.suite.variant_jobs` does)."""
     if variant is not None:
-        path = cell_path(out, variant["label"], seed)
-        check_variant_cell(path, variant)
-        logdir = out / "tb" / variant["label"]
+        path, logdir = cell_path(out, variant["label"], seed), out / "tb" / variant["label"]
     else:
         path, logdir = cell_path(out, method, seed), out / "tb"
     log.info("[bench] %s %s seed %d", env_id, method if variant is None else variant["label"], seed)

@@ -238,10 +238,10 @@ def task_methods(task: SuiteTask, methods: Sequence[str] | None = None,
     return [m for m in dict.fromkeys([REFERENCE, *methods]) if mode in get_method(m).modes]
 
 
-def _fits(task: SuiteTask, method: str, env_kwargs: dict[str, Any] | None) -> bool:
-    """Whether ``method`` can search ``task`` (its mode and formulation)."""
+def method_fits(env_id: str, method: str, env_kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether ``method`` can search the env ``env_id`` (its mode and formulation)."""
     m = get_method(method)
-    return resolve_config(task.env_id, env_kwargs).mode in m.modes and formulation_of(task.env_id) in m.formulations
+    return resolve_config(env_id, env_kwargs).mode in m.modes and formulation_of(env_id) in m.formulations
 
 
 def variant_jobs(task: SuiteTask, folder: Path, label: str, variant: SuiteVariant, budget: int, seeds: int,
@@ -297,7 +297,7 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
             jobs.append(job)
             owners.append((task.name, job["method"]))
         for label, variant in variants.items():
-            if _fits(task, variant.method, env_kwargs):
+            if method_fits(task.env_id, variant.method, env_kwargs):
                 for job in variant_jobs(task, out / task.name, label, variant, budget, seeds, env_kwargs, calibrate,
                                         calib_alpha, progress):
                     jobs.append(job)
@@ -366,15 +366,16 @@ def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, met
         rows = task_methods(task, names, task_kwargs)
         on_disk = sorted(p.name for p in (folder / "cells").glob("*") if p.is_dir() and p.name not in rows)
         if names is None:  # every other method with cells here (an SB3 algorithm a run named)
-            rows += [m for m in on_disk if _is_method(m) and _fits(task, m, task_kwargs)]
+            rows += [m for m in on_disk if _is_method(m) and method_fits(task.env_id, m, task_kwargs)]
+        def read_row(row: str, folder: Path = folder) -> list[dict[str, Any]]:
+            return [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
+                    for seed in range(seeds) if (p := cell_path(folder, row, seed)).exists()]
+
         for method in rows:
-            found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
-                     for seed in range(seeds) if (p := cell_path(folder, method, seed)).exists()]
-            if found:
+            if found := read_row(method):
                 cells[task.name][method] = found
         for label in ([n for n in on_disk if n not in rows] if labels is None else labels):
-            found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
-                     for seed in range(seeds) if (p := cell_path(folder, label, seed)).exists()]
+            found = read_row(label)
             if found and any("variant" in c for c in found):
                 _check_label(folder / "cells" / label, found)
                 cells[task.name][label] = found

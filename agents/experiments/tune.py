@@ -41,12 +41,11 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.bench import CellFailure, cell_path, run_jobs
 from ffprune.agents.experiments.claim import late_reward
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
-from ffprune.agents.experiments.suite import get_suite
+from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.fastforward import FastForwardConfig
 from ffprune.agents.methods.registry import get_method
 from ffprune.agents.methods.sb3 import algorithm_class
@@ -199,11 +198,9 @@ def _task_ids(method: str, tasks: Sequence[str]) -> dict[str, str]:
     unknown = [t for t in tasks if t not in by_name]
     if unknown or not tasks:
         raise FFPruneError(f"tasks must be core suite tasks {list(by_name)}, got {list(tasks)}")
-    m = get_method(method)
     for name in tasks:
-        env_id = by_name[name]
-        if resolve_config(env_id).mode not in m.modes or formulation_of(env_id) not in m.formulations:
-            raise FFPruneError(f"method {m.name!r} cannot search task {name!r} ({env_id})")
+        if not method_fits(by_name[name], method):
+            raise FFPruneError(f"method {get_method(method).name!r} cannot search task {name!r} ({by_name[name]})")
     return {name: by_name[name] for name in tasks}
 
 
