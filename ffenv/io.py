@@ -207,6 +207,12 @@ def read_json(path: str | Path, name: str = "file") -> Any:
         raise FFPruneError(f"{name} {str(path)!r} is not valid JSON ({err}); delete it or fix it") from err
 
 
+def as_json(value: Any) -> Any:
+    """``value`` as a JSON file gives it back (tuples → lists, NumPy/torch values → plain ones), so settings compare
+    equal with what a file on disk records."""
+    return json.loads(json.dumps(value, default=jsonable))
+
+
 def jsonable(x: Any) -> Any:
     """``json.dumps`` default: NumPy arrays / scalars, tensors and paths as plain values."""
     if isinstance(x, np.ndarray):

@@ -212,3 +212,12 @@ def test_a_search_refuses_curriculum_settings_it_cannot_use(tmp_path):
     with pytest.raises(FFPruneError, match="need a search under the curriculum"):
         run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
                    curriculum_kwargs={"stairs": 2}, progress=False)
+
+
+def test_a_search_refuses_a_record_that_would_overwrite_its_result(tmp_path):
+    with pytest.raises(FFPruneError, match=r"record: keys \['best'\] are the result's own"):
+        run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
+                   record={"best": 1, "variant": {}}, progress=False)
+    with pytest.raises(FFPruneError, match="record: values must be JSON values"):
+        run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
+                   record={"variant": object()}, progress=False)

@@ -23,7 +23,6 @@ surrogate predicts the held-out ppl without Calib), and the tables say "surrogat
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
-from ffenv.io import atomic_write_json
+from ffenv.io import as_json, atomic_write_json
 from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import write_outputs
@@ -146,7 +145,7 @@ settings came from)."""
 
 def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
     """What a ``variant`` record (:func:`run_cell`) ran: its :data:`VARIANT_KEYS`, as JSON gives them back."""
-    return json.loads(json.dumps({k: record.get(k) or ({} if k != "method" else None) for k in VARIANT_KEYS}))
+    return as_json({k: record.get(k) or ({} if k != "method" else None) for k in VARIANT_KEYS})
 
 
 def check_variant_cell(path: Path, record: dict[str, Any]) -> None:
@@ -180,10 +179,7 @@ def run_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target
     log.info("[bench] %s %s seed %d", env_id, method if variant is None else variant["label"], seed)
     cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=logdir, out=path,
                       target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs,
-                      curriculum_kwargs=curriculum_kwargs)
-    if variant is not None and "variant" not in cell:
-        cell["variant"] = json.loads(json.dumps(variant))
-        atomic_write_json(path, cell)
+                      curriculum_kwargs=curriculum_kwargs, record={"variant": variant} if variant is not None else None)
     return _calibrated(cell, path, calib_alpha) if calibrate else cell
 
 

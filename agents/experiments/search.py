@@ -39,7 +39,7 @@ import numpy as np
 from ffenv.config import EnvConfig
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
-from ffenv.io import atomic_write_json, check_writable, versions
+from ffenv.io import as_json, atomic_write_json, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
 from ffenv.registration import resolve_config, twin_env_id
 from ffenv.surrogate import data_path, load_surrogate
@@ -141,6 +141,7 @@ def run_search(
     calib_alpha: float | None = None,
     train_targets: Sequence[float] | None = None,
     curriculum_kwargs: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
 
@@ -157,8 +158,12 @@ def run_search(
     ``curriculum_kwargs`` change the curriculum's schedules (:data:`CURRICULUM_SETTINGS` of
     :class:`~ffenv.wrappers.CurriculumWrapper`, e.g. ``{"fidelity_schedule": "none"}``: every episode on all reward
     windows) for a method that learns under it; they are recorded in the result's ``run`` and the TensorBoard hparams.
+
+    ``record`` adds top-level keys to the result (JSON values; a suite's ``"variant"``), written with it in its one
+    atomic write, so a finished result file always carries them.
     """
     method = get_method(agent)
+    record = _check_record(record)
     budget, curriculum = _check_request(method, budget, warm_start, curriculum)
     curriculum_kwargs = check_curriculum_kwargs(curriculum_kwargs, curriculum)
     train_targets, target = _check_train_targets(method, env_id, env_kwargs, train_targets, target)
@@ -195,6 +200,7 @@ def run_search(
         update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
                                                   scored["cost"], "result_file": str(out_path)})
     result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra, label)
+    result.update(record)
     if out_path is not None:
         atomic_write_json(out_path, result)
     return result
@@ -370,6 +376,23 @@ def recorded_env_kwargs(env: gym.Env) -> dict[str, Any]:
     if isinstance(env.unwrapped, FFPruneSequentialEnv):
         env_kwargs["projection"] = env.unwrapped.projection
     return env_kwargs
+
+
+RESULT_KEYS = ("complete", "surrogate", "env_id", "env_kwargs", "weights_fingerprint", "unit_names", "agent", "seed",
+               "budget", "curriculum", "warmup_fraction", "warm_start", "train_targets", "curriculum_kwargs", "best",
+               "best_by_target", "cost", "history", "logdir", "versions", "policy_file", "agent_config", "agent_stats")
+"""Top-level keys a result JSON may hold on its own (:func:`_assemble`); ``run_search(record=)`` may not set them."""
+
+
+def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
+    """``record`` as JSON values, if none of its keys is one of :data:`RESULT_KEYS`; a one-line error otherwise."""
+    clash = sorted(set(record or {}) & set(RESULT_KEYS))
+    if clash:
+        raise FFPruneError(f"record: keys {clash} are the result's own; use other top-level keys")
+    try:
+        return as_json(dict(record or {}))
+    except (TypeError, ValueError) as err:
+        raise FFPruneError(f"record: values must be JSON values ({err})") from None
 
 
 def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,

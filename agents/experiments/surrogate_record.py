@@ -59,7 +59,7 @@ import numpy as np
 from ffenv import FFPruneEnv, project_budget
 from ffenv.config import EnvConfig
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
-from ffenv.io import check_writable
+from ffenv.io import as_json, check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
 from ffenv.registration import formulation_of, resolve_config
@@ -191,7 +191,7 @@ class RecordSettings:
 
     def as_meta(self, mode: str) -> dict[str, Any]:
         """The settings as the file stores them (targets resolved for ``mode``); JSON values only."""
-        out = json.loads(json.dumps(dataclasses.asdict(self)))
+        out = as_json(dataclasses.asdict(self))
         out["targets"] = list(self.targets_of(mode))
         return out
 
@@ -686,8 +686,8 @@ def _run_chunk(chunk: Chunk, env: FFPruneEnv, data: EvaluationSet | None, settin
         data = EvaluationSet.from_rows(first)
     for rows in batches:
         data.append(rows)
-    recorder = json.loads(json.dumps(data.meta.get("recorder") or {"settings": settings.as_meta(env.config.mode),
-                                                                     "progress": {}, "verification": {}}))
+    recorder = as_json(data.meta.get("recorder") or {"settings": settings.as_meta(env.config.mode),
+                                                  "progress": {}, "verification": {}})
     recorder["progress"][str(seed)] = {"chunks": chunk.index + 1, "rows": int((data.arrays["seed"] == seed).sum())}
     if check is not None:
         recorder["verification"][str(seed)] = check

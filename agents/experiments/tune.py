@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_write_json, atomic_write_text, read_json
+from ffenv.io import as_json, atomic_write_json, atomic_write_text, read_json
 from ffprune.agents.experiments.bench import CellFailure, cell_path, run_jobs
 from ffprune.agents.experiments.claim import late_reward
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
@@ -205,14 +205,9 @@ def _task_ids(method: str, tasks: Sequence[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- running the cells
-def _plain(value: Any) -> Any:
-    """``value`` as JSON gives it back (tuples → lists), so settings compare with what a folder records."""
-    return json.loads(json.dumps(value))
-
-
 def _check_record(path: Path, record: dict[str, Any], what: str) -> None:
     """Write ``record`` to ``path``, refusing one that holds other settings (a resumed cell must be this one's)."""
-    record = _plain(record)
+    record = as_json(record)
     if path.exists():
         old = read_json(path, what)
         if old != record:
@@ -316,7 +311,7 @@ def report_tune(out: str | Path | None = None, method: str = "fastforward",
     rows, missing = [], []
     for variant, kwargs in variants.items():
         record = out / variant / "variant.json"
-        if record.exists() and read_json(record, "variant record") != _plain({"agent_kwargs": dict(kwargs)}):
+        if record.exists() and read_json(record, "variant record") != as_json({"agent_kwargs": dict(kwargs)}):
             raise FFPruneError(f"{str(record.parent)!r} holds variant {variant!r} with other settings "
                                f"({read_json(record, 'variant record')['agent_kwargs']}, now {dict(kwargs)})")
         for task in tasks:
@@ -349,7 +344,7 @@ def _analyse(method: str, config: dict[str, Any], variants: Mapping[str, Mapping
         mine = rewards[variant]
         task_means = {t: _mean([mine[(t, s)] for s in seeds if (t, s) in mine]) for t in tasks}
         complete = len(mine) == len(tasks) * len(seeds)
-        summary.append({"variant": variant, "agent_kwargs": _plain(dict(kwargs)), "cells": len(mine), "complete": complete,
+        summary.append({"variant": variant, "agent_kwargs": as_json(dict(kwargs)), "cells": len(mine), "complete": complete,
                         "task_means": task_means, "mean": float(np.mean(list(task_means.values()))) if complete else None,
                         "late_reward_mean": _mean(late[variant]),
                         "difference": None if variant == REFERENCE else
