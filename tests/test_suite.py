@@ -346,12 +346,12 @@ def test_a_variant_runs_only_on_the_tasks_its_method_supports(tmp_path, two_task
     assert not (tmp_path / "two" / "llama-u0.7" / "cells" / "sonly-x").exists()
 
 
-def _fake_tune(folder, selected="batch4", missing=(), method="fastforward", settings=None):
+def _fake_tune(folder, selected="batch4", missing=(), method="fastforward", settings=None, budget=100):
     summary = [{"variant": "default", "agent_kwargs": {}},
                {"variant": "batch4", "agent_kwargs": settings or {"batch_episodes": 4,
                                                                   "curriculum.fidelity_schedule": "none"}}]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tune.json").write_text(json.dumps({"method": method, "seeds": [10, 11, 12], "summary": summary,
+    (folder / "tune.json").write_text(json.dumps({"method": method, "seeds": [10, 11, 12], "budget": budget, "summary": summary,
                                                   "selected": selected, "missing": list(missing)}))
     return folder
 
@@ -380,6 +380,7 @@ def test_bench_tuned_adds_the_selected_variant_and_refuses_bad_input_in_one_line
            (["--tuned", str(_fake_tune(tmp_path / "u", missing=[{"variant": "x"}]))], "1 unfinished cell"),
            (["--tuned", str(tune), "--tuned", str(_fake_tune(tmp_path / "t2"))], "both tunes of fastforward"),
            (["--tuned", str(_fake_tune(tmp_path / "s", settings={"hiden": 1}))], r"\['hiden'\] are not fastforward"),
+           (["--tuned", str(_fake_tune(tmp_path / "b", budget=50))], "compared at budget 50, the suite runs at 100"),
            (["--env", "FFPrune-Llama-v0", "--tuned", str(tune)], "--tuned works on a suite's results")]
     for argv, match in bad:
         suite_args = [] if "--env" in argv else ["--suite", "core"]

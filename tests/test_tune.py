@@ -146,7 +146,7 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
 
 def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
     _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7], "hi": [0.6, 0.7, 0.6, 0.9]})
-    assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3})
+    assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3}, [10, 11], 100)
     _fake_tune(tmp_path / "t", {"other": [0.6] * 4, REFERENCE: [0.6] * 4})
     with pytest.raises(FFPruneError, match="selected 'default' .*nothing new to run"):
         selected_settings(tmp_path / "t")

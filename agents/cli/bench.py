@@ -100,27 +100,30 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     return 0
 
 
-def tuned_variants(folders: list[str]) -> dict[str, Any]:
+def tuned_variants(folders: list[str], budget: int) -> dict[str, Any]:
     """``--tuned DIR ...``: label ``<method>-tuned`` → the :class:`~ffprune.agents.experiments.suite.SuiteVariant` of the
     variant each tune folder selected (:func:`~ffprune.agents.experiments.tune.selected_settings`); two tunes of one
-    method are a one-line error. The command composes the two: the suite does not know about tunes."""
+    method, or a tune compared at another budget than the suite's ``budget``, are a one-line error. The command
+    composes the two: the suite does not know about tunes."""
     from ffenv.errors import FFPruneError
-    from ffenv.io import read_json
     from ffprune.agents.experiments.suite import SuiteVariant
     from ffprune.agents.experiments.tune import selected_settings, split_settings
 
     variants: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for folder in folders:
-        method, name, settings = selected_settings(folder)
-        label = f"{method}-tuned"
+        tune = selected_settings(folder)
+        label = f"{tune.method}-tuned"
         if label in variants:
-            raise FFPruneError(f"--tuned {sources[label]} and --tuned {folder} are both tunes of {method}: give one")
-        agent_kwargs, curriculum_kwargs = split_settings(settings)
-        seeds = ", ".join(map(str, read_json(Path(folder) / "tune.json", "tune report").get("seeds") or []))
+            raise FFPruneError(f"--tuned {sources[label]} and --tuned {folder} are both tunes of {tune.method}: give one")
+        if tune.budget != budget:
+            raise FFPruneError(f"--tuned {folder}: its variants were compared at budget {tune.budget}, the suite runs at "
+                               f"{budget}: tune at the suite's budget (`ffprune tune --budget {budget}`)")
+        agent_kwargs, curriculum_kwargs = split_settings(tune.settings)
+        seeds = ", ".join(map(str, tune.seeds))
         source = (f"selected by `ffprune tune` on the reward split{f' of seeds {seeds}' if seeds else ''}: "
                   f"`{Path(folder).as_posix()}/tune.json`")
-        variants[label] = SuiteVariant(method, agent_kwargs, curriculum_kwargs, name=name, source=source)
+        variants[label] = SuiteVariant(tune.method, agent_kwargs, curriculum_kwargs, name=tune.name, source=source)
         sources[label] = folder
     return variants
 
@@ -130,7 +133,8 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffprune.agents.experiments.suite import check_variants, get_suite, report_suite, run_suite
 
     suite = get_suite(args.suite).name  # an unknown name: one line listing the suites
-    variants = check_variants(tuned_variants(args.tuned)) if args.tuned else {}
+    budget = get_suite(args.suite).budget if args.budget is None else args.budget
+    variants = check_variants(tuned_variants(args.tuned, budget)) if args.tuned else {}
     surrogate = bool(env_kwargs(args).get("surrogate"))  # --surrogate or --env-kwarg surrogate=true
     if args.docs and surrogate:
         raise FFPruneError("--docs writes the real suite's generated sections; a suite run on the surrogate keeps its "

@@ -35,7 +35,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -366,8 +366,23 @@ def select(summary: Sequence[Mapping[str, Any]]) -> str | None:
     return REFERENCE if REFERENCE in tied else tied[0]
 
 
-def selected_settings(out: str | Path) -> tuple[str, str, dict[str, Any]]:
-    """The variant a finished tune selected, from ``<out>/tune.json``: ``(method, variant name, settings)``, the
+class TuneSelection(NamedTuple):
+    """What a finished tune selected (:func:`selected_settings`)."""
+
+    method: str
+    """The tuned method's registered name."""
+    name: str
+    """The selected variant's name."""
+    settings: dict[str, Any]
+    """Its settings as the grid gives them (agent keywords and ``curriculum.<setting>``)."""
+    seeds: list[int]
+    """The tune's seeds (never the suite's)."""
+    budget: int
+    """Evaluations per search the variants were compared at."""
+
+
+def selected_settings(out: str | Path) -> TuneSelection:
+    """The variant a finished tune selected, from ``<out>/tune.json``, with the seeds and budget it was selected at; the
     settings as the grid gives them (agent keywords and ``curriculum.<setting>``; :func:`split_settings` splits them)
     and checked again (:func:`check_agent_kwargs`). ``ffprune bench --suite core --tuned <out>`` runs them on the
     suite's seeds as the ``<method>-tuned`` row.
@@ -383,9 +398,10 @@ def selected_settings(out: str | Path) -> tuple[str, str, dict[str, Any]]:
     try:
         method, selected, missing = analysis["method"], analysis["selected"], analysis["missing"]
         settings = {s["variant"]: s["agent_kwargs"] for s in analysis["summary"]}
+        seeds, budget = [int(k) for k in analysis["seeds"]], int(analysis["budget"])
         if not isinstance(method, str):
             raise TypeError(method)
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         raise FFPruneError(f"{str(path)!r} is not a tune report (rewrite it with `ffprune tune --report-only`)") from None
     method = get_method(method).name
     if missing or selected is None:
@@ -398,7 +414,7 @@ def selected_settings(out: str | Path) -> tuple[str, str, dict[str, Any]]:
     if selected not in settings or not isinstance(settings[selected], dict):
         raise FFPruneError(f"{str(path)!r} selects {selected!r} but has no settings for it: not a tune report")
     check_agent_kwargs(method, settings[selected], selected)
-    return method, selected, dict(settings[selected])
+    return TuneSelection(method, selected, dict(settings[selected]), seeds, budget)
 
 
 def _settings(kwargs: Mapping[str, Any]) -> str:
