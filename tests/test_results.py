@@ -17,14 +17,17 @@ SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 
 
 def committed_results() -> list[Path]:
     """Every committed search result, bench cell and bench ``config.json`` (the suite's, the claim's and
-    the amortised analyses and the agreement caches are outputs of the analysis, not results; a tune folder's
-    ``config.json``, ``variant.json`` and ``tune.json`` are its records and report, its cells are results)."""
-    analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json")
+    the amortised analyses, the surrogates' validation, ranking and study reports, a study's learning curves and the
+    agreement caches are outputs of the analysis, not results; a tune folder's ``config.json``, ``variant.json`` and
+    ``tune.json`` are its records and report, its cells are results)."""
+    analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json", "validation.json", "ranking.json",
+                "study.json")
 
     def tune_record(p: Path) -> bool:
         return p.relative_to(RESULTS).parts[0].startswith("tune-") and "cells" not in p.parts
 
-    return sorted(p for p in RESULTS.rglob("*.json") if p.name not in analyses and not tune_record(p))
+    return sorted(p for p in RESULTS.rglob("*.json")
+                  if p.name not in analyses and "curves" not in p.parts and not tune_record(p))
 
 
 def dotted(d: dict, path: str) -> bool:
