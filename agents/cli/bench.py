@@ -132,8 +132,9 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffenv.errors import FFPruneError, SearchInterrupted
     from ffprune.agents.experiments.suite import check_variants, get_suite, report_suite, run_suite
 
-    suite = get_suite(args.suite).name  # an unknown name: one line listing the suites
-    budget = get_suite(args.suite).budget if args.budget is None else args.budget
+    spec = get_suite(args.suite)  # an unknown name: one line listing the suites
+    suite = spec.name
+    budget = spec.budget if args.budget is None else args.budget
     variants = check_variants(tuned_variants(args.tuned, budget)) if args.tuned else {}
     surrogate = bool(env_kwargs(args).get("surrogate"))  # --surrogate or --env-kwarg surrogate=true
     if args.docs and surrogate:
