@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 
 import ffenv
 from ffenv import CurriculumWrapper, FFPruneEnv, FFPruneError, SearchAccounting
-from ffenv.surrogate import EvaluationSet, FitSettings, fit, record, split_of
+from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of, record, split_of
 from ffenv.surrogate.model import Fidelity, Surrogate, fidelity_noise
 from ffenv.surrogate.records import EnvDescription
 
@@ -85,6 +85,13 @@ def test_split_is_by_allocation_and_stable(recorded):
     assert np.array_equal(masks["train"] + masks["validation"] + masks["test"], np.ones(len(data), bool))
     # the fidelity rows repeat allocations of the first rows: each lands in the split of its allocation
     assert np.array_equal(masks["test"][32:38], masks["test"][:6]) and np.array_equal(masks["test"][38:], masks["test"][:6])
+    # cross-validation folds: by allocation too, balanced, independent of the split
+    folds = fold_of(rows, 5)
+    assert set(folds.tolist()) == set(range(5)) and all(0.17 < np.mean(folds == k) < 0.23 for k in range(5))
+    assert np.array_equal(fold_of(rows[order], 5), folds[order])
+    assert 0.17 < np.mean(folds[names == "test"] == 0) < 0.23
+    with pytest.raises(FFPruneError, match="folds must be a positive integer"):
+        fold_of(rows, 0)
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -107,6 +114,20 @@ def test_fit_is_deterministic_for_a_seed_and_never_reads_the_test_split(recorded
     assert again.predict_reward(x[0, :16], 0.3, 0) == a.predict_reward(x[0, :16], 0.3, 0)
     paired = 6 - int(test[:6].sum())  # fidelity pairs come from the train and validation splits only
     assert a.fidelity.pairs.tolist() == [paired, paired] and a.eval_model is not None
+    # the held-out model reads the predicted log reward as its last input; predict_log is the batch form
+    log_r, log_e = a.predict_log(x[:3])
+    assert np.allclose(log_r, a.reward_model.predict(x[:3])[0])
+    assert a.eval_model.x_shift.shape == (x.shape[1] + 1,)
+    assert np.exp(log_e[0]) == pytest.approx(a.predict_eval_ppl(x[0, :16], float(x[0, 16]), 0)[0])
+    # exclude: those rows are read by no model (a cross-validation fold)
+    fold = fold_of(data.arrays["unit_sparsity"], 5) == 0
+    without = fit(data, FAST_FIT, exclude=fold)
+    scrambled = EvaluationSet(data.meta, {**data.arrays, "reward": np.where(fold, 0.01, data.arrays["reward"]),
+                                          "eval_ppl": np.where(fold, 1e4, data.arrays["eval_ppl"])})
+    again = fit(scrambled, FAST_FIT, exclude=fold)
+    assert np.array_equal(again.reward_model.weights[0], without.reward_model.weights[0])
+    assert without.eval_model is not None and np.array_equal(again.eval_model.weights[0], without.eval_model.weights[0])
+    assert not np.array_equal(without.reward_model.weights[0], a.reward_model.weights[0])
 
 
 def test_fidelity_interpolates_and_refuses_without_data():

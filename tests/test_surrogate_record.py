@@ -222,6 +222,12 @@ def test_validate_writes_the_table_per_task(recorded, tmp_path, capsys):
     assert set(mlp["slices"]) == {"all targets", "llama-s0.3", "llama-s0.5"} and mlp["us_per_prediction"] > 0
     full_test = int((data.split()["test"] & (data.arrays["windows"] == 4)).sum())
     assert mlp["slices"]["all targets"]["rows"] == s["test"]["full_fidelity"] == full_test
+    # cross-validation: every row with a held-out ppl, each predicted out of its fold
+    a = data.arrays
+    measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
+    cv = mlp["slices"]["all targets"]["cross_validated"]
+    assert s["cv_folds"] == 5 and cv["cv_rows"] == int(measured.sum()) > s["test"]["held_out"]
+    assert cv["cv_spearman"] is not None and "cross-validated" in table
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -248,6 +254,7 @@ def test_validate_writes_the_table_per_task(recorded, tmp_path, capsys):
       "0"], "nothing to record"),
     (["validate", "--families", "gpt"], "families must be among"),
     (["validate", "--fit-kwarg", "trees=3"], "--fit-kwarg takes FitSettings fields"),
+    (["validate", "--folds", "1"], r"folds must be 0 \(no cross-validation\) or an integer >= 2, got 1"),
 ])
 def test_bad_input_is_one_line(argv, match, tmp_path, capsys):
     out = ["--out", str(tmp_path)] if argv[0] == "record" else ["--data", str(tmp_path), "--out", str(tmp_path)]

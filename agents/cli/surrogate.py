@@ -84,7 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rec.set_defaults(action_run=_record)
     val = sub.add_parser("validate", help="fit each surrogate and score it on its test allocations",
                          description="Fit each (family, mode)'s surrogate on its set's train split and score it on the "
-                         "test split: Spearman rho of predicted vs real reward (overall, top decile) and held-out ppl, "
+                         "test split: Spearman rho of predicted vs real reward (overall, top decile) and held-out ppl (also "
+                         "cross-validated over every row with one), "
                          "per core suite task, against gradient-boosted trees when scikit-learn is installed. Writes "
                          "OUT/validation.json and OUT/validation.md.")
     val.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
@@ -94,6 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     val.add_argument("--fit-kwarg", action="append", metavar="KEY=VALUE", help="a FitSettings field (repeatable; "
                      "default: the settings an env fits with)")
     val.add_argument("--no-compare", action="store_true", help="skip the gradient-boosted trees")
+    val.add_argument("--folds", type=int, default=5, help="folds of the held-out ppl's cross-validation by allocation "
+                     "(each a refit of the surrogate; 0: none)")
     val.add_argument("--quiet", action="store_true", help="no progress lines")
     val.set_defaults(action_run=_validate)
     _add_rank(sub)
@@ -219,7 +222,7 @@ def _validate(args: argparse.Namespace) -> int:
         fields = list(FitSettings.__dataclass_fields__)
         raise FFPruneError(f"--fit-kwarg takes FitSettings fields {fields}, got {sorted(fit)}") from None
     analysis = run_validate(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), args.data,
-                            args.out, settings, compare=not args.no_compare)
+                            args.out, settings, compare=not args.no_compare, folds=args.folds)
     print(validation_markdown(analysis))
     print(f"written: {args.out}/validation.md, validation.json")
     return 0

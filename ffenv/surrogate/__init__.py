@@ -11,7 +11,7 @@ surrogate instead of running the model. Two modules:
 """
 
 from ffenv.surrogate.model import FitSettings, Surrogate, fit, load_surrogate
-from ffenv.surrogate.records import EvaluationSet, Rows, data_path, record, split_of
+from ffenv.surrogate.records import EvaluationSet, Rows, data_path, fold_of, record, split_of
 
-__all__ = ["EvaluationSet", "FitSettings", "Rows", "Surrogate", "data_path", "fit", "load_surrogate", "record",
+__all__ = ["EvaluationSet", "FitSettings", "Rows", "Surrogate", "data_path", "fit", "fold_of", "load_surrogate", "record",
            "split_of"]

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ffenv.config import EnvConfig
-from ffenv.errors import FFPruneError
+from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write, versions
 from ffenv.pruning.engines import Unit, round_to_units, unstructured_kept_params
 
@@ -118,6 +118,16 @@ def split_of(unit_sparsity: np.ndarray) -> np.ndarray | str:
                       for r in rows], dtype=np.int64)
     names = np.array(SPLITS)[np.searchsorted(SPLIT_PERMILLE, codes, side="right")]
     return str(names[0]) if single else names
+
+
+def fold_of(unit_sparsity: np.ndarray, folds: int) -> np.ndarray:
+    """The cross-validation fold ``0..folds-1`` of each allocation of ``[N, D]`` ``unit_sparsity``: like
+    :func:`split_of` a hash of its float16 bytes (another one, independent of the split), so the same allocation is
+    always in the same fold."""
+    folds = positive_int("folds", folds)
+    rows = np.ascontiguousarray(np.atleast_2d(np.asarray(unit_sparsity, np.float16)) + np.float16(0))
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8, person=b"ffprune-fold").digest(),
+                                    "little") % folds for r in rows], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- the env without its model
