@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 import ffenv
 from ffenv import FFPruneEnv
@@ -228,6 +229,8 @@ def test_validate_writes_the_table_per_task(recorded, tmp_path, capsys):
     cv = mlp["slices"]["all targets"]["cross_validated"]
     assert s["cv_folds"] == 5 and cv["cv_rows"] == int(measured.sum()) > s["test"]["held_out"]
     assert cv["cv_spearman"] is not None and "cross-validated" in table
+    both = measured & (a["windows"] == 4)
+    assert cv["real_reward_spearman"] == pytest.approx(spearmanr(-a["reward"][both], a["eval_ppl"][both]).statistic)
     try:
         import sklearn  # noqa: F401
     except ImportError:

@@ -12,9 +12,9 @@ Outputs
     :data:`REWARD_FLOOR`) and ``log eval_ppl`` (rows with a held-out ppl), one :class:`Ensemble` each. The held-out
     model reads the reward model's prediction as one more input (:meth:`Surrogate.eval_inputs`): held-out ppls are
     ≈ 50 per suite target where rewards are thousands, and the reward carries most of what ranks the held-out ppl
-    (5-fold cross-validated Spearman ρ of the held-out ppl at the suite targets of tiny-llama / tiny-mistral
-    unstructured: 0.81–0.91 from the allocation alone, 0.91–0.98 with the predicted reward; ``ffprune surrogate
-    validate``).
+    (when the model was chosen, 5-fold cross-validated Spearman ρ of the held-out ppl at llama-s0.3, llama-s0.5,
+    llama-u0.7 and mistral-u0.7: 0.81–0.91 from the allocation alone, 0.91–0.98 with the predicted reward;
+    ``ffprune surrogate validate`` reports the current model's).
 Model
     ``members`` MLPs (``depth`` hidden layers of ``hidden`` SiLU units), trained together with torch's AdamW on
     seeded mini-batches drawn with replacement (a bootstrap per member), each member keeping its weights of
