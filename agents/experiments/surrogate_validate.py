@@ -39,7 +39,7 @@ import numpy as np
 from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_json, atomic_write_text, check_writable
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
-from ffenv.surrogate.model import REWARD_FLOOR
+from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, task_name
@@ -111,17 +111,14 @@ def cross_validated_eval(data: EvaluationSet, settings: FitSettings, folds: int 
     a = data.arrays
     measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
     fold = fold_of(a["unit_sparsity"], folds)
+    x = model_inputs(a["unit_sparsity"], a["target"], a["seed"], data.description.seeds)
     pred = np.full(len(data), np.nan)
-    x = None
     for k in range(folds):
         rows = measured & (fold == k)
-        if not rows.any():
-            continue
-        surrogate = fit(data, settings, exclude=fold == k)
-        if surrogate.eval_model is None:
-            continue
-        x = surrogate.inputs(a["unit_sparsity"], a["target"], a["seed"].astype(np.int64)) if x is None else x
-        pred[rows] = surrogate.predict_log(x[rows])[1]
+        if rows.any():
+            surrogate = fit(data, settings, exclude=fold == k)
+            if surrogate.eval_model is not None:
+                pred[rows] = surrogate.predict_log(x[rows])[1]
     return pred
 
 

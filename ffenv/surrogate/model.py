@@ -10,7 +10,7 @@ Inputs
 Outputs
     ``log reward`` at full fidelity (rows measured on all reward windows; a reward of 0, a non-finite ppl, counts as
     :data:`REWARD_FLOOR`) and ``log eval_ppl`` (rows with a held-out ppl), one :class:`Ensemble` each. The held-out
-    model reads the reward model's prediction as one more input (:meth:`Surrogate.eval_inputs`): held-out ppls are
+    model reads the reward model's prediction as one more input (:func:`with_reward`): held-out ppls are
     ≈ 50 per suite target where rewards are thousands, and the reward carries most of what ranks the held-out ppl
     (when the model was chosen, 5-fold cross-validated Spearman ρ of the held-out ppl at llama-s0.3, llama-s0.5,
     llama-u0.7 and mistral-u0.7: 0.81–0.91 from the allocation alone, 0.91–0.98 with the predicted reward;
@@ -349,13 +349,9 @@ class Surrogate:
             raise FFPruneError(f"the surrogate of model={self.description.meta['model']!r} "
                                f"mode={self.description.mode!r} has no held-out perplexities to predict from; record "
                                f"them with `{RECORD_COMMAND}` (held-out evaluations)")
-        mean, spread = self.eval_model.predict(self.eval_inputs(self._row(layer_sparsity, target, seed)))
+        row = self._row(layer_sparsity, target, seed)
+        mean, spread = self.eval_model.predict(with_reward(row, self.reward_model.predict(row)[0]))
         return math.exp(float(mean[0])), float(spread[0])
-
-    def eval_inputs(self, x: np.ndarray) -> np.ndarray:
-        """The held-out model's inputs for reward-model inputs ``x`` ``[n, n_in]``: ``x`` and the predicted log
-        reward."""
-        return with_reward(x, self.reward_model)
 
     def predict_log(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Predicted ``log reward`` (full fidelity) and ``log eval_ppl`` (``None`` without a held-out model) for model
@@ -364,7 +360,7 @@ class Surrogate:
         log_reward = self.reward_model.predict(x)[0]
         if self.eval_model is None:
             return log_reward, None
-        return log_reward, self.eval_model.predict(np.concatenate([x, log_reward[:, None]], axis=1))[0]
+        return log_reward, self.eval_model.predict(with_reward(x, log_reward))[0]
 
     # ------------------------------------------------------------------ disk cache
     def arrays(self) -> dict[str, np.ndarray]:
@@ -389,10 +385,10 @@ class Surrogate:
         return cls(data.fingerprint, data.description, reward, Ensemble.from_arrays(arrays, "eval"), fidelity, info)
 
 
-def with_reward(x: np.ndarray, reward_model: Ensemble) -> np.ndarray:
-    """``x`` with the reward model's predicted log reward as a last column (the held-out model's inputs)."""
-    x = np.atleast_2d(x)
-    return np.concatenate([x, reward_model.predict(x)[0][:, None]], axis=1)
+def with_reward(x: np.ndarray, log_reward: np.ndarray) -> np.ndarray:
+    """The held-out model's inputs: model inputs ``x`` ``[n, n_in]`` with the reward model's predicted log reward
+    ``[n]`` as a last column."""
+    return np.concatenate([np.atleast_2d(x), np.asarray(log_reward, np.float64).reshape(-1, 1)], axis=1)
 
 
 def fit(data: EvaluationSet, settings: FitSettings = FitSettings(), exclude: np.ndarray | None = None) -> Surrogate:
@@ -417,8 +413,9 @@ def fit(data: EvaluationSet, settings: FitSettings = FitSettings(), exclude: np.
     measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
     eval_model = None
     if (train & measured).sum() >= MIN_TRAIN_ROWS:
-        eval_model = fit_ensemble(with_reward(x, reward), np.log(np.where(measured, a["eval_ppl"], 1.0).astype(np.float64)),
-                                  train & measured, val & measured, settings, 1)
+        log_eval = np.log(np.where(measured, a["eval_ppl"], 1.0).astype(np.float64))
+        eval_model = fit_ensemble(with_reward(x, reward.predict(x)[0]), log_eval, train & measured, val & measured,
+                                  settings, 1)
     fidelity = fit_fidelity(data, train | val)
     info = {"rows": {"reward": {"train": int((train & full).sum()), "validation": int((val & full).sum())},
                      "eval_ppl": {"train": int((train & measured).sum()), "validation": int((val & measured).sum())}},

@@ -105,19 +105,23 @@ def data_path(model: str, mode: str, data: str | Path | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- the split
+def _allocation_hashes(unit_sparsity: np.ndarray, person: bytes = b"") -> np.ndarray:
+    """A 64-bit hash of each allocation's float16 bytes (``[N, D]`` or one ``[D]``; -0.0 and 0.0 are one allocation),
+    keyed by ``person`` (another key, independent hashes)."""
+    rows = np.ascontiguousarray(np.atleast_2d(np.asarray(unit_sparsity, np.float16)) + np.float16(0))
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8, person=person).digest(), "little")
+                     for r in rows], dtype=np.uint64)
+
+
 def split_of(unit_sparsity: np.ndarray) -> np.ndarray | str:
     """The split (``"train"``, ``"validation"``, ``"test"``) of each allocation: a hash of its float16 bytes.
 
     A 1-D allocation gives one name, a ``[N, D]`` array ``N`` names. The same allocation always lands in the
     same split, whatever else the row holds and wherever it is in the file.
     """
-    rows = np.asarray(unit_sparsity, np.float16)
-    single = rows.ndim == 1
-    rows = np.ascontiguousarray(np.atleast_2d(rows) + np.float16(0))  # -0.0 and 0.0 are one allocation
-    codes = np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little") % 1000
-                      for r in rows], dtype=np.int64)
+    codes = (_allocation_hashes(unit_sparsity) % np.uint64(1000)).astype(np.int64)
     names = np.array(SPLITS)[np.searchsorted(SPLIT_PERMILLE, codes, side="right")]
-    return str(names[0]) if single else names
+    return str(names[0]) if np.ndim(unit_sparsity) == 1 else names
 
 
 def fold_of(unit_sparsity: np.ndarray, folds: int) -> np.ndarray:
@@ -125,9 +129,7 @@ def fold_of(unit_sparsity: np.ndarray, folds: int) -> np.ndarray:
     :func:`split_of` a hash of its float16 bytes (another one, independent of the split), so the same allocation is
     always in the same fold."""
     folds = positive_int("folds", folds)
-    rows = np.ascontiguousarray(np.atleast_2d(np.asarray(unit_sparsity, np.float16)) + np.float16(0))
-    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8, person=b"ffprune-fold").digest(),
-                                    "little") % folds for r in rows], dtype=np.int64)
+    return (_allocation_hashes(unit_sparsity, b"ffprune-fold") % np.uint64(folds)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- the env without its model
