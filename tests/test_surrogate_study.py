@@ -174,6 +174,40 @@ def test_a_failing_study_cell_is_recorded_and_the_others_finish(surrogate_kw, tm
     assert json.loads((out / "study.json").read_text())["curves"]["random"]["runs"] == 2
 
 
+def test_study_variants_are_rows_of_their_own_with_their_settings_recorded(surrogate_kw, tmp_path, capsys):
+    out = tmp_path / "s"
+    data = ["--surrogate-data", surrogate_kw["surrogate_data"]] + [f"--env-kwarg={k}={v}" for k, v in SURROGATE_KW.items()]
+    nocurr = ("ff-nocurr:fastforward:batch_episodes=4,curriculum.sparsity_schedule=none,"
+              "curriculum.fidelity_schedule=none")
+    common = ["surrogate", "study", "--tasks", "llama-s0.3", "--budget", "12", "--seeds", "1", "--out", str(out),
+              "--points", "4", "--reps", "20", "--quiet"]
+    argv = [*common, "--methods", "fastforward", "--variant", nocurr, *data]
+    assert main(argv) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert study["methods"] == ["fastforward", "ff-nocurr"]
+    # under the curriculum FastForward has no best at the target before the warm-up ends; without it, from episode 1
+    assert study["curves"]["fastforward"]["runs_with_best"][0] == 0
+    assert study["curves"]["ff-nocurr"]["runs_with_best"] == [1] * len(study["checkpoints"])
+    curve = json.loads(curve_path(out / "llama-s0.3", "ff-nocurr", 0).read_text())
+    cell = json.loads((out / "llama-s0.3" / "cells" / "ff-nocurr" / "seed0.json").read_text())
+    assert curve["method"] == "ff-nocurr" and cell["agent"] == "fastforward" and curve["variant"] == cell["variant"]
+    assert cell["variant"]["agent_kwargs"] == {"batch_episodes": 4}
+    assert cell["variant"]["curriculum_kwargs"] == {"sparsity_schedule": "none", "fidelity_schedule": "none"}
+    assert cell["curriculum_kwargs"] == cell["variant"]["curriculum_kwargs"] and cell["agent_config"]["batch_episodes"] == 4
+    assert "| ff-nocurr |" in capsys.readouterr().out
+    assert main([*common, "--methods", "fastforward", "--variant", nocurr, "--report-only"]) == 0
+    assert "| ff-nocurr |" in capsys.readouterr().out
+    # the label's folder holds other settings: refused before any search; bad variants are one line
+    one_line_error(capsys, [*common, "--methods", "fastforward", "--variant",
+                            "ff-nocurr:fastforward:batch_episodes=6", *data], "holds cells of other settings")
+    one_line_error(capsys, [*common, "--variant", "fastforward:batch_episodes=4", *data],
+                   "--variant expects LABEL:METHOD:key=value")
+    one_line_error(capsys, [*common, "--variant", "x:fastforward:nope=1", *data], "variant 'x'", "not fastforward settings")
+    one_line_error(capsys, [*common, "--variant", "x:random:curriculum.stairs=2", *data],
+                   "does not search under the curriculum")
+    one_line_error(capsys, [*common, "--variant", "random:fastforward:batch_episodes=4", *data], "is a method's name")
+
+
 def test_study_bad_input_is_one_line(capsys, tmp_path, surrogate_kw):
     out = str(tmp_path / "s")
     one_line_error(capsys, ["surrogate", "study", "--tasks", "llama-s0.4", "--out", out],

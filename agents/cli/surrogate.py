@@ -132,11 +132,15 @@ def _add_study(sub: Any) -> None:
                            "(OUT/<task>/cells, labelled surrogate) and each cell's learning curve (OUT/<task>/curves: "
                            "the best-so-far allocation's predicted held-out ppl at log-spaced budgets), then "
                            "OUT/study.md, study.json and curves.png: per method the IQM normalised best-so-far score "
-                           "over tasks x seeds with 95 %% stratified-bootstrap intervals vs surrogate evaluations, and "
+                           "over tasks x seeds with 95 % stratified-bootstrap intervals vs surrogate evaluations, and "
                            "the wall time per cell.")
     study.add_argument("--tasks", help=f"comma-separated suite tasks (default: all 9: {CORE_TASKS})")
     study.add_argument("--methods", default="fastforward,ppo,sac,td3,random,evolution",
                        help=f"comma-separated methods ({METHODS_HINT}; uniform, the score's reference, always runs)")
+    study.add_argument("--variant", action="append", metavar="LABEL:METHOD:KEY=VALUE,...",
+                       help="also run a method with other settings, as a row of its own (repeatable), e.g. "
+                       "'ff-nocurr:fastforward:curriculum.sparsity_schedule=none,curriculum.fidelity_schedule=none' "
+                       "or 'ff-lr3e-4:fastforward:learning_rate=3e-4'; with --report-only, its label is reported")
     study.add_argument("--budget", type=int, default=10_000, help="episodes per search")
     study.add_argument("--seeds", type=int, default=5, help="search seeds 0..K-1 per (task, method)")
     study.add_argument("--out", default="docs/results/surrogate-study", help="output folder (resumes what is there)")
@@ -246,18 +250,24 @@ def _study(args: argparse.Namespace) -> int:
     import sys
 
     from ffenv.errors import SearchInterrupted
-    from ffprune.agents.experiments.surrogate_study import report_study, run_study, study_markdown
+    from ffprune.agents.experiments.surrogate_study import (
+        parse_study_variant,
+        report_study,
+        run_study,
+        study_markdown,
+    )
 
     tasks, methods = _optional_names(args.tasks, "--tasks"), parse_names(args.methods, "--methods")
+    variants = dict(parse_study_variant(v) for v in args.variant or [])
     if args.report_only:
-        analysis = report_study(tasks, methods, args.budget, args.seeds, args.out, args.reps, args.points)
+        analysis = report_study(tasks, [*methods, *variants], args.budget, args.seeds, args.out, args.reps, args.points)
     else:
         env = parse_kwargs(args.env_kwarg, "--env-kwarg")
         if args.surrogate_data is not None:
             env["surrogate_data"] = args.surrogate_data
         try:
             analysis = run_study(tasks, methods, args.budget, args.seeds, args.out, env, args.cell_workers,
-                                 args.ray_address, not args.quiet, args.points, args.reps, args.tensorboard)
+                                 args.ray_address, not args.quiet, args.points, args.reps, args.tensorboard, variants)
         except (KeyboardInterrupt, SearchInterrupted):
             return interrupted(args.out)
     print(study_markdown(analysis))

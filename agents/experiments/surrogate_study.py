@@ -20,6 +20,13 @@ held-out ppl **as the surrogate predicts it** (the held-out ppl is measured once
 intermediate budget there is no measurement, so the best-so-far allocation is scored by the surrogate's held-out model,
 as the final one is in a surrogate cell). The report needs only these files.
 
+**Variants.** ``variants`` (``--variant LABEL:METHOD:key=value,...``) add a method run with other settings as a row of
+its own, a :class:`~ffprune.agents.experiments.suite.SuiteVariant` as the suite runs them: its agent's keywords and
+``curriculum.<setting>`` (e.g. ``ff-nocurr:fastforward:curriculum.sparsity_schedule=none,curriculum.fidelity_schedule=none``:
+every episode at the final target on all reward windows), its cells and curves under ``<label>``, each recording the
+variant; a folder of other settings under a label is refused before any work. This is how the study's questions are
+asked at 10⁴ episodes (why a method plateaus: its curriculum, its learning rate) without touching the defaults.
+
 **Aggregate.** At each checkpoint a run's normalised score is the suite's
 (:func:`~ffprune.agents.experiments.suite.normalised`: ``(ppl_uniform − ppl) / (ppl_uniform − ppl_dense)``, with the
 predicted held-out ppls of the best-so-far and of the uniform allocation and the recorded dense ppl); per method the
@@ -42,12 +49,21 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, check_writable, read_json
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path
+from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, check_variant_cell, variant_settings
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
 from ffprune.agents.experiments.search import run_search, score_allocation
-from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, select_tasks
+from ffprune.agents.experiments.suite import (
+    REFERENCE,
+    SuiteVariant,
+    check_variants,
+    get_suite,
+    method_fits,
+    normalised,
+    select_tasks,
+)
+from ffprune.agents.experiments.tune import check_agent_kwargs, parse_variant, split_settings
 from ffprune.agents.results import result_env, surrogate_of
 
 log = logging.getLogger(__name__)
@@ -74,6 +90,24 @@ def checkpoint_grid(budget: int, points: int = 40) -> list[int]:
 def curve_path(out: str | Path, method: str, seed: int) -> Path:
     """Where one (method, seed) cell's curve lives in a task folder."""
     return Path(out) / "curves" / method / f"seed{seed}.json"
+
+
+def parse_study_variant(text: str) -> tuple[str, SuiteVariant]:
+    """``"LABEL:METHOD:key=value,key=value"`` → ``(LABEL, SuiteVariant)`` (module docstring, Variants); the settings are
+    checked against the method's (:func:`~ffprune.agents.experiments.tune.check_agent_kwargs`). A missing part or a
+    setting the method does not have is a one-line :class:`FFPruneError`."""
+    label, sep, rest = text.partition(":")
+    if not sep or not label.strip() or ":" not in rest:
+        raise FFPruneError(f"--variant expects LABEL:METHOD:key=value,key=value (e.g. "
+                           f"ff-lr3e-4:fastforward:learning_rate=3e-4), got {text!r}")
+    label = label.strip()
+    try:
+        method, kwargs = parse_variant(rest)
+    except FFPruneError as err:
+        raise FFPruneError(f"--variant {label}: {err}") from None
+    check_agent_kwargs(method, kwargs, label)
+    agent, curriculum = split_settings(kwargs)
+    return label, SuiteVariant(method, agent, curriculum, name=label, source="ffprune surrogate study --variant")
 
 
 def cell_curve(cell: dict[str, Any], checkpoints: Sequence[int], task: str | None = None,
@@ -109,7 +143,9 @@ def cell_curve(cell: dict[str, Any], checkpoints: Sequence[int], task: str | Non
         if env is not None:
             env.close()
     best = cell["best"]
-    return {"task": task, "env_id": cell["env_id"], "method": cell["agent"], "seed": cell["seed"],
+    variant = cell.get("variant")
+    return {"task": task, "env_id": cell["env_id"], "method": cell["agent"] if variant is None else variant["label"],
+            "seed": cell["seed"], **({} if variant is None else {"variant": variant}),
             "budget": cell["budget"] if budget is None else budget, "surrogate": label, "target": target, "axis": axis,
             "checkpoints": list(checkpoints),
             "best_reward": [None if p is None else float(changes[p][1]["best_reward"]) for p in picks],
@@ -122,20 +158,25 @@ def cell_curve(cell: dict[str, Any], checkpoints: Sequence[int], task: str | Non
 
 def run_study_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
                    env_kwargs: dict[str, Any] | None, progress: bool, task: str, checkpoints: list[int],
-                   tensorboard: bool = False) -> dict[str, Any]:
+                   tensorboard: bool = False, agent_kwargs: dict[str, Any] | None = None,
+                   curriculum_kwargs: dict[str, Any] | None = None,
+                   variant: dict[str, Any] | None = None) -> dict[str, Any]:
     """One study cell (a :func:`~ffprune.agents.experiments.bench.cell_jobs` job, less its Calib settings, plus
-    ``task``, ``checkpoints`` and ``tensorboard``): its curve if already written for these checkpoints, else the search
-    (resumed if interrupted; a finished result is read back) and its :func:`cell_curve`, written atomically. Returns
-    the curve (small: what a Ray task sends back)."""
-    path = curve_path(out, method, seed)
+    ``task``, ``checkpoints`` and ``tensorboard``; a variant's also ``agent_kwargs``, ``curriculum_kwargs`` and its
+    ``variant`` record, its files under the variant's label): its curve if already written for these checkpoints, else
+    the search (resumed if interrupted; a finished result is read back) and its :func:`cell_curve`, written atomically.
+    Returns the curve (small: what a Ray task sends back)."""
+    row = method if variant is None else variant["label"]
+    path = curve_path(out, row, seed)
     if path.exists():
         done = read_json(path, "study curve")
         if done.get("budget") == budget and done.get("checkpoints") == checkpoints:
             return done
-    log.info("[study] %s %s seed %d", task, method, seed)
-    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=out / "tb" if tensorboard else None,
-                      out=cell_path(out, method, seed), target=target, resume=True, env_kwargs=env_kwargs,
-                      progress=progress)
+    log.info("[study] %s %s seed %d", task, row, seed)
+    logdir = None if not tensorboard else out / "tb" if variant is None else out / "tb" / row
+    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=logdir, out=cell_path(out, row, seed),
+                      target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs,
+                      curriculum_kwargs=curriculum_kwargs, record={"variant": variant} if variant is not None else None)
     curve = cell_curve(cell, checkpoints, task, budget)
     atomic_write_json(path, curve)
     return curve
@@ -147,23 +188,48 @@ def _run_here(job: dict[str, Any]) -> dict[str, Any] | CellFailure:
     except SearchInterrupted:
         raise
     except Exception as err:  # one cell's failure must not stop the others: recorded, reported at the end
-        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], job["method"], job["seed"], type(err).__name__, err)
+        row = job["method"] if job.get("variant") is None else job["variant"]["label"]
+        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], row, job["seed"], type(err).__name__, err)
         return CellFailure.of(job, err)
 
 
+def _check_variant_files(folder: Path, label: str, record: dict[str, Any]) -> None:
+    """Refuse (one line, before any work) a label whose finished cells or curves in a task folder ran other settings."""
+    for path in sorted((folder / "cells" / label).glob("seed*.json")):
+        check_variant_cell(path, record)
+    for path in sorted((folder / "curves" / label).glob("seed*.json")):
+        held = read_json(path, "study curve").get("variant")
+        old = variant_settings(held) if isinstance(held, dict) else None
+        if old != variant_settings(record):
+            raise FFPruneError(f"{str(path.parent)!r} holds curves of other settings ({old or 'not a variant'}, now "
+                               f"{variant_settings(record)}): use another label or --out folder")
+
+
 def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seeds: int, out: Path,
-          env_kwargs: dict[str, Any], progress: bool, points: int, tensorboard: bool) -> list[dict[str, Any]]:
+          env_kwargs: dict[str, Any], progress: bool, points: int, tensorboard: bool,
+          variants: dict[str, SuiteVariant]) -> list[dict[str, Any]]:
     """Every cell of the study as :func:`run_study_cell` keyword arguments (settings checked, task folders' ``config.json``
-    written)."""
+    written); a variant runs on the tasks its method fits."""
     suite = select_tasks(get_suite("core"), tasks)
     grid = checkpoint_grid(budget, points)
     jobs = []
     for task in suite.tasks:
+        folder = out / task.name
         chosen = list(dict.fromkeys([REFERENCE, *methods]))
-        for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, False, None,
-                             progress):
+        extra = {"task": task.name, "checkpoints": grid, "tensorboard": tensorboard}
+        for job in cell_jobs(task.env_id, budget, seeds, chosen, folder, None, env_kwargs, False, None, progress):
             job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}  # a surrogate predicts no Calib
-            jobs.append({**job, "task": task.name, "checkpoints": grid, "tensorboard": tensorboard})
+            jobs.append({**job, **extra})
+        for label, variant in variants.items():
+            if not method_fits(task.env_id, variant.method, env_kwargs):
+                continue
+            record = variant.record(label)
+            _check_variant_files(folder, label, record)
+            for job in cell_jobs(task.env_id, budget, seeds, [variant.method], folder, None, env_kwargs, False, None,
+                                 progress):
+                job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}
+                jobs.append({**job, **extra, "agent_kwargs": dict(variant.agent_kwargs) or None,
+                             "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record})
     return jobs
 
 
@@ -185,20 +251,26 @@ def study_settings(tasks: Sequence[str] | None, methods: Sequence[str] | None, b
 def run_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None, budget: int = DEFAULT_BUDGET,
               seeds: int = DEFAULT_SEEDS, out: str | Path = DEFAULT_OUT, env_kwargs: dict[str, Any] | None = None,
               workers: int = 0, ray_address: str | None = None, progress: bool = True, points: int = 40,
-              reps: int = 2000, tensorboard: bool = False) -> dict[str, Any]:
+              reps: int = 2000, tensorboard: bool = False,
+              variants: dict[str, SuiteVariant] | None = None) -> dict[str, Any]:
     """Run (or resume) every cell of the study (module docstring) and write its report; the analysis.
 
     ``tasks``: names of ``core`` suite tasks (default all 9); ``methods``: default :data:`STUDY_METHODS` (uniform, the
     reference, always runs); ``env_kwargs``: env settings on top of ``surrogate=True`` (``surrogate_data`` for another
     evaluation set); ``workers``: cells as Ray tasks; ``points``: log-spaced checkpoints of the curves; ``reps``:
-    bootstrap resamples; ``tensorboard``: each search's TensorBoard run in ``<out>/<task>/tb``.
+    bootstrap resamples; ``tensorboard``: each search's TensorBoard run in ``<out>/<task>/tb``; ``variants``: label →
+    :class:`~ffprune.agents.experiments.suite.SuiteVariant`, rows of their own after the methods (module docstring).
     """
     tasks, methods, budget, seeds, kwargs = study_settings(tasks, methods, budget, seeds, env_kwargs)
+    variants = check_variants(variants)
+    taken = [label for label in variants if label in methods]
+    if taken:
+        raise FFPruneError(f"variant labels {taken} are also in methods: a row each, under one name")
     positive_int("reps", reps)
     out = Path(out)
     for name in ("study.json", "study.md", "curves.png"):
         check_writable(out / name)
-    jobs = _jobs(tasks, methods, budget, seeds, out, kwargs, progress, points, tensorboard)
+    jobs = _jobs(tasks, methods, budget, seeds, out, kwargs, progress, points, tensorboard, variants)
     if workers:
         quiet = [{**job, "progress": False} for job in jobs]
         done = run_on_ray(run_study_cell, quiet, workers, ray_address, keep_going=True)
@@ -206,9 +278,10 @@ def run_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None 
     else:
         outcomes = [_run_here(job) for job in jobs]
     curves = [c for c in outcomes if not isinstance(c, CellFailure)]
-    failures = [{"task": job["task"], **{k: v for k, v in c.as_dict().items() if k != "traceback"}}
+    failures = [{"task": job["task"], **({} if job.get("variant") is None else {"variant": job["variant"]["label"]}),
+                 **{k: v for k, v in c.as_dict().items() if k != "traceback"}}
                 for job, c in zip(jobs, outcomes) if isinstance(c, CellFailure)]
-    return _report(out, tasks, methods, budget, seeds, curves, failures, reps)
+    return _report(out, tasks, [*methods, *variants], budget, seeds, curves, failures, reps)
 
 
 def report_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
