@@ -710,7 +710,7 @@ def summarise(path: str | Path) -> dict[str, Any]:
     per_source = {}
     for i, name in enumerate(sources):
         mine = a["source"] == i
-        per_source[name] = {"rows": int(mine.sum()), "held_out": int((mine & np.isfinite(a["eval_ppl"])).sum()),
+        per_source[name] = {"rows": int(mine.sum()), "held_out": int((mine & data.measured).sum()),
                             "reduced_fidelity": int((mine & (a["windows"] < full)).sum())}
     recorder = data.meta.get("recorder", {})
     return {"path": str(path), "model": data.meta["model"], "mode": data.meta["mode"], "rows": len(data),

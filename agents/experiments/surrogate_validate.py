@@ -109,7 +109,7 @@ def cross_validated_eval(data: EvaluationSet, settings: FitSettings, folds: int 
     :func:`~ffenv.surrogate.fold_of` fold ``k`` predicted by a surrogate :func:`~ffenv.surrogate.fit` without them
     (its reward model too, whose prediction the held-out model reads)."""
     a = data.arrays
-    measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
+    measured = data.measured
     fold = fold_of(a["unit_sparsity"], folds)
     x = model_inputs(a["unit_sparsity"], a["target"], a["seed"], data.description.seeds)
     pred = np.full(len(data), np.nan)
@@ -156,7 +156,7 @@ def validate_set(data: EvaluationSet, family: str, settings: FitSettings | None 
     split = data.split()
     test = split["test"]
     full = a["windows"] == int(meta["reward_windows"])
-    measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
+    measured = data.measured
     surrogate = fit(data, settings)
     x = surrogate.inputs(a["unit_sparsity"], a["target"], a["seed"].astype(np.int64))
     models: dict[str, dict[str, Any]] = {}

@@ -410,7 +410,7 @@ def fit(data: EvaluationSet, settings: FitSettings = FitSettings(), exclude: np.
     full = a["windows"] == int(data.meta["reward_windows"])
     log_reward = np.log(np.maximum(a["reward"].astype(np.float64), REWARD_FLOOR))
     reward = fit_ensemble(x, log_reward, train & full, val & full, settings, 0)
-    measured = np.isfinite(a["eval_ppl"]) & (a["eval_ppl"] > 0)
+    measured = data.measured
     eval_model = None
     if (train & measured).sum() >= MIN_TRAIN_ROWS:
         log_eval = np.log(np.where(measured, a["eval_ppl"], 1.0).astype(np.float64))

@@ -337,6 +337,12 @@ class EvaluationSet:
         digest.update(json.dumps({k: v for k, v in self.meta.items() if k != "fingerprint"}, sort_keys=True).encode())
         return "sha256:" + digest.hexdigest()
 
+    @property
+    def measured(self) -> np.ndarray:
+        """Boolean mask of the rows with a held-out ppl (finite and positive; the others record none)."""
+        ppl = self.arrays["eval_ppl"]
+        return np.isfinite(ppl) & (ppl > 0)
+
     def split(self) -> dict[str, np.ndarray]:
         """Boolean masks ``{"train", "validation", "test"}`` over the rows, by allocation (:func:`split_of`)."""
         names = split_of(self.arrays["unit_sparsity"]) if len(self) else np.array([], dtype=str)
