@@ -128,6 +128,30 @@ def test_sb3_runner_stops_at_budget(tmp_path):
     assert r["agent_config"]["algorithm"] == "PPO"
 
 
+def test_td3_explores_with_gaussian_action_noise_by_default(tmp_path):
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from ffprune.agents.experiments.tune import check_agent_kwargs
+    from ffprune.agents.methods.sb3 import action_noise
+
+    r = search(tmp_path, "td3", agent="td3", agent_kwargs=None)
+    assert r["agent_config"]["algorithm"] == "TD3" and r["agent_config"]["action_noise_std"] == 0.1
+    assert "action_noise" not in r["agent_config"]
+    off = search(tmp_path, "td3-off", agent="td3", agent_kwargs={"action_noise_std": 0})
+    assert off["agent_config"]["action_noise_std"] == 0.0
+    noise = action_noise(0.2, (3,))
+    assert isinstance(noise, NormalActionNoise) and np.allclose(noise._sigma, 0.2) and noise().shape == (3,)
+    assert action_noise(0, (3,)) is None
+    for bad in (-0.1, float("nan"), "x", True):
+        with pytest.raises(FFPruneError, match="action_noise_std must be a finite number >= 0"):
+            action_noise(bad, (3,))
+    with pytest.raises(FFPruneError, match="PPO has none"):
+        search(tmp_path, "ppo-noise", agent="ppo", agent_kwargs={"action_noise_std": 0.1})
+    check_agent_kwargs("td3", {"action_noise_std": 0.3})
+    with pytest.raises(FFPruneError, match="not PPO settings"):
+        check_agent_kwargs("ppo", {"action_noise_std": 0.3})
+
+
 def test_unknown_agent(tmp_path):
     with pytest.raises(ValueError, match="stable-baselines3 algorithm"):
         search(tmp_path, agent="dqnx")

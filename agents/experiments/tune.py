@@ -48,7 +48,7 @@ from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.fastforward import FastForwardConfig
 from ffprune.agents.methods.registry import get_method
-from ffprune.agents.methods.sb3 import algorithm_class
+from ffprune.agents.methods.sb3 import NOISE_SETTING, algorithm_class
 from ffprune.agents.results import read_result, refuse_surrogate_settings
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,9 @@ def split_settings(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = "") -> None:
     """Refuse (one line) settings a method does not have, before any search: FastForward's are
     :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s (their ranges checked too), an SB3 agent's those
-    of its algorithm's constructor (plus ``n_envs``), ``curriculum.<setting>`` one of
-    :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that learns under the curriculum (its
-    value is checked when the env is built). Other methods check their settings when their first cell runs."""
+    of its algorithm's constructor (plus ``n_envs``, and ``action_noise_std`` where it has ``action_noise``),
+    ``curriculum.<setting>`` one of :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that
+    learns under the curriculum (its value is checked when the env is built). Other methods check their settings when their first cell runs."""
     where = f"variant {variant!r}: " if variant else ""
     kwargs, schedule = split_settings(kwargs)
     unknown = sorted(set(schedule) - set(CURRICULUM_SETTINGS))
@@ -168,7 +168,8 @@ def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = ""
     except FFPruneError:
         return  # not an SB3 agent: its own run checks its settings
     fixed = {"self", "policy", "env", "args", "kwargs", "seed", "device", "verbose", "_init_setup_model"}  # run_sb3's
-    known = sorted(set(inspect.signature(cls.__init__).parameters) - fixed | {"n_envs"})
+    params = set(inspect.signature(cls.__init__).parameters)
+    known = sorted(params - fixed | {"n_envs"} | ({NOISE_SETTING} if "action_noise" in params else set()))
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
         raise FFPruneError(f"{where}{unknown} are not {cls.__name__} settings; settings: {known}")
