@@ -195,8 +195,12 @@ def test_study_variants_are_rows_of_their_own_with_their_settings_recorded(surro
     assert cell["variant"]["curriculum_kwargs"] == {"sparsity_schedule": "none", "fidelity_schedule": "none"}
     assert cell["curriculum_kwargs"] == cell["variant"]["curriculum_kwargs"] and cell["agent_config"]["batch_episodes"] == 4
     assert "| ff-nocurr |" in capsys.readouterr().out
+    assert study["variants"] == {"ff-nocurr": cell["variant"]}
     assert main([*common, "--methods", "fastforward", "--variant", nocurr, "--report-only"]) == 0
-    assert "| ff-nocurr |" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "| ff-nocurr |" in out_text
+    assert ('* `ff-nocurr`: fastforward with `batch_episodes=4`, `curriculum.sparsity_schedule="none"`, '
+            '`curriculum.fidelity_schedule="none"`') in out_text
     # the label's folder holds other settings: refused before any search; bad variants are one line
     one_line_error(capsys, [*common, "--methods", "fastforward", "--variant",
                             "ff-nocurr:fastforward:batch_episodes=6", *data], "holds cells of other settings")

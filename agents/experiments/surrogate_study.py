@@ -38,6 +38,7 @@ checkpoint where every run has a best allocation (methods under the curriculum h
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -351,9 +352,11 @@ def analyse_study(curves: Sequence[dict[str, Any]], tasks: Sequence[str], method
                         "evaluations_median": float(np.median([c["cost"][c["axis"]] for c in cells]))}
     labels = {c["task"]: c["surrogate"].get("fingerprint") for c in curves}
     table = [b for b in TABLE_BUDGETS if b <= budget] + ([budget] if budget not in TABLE_BUDGETS else [])
+    variants = {c["method"]: c["variant"] for c in curves if c.get("variant") and c["method"] in results}
     return {"budget": budget, "seeds": seeds, "tasks": list(tasks), "methods": list(methods), "checkpoints": checkpoints,
             "axis": "surrogate_evaluations", "surrogate": labels, "reference_eval_ppl": reference, "curves": results,
-            "wall_seconds": wall, "table_budgets": table, "bootstrap_reps": reps}
+            "wall_seconds": wall, "table_budgets": table, "bootstrap_reps": reps,
+            **({"variants": {k: variants[k] for k in sorted(variants)}} if variants else {})}
 
 
 def _report(out: Path, tasks: Sequence[str], methods: Sequence[str], budget: int, seeds: int,
@@ -394,6 +397,13 @@ def study_markdown(analysis: dict[str, Any]) -> str:
              "|---|" + "---|" * len(budgets)]
     for m in order:
         lines.append(f"| {m} | " + " | ".join(_at(analysis, m, b) for b in budgets) + " |")
+    variants = analysis.get("variants") or {}
+    if variants:
+        lines += ["", "Variants (a method run with other settings, a row of its own):", ""]
+        lines += [f"* `{label}`: {v['method']} with " + ", ".join(
+                  f"`{k}={json.dumps(x)}`" for k, x in [*v["agent_kwargs"].items(),
+                                                         *((f"curriculum.{c}", y) for c, y in v["curriculum_kwargs"].items())])
+                  for label, v in variants.items()]
     lines += ["", "Wall time per cell (search only, one CPU thread per cell; seconds):", "",
               "| method | cells | median | min | max | total | surrogate evaluations (median) |",
               "|---|---|---|---|---|---|---|"]

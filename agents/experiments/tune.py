@@ -144,7 +144,8 @@ def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = ""
     :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s (their ranges checked too), an SB3 agent's those
     of its algorithm's constructor (plus ``n_envs``, and ``action_noise_std`` where it has ``action_noise``),
     ``curriculum.<setting>`` one of :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that
-    learns under the curriculum (its value is checked when the env is built). Other methods check their settings when their first cell runs."""
+    learns under the curriculum (its value is checked when the env is built). Other methods check their settings when
+    their first cell runs."""
     where = f"variant {variant!r}: " if variant else ""
     kwargs, schedule = split_settings(kwargs)
     unknown = sorted(set(schedule) - set(CURRICULUM_SETTINGS))
