@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
 from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, check_writable, read_json
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, check_variant_cell, variant_settings
+from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, check_variant_record
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
@@ -63,6 +63,7 @@ from ffprune.agents.experiments.suite import (
     method_fits,
     normalised,
     select_tasks,
+    variant_jobs,
 )
 from ffprune.agents.experiments.tune import check_agent_kwargs, parse_variant, split_settings
 from ffprune.agents.results import result_env, surrogate_of
@@ -167,7 +168,7 @@ def run_study_cell(env_id: str, method: str, seed: int, budget: int, out: Path, 
     ``variant`` record, its files under the variant's label): its curve if already written for these checkpoints, else
     the search (resumed if interrupted; a finished result is read back) and its :func:`cell_curve`, written atomically.
     Returns the curve (small: what a Ray task sends back)."""
-    row = method if variant is None else variant["label"]
+    row = _row(method, variant)
     path = curve_path(out, row, seed)
     if path.exists():
         done = read_json(path, "study curve")
@@ -189,21 +190,21 @@ def _run_here(job: dict[str, Any]) -> dict[str, Any] | CellFailure:
     except SearchInterrupted:
         raise
     except Exception as err:  # one cell's failure must not stop the others: recorded, reported at the end
-        row = job["method"] if job.get("variant") is None else job["variant"]["label"]
-        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], row, job["seed"], type(err).__name__, err)
+        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], _row(job["method"], job.get("variant")),
+                    job["seed"], type(err).__name__, err)
         return CellFailure.of(job, err)
 
 
-def _check_variant_files(folder: Path, label: str, record: dict[str, Any]) -> None:
-    """Refuse (one line, before any work) a label whose finished cells or curves in a task folder ran other settings."""
-    for path in sorted((folder / "cells" / label).glob("seed*.json")):
-        check_variant_cell(path, record)
+def _row(method: str, variant: dict[str, Any] | None) -> str:
+    """The study row (and folder name) of a cell: its method's, or its variant's label."""
+    return method if variant is None else variant["label"]
+
+
+def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> None:
+    """Refuse (one line, before any work) a label whose curves in a task folder ran other settings (its cells are
+    checked by :func:`~ffprune.agents.experiments.suite.variant_jobs`)."""
     for path in sorted((folder / "curves" / label).glob("seed*.json")):
-        held = read_json(path, "study curve").get("variant")
-        old = variant_settings(held) if isinstance(held, dict) else None
-        if old != variant_settings(record):
-            raise FFPruneError(f"{str(path.parent)!r} holds curves of other settings ({old or 'not a variant'}, now "
-                               f"{variant_settings(record)}): use another label or --out folder")
+        check_variant_record(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
 
 
 def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seeds: int, out: Path,
@@ -224,13 +225,11 @@ def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seed
         for label, variant in variants.items():
             if not method_fits(task.env_id, variant.method, env_kwargs):
                 continue
-            record = variant.record(label)
-            _check_variant_files(folder, label, record)
-            for job in cell_jobs(task.env_id, budget, seeds, [variant.method], folder, None, env_kwargs, False, None,
-                                 progress):
+            mine = variant_jobs(task, folder, label, variant, budget, seeds, env_kwargs, False, None, progress)
+            _check_variant_curves(folder, label, variant.record(label))
+            for job in mine:
                 job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}
-                jobs.append({**job, **extra, "agent_kwargs": dict(variant.agent_kwargs) or None,
-                             "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record})
+                jobs.append({**job, **extra})
     return jobs
 
 
