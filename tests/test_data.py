@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,9 +114,97 @@ def test_bad_window_arguments(tokenizer):
         data.token_stream(tokenizer, "stdlib", "validation")
 
 
-def test_hub_corpus_offline_is_a_clear_error():
-    with pytest.raises(ValueError, match="wikitext2:/path"):
-        data.load_corpus("wikitext2")
+# ----------------------------------------------------------------------------- the shipped WikiText-2
+@pytest.fixture
+def no_hub(monkeypatch):
+    """``datasets.load_dataset`` that fails like an offline hub and records what it was asked for."""
+    import datasets
+
+    calls: list[tuple] = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub\n(OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    return calls
+
+
+def _first_title(text: str) -> str:
+    return next(line.strip() for line in text.splitlines() if data._WIKI_TITLE.match(line))
+
+
+@pytest.mark.parametrize(("split", "title"), [("calib", "= Homarus gammarus ="), ("eval", "= Robert <unk> =")])
+def test_wikitext2_calib_and_eval_are_shipped_and_offline(split, title, no_hub):
+    dd = data.load_corpus("wikitext2")
+    assert set(dd) == set(data.SPLITS)
+    ds = dd[split]
+    assert len(ds) == 1  # the whole split, one contiguous document
+    text = ds["text"][0]
+    assert len(text) > 1_000_000 and not text.startswith("\ufeff")
+    assert _first_title(text) == title
+    assert "<unk>" in text  # the tokenised variant, wikitext-2-v1
+    assert data.corpus_text("wikitext2", split) == text
+    assert not no_hub  # calib / eval never touch the hub
+    hits = data._read_packaged_xz.cache_info().hits
+    data.load_corpus("wikitext2")[split]
+    assert data._read_packaged_xz.cache_info().hits == hits + 1  # decoded once per process
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_wikitext2_corrupt_packaged_file_is_one_line(damage, tmp_path, monkeypatch):
+    import lzma
+
+    good = (data.WIKITEXT2_DIR / "valid.txt.xz").read_bytes()
+    bad = tmp_path / "valid.txt.xz"
+    bad.write_bytes(good[: len(good) // 2] if damage == "truncated" else lzma.compress(b"\n = Not WikiText = \n"))
+    monkeypatch.setattr(data, "WIKITEXT2_DIR", tmp_path)
+    with pytest.raises(FFPruneError, match="reinstall") as info:
+        data.load_corpus("wikitext2")["calib"]
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_wikitext2_train_is_hub_only(no_hub, monkeypatch):
+    import datasets
+
+    dd = data.load_corpus("wikitext2")
+    with pytest.raises(FFPruneError, match="train split is not shipped.*wikitext2:/path") as info:
+        dd["train"]
+    assert "\n" not in str(info.value)
+    assert no_hub == [("Salesforce/wikitext", "wikitext-2-v1")]  # the hub config of the shipped variant
+    # when the hub answers, its empty rows become the files' blank lines again
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"text": ["", " = A = \n", "", " Text . \n"]})
+    assert data.load_corpus("wikitext2")["train"]["text"] == [" \n = A = \n \n Text . \n"]
+
+
+def test_wikitext2_cache_key_names_the_shipped_files():
+    key = data._corpus_key("wikitext2")
+    assert key.startswith("wikitext2-v1-bundled-") and key != "wikitext2"
+    assert key == data._corpus_key("wikitext2")
+
+
+def test_wikitext2_windows_with_the_bundled_tokenizer():
+    from ffenv.lm.models import load_model
+
+    _, tok = load_model("tiny-llama")
+    w = data.evaluation_windows(tok, "wikitext2", "eval", seq_len=256)
+    assert w.shape[1] == 256 and len(w) > 500 and w.dtype == torch.long
+    c = data.calibration_windows(tok, "wikitext2", "calib", n=4, seq_len=256)
+    assert c.shape == (4, 256)
+
+
+def test_wikitext2_files_are_package_data():
+    """Every shipped file matches a ``[tool.setuptools.package-data]`` pattern, so wheels and sdists carry it."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(data.__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = "ffenv.lm.corpora.wikitext2"
+    assert package in config["packages"] and root.joinpath(*package.split(".")) == data.WIKITEXT2_DIR
+    matched = {p for pattern in config["package-data"][package] for p in data.WIKITEXT2_DIR.glob(pattern)}
+    shipped = set(data.WIKITEXT2_DIR.iterdir())
+    assert {data.WIKITEXT2_DIR / name for name, _ in data.WIKITEXT2_FILES.values()} | {
+        data.WIKITEXT2_DIR / "LICENSE", data.WIKITEXT2_DIR / "README.md"} == shipped
+    assert shipped <= matched
 
 
 # ----------------------------------------------------------------------------- bad local corpus files

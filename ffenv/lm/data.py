@@ -10,8 +10,13 @@ Three corpora are known by name, and any local text file or folder works too:
     ``train`` (90 %), ``calib`` (5 %) and ``eval`` (5 %) by a SHA-256 hash of their name, so
     every machine with the same Python version gets the same splits.
 ``wikitext2``
-    ``wikitext-2-raw-v1`` from the Hugging Face hub (``train`` / ``validation`` / ``test`` map to
-    ``train`` / ``calib`` / ``eval``), or a local file / folder via ``wikitext2:/path``.
+    WikiText-2 (Merity et al. 2016, CC BY-SA). Its validation and test files ship inside the package,
+    xz-compressed under ``ffenv/lm/corpora/wikitext2/``, and are ``calib`` and ``eval``: read offline,
+    checked against the SHA-256 recorded here, each split one document (the contiguous perplexity stream).
+    They are the *tokenised* variant ``wikitext-2-v1`` (``wiki.*.tokens``: rare words are ``<unk>``),
+    not ``wikitext-2-raw-v1``, so perplexities are not comparable to papers that use the raw text.
+    ``train`` is not shipped: it comes from the hub (``Salesforce/wikitext``, ``wikitext-2-v1``) only
+    when asked for, and offline that is an error. ``wikitext2:/path`` reads a local file / folder instead.
 ``c4``
     The first shard of ``allenai/c4`` (English) from the hub; ``calib`` and ``eval`` are a
     hash split of the validation shard.
@@ -29,15 +34,17 @@ from __future__ import annotations
 
 import ast
 import codecs
+import functools
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import sysconfig
 import tokenize
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -247,16 +254,91 @@ def _load_local(path: Path) -> Any:
     return _hash_split([{"name": f"{path.name}:{i}", "text": t} for i, t in enumerate(docs)])
 
 
-def _load_hub_wikitext2() -> Any:
+WIKITEXT2_DIR = Path(__file__).resolve().parent / "corpora" / "wikitext2"
+"""The shipped WikiText-2 files (``wikitext-2-v1``, the tokenised variant with ``<unk>``)."""
+WIKITEXT2_FILES = {  # split -> (file in WIKITEXT2_DIR, SHA-256 of its decompressed bytes)
+    "calib": ("valid.txt.xz", "e24057b96f875e4ac4a5f347fa6c64438ef8322b6e41abb4d187ef0d4e150505"),
+    "eval": ("test.txt.xz", "dd265c9ce12629a1eddcfd8946e087b62bb59eed07da62e775a7f6549c24cddb"),
+}
+_WIKITEXT2_HUB = ("Salesforce/wikitext", "wikitext-2-v1")  # the train split: the same variant as the shipped files
+
+
+class LazySplits(Mapping[str, Any]):
+    """A read-only ``split -> datasets.Dataset`` mapping that builds each split on its first access.
+
+    It lets ``load_corpus("wikitext2")["calib"]`` stay offline while ``["train"]`` goes to the hub.
+    """
+
+    def __init__(self, loaders: dict[str, Callable[[], Any]]) -> None:
+        self._loaders = loaders
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, split: str) -> Any:
+        if split not in self._loaded:
+            self._loaded[split] = self._loaders[split]()  # KeyError for an unknown split, as a dict
+        return self._loaded[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+def _one_document(name: str, text: str) -> Any:
     import datasets
 
-    raw = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1")
-    mapping = {"train": "train", "calib": "validation", "eval": "test"}
-    out = {}
-    for ours, theirs in mapping.items():
-        text = "".join(raw[theirs]["text"])
-        out[ours] = datasets.Dataset.from_dict({"name": [f"wikitext2/{theirs}"], "text": [text]})
-    return datasets.DatasetDict(out)
+    return datasets.Dataset.from_dict({"name": [name], "text": [text]})
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most ``limit`` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=8)
+def _read_packaged_xz(path: str, sha256: str) -> str:
+    """The UTF-8 text (BOM stripped) of an xz file shipped with the package, verified against ``sha256``."""
+    try:
+        raw = lzma.decompress(Path(path).read_bytes())
+    except (OSError, lzma.LZMAError) as err:
+        raise FFPruneError(f"corpus: the packaged file {path!r} cannot be read ({type(err).__name__}: "
+                           f"{_one_line(err)}); reinstall ffprune") from err
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise FFPruneError(f"corpus: the packaged file {path!r} is corrupt (its SHA-256 differs from the one "
+                           "recorded in ffenv/lm/data.py); reinstall ffprune")
+    return raw.decode("utf-8").removeprefix("\ufeff")
+
+
+def _bundled_wikitext2(split: str) -> Any:
+    """The shipped ``calib`` (validation) or ``eval`` (test) split of WikiText-2 as one document; offline."""
+    name, sha256 = WIKITEXT2_FILES[split]
+    text = _read_packaged_xz(str(WIKITEXT2_DIR / name), sha256)
+    return _one_document(f"wikitext2/{name.removesuffix('.txt.xz')}", text)
+
+
+def _hub_wikitext2_train() -> Any:
+    """WikiText-2's train split (``wikitext-2-v1``) from the hub as one document; :class:`FFPruneError` offline."""
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(*_WIKITEXT2_HUB, split="train")["text"]
+    except Exception as err:  # offline, missing credentials, ...
+        raise FFPruneError(
+            "corpus='wikitext2': the train split is not shipped with ffprune (only validation and test are) and "
+            f"could not be fetched from the Hugging Face hub ({type(err).__name__}: {_one_line(err)}); "
+            "pass a local copy as 'wikitext2:/path/to/wikitext-2'"
+        ) from err
+    # the hub turns the file's blank lines (" \n") into empty rows: put them back, so train reads like the shipped files
+    return _one_document("wikitext2/train", "".join(r or " \n" for r in rows))
+
+
+def _load_wikitext2() -> LazySplits:
+    """``corpus="wikitext2"``: shipped ``calib`` / ``eval``, ``train`` from the hub only when it is accessed."""
+    return LazySplits({"train": _hub_wikitext2_train,
+                       "calib": functools.partial(_bundled_wikitext2, "calib"),
+                       "eval": functools.partial(_bundled_wikitext2, "eval")})
 
 
 def _load_hub_c4() -> Any:
@@ -277,27 +359,25 @@ def _load_hub_c4() -> Any:
 
 
 def load_corpus(corpus: str = "stdlib") -> Any:
-    """Return a :class:`datasets.DatasetDict` with splits ``train``, ``calib``, ``eval``.
+    """Return a mapping of the splits ``train``, ``calib``, ``eval`` to :class:`datasets.Dataset` objects.
+
+    A :class:`datasets.DatasetDict`, except for ``"wikitext2"``: a :class:`LazySplits` whose ``calib`` and
+    ``eval`` are the shipped files and whose ``train`` is fetched from the hub on first access.
 
     Args:
-        corpus: ``"stdlib"``, ``"wikitext2"`` (hub), ``"wikitext2:/local/path"``, ``"c4"``, or the
-            path of a local text file or folder.
+        corpus: ``"stdlib"``, ``"wikitext2"`` (shipped ``calib`` / ``eval``, hub ``train``),
+            ``"wikitext2:/local/path"``, ``"c4"``, or the path of a local text file or folder.
 
     Raises:
-        FFPruneError: unknown corpus name, or a local path that does not exist, holds no text or is not UTF-8.
+        FFPruneError: unknown corpus name, or a local path that does not exist, holds no text or is not UTF-8;
+            for ``"wikitext2"``, on access of a split: a corrupt packaged file, or ``train`` unreachable on the hub.
     """
     if not isinstance(corpus, str) or not corpus:
         raise FFPruneError(f"corpus must be one of {CORPORA} or a local path, got {corpus!r}")
     if corpus == "stdlib":
         return _load_stdlib()
     if corpus == "wikitext2":
-        try:
-            return _load_hub_wikitext2()
-        except Exception as err:  # offline, missing credentials, ...
-            raise FFPruneError(
-                "corpus='wikitext2' could not be loaded from the Hugging Face hub "
-                f"({type(err).__name__}: {err}); pass a local copy as 'wikitext2:/path/to/file_or_dir'"
-            ) from err
+        return _load_wikitext2()
     if corpus.startswith("wikitext2:"):
         return _load_local(Path(corpus.split(":", 1)[1]).expanduser())
     if corpus == "c4":
@@ -341,6 +421,9 @@ def _cached(key: dict[str, Any], build: Callable[[], torch.Tensor]) -> torch.Ten
 
 
 def _corpus_key(corpus: str) -> str:
+    if corpus == "wikitext2":  # the shipped files' identity: caches of the former hub (raw) corpus never match
+        digest = hashlib.sha256("".join(sha for _, sha in WIKITEXT2_FILES.values()).encode()).hexdigest()[:12]
+        return f"wikitext2-v1-bundled-{digest}"
     if corpus in CORPORA:
         return f"{corpus}-v{_CORPUS_FORMAT}" if corpus == "stdlib" else corpus
     path = Path(corpus.split(":", 1)[1] if corpus.startswith("wikitext2:") else corpus).expanduser()
