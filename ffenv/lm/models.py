@@ -1,10 +1,11 @@
 """Models: the bundled tiny zoo, Hugging Face loading, and a uniform view of decoder blocks.
 
-:func:`load_model` accepts a bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), a local
-checkpoint folder, or a Hugging Face hub id (``meta-llama/Llama-2-7b-hf``, ``mistralai/Mistral-7B-v0.1``,
-``facebook/opt-125m``...). :func:`decoder_blocks` hides the naming differences between the supported
-families so the pruning code sees one shape: per block, the attention projections, the FFN input
-projections and the two *output* projections whose input columns carry the prunable units.
+:func:`load_model` accepts a bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), a named real model
+(``smollm2-135m``, fetched and converted once: :mod:`ffenv.lm.sources`), a local GGUF file, a local checkpoint
+folder, or a Hugging Face hub id (``meta-llama/Llama-2-7b-hf``, ``mistralai/Mistral-7B-v0.1``, ``facebook/opt-125m``...).
+:func:`decoder_blocks` hides the naming differences between the supported families so the pruning code sees one
+shape: per block, the attention projections, the FFN input projections and the two *output* projections whose input
+columns carry the prunable units.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.lm.pruned_modeling import LAYERS_KEY, pruned_class
+from ffenv.lm.sources import PACKAGED_MODELS, read_source, resolve_real_source
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "zoo"
 EXPORT_FILE = "ffprune_export.json"
@@ -54,10 +56,14 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     computed on other weights are never mixed in (e.g. after the bundled zoo is retrained).
 
     Bundled names and local folders: SHA-256 over the weight files (``*.safetensors``, ``*.bin``; names and
-    bytes). Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet).
+    bytes). Named real models and GGUF files: ``gguf:<SHA-256 of the GGUF file>`` (recorded by the conversion).
+    Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet).
     """
     source = _resolve_source(name_or_path)
     folder = Path(source)
+    converted = read_source(folder)
+    if converted is not None and "fingerprint" in converted:
+        return str(converted["fingerprint"])
     if not folder.exists():  # a hub id
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -117,9 +123,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def _resolve_source(name_or_path: str) -> str:
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise FFPruneError(f"model must be a bundled name {list(BUNDLED_MODELS)}, a local path or a hub id; got {name_or_path!r}")
+        raise FFPruneError(f"model must be a bundled name {list(BUNDLED_MODELS)}, a named real model "
+                           f"{sorted(PACKAGED_MODELS)}, a .gguf file, a local path or a hub id; got {name_or_path!r}")
     if name_or_path in BUNDLED_MODELS:
         return str(bundled_path(name_or_path))
+    real = resolve_real_source(name_or_path)
+    if real is not None:
+        return real
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -128,8 +138,9 @@ def _resolve_source(name_or_path: str) -> str:
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
         return name_or_path  # a hub id
     raise FFPruneError(
-        f"unknown model {name_or_path!r}: use a bundled name {list(BUNDLED_MODELS)}, "
-        "an existing local checkpoint folder, or a hub id like 'meta-llama/Llama-2-7b-hf'"
+        f"unknown model {name_or_path!r}: use a bundled name {list(BUNDLED_MODELS)}, a named real model "
+        f"{sorted(PACKAGED_MODELS)}, a .gguf file, an existing local checkpoint folder, or a hub id like "
+        "'meta-llama/Llama-2-7b-hf'"
     )
 
 
