@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +29,9 @@ import torch
 from ffenv.config import EnvConfig
 from ffenv.envs.features import unit_features
 from ffenv.errors import FFPruneError
-from ffenv.lm.data import calibration_windows, evaluation_windows
-from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached
+from ffenv.io import atomic_torch_save
+from ffenv.lm.data import cache_dir, calibration_windows, evaluation_windows
+from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
 from ffenv.lm.perplexity import perplexity
 from ffenv.pruning.calib import ridge_compensation
 from ffenv.pruning.engines import Pruner, StructuredPruner, UnstructuredPruner
@@ -50,6 +53,8 @@ class Backend:
     corpus: str
     seq_len: int
     setup_seconds: float
+    fingerprint: str | None = None
+    """The weights' identity (:func:`~ffenv.lm.models.weights_fingerprint`): keys the statistics cached on disk."""
     dense_ppl_cache: dict[tuple[str, int], float] = field(default_factory=dict)
     eval_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -109,8 +114,43 @@ class Backend:
         """Perplexity of the dense model on the first ``n`` windows of a split (cached)."""
         key = (split, n)
         if key not in self.dense_ppl_cache:
-            self.dense_ppl_cache[key] = perplexity(self.model, self.split_tokens(split, n), batch_size)
+            tokens = self.split_tokens(split, n)
+            self.dense_ppl_cache[key] = float(disk_cached(
+                stats_key("dense_ppl", self.fingerprint, self.model, tokens, batch_size=batch_size),
+                lambda: torch.tensor(perplexity(self.model, tokens, batch_size), dtype=torch.float64)))
         return self.dense_ppl_cache[key]
+
+
+STATS_FORMAT = 1
+"""Bumped when what the statistics cache holds changes (old entries are then never read)."""
+
+
+def stats_key(what: str, fingerprint: str | None, model: torch.nn.Module, tokens: torch.Tensor, **extra: Any) -> str | None:
+    """The disk-cache key of a statistic of the dense model over ``tokens``: the weights' fingerprint, the tokens'
+    bytes, the dtype and device type (``None``, no disk cache, when the weights have no fingerprint)."""
+    if fingerprint is None:
+        return None
+    param = next(model.parameters())
+    digest = hashlib.sha256(tokens.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:24]
+    key = {"what": what, "format": STATS_FORMAT, "weights": fingerprint, "tokens": [digest, list(tokens.shape)],
+           "dtype": str(param.dtype), "device": param.device.type, **extra}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def disk_cached(key: str | None, build: Any) -> Any:
+    """``build()``, stored under ``<cache_dir>/stats/<key>.pt`` and read back from there in later processes (a corrupt
+    entry is rebuilt; ``key=None``: no disk cache). What the first reset of a model costs once, later resets read."""
+    if key is None:
+        return build()
+    path = cache_dir() / "stats" / f"{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - truncated or corrupt entry: rebuild it
+            path.unlink(missing_ok=True)
+    value = build()
+    atomic_torch_save(value, path)
+    return value
 
 
 _BACKENDS: dict[tuple, Backend] = {}
@@ -140,11 +180,15 @@ def get_backend(cfg: EnvConfig) -> Backend:
     net, tok = load_model_cached(cfg.model, cfg.device, cfg.dtype)
     ctx = context_length(net)
     blocks = decoder_blocks(net)
+    fingerprint = weights_fingerprint(cfg.model)
     norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_windows"))
     if norms_key not in _NORMS:
         calib = calibration_windows(tok, cfg.corpus, "calib", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
                                     max_positions=ctx)
-        _NORMS[norms_key] = (calib, collect_input_norms(net, blocks, calib))
+        device = next(net.parameters()).device
+        norms = disk_cached(stats_key("input_norms", fingerprint, net, calib),
+                            lambda: {"/".join(map(str, k)): v.cpu() for k, v in collect_input_norms(net, blocks, calib).items()})
+        _NORMS[norms_key] = (calib, {(int(k.split("/")[0]), k.split("/")[1]): v.to(device) for k, v in norms.items()})
     calib, norms = _NORMS[norms_key]
     pruner: Pruner = (StructuredPruner(blocks, norms) if cfg.mode == "structured"
                       else UnstructuredPruner(blocks, norms, cfg.criterion))
@@ -154,6 +198,6 @@ def get_backend(cfg: EnvConfig) -> Backend:
         raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "
                            f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_windows <= {len(reward)}")
     backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_windows], calib, cfg.corpus, cfg.seq_len,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, fingerprint)
     _BACKENDS[cfg.backend_key] = backend
     return backend

@@ -406,6 +406,13 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             tokens = tokens[: self.config.eval_samples]
         return tokens
 
+    def allocation(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
+                   target_sparsity: float | None = None) -> np.ndarray:
+        """Per-unit sparsity of an action (projected at ``target_sparsity``, default the configured target, and
+        rounded to whole units) or of given sparsities (rounded): what :meth:`step` and :meth:`evaluate` prune,
+        without evaluating it (for ``with env.backend.pruned(allocation): ...``)."""
+        return self._unit_sparsity(action, sparsities, target_sparsity, False)
+
     def pruned_model(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
                      target_sparsity: float | None = None, calibrate: bool = False,
                      calib_alpha: float | None = None) -> torch.nn.Module:

@@ -68,3 +68,28 @@ def perplexity(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 1
     if not math.isfinite(mean) or mean > 700:
         return float("inf")
     return math.exp(mean)
+
+
+@torch.inference_mode()
+def window_nll(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Per window, the summed next-token NLL (float64 ``[N]``; each window predicts ``T - 1`` tokens).
+
+    For studies that score many prefixes of one set of windows from one forward (``ffprune fidelity``): the
+    perplexity of the first ``n`` windows is ``exp(out[:n].sum() / (n · (T - 1)))``. The head and the loss run one
+    window at a time for the :data:`HEAD_ONLY_FAMILIES`, as in :func:`nll_sum`.
+    """
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise FFPruneError(f"tokens must have shape [N, T] with T >= 2, got {tuple(tokens.shape)}")
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings() if getattr(model.config, "model_type", None) in HEAD_ONLY_FAMILIES else None
+    out = []
+    for i in range(0, tokens.shape[0], batch_size):
+        batch = tokens[i : i + batch_size].to(device)
+        if head is None:
+            hidden = model(input_ids=batch, use_cache=False).logits[:, :-1]
+        else:
+            hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+        for window, target in zip(hidden, batch[:, 1:]):
+            logits = (window if head is None else head(window)).float()
+            out.append(float(F.cross_entropy(logits, target, reduction="sum")))
+    return torch.tensor(out, dtype=torch.float64)
