@@ -43,8 +43,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 # ----------------------------------------------------------------------------- one module per subcommand
 def test_every_subcommand_is_a_module_with_its_arguments_beside_its_handler():
     names = [m.NAME for m in cli.SUBCOMMANDS]
-    assert sorted(names) == ["allocate", "amortised", "bench", "bench-env", "claim", "eval", "export", "methods", "models",
-                             "search", "surrogate", "tune"]
+    assert sorted(names) == ["allocate", "amortised", "bench", "bench-env", "claim", "eval", "export", "fetch", "fidelity",
+                             "methods", "models", "search", "surrogate", "tune"]
     assert list(_subparsers(cli.build_parser())) == names
     for module in cli.SUBCOMMANDS:
         assert module.__name__.startswith("ffprune.agents.cli.") and module.__doc__ and module.HELP

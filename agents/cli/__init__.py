@@ -11,8 +11,10 @@ traceback. Progress lines of the ``ffenv`` / ``ffprune`` loggers go to stderr (w
 
     ffprune --version
     ffprune models                      # bundled models and their dense perplexity
+    ffprune fetch smollm2-135m          # a named real model: fetched, hash-checked, converted once (else on first use)
     ffprune methods                     # the registered search methods
     ffprune bench-env --env FFPrune-Llama-v0
+    ffprune fidelity --env FFPrune-SmolLM2-v0 --out docs/results/real-fidelity/smollm2-s0.2
     ffprune search --env FFPrune-Llama-v0 --agent fastforward --budget 200 --out r.json
     ffprune search --env FFPrune-Llama-v0 --agent fastforward --train-targets 0.2,0.3,0.4 --budget 400 --out p.json
     ffprune allocate --policy p.policy.pt --target 0.35 --out a.json [--refine 16]
@@ -46,6 +48,8 @@ from ffprune.agents.cli import (
     bench_env,
     claim,
     export,
+    fetch,
+    fidelity,
     methods,
     models,
     search,
@@ -54,8 +58,8 @@ from ffprune.agents.cli import (
 )
 from ffprune.agents.cli import eval as zero_shot
 
-SUBCOMMANDS = (models, methods, bench_env, search, allocate, bench, claim, amortised, tune, surrogate, export,
-               zero_shot)
+SUBCOMMANDS = (models, fetch, methods, bench_env, fidelity, search, allocate, bench, claim, amortised, tune, surrogate,
+               export, zero_shot)
 """The subcommand modules, in ``--help`` order (each: ``NAME``, ``HELP``, ``add_arguments``, ``run``)."""
 LOGGERS = ("ffenv", "ffprune")
 """The library loggers the command line shows on stderr."""
@@ -91,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except (FFPruneError, gym.error.Error) as err:  # bad input: one clear line, no traceback
-        ids = ffenv.env_ids() + ffenv.env_ids(sequential=True)
+        ids = ffenv.registration.all_env_ids()
         known = f" (ffprune ids: {', '.join(ids)})" if isinstance(err, gym.error.Error) else ""
         return _fail(f"{name}: error: {err}{known}", 2)
     except WorkerLostError as err:

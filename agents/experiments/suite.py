@@ -69,7 +69,7 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import FAMILIES, formulation_of, resolve_config
+from ffenv.registration import FAMILIES, REAL_FAMILIES, REAL_VARIANTS, formulation_of, resolve_config
 from ffprune.agents.experiments.bench import (
     CellFailure,
     cell_jobs,
@@ -148,9 +148,17 @@ def _core_tasks() -> tuple[SuiteTask, ...]:
     return tuple(tasks)
 
 
+def _real_tasks() -> tuple[SuiteTask, ...]:
+    return tuple(SuiteTask(task_name(family.lower(), mode, target), f"FFPrune-{family}{suffix}-v0")
+                 for family in REAL_FAMILIES for suffix, mode, target in REAL_VARIANTS[family])
+
+
 SUITES: dict[str, Suite] = {
     "core": Suite("core", _core_tasks(), budget=100, seeds=3,
                   description="3 bundled families x {structured 0.3, structured 0.5, unstructured 0.7}"),
+    "real": Suite("real", _real_tasks(), budget=100, seeds=3,
+                  description="SmolLM2-135M (a real pretrained LLM, fetched on first use) on WikiText-2 x "
+                              "{structured 0.2, unstructured 0.7}"),
 }
 
 

@@ -1,0 +1,219 @@
+"""``ffprune fidelity``: which reward windows and window length rank allocations like the held-out perplexity.
+
+A reward must rank allocations as the held-out perplexity does, at the lowest cost in tokens. For one task this
+study draws ``allocations`` allocations of several kinds at the task's target — uniform, the heuristics (OWL, DLP,
+AlphaPruning, FLAP where structured, ATP at several common differences), depth ramps, and random actions at three
+spreads — prunes the model to each once and measures, from one forward each:
+
+* per validation window (the reward split), at every candidate length in ``lengths``: every prefix of ``n``
+  windows (``n`` in ``windows``, up to ``max_tokens`` tokens) is a candidate reward of ``n × length`` tokens;
+* the task's held-out perplexity (its ``eval_samples`` test windows, what every suite cell is scored on).
+
+For each candidate it reports Spearman ρ of the candidate's perplexity vs the held-out perplexity over all
+allocations (and without the random ones, the allocations a search actually meets), and recommends the cheapest
+candidate with ρ ≥ ``goal``. The importance statistics stay the task's (its ``calib_samples`` × ``seq_len``
+calibration windows) whatever the candidate length, so only the reward's measurement varies.
+
+Rows are written atomically after every allocation (``rows.json``; a rerun resumes, refusing a folder of other
+settings); ``fidelity.json`` / ``fidelity.md`` / ``fidelity.png`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from ffenv.errors import FFPruneError, positive_int
+from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ffenv.lm.data import evaluation_windows
+from ffenv.lm.perplexity import window_nll
+from ffenv.registration import resolve_config
+from ffprune.agents.experiments.rlstats import spearman
+from ffprune.baselines.heuristics import (
+    alphapruning_allocation,
+    atp_allocation,
+    atp_beta_range,
+    dlp_allocation,
+    flap_allocation,
+    owl_allocation,
+)
+
+GOAL = 0.9
+LENGTHS = (256, 512)
+WINDOWS = (2, 4, 8, 16)
+MAX_TOKENS = 4096
+"""The costliest candidate reward measured (tokens per evaluation): 16 × 256, 8 × 512."""
+SPREADS = (0.3, 0.6, 1.0)
+"""Standard deviations of the random Gaussian actions (clipped to [-1, 1])."""
+
+
+def _actions(env: gym.Env, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """(kind, action) of the study's allocations, deterministic in ``seed``: uniform, heuristics, 1/5 depth ramps, the
+    rest random actions at :data:`SPREADS` in turn."""
+    u = env.unwrapped
+    out: list[tuple[str, np.ndarray]] = [("uniform", np.zeros(u.n_units, np.float32))]
+    heuristics = {"owl": owl_allocation, "dlp": dlp_allocation, "alphapruning": lambda e: alphapruning_allocation(e)[0]}
+    if u.config.mode == "structured":
+        heuristics["flap"] = flap_allocation
+    for name, allocate in heuristics.items():
+        out.append((name, u.action_from_sparsities(allocate(env))))
+    beta_max = atp_beta_range(env)
+    for frac in (0.25, 0.5, 1.0):
+        out.append(("atp", u.action_from_sparsities(atp_allocation(env, beta_max * frac))))
+    rng = np.random.default_rng(seed)
+    depth = np.array([unit.block for unit in u.units], np.float64) / max(1, u.n_blocks - 1) * 2 - 1
+    ramps = max(0, n - len(out)) // 5
+    for _ in range(ramps):
+        slope, noise = rng.uniform(-1, 1), rng.uniform(0.05, 0.3)
+        out.append(("ramp", np.clip(slope * depth + rng.normal(0, noise, u.n_units), -1, 1).astype(np.float32)))
+    i = 0
+    while len(out) < n:
+        spread = SPREADS[i % len(SPREADS)]
+        out.append((f"random{spread:g}", np.clip(rng.normal(0, spread, u.n_units), -1, 1).astype(np.float32)))
+        i += 1
+    return out[:n]
+
+
+def _settings(env_id: str, allocations: int, seed: int, lengths: tuple[int, ...], windows: tuple[int, ...],
+              env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"env_id": env_id, "env_kwargs": env_kwargs, "allocations": allocations, "seed": seed,
+            "lengths": list(lengths), "windows": list(windows)}
+
+
+def run_fidelity(env_id: str, out: str | Path, allocations: int = 100, seed: int = 0, lengths: tuple[int, ...] = LENGTHS,
+                 windows: tuple[int, ...] = WINDOWS, goal: float = GOAL, max_tokens: int = MAX_TOKENS,
+                 progress: bool = True, **env_kwargs: Any) -> dict[str, Any]:
+    """Run (or resume) the study on ``env_id`` into ``out`` and return its summary (see the module docstring)."""
+    positive_int("allocations", allocations)
+    if allocations < 10:
+        raise FFPruneError(f"allocations must be >= 10 for a rank correlation worth reading, got {allocations}")
+    lengths, windows = tuple(sorted(set(lengths))), tuple(sorted(set(windows)))
+    for name, values in (("lengths", lengths), ("windows", windows)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 - (name == "windows") for v in values):
+            raise FFPruneError(f"{name} must be positive integers{' >= 2' if name == 'lengths' else ''}, got {list(values)}")
+    if not 0 < goal <= 1:
+        raise FFPruneError(f"goal must be in (0, 1], got {goal}")
+    positive_int("max_tokens", max_tokens)
+    count = {length: max([n for n in windows if n * length <= max_tokens], default=0) for length in lengths}
+    if not all(count.values()):
+        raise FFPruneError(f"max_tokens={max_tokens} admits no candidate of length {min(count, key=count.get)} "
+                           f"(windows {list(windows)})")
+    resolve_config(env_id, env_kwargs)
+    out = Path(out)
+    settings = {**_settings(env_id, allocations, seed, lengths, windows, env_kwargs), "max_tokens": max_tokens}
+    rows_file = out / "rows.json"
+    rows: list[dict[str, Any]] = []
+    if rows_file.exists():
+        saved = read_json(rows_file, "rows.json")
+        if saved.get("settings") != settings:
+            raise FFPruneError(f"out={str(out)!r} holds a fidelity study with other settings ({saved.get('settings')}); "
+                               "choose another folder")
+        rows = saved["rows"]
+    env = gym.make(env_id, **env_kwargs)
+    u = env.unwrapped
+    cfg = u.config
+    if cfg.surrogate:
+        raise FFPruneError("the fidelity study measures the real model: surrogate=True is refused")
+    corpus, ctx = cfg.corpus, u.model.config.max_position_embeddings
+    valid = {length: evaluation_windows(u.tokenizer, corpus, "calib", seq_len=length, max_positions=ctx)[: count[length]]
+             for length in lengths}
+    for length, tokens in valid.items():
+        if len(tokens) < count[length]:
+            raise FFPruneError(f"windows: the reward split has only {len(tokens)} windows of {length} tokens")
+    held = u.windows("eval")
+    actions = _actions(env, allocations, seed)
+    dense = {str(length): window_nll(u.model, valid[length]).tolist() for length in lengths}
+    dense_held = math.exp(float(window_nll(u.model, held).sum()) / (held.shape[0] * (held.shape[1] - 1)))
+    bar = tqdm(total=allocations, initial=len(rows), desc=f"fidelity {env_id}", disable=not progress)
+    for i in range(len(rows), allocations):
+        kind, action = actions[i]
+        t0 = time.perf_counter()
+        with u.backend.pruned(u.allocation(action)):
+            nll = {str(length): window_nll(u.model, valid[length]).tolist() for length in lengths}
+            held_nll = float(window_nll(u.model, held).sum())
+        rows.append({"index": i, "kind": kind, "action": action.tolist(), "nll": nll,
+                     "held_out_ppl": math.exp(min(700.0, held_nll / (held.shape[0] * (held.shape[1] - 1)))),
+                     "seconds": time.perf_counter() - t0})
+        atomic_write_json(rows_file, {"settings": settings, "dense_nll": dense, "dense_held_out_ppl": dense_held,
+                                      "rows": rows})
+        bar.update(1)
+    bar.close()
+    env.close()
+    summary = analyse(settings, rows, goal, dense_held)
+    atomic_write_json(out / "fidelity.json", summary)
+    atomic_write_text(out / "fidelity.md", render(summary))
+    _plot(summary, out / "fidelity.png")
+    return summary
+
+
+def _ppl(row_nll: list[float], n: int, length: int) -> float:
+    return math.exp(min(700.0, sum(row_nll[:n]) / (n * (length - 1))))
+
+
+def analyse(settings: dict[str, Any], rows: list[dict[str, Any]], goal: float, dense_held_out: float) -> dict[str, Any]:
+    """Per candidate (length, windows): tokens per evaluation, Spearman ρ vs the held-out ppl over all rows and over the
+    non-random rows; the cheapest candidate reaching ``goal``."""
+    held = np.array([r["held_out_ppl"] for r in rows])
+    searched = np.array([not r["kind"].startswith("random") for r in rows])
+    candidates = []
+    for length in settings["lengths"]:
+        for n in [n for n in settings["windows"] if n * length <= settings["max_tokens"]]:
+            ppl = np.array([_ppl(r["nll"][str(length)], n, length) for r in rows])
+            candidates.append({"length": length, "windows": n, "tokens": length * n, "rho": spearman(ppl, held),
+                               "rho_non_random": spearman(ppl[searched], held[searched]) if searched.sum() > 2 else None})
+    candidates.sort(key=lambda c: (c["tokens"], -c["rho"]))
+    reaching = [c for c in candidates if c["rho"] >= goal]
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    return {"settings": settings, "allocations": len(rows), "kinds": kinds, "goal": goal,
+            "dense_held_out_ppl": dense_held_out, "held_out_ppl_range": [float(held.min()), float(held.max())],
+            "candidates": candidates, "recommended": reaching[0] if reaching else None,
+            "seconds_per_allocation": float(np.median([r["seconds"] for r in rows]))}
+
+
+def render(summary: dict[str, Any]) -> str:
+    """``fidelity.md``: the candidates' table and the recommendation."""
+    s = summary["settings"]
+    lines = [f"# Reward fidelity on {s['env_id']}", "",
+             f"{summary['allocations']} allocations ({', '.join(f'{k} {v}' for k, v in summary['kinds'].items())}) at the "
+             f"task's target, seed {s['seed']}; held-out ppl (the task's held-out windows) from "
+             f"{summary['held_out_ppl_range'][0]:.1f} to {summary['held_out_ppl_range'][1]:.1f} (dense "
+             f"{summary['dense_held_out_ppl']:.2f}). Spearman ρ of each candidate reward's ppl vs the held-out ppl; "
+             "*non-random*: without the random actions.", "",
+             "| length | windows | tokens | ρ | ρ non-random |", "|---|---|---|---|---|"]
+    for c in summary["candidates"]:
+        nr = "–" if c["rho_non_random"] is None else f"{c['rho_non_random']:.3f}"
+        lines.append(f"| {c['length']} | {c['windows']} | {c['tokens']} | {c['rho']:.3f} | {nr} |")
+    rec = summary["recommended"]
+    lines += ["", f"Cheapest candidate with ρ ≥ {summary['goal']}: " + (
+        f"**{rec['windows']} × {rec['length']} tokens** (ρ {rec['rho']:.3f})." if rec else "none."),
+        f"Median {summary['seconds_per_allocation']:.1f} s per allocation (every candidate and the held-out windows).", ""]
+    return "\n".join(lines)
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for length in summary["settings"]["lengths"]:
+        pts = [c for c in summary["candidates"] if c["length"] == length]
+        ax.plot([c["tokens"] for c in pts], [c["rho"] for c in pts], "o-", label=f"{length}-token windows")
+    ax.axhline(summary["goal"], color="grey", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("reward tokens per evaluation")
+    ax.set_ylabel("Spearman ρ vs held-out ppl")
+    ax.set_title(summary["settings"]["env_id"])
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    plt.close(fig)
