@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ffenv.envs.backend import clear_cache
 from ffenv.errors import positive_int
 from ffenv.lm.perplexity import nll_sum
 from ffenv.registration import resolve_config
@@ -23,7 +24,10 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
     tokens, and (structured envs) of a calibrated vs a plain evaluation on the same tokens.
 
     ``step_over_forward`` is the cost of a step relative to the dense model (below 1: the pruned model is
-    cheaper than the dense one); ``calib_over_plain`` what Calib costs in plain evaluations.
+    cheaper than the dense one); ``step_over_exported_forward`` relative to a plain ``model(input_ids)`` forward of the
+    same allocation as a model of its own (what ``ffprune export`` writes: the physical limit); ``calib_over_plain``
+    what Calib costs in plain evaluations; ``reload_s`` what building and resetting the env costs again once the
+    model has left memory (the statistics and dense perplexities come from the disk cache then).
     ``targets``: default the env's own target, plus 0.5 for structured envs. Every time is one
     :func:`ffprune.agents.tools.timing.timed` call (CUDA-synchronised on a GPU).
 
@@ -34,9 +38,11 @@ def bench_env(env_id: str, repeats: int = 7, seed: int = 0, targets: tuple[float
     resolve_config(env_id, env_kwargs)  # an unknown id or argument: one line, before the model is loaded
     env = gym.make(env_id, **env_kwargs)
     try:
-        return _bench(env, env_id, repeats, seed, targets, calibrate)
+        result = _bench(env, env_id, repeats, seed, targets, calibrate)
     finally:
         env.close()
+    result["reload_s"] = round(reload_seconds(env_id, **env_kwargs), 2)
+    return result
 
 
 def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[float, ...] | None,
@@ -60,12 +66,17 @@ def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[fl
     dense = []
     for target in targets:
         env.reset(seed=seed, options={"target_sparsity": target})
-        steps = []
-        for _ in range(repeats):
+        steps, exported = [], []
+        for i in range(repeats):
             action = env.action_space.sample()
             dense.append(forward())
             steps.append(timed(lambda a=action: env.step(a), device))
-        result["steps"][f"{target:g}"] = {"median_step_s": round(statistics.median(steps), 4)}
+            if i < max(1, repeats // 2):  # the same allocation as a model of its own: what `ffprune export` writes
+                exported.append(_plain_forward(base.pruned_model(action, target_sparsity=target), tokens,
+                                               base.config.batch_size, device))
+        step, plain = statistics.median(steps), statistics.median(exported)
+        result["steps"][f"{target:g}"] = {"median_step_s": round(step, 4), "median_exported_forward_s": round(plain, 4),
+                                          "step_over_exported_forward": round(step / plain, 3)}
     f = statistics.median(dense)
     result["median_forward_s"] = round(f, 4)
     for entry in result["steps"].values():
@@ -80,6 +91,31 @@ def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[fl
                       calib_over_plain=round(calib / plain, 3))
     result.update(setup_s=round(base.setup_seconds, 2), seed=seed, numpy=np.__version__)
     return result
+
+
+def _plain_forward(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Median seconds of a plain ``model(input_ids)`` over ``tokens`` in batches of ``batch_size`` (after one warm-up):
+    the physical limit of an evaluation of that model, whatever computes the loss."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            for i in range(0, tokens.shape[0], batch_size):
+                model(input_ids=tokens[i : i + batch_size].to(device), use_cache=False)
+
+    return median_seconds(run, device, 3, warmup=1)
+
+
+def reload_seconds(env_id: str, **env_kwargs: Any) -> float:
+    """Seconds to build ``env_id`` and reset it in this process once its model is no longer in memory (the process
+    cache cleared): what every later process pays when the calibration statistics and dense ppls are on disk."""
+    resolve_config(env_id, env_kwargs)
+    clear_cache()
+    t0 = time.perf_counter()
+    env = gym.make(env_id, **env_kwargs)
+    env.reset(seed=0)
+    seconds = time.perf_counter() - t0
+    env.close()
+    return seconds
 
 
 SURROGATE_GOAL_US = 1000.0
