@@ -46,7 +46,8 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     (None, [("ffenv", "ffenv/", "config.py (EnvConfig) · registration.py (ids, resolve_config) · errors.py · io.py · "
                                 "zoo/ (bundled tiny models)")]),
     ("corpus", [("ffenv", "ffenv/lm/", "data.py: corpora, calib / eval splits, token windows, on-disk cache")]),
-    ("model", [("ffenv", "ffenv/lm/", "models.py (load, Block views, load_pruned) · pruned_modeling.py · forking.py")]),
+    ("model", [("ffenv", "ffenv/lm/", "models.py (load, Block views, load_pruned) · sources.py (real models, GGUF) · "
+                                        "pruned_modeling.py · forking.py")]),
     ("importance (once)", [("ffenv", "ffenv/pruning/", "importance.py: Wanda |W|·‖X‖₂ from one calibration pass")]),
     ("projector", [("ffenv", "ffenv/pruning/", "projector.py: any raw action → an allocation meeting the budget")]),
     ("pruning", [("ffenv", "ffenv/pruning/", "engines.py (Structured / UnstructuredPruner) · calib.py (Calib)")]),
@@ -62,13 +63,15 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · amortised · tune · rlstats · reports"),
+                              "search · allocate · bench · suite · claim · amortised · tune · fidelity · rlstats · "
+                              "reports"),
                              ("ffprune.agents", "agents/experiments/", "surrogate_record · surrogate_validate · "
                                                                       "surrogate_rank · surrogate_study · ray_tasks"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
-                                                   "amortised, tune, surrogate, export, eval, models, methods, bench-env)")]),
+                                                   "amortised, tune, surrogate, export, eval, models, fetch, fidelity, methods, "
+                                                   "bench-env)")]),
 ]
 
 
