@@ -17,11 +17,11 @@ SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 
 
 def committed_results() -> list[Path]:
     """Every committed search result, bench cell and bench ``config.json`` (the suite's, the claim's and
-    the amortised analyses, the surrogates' validation, ranking and study reports, a study's learning curves and the
-    agreement caches are outputs of the analysis, not results; a tune folder's ``config.json``, ``variant.json`` and
-    ``tune.json`` are its records and report, its cells are results)."""
+    the amortised analyses, the surrogates' validation, ranking and study reports, a study's learning curves, the
+    agreement caches and the fidelity studies' rows and reports are outputs of the analysis, not results; a tune
+    folder's ``config.json``, ``variant.json`` and ``tune.json`` are its records and report, its cells are results)."""
     analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json", "validation.json", "ranking.json",
-                "study.json")
+                "study.json", "fidelity.json", "rows.json")
 
     def tune_record(p: Path) -> bool:
         return p.relative_to(RESULTS).parts[0].startswith("tune-") and "cells" not in p.parts
@@ -48,7 +48,7 @@ def test_every_committed_result_reads_with_the_new_names():
         old_seen |= {old for old in FIELD_RENAMES if dotted(raw, old)}
         result = read_result(path)
         assert not [old for old in FIELD_RENAMES if dotted(result, old)], path
-        assert result["weights_fingerprint"].startswith("sha256:"), path
+        assert result["weights_fingerprint"].startswith(("sha256:", "gguf:")), path  # files / a converted GGUF
         if path.name == "config.json":
             assert "best" not in result and "unit_names" not in result
             continue
