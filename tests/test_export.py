@@ -209,3 +209,45 @@ def test_eval_runs_the_harness_on_an_exported_model(tmp_path, capsys):
     assert task["n"] == 20 and 0 <= task["acc"] <= 1 and summary["weights_fingerprint"]
     assert "ffprune_nextline: acc" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "pruned"), "--tasks", "no_such_task_xyz", "--limit", "2"]) == 2
+
+
+def test_an_allocation_that_empties_an_attention_exports(tmp_path):
+    """Removing every head group of a layer (kept as one silent group, as in a step; SmolLM2's 3 KV groups at min_keep
+    0.1 round to none): the exported folder reloads with plain transformers to the env's held-out ppl."""
+    result = _search(tmp_path, "FFPrune-Mistral-v0", agent="uniform", min_keep=0.0)
+    env = gym.make("FFPrune-Mistral-v0", min_keep=0.0, **SMALL)
+    u = env.unwrapped
+    emptied = [2]  # attn.1; the others share the rest of the 30 % target
+    rest = (0.3 * u.sizes.sum() - u.sizes[emptied].sum()) / (u.sizes.sum() - u.sizes[emptied].sum())
+    sparsities = np.where(np.isin(np.arange(u.n_units), emptied), 1.0, rest)
+    action = u.action_from_sparsities(sparsities)
+    assert list(u.pruner.granules_kept(u.allocation(action))[emptied]) == [0]
+    raw = json.loads(result.read_text())
+    raw["best"]["action"] = action.tolist()
+    result.write_text(json.dumps(raw))
+    expected = u.evaluate(action)["ppl"]
+    facts = export_result(result, tmp_path / "pruned", speed=False)
+    widths = read_export(tmp_path / "pruned")["allocation"]["layers"]
+    assert widths[1]["num_key_value_heads"] == 1  # one silent group
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True, dtype=torch.float32)
+    assert perplexity(theirs, u.windows("eval")) == pytest.approx(expected, rel=1e-4)
+    assert facts["reloaded"]["eval_ppl"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_layer_widths_allow_an_ffn_without_neurons_but_not_an_attention_without_heads():
+    from transformers import AutoConfig
+
+    from ffenv.lm.models import bundled_path
+    from ffenv.lm.pruned_modeling import LAYERS_KEY, pruned_class
+
+    config = AutoConfig.from_pretrained(bundled_path("tiny-mistral"))
+    layers = [{"num_attention_heads": 4, "num_key_value_heads": 1, "intermediate_size": 0 if i == 2 else 64}
+              for i in range(config.num_hidden_layers)]
+    setattr(config, LAYERS_KEY, layers)
+    model = pruned_class("mistral")(config)
+    assert model.model.layers[2].mlp.down_proj.in_features == 0
+    with torch.inference_mode():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+    setattr(config, LAYERS_KEY, [{**w, "num_key_value_heads": 0} for w in layers])
+    with pytest.raises(ValueError, match=">= 1 \\(heads\\)"):
+        pruned_class("mistral")(config)

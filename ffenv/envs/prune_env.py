@@ -419,14 +419,12 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         """A pruned copy of the model: the one :meth:`evaluate` measures for the same arguments.
 
         Structured: the removed heads / KV groups and FFN neurons are physically gone (layers of different
-        widths; ``calibrate=True`` folds the ridge compensation into the kept weights). Unstructured: the
-        same shapes with the pruned weights zeroed. The env's own model is left dense (bit-identical).
+        widths; ``calibrate=True`` folds the ridge compensation into the kept weights); an attention with every head
+        group removed keeps one with zeroed output columns (as in a step: a module with zero heads cannot run), an FFN
+        with every neuron removed has width 0. Unstructured: the same shapes with the pruned weights zeroed. The env's
+        own model is left dense (bit-identical).
         """
         unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
-        if self.config.mode == "structured" and np.any(self.pruner.granules_kept(unit_sparsity) < 1):
-            empty = [self.unit_names[i] for i in np.flatnonzero(self.pruner.granules_kept(unit_sparsity) < 1)]
-            raise FFPruneError(f"a pruned model needs at least one head group and one neuron per layer; this allocation "
-                               f"empties {empty} (raise min_keep above 0)")
         return self.backend.pruned_copy(unit_sparsity, self._alpha(calibrate, calib_alpha), self.config.batch_size)
 
     # ------------------------------------------------------------------ checks and conversions

@@ -44,8 +44,12 @@ def resize_layers(model: nn.Module, layers: list[dict[str, Any]]) -> None:
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     for i, (layer, spec) in enumerate(zip(decoder, layers)):
-        if not isinstance(spec, dict) or any(not isinstance(spec.get(k), int) or spec[k] < 1 for k in LAYER_FIELDS):
-            raise ValueError(f"config.{LAYERS_KEY}[{i}] must give positive integers {LAYER_FIELDS}, got {spec!r}")
+        # an FFN may have no neuron left (width 0: it adds nothing); attention keeps at least one head group (the
+        # pruning engine keeps one with zeroed output columns where it removed all: a module with zero heads cannot run)
+        if not isinstance(spec, dict) or any(not isinstance(spec.get(k), int) or spec[k] < (k != "intermediate_size")
+                                             for k in LAYER_FIELDS):
+            raise ValueError(f"config.{LAYERS_KEY}[{i}] must give integers {LAYER_FIELDS}, >= 1 (heads) and >= 0 "
+                             f"(neurons), got {spec!r}")
         h, kv, m = (spec[k] for k in LAYER_FIELDS)
         attn = layer.self_attn
         attn.q_proj = _resized(attn.q_proj, out_features=h * head_dim)
