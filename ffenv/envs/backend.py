@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +28,7 @@ import torch
 from ffenv.config import EnvConfig
 from ffenv.envs.features import unit_features
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_torch_save
-from ffenv.lm.data import cache_dir, calibration_windows, evaluation_windows
+from ffenv.lm.data import calibration_windows, disk_cached, evaluation_windows
 from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
 from ffenv.lm.perplexity import perplexity
 from ffenv.pruning.calib import ridge_compensation
@@ -117,7 +115,7 @@ class Backend:
             tokens = self.split_tokens(split, n)
             self.dense_ppl_cache[key] = float(disk_cached(
                 stats_key("dense_ppl", self.fingerprint, self.model, tokens, batch_size=batch_size),
-                lambda: torch.tensor(perplexity(self.model, tokens, batch_size), dtype=torch.float64)))
+                lambda: torch.tensor(perplexity(self.model, tokens, batch_size), dtype=torch.float64), "stats"))
         return self.dense_ppl_cache[key]
 
 
@@ -125,32 +123,17 @@ STATS_FORMAT = 1
 """Bumped when what the statistics cache holds changes (old entries are then never read)."""
 
 
-def stats_key(what: str, fingerprint: str | None, model: torch.nn.Module, tokens: torch.Tensor, **extra: Any) -> str | None:
-    """The disk-cache key of a statistic of the dense model over ``tokens``: the weights' fingerprint, the tokens'
-    bytes, the dtype and device type (``None``, no disk cache, when the weights have no fingerprint)."""
+def stats_key(what: str, fingerprint: str | None, model: torch.nn.Module, tokens: torch.Tensor,
+              **extra: Any) -> dict[str, Any] | None:
+    """The disk-cache key (:func:`~ffenv.lm.data.disk_cached`, folder ``stats``) of a statistic of the dense model over
+    ``tokens``: the weights' fingerprint, the tokens' bytes, the dtype and device type (``None``, no disk cache, when
+    the weights have no fingerprint). What the first reset of a model costs once, later resets read."""
     if fingerprint is None:
         return None
     param = next(model.parameters())
     digest = hashlib.sha256(tokens.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:24]
-    key = {"what": what, "format": STATS_FORMAT, "weights": fingerprint, "tokens": [digest, list(tokens.shape)],
-           "dtype": str(param.dtype), "device": param.device.type, **extra}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def disk_cached(key: str | None, build: Any) -> Any:
-    """``build()``, stored under ``<cache_dir>/stats/<key>.pt`` and read back from there in later processes (a corrupt
-    entry is rebuilt; ``key=None``: no disk cache). What the first reset of a model costs once, later resets read."""
-    if key is None:
-        return build()
-    path = cache_dir() / "stats" / f"{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - truncated or corrupt entry: rebuild it
-            path.unlink(missing_ok=True)
-    value = build()
-    atomic_torch_save(value, path)
-    return value
+    return {"what": what, "format": STATS_FORMAT, "weights": fingerprint, "tokens": [digest, list(tokens.shape)],
+            "dtype": str(param.dtype), "device": param.device.type, **extra}
 
 
 _BACKENDS: dict[tuple, Backend] = {}
@@ -187,7 +170,8 @@ def get_backend(cfg: EnvConfig) -> Backend:
                                     max_positions=ctx)
         device = next(net.parameters()).device
         norms = disk_cached(stats_key("input_norms", fingerprint, net, calib),
-                            lambda: {"/".join(map(str, k)): v.cpu() for k, v in collect_input_norms(net, blocks, calib).items()})
+                            lambda: {"/".join(map(str, k)): v.cpu() for k, v in collect_input_norms(net, blocks, calib).items()},
+                            "stats")
         _NORMS[norms_key] = (calib, {(int(k.split("/")[0]), k.split("/")[1]): v.to(device) for k, v in norms.items()})
     calib, norms = _NORMS[norms_key]
     pruner: Pruner = (StructuredPruner(blocks, norms) if cfg.mode == "structured"

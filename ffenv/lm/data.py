@@ -407,9 +407,13 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _cached(key: dict[str, Any], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+def disk_cached(key: dict[str, Any] | None, build: Callable[[], Any], folder: str = "tokens") -> Any:
+    """``build()`` (tensors, or dicts / lists of them), stored under ``<cache_dir>/<folder>/<digest of key>.pt`` and read
+    back from there in later calls and processes; a corrupt entry is rebuilt; ``key=None``: no disk cache."""
+    if key is None:
+        return build()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    path = cache_dir() / "tokens" / f"{digest}.pt"
+    path = cache_dir() / folder / f"{digest}.pt"
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
@@ -454,7 +458,7 @@ def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "calib") -
                     ids.append(eos)
         return torch.tensor(ids, dtype=torch.long)
 
-    return _cached(key, build)
+    return disk_cached(key, build)
 
 
 def _check_window_args(tokenizer: Any, seq_len: int, max_positions: int | None) -> None:
@@ -489,7 +493,7 @@ def calibration_windows(
         starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen)
         return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
 
-    return _cached(key, build)
+    return disk_cached(key, build)
 
 
 def evaluation_windows(
@@ -517,7 +521,7 @@ def evaluation_windows(
             raise FFPruneError(f"seq_len={seq_len} is longer than the whole {split!r} split ({len(stream)} tokens)")
         return stream[: count * seq_len].view(count, seq_len).clone()
 
-    windows = _cached(key, build)
+    windows = disk_cached(key, build)
     if n is not None:
         if n > len(windows):
             raise FFPruneError(f"n={n} exceeds the {len(windows)} windows of {seq_len} tokens in split {split!r}")
