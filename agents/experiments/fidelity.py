@@ -80,12 +80,6 @@ def _actions(env: gym.Env, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     return out[:n]
 
 
-def _settings(env_id: str, allocations: int, seed: int, lengths: tuple[int, ...], windows: tuple[int, ...],
-              env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"env_id": env_id, "env_kwargs": env_kwargs, "allocations": allocations, "seed": seed,
-            "lengths": list(lengths), "windows": list(windows)}
-
-
 def run_fidelity(env_id: str, out: str | Path, allocations: int = 100, seed: int = 0, lengths: tuple[int, ...] = LENGTHS,
                  windows: tuple[int, ...] = WINDOWS, goal: float = GOAL, max_tokens: int = MAX_TOKENS,
                  progress: bool = True, **env_kwargs: Any) -> dict[str, Any]:
@@ -106,50 +100,65 @@ def run_fidelity(env_id: str, out: str | Path, allocations: int = 100, seed: int
                            f"(windows {list(windows)})")
     resolve_config(env_id, env_kwargs)
     out = Path(out)
-    settings = {**_settings(env_id, allocations, seed, lengths, windows, env_kwargs), "max_tokens": max_tokens}
+    settings = {"env_id": env_id, "env_kwargs": env_kwargs, "allocations": allocations, "seed": seed,
+                "lengths": list(lengths), "windows": list(windows), "max_tokens": max_tokens}
     rows_file = out / "rows.json"
-    rows: list[dict[str, Any]] = []
+    saved: dict[str, Any] = {"rows": []}
     if rows_file.exists():
         saved = read_json(rows_file, "rows.json")
         if saved.get("settings") != settings:
             raise FFPruneError(f"out={str(out)!r} holds a fidelity study with other settings ({saved.get('settings')}); "
                                "choose another folder")
-        rows = saved["rows"]
-    env = gym.make(env_id, **env_kwargs)
-    u = env.unwrapped
-    cfg = u.config
-    if cfg.surrogate:
-        raise FFPruneError("the fidelity study measures the real model: surrogate=True is refused")
-    corpus, ctx = cfg.corpus, u.model.config.max_position_embeddings
-    valid = {length: evaluation_windows(u.tokenizer, corpus, "calib", seq_len=length, max_positions=ctx)[: count[length]]
-             for length in lengths}
-    for length, tokens in valid.items():
-        if len(tokens) < count[length]:
-            raise FFPruneError(f"windows: the reward split has only {len(tokens)} windows of {length} tokens")
-    held = u.windows("eval")
-    actions = _actions(env, allocations, seed)
-    dense = {str(length): window_nll(u.model, valid[length]).tolist() for length in lengths}
-    dense_held = math.exp(float(window_nll(u.model, held).sum()) / (held.shape[0] * (held.shape[1] - 1)))
-    bar = tqdm(total=allocations, initial=len(rows), desc=f"fidelity {env_id}", disable=not progress)
-    for i in range(len(rows), allocations):
-        kind, action = actions[i]
-        t0 = time.perf_counter()
-        with u.backend.pruned(u.allocation(action)):
-            nll = {str(length): window_nll(u.model, valid[length]).tolist() for length in lengths}
-            held_nll = float(window_nll(u.model, held).sum())
-        rows.append({"index": i, "kind": kind, "action": action.tolist(), "nll": nll,
-                     "held_out_ppl": math.exp(min(700.0, held_nll / (held.shape[0] * (held.shape[1] - 1)))),
-                     "seconds": time.perf_counter() - t0})
-        atomic_write_json(rows_file, {"settings": settings, "dense_nll": dense, "dense_held_out_ppl": dense_held,
-                                      "rows": rows})
-        bar.update(1)
-    bar.close()
-    env.close()
+    rows: list[dict[str, Any]] = saved["rows"]
+    if len(rows) < allocations:  # a finished study is only analysed again: no model is loaded
+        _measure(env_id, env_kwargs, settings, count, saved, rows_file, progress)
+    dense_held = saved["dense_held_out_ppl"]
     summary = analyse(settings, rows, goal, dense_held)
     atomic_write_json(out / "fidelity.json", summary)
     atomic_write_text(out / "fidelity.md", render(summary))
     _plot(summary, out / "fidelity.png")
     return summary
+
+
+def _measure(env_id: str, env_kwargs: dict[str, Any], settings: dict[str, Any], count: dict[int, int],
+             saved: dict[str, Any], rows_file: Path, progress: bool) -> None:
+    """Measure the allocations ``saved["rows"]`` lacks (and the dense model), appending to it and rewriting
+    ``rows_file`` atomically after each one."""
+    env = gym.make(env_id, **env_kwargs)
+    u = env.unwrapped
+    cfg = u.config
+    if cfg.surrogate:
+        raise FFPruneError("the fidelity study measures the real model: surrogate=True is refused")
+    ctx = u.model.config.max_position_embeddings
+    valid = {length: evaluation_windows(u.tokenizer, cfg.corpus, "calib", seq_len=length, max_positions=ctx)[:n]
+             for length, n in count.items()}
+    for length, tokens in valid.items():
+        if len(tokens) < count[length]:
+            raise FFPruneError(f"windows: the reward split has only {len(tokens)} windows of {length} tokens")
+    held = u.windows("eval")
+
+    def measure() -> tuple[dict[str, list[float]], float]:
+        """Per-window NLL at every candidate length, and the held-out ppl, of the model as it is now."""
+        nll = {str(length): window_nll(u.model, tokens).tolist() for length, tokens in valid.items()}
+        held_nll = float(window_nll(u.model, held).sum())
+        return nll, math.exp(min(700.0, held_nll / (held.shape[0] * (held.shape[1] - 1))))
+
+    rows = saved["rows"]
+    actions = _actions(env, settings["allocations"], settings["seed"])
+    saved["dense_nll"], saved["dense_held_out_ppl"] = measure()
+    bar = tqdm(total=len(actions), initial=len(rows), desc=f"fidelity {env_id}", disable=not progress)
+    for i in range(len(rows), len(actions)):
+        kind, action = actions[i]
+        t0 = time.perf_counter()
+        with u.backend.pruned(u.allocation(action)):
+            nll, held_out_ppl = measure()
+        rows.append({"index": i, "kind": kind, "action": action.tolist(), "nll": nll, "held_out_ppl": held_out_ppl,
+                     "seconds": time.perf_counter() - t0})
+        atomic_write_json(rows_file, {"settings": settings, "dense_nll": saved["dense_nll"],
+                                      "dense_held_out_ppl": saved["dense_held_out_ppl"], "rows": rows})
+        bar.update(1)
+    bar.close()
+    env.close()
 
 
 def _ppl(row_nll: list[float], n: int, length: int) -> float:
