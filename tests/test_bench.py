@@ -62,6 +62,18 @@ def test_bench_bad_input(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_deterministic_methods_run_once_searches_every_seed(tmp_path):
+    """Heuristics and the fixed sweeps (ATP, uniform-split) give the same result for every seed: seed 0 alone."""
+    jobs = cell_jobs("FFPrune-Llama-v0", 3, 3, ["uniform", "owl", "atp", "uniform-split", "random", "fastforward"],
+                     tmp_path, env_kwargs=SMALL)
+    runs: dict[str, list[int]] = {}
+    for job in jobs:
+        runs.setdefault(job["method"], []).append(job["seed"])
+    assert runs == {"uniform": [0], "owl": [0], "atp": [0], "uniform-split": [0], "random": [0, 1, 2],
+                    "fastforward": [0, 1, 2]}
+    assert not METHODS["atp"].seeded and not METHODS["owl"].seeded and METHODS["cmaes"].seeded
+
+
 def test_a_folder_written_before_the_renames_resumes(tmp_path):
     """An old ``config.json`` (``weights``, ``reward_samples``) is the same setting under today's names."""
     out = tmp_path / "old"

@@ -22,6 +22,7 @@ from ffprune.agents.experiments.suite import (
     analyse,
     check_sections,
     check_variants,
+    equal_token_picks,
     get_suite,
     normalised,
     render_sections,
@@ -141,6 +142,57 @@ def test_analysis_needs_the_reference():
         analyse(suite, {t.name: {"random": []} for t in suite.tasks}, 3, 1)
 
 
+def _cell(seed: int, rewards: list[float], tokens_each: int, final_ppl: float, target: float = 0.3) -> dict:
+    """A finished cell whose search made one full evaluation per reward (action = [reward]) at ``tokens_each``."""
+    history = [{"episode": i + 1, "reward": r, "target": target, "windows": 4, "action": [r], "evaluations": i + 1,
+                "tokens": tokens_each * (i + 1), "best_reward": max(rewards[:i + 1])} for i, r in enumerate(rewards)]
+    best = max(history, key=lambda h: h["reward"])
+    return {"seed": seed, "env_kwargs": {"target_sparsity": target, "reward_windows": 4}, "history": history,
+            "cost": {"tokens": history[-1]["tokens"], "evaluations": len(rewards), "seconds": 1.0},
+            "best": {"action": best["action"], "reward": best["reward"], "eval_ppl": final_ppl, "reward_ppl": 1.0,
+                     "dense_eval_ppl": 10.0, "episode": best["episode"], "evaluations": best["episode"]}}
+
+
+def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp_path, monkeypatch):
+    """A search that spent more tokens than the curriculum's is scored at the allocation it had found by then: its
+    final best when that came early, else one held-out evaluation, cached (a report reads the cache)."""
+    suite = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=3, seeds=1, description="test")
+    monkeypatch.setitem(SUITES, "one", suite)
+    ff = _cell(0, [0.1, 0.2, 0.3], 100, 15.0)  # curriculum: 300 tokens
+    ff["history"][0]["target"] = 0.1  # an early evaluation at an easier target never counts
+    cells = {"llama-s0.3": {"uniform": [_cell(0, [0.0], 100, 20.0)], "fastforward": [ff],
+                            "random": [_cell(0, [0.5, 0.1, 0.2, 0.9], 100, 12.0), _cell(1, [0.7, 0.1, 0.2, 0.3], 100, 14.0)]}}
+    evaluated = []
+
+    class Env:
+        class unwrapped:  # noqa: N801 - gymnasium's attribute
+            @staticmethod
+            def evaluate(action, split):
+                evaluated.append((float(action[0]), split))
+                return {"ppl": 16.0}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("ffprune.agents.experiments.suite.result_env", lambda cell: Env())
+    (tmp_path / "llama-s0.3").mkdir()
+    picks = equal_token_picks(suite, cells, tmp_path, measure=False)  # a report alone measures nothing
+    assert evaluated == [] and picks["llama-s0.3"]["cells"]["random/seed0"].get("eval_ppl") is None
+    picks = equal_token_picks(suite, cells, tmp_path)
+    assert picks["llama-s0.3"]["tokens"] == 300
+    assert picks["llama-s0.3"]["cells"] == {
+        "random/seed0": {"episode": 1, "tokens": 100, "reward": 0.5, "eval_ppl": 16.0},  # 0.9 came after 300 tokens
+        "random/seed1": {"episode": 1, "tokens": 100, "reward": 0.7, "eval_ppl": 14.0}}  # its final best: no evaluation
+    assert evaluated == [(0.5, "eval")]
+    assert equal_token_picks(suite, cells, tmp_path) == picks and len(evaluated) == 1  # cached
+    analysis = analyse(suite, cells, 3, 2, reps=50, equal_tokens=picks)
+    rows = {(r["method"], r["seed"]): r for r in analysis["rows"]}
+    assert rows[("random", 0)]["eval_ppl_equal_tokens"] == 16.0 and rows[("random", 0)]["score_equal_tokens"] == 0.4
+    assert rows[("fastforward", 0)]["eval_ppl_equal_tokens"] == 15.0  # within its own spend: its result
+    assert analysis["equal_tokens"] == {"llama-s0.3": 300}
+    assert set(analysis["aggregate"]["equal_tokens"]) == {"uniform", "fastforward", "random"}
+
+
 @pytest.mark.slow
 def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     out = tmp_path / "core"
@@ -148,9 +200,10 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
                          progress=False, agreement_points=3, reps=200)
     tasks = [t.name for t in SUITES["core"].tasks]
     for name in tasks:
-        assert (out / name / "results.md").exists() and (out / name / "cells" / "uniform" / "seed1.json").exists()
+        assert (out / name / "results.md").exists() and (out / name / "cells" / "random" / "seed1.json").exists()
+        assert not (out / name / "cells" / "uniform" / "seed1.json").exists()  # deterministic: seed 0 once
     rows = analysis["rows"]
-    assert len(rows) == 9 * 3 * 2 and analysis["failures"] == []  # tasks x (uniform, fastforward, random) x seeds
+    assert len(rows) == 9 * (1 + 2 + 2) and analysis["failures"] == []  # tasks x (uniform once, fastforward, random x 2)
     assert all(r["score"] == 0.0 for r in rows if r["method"] == "uniform")  # the reference scores 0
     structured = [r for r in rows if "-s0." in r["task"]]
     assert all(r["score_calib"] is not None for r in structured)

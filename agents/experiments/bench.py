@@ -70,6 +70,12 @@ def cell_path(out: Path, method: str, seed: int) -> Path:
     return out / "cells" / method / f"seed{seed}.json"
 
 
+def method_seeds(method: str, seeds: int) -> range:
+    """The seeds a benchmark runs ``method`` with when it asks for ``seeds``: ``0..seeds-1``, or seed 0 alone for a
+    deterministic method (a heuristic, a fixed sweep: every seed gives the same result)."""
+    return range(seeds) if get_method(method).seeded else range(1)
+
+
 def _check_config(out: Path, config: dict[str, Any]) -> None:
     """A bench folder holds one setting: refuse to mix results of different envs / budgets / targets / weights."""
     path = out / "config.json"
@@ -135,7 +141,7 @@ def cell_jobs(env_id: str, budget: int, seeds: int, methods: list[str] | None = 
                         **({"surrogate": label} if label is not None else {})})
     return [{"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out, "target": target,
              "env_kwargs": env_kwargs, "calibrate": calibrate, "calib_alpha": calib_alpha, "progress": progress}
-            for method in methods for seed in range(seeds)]
+            for method in methods for seed in method_seeds(method, seeds)]
 
 
 VARIANT_KEYS = ("method", "agent_kwargs", "curriculum_kwargs")

@@ -241,7 +241,7 @@ def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str
 
 # ---------------------------------------------------------------------------- a suite folder
 SCORE_FIELDS = ["task", "method", "seed", "reward_ppl", "eval_ppl", "eval_ppl_after_calib", "dense_eval_ppl", "score",
-                "score_calib", "evaluations", "seconds"]
+                "score_calib", "evaluations", "seconds", "tokens", "eval_ppl_equal_tokens", "score_equal_tokens"]
 """The columns of ``scores.csv`` (one row per cell)."""
 
 
@@ -276,6 +276,7 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
     agg, imp = analysis["aggregate"], analysis["improvement"]
     order = sorted(agg["plain"], key=lambda m: -agg["plain"][m]["iqm"])
     covered = calib_tasks(analysis)
+    tokens = bool(agg.get("equal_tokens"))
     label = analysis.get("surrogate")
     on = " on the SURROGATE" if label else ""
     lines = [f"### Suite `{analysis['suite']}`{on}: budget {analysis['budget']}, {analysis['seeds']} seed(s), "
@@ -287,16 +288,22 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
              "Normalised score = share of the uniform → dense held-out ppl gap closed (1 = dense, 0 = uniform). "
              f"IQM over tasks × seeds with 95 % stratified-bootstrap intervals ({analysis['bootstrap_reps']} resamples); "
              "P(FF > X): probability that FastForward's score beats the method's on a task, averaged over the tasks both ran.",
+             *(["", "At equal tokens: each method's best allocation within the tokens the curriculum's searches spent "
+                "on the task (" + ", ".join(f"{t} {n:,}" for t, n in analysis["equal_tokens"].items())
+                + "; their cheap early evaluations cost fewer tokens than full ones), scored on the held-out split."]
+               if analysis.get("equal_tokens") else []),
              "", f"| method | tasks | IQM score | 95 % CI | + Calib IQM ({covered}) | 95 % CI | P(FF > X) "
-             f"| P(FF > X), + Calib ({covered}) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| P(FF > X), + Calib ({covered}) |" + (" IQM at equal tokens | 95 % CI |" if tokens else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if tokens else "")]
     for m in order:
-        a, c = agg["plain"][m], agg["calib"].get(m)
+        a, c, e = agg["plain"][m], agg["calib"].get(m), agg.get("equal_tokens", {}).get(m)
         p, pc = imp["plain"].get(m), imp["calib"].get(m)
         lines.append(f"| {m} | {len(a['tasks'])} | {a['iqm']:.3f} | [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
                      + (f"{c['iqm']:.3f} | [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | " if c else "– | – | ")
                      + (f"{p['p']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}] | " if p else "– | ")
-                     + (f"{pc['p']:.2f} [{pc['ci'][0]:.2f}, {pc['ci'][1]:.2f}] |" if pc else "– |"))
+                     + (f"{pc['p']:.2f} [{pc['ci'][0]:.2f}, {pc['ci'][1]:.2f}] |" if pc else "– |")
+                     + ((f" {e['iqm']:.3f} | [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] |" if e else " – | – |")
+                        if tokens else ""))
     if analysis.get("variants"):
         lines += ["", variants_note(analysis["variants"])]
     tasks = [t["name"] for t in analysis["tasks"]]

@@ -75,6 +75,7 @@ from ffprune.agents.experiments.bench import (
     cell_jobs,
     cell_path,
     check_variant_cell,
+    method_seeds,
     run_jobs,
     variant_settings,
 )
@@ -376,8 +377,12 @@ def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, met
         if names is None:  # every other method with cells here (an SB3 algorithm a run named)
             rows += [m for m in on_disk if _is_method(m) and method_fits(task.env_id, m, task_kwargs)]
         def read_row(row: str, folder: Path = folder) -> list[dict[str, Any]]:
-            return [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
-                    for seed in range(seeds) if (p := cell_path(folder, row, seed)).exists()]
+            found = [read_result(p, real=not surrogate, what=f"the real {suite.name} suite")
+                     for seed in range(seeds) if (p := cell_path(folder, row, seed)).exists()]
+            if not found:
+                return found
+            ran = method_seeds(base_method(row, found), seeds)  # a deterministic method counts once (seed 0)
+            return [c for c in found if c["seed"] in ran]
 
         for method in rows:
             if found := read_row(method):
@@ -453,7 +458,8 @@ def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]
     for task in suite.tasks:
         if cells[task.name]:
             write_outputs(out / task.name, cells[task.name], task.env_id, budget, seeds)
-    analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures)
+    tokens = equal_token_picks(suite, cells, out, measure=measure)
+    analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures, equal_tokens=tokens)
     if labels is not None:
         analysis["surrogate"] = labels
     analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points, measure=measure)
@@ -470,9 +476,12 @@ def normalised(ppl: float | None, uniform: float | None, dense: float) -> float 
     return float((uniform - ppl) / (uniform - dense))
 
 
-def _score_rows(suite: Suite, cells: Cells, failures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per finished cell: its perplexities, normalised scores and cost. A task whose reference cells failed
-    has no scores (left out, with a warning); one that never had them is an :class:`FFPruneError`."""
+def _score_rows(suite: Suite, cells: Cells, failures: Sequence[dict[str, Any]],
+                equal_tokens: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per finished cell: its perplexities, normalised scores and cost, and its held-out ppl and score at equal
+    tokens (``equal_tokens``: :func:`equal_token_picks`; ``None`` where its task or its pick has none). A task whose
+    reference cells failed has no scores (left out, with a warning); one that never had them is an
+    :class:`FFPruneError`."""
     rows = []
     for task in suite.tasks:
         by_method = cells[task.name]
@@ -492,18 +501,43 @@ def _score_rows(suite: Suite, cells: Cells, failures: Sequence[dict[str, Any]]) 
                              "score_calib": normalised(best.get("eval_ppl_after_calib"), ref.get("eval_ppl_after_calib"),
                                                        best["dense_eval_ppl"]),
                              "reward_ppl": best["reward_ppl"],
-                             "evaluations": cell["cost"][evaluation_axis(cell)], "seconds": cell["cost"]["seconds"]})
+                             "evaluations": cell["cost"][evaluation_axis(cell)], "seconds": cell["cost"]["seconds"],
+                             "tokens": cell["cost"]["tokens"], **_at_equal_tokens(equal_tokens, task.name, method, cell,
+                                                                                    ref["eval_ppl"])})
     return rows
 
 
+def _at_equal_tokens(picks: Mapping[str, dict[str, Any]] | None, task: str, row: str, cell: dict[str, Any],
+                     uniform: float) -> dict[str, Any]:
+    """A cell's ``eval_ppl_equal_tokens`` and ``score_equal_tokens``: its own result when it spent no more than the
+    task's equal-token budget, the held-out ppl of its best allocation within that budget otherwise (``None`` where the
+    task has no budget or the pick was not measured)."""
+    task_picks = (picks or {}).get(task)
+    ppl = None
+    if task_picks is not None:
+        if cell["cost"]["tokens"] <= task_picks["tokens"]:
+            ppl = cell["best"]["eval_ppl"]
+        else:
+            ppl = (task_picks["cells"].get(f"{row}/seed{cell['seed']}") or {}).get("eval_ppl")
+    return {"eval_ppl_equal_tokens": ppl,
+            "score_equal_tokens": normalised(ppl, uniform, cell["best"]["dense_eval_ppl"])}
+
+
+SCORE_KINDS = {"plain": "score", "calib": "score_calib", "equal_tokens": "score_equal_tokens"}
+"""The aggregates of a suite → the row field each aggregates: held-out ppl of the best allocation, after Calib, and of
+the best allocation within the curriculum's token spend (:func:`equal_token_picks`)."""
+
+
 def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 2000,
-            failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+            failures: Sequence[dict[str, Any]] = (),
+            equal_tokens: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Normalised scores of every finished cell and the aggregate statistics (module docstring); ``failures`` (the
-    cells that raised) are listed in the result."""
-    rows = _score_rows(suite, cells, failures)
-    scores: dict[str, dict[str, dict[str, list[float]]]] = {"plain": {}, "calib": {}}
+    cells that raised) are listed in the result; ``equal_tokens`` (:func:`equal_token_picks`) adds the aggregate at
+    equal tokens."""
+    rows = _score_rows(suite, cells, failures, equal_tokens)
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in SCORE_KINDS}
     for row in rows:
-        for kind, key in (("plain", "score"), ("calib", "score_calib")):
+        for kind, key in SCORE_KINDS.items():
             if row[key] is not None:
                 scores[kind].setdefault(row["method"], {}).setdefault(row["task"], []).append(row[key])
     aggregate: dict[str, Any] = {}
@@ -543,6 +577,7 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
     analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [t.__dict__ for t in suite.tasks],
                 "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
                 "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
+                "equal_tokens": {t: p["tokens"] for t, p in (equal_tokens or {}).items()},
                 "failures": [{k: f[k] for k in ("task", "method", "seed", "error", "message")} for f in failures]}
     variants = suite_variants(cells)
     if variants:
@@ -593,6 +628,81 @@ def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
                             "evaluations_to_best": cell["best"][evaluation_axis(cell["best"])],
                             "fastforward_to_reach": cost_to_reach(mine["history"], reward) if mine else None})
     return out
+
+
+def equal_token_budget(by_method: dict[str, list[dict[str, Any]]]) -> int | None:
+    """A task's budget in tokens at equal tokens: the fewest tokens any of its curriculum cells spent (the
+    curriculum's early evaluations are cheap, so its methods spend fewer tokens than the same number of full
+    evaluations); ``None`` without curriculum cells."""
+    spent = [c["cost"]["tokens"] for row, runs in by_method.items() for c in runs
+             if (m := METHODS.get(base_method(row, runs))) is not None and m.curriculum]
+    return min(spent) if spent else None
+
+
+def best_within(history: Sequence[dict[str, Any]], tokens: int, target: float, windows: int) -> dict[str, Any] | None:
+    """The best-rewarded evaluation of the final task (``target``, all ``windows``) a search had made when it had spent
+    ``tokens`` (the first of equals), or ``None``."""
+    best = None
+    for h in history:
+        if h["tokens"] > tokens:
+            break
+        if "action" in h and h["target"] == target and h.get("windows") == windows:
+            if best is None or h["reward"] > best["reward"]:
+                best = h
+    return best
+
+
+def equal_token_picks(suite: Suite, cells: Cells, out: Path, measure: bool = True) -> dict[str, dict[str, Any]]:
+    """Per task with curriculum cells: its :func:`equal_token_budget` and, for every cell that spent more, the best
+    allocation it had found within that budget (:func:`best_within`) with that allocation's held-out ppl (the cell's
+    own when it is its final best; else measured once, not counted in any search's cost, and cached in
+    ``<out>/<task>/equal_tokens.json``). ``measure=False`` only reads the cache (an unmeasured pick has no ppl, with a
+    warning)."""
+    result: dict[str, dict[str, Any]] = {}
+    for task in suite.tasks:
+        by_method = cells[task.name]
+        tokens = equal_token_budget(by_method)
+        if tokens is None:
+            continue
+        path = out / task.name / "equal_tokens.json"
+        cached = read_json(path, "equal-token cache") if path.exists() else {}
+        cached = cached.get("cells", {}) if cached.get("tokens") == tokens else {}
+        picks: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        for row, runs in by_method.items():
+            for cell in runs:
+                if cell["cost"]["tokens"] <= tokens:
+                    continue
+                key = f"{row}/seed{cell['seed']}"
+                pick = best_within(cell["history"], tokens, cell["env_kwargs"]["target_sparsity"],
+                                   cell["env_kwargs"]["reward_windows"])
+                if pick is None:
+                    continue
+                entry = {"episode": pick["episode"], "tokens": pick["tokens"], "reward": pick["reward"]}
+                if pick["action"] == cell["best"]["action"]:
+                    picks[key] = {**entry, "eval_ppl": cell["best"]["eval_ppl"]}
+                elif ({k: cached.get(key, {}).get(k) for k in entry} == entry
+                      and cached[key].get("eval_ppl") is not None):
+                    picks[key] = cached[key]
+                else:
+                    picks[key] = entry
+                    todo.append((key, cell, pick))
+        if todo and measure:
+            env = result_env(todo[0][1])
+            try:
+                for key, _cell, pick in todo:
+                    picks[key]["eval_ppl"] = env.unwrapped.evaluate(np.asarray(pick["action"], np.float32),
+                                                                    split="eval")["ppl"]
+                    atomic_write_json(path, {"tokens": tokens, "cells": picks})  # each measurement kept at once
+            finally:
+                env.close()
+        elif todo:
+            log.warning("task %s: %d allocation(s) at equal tokens have no held-out ppl in %s; left out (run the suite "
+                        "to measure them)", task.name, len(todo), path)
+        if picks:
+            atomic_write_json(path, {"tokens": tokens, "cells": picks})
+        result[task.name] = {"tokens": tokens, "cells": picks}
+    return result
 
 
 def reward_heldout_agreement(suite: Suite, cells: Cells, out: Path, points: int = 24,
@@ -696,7 +806,8 @@ def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: 
                  f"![performance profiles]({rel}/profiles.png)")
     else:
         blocks = body.split("\n\n")
-        headline = [next(b for b in blocks if b.startswith("|"))]  # the aggregate table comes first
+        headline = [b for b in blocks if b.startswith("At equal tokens")]  # what the last column measures
+        headline += [next(b for b in blocks if b.startswith("|"))]  # the aggregate table comes first
         headline += [b for b in blocks if b.startswith("Variants:")]  # what a tuned row ran
         headline += [b.split("\n")[0] for b in blocks if b.startswith("Failures:")]
         rel = _link(Path(full_page) if full_page is not None else table, file)

@@ -99,6 +99,9 @@ class SearchMethod:
     """Whether it runs under the curriculum; ``None``: as its kind says (RL agents do, baselines do not)."""
     description: str = ""
     """One line for ``--help`` and the docs."""
+    deterministic: bool | None = None
+    """Whether every seed gives the same result (a fixed sweep: ATP, uniform-split); ``None``: as its kind says
+    (heuristics are). A benchmark runs a deterministic method once, as seed 0, whatever the seeds asked for."""
     requires: tuple[str, ...] = ()
     """Optional packages it imports (``cma``, ``optuna``: the extras of the same name). A method whose packages are
     not installed is left out of the defaults (:func:`methods_for`) and stops with an install hint when asked for."""
@@ -119,6 +122,11 @@ class SearchMethod:
     def heuristic(self) -> bool:
         """One evaluation, no search (its budget is 1 whatever the others get)."""
         return self.kind == "heuristic"
+
+    @property
+    def seeded(self) -> bool:
+        """Whether its seeds give different results (a benchmark runs its seeds ``0..K-1``; otherwise seed 0 once)."""
+        return not (self.heuristic if self.deterministic is None else self.deterministic)
 
     @property
     def curriculum(self) -> bool:
@@ -222,7 +230,7 @@ register(SearchMethod("amc-ddpg", _amc_ddpg, "rl", formulations=("sequential",),
 register(SearchMethod("random", _baseline(random_search), "search", description="uniform random actions"))
 register(SearchMethod("evolution", _baseline(evolution), "search",
                       description="(1+lambda) evolution from the uniform allocation (EvoPress-style)"))
-register(SearchMethod("uniform-split", _baseline(uniform_split), "search", modes=("structured",),
+register(SearchMethod("uniform-split", _baseline(uniform_split), "search", modes=("structured",), deterministic=True,
                       description="uniform keep ratio, attention/FFN split swept over heads kept"))
 register(SearchMethod("uniform", _heuristic(uniform_allocation), "heuristic", description="same sparsity everywhere"))
 register(SearchMethod("owl", _heuristic(owl_allocation), "heuristic", description="OWL outlier-weighted (Yin et al.)"))
@@ -232,7 +240,7 @@ register(SearchMethod("flap", _heuristic(flap_allocation), "heuristic", modes=("
                       description="FLAP fluctuation, global ranking (An et al.)"))
 register(SearchMethod("dlp", _heuristic(dlp_allocation), "heuristic",
                       description="DLP median weight-activation score per block (Chen et al.)"))
-register(SearchMethod("atp", _baseline(atp_search), "search",
+register(SearchMethod("atp", _baseline(atp_search), "search", deterministic=True,
                       description="ATP sparsity rising with depth, common difference from a few trials (Huang et al.)"))
 register(SearchMethod("cmaes", _baseline(cmaes_search), "search", requires=("cma",),
                       description="CMA-ES from the uniform allocation (Hansen; pycma, needs ffprune[cma])"))
