@@ -17,7 +17,7 @@ import torch
 
 from ffenv.envs.features import UNIT_FEATURES
 from ffenv.errors import FFPruneError
-from ffenv.pruning.importance import collect_input_moments, collect_input_norms, wanda_scores
+from ffenv.pruning.importance import block_outlier_ratio, collect_input_moments, collect_input_norms, wanda_scores
 from ffenv.pruning.projector import keep_to_raw, project_budget
 from ffprune.baselines.allocators import (
     alphapruning_max_eps,
@@ -78,14 +78,26 @@ def uniform_allocation(env: gym.Env) -> np.ndarray:
     return _per_unit(env, uniform_sparsities(u.target_sparsity, u.n_blocks))
 
 
-def owl_allocation(env: gym.Env, **params: Any) -> np.ndarray:
-    """OWL from the observation's per-block outlier ratios (``params``: :func:`owl_sparsities`' ``m``, ``lam``)."""
+OWL_M = 5.0
+"""OWL's outlier threshold ``M`` (a Wanda score above ``M`` × its block's mean is an outlier): the authors' default
+for LLaMA, and the one the observation's ``outlier_ratio`` feature uses."""
+
+
+def owl_allocation(env: gym.Env, lam: float = 0.08, m: float = OWL_M) -> np.ndarray:
+    """OWL from per-block outlier ratios with threshold ``m`` (the observation's at the default, else computed from
+    the env's calibration statistics) and :func:`owl_sparsities`' ``lam``. Both defaults are the authors', chosen
+    on 7 B-class LLaMA models (they searched ``λ ∈ {0.02, 0.05, 0.08, 0.1, 0.2}``, ``M ∈ {3, 5, 7, 10}``)."""
     u = env.unwrapped
-    obs, _ = env.reset()
-    ratio = obs[1:].reshape(u.n_units, len(UNIT_FEATURES))[:, UNIT_FEATURES.index("outlier_ratio")]
-    blocks = np.array([unit.block for unit in u.units])
-    per_block = np.array([ratio[blocks == b][0] for b in range(u.n_blocks)])
-    return _per_unit(env, owl_sparsities(per_block, u.target_sparsity, _block_sizes(env), **params))
+    if not (isinstance(m, (int, float)) and np.isfinite(m) and m > 0):
+        raise FFPruneError(f"m must be a finite number > 0 (OWL's outlier threshold), got {m!r}")
+    if m == OWL_M:
+        obs, _ = env.reset()
+        ratio = obs[1:].reshape(u.n_units, len(UNIT_FEATURES))[:, UNIT_FEATURES.index("outlier_ratio")]
+        blocks = np.array([unit.block for unit in u.units])
+        per_block = np.array([ratio[blocks == b][0] for b in range(u.n_blocks)])
+    else:
+        per_block = np.array([block_outlier_ratio(b, u.input_norms, float(m)) for b in u.blocks])
+    return _per_unit(env, owl_sparsities(per_block, u.target_sparsity, _block_sizes(env), lam=lam))
 
 
 def alphapruning_allocation(env: gym.Env, eps: float = 0.3, fit_eps: bool = True) -> tuple[np.ndarray, dict[str, Any]]:

@@ -166,6 +166,31 @@ def test_allocations_go_through_the_env_unchanged(method):
         assert s.std() > 0
 
 
+def test_owl_threshold_m_recomputes_the_outlier_ratios_from_the_env_statistics():
+    """OWL's ``M`` at its default reads the observation's outlier ratios; another ``M`` computes them from the env's
+    calibration norms (the same numbers at ``M`` = 5, up to the observation's float32); a bad ``M`` is one line."""
+    import gymnasium as gym
+
+    from ffenv.errors import FFPruneError
+    from ffenv.pruning.importance import block_outlier_ratio
+    from ffprune.baselines import heuristics
+
+    env = gym.make("FFPrune-Llama-Unstructured-v0", reward_windows=2, calib_samples=8)
+    env.reset(seed=0)
+    u = env.unwrapped
+    default = heuristics.owl_allocation(env)
+    ratios = np.array([block_outlier_ratio(b, u.input_norms, heuristics.OWL_M) for b in u.blocks])
+    expected = heuristics._per_unit(env, owl_sparsities(ratios, u.target_sparsity, heuristics._block_sizes(env)))
+    np.testing.assert_allclose(default, expected, atol=1e-6)
+    m3 = heuristics.owl_allocation(env, m=3.0)
+    assert m3 @ u.sizes / u.sizes.sum() == pytest.approx(u.target_sparsity) and not np.allclose(m3, default)
+    wide = heuristics.owl_allocation(env, lam=0.2)
+    assert np.ptp(wide) > np.ptp(default)  # λ widens the spread
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(FFPruneError, match="^m must be"):
+            heuristics.owl_allocation(env, m=bad)
+
+
 def test_allocation_outside_the_keep_bounds_is_clipped_and_rebalanced():
     import gymnasium as gym
 

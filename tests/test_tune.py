@@ -71,6 +71,26 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
         assert not any(f"{v:.2f}" in text or repr(v) in text for v in held_out)
 
 
+def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_the_selection(tmp_path, capsys):
+    """A heuristic is deterministic: one seed; a setting its own range check refuses at the task's target (OWL's λ
+    far too wide for 50 %) is listed as infeasible, not a failure, and the selection among the others is final."""
+    variants = {REFERENCE: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
+    out = tmp_path / "owl"
+    analysis = run_tune(out, "owl", variants, tasks=[TASK], seeds=[10, 11], env_kwargs=ENV_KW, progress=False)
+    assert analysis["seeds"] == [10] and not (out / REFERENCE / TASK / "cells" / "owl" / "seed11.json").exists()
+    assert [f["variant"] for f in analysis["infeasible"]] == ["wide"] and "lam" in analysis["infeasible"][0]["message"]
+    assert analysis["failures"] == [] and analysis["missing"] == []
+    assert analysis["selected"] in (REFERENCE, "lam0.02-m3")
+    assert "out of the selection" in (out / "tune.md").read_text()
+    if analysis["selected"] != REFERENCE:
+        assert selected_settings(out).settings == {"lam": 0.02, "m": 3.0}
+    with pytest.raises(FFPruneError, match=r"\['gamma'\] are not owl settings"):
+        run_tune(tmp_path / "bad", "owl", {REFERENCE: {}, "g": {"gamma": 1}}, tasks=[TASK], seeds=[10], progress=False)
+    with pytest.raises(FFPruneError, match="tasks must be real suite tasks"):
+        run_tune(tmp_path / "bad", "owl", {REFERENCE: {}}, tasks=[TASK], seeds=[10], suite="real", progress=False)
+    assert GRIDS["owl"]["lam0.05-m7"] == {"lam": 0.05, "m": 7.0} and len(GRIDS["owl"]) == 20
+
+
 @pytest.mark.slow
 def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
     out, _variants, _ = tiny  # the default cell is finished: only full32's runs
@@ -146,7 +166,7 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
 
 def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
     _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7], "hi": [0.6, 0.7, 0.6, 0.9]})
-    assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3}, [10, 11], 100)
+    assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3}, [10, 11], 100, "core")
     _fake_tune(tmp_path / "t", {"other": [0.6] * 4, REFERENCE: [0.6] * 4})
     with pytest.raises(FFPruneError, match="selected 'default' .*nothing new to run"):
         selected_settings(tmp_path / "t")

@@ -100,10 +100,11 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     return 0
 
 
-def tuned_variants(folders: list[str], budget: int) -> dict[str, Any]:
+def tuned_variants(folders: list[str], budget: int, suite: str = "core") -> dict[str, Any]:
     """``--tuned DIR ...``: label ``<method>-tuned`` → the :class:`~ffprune.agents.experiments.suite.SuiteVariant` of the
     variant each tune folder selected (:func:`~ffprune.agents.experiments.tune.selected_settings`); two tunes of one
-    method, or a tune compared at another budget than the suite's ``budget``, are a one-line error. The command
+    method, a tune compared at another budget than the suite's ``budget`` or on another suite's tasks are a one-line
+    error. The command
     composes the two: the suite does not know about tunes."""
     from ffenv.errors import FFPruneError
     from ffprune.agents.experiments.suite import SuiteVariant
@@ -116,6 +117,9 @@ def tuned_variants(folders: list[str], budget: int) -> dict[str, Any]:
         label = f"{tune.method}-tuned"
         if label in variants:
             raise FFPruneError(f"--tuned {sources[label]} and --tuned {folder} are both tunes of {tune.method}: give one")
+        if tune.suite != suite:
+            raise FFPruneError(f"--tuned {folder}: its variants were compared on suite {tune.suite!r}'s tasks, this is "
+                               f"suite {suite!r}: tune on its tasks (`ffprune tune --suite {suite} --method {tune.method}`)")
         if tune.budget != budget:
             raise FFPruneError(f"--tuned {folder}: its variants were compared at budget {tune.budget}, the suite runs at "
                                f"{budget}: tune at the suite's budget (`ffprune tune --budget {budget}`)")
@@ -135,7 +139,7 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
     spec = get_suite(args.suite)  # an unknown name: one line listing the suites
     suite = spec.name
     budget = spec.budget if args.budget is None else args.budget
-    variants = check_variants(tuned_variants(args.tuned, budget)) if args.tuned else {}
+    variants = check_variants(tuned_variants(args.tuned, budget, suite)) if args.tuned else {}
     surrogate = bool(env_kwargs(args).get("surrogate"))  # --surrogate or --env-kwarg surrogate=true
     if args.docs and surrogate:
         raise FFPruneError("--docs writes the real suite's generated sections; a suite run on the surrogate keeps its "

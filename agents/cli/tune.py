@@ -1,9 +1,11 @@
-"""``ffprune tune``: a grid of settings of one method (FastForward's, SB3 PPO's) tuned on the reward split only.
+"""``ffprune tune``: a grid of settings of one method (FastForward's, SB3 PPO's, a heuristic's) tuned on the reward
+split only.
 
-Each (variant, task, seed) cell is a resumable search at the core suite's budget on seeds that are not the suite's
-(10, 11, 12 by default; 0-2 are refused); the variant with the highest mean best reward (reward split) is selected,
-ties going to default. No held-out number is read or shown. The report goes to docs/results/tune-<method> unless
---out says otherwise (``<method>`` in --out is replaced by the method's name).
+Each (variant, task, seed) cell is a resumable search at the suite's budget (``--suite``, default core) on seeds that
+are not the suite's (10, 11, 12 by default; 0-2 are refused; a heuristic runs the first only); the variant with the
+highest mean best reward (reward split) is selected, ties going to default. No held-out number is read or shown. The
+report goes to docs/results/tune-<method> (tune-<method>-<suite> for another suite) unless --out says otherwise
+(``<method>`` in --out is replaced by the method's name).
 """
 
 from __future__ import annotations
@@ -14,24 +16,27 @@ from pathlib import Path
 from ffprune.agents.cli.common import add_env_arguments, add_study_arguments, env_kwargs, interrupted, parse_names
 
 NAME = "tune"
-DEFAULTS = {"tasks": "llama-s0.5,mistral-s0.5,opt-s0.5", "seeds": "10,11,12", "budget": 100}
+DEFAULTS = {"tasks": "llama-s0.5,mistral-s0.5,opt-s0.5", "seeds": "10,11,12"}
 """The defaults of :mod:`ffprune.agents.experiments.tune` (written out here so that ``--help`` imports nothing heavy)."""
 HELP = "tune a method's settings (a grid of variants) on the reward split, on seeds the suite does not use"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``ffprune tune``."""
-    p.add_argument("--method", default="fastforward", help="the method to tune (built-in grids: fastforward, ppo; any "
-                   "other method needs --variant)")
+    p.add_argument("--method", default="fastforward", help="the method to tune (built-in grids: fastforward, ppo, owl, "
+                   "alphapruning, dlp; any other method needs --variant)")
+    p.add_argument("--suite", default="core", help="the suite whose tasks the variants are compared on (default core; "
+                   "`ffprune bench --suite NAME --tuned DIR` runs the selection on the same suite)")
     p.add_argument("--variants", help="comma-separated names from the method's built-in grid (default: all of it; "
                    "default, the method's own settings, is always run)")
     p.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a custom variant (repeatable), e.g. 'wide:hidden=[512,512],learning_rate=3e-4'")
-    p.add_argument("--tasks", default=DEFAULTS["tasks"], help="comma-separated core-suite tasks")
+    p.add_argument("--tasks", help=f"comma-separated tasks of the suite (default: {DEFAULTS['tasks']} on core, every "
+                   "task of another suite)")
     p.add_argument("--seeds", default=DEFAULTS["seeds"], help="comma-separated seeds (not 0-2: the suite's held-out "
                    "protocol uses them)")
-    p.add_argument("--budget", type=int, default=DEFAULTS["budget"], help="evaluations per search (the core suite's; "
-                   "another budget tunes for another protocol)")
+    p.add_argument("--budget", type=int, help="evaluations per search (default: the suite's; another budget tunes for "
+                   "another protocol)")
     add_env_arguments(p)
     add_study_arguments(p, "docs/results/tune-<method>", None)
 
@@ -48,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     names = parse_names(args.variants, "--variants") if args.variants is not None else None
     variants = tune_variants(args.method, names, [parse_variant(v) for v in args.variant or []])
     out = args.out.replace("<method>", args.method.lower())
-    kwargs = {"method": args.method, "variants": variants, "tasks": parse_names(args.tasks, "--tasks"), "seeds": seeds}
+    if args.suite != "core" and args.out == "docs/results/tune-<method>":
+        out += f"-{args.suite}"
+    tasks = parse_names(args.tasks, "--tasks") if args.tasks is not None else None
+    kwargs = {"method": args.method, "variants": variants, "tasks": tasks, "seeds": seeds, "suite": args.suite}
     if args.report_only:
         analysis = report_tune(out, **kwargs)
     else:

@@ -47,7 +47,7 @@ from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.fastforward import FastForwardConfig
-from ffprune.agents.methods.registry import get_method
+from ffprune.agents.methods.registry import get_method, method_settings
 from ffprune.agents.methods.sb3 import NOISE_SETTING, algorithm_class
 from ffprune.agents.results import read_result, refuse_surrogate_settings
 
@@ -62,13 +62,22 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {REFERENCE: {}, "n_steps8": {"n_steps": 8, "batch_size": 8}, "clip0.3": {"clip_range": 0.3},
             "ent0": {"ent_coef": 0.0}, "lr1e-3": {"learning_rate": 1e-3}, "epochs4": {"n_epochs": 4},
             "full32": {"curriculum.fidelity_schedule": "none"}},
+    # the heuristics' settings chosen on 7 B-class LLaMA models, over the ranges their authors searched or published
+    "owl": {REFERENCE: {}, **{f"lam{lam:g}-m{m:g}": {"lam": lam, "m": m} for lam in (0.02, 0.05, 0.08, 0.1, 0.2)
+                              for m in (3.0, 5.0, 7.0, 10.0) if (lam, m) != (0.08, 5.0)}},
+    "alphapruning": {REFERENCE: {}, **{f"eps{eps:g}": {"eps": eps} for eps in (0.1, 0.2, 0.4, 0.5, 0.6)}},
+    "dlp": {REFERENCE: {}, **{f"alpha{a:g}": {"alpha": a} for a in (0.05, 0.1, 0.2, 0.25)}},
 }
 """The built-in grids: method → variant name → settings (``default`` first: the method's own settings). A setting is
 the agent's keyword, or ``curriculum.<setting>`` for the curriculum's (:data:`CURRICULUM_PREFIX`; ``full32``: every
-episode on all 32 reward windows, the sparsity ramp kept)."""
+episode on all 32 reward windows, the sparsity ramp kept). The heuristics' grids are their authors' ranges: OWL's
+``λ ∈ {0.02, 0.05, 0.08, 0.1, 0.2}`` × ``M ∈ {3, 5, 7, 10}`` (defaults 0.08 and 5, chosen on LLaMA-7B), AlphaPruning's
+``ε`` (default 0.3; the authors choose it per model, larger ones are cut to what fits the target), DLP's ``α``
+(default 0.15)."""
 CURRICULUM_PREFIX = "curriculum."
 """A variant's settings with this prefix go to the curriculum (``curriculum_kwargs`` of the search), not the agent."""
 DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
+"""The ``core`` suite's tasks a tune runs on by default (another suite's: all its tasks)."""
 DEFAULT_SEEDS = (10, 11, 12)
 BOOTSTRAP_REPS = 2000
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -164,6 +173,12 @@ def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = ""
         except (FFPruneError, TypeError, ValueError) as err:  # a range, or a value of the wrong type ("x" > 0)
             raise FFPruneError(f"{where}{err}") from None
         return
+    heuristic_settings = method_settings(method)
+    if heuristic_settings is not None:
+        unknown = sorted(set(kwargs) - set(heuristic_settings))
+        if unknown:
+            raise FFPruneError(f"{where}{unknown} are not {method} settings; settings: {list(heuristic_settings)}")
+        return
     try:
         cls = algorithm_class(method)
     except FFPruneError:
@@ -194,12 +209,24 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return checked
 
 
-def _task_ids(method: str, tasks: Sequence[str]) -> dict[str, str]:
-    """Task name → env id for ``core`` suite tasks the method can search (one-line error otherwise)."""
-    by_name = {t.name: t.env_id for t in get_suite("core").tasks}
+def default_tasks(suite: str = "core") -> tuple[str, ...]:
+    """The tasks a tune runs on by default: :data:`DEFAULT_TASKS` on ``core``, every task of another suite."""
+    return DEFAULT_TASKS if suite == "core" else tuple(t.name for t in get_suite(suite).tasks)
+
+
+def tune_seeds(method: str, seeds: Sequence[int]) -> list[int]:
+    """The seeds a tune runs: ``seeds`` checked (:func:`check_seeds`), only the first for a deterministic method (a
+    heuristic gives the same allocation for every seed)."""
+    seeds = check_seeds(seeds)
+    return seeds if get_method(method).seeded else seeds[:1]
+
+
+def _task_ids(method: str, tasks: Sequence[str], suite: str = "core") -> dict[str, str]:
+    """Task name → env id for tasks of ``suite`` the method can search (one-line error otherwise)."""
+    by_name = {t.name: t.env_id for t in get_suite(suite).tasks}
     unknown = [t for t in tasks if t not in by_name]
     if unknown or not tasks:
-        raise FFPruneError(f"tasks must be core suite tasks {list(by_name)}, got {list(tasks)}")
+        raise FFPruneError(f"tasks must be {suite} suite tasks {list(by_name)}, got {list(tasks)}")
     for name in tasks:
         if not method_fits(by_name[name], method):
             raise FFPruneError(f"method {get_method(method).name!r} cannot search task {name!r} ({by_name[name]})")
@@ -218,14 +245,19 @@ def _check_record(path: Path, record: dict[str, Any], what: str) -> None:
     atomic_write_json(path, record)
 
 
+def _config(method: str, budget: int, env_kwargs: dict[str, Any] | None, suite: str) -> dict[str, Any]:
+    """A tune folder's ``config.json`` (``suite`` recorded when it is not ``core``: older folders stay readable)."""
+    return {"method": method, "budget": budget, "env_kwargs": env_kwargs or {}, **({"suite": suite} if suite != "core" else {})}
+
+
 def tune_jobs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
               seeds: Sequence[int], budget: int, env_kwargs: dict[str, Any] | None = None,
-              progress: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+              progress: bool = True, suite: str = "core") -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """The (variant, task, seed) cells as :func:`~ffprune.agents.experiments.bench.run_cell` keyword arguments, and
     each one's (variant, task); the folder's records are checked and written first."""
     out = Path(out)
-    ids = _task_ids(method, tasks)
-    _check_record(out / "config.json", {"method": method, "budget": budget, "env_kwargs": env_kwargs or {}}, "tune")
+    ids = _task_ids(method, tasks, suite)
+    _check_record(out / "config.json", _config(method, budget, env_kwargs, suite), "tune")
     jobs, owners = [], []
     for variant, kwargs in variants.items():
         _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
@@ -240,33 +272,35 @@ def tune_jobs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, 
 
 
 def run_tune(out: str | Path | None = None, method: str = "fastforward",
-             variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] = DEFAULT_TASKS,
+             variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
              seeds: Sequence[int] = DEFAULT_SEEDS, budget: int | None = None, env_kwargs: dict[str, Any] | None = None,
-             workers: int = 0, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
+             workers: int = 0, ray_address: str | None = None, progress: bool = True, suite: str = "core") -> dict[str, Any]:
     """Run (or resume) every (variant, task, seed) cell, then write the report (module docstring); returns its analysis.
 
-    ``out`` defaults to ``docs/results/tune-<method>``, ``variants`` to the method's whole grid
-    (:func:`tune_variants`), ``budget`` to the ``core`` suite's;
+    ``out`` defaults to ``docs/results/tune-<method>`` (``tune-<method>-<suite>`` for another suite than ``core``),
+    ``variants`` to the method's whole grid (:func:`tune_variants`), ``tasks`` to :func:`default_tasks` of ``suite``,
+    ``budget`` to the suite's; a deterministic method (a heuristic) runs the first seed only (:func:`tune_seeds`);
     ``env_kwargs`` override every task's env (tests use small windows; the suite runs without any). Bad input — an
     unknown method or task, a setting the method does not have, a seed in 0–2 — is a one-line :class:`FFPruneError`
     before any search.
     """
     method = get_method(method).name
     refuse_surrogate_settings(env_kwargs, "ffprune tune")
-    out = Path(f"docs/results/tune-{method}" if out is None else out)
+    out = default_out(method, suite) if out is None else Path(out)
+    tasks = default_tasks(suite) if tasks is None else tasks
     variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
     if REFERENCE not in variants:
         raise FFPruneError(f"variants must include {REFERENCE!r} (the method's own settings: the reference)")
     for name, kwargs in variants.items():
         check_agent_kwargs(method, kwargs, name)
-    seeds = check_seeds(seeds)
-    budget = positive_int("budget", get_suite("core").budget if budget is None else budget)
-    jobs, owners = tune_jobs(out, method, variants, tasks, seeds, budget, env_kwargs, progress)
+    seeds = tune_seeds(method, seeds)
+    budget = positive_int("budget", get_suite(suite).budget if budget is None else budget)
+    jobs, owners = tune_jobs(out, method, variants, tasks, seeds, budget, env_kwargs, progress, suite)
     done = run_jobs(jobs, workers, ray_address, keep_going=True)
     failures = [{"variant": variant, "task": task, **d.as_dict()} for (variant, task), d in zip(owners, done)
                 if isinstance(d, CellFailure)]
     atomic_write_json(out / "failures.json", [{k: v for k, v in f.items() if k != "traceback"} for f in failures])
-    return report_tune(out, method, variants, tasks, seeds)
+    return report_tune(out, method, variants, tasks, seeds, suite)
 
 
 # ---------------------------------------------------------------------------- the report (reward split only)
@@ -296,20 +330,29 @@ def _difference(rows: dict[tuple[str, int], float], reference: dict[tuple[str, i
     return diff
 
 
+def default_out(method: str, suite: str = "core") -> Path:
+    """Where a tune's report goes by default: ``docs/results/tune-<method>`` (``-<suite>`` appended for another suite)."""
+    return Path(f"docs/results/tune-{method}" + ("" if suite == "core" else f"-{suite}"))
+
+
 def report_tune(out: str | Path | None = None, method: str = "fastforward",
-                variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] = DEFAULT_TASKS,
-                seeds: Sequence[int] = DEFAULT_SEEDS) -> dict[str, Any]:
+                variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
+                seeds: Sequence[int] = DEFAULT_SEEDS, suite: str = "core") -> dict[str, Any]:
     """The analysis of the cells already on disk (no search, no evaluation): ``tune.md`` and ``tune.json`` in ``out``,
     from each cell's ``best.reward`` alone (module docstring); returns it. The same arguments as :func:`run_tune`'s
     give the same files, byte for byte."""
     method = get_method(method).name
-    out = Path(f"docs/results/tune-{method}" if out is None else out)
+    out = default_out(method, suite) if out is None else Path(out)
+    tasks = default_tasks(suite) if tasks is None else tasks
     variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
-    seeds = check_seeds(seeds)
-    _task_ids(method, tasks)
+    seeds = tune_seeds(method, seeds)
+    _task_ids(method, tasks, suite)
     config = read_json(out / "config.json", "tune config (run ffprune tune without --report-only first)")
     if config.get("method") != method:
         raise FFPruneError(f"{str(out)!r} holds a tune of {config.get('method')!r}, not {method!r}; use its --out")
+    if config.get("suite", "core") != suite:
+        raise FFPruneError(f"{str(out)!r} holds a tune on suite {config.get('suite', 'core')!r}, not {suite!r}; pass "
+                           f"--suite {config.get('suite', 'core')}")
     rows, missing = [], []
     for variant, kwargs in variants.items():
         record = out / variant / "variant.json"
@@ -328,8 +371,16 @@ def report_tune(out: str | Path | None = None, method: str = "fastforward",
     failed = read_json(failures_file, "failures") if failures_file.exists() else []
     open_cells = {(m["variant"], m["task"], m["seed"]) for m in missing}
     failures = [f for f in failed if (f["variant"], f["task"], f["seed"]) in open_cells]
+    # a deterministic method refusing its own settings at a task's target (OWL's λ too wide for 20 %) fails the same
+    # way every time: that variant cannot allocate there, it is out of the selection, and the selection is final
+    infeasible = [f for f in failures if f.get("error") == "FFPruneError" and not get_method(method).seeded]
+    out_of_reach = {(f["variant"], f["task"], f["seed"]) for f in infeasible}
+    missing = [m for m in missing if (m["variant"], m["task"], m["seed"]) not in out_of_reach]
+    failures = [f for f in failures if (f["variant"], f["task"], f["seed"]) not in out_of_reach]
     analysis = _analyse(method, config, variants, tasks, seeds, rows)
     analysis.update(missing=missing, failures=failures)
+    if infeasible:
+        analysis["infeasible"] = [{k: f[k] for k in ("variant", "task", "seed", "message")} for f in infeasible]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "tune.json", analysis)
     atomic_write_text(out / "tune.md", tune_markdown(analysis))
@@ -351,7 +402,8 @@ def _analyse(method: str, config: dict[str, Any], variants: Mapping[str, Mapping
                         "late_reward_mean": _mean(late[variant]),
                         "difference": None if variant == REFERENCE else
                         _difference(mine, rewards[REFERENCE], tasks, seeds)})
-    return {"method": method, "budget": config["budget"], "env_kwargs": config["env_kwargs"], "tasks": list(tasks),
+    return {"method": method, **({"suite": config["suite"]} if "suite" in config else {}), "budget": config["budget"],
+            "env_kwargs": config["env_kwargs"], "tasks": list(tasks),
             "seeds": list(seeds), "reference": REFERENCE, "selection": "highest mean best reward (reward split); ties "
             f"go to {REFERENCE}; only variants with every cell finished", "rows": rows, "summary": summary,
             "selected": select(summary)}
@@ -381,6 +433,8 @@ class TuneSelection(NamedTuple):
     """The tune's seeds (never the suite's)."""
     budget: int
     """Evaluations per search the variants were compared at."""
+    suite: str = "core"
+    """The suite whose tasks the variants were compared on."""
 
 
 def selected_settings(out: str | Path) -> TuneSelection:
@@ -416,7 +470,7 @@ def selected_settings(out: str | Path) -> TuneSelection:
     if selected not in settings or not isinstance(settings[selected], dict):
         raise FFPruneError(f"{str(path)!r} selects {selected!r} but has no settings for it: not a tune report")
     check_agent_kwargs(method, settings[selected], selected)
-    return TuneSelection(method, selected, dict(settings[selected]), seeds, budget)
+    return TuneSelection(method, selected, dict(settings[selected]), seeds, budget, str(analysis.get("suite", "core")))
 
 
 def _settings(kwargs: Mapping[str, Any]) -> str:
@@ -432,8 +486,8 @@ def tune_markdown(analysis: dict[str, Any]) -> str:
     tasks, seeds = analysis["tasks"], analysis["seeds"]
     pairs = len(tasks) * len(seeds)
     lines = [f"### Tuning {analysis['method']} on the reward split", "",
-             f"Budget {analysis['budget']} evaluations per search; seeds {', '.join(map(str, seeds))} (not the core suite's "
-             f"0–2, which belong to the held-out protocol); tasks {', '.join(tasks)}"
+             f"Budget {analysis['budget']} evaluations per search; seeds {', '.join(map(str, seeds))} (not the "
+             f"{analysis.get('suite', 'core')} suite's 0–2, which belong to the held-out protocol); tasks {', '.join(tasks)}"
              + (f"; env settings {_settings(analysis['env_kwargs'])}" if analysis["env_kwargs"] else "") + ". Every number is a "
              "best reward on the reward split (what the search itself saw, higher is better), mean over seeds; no "
              "held-out number is read. Δ = mean ± std of the paired (task, seed) differences from "
@@ -456,6 +510,9 @@ def tune_markdown(analysis: dict[str, Any]) -> str:
               f"Selected: none yet ({analysis['reference']} has unfinished cells; run the command again)."]
     if analysis["missing"]:
         lines += ["", f"Unfinished cells: {len(analysis['missing'])} (run the command again to finish them)."]
+    if analysis.get("infeasible"):
+        lines += ["", "Settings the method itself refuses at a task's target (deterministic: out of the selection):", ""]
+        lines += [f"- {f['variant']} {f['task']}: {f['message']}" for f in analysis["infeasible"]]
     if analysis["failures"]:
         lines += ["", "Failed cells (retried by running the command again):", ""]
         lines += [f"- {f['variant']} {f['task']} seed {f['seed']}: {f['error']}: {f['message']}"

@@ -21,6 +21,7 @@ found by :func:`get_method` too.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,7 +218,14 @@ def _heuristic(allocate: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     def run_heuristic(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
         return {"agent_stats": heuristic(env, allocate, seed, **params)}
 
+    run_heuristic.settings = tuple(inspect.signature(allocate).parameters)[1:]  # type: ignore[attr-defined]
     return run_heuristic
+
+
+def method_settings(method: str) -> tuple[str, ...] | None:
+    """The settings a heuristic takes (its allocation's keywords: OWL's ``lam`` and ``m``...); ``None`` for a method
+    that checks its own."""
+    return getattr(get_method(method).run, "settings", None)
 
 
 # ---------------------------------------------------------------------------- the benchmark's methods

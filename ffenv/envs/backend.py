@@ -53,6 +53,9 @@ class Backend:
     setup_seconds: float
     fingerprint: str | None = None
     """The weights' identity (:func:`~ffenv.lm.models.weights_fingerprint`): keys the statistics cached on disk."""
+    input_norms: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    """Per (block index, linear name): the L2 norm of each input feature over the calibration tokens (importance's and
+    the features' statistics)."""
     dense_ppl_cache: dict[tuple[str, int], float] = field(default_factory=dict)
     eval_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -182,6 +185,6 @@ def get_backend(cfg: EnvConfig) -> Backend:
         raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "
                            f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_windows <= {len(reward)}")
     backend = Backend(net, tok, blocks, pruner, features, reward[: cfg.reward_windows], calib, cfg.corpus, cfg.seq_len,
-                      time.perf_counter() - t0, fingerprint)
+                      time.perf_counter() - t0, fingerprint, norms)
     _BACKENDS[cfg.backend_key] = backend
     return backend

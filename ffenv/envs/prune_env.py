@@ -175,6 +175,12 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         return self.backend.calib_tokens
 
     @property
+    def input_norms(self) -> dict[tuple[int, str], torch.Tensor]:
+        """Per (block index, linear name) the L2 norm of each input feature over :attr:`calibration_tokens`: the
+        statistics importance and the features were computed from. Do not modify them."""
+        return self.backend.input_norms
+
+    @property
     def reward_tokens(self) -> torch.Tensor:
         """All ``[reward_windows, seq_len]`` reward windows; an episode uses the first :attr:`reward_windows`."""
         return self.backend.reward_tokens
