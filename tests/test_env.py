@@ -287,3 +287,28 @@ def test_population_evaluator_comes_from_the_layer_above():
     env.score_many(np.zeros((3, env.n_units), np.float32))
     env.close()
     assert calls == [3, "closed"] and env.cost["evaluations"] == 3
+
+
+def test_unstructured_ranks_and_features_are_read_back_from_the_disk_cache(monkeypatch):
+    """The per-row ranks and unit features are computed once per weights × calibration tokens and read back by a
+    later process (here: after clear_cache) equal; ranks of another shape are a one-line error."""
+    from ffenv.pruning.engines import UnstructuredPruner, unstructured_ranks
+
+    kwargs = {**FAST, "mode": "unstructured", "target_sparsity": 0.7}
+    ffenv.clear_cache()
+    first = FFPruneEnv(EnvConfig(**kwargs))  # computes them, or reads them if an earlier run did
+    ranks = [rank.clone() for entries in first.pruner._linears for _lin, rank, _dense in entries]
+    features = first.features.copy()
+    ffenv.clear_cache()
+    monkeypatch.setattr("ffenv.envs.backend.unstructured_ranks",
+                        lambda *a, **k: pytest.fail("ranks were computed again instead of read from the cache"))
+    again = FFPruneEnv(EnvConfig(**kwargs))
+    for rank, (_lin, cached, _dense) in zip(ranks, (e for entries in again.pruner._linears for e in entries)):
+        assert torch.equal(rank, cached)
+    np.testing.assert_array_equal(features, again.features)
+    computed = unstructured_ranks(again.blocks, again.input_norms)
+    assert all(torch.equal(computed[k].flatten(), r.flatten()) for k, r in zip(computed, ranks))
+    wrong = {k: v[:, :-1] for k, v in computed.items()}
+    with pytest.raises(FFPruneError, match="not this model's ranks"):
+        UnstructuredPruner(again.blocks, again.input_norms, ranks=wrong)
+    ffenv.clear_cache()

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from ffenv.config import EnvConfig
-from ffenv.envs.features import unit_features
+from ffenv.envs.features import UNIT_FEATURES, unit_features
 from ffenv.errors import FFPruneError
 from ffenv.lm.data import calibration_windows, disk_cached, evaluation_windows
 from ffenv.lm.models import Block, context_length, decoder_blocks, load_model_cached, weights_fingerprint
 from ffenv.lm.perplexity import perplexity
 from ffenv.pruning.calib import ridge_compensation
-from ffenv.pruning.engines import Pruner, StructuredPruner, UnstructuredPruner
+from ffenv.pruning.engines import Pruner, StructuredPruner, UnstructuredPruner, unstructured_ranks
 from ffenv.pruning.importance import collect_input_norms
 from ffenv.surrogate.model import clear_surrogate_cache
 
@@ -177,9 +177,15 @@ def get_backend(cfg: EnvConfig) -> Backend:
                             "stats")
         _NORMS[norms_key] = (calib, {(int(k.split("/")[0]), k.split("/")[1]): v.to(device) for k, v in norms.items()})
     calib, norms = _NORMS[norms_key]
-    pruner: Pruner = (StructuredPruner(blocks, norms) if cfg.mode == "structured"
-                      else UnstructuredPruner(blocks, norms, cfg.criterion))
-    features = unit_features(pruner, blocks, norms)
+    if cfg.mode == "structured":
+        pruner: Pruner = StructuredPruner(blocks, norms)
+    else:  # the per-row ranks of 100 M weights: seconds to sort, a fraction of that to read back
+        ranks = disk_cached(stats_key("unstructured_ranks", fingerprint, net, calib, criterion=cfg.criterion),
+                            lambda: unstructured_ranks(blocks, norms, cfg.criterion), "stats")
+        pruner = UnstructuredPruner(blocks, norms, cfg.criterion, ranks)
+    features = disk_cached(stats_key("unit_features", fingerprint, net, calib, mode=cfg.mode, criterion=cfg.criterion,
+                                     features=list(UNIT_FEATURES)),
+                           lambda: torch.from_numpy(unit_features(pruner, blocks, norms)), "stats").numpy()
     reward = evaluation_windows(tok, cfg.corpus, "calib", seq_len=cfg.seq_len, max_positions=ctx)
     if cfg.reward_windows > len(reward):
         raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "

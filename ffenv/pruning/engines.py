@@ -290,10 +290,35 @@ class StructuredPruner:
         self._saved.clear()
 
 
+def unstructured_ranks(blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor],
+                       criterion: str = "wanda") -> dict[str, torch.Tensor]:
+    """Per linear (``"<block index>/<name>"``): each weight's rank within its row by the criterion's score, lowest
+    first (stable: ties in column order), as ``int16`` (``int32`` for rows of 2¹⁵ inputs or more). What
+    :class:`UnstructuredPruner` prunes by; a pure function of the weights and ``norms``, so it can be cached."""
+    if criterion not in ("wanda", "magnitude"):
+        raise FFPruneError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
+    ranks = {}
+    for b in blocks:
+        for name, lin in b.linears.items():
+            if criterion == "wanda":
+                score = wanda_scores(lin, norms[(b.index, name)])
+            else:
+                score = lin.weight.detach().float().abs()
+            order = torch.argsort(score, dim=1, stable=True)
+            rank_dtype = torch.int16 if lin.in_features < 2**15 else torch.int32
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(lin.in_features, device=order.device).expand_as(order))
+            ranks[f"{b.index}/{name}"] = rank.to(rank_dtype)
+    return ranks
+
+
 class UnstructuredPruner:
     """Per-block unstructured sparsity with precomputed per-row ranks (Wanda or magnitude)."""
 
-    def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor], criterion: str = "wanda") -> None:
+    def __init__(self, blocks: list[Block], norms: dict[tuple[int, str], torch.Tensor], criterion: str = "wanda",
+                 ranks: dict[str, torch.Tensor] | None = None) -> None:
+        """``ranks``: :func:`unstructured_ranks` of these blocks, norms and criterion when already computed (a disk
+        cache); computed here otherwise."""
         if criterion not in ("wanda", "magnitude"):
             raise FFPruneError(f"criterion must be 'wanda' or 'magnitude', got {criterion!r}")
         self.blocks = blocks
@@ -301,18 +326,15 @@ class UnstructuredPruner:
         self.units: list[Unit] = []
         self._linears: list[list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]] = []
         self._active = False
+        ranks = unstructured_ranks(blocks, norms, criterion) if ranks is None else ranks
         for b in blocks:
             entries = []
             for name, lin in b.linears.items():
-                if criterion == "wanda":
-                    score = wanda_scores(lin, norms[(b.index, name)])
-                else:
-                    score = lin.weight.detach().float().abs()
-                order = torch.argsort(score, dim=1, stable=True)
-                rank_dtype = torch.int16 if lin.in_features < 2**15 else torch.int32
-                rank = torch.empty_like(order)
-                rank.scatter_(1, order, torch.arange(lin.in_features, device=order.device).expand_as(order))
-                entries.append((lin, rank.to(rank_dtype), lin.weight.detach().clone()))
+                rank = ranks[f"{b.index}/{name}"].to(lin.weight.device)
+                if rank.shape != lin.weight.shape:
+                    raise FFPruneError(f"ranks of {b.index}/{name} have shape {tuple(rank.shape)}, the weight "
+                                       f"{tuple(lin.weight.shape)}: not this model's ranks")
+                entries.append((lin, rank, lin.weight.detach().clone()))
             self._linears.append(entries)
             n_weights = sum(lin.weight.numel() for lin, _, _ in entries)
             self.units.append(Unit(b.index, "block", n_weights, 1))
@@ -349,8 +371,8 @@ class UnstructuredPruner:
             for s, entries in zip(unit_sparsity, self._linears):
                 for lin, rank, _dense in entries:
                     k = self.row_prune_counts(float(s), lin)
-                    if k > 0:
-                        lin.weight.masked_fill_(rank < k, 0)
+                    if k > 0:  # times the keep mask: half masked_fill_'s time, the same numbers (w·1 = w, w·0 = ±0)
+                        lin.weight.mul_(rank >= k)
 
     def restore(self) -> None:
         """Copy the dense weights back (bit-identical)."""
