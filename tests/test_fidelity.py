@@ -15,7 +15,7 @@ from ffenv.lm.data import evaluation_windows
 from ffenv.lm.models import load_model
 from ffenv.lm.perplexity import nll_sum, perplexity, window_nll
 from ffprune.agents.cli import main
-from ffprune.agents.experiments.fidelity import run_fidelity
+from ffprune.agents.experiments.fidelity import full_split_picks, run_fidelity, run_full_split
 
 KW = {"seq_len": 64, "calib_samples": 4, "reward_windows": 4, "eval_samples": 4}
 SMALL = {"allocations": 12, "lengths": (32, 64), "windows": (2, 4), "max_tokens": 128}
@@ -53,6 +53,36 @@ def test_fidelity_study_ranks_candidates_and_resumes(tmp_path):
     assert again["candidates"] == summary["candidates"]
     with pytest.raises(FFPruneError, match="other settings"):
         run_fidelity("FFPrune-Llama-v0", out, progress=False, **{**SMALL, "allocations": 13}, **KW)
+
+
+def test_full_split_check_measures_spread_allocations_and_resumes(tmp_path, monkeypatch):
+    """The held-out subset vs the whole test split: allocations spread over the study's held-out range, each measured
+    on every test window (here the split is cut to 24 windows to keep the test short), resumable."""
+    from ffenv.envs.backend import Backend
+
+    out = tmp_path / "fid"
+    with pytest.raises(FFPruneError, match="run `ffprune fidelity` first"):
+        run_full_split(out, 5, progress=False)
+    run_fidelity("FFPrune-Llama-v0", out, progress=False, **SMALL, **KW)
+    rows = json.loads((out / "rows.json").read_text())["rows"]
+    picks = full_split_picks(rows, 5)
+    held = sorted(r["held_out_ppl"] for r in rows)
+    assert len(picks) == 5 and picks == sorted(set(picks)) and full_split_picks(rows, 50) == list(range(len(rows)))
+    assert {rows[i]["held_out_ppl"] for i in picks} >= {held[0], held[-1]}  # both ends of the range
+    original = Backend.split_tokens
+    monkeypatch.setattr(Backend, "split_tokens", lambda self, split, n: original(self, split, 24 if n is None else n))
+    summary = run_full_split(out, 5, progress=False)
+    assert summary["allocations"] == 5 and summary["windows"] == [24, 64] and -1 <= summary["rho"] <= 1
+    env = gym.make("FFPrune-Llama-v0", **KW)
+    u = env.unwrapped
+    first = summary["rows"][0]
+    expected = u.evaluate(rows[first["index"]]["action"], split="eval", n_windows=24)["ppl"]
+    assert first["full_ppl"] == pytest.approx(expected, rel=1e-5) and first["subset_ppl"] == rows[first["index"]]["held_out_ppl"]
+    assert "Spearman ρ (subset vs full)" in (out / "full_split.md").read_text()
+    monkeypatch.setattr(Backend, "split_tokens", lambda *a: pytest.fail("a finished check measured again"))
+    assert run_full_split(out, 5, progress=False)["rows"] == summary["rows"]
+    with pytest.raises(FFPruneError, match="other allocations"):
+        run_full_split(out, 6, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"allocations": 5}, "allocations must be >= 10"),

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", default="2,4,8,16", help="candidate numbers of reward windows")
     p.add_argument("--max-tokens", type=int, default=4096, help="the costliest candidate reward, in tokens (default 4096)")
     p.add_argument("--goal", type=float, default=0.9, help="the Spearman rho a reward must reach (default 0.9)")
+    p.add_argument("--full-split", type=int, metavar="N", help="after the study: the full test split's ppl of N of its "
+                   "allocations (spread over their held-out range) beside the held-out subset's (full_split.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -37,4 +39,9 @@ def run(args: argparse.Namespace) -> int:
     run_fidelity(args.env, args.out, allocations=args.allocations, seed=args.seed, lengths=lengths, windows=windows,
                  goal=args.goal, max_tokens=args.max_tokens, progress=not args.quiet)
     print((Path(args.out) / "fidelity.md").read_text())
+    if args.full_split is not None:
+        from ffprune.agents.experiments.fidelity import run_full_split
+
+        run_full_split(args.out, args.full_split, progress=not args.quiet)
+        print((Path(args.out) / "full_split.md").read_text())
     return 0

@@ -232,3 +232,95 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- the held-out subset vs the full split
+FULL_SPLIT_FILE = "full_split.json"
+
+
+def full_split_picks(rows: list[dict[str, Any]], count: int) -> list[int]:
+    """``count`` of a study's rows spread evenly over its range of held-out ppl (lowest, highest and between; each row
+    once): the allocations whose full-split ppl is measured."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["held_out_ppl"], i))
+    return sorted({order[int(round(j))] for j in np.linspace(0, len(order) - 1, min(count, len(order)))})
+
+
+def run_full_split(out: str | Path, count: int = 20, progress: bool = True) -> dict[str, Any]:
+    """How the task's fixed held-out subset (its ``eval_samples`` test windows, what every cell is scored on) tracks
+    the **whole** test split: for ``count`` allocations of the finished study in ``out`` (:func:`full_split_picks`),
+    the ppl over every ``seq_len``-token window of the split, beside the subset's. Resumable (``full_split.json`` is
+    rewritten atomically after each allocation); returns :func:`analyse_full_split`'s summary, also written to
+    ``full_split.md``."""
+    positive_int("count", count)
+    if count < 5:
+        raise FFPruneError(f"count must be >= 5 allocations for a rank correlation worth reading, got {count}")
+    out = Path(out)
+    study = read_json(out / "rows.json", "fidelity rows (run `ffprune fidelity` first)")
+    if len(study.get("rows", [])) < study["settings"]["allocations"]:
+        raise FFPruneError(f"{str(out / 'rows.json')!r} is an unfinished study ({len(study['rows'])} of "
+                           f"{study['settings']['allocations']} allocations): run `ffprune fidelity` to finish it first")
+    picks = full_split_picks(study["rows"], count)
+    path = out / FULL_SPLIT_FILE
+    saved = read_json(path, "full-split rows") if path.exists() else {}
+    if saved.get("picks") not in (None, picks):
+        raise FFPruneError(f"{str(path)!r} measured other allocations ({saved['picks']}); use another count or remove it")
+    rows: list[dict[str, Any]] = saved.get("rows", [])
+    if len(rows) < len(picks):
+        env = gym.make(study["settings"]["env_id"], **study["settings"]["env_kwargs"])
+        u = env.unwrapped
+        tokens = u.backend.split_tokens("eval", None)
+
+        def full_ppl() -> float:
+            nll = window_nll(u.model, tokens, batch_size=u.config.batch_size)
+            return math.exp(min(700.0, float(nll.sum()) / (tokens.shape[0] * (tokens.shape[1] - 1))))
+
+        if "dense_full_ppl" not in saved:
+            saved["dense_full_ppl"] = full_ppl()
+        bar = tqdm(total=len(picks), initial=len(rows), desc="full test split", disable=not progress)
+        for index in picks[len(rows):]:
+            row = study["rows"][index]
+            t0 = time.perf_counter()
+            with u.backend.pruned(u.allocation(np.asarray(row["action"], np.float32))):
+                ppl = full_ppl()
+            rows.append({"index": index, "kind": row["kind"], "subset_ppl": row["held_out_ppl"], "full_ppl": ppl,
+                         "seconds": time.perf_counter() - t0})
+            atomic_write_json(path, {"picks": picks, "windows": list(tokens.shape), "dense_full_ppl": saved["dense_full_ppl"],
+                                     "dense_subset_ppl": study["dense_held_out_ppl"], "rows": rows})
+            bar.update(1)
+        bar.close()
+        env.close()
+        saved = read_json(path, "full-split rows")
+    summary = analyse_full_split(saved, study["settings"]["env_id"])
+    atomic_write_text(out / "full_split.md", render_full_split(summary))
+    return summary
+
+
+def analyse_full_split(saved: dict[str, Any], env_id: str) -> dict[str, Any]:
+    """Spearman ρ of the subset's ppl vs the full split's over the measured allocations, and the ratio subset / full
+    (median, range) with the dense model's beside it."""
+    rows = saved["rows"]
+    subset = np.array([r["subset_ppl"] for r in rows])
+    full = np.array([r["full_ppl"] for r in rows])
+    ratio = subset / full
+    return {"env_id": env_id, "allocations": len(rows), "windows": saved["windows"],
+            "dense_subset_ppl": saved["dense_subset_ppl"], "dense_full_ppl": saved["dense_full_ppl"],
+            "rho": spearman(subset, full) if len(rows) >= 2 else None,
+            "ratio_median": float(np.median(ratio)), "ratio_range": [float(ratio.min()), float(ratio.max())],
+            "seconds_per_allocation": float(np.median([r["seconds"] for r in rows])), "rows": rows}
+
+
+def render_full_split(summary: dict[str, Any]) -> str:
+    """``full_split.md``: the subset vs the full test split."""
+    n, length = summary["windows"]
+    lines = [f"# The held-out subset vs the whole test split on {summary['env_id']}", "",
+             f"{summary['allocations']} allocations of the fidelity study, spread over its range of held-out ppl; the "
+             f"full split is all {n} windows of {length} tokens ({n * length:,} tokens). Dense: subset "
+             f"{summary['dense_subset_ppl']:.2f}, full {summary['dense_full_ppl']:.2f}.", "",
+             f"Spearman ρ (subset vs full) **{summary['rho']:.3f}**; subset / full ppl: median "
+             f"{summary['ratio_median']:.3f}, range [{summary['ratio_range'][0]:.3f}, {summary['ratio_range'][1]:.3f}]; "
+             f"median {summary['seconds_per_allocation']:.0f} s per allocation on the full split.", "",
+             "| allocation | kind | subset ppl | full-split ppl | ratio |", "|---|---|---|---|---|"]
+    for r in sorted(summary["rows"], key=lambda r: r["full_ppl"]):
+        lines.append(f"| {r['index']} | {r['kind']} | {r['subset_ppl']:.2f} | {r['full_ppl']:.2f} | "
+                     f"{r['subset_ppl'] / r['full_ppl']:.3f} |")
+    return "\n".join(lines) + "\n"
