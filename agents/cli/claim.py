@@ -14,7 +14,8 @@ HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``ffprune claim``."""
     p.add_argument("--tasks", default="llama-s0.5,mistral-s0.5,opt-s0.5",
-                   help="comma-separated structured core-suite tasks (default: the three 50 %% ones)")
+                   help="comma-separated structured suite tasks (default: the three 50 %% ones of core; a real task "
+                   "such as smollm2-s0.2 with --suite-out docs/results/real)")
     p.add_argument("--budgets", default="100,1000", help="comma-separated budgets of the multi-step searches")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (FastForward's suite cells use 0-2)")
     p.add_argument("--methods", default="amc-ddpg", help="comma-separated agents for the sequential envs (amc-ddpg, "

@@ -37,7 +37,7 @@ from ffenv.io import atomic_write, atomic_write_json, atomic_write_text
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
-from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised
+from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ REAL = {"real": True, "what": "ffprune claim"}
 
 def claim_jobs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
                progress: bool = True) -> list[dict[str, Any]]:
-    """The multi-step cells: every method on every task's sequential twin at every budget and seed."""
-    suite = get_suite("core")
-    by_name = {t.name: t for t in suite.tasks}
+    """The multi-step cells: every method on every task's sequential twin at every budget and seed; a task is any
+    suite's (``llama-s0.5`` of ``core``, ``smollm2-s0.2`` of ``real``: then ``suite_out`` is that suite's folder)."""
+    by_name = {t.name: t for suite in SUITES.values() for t in suite.tasks}
     unknown = [t for t in tasks if t not in by_name]
     if unknown:
-        raise FFPruneError(f"tasks {unknown} are not core suite tasks; known: {list(by_name)}")
+        raise FFPruneError(f"tasks {unknown} are not suite tasks; known: {list(by_name)}")
     jobs = []
     for name in tasks:
         twin = twin_env_id(by_name[name].env_id)
@@ -94,7 +94,8 @@ def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path =
     for task in tasks:
         reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0), **REAL)
         if reference is None:
-            raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
+            raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run its suite first (--suite-out: the suite's "
+                               "folder, docs/results/real for a real task)")
         uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
         ff = {s: c for s in range(seeds) if (c := read_result_if_any(cell_path(suite_out / task, SINGLE_STEP_AGENT, s), **REAL))}
         curves[task] = {SINGLE_STEP_AGENT: [c["history"] for c in ff.values()]}
