@@ -193,6 +193,51 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     assert set(analysis["aggregate"]["equal_tokens"]) == {"uniform", "fastforward", "random"}
 
 
+def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, monkeypatch):
+    """The headline allocations on the whole test split: each asked row's median-seed cell and the dense model, measured
+    once and cached; a report reads the cache, drops an entry whose cell changed, and shows the table."""
+    import torch
+
+    from ffprune.agents.experiments.reports import suite_markdown
+    from ffprune.agents.experiments.suite import full_split_scores
+
+    suite = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=3, seeds=3, description="test")
+    cells = {"llama-s0.3": {"uniform": [_cell(0, [0.0], 100, 20.0)],
+                            "random": [_cell(0, [0.5], 100, 12.0), _cell(1, [0.7], 100, 14.0), _cell(2, [0.6], 100, 13.0)]}}
+    measured = []
+
+    class Env:
+        class unwrapped:  # noqa: N801 - gymnasium's attribute
+            class backend:  # noqa: N801
+                @staticmethod
+                def split_tokens(split, n):
+                    return torch.zeros(5, 8, dtype=torch.long)
+
+        def close(self):
+            pass
+
+    def fake_ppl(env, action):
+        measured.append(None if action is None else float(action[0]))
+        return 10.0 if action is None else 20.0 + float(action[0])
+
+    monkeypatch.setattr("ffprune.agents.experiments.suite.result_env", lambda cell: Env())
+    monkeypatch.setattr("ffprune.agents.experiments.suite.whole_split_ppl", fake_ppl)
+    (tmp_path / "llama-s0.3").mkdir()
+    assert full_split_scores(suite, cells, tmp_path) == {}  # nothing asked, nothing cached
+    full = full_split_scores(suite, cells, tmp_path, ["random", "uniform"])
+    assert measured == [None, pytest.approx(0.6), 0.0]  # dense, then random's median seed (2: 13.0), then uniform
+    assert full["llama-s0.3"]["rows"]["random"] == {"seed": 2, "subset_ppl": 13.0, "full_ppl": pytest.approx(20.6)}
+    assert full["llama-s0.3"]["windows"] == [5, 8] and full["llama-s0.3"]["dense"] == 10.0
+    assert full_split_scores(suite, cells, tmp_path) == full and len(measured) == 3  # read back, nothing measured
+    cells["llama-s0.3"]["random"][2]["best"]["action"] = [0.65]  # that cell ran again: its entry is stale
+    assert set(full_split_scores(suite, cells, tmp_path)["llama-s0.3"]["rows"]) == {"uniform"}
+    analysis = analyse(suite, cells, 3, 3, reps=50)
+    analysis["full_split"] = full
+    assert "| llama-s0.3 | 5 × 8 | random (2) | 13.00 | 20.60 |" in suite_markdown(analysis)
+    with pytest.raises(FFPruneError, match="full_split rows must be"):
+        run_suite("core", tmp_path / "x", budget=3, seeds=1, methods=["random"], full_split=["randon"])
+
+
 @pytest.mark.slow
 def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     out = tmp_path / "core"

@@ -20,6 +20,7 @@ from ffprune.agents.cli.common import (
     add_env_arguments,
     add_surrogate_arguments,
     env_kwargs,
+    parse_names,
 )
 
 NAME = "bench"
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --suite: also run the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the "
                    "suite does not use) on the suite's tasks and seeds, as the row <method>-tuned; repeatable (one tune "
                    "per method)")
+    p.add_argument("--full-split", metavar="ROWS", help="with --suite: also the whole test split's ppl of these rows' "
+                   "median-seed allocations and the dense model's, per task (comma-separated; minutes each on a CPU; "
+                   "measured once, cached beside the cells)")
     p.add_argument("--report-only", action="store_true", help="with --suite: no search, no evaluation; rewrite the suite's "
                    "tables, figures and --docs sections from the finished cells in --out (after a change of the report)")
     p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
@@ -150,12 +154,16 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
         check_sections(args.docs, suite)  # before hours of search, not after
     out = args.out or f"docs/results/{suite}{'-surrogate' if surrogate else ''}"
     try:
+        if args.report_only and args.full_split:
+            raise FFPruneError("--full-split measures allocations: it does not go with --report-only (whose report shows "
+                               "what earlier runs measured)")
         if args.report_only:  # every row with cells in out, tuned ones too; --tuned adds its labels to --methods
             shown = None if methods is None else [*methods, *variants]
             analysis = report_suite(suite, out, args.budget, args.seeds, shown, surrogate=surrogate)
         else:
+            full = parse_names(args.full_split, "--full-split") if args.full_split else None
             analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args),
-                                 **({"variants": variants} if variants else {}))
+                                 **({"variants": variants} if variants else {}), full_split=full)
     except (KeyboardInterrupt, SearchInterrupted):
         return _interrupted(f"{out}/<task>/cells")
     report = Path(out) / "suite.md"

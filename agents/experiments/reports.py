@@ -326,6 +326,18 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
             a, c = agree.get(t), across.get(t)
             lines.append(f"| {t} | " + (f"{a['spearman']:.3f} | {a['points']} | " if a else "– | – | ")
                          + (f"{c['spearman']:.3f} | {c['cells']} |" if c else "– | – |"))
+    full = analysis.get("full_split") or {}
+    if full:
+        lines += ["", "Headline allocations on the **whole** test split (every window, not the held-out subset the tables "
+                  "above use; each row's median-seed cell; `--full-split ROWS` measures them):", "",
+                  "| task | windows × tokens | row (seed) | held-out subset ppl | whole-split ppl |", "|---|---|---|---|---|"]
+        for t in tasks:
+            if t in full:
+                f = full[t]
+                shape = f"{f['windows'][0]} × {f['windows'][1]}"
+                lines.append(f"| {t} | {shape} | dense | {dense[t]:.2f} | {f['dense']:.2f} |")
+                lines += [f"| {t} | {shape} | {row} ({e['seed']}) | {e['subset_ppl']:.2f} | {e['full_ppl']:.2f} |"
+                          for row, e in sorted(f["rows"].items(), key=lambda kv: kv[1]["full_ppl"])]
     failures = analysis.get("failures") or []
     if failures:
         lines += ["", f"Failures: {len(failures)} cell(s) raised and are left out of every table above; the same command "

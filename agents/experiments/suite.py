@@ -69,6 +69,7 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
+from ffenv.lm.perplexity import window_nll
 from ffenv.registration import FAMILIES, REAL_FAMILIES, REAL_VARIANTS, formulation_of, resolve_config
 from ffprune.agents.experiments.bench import (
     CellFailure,
@@ -273,7 +274,8 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
               seeds: int | None = None, methods: list[str] | None = None, env_kwargs: dict[str, Any] | None = None,
               calibrate: bool = True, calib_alpha: float | None = None, workers: int = 0, ray_address: str | None = None,
               progress: bool = True, agreement_points: int = 24, reps: int = 2000,
-              variants: Mapping[str, SuiteVariant] | None = None) -> dict[str, Any]:
+              variants: Mapping[str, SuiteVariant] | None = None,
+              full_split: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or resume) every cell of a suite, then write the per-task outputs and the suite's analysis.
 
     ``budget`` / ``seeds`` default to the suite's own; ``methods`` to every method that fits each task's mode
@@ -288,6 +290,9 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     settings, each recording them as its ``"variant"``; a label folder whose finished cells ran other settings is
     refused before any work.
 
+    ``full_split`` (rows, e.g. ``["uniform", "fastforward"]``) also measures the whole test split's ppl of those rows'
+    representative allocations (:func:`full_split_scores`; minutes each on a CPU), once.
+
     The report covers **every** method and variant label with finished cells in ``out``, not only the ones this call
     ran (a run restricted with ``methods`` adds its rows to the others: :func:`read_suite_cells`); the failures of
     cells this call did not retry stay listed until their cells finish.
@@ -297,6 +302,9 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     budget = positive_int("budget", suite.budget if budget is None else budget)
     seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
     variants = check_variants(variants)
+    unknown = [r for r in full_split or [] if not _is_method(r) and r not in variants]
+    if unknown:
+        raise FFPruneError(f"full_split rows must be methods or variant labels of this run, got {unknown}")
     out = Path(out)
     jobs, owners = [], []
     for task in suite.tasks:
@@ -318,7 +326,8 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     attempted = {(task_name, row, job["seed"]) for (task_name, row), job in zip(owners, jobs)}
     _record_failures(out, suite, failures, attempted)
     cells, failures = read_suite_cells(suite, out, budget, seeds, None, surrogate)
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate)
+    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate,
+                   full_split=full_split)
 
 
 def report_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
@@ -451,7 +460,8 @@ def suite_surrogates(suite: Suite, cells: Cells, surrogate: bool) -> dict[str, s
 
 
 def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]], budget: int, seeds: int,
-            agreement_points: int, reps: int, measure: bool, surrogate: bool = False) -> dict[str, Any]:
+            agreement_points: int, reps: int, measure: bool, surrogate: bool = False,
+            full_split: Sequence[str] | None = None) -> dict[str, Any]:
     """Per-task tables and plots, the analysis (``suite.json``) and the suite's report of the finished ``cells``
     (labelled when they ran on the surrogates)."""
     labels = suite_surrogates(suite, cells, surrogate)
@@ -462,6 +472,9 @@ def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]
     analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures, equal_tokens=tokens)
     if labels is not None:
         analysis["surrogate"] = labels
+    full = full_split_scores(suite, cells, out, full_split if measure else None)
+    if full:
+        analysis["full_split"] = full
     analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points, measure=measure)
     atomic_write_json(out / "suite.json", analysis)
     write_suite_report(out, analysis)
@@ -702,6 +715,61 @@ def equal_token_picks(suite: Suite, cells: Cells, out: Path, measure: bool = Tru
         if picks:
             atomic_write_json(path, {"tokens": tokens, "cells": picks})
         result[task.name] = {"tokens": tokens, "cells": picks}
+    return result
+
+
+def representative(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cell of a row whose held-out ppl is the median of its seeds' (the higher middle one of an even count)."""
+    return sorted(runs, key=lambda c: (c["best"]["eval_ppl"], c["seed"]))[len(runs) // 2]
+
+
+def whole_split_ppl(env: Any, action: np.ndarray | None) -> float:
+    """The ppl over every window of the env's held-out split of the model pruned by ``action`` (``None``: dense)."""
+    u = env.unwrapped
+    tokens = u.backend.split_tokens("eval", None)
+    if action is None:
+        nll = float(window_nll(u.model, tokens, u.config.batch_size).sum())
+        return float(np.exp(nll / (tokens.shape[0] * (tokens.shape[1] - 1))))
+    with u.backend.pruned(u.allocation(action)):
+        return whole_split_ppl(env, None)
+
+
+def full_split_scores(suite: Suite, cells: Cells, out: Path, rows: Sequence[str] | None = None) -> dict[str, Any]:
+    """The **whole** test split's ppl (every ``seq_len``-token window, not the task's fixed held-out subset) of the
+    headline allocations: per task, the dense model and, for each of ``rows`` with cells there, its
+    :func:`representative` cell's best allocation. Minutes per allocation on a CPU, so measured only when asked
+    (``rows``), once, and cached in ``<out>/<task>/full_split.json``; ``rows=None`` reads the caches alone (an entry
+    whose cell changed since is dropped)."""
+    result: dict[str, Any] = {}
+    for task in suite.tasks:
+        by_method = cells[task.name]
+        path = out / task.name / "full_split.json"
+        cached = read_json(path, "full-split cache") if path.exists() else {"rows": {}}
+        entries = {}
+        for row, entry in cached.get("rows", {}).items():
+            runs = by_method.get(row)
+            cell = next((c for c in runs or [] if c["seed"] == entry["seed"]), None)
+            if cell is not None and cell["best"]["action"] == entry["action"]:
+                entries[row] = entry
+        todo = [r for r in rows or [] if r in by_method and r not in entries]
+        if todo:
+            first = by_method[todo[0]][0]
+            env = result_env(first)
+            try:
+                if "dense" not in cached:
+                    cached["dense"] = whole_split_ppl(env, None)
+                    cached["windows"] = list(env.unwrapped.backend.split_tokens("eval", None).shape)
+                for row in todo:
+                    cell = representative(by_method[row])
+                    entries[row] = {"seed": cell["seed"], "action": cell["best"]["action"],
+                                    "subset_ppl": cell["best"]["eval_ppl"],
+                                    "full_ppl": whole_split_ppl(env, np.asarray(cell["best"]["action"], np.float32))}
+                    atomic_write_json(path, {**cached, "rows": entries})  # each allocation kept at once
+            finally:
+                env.close()
+        if entries and "dense" in cached:
+            result[task.name] = {"windows": cached["windows"], "dense": cached["dense"],
+                                 "rows": {r: {k: v for k, v in e.items() if k != "action"} for r, e in entries.items()}}
     return result
 
 
