@@ -29,17 +29,19 @@ def test_bench_runs_every_method_writes_everything_and_resumes(tmp_path, capsys)
     rows = list(csv.DictReader((out / "results.csv").open()))
     methods = methods_for("structured")
     assert sorted(r["method"] for r in rows) == sorted(methods)
+    runs = {m: 2 if METHODS[m].seeded else 1 for m in methods}  # a deterministic method runs once
     for r in rows:
-        assert r["seeds"] == "2" and float(r["eval_ppl_mean"]) > 1 and float(r["eval_ppl_after_calib_mean"]) > 1
+        assert r["seeds"] == str(runs[r["method"]]) and float(r["eval_ppl_mean"]) > 1
+        assert float(r["eval_ppl_after_calib_mean"]) > 1
         assert float(r["reward_ppl_mean"]) > 1
         if METHODS[r["method"]].heuristic:
             assert float(r["evaluations_mean"]) == 1
     md = (out / "results.md").read_text()
     assert "| fastforward |" in md and "fastforward evaluations to reach it" in md and "fastforward tokens to reach it" in md
     tb = list((out / "tb" / "FFPrune-Mistral-v0").glob("*/seed1/events.out.tfevents.*"))
-    assert len(tb) >= len(methods)
+    assert len(tb) >= sum(n == 2 for n in runs.values())
     cells = sorted((out / "cells").glob("*/seed*.json"))
-    assert len(cells) == 2 * len(methods)
+    assert len(cells) == sum(runs.values())
     stamp = {p: p.stat().st_mtime_ns for p in cells}
 
     # resume: nothing is recomputed, the tables are rewritten from the cells

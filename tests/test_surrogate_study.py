@@ -114,7 +114,7 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
         config = json.loads((out / task / "config.json").read_text())
         assert config["env_id"] == env_id and config["budget"] == 30 and config["surrogate"]["data"].endswith(".npz")
         for method in ["uniform", *methods]:
-            for seed in range(2):
+            for seed in range(2 if method != "uniform" else 1):  # a deterministic method runs once
                 cell = json.loads((out / task / "cells" / method / f"seed{seed}.json").read_text())
                 curve = json.loads(curve_path(out / task, method, seed).read_text())
                 assert cell["surrogate"] == curve["surrogate"] and curve["checkpoints"] == grid
