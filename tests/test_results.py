@@ -18,10 +18,11 @@ SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 
 def committed_results() -> list[Path]:
     """Every committed search result, bench cell and bench ``config.json`` (the suite's, the claim's and
     the amortised analyses, the surrogates' validation, ranking and study reports, a study's learning curves, the
-    agreement caches and the fidelity studies' rows and reports are outputs of the analysis, not results; a tune
-    folder's ``config.json``, ``variant.json`` and ``tune.json`` are its records and report, its cells are results)."""
+    agreement, equal-token and whole-split caches and the fidelity studies' rows and reports are outputs of the
+    analysis, not results; a tune folder's ``config.json``, ``variant.json`` and ``tune.json`` are its records and
+    report, its cells are results)."""
     analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json", "validation.json", "ranking.json",
-                "study.json", "fidelity.json", "rows.json")
+                "study.json", "fidelity.json", "rows.json", "equal_tokens.json", "full_split.json")
 
     def tune_record(p: Path) -> bool:
         return p.relative_to(RESULTS).parts[0].startswith("tune-") and "cells" not in p.parts

@@ -163,7 +163,7 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
         else:
             full = parse_names(args.full_split, "--full-split") if args.full_split else None
             analysis = run_suite(suite, out, args.budget, args.seeds, methods, env_kwargs(args) or None, **_options(args),
-                                 **({"variants": variants} if variants else {}), full_split=full)
+                                 **({"variants": variants} if variants else {}), **({"full_split": full} if full else {}))
     except (KeyboardInterrupt, SearchInterrupted):
         return _interrupted(f"{out}/<task>/cells")
     report = Path(out) / "suite.md"
