@@ -216,19 +216,19 @@ def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, mo
         def close(self):
             pass
 
-    def fake_ppl(env, action):
-        measured.append(None if action is None else float(action[0]))
-        return 10.0 if action is None else 20.0 + float(action[0])
+    def fake_evaluate(env, action):
+        measured.append(float(action[0]))
+        return {"ppl": 20.0 + float(action[0]), "dense_ppl": 10.0}
 
     monkeypatch.setattr("ffprune.agents.experiments.suite.result_env", lambda cell: Env())
-    monkeypatch.setattr("ffprune.agents.experiments.suite.whole_split_ppl", fake_ppl)
+    monkeypatch.setattr("ffprune.agents.experiments.suite.whole_split", fake_evaluate)
     (tmp_path / "llama-s0.3").mkdir()
     assert full_split_scores(suite, cells, tmp_path) == {}  # nothing asked, nothing cached
     full = full_split_scores(suite, cells, tmp_path, ["random", "uniform"])
-    assert measured == [None, pytest.approx(0.6), 0.0]  # dense, then random's median seed (2: 13.0), then uniform
+    assert measured == [pytest.approx(0.6), 0.0]  # random's median seed (2: 13.0), then uniform (dense comes with them)
     assert full["llama-s0.3"]["rows"]["random"] == {"seed": 2, "subset_ppl": 13.0, "full_ppl": pytest.approx(20.6)}
     assert full["llama-s0.3"]["windows"] == [5, 8] and full["llama-s0.3"]["dense"] == 10.0
-    assert full_split_scores(suite, cells, tmp_path) == full and len(measured) == 3  # read back, nothing measured
+    assert full_split_scores(suite, cells, tmp_path) == full and len(measured) == 2  # read back, nothing measured
     cells["llama-s0.3"]["random"][2]["best"]["action"] = [0.65]  # that cell ran again: its entry is stale
     assert set(full_split_scores(suite, cells, tmp_path)["llama-s0.3"]["rows"]) == {"uniform"}
     analysis = analyse(suite, cells, 3, 3, reps=50)

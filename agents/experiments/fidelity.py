@@ -35,6 +35,7 @@ from ffenv.lm.data import evaluation_windows
 from ffenv.lm.perplexity import window_nll
 from ffenv.registration import resolve_config
 from ffprune.agents.experiments.rlstats import spearman
+from ffprune.agents.experiments.suite import whole_split
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,
     atp_allocation,
@@ -267,23 +268,15 @@ def run_full_split(out: str | Path, count: int = 20, progress: bool = True) -> d
     rows: list[dict[str, Any]] = saved.get("rows", [])
     if len(rows) < len(picks):
         env = gym.make(study["settings"]["env_id"], **study["settings"]["env_kwargs"])
-        u = env.unwrapped
-        tokens = u.backend.split_tokens("eval", None)
-
-        def full_ppl() -> float:
-            nll = window_nll(u.model, tokens, batch_size=u.config.batch_size)
-            return math.exp(min(700.0, float(nll.sum()) / (tokens.shape[0] * (tokens.shape[1] - 1))))
-
-        if "dense_full_ppl" not in saved:
-            saved["dense_full_ppl"] = full_ppl()
+        tokens = env.unwrapped.backend.split_tokens("eval", None)
         bar = tqdm(total=len(picks), initial=len(rows), desc="full test split", disable=not progress)
         for index in picks[len(rows):]:
             row = study["rows"][index]
             t0 = time.perf_counter()
-            with u.backend.pruned(u.allocation(np.asarray(row["action"], np.float32))):
-                ppl = full_ppl()
-            rows.append({"index": index, "kind": row["kind"], "subset_ppl": row["held_out_ppl"], "full_ppl": ppl,
-                         "seconds": time.perf_counter() - t0})
+            measured = whole_split(env, np.asarray(row["action"], np.float32))
+            saved["dense_full_ppl"] = measured["dense_ppl"]
+            rows.append({"index": index, "kind": row["kind"], "subset_ppl": row["held_out_ppl"],
+                         "full_ppl": measured["ppl"], "seconds": time.perf_counter() - t0})
             atomic_write_json(path, {"picks": picks, "windows": list(tokens.shape), "dense_full_ppl": saved["dense_full_ppl"],
                                      "dense_subset_ppl": study["dense_held_out_ppl"], "rows": rows})
             bar.update(1)

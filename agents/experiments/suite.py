@@ -69,7 +69,6 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.lm.perplexity import window_nll
 from ffenv.registration import FAMILIES, REAL_FAMILIES, REAL_VARIANTS, formulation_of, resolve_config
 from ffprune.agents.experiments.bench import (
     CellFailure,
@@ -723,15 +722,11 @@ def representative(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda c: (c["best"]["eval_ppl"], c["seed"]))[len(runs) // 2]
 
 
-def whole_split_ppl(env: Any, action: np.ndarray | None) -> float:
-    """The ppl over every window of the env's held-out split of the model pruned by ``action`` (``None``: dense)."""
+def whole_split(env: Any, action: np.ndarray) -> dict[str, Any]:
+    """:meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate` of ``action`` on every window of the env's held-out split
+    (``ppl``, and the dense model's ``dense_ppl``, disk-cached)."""
     u = env.unwrapped
-    tokens = u.backend.split_tokens("eval", None)
-    if action is None:
-        nll = float(window_nll(u.model, tokens, u.config.batch_size).sum())
-        return float(np.exp(nll / (tokens.shape[0] * (tokens.shape[1] - 1))))
-    with u.backend.pruned(u.allocation(action)):
-        return whole_split_ppl(env, None)
+    return u.evaluate(action, split="eval", n_windows=len(u.backend.split_tokens("eval", None)))
 
 
 def full_split_scores(suite: Suite, cells: Cells, out: Path, rows: Sequence[str] | None = None) -> dict[str, Any]:
@@ -756,14 +751,13 @@ def full_split_scores(suite: Suite, cells: Cells, out: Path, rows: Sequence[str]
             first = by_method[todo[0]][0]
             env = result_env(first)
             try:
-                if "dense" not in cached:
-                    cached["dense"] = whole_split_ppl(env, None)
-                    cached["windows"] = list(env.unwrapped.backend.split_tokens("eval", None).shape)
                 for row in todo:
                     cell = representative(by_method[row])
+                    measured = whole_split(env, np.asarray(cell["best"]["action"], np.float32))
+                    cached["dense"] = measured["dense_ppl"]
+                    cached["windows"] = list(env.unwrapped.backend.split_tokens("eval", None).shape)
                     entries[row] = {"seed": cell["seed"], "action": cell["best"]["action"],
-                                    "subset_ppl": cell["best"]["eval_ppl"],
-                                    "full_ppl": whole_split_ppl(env, np.asarray(cell["best"]["action"], np.float32))}
+                                    "subset_ppl": cell["best"]["eval_ppl"], "full_ppl": measured["ppl"]}
                     atomic_write_json(path, {**cached, "rows": entries})  # each allocation kept at once
             finally:
                 env.close()
