@@ -68,7 +68,7 @@ def test_every_source_is_recorded_with_the_planned_counts(recorded, suite):
     counts = {s: int((a["source"] == i).sum()) for i, s in enumerate(data.sources)}
     assert set(counts) == {"suite:fastforward", "suite:uniform", "suite:random", "random:uniform", "random:0.3",
                            "heuristic:uniform", "heuristic:owl", "heuristic:atp", "perturb", "fidelity"}
-    plan = sr.seed_plan(_settings(), "structured", 4)
+    plan = sr.seed_plan(_settings(), "llama", "structured", 4)
     new = {c.kind: 0 for c in plan}
     for c in plan:
         new[c.kind] += c.rows
@@ -84,7 +84,7 @@ def test_every_source_is_recorded_with_the_planned_counts(recorded, suite):
     recorder = data.meta["recorder"]
     assert recorder["progress"]["0"] == {"chunks": len(plan), "rows": len(data)}
     assert recorder["verification"]["0"]["passed"] and recorder["verification"]["0"]["max_rel_diff"] == 0.0
-    assert recorder["settings"] == _settings().as_meta("structured")
+    assert recorder["settings"] == _settings().as_meta("structured", "llama")
     # the fidelity rows come in pairs: the same allocation on all windows and on 2
     fid = np.flatnonzero(a["source"] == data.sources.index("fidelity"))
     assert a["windows"][fid].tolist() == [4, 2, 4, 2]
@@ -142,7 +142,7 @@ def test_an_interrupted_record_resumes_to_the_same_set(recorded, suite, tmp_path
     assert "run the same command again to resume" in capsys.readouterr().err
     partial = EvaluationSet.load(tmp_path / SET)
     done = partial.meta["recorder"]["progress"]["0"]["chunks"]
-    assert 0 < done < len(sr.seed_plan(_settings(), "structured", 4))
+    assert 0 < done < len(sr.seed_plan(_settings(), "llama", "structured", 4))
     ffenv.clear_cache()  # as a new process would: the model and its statistics again
     monkeypatch.setattr(sr, "record", real_record)
     assert main(argv) == 0
@@ -184,6 +184,26 @@ def test_help_states_the_default_plans_time(tmp_path):
     assert f"about {round(evaluations['structured'], -1):.0f} / {round(evaluations['unstructured'], -1):.0f} " \
            "reward-evaluation equivalents" in cli.RECORD_DESCRIPTION
     assert f"about {plan['minutes'] / 60:.1f} h on one core" in cli.RECORD_DESCRIPTION
+
+
+def test_a_real_family_records_around_its_suite_target_at_its_own_cost(tmp_path):
+    """SmolLM2 (the ``real`` suite): new rows up to 0.1 above its task's target, a held-out ppl costs its 32 / 8
+    windows, its evaluations its measured seconds; its suite is docs/results/real. Planned without loading the model."""
+    settings = sr.RecordSettings(suite=False, random=2, perturb=0, fidelity=0)
+    assert settings.targets_of("structured", "smollm2") == (0.1, 0.15, 0.2, 0.25, 0.3)
+    assert settings.targets_of("unstructured", "smollm2") == sr.TARGETS["unstructured"]
+    assert settings.targets_of("structured", "llama") == sr.TARGETS["structured"]  # the bundled sets' meta unchanged
+    assert str(sr.default_suite_out("smollm2")) == "docs/results/real"
+    config = sr.env_config("smollm2", "structured", 0)
+    assert (config.model, config.eval_samples, sr.held_out_cost(config)) == ("smollm2-135m", 32, 4.0)
+    plan = sr.plan_record(["smollm2"], ["structured"], out=tmp_path, settings=settings)
+    entry = plan["sets"][0]
+    assert entry["path"].endswith("smollm2-135m-structured.npz") and entry["seconds_per_evaluation"] == 3.5
+    sources = entry["per_seed"][0]["sources"]
+    heuristics = sources["heuristic:uniform/owl/alphapruning/flap/dlp/atp"]
+    assert heuristics["rows"] == 5 * 9  # 5 targets x (uniform, OWL, AlphaPruning, FLAP, DLP, 4 ATP)
+    assert heuristics["evaluations"] == 5 * (9 + 2) + 4.0 * heuristics["held_out"]  # FLAP, DLP: a calibration pass
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- validation
@@ -241,7 +261,7 @@ def test_validate_writes_the_table_per_task(recorded, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("argv, match", [
-    (["record", "--families", "gpt"], r"families must be among \['llama', 'mistral', 'opt'\], got \['gpt'\]"),
+    (["record", "--families", "gpt"], r"families must be among \['llama', 'mistral', 'opt', 'smollm2'\] .*got \['gpt'\]"),
     (["record", "--modes", "dense"], r"modes must be among \['structured', 'unstructured'\]"),
     (["record", "--seeds", "-1"], r"seeds must be env seeds in \[0, 32767\]"),
     (["record", "--seeds", "40000"], r"seeds must be env seeds in \[0, 32767\]"),

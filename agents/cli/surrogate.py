@@ -1,6 +1,6 @@
 """``ffprune surrogate``: record the evaluation sets surrogate mode is fitted on, validate the surrogates, and use them.
 
-``ffprune surrogate record`` builds (or resumes) one set per (family, mode) from the core suite's histories and new
+``ffprune surrogate record`` builds (or resumes) one set per (family, mode) from its suite's histories and new
 evaluations (random allocations at several spreads, the heuristics, perturbations of the best, reduced-fidelity
 pairs, held-out ppl for a share of them); ``--dry-run`` prints the plan and its time. ``ffprune surrogate validate``
 fits each surrogate and scores it on its test allocations (Spearman rank correlations per suite task).
@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {"random": 50, "spreads": "uniform,0.1,0.3,0.6", "heu
 ``--help`` imports nothing heavy; a test keeps them equal)."""
 RECORD_DESCRIPTION = (
     "Record (or resume: the same command continues; Ctrl-C loses at most one chunk) the evaluation set of each "
-    "(family, mode) into OUT/<model>-<mode>.npz. Sources: the core suite's histories (no evaluation; checked by "
+    "(family, mode) into OUT/<model>-<mode>.npz. Sources: its suite's histories (no evaluation; checked by "
     "re-measuring a few), random allocations at several spreads, the heuristics, perturbations of the best so far, "
     "allocations at reduced fidelity too, all at the suite's and the curriculum's targets; a share also gets the "
     "held-out ppl. Cost with the defaults: one (family, mode, env seed) is about 11 min structured and 15 min "
@@ -46,12 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sub-subcommands ``record`` and ``validate`` and their options."""
     sub = p.add_subparsers(dest="action", required=True, metavar="{record,validate,rank,study}")
     rec = sub.add_parser("record", help="record the evaluation sets (resumable)", description=RECORD_DESCRIPTION)
-    rec.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
+    rec.add_argument("--families", default="llama,mistral,opt", help="comma-separated families: bundled (llama, "
+                     "mistral, opt) or real (smollm2: fetched on first use; read its suite, docs/results/real)")
     rec.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
     rec.add_argument("--seeds", default="0", help="comma-separated env seeds (pruning instances; default 0: every "
                      "core suite cell ran on env seed 0, its search seed varies the agent only)")
     rec.add_argument("--out", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
-    rec.add_argument("--suite-out", default="docs/results/core", help="the core suite's results (their histories)")
+    rec.add_argument("--suite-out", help="the suite's results, their histories (default: each family's suite, "
+                     "docs/results/core or docs/results/real)")
     rec.add_argument("--no-suite", action="store_true", help="do not read the suite's histories")
     rec.add_argument("--random", type=int, default=DEFAULTS["random"], help="random rows per spread per seed")
     rec.add_argument("--spreads", default=DEFAULTS["spreads"], help="random spreads: 'uniform' (in [-1, 1]) or s "
@@ -88,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "cross-validated over every row with one), "
                          "per core suite task, against gradient-boosted trees when scikit-learn is installed. Writes "
                          "OUT/validation.json and OUT/validation.md.")
-    val.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
+    val.add_argument("--families", default="llama,mistral,opt", help="comma-separated families (bundled, or "
+                     "smollm2)")
     val.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
     val.add_argument("--data", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
     val.add_argument("--out", default="docs/results/surrogate", help="where validation.json and validation.md go")

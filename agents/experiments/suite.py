@@ -225,6 +225,32 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+SUITE_FAMILIES: dict[str, tuple[str, str, str]] = {
+    **{family.lower(): (family, model, "core") for family, model in FAMILIES.items()},
+    **{family.lower(): (family, model, "real") for family, model in REAL_FAMILIES.items()}}
+"""Every family a suite runs (``llama`` … bundled, ``smollm2`` real) → (its registered ids' family, its model, the suite
+whose tasks it runs)."""
+
+
+def check_suite_family(family: str) -> tuple[str, str, str]:
+    """(ids' family, model, suite) of a family of any suite; a one-line error listing them for an unknown one."""
+    if family not in SUITE_FAMILIES:
+        raise FFPruneError(f"families must be among {sorted(SUITE_FAMILIES)}, got {family!r}")
+    return SUITE_FAMILIES[family]
+
+
+def family_targets(family: str, mode: str) -> tuple[float, ...]:
+    """The targets of the tasks ``family`` runs in ``mode`` in its suite (llama structured: 0.3 and 0.5; smollm2
+    structured: 0.2), ascending."""
+    _fid, model, suite = check_suite_family(family)
+    targets = set()
+    for task in get_suite(suite).tasks:
+        config = resolve_config(task.env_id)
+        if (config.model, config.mode) == (model, mode):
+            targets.add(float(config.target_sparsity))
+    return tuple(sorted(targets))
+
+
 def select_tasks(suite: Suite, tasks: Sequence[str] | None) -> Suite:
     """``suite`` restricted to ``tasks`` (names of its tasks, in the suite's order; ``None``: all of them); an unknown
     or repeated name is a one-line :class:`FFPruneError` listing the suite's tasks."""

@@ -5,9 +5,10 @@ the layout is :mod:`ffenv.surrogate.records`'), holding the rows of every env se
 env seed is a pruning instance: it picks the calibration windows behind the importance). Per seed, in order, each
 row labelled with its ``source``:
 
-* ``suite:<method>`` — the ``core`` suite's histories (``<suite_out>/<task>/cells/<method>/seed<k>.json``): the cells
-  whose env (``env_kwargs``) is this one, env seed included, whatever their search seed ``k`` (the committed suite
-  ran every cell on env seed 0: they all feed seed 0); structured: the 0.3 and the 0.5 tasks both. No evaluation: the
+* ``suite:<method>`` — the histories of the family's suite (``core`` for the bundled families, ``real`` for SmolLM2;
+  ``<suite_out>/<task>/cells/<method>/seed<k>.json``): the cells whose env (``env_kwargs``) is this one, env seed
+  included, whatever their search seed ``k`` (the committed suites ran every cell on env seed 0: they all feed seed
+  0); a bundled family's structured set: the 0.3 and the 0.5 tasks both. No evaluation: the
   realised allocation of each recorded ``action`` at its recorded ``target`` is re-derived by projecting it
   (:func:`realised_sparsity`: ``ffenv.project_budget`` and the env's public ``pruner``, what a step computes before
   it measures), kept with the recorded ``windows``, ``reward`` and ``ppl``; a cell's best allocation also brings its
@@ -25,11 +26,12 @@ row labelled with its ``source``:
   curriculum's reduced fidelities: it runs ``ceil(f · W)`` windows, ``f`` rising from 5 %; the bundled ``W`` is 32),
   the pairs the surrogate's fidelity model is fitted on.
 
-Targets (every source but the suite's): :data:`TARGETS` per mode, the suite tasks' targets (:data:`TASK_TARGETS`)
-``task_weight`` times as often, drawn stratified (each chunk cycles through them in a seeded order). A share
+Targets (every source but the suite's): :data:`TARGETS` per mode up to 0.1 above the family's highest suite target
+(:meth:`RecordSettings.targets_of`), the suite tasks' targets (``family_targets``) ``task_weight`` times as often,
+drawn stratified (each chunk cycles through them in a seeded order). A share
 ``held_out`` of the random, heuristic and perturbed rows (spread evenly over each chunk's targets) also gets the
-held-out ppl on the env's ``eval`` windows (all of the split unless ``eval_samples`` is set; ≈ :data:`HELD_OUT_COST`
-reward evaluations each).
+held-out ppl on the env's ``eval`` windows (all of the split unless ``eval_samples`` is set; :func:`held_out_cost`
+reward evaluations each: 6.5 on the bundled models, 4 on SmolLM2).
 
 **Resumable.** Work is done in chunks (at most ``chunk`` evaluations, or one target's heuristics); after each the
 file is saved atomically with its progress in ``meta["recorder"]`` (chunks and rows done per seed, the settings): a
@@ -40,7 +42,9 @@ other in this process or as Ray tasks (``workers``), the seeds of a set in order
 
 **Cost** (:func:`plan_record`, ``ffprune surrogate record --dry-run``): with the defaults one (family, mode, seed) is
 ≈ 900 evaluation-equivalents, ≈ 11 min structured and ≈ 15 min unstructured on one CPU core, counting
-:data:`SECONDS_PER_EVALUATION` per reward evaluation on all 32 windows.
+:data:`SECONDS_PER_EVALUATION` per reward evaluation on all 32 windows. A real family reuses its suite's ≈ 3,000
+rows per task for free, so it records fewer new ones (the command in docs/environment.md): SmolLM2 takes ≈ 3.5-3.9 s
+per evaluation on this 2-core machine (:data:`SECONDS_PER_EVALUATION_REAL`).
 """
 
 from __future__ import annotations
@@ -67,7 +71,14 @@ from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
-from ffprune.agents.experiments.suite import FAMILY_IDS, FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, get_suite
+from ffprune.agents.experiments.suite import (
+    FAMILY_MODELS,
+    MODE_SUFFIX,
+    SUITE_FAMILIES,
+    check_suite_family,
+    family_targets,
+    get_suite,
+)
 from ffprune.agents.results import read_result_if_any
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
@@ -96,8 +107,12 @@ SECONDS_PER_EVALUATION = {"structured": 0.7, "unstructured": 1.0}
 """One reward evaluation on all 32 windows of a bundled model, on one CPU core (one torch thread): the ``core`` suite's
 random-search cells, which ran two cells side by side on 2 cores, spent 0.56-0.79 s (structured) and 0.93-1.11 s
 (unstructured) per evaluation."""
+SECONDS_PER_EVALUATION_REAL = {"smollm2-135m": {"structured": 3.5, "unstructured": 3.9}}
+"""One reward evaluation (8 windows x 256 tokens) of a real model on this 2-core machine (two torch threads): the
+``real`` suite's CMA-ES cells spent 3.50 s (structured 20 %) and 3.90 s (unstructured 70 %) per evaluation."""
 HELD_OUT_COST = 6.5
-"""A held-out ppl in reward evaluations: the bundled corpus's 207 ``eval`` windows vs 32 reward windows."""
+"""A held-out ppl in reward evaluations on a bundled model: the bundled corpus's 207 ``eval`` windows vs 32 reward
+windows (an env with ``eval_samples`` set: those windows over its reward windows, :func:`held_out_cost`)."""
 VERIFY_RTOL = 1e-6
 """Largest relative difference between a suite row's recorded reward / ppl and the same evaluation now. (Measured
 here: ≤ 1.2e-7, float32 rounding of the forward's sums; the stored rewards are float32.)"""
@@ -181,18 +196,23 @@ class RecordSettings:
                 if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
                     raise FFPruneError(f"targets must be sparsities in (0, 1), got {t!r}")
 
-    def targets_of(self, mode: str) -> tuple[float, ...]:
-        """The targets of the new rows in ``mode``."""
-        return tuple(float(t) for t in (self.targets if self.targets is not None else TARGETS[mode]))
+    def targets_of(self, mode: str, family: str) -> tuple[float, ...]:
+        """The targets of the new rows of ``family`` in ``mode``: ``targets``, or by default :data:`TARGETS` up to 0.1
+        above the family's highest suite target in the mode (bundled families: all of them; SmolLM2 structured,
+        whose task is at 0.2: 0.1-0.3)."""
+        if self.targets is not None:
+            return tuple(float(t) for t in self.targets)
+        top = max(family_targets(family, mode), default=max(TARGETS[mode]))
+        return tuple(float(t) for t in TARGETS[mode] if t <= top + 0.1 + 1e-9)
 
     def heuristics_of(self, mode: str) -> tuple[str, ...]:
         """The heuristics run in ``mode`` (FLAP needs heads and neurons)."""
         return tuple(h for h in self.heuristics if mode == "structured" or h != "flap")
 
-    def as_meta(self, mode: str) -> dict[str, Any]:
-        """The settings as the file stores them (targets resolved for ``mode``); JSON values only."""
+    def as_meta(self, mode: str, family: str) -> dict[str, Any]:
+        """The settings as the file stores them (targets resolved for ``family`` in ``mode``); JSON values only."""
         out = as_json(dataclasses.asdict(self))
-        out["targets"] = list(self.targets_of(mode))
+        out["targets"] = list(self.targets_of(mode, family))
         return out
 
 
@@ -213,12 +233,14 @@ class Chunk:
     target: float | None = None
 
 
-def seed_plan(settings: RecordSettings, mode: str, full_windows: int, suite_rows: int = 0,
-              suite_held_out: int = 0) -> list[Chunk]:
-    """The chunks of one env seed, in order (the same for every seed: draws differ by seed, sizes do not).
+def seed_plan(settings: RecordSettings, family: str, mode: str, full_windows: int, suite_rows: int = 0,
+              suite_held_out: int = 0, held_out_evaluations: float = HELD_OUT_COST) -> list[Chunk]:
+    """The chunks of one env seed of ``family`` in ``mode``, in order (the same for every seed: draws differ by seed,
+    sizes do not).
 
     ``suite_rows`` and ``suite_held_out`` (rows with the suite's held-out ppl) only size the suite chunk for
-    :func:`plan_record` (the chunk reads what the cells hold)."""
+    :func:`plan_record` (the chunk reads what the cells hold); ``held_out_evaluations`` is what one held-out ppl costs
+    (:func:`held_out_cost`)."""
     s = settings
     chunks: list[Chunk] = []
     quota = {"before": 0}
@@ -230,11 +252,11 @@ def seed_plan(settings: RecordSettings, mode: str, full_windows: int, suite_rows
 
     def add(kind: str, source: str, rows: int, evaluations: float, **kw: Any) -> None:
         ho = held(rows) if kind in ("random", "heuristics", "perturb") else 0
-        chunks.append(Chunk(len(chunks), kind, source, rows, ho, evaluations + ho * HELD_OUT_COST, **kw))
+        chunks.append(Chunk(len(chunks), kind, source, rows, ho, evaluations + ho * held_out_evaluations, **kw))
 
     if s.suite:  # its held-out ppls were measured by the suite: only the checks cost evaluations here
         chunks.append(Chunk(0, "suite", "suite", suite_rows, suite_held_out,
-                            s.verify + (HELD_OUT_COST if s.verify else 0.0)))
+                            s.verify + (held_out_evaluations if s.verify else 0.0)))
     for spread in s.spreads:
         for start in range(0, s.random, s.chunk):
             n = min(s.chunk, s.random - start)
@@ -243,7 +265,7 @@ def seed_plan(settings: RecordSettings, mode: str, full_windows: int, suite_rows
     per_target = sum(s.atp_trials if h == "atp" else 1 for h in heuristics)
     passes = sum(h in CALIBRATION_PASSES for h in heuristics)
     if per_target:
-        for t in s.targets_of(mode):
+        for t in s.targets_of(mode, family):
             add("heuristics", "heuristic", per_target, per_target + passes, target=t)
     for start in range(0, s.perturb, s.chunk):
         n = min(s.chunk, s.perturb - start)
@@ -284,9 +306,10 @@ def check_request(families: Sequence[str], modes: Sequence[str], seeds: Sequence
 def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[tuple[str, str]]:
     """The (family, mode) pairs asked for, each once; an unknown or no family or mode is a one-line
     :class:`FFPruneError`."""
-    unknown = [f for f in families if f not in FAMILY_MODELS]
+    unknown = [f for f in families if f not in SUITE_FAMILIES]
     if unknown or not families:
-        raise FFPruneError(f"families must be among {sorted(FAMILY_MODELS)}, got {list(families)}")
+        raise FFPruneError(f"families must be among {sorted(SUITE_FAMILIES)} (bundled, and real models fetched on "
+                           f"first use), got {list(families)}")
     bad = [m for m in modes if m not in MODE_SUFFIX]
     if bad or not modes:
         raise FFPruneError(f"modes must be among {list(MODE_SUFFIX)}, got {list(modes)}")
@@ -295,25 +318,44 @@ def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[
 
 def env_config(family: str, mode: str, seed: int, env_kwargs: dict[str, Any] | None = None) -> EnvConfig:
     """The configuration of the env one seed of a set is recorded on (the registered id of the family and mode)."""
-    return resolve_config(f"FFPrune-{FAMILY_IDS[family]}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
+    fid = check_suite_family(family)[0]
+    return resolve_config(f"FFPrune-{fid}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
+
+
+def held_out_cost(config: EnvConfig) -> float:
+    """One held-out ppl in reward evaluations: ``eval_samples`` over the reward windows (SmolLM2: 32 / 8 = 4), or
+    :data:`HELD_OUT_COST` where the whole ``eval`` split is scored (the bundled models)."""
+    return HELD_OUT_COST if config.eval_samples is None else config.eval_samples / config.reward_windows
+
+
+def seconds_per_evaluation(config: EnvConfig) -> float:
+    """What one reward evaluation on all windows costs here (:data:`SECONDS_PER_EVALUATION`, one core, for the bundled
+    models; :data:`SECONDS_PER_EVALUATION_REAL`, two threads, for a real one)."""
+    return SECONDS_PER_EVALUATION_REAL.get(config.model, SECONDS_PER_EVALUATION)[config.mode]
+
+
+def default_suite_out(family: str) -> Path:
+    """Where the family's suite is committed: ``docs/results/core`` (bundled families) or ``docs/results/real``."""
+    return Path("docs/results") / check_suite_family(family)[2]
 
 
 
-def _check_targets(settings: RecordSettings, mode: str, config: EnvConfig) -> None:
-    for t in settings.targets_of(mode):
+def _check_targets(settings: RecordSettings, family: str, mode: str, config: EnvConfig) -> None:
+    for t in settings.targets_of(mode, family):
         check_budget(t, config.min_keep, config.max_keep)
 
 
 def set_path(out: str | Path | None, family: str, mode: str) -> Path:
     """Where a (family, mode)'s set is written: ``<out>/<model>-<mode>.npz`` (``out`` default: the bundled data)."""
-    return (DATA_DIR if out is None else Path(out)) / data_name(FAMILY_MODELS[family], mode)
+    return (DATA_DIR if out is None else Path(out)) / data_name(check_suite_family(family)[1], mode)
 
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _resume_state(path: Path, settings: RecordSettings, mode: str, config: EnvConfig) -> EvaluationSet | None:
+def _resume_state(path: Path, settings: RecordSettings, family: str, mode: str,
+                  config: EnvConfig) -> EvaluationSet | None:
     """The set recorded so far at ``path`` (``None``: none yet), refused if it was recorded otherwise."""
     if not path.exists():
         return None
@@ -322,7 +364,7 @@ def _resume_state(path: Path, settings: RecordSettings, mode: str, config: EnvCo
     if not isinstance(recorder, dict):
         raise FFPruneError(f"{str(path)!r} holds evaluations not recorded by `ffprune surrogate record`; use another "
                            "--out (or delete it)")
-    wanted = settings.as_meta(mode)
+    wanted = settings.as_meta(mode, family)
     if _canonical(recorder.get("settings")) != _canonical(wanted):
         differ = sorted(k for k in wanted if _canonical(recorder["settings"].get(k)) != _canonical(wanted[k]))
         raise FFPruneError(f"{str(path)!r} was recorded with other settings ({', '.join(differ)}: "
@@ -367,14 +409,14 @@ class SuiteCell:
     """Its best's held-out ppl was measured on the recorder's ``eval`` windows."""
 
 
-def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None) -> list[SuiteCell]:
-    """The finished ``core`` suite cells (any search seed) recorded on ``config``'s model, mode and env seed with its
-    settings (every :class:`~ffenv.config.EnvConfig` field but :data:`IGNORED_CELL_FIELDS`) and weights; tasks in
-    suite order, then methods and search seeds sorted. Surrogate results never qualify."""
+def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None, suite: str = "core") -> list[SuiteCell]:
+    """The finished cells of ``suite`` (``core`` or ``real``; any search seed) recorded on ``config``'s model, mode and
+    env seed with its settings (every :class:`~ffenv.config.EnvConfig` field but :data:`IGNORED_CELL_FIELDS`) and
+    weights; tasks in suite order, then methods and search seeds sorted. Surrogate results never qualify."""
     suite_out = Path(suite_out)
     names = [f.name for f in dataclasses.fields(EnvConfig) if f.name not in IGNORED_CELL_FIELDS]
     out = []
-    for task in get_suite("core").tasks:
+    for task in get_suite(suite).tasks:
         task_config = resolve_config(task.env_id)
         if (task_config.model, task_config.mode) != (config.model, config.mode):
             continue
@@ -427,18 +469,18 @@ def _cell_points(cell: SuiteCell, config: EnvConfig) -> list[dict[str, Any]]:
     return points
 
 
-def suite_row_count(suite_out: str | Path, config: EnvConfig) -> tuple[int, int]:
+def suite_row_count(suite_out: str | Path, config: EnvConfig, suite: str = "core") -> tuple[int, int]:
     """How many rows the suite's cells give a seed, and how many of them hold a held-out ppl (no model is loaded)."""
-    cells = suite_cells(suite_out, config, weights_fingerprint(config.model))
+    cells = suite_cells(suite_out, config, weights_fingerprint(config.model), suite)
     points = [p for c in cells for p in _cell_points(c, config)]
     return len(points), sum(np.isfinite(p["eval_ppl"]) for p in points)
 
 
-def suite_rows(env: FFPruneEnv, suite_out: str | Path, settings: RecordSettings,
-               rng: np.random.Generator) -> tuple[Rows | None, dict[str, Any]]:
+def suite_rows(env: FFPruneEnv, suite_out: str | Path, settings: RecordSettings, rng: np.random.Generator,
+               suite: str = "core") -> tuple[Rows | None, dict[str, Any]]:
     """The suite's rows of ``env``'s seed, checked (see the module docstring), and the check's record."""
     config = env.config
-    cells = suite_cells(suite_out, config, env.weights_fingerprint)
+    cells = suite_cells(suite_out, config, env.weights_fingerprint, suite)
     points = [(c, p) for c in cells for p in _cell_points(c, config)]
     check: dict[str, Any] = {"cells": len(cells), "rows": len(points), "passed": True}
     if not points:
@@ -565,12 +607,12 @@ class _Request:
 
 
 def _chunk_requests(chunk: Chunk, env: FFPruneEnv, data: EvaluationSet | None, settings: RecordSettings,
-                    rng: np.random.Generator) -> _Request | None:
+                    rng: np.random.Generator, family: str) -> _Request | None:
     """The evaluations of a chunk (not the suite's): actions, targets, windows, held-out rows, sources."""
     cfg = env.config
     mode, full, d = cfg.mode, cfg.reward_windows, env.n_units
-    targets = settings.targets_of(mode)
-    favoured = TASK_TARGETS[mode]
+    targets = settings.targets_of(mode, family)
+    favoured = family_targets(family, mode)
     if chunk.kind == "random":
         t = _stratified(rng, targets, favoured, settings.task_weight, chunk.rows)
         actions = _random_actions(rng, chunk.spread, (chunk.rows, d))
@@ -624,17 +666,20 @@ def _measure(env: FFPruneEnv, req: _Request) -> list[Rows]:
 # ----------------------------------------------------------------------------- one set
 def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | Path | None = None,
                settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-               suite_out: str | Path = "docs/results/core", progress: bool = True) -> dict[str, Any]:
+               suite_out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Record (or resume) the evaluation set of one (family, mode) for ``seeds``; its summary (rows per source and
-    seed, the suite check per seed, the path). See the module docstring."""
+    seed, the suite check per seed, the path). ``suite_out``: the family's suite results (default
+    :func:`default_suite_out`). See the module docstring."""
     check_request([family], [mode], list(seeds), env_kwargs)
     path = set_path(out, family, mode)
     check_writable(path)
     configs = [env_config(family, mode, s, env_kwargs) for s in seeds]
     for config in configs:
-        _check_targets(settings, mode, config)
-    data = _resume_state(path, settings, mode, configs[0])
-    plans = {c.seed: seed_plan(settings, mode, c.reward_windows) for c in configs}
+        _check_targets(settings, family, mode, config)
+    data = _resume_state(path, settings, family, mode, configs[0])
+    suite_out = default_suite_out(family) if suite_out is None else suite_out
+    plans = {c.seed: seed_plan(settings, family, mode, c.reward_windows, held_out_evaluations=held_out_cost(c))
+             for c in configs}
     done = {c.seed: _progress(data, c.seed)["chunks"] for c in configs}
     total = sum(ch.evaluations for s, plan in plans.items() for ch in plan)
     spent = sum(ch.evaluations for s, plan in plans.items() for ch in plan[: done[s]])
@@ -642,7 +687,7 @@ def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | P
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=round(total), initial=round(spent), desc=f"{FAMILY_MODELS[family]} {mode}", unit="eval",
+        bar = tqdm(total=round(total), initial=round(spent), desc=f"{check_suite_family(family)[1]} {mode}", unit="eval",
                    dynamic_ncols=True)
     try:
         for config in configs:
@@ -653,7 +698,7 @@ def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | P
                      len(plan))
             env = FFPruneEnv(config)
             for chunk in plan[done[config.seed]:]:
-                data = _run_chunk(chunk, env, data, settings, path, suite_out)
+                data = _run_chunk(chunk, env, data, settings, path, suite_out, family)
                 if bar is not None:
                     bar.update(round(chunk.evaluations))
             env.close()
@@ -670,23 +715,23 @@ def _progress(data: EvaluationSet | None, seed: int) -> dict[str, int]:
 
 
 def _run_chunk(chunk: Chunk, env: FFPruneEnv, data: EvaluationSet | None, settings: RecordSettings, path: Path,
-               suite_out: str | Path) -> EvaluationSet:
+               suite_out: str | Path, family: str) -> EvaluationSet:
     """Run one chunk, add its rows, save the set with the chunk marked done (atomically); the set."""
     seed = env.config.seed
     rng = np.random.default_rng([settings.seed, seed, chunk.index])
     check = None
     if chunk.kind == "suite":
-        rows, check = suite_rows(env, suite_out, settings, rng)
+        rows, check = suite_rows(env, suite_out, settings, rng, check_suite_family(family)[2])
         batches = [rows] if rows is not None else []
     else:
-        req = _chunk_requests(chunk, env, data, settings, rng)
+        req = _chunk_requests(chunk, env, data, settings, rng, family)
         batches = _measure(env, req) if req is not None else []
     if data is None:
         first = batches.pop(0) if batches else _empty_rows(env)
         data = EvaluationSet.from_rows(first)
     for rows in batches:
         data.append(rows)
-    recorder = as_json(data.meta.get("recorder") or {"settings": settings.as_meta(env.config.mode),
+    recorder = as_json(data.meta.get("recorder") or {"settings": settings.as_meta(env.config.mode, family),
                                                   "progress": {}, "verification": {}})
     recorder["progress"][str(seed)] = {"chunks": chunk.index + 1, "rows": int((data.arrays["seed"] == seed).sum())}
     if check is not None:
@@ -731,12 +776,12 @@ def _prepare(families: Sequence[str], modes: Sequence[str], seeds: Sequence[int]
         path = set_path(out, family, mode)
         configs = [env_config(family, mode, s, env_kwargs) for s in seeds]
         for config in configs:
-            _check_targets(settings, mode, config)
-        if not seed_plan(settings, mode, configs[0].reward_windows):
+            _check_targets(settings, family, mode, config)
+        if not seed_plan(settings, family, mode, configs[0].reward_windows):
             raise FFPruneError("nothing to record: no suite rows (--no-suite), no random, heuristic, perturbed or "
                                "reduced-fidelity rows asked for")
         check_writable(path)
-        _resume_state(path, settings, mode, configs[0])
+        _resume_state(path, settings, family, mode, configs[0])
         out_sets.append((family, mode, path, configs))
     return out_sets
 
@@ -744,13 +789,16 @@ def _prepare(families: Sequence[str], modes: Sequence[str], seeds: Sequence[int]
 def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
                seeds: Sequence[int] = (0,), out: str | Path | None = None,
                settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-               suite_out: str | Path = "docs/results/core", workers: int = 0, ray_address: str | None = None,
+               suite_out: str | Path | None = None, workers: int = 0, ray_address: str | None = None,
                progress: bool = True) -> list[dict[str, Any]]:
     """Record (or resume) the set of every (family, mode): one after the other, or as Ray tasks on ``workers`` CPUs;
-    their summaries (:func:`summarise`). Bad input is a one-line :class:`FFPruneError` before any evaluation."""
+    their summaries (:func:`summarise`). ``suite_out``: where the suite's histories are (default: each family's
+    suite, :func:`default_suite_out`). Bad input is a one-line :class:`FFPruneError` before any evaluation."""
     sets = _prepare(families, modes, seeds, out, settings, env_kwargs)
     jobs = [{"family": family, "mode": mode, "seeds": list(seeds), "out": path.parent.resolve(), "settings": settings,
-             "env_kwargs": env_kwargs, "suite_out": Path(suite_out).resolve(), "progress": progress}
+             "env_kwargs": env_kwargs,
+             "suite_out": Path(default_suite_out(family) if suite_out is None else suite_out).resolve(),
+             "progress": progress}
             for family, mode, path, _c in sets]
     if workers:
         return run_on_ray(record_set, [{**job, "progress": False} for job in jobs], workers, ray_address)
@@ -760,19 +808,21 @@ def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[s
 def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
                 seeds: Sequence[int] = (0,), out: str | Path | None = None,
                 settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-                suite_out: str | Path = "docs/results/core") -> dict[str, Any]:
+                suite_out: str | Path | None = None) -> dict[str, Any]:
     """What :func:`run_record` would do, without loading a model: per set and seed, rows, held-out rows and
     evaluations per source (suite rows: what the cells hold; heuristics: at most, one may not fit a target), the
-    chunks already done, and the time at :data:`SECONDS_PER_EVALUATION` (plus the setup: dense ppls at every
+    chunks already done, and the time at :func:`seconds_per_evaluation` (plus the setup: dense ppls at every
     fidelity and on the held-out split)."""
     sets = []
     for family, mode, path, configs in _prepare(families, modes, seeds, out, settings, env_kwargs):
         data = EvaluationSet.load(path) if path.exists() else None
-        seconds = SECONDS_PER_EVALUATION[mode]
+        seconds = seconds_per_evaluation(configs[0])
+        where = default_suite_out(family) if suite_out is None else suite_out
         per_seed = []
         for config in configs:
-            count = suite_row_count(suite_out, config) if settings.suite else (0, 0)
-            plan = seed_plan(settings, mode, config.reward_windows, *count)
+            count = suite_row_count(where, config, check_suite_family(family)[2]) if settings.suite else (0, 0)
+            plan = seed_plan(settings, family, mode, config.reward_windows, *count,
+                             held_out_evaluations=held_out_cost(config))
             sources: dict[str, dict[str, float]] = {}
             for ch in plan:
                 name = ch.source if ch.kind != "heuristics" else "heuristic:" + "/".join(settings.heuristics_of(mode))
@@ -780,15 +830,16 @@ def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[
                 entry["rows"] += ch.rows
                 entry["held_out"] += ch.held_out
                 entry["evaluations"] += ch.evaluations
-            setup = (config.reward_windows + 1) / 2 + HELD_OUT_COST
+            setup = (config.reward_windows + 1) / 2 + held_out_cost(config)
             evaluations = sum(ch.evaluations for ch in plan) + setup
             per_seed.append({"seed": config.seed, "sources": sources, "setup_evaluations": setup,
                              "evaluations": evaluations, "minutes": evaluations * seconds / 60,
                              "chunks": len(plan), "done": _progress(data, config.seed)["chunks"]})
-        sets.append({"family": family, "model": FAMILY_MODELS[family], "mode": mode, "path": str(path),
+        sets.append({"family": family, "model": check_suite_family(family)[1], "mode": mode, "path": str(path),
                      "seconds_per_evaluation": seconds, "per_seed": per_seed,
                      "minutes": sum(s["minutes"] for s in per_seed)})
-    return {"settings": dataclasses.asdict(settings), "suite_out": str(suite_out), "sets": sets,
+    return {"settings": dataclasses.asdict(settings), "suite_out": None if suite_out is None else str(suite_out),
+            "sets": sets,
             "minutes": sum(s["minutes"] for s in sets)}
 
 
@@ -810,9 +861,10 @@ def plan_markdown(plan: dict[str, Any]) -> str:
         lines += [f"| **total** | {' / '.join(str(sum(int(v['rows']) for v in p['sources'].values())) for p in seeds)} | "
                   f"{' / '.join(str(sum(int(v['held_out']) for v in p['sources'].values())) for p in seeds)} | "
                   f"{' / '.join(_num(p['evaluations']) for p in seeds)} |", "",
-                  f"≈ {per} min per seed at {s['seconds_per_evaluation']} s per reward evaluation (one core); "
+                  f"≈ {per} min per seed at {s['seconds_per_evaluation']} s per reward evaluation "
+                  f"({'two threads' if s['model'] in SECONDS_PER_EVALUATION_REAL else 'one core'}); "
                   f"{s['minutes']:.0f} min for the set", ""]
-    lines.append(f"In all ≈ {plan['minutes']:.0f} min on one core (sets run side by side with --cell-workers N).")
+    lines.append(f"In all ≈ {plan['minutes']:.0f} min (bundled sets run side by side with --cell-workers N).")
     return "\n".join(lines) + "\n"
 
 

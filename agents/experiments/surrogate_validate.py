@@ -13,8 +13,9 @@ the split is by allocation, :func:`ffenv.surrogate.split_of`):
   allocation, :func:`ffenv.surrogate.fold_of`: each fold predicted by a surrogate fitted without it) on every row with
   a held-out ppl, since a suite target has only ≈ 50 of them and a fixed test split leaves 1–11 (the goals on the
   held-out ppl are judged on the cross-validated numbers);
-* each per slice: all targets, and the target of each ``core`` suite task of the (model, mode) (structured 0.3 and
-  0.5, unstructured 0.7: the 9 tasks), a slice being the rows at that target;
+* each per slice: all targets, and the target of each suite task of the (model, mode) (``core``: structured 0.3 and
+  0.5, unstructured 0.7, the 9 tasks; ``real``: SmolLM2 structured 0.2, unstructured 0.7), a slice being the rows at
+  that target;
 * the same numbers for scikit-learn's ``HistGradientBoostingRegressor`` (default settings, the same inputs and
   training rows; only when scikit-learn is installed) and the microseconds one prediction of a single allocation
   costs each model: the comparison behind the default model class.
@@ -42,7 +43,7 @@ from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
 from ffprune.agents.experiments.rlstats import spearman
-from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, TASK_TARGETS, task_name
+from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, check_suite_family, family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def validate_set(data: EvaluationSet, family: str, settings: FitSettings | None 
             "us_per_prediction": _median_us(lambda: trees.predict(row), max(50, timing_calls // 20)),
             "fit_seconds": round(seconds, 3)}
     cv_pred = cross_validated_eval(data, settings, folds) if folds else None
-    slices = [("all targets", None)] + [(task_name(family, mode, t), t) for t in TASK_TARGETS[mode]]
+    slices = [("all targets", None)] + [(task_name(family, mode, t), t) for t in family_targets(family, mode)]
     results: dict[str, Any] = {}
     for name, model in models.items():
         pr, pe = model["pred"]
@@ -231,7 +232,7 @@ def run_validate(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence
     out = Path(out)
     for name in ("validation.json", "validation.md"):
         check_writable(out / name)
-    paths = {(f, m): folder / data_name(FAMILY_MODELS[f], m) for f, m in pairs}
+    paths = {(f, m): folder / data_name(check_suite_family(f)[1], m) for f, m in pairs}
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise FFPruneError(f"{str(folder)!r} has no evaluation set {missing}; record them with `ffprune surrogate "
