@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from ffenv.errors import FFPruneError
+from ffenv.io import read_json
 from ffprune.agents.cli import main
+from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.suite import (
     SUITES,
     Suite,
@@ -33,6 +35,7 @@ from ffprune.agents.experiments.suite import (
     update_sections,
 )
 from ffprune.agents.methods.registry import METHODS, SearchMethod
+from ffprune.agents.results import seed_files
 from ffprune.baselines.heuristics import uniform_allocation
 from ffprune.baselines.search import heuristic
 
@@ -109,7 +112,7 @@ def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task
     assert set(analysis["aggregate"]["plain"]) == {"uniform"}
     recorded = json.loads((out / "llama-u0.7" / "failures.json").read_text())
     assert [f["seed"] for f in recorded] == [0] and "Traceback" in recorded[0]["traceback"]
-    assert not list((out / "llama-u0.7" / "cells").glob("flaky/seed*.json"))  # no result for a failed cell
+    assert not seed_files(out / "llama-u0.7" / "cells" / "flaky")  # no result for a failed cell
     md = (out / "suite.md").read_text()
     tail = md[md.index("Failures: 2 cell(s)"):]
     assert "| llama-u0.7 | flaky | 0 | RuntimeError: flaky \\| broke on purpose |" in tail
@@ -245,8 +248,8 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
                          progress=False, agreement_points=3, reps=200)
     tasks = [t.name for t in SUITES["core"].tasks]
     for name in tasks:
-        assert (out / name / "results.md").exists() and (out / name / "cells" / "random" / "seed1.json").exists()
-        assert not (out / name / "cells" / "uniform" / "seed1.json").exists()  # deterministic: seed 0 once
+        assert (out / name / "results.md").exists() and cell_path(out / name, "random", 1).exists()
+        assert not cell_path(out / name, "uniform", 1).exists()  # deterministic: seed 0 once
     rows = analysis["rows"]
     assert len(rows) == 9 * (1 + 2 + 2) and analysis["failures"] == []  # tasks x (uniform once, fastforward, random x 2)
     assert all(r["score"] == 0.0 for r in rows if r["method"] == "uniform")  # the reference scores 0
@@ -359,12 +362,12 @@ def tuned_suite(tmp_path_factory):
 
 def test_a_variant_runs_with_its_settings_as_a_row_of_its_own(tuned_suite):
     out, analysis = tuned_suite
-    cell = json.loads((out / "llama-s0.3" / "cells" / "fastforward-tuned" / "seed0.json").read_text())
+    cell = read_json(cell_path(out / "llama-s0.3", "fastforward-tuned", 0))
     assert cell["agent_config"]["batch_episodes"] == 2 and cell["curriculum_kwargs"] == {"fidelity_schedule": "none"}
     assert cell["variant"] == {"label": "fastforward-tuned", "method": "fastforward", "name": "b2",
                                "agent_kwargs": {"batch_episodes": 2}, "curriculum_kwargs": {"fidelity_schedule": "none"},
                                "source": "a test"}
-    default = json.loads((out / "llama-s0.3" / "cells" / "fastforward" / "seed0.json").read_text())
+    default = read_json(cell_path(out / "llama-s0.3", "fastforward", 0))
     assert default["agent_config"]["batch_episodes"] != 2 and "variant" not in default
     assert (out / "llama-s0.3" / "tb" / "fastforward-tuned" / "FFPrune-Llama-v0" / "fastforward" / "seed0").is_dir()
     assert [r["method"] for r in analysis["rows"]] == ["fastforward", "uniform", "fastforward-tuned"]  # registry order

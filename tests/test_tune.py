@@ -77,7 +77,7 @@ def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_
     variants = {REFERENCE: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
     out = tmp_path / "owl"
     analysis = run_tune(out, "owl", variants, tasks=[TASK], seeds=[10, 11], env_kwargs=ENV_KW, progress=False)
-    assert analysis["seeds"] == [10] and not (out / REFERENCE / TASK / "cells" / "owl" / "seed11.json").exists()
+    assert analysis["seeds"] == [10] and not cell_path(out / REFERENCE / TASK, "owl", 11).exists()
     assert [f["variant"] for f in analysis["infeasible"]] == ["wide"] and "lam" in analysis["infeasible"][0]["message"]
     assert analysis["failures"] == [] and analysis["missing"] == []
     assert analysis["selected"] in (REFERENCE, "lam0.02-m3")

@@ -88,7 +88,7 @@ from ffprune.agents.experiments.rlstats import (
     stratified_bootstrap_ci,
 )
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
-from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
+from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, seed_files, surrogate_of
 
 log = logging.getLogger(__name__)
 REFERENCE = "uniform"
@@ -286,7 +286,7 @@ def variant_jobs(task: SuiteTask, folder: Path, label: str, variant: SuiteVarian
     ``<folder>/cells/<label>``); a finished cell there that ran other settings is a one-line :class:`FFPruneError`
     before any work."""
     record = variant.record(label)
-    for path in sorted((folder / "cells" / label).glob("seed*.json")):
+    for _seed, path in seed_files(folder / "cells" / label):
         check_variant_cell(path, record)
     return [{**job, "agent_kwargs": dict(variant.agent_kwargs) or None,
              "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record}

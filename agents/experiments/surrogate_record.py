@@ -6,7 +6,7 @@ env seed is a pruning instance: it picks the calibration windows behind the impo
 row labelled with its ``source``:
 
 * ``suite:<method>`` — the histories of the family's suite (``core`` for the bundled families, ``real`` for SmolLM2;
-  ``<suite_out>/<task>/cells/<method>/seed<k>.json``): the cells whose env (``env_kwargs``) is this one, env seed
+  ``<suite_out>/<task>/cells/<method>/seed<k>.json.gz``): the cells whose env (``env_kwargs``) is this one, env seed
   included, whatever their search seed ``k`` (the committed suites ran every cell on env seed 0: they all feed seed
   0); a bundled family's structured set: the 0.3 and the 0.5 tasks both. No evaluation: the
   realised allocation of each recorded ``action`` at its recorded ``target`` is re-derived by projecting it
@@ -79,7 +79,7 @@ from ffprune.agents.experiments.suite import (
     family_targets,
     get_suite,
 )
-from ffprune.agents.results import read_result_if_any
+from ffprune.agents.results import read_result_if_any, seed_files
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,
@@ -421,8 +421,7 @@ def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None, s
         if (task_config.model, task_config.mode) != (config.model, config.mode):
             continue
         folder = suite_out / task.name
-        cells = [(m.name, int(p.stem[4:])) for m in sorted((folder / "cells").glob("*"))
-                 for p in m.glob("seed*.json") if p.stem[4:].isdigit()]
+        cells = [(m.name, seed) for m in sorted((folder / "cells").glob("*")) for seed, _p in seed_files(m)]
         for method, cell_seed in sorted(cells):
             path = cell_path(folder, method, cell_seed)
             result = read_result_if_any(path)
