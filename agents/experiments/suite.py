@@ -574,10 +574,14 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
     equal tokens."""
     rows = _score_rows(suite, cells, failures, equal_tokens)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in SCORE_KINDS}
+    unmeasured = {(row["method"], row["task"]) for row in rows
+                  if row["score"] is not None and row["score_equal_tokens"] is None}
     for row in rows:
         for kind, key in SCORE_KINDS.items():
             if row[key] is not None:
                 scores[kind].setdefault(row["method"], {}).setdefault(row["task"], []).append(row[key])
+    for method in {m for m, _t in unmeasured}:  # a pick not measured yet (--report-only): no aggregate, not a partial one
+        scores["equal_tokens"].pop(method, None)
     aggregate: dict[str, Any] = {}
     for kind, by_method in scores.items():
         aggregate[kind] = {}
