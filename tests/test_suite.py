@@ -181,6 +181,8 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     (tmp_path / "llama-s0.3").mkdir()
     picks = equal_token_picks(suite, cells, tmp_path, measure=False)  # a report alone measures nothing
     assert evaluated == [] and picks["llama-s0.3"]["cells"]["random/seed0"].get("eval_ppl") is None
+    partial = analyse(suite, cells, 3, 2, reps=50, equal_tokens=picks)  # seed 1's pick is its final best: scored
+    assert "random" not in partial["aggregate"]["equal_tokens"]  # no IQM from some seeds only
     picks = equal_token_picks(suite, cells, tmp_path)
     assert picks["llama-s0.3"]["tokens"] == 300
     assert picks["llama-s0.3"]["cells"] == {
