@@ -69,7 +69,15 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import FAMILIES, REAL_FAMILIES, REAL_VARIANTS, formulation_of, resolve_config
+from ffenv.registration import (
+    FAMILIES,
+    FAMILY_NAMES,
+    MODE_SUFFIX,
+    REAL_FAMILIES,
+    REAL_VARIANTS,
+    formulation_of,
+    resolve_config,
+)
 from ffprune.agents.experiments.bench import (
     CellFailure,
     cell_jobs,
@@ -118,12 +126,10 @@ class Suite:
     description: str
 
 
-FAMILY_IDS = {family.lower(): family for family in FAMILIES}
-"""Family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
-FAMILY_MODELS = {family.lower(): model for family, model in FAMILIES.items()}
-"""Family name → bundled model (``llama`` → ``tiny-llama``)."""
-MODE_SUFFIX = {"structured": "", "unstructured": "-Unstructured"}
-"""Mode → the suffix of its registered single-step id (``FFPrune-<Family><suffix>-v0``)."""
+FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
+FAMILY_MODELS = {name: model for name, (fid, model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name → bundled model (``llama`` → ``tiny-llama``)."""
 TASK_TARGETS = {"structured": (0.3, 0.5), "unstructured": (0.7,)}
 """The ``core`` suite's targets per mode."""
 
@@ -226,8 +232,7 @@ def get_suite(name: str) -> Suite:
 
 
 SUITE_FAMILIES: dict[str, tuple[str, str, str]] = {
-    **{family.lower(): (family, model, "core") for family, model in FAMILIES.items()},
-    **{family.lower(): (family, model, "real") for family, model in REAL_FAMILIES.items()}}
+    name: (fid, model, "real" if fid in REAL_FAMILIES else "core") for name, (fid, model) in FAMILY_NAMES.items()}
 """Every family a suite runs (``llama`` … bundled, ``smollm2`` real) → (its registered ids' family, its model, the suite
 whose tasks it runs)."""
 

@@ -66,7 +66,7 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import as_json, check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
-from ffenv.registration import formulation_of, resolve_config
+from ffenv.registration import family_env_id, formulation_of, resolve_config
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
@@ -318,8 +318,7 @@ def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[
 
 def env_config(family: str, mode: str, seed: int, env_kwargs: dict[str, Any] | None = None) -> EnvConfig:
     """The configuration of the env one seed of a set is recorded on (the registered id of the family and mode)."""
-    fid = check_suite_family(family)[0]
-    return resolve_config(f"FFPrune-{fid}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
+    return resolve_config(family_env_id(family, mode), {**(env_kwargs or {}), "seed": seed})
 
 
 def held_out_cost(config: EnvConfig) -> float:
