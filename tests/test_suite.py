@@ -196,6 +196,9 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     assert rows[("fastforward", 0)]["eval_ppl_equal_tokens"] == 15.0  # within its own spend: its result
     assert analysis["equal_tokens"] == {"llama-s0.3": 300}
     assert set(analysis["aggregate"]["equal_tokens"]) == {"uniform", "fastforward", "random"}
+    on_surrogate = {"llama-s0.3": {row: [_cell(c["seed"], [h["reward"] for h in c["history"]], 0, 15.0) for c in runs]
+                                   for row, runs in cells["llama-s0.3"].items()}}  # no tokens: nothing to equalise
+    assert equal_token_picks(suite, on_surrogate, tmp_path / "surrogate") == {}
 
 
 def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, monkeypatch):

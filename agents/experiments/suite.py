@@ -680,10 +680,11 @@ def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
 def equal_token_budget(by_method: dict[str, list[dict[str, Any]]]) -> int | None:
     """A task's budget in tokens at equal tokens: the fewest tokens any of its curriculum cells spent (the
     curriculum's early evaluations are cheap, so its methods spend fewer tokens than the same number of full
-    evaluations); ``None`` without curriculum cells."""
+    evaluations); ``None`` without curriculum cells or where no tokens were spent (a surrogate's cells: its evaluations
+    run no model, so every method costs the same, counted in surrogate evaluations)."""
     spent = [c["cost"]["tokens"] for row, runs in by_method.items() for c in runs
              if (m := METHODS.get(base_method(row, runs))) is not None and m.curriculum]
-    return min(spent) if spent else None
+    return min(spent) if spent and min(spent) > 0 else None
 
 
 def best_within(history: Sequence[dict[str, Any]], tokens: int, target: float, windows: int) -> dict[str, Any] | None:
