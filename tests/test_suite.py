@@ -281,8 +281,8 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     def explode(**_kw):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: json.loads(
-        (k["out"]).read_text()) if k["out"].exists() else explode())
+    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: read_json(k["out"])
+                        if k["out"].exists() else explode())
     again = run_suite("core", out, budget=3, seeds=2, methods=["fastforward", "random"], env_kwargs=SMALL,
                       progress=False, agreement_points=3, reps=200)
     assert again["aggregate"] == analysis["aggregate"] and again["improvement"] == analysis["improvement"]

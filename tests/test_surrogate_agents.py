@@ -9,14 +9,13 @@ curriculum runs); the surrogate fitted on it is cached on disk, so the searches 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from conftest import SURROGATE_KW
 
 from ffenv import FFPruneEnv, FFPruneError
-from ffenv.io import CheckpointPacer, pack, read_json, unpack
+from ffenv.io import CheckpointPacer, atomic_write_json, pack, read_json, unpack
 from ffenv.surrogate import EvaluationSet
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.cli import main
@@ -151,7 +150,7 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
     suite_out = tmp_path / "suite"
     for method in ("uniform", "fastforward"):
         (suite_out / TASK / "cells" / method).mkdir(parents=True)
-        shutil.copy(path, cell_path(suite_out / TASK, method, 0))
+        atomic_write_json(cell_path(suite_out / TASK, method, 0), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune claim expects real results"):
         report_claim(tmp_path / "claim", suite_out, tasks=[TASK], budgets=[100], seeds=1)
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune amortised expects real results"):
@@ -159,7 +158,7 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
     tune = tmp_path / "tune"
     (tune / "default" / TASK / "cells" / "fastforward").mkdir(parents=True)
     (tune / "config.json").write_text(json.dumps({"method": "fastforward", "budget": 100, "env_kwargs": {}}))
-    shutil.copy(path, cell_path(tune / "default" / TASK, "fastforward", 10))
+    atomic_write_json(cell_path(tune / "default" / TASK, "fastforward", 10), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune tune expects real results"):
         report_tune(tune, "fastforward", {"default": {}}, tasks=[TASK], seeds=[10])
     for call, what in ((lambda: run_tune(tmp_path / "t2", env_kwargs=recorded[2]), "ffprune tune"),

@@ -117,7 +117,7 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
         for method in ["uniform", *methods]:
             for seed in range(2 if method != "uniform" else 1):  # a deterministic method runs once
                 cell = read_json(cell_path(out / task, method, seed))
-                curve = json.loads(curve_path(out / task, method, seed).read_text())
+                curve = read_json(curve_path(out / task, method, seed))
                 assert cell["surrogate"] == curve["surrogate"] and curve["checkpoints"] == grid
                 assert curve["final"]["eval_ppl"] == cell["best"]["eval_ppl"]
     # the aggregate: IQM of the suite's normalised score over 2 tasks x 2 seeds, where every run has a best
@@ -127,11 +127,11 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
         curve = analysis["curves"][method]
         assert all(v is not None for v in curve["iqm"]) and curve["runs_with_best"] == [4] * len(grid)
         assert all(lo <= v <= hi for v, lo, hi in zip(curve["iqm"], curve["low"], curve["high"]))
-    uniform = {t: json.loads(curve_path(out / t, "uniform", 0).read_text())["final"]["eval_ppl"] for t in TASKS}
+    uniform = {t: read_json(curve_path(out / t, "uniform", 0))["final"]["eval_ppl"] for t in TASKS}
     finals = []
     for task in TASKS:
         for seed in range(2):
-            c = json.loads(curve_path(out / task, "evolution", seed).read_text())
+            c = read_json(curve_path(out / task, "evolution", seed))
             finals.append((uniform[task] - c["eval_ppl"][-1]) / (uniform[task] - c["dense_eval_ppl"]))
     assert analysis["curves"]["evolution"]["iqm"][-1] == pytest.approx(np.mean(sorted(finals)[1:3]))
     assert set(analysis["wall_seconds"]) == set(methods) and analysis["wall_seconds"]["random"]["cells"] == 4
@@ -189,7 +189,7 @@ def test_study_variants_are_rows_of_their_own_with_their_settings_recorded(surro
     # under the curriculum FastForward has no best at the target before the warm-up ends; without it, from episode 1
     assert study["curves"]["fastforward"]["runs_with_best"][0] == 0
     assert study["curves"]["ff-nocurr"]["runs_with_best"] == [1] * len(study["checkpoints"])
-    curve = json.loads(curve_path(out / "llama-s0.3", "ff-nocurr", 0).read_text())
+    curve = read_json(curve_path(out / "llama-s0.3", "ff-nocurr", 0))
     cell = read_json(cell_path(out / "llama-s0.3", "ff-nocurr", 0))
     assert curve["method"] == "ff-nocurr" and cell["agent"] == "fastforward" and curve["variant"] == cell["variant"]
     assert cell["variant"]["agent_kwargs"] == {"batch_episodes": 4}
