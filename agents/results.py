@@ -1,11 +1,16 @@
 """The one reader of search results and bench cells: the field names of today, whatever a file was written with.
 
-A result (``ffprune search --out``, a bench cell ``<out>/cells/<method>/seed<k>.json``) and a bench folder's
+A result (``ffprune search --out``, a bench cell ``<out>/cells/<method>/seed<k>.json.gz``) and a bench folder's
 ``config.json`` are read with :func:`read_result`, never with a bare ``json.load``: files written before a
 field was renamed (:data:`FIELD_RENAMES`; the results committed under ``docs/results/`` are such files and are
 never rewritten by hand) come back with the new names, so the code that reads results knows one name per
 fact. :func:`migrate_result` is the mapping itself (idempotent), :func:`result_env` an in-process env with a
 finished result's settings, for scoring its allocations again.
+
+**Stored results** (the cells of benches, suites, claims, tunes and studies) are written gzip-compressed, compact JSON
+(``seed<k>.json.gz``, :func:`ffenv.io.atomic_write_json`), about a quarter of the indented text; a folder written
+before holds ``seed<k>.json``, which :func:`seed_file` keeps using (so it resumes) and :func:`seed_files` lists;
+:func:`compact_results` rewrites such a folder's files compressed, checking each reads back equal.
 
 **Surrogate results** (a search on ``gym.make(id, surrogate=True)``, :mod:`ffenv.surrogate`) carry a top-level
 ``"surrogate": {"fingerprint": ..., "data": ...}`` label (and ``env_kwargs.surrogate: true``); their perplexities are
@@ -17,6 +22,8 @@ predictions. Wherever real results are expected (the core suite's cells and repo
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ import gymnasium as gym
 
 from ffenv.config import RENAMED_FIELDS
 from ffenv.errors import FFPruneError
-from ffenv.io import read_json
+from ffenv.io import COMPRESSED_JSON, atomic_write_json, read_json
 from ffenv.vector.ray_workers import WORKER_FIELDS
 
 FIELD_RENAMES: dict[str, str] = {
@@ -149,3 +156,44 @@ def result_env(result: dict[str, Any]) -> gym.Env:
     result = migrate_result(result)
     kwargs = {k: v for k, v in result["env_kwargs"].items() if k not in WORKER_FIELDS}
     return gym.make(result["env_id"], **kwargs)
+
+
+SEED_FILE = re.compile(r"^seed(\d+)\.json(\.gz)?$")
+"""The name of a stored result of one seed: ``seed<k>.json.gz`` (or an older folder's ``seed<k>.json``)."""
+
+
+def seed_file(folder: str | Path, seed: int) -> Path:
+    """Where the result of ``seed`` is stored in ``folder``: ``seed<k>.json.gz``, or ``seed<k>.json`` where an older
+    folder holds one (read and resumed as it is)."""
+    legacy = Path(folder) / f"seed{seed}.json"
+    return legacy if legacy.exists() else Path(folder) / f"seed{seed}{COMPRESSED_JSON}"
+
+
+def seed_files(folder: str | Path) -> list[tuple[int, Path]]:
+    """The stored results in ``folder`` as (seed, path), by seed (:func:`seed_file`'s choice where both exist)."""
+    folder = Path(folder)
+    seeds = sorted({int(m.group(1)) for p in folder.glob("seed*") if (m := SEED_FILE.match(p.name))})
+    return [(seed, seed_file(folder, seed)) for seed in seeds]
+
+
+def compact_results(root: str | Path) -> tuple[int, int, int]:
+    """Rewrite every ``seed<k>.json`` under ``root`` as ``seed<k>.json.gz`` (same data, read back and compared before
+    the text file is removed); (files, bytes before, bytes after). A file that reads back different is an
+    :class:`FFPruneError` and is kept."""
+    files, before, after = 0, 0, 0
+    for path in sorted(Path(root).rglob("seed*.json")):
+        if not SEED_FILE.match(path.name) or path.name.startswith("."):
+            continue
+        data = read_json(path, "result")
+        target = path.with_name(path.name + ".gz")
+        atomic_write_json(target, data)
+        if _canonical(read_json(target, "result")) != _canonical(data):  # NaN != NaN: compare the texts
+            target.unlink()
+            raise FFPruneError(f"{str(path)!r} does not read back equal once compressed; left as it is")
+        files, before, after = files + 1, before + path.stat().st_size, after + target.stat().st_size
+        path.unlink()
+    return files, before, after
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True)

@@ -9,16 +9,23 @@ one. A target that cannot be written (read-only folder, a file where a folder sh
 Checkpoints of long runs (10⁴–10⁵ episodes on a surrogate) stay cheap: :class:`CheckpointPacer` spaces rewrites so
 they cost a bounded share of the run, and :func:`pack` stores a search's plain-Python state (its whole history) as
 one bytes object, which ``torch.save`` copies instead of visiting every record.
+
+JSON files whose name ends in ``.json.gz`` (the cells of benches and suites, :data:`COMPRESSED_JSON`) are compact JSON,
+gzip-compressed with no timestamp (the same data gives the same bytes): :func:`atomic_write_json` and
+:func:`read_json` pick the format from the name, so every reader reads both. :func:`beside` names a result's companion
+files (``seed0.json`` and ``seed0.json.gz`` both have ``seed0.ckpt``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
 import platform
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -103,9 +110,47 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+COMPRESSED_JSON = ".json.gz"
+"""The name ending of a gzip-compressed JSON file."""
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented; NumPy / torch values converted) atomically."""
+    """Write JSON (NumPy / torch values converted) atomically: indented text, or compact and gzip-compressed (level
+    9, no timestamp, so the same data gives the same bytes) where ``path`` ends in :data:`COMPRESSED_JSON`."""
+    path = Path(path)
+    if path.name.endswith(COMPRESSED_JSON):
+        raw = (json.dumps(data, separators=(",", ":"), default=jsonable) + "\n").encode("utf-8")
+        blob = gzip.compress(raw, compresslevel=9, mtime=0)
+        return atomic_write(path, lambda tmp: tmp.write_bytes(blob))
     return atomic_write_text(path, json.dumps(data, indent=2, default=jsonable) + "\n")
+
+
+def beside(path: str | Path, suffix: str) -> Path:
+    """A companion file of a JSON result: ``path`` with its ``.json`` or ``.json.gz`` ending (or its last suffix)
+    replaced by ``suffix`` (``seed0.json.gz`` → ``seed0.ckpt``)."""
+    path = Path(path)
+    for ending in (COMPRESSED_JSON, ".json"):
+        if path.name.endswith(ending):
+            return path.with_name(path.name[: -len(ending)] + suffix)
+    return path.with_suffix(suffix)
+
+
+def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as a PNG atomically, with a 256-colour palette (a plot's few colours survive; the
+    file is about a third of a true-colour one, which matters for the plots committed under ``docs/results``)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    blob = out.getvalue()
+    return atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -197,14 +242,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def read_json(path: str | Path, name: str = "file") -> Any:
-    """Parse a JSON file; :class:`FFPruneError` naming it if it is missing or not JSON."""
+    """Parse a JSON file (gzip-compressed where its name ends in :data:`COMPRESSED_JSON`); :class:`FFPruneError` naming
+    it if it is missing, not JSON or a truncated / corrupt archive."""
     path = Path(path)
     try:
+        if path.name.endswith(COMPRESSED_JSON):
+            return json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise FFPruneError(f"{name} {str(path)!r} does not exist") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FFPruneError(f"{name} {str(path)!r} is not valid JSON ({err}); delete it or fix it") from err
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise FFPruneError(f"{name} {str(path)!r} is not a complete gzip file ({err}); delete it (a cell reruns) or "
+                           "restore it") from err
 
 
 def as_json(value: Any) -> Any:

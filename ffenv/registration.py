@@ -55,6 +55,24 @@ REAL_SETTINGS = {"SmolLM2": {"corpus": "wikitext2", "seq_len": 256, "reward_wind
 ``eval_samples`` windows of test); reward windows and length chosen by ``ffprune fidelity`` (docs/environment.md)."""
 
 
+MODE_SUFFIX = {"structured": "", "unstructured": "-Unstructured"}
+"""Mode → the suffix of its registered single-step id (``FFPrune-<Family><suffix>-v0``)."""
+FAMILY_NAMES: dict[str, tuple[str, str]] = {family.lower(): (family, model)
+                                            for family, model in {**FAMILIES, **REAL_FAMILIES}.items()}
+"""Every family by the lower-case name task names and ``--families`` use (``llama``, ``opt``, ``smollm2``) → (its
+registered ids' family, its model)."""
+
+
+def family_env_id(family: str, mode: str) -> str:
+    """The registered single-step id of a family in a mode (``llama``, ``unstructured`` →
+    ``FFPrune-Llama-Unstructured-v0``); an unknown family or mode is a one-line :class:`FFPruneError`."""
+    if family not in FAMILY_NAMES:
+        raise FFPruneError(f"families must be among {sorted(FAMILY_NAMES)}, got {family!r}")
+    if mode not in MODE_SUFFIX:
+        raise FFPruneError(f"modes must be among {list(MODE_SUFFIX)}, got {mode!r}")
+    return f"FFPrune-{FAMILY_NAMES[family][0]}{MODE_SUFFIX[mode]}-v0"
+
+
 def env_ids(sequential: bool = False, real: bool = False) -> list[str]:
     """The single-step ids this package registers on its bundled tiny models (``sequential=True``: their multi-step
     twins; ``real=True``: the ids on real pretrained models, fetched on first use, instead)."""

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from ffenv.errors import FFPruneError
+from ffenv.io import read_json
 from ffprune.agents.cli import amortised as cli
 from ffprune.agents.cli import main
 from ffprune.agents.experiments import amortised
 from ffprune.agents.experiments.amortised import PROTOCOL, run_amortised
+from ffprune.agents.results import seed_file
 
 SUITE = Path(__file__).resolve().parents[1] / "docs" / "results" / "core"
 ENV_KW = {"reward_windows": 4, "calib_samples": 8, "eval_samples": 8}
@@ -44,13 +46,13 @@ def test_policies_allocate_at_the_suite_targets_and_are_compared_with_the_per_ta
         assert zero["evaluations_here"] == 0 and refined["evaluations_here"] == 2
         assert zero["evaluations_per_family"] == 12 and refined["evaluations_per_family"] == 12 + 2
         assert rows[f"{family}-u0.7", "fastforward"]["evaluations_per_family"] == 100  # one target per family here
-        cell = json.loads((out / f"{family}-u0.7" / "refine0" / "seed0.json").read_text())
+        cell = read_json(seed_file(out / f"{family}-u0.7" / "refine0", 0))
         assert cell["env_kwargs"]["target_sparsity"] == 0.7 and cell["best"]["sparsity"] == pytest.approx(0.7, abs=0.01)
-        policy = json.loads((out / "policies" / f"{family}-unstructured" / "seed0.json").read_text())
+        policy = read_json(seed_file(out / "policies" / f"{family}-unstructured", 0))
         assert set(policy["best_by_target"]) == {f"{t:g}" for t in PROTOCOL["unstructured"].train_targets}
     for source in ("llama", "opt", "llama+opt"):
         assert rows["mistral-u0.7", f"zero-shot, policy of {source}"]["evaluations_per_family"] == 0
-    both = json.loads((out / "policies" / "llama+opt-unstructured" / "seed0.json").read_text())
+    both = read_json(seed_file(out / "policies" / "llama+opt-unstructured", 0))
     assert both["warm_start"].endswith("llama-unstructured/seed0.policy.pt") and both["env_id"] == "FFPrune-OPT-Unstructured-v0"
     assert [g["task"] for g in analysis["goals"]] == ["llama-u0.7", "mistral-u0.7", "opt-u0.7"]
     policy_file = out / "policies" / "opt-unstructured" / "seed0.policy.pt"

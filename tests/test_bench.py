@@ -14,6 +14,7 @@ from ffprune.agents.experiments.bench import CellFailure, cell_jobs, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
+from ffprune.agents.results import seed_files
 
 TINY = ["--env-kwarg", "reward_windows=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
@@ -40,7 +41,7 @@ def test_bench_runs_every_method_writes_everything_and_resumes(tmp_path, capsys)
     assert "| fastforward |" in md and "fastforward evaluations to reach it" in md and "fastforward tokens to reach it" in md
     tb = list((out / "tb" / "FFPrune-Mistral-v0").glob("*/seed1/events.out.tfevents.*"))
     assert len(tb) >= sum(n == 2 for n in runs.values())
-    cells = sorted((out / "cells").glob("*/seed*.json"))
+    cells = [p for m in sorted((out / "cells").iterdir()) for _s, p in seed_files(m)]
     assert len(cells) == sum(runs.values())
     stamp = {p: p.stat().st_mtime_ns for p in cells}
 

@@ -92,3 +92,18 @@ def test_wrappers_record_their_arguments_in_the_spec(base_env):
 def test_bad_arguments(base_env, kwargs, match):
     with pytest.raises(ValueError, match=match):
         CurriculumWrapper(base_env, **kwargs)
+
+
+def test_progress_bar_says_warm_up_until_the_final_target_is_measured(capsys):
+    """Before any evaluation at the final target there is no best: the bar shows the warm-up's target and ppl, never
+    ``nan``; once there is one it shows ``best_ppl``."""
+    from ffenv.wrappers.logger import SearchLogger
+
+    logger = SearchLogger(progress=True)
+    warm = {"episode": 1, "evaluations": 1, "seconds": 0.5, "target": 0.12, "ppl": 45.25, "reward": 0.9,
+            "best_reward": float("nan"), "best_ppl": float("nan")}
+    logger.log_episode(warm, {"reward_windows": 2}, budget=3)
+    assert set(logger._bar.postfix.split(", ")) == {"evals=1", "warm_up=target 0.12 ppl 45.2", "elapsed=0s"}
+    logger.log_episode({**warm, "episode": 2, "target": 0.3, "best_reward": 0.8, "best_ppl": 50.0}, {"reward_windows": 4}, 3)
+    assert "best_ppl=50.00" in logger._bar.postfix and "nan" not in logger._bar.postfix
+    logger.close()

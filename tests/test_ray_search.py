@@ -34,4 +34,4 @@ def test_bench_cells_run_as_ray_tasks(tmp_path):
                      env_kwargs={"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False,
                      progress=False, workers=2)
     assert sorted(r["method"] for r in rows) == ["random", "uniform"]
-    assert len(list((tmp_path / "b" / "cells").glob("*/seed*.json"))) == 3  # random x 2, uniform once (deterministic)
+    assert len(list((tmp_path / "b" / "cells").glob("*/seed*.json.gz"))) == 3  # random x 2, uniform once (deterministic)

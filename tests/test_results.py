@@ -6,10 +6,20 @@ import json
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 from ffenv.errors import FFPruneError
-from ffprune.agents.results import FIELD_RENAMES, migrate_result, read_result, result_env
+from ffenv.io import atomic_write_json, beside, read_json
+from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.results import (
+    FIELD_RENAMES,
+    compact_results,
+    migrate_result,
+    read_result,
+    result_env,
+    seed_files,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
@@ -27,7 +37,7 @@ def committed_results() -> list[Path]:
     def tune_record(p: Path) -> bool:
         return p.relative_to(RESULTS).parts[0].startswith("tune-") and "cells" not in p.parts
 
-    return sorted(p for p in RESULTS.rglob("*.json")
+    return sorted(p for p in [*RESULTS.rglob("*.json"), *RESULTS.rglob("*.json.gz")]
                   if p.name not in analyses and "curves" not in p.parts and not tune_record(p))
 
 
@@ -45,7 +55,7 @@ def test_every_committed_result_reads_with_the_new_names():
     assert len(paths) > 250  # the core suite's cells and configs and the FastForward budget study
     old_seen = set()
     for path in paths:
-        raw = json.loads(path.read_text())
+        raw = read_json(path)
         old_seen |= {old for old in FIELD_RENAMES if dotted(raw, old)}
         result = read_result(path)
         assert not [old for old in FIELD_RENAMES if dotted(result, old)], path
@@ -118,3 +128,51 @@ def test_result_env_leaves_the_workers_out():
         assert env.unwrapped.config.reward_windows == 2
     finally:
         env.close()
+
+
+def test_cells_are_stored_compressed_and_older_text_cells_are_read_resumed_and_compacted(tmp_path):
+    """New cells are ``seed<k>.json.gz`` (the same data gives the same bytes); a folder of text cells keeps its files
+    (a bench resumes it) until ``compact_results`` rewrites them, each checked to read back equal (NaN included)."""
+    cell = {"best": {"eval_ppl": float("nan"), "action": [0.25, -1.0]}, "history": [{"ppl": 3.5}], "seed": 1}
+    new = cell_path(tmp_path / "new", "random", 1)
+    assert new.name == "seed1.json.gz" and beside(new, ".ckpt").name == "seed1.ckpt"
+    atomic_write_json(new, cell)
+    first = new.read_bytes()
+    atomic_write_json(new, cell)
+    assert new.read_bytes() == first and first[:2] == b"\x1f\x8b"
+    assert json.dumps(read_json(new)) == json.dumps(cell)
+    old = tmp_path / "old" / "cells" / "random"
+    for seed in (0, 2):
+        atomic_write_json(old / f"seed{seed}.json", {**cell, "seed": seed})
+    assert cell_path(tmp_path / "old", "random", 2).name == "seed2.json"  # an older folder resumes as it is
+    assert [s for s, _p in seed_files(old)] == [0, 2]
+    files, before, after = compact_results(tmp_path / "old")
+    assert files == 2 and after < before and sorted(p.name for p in old.iterdir()) == ["seed0.json.gz", "seed2.json.gz"]
+    assert json.dumps(read_json(cell_path(tmp_path / "old", "random", 2))) == json.dumps({**cell, "seed": 2})
+    new.write_bytes(first[: len(first) // 2])
+    with pytest.raises(FFPruneError, match=r"seed1.json.gz' is not a complete gzip file .*delete it"):
+        read_result(new)
+
+
+def test_plots_are_saved_as_palette_pngs_atomically(tmp_path):
+    """Committed plots are 256-colour PNGs (a third of a true-colour file); an unwritable path is one line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ffenv.io import atomic_save_figure
+
+    fig, ax = plt.subplots()
+    for k in range(8):
+        ax.plot(np.arange(20) * k, label=str(k))
+    ax.legend()
+    path = atomic_save_figure(fig, tmp_path / "plot.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "P" and image.size[0] > 300
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FFPruneError, match="cannot write"):
+        atomic_save_figure(fig, tmp_path / "file" / "plot.png")
+    plt.close(fig)

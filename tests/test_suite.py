@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from ffenv.errors import FFPruneError
+from ffenv.io import read_json
 from ffprune.agents.cli import main
+from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.suite import (
     SUITES,
     Suite,
@@ -33,6 +35,7 @@ from ffprune.agents.experiments.suite import (
     update_sections,
 )
 from ffprune.agents.methods.registry import METHODS, SearchMethod
+from ffprune.agents.results import seed_files
 from ffprune.baselines.heuristics import uniform_allocation
 from ffprune.baselines.search import heuristic
 
@@ -109,7 +112,7 @@ def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task
     assert set(analysis["aggregate"]["plain"]) == {"uniform"}
     recorded = json.loads((out / "llama-u0.7" / "failures.json").read_text())
     assert [f["seed"] for f in recorded] == [0] and "Traceback" in recorded[0]["traceback"]
-    assert not list((out / "llama-u0.7" / "cells").glob("flaky/seed*.json"))  # no result for a failed cell
+    assert not seed_files(out / "llama-u0.7" / "cells" / "flaky")  # no result for a failed cell
     md = (out / "suite.md").read_text()
     tail = md[md.index("Failures: 2 cell(s)"):]
     assert "| llama-u0.7 | flaky | 0 | RuntimeError: flaky \\| broke on purpose |" in tail
@@ -178,6 +181,8 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     (tmp_path / "llama-s0.3").mkdir()
     picks = equal_token_picks(suite, cells, tmp_path, measure=False)  # a report alone measures nothing
     assert evaluated == [] and picks["llama-s0.3"]["cells"]["random/seed0"].get("eval_ppl") is None
+    partial = analyse(suite, cells, 3, 2, reps=50, equal_tokens=picks)  # seed 1's pick is its final best: scored
+    assert "random" not in partial["aggregate"]["equal_tokens"]  # no IQM from some seeds only
     picks = equal_token_picks(suite, cells, tmp_path)
     assert picks["llama-s0.3"]["tokens"] == 300
     assert picks["llama-s0.3"]["cells"] == {
@@ -191,6 +196,9 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     assert rows[("fastforward", 0)]["eval_ppl_equal_tokens"] == 15.0  # within its own spend: its result
     assert analysis["equal_tokens"] == {"llama-s0.3": 300}
     assert set(analysis["aggregate"]["equal_tokens"]) == {"uniform", "fastforward", "random"}
+    on_surrogate = {"llama-s0.3": {row: [_cell(c["seed"], [h["reward"] for h in c["history"]], 0, 15.0) for c in runs]
+                                   for row, runs in cells["llama-s0.3"].items()}}  # no tokens: nothing to equalise
+    assert equal_token_picks(suite, on_surrogate, tmp_path / "surrogate") == {}
 
 
 def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, monkeypatch):
@@ -245,8 +253,8 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
                          progress=False, agreement_points=3, reps=200)
     tasks = [t.name for t in SUITES["core"].tasks]
     for name in tasks:
-        assert (out / name / "results.md").exists() and (out / name / "cells" / "random" / "seed1.json").exists()
-        assert not (out / name / "cells" / "uniform" / "seed1.json").exists()  # deterministic: seed 0 once
+        assert (out / name / "results.md").exists() and cell_path(out / name, "random", 1).exists()
+        assert not cell_path(out / name, "uniform", 1).exists()  # deterministic: seed 0 once
     rows = analysis["rows"]
     assert len(rows) == 9 * (1 + 2 + 2) and analysis["failures"] == []  # tasks x (uniform once, fastforward, random x 2)
     assert all(r["score"] == 0.0 for r in rows if r["method"] == "uniform")  # the reference scores 0
@@ -273,8 +281,8 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     def explode(**_kw):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: json.loads(
-        (k["out"]).read_text()) if k["out"].exists() else explode())
+    monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: read_json(k["out"])
+                        if k["out"].exists() else explode())
     again = run_suite("core", out, budget=3, seeds=2, methods=["fastforward", "random"], env_kwargs=SMALL,
                       progress=False, agreement_points=3, reps=200)
     assert again["aggregate"] == analysis["aggregate"] and again["improvement"] == analysis["improvement"]
@@ -359,12 +367,12 @@ def tuned_suite(tmp_path_factory):
 
 def test_a_variant_runs_with_its_settings_as_a_row_of_its_own(tuned_suite):
     out, analysis = tuned_suite
-    cell = json.loads((out / "llama-s0.3" / "cells" / "fastforward-tuned" / "seed0.json").read_text())
+    cell = read_json(cell_path(out / "llama-s0.3", "fastforward-tuned", 0))
     assert cell["agent_config"]["batch_episodes"] == 2 and cell["curriculum_kwargs"] == {"fidelity_schedule": "none"}
     assert cell["variant"] == {"label": "fastforward-tuned", "method": "fastforward", "name": "b2",
                                "agent_kwargs": {"batch_episodes": 2}, "curriculum_kwargs": {"fidelity_schedule": "none"},
                                "source": "a test"}
-    default = json.loads((out / "llama-s0.3" / "cells" / "fastforward" / "seed0.json").read_text())
+    default = read_json(cell_path(out / "llama-s0.3", "fastforward", 0))
     assert default["agent_config"]["batch_episodes"] != 2 and "variant" not in default
     assert (out / "llama-s0.3" / "tb" / "fastforward-tuned" / "FFPrune-Llama-v0" / "fastforward" / "seed0").is_dir()
     assert [r["method"] for r in analysis["rows"]] == ["fastforward", "uniform", "fastforward-tuned"]  # registry order

@@ -9,17 +9,17 @@ curriculum runs); the surrogate fitted on it is cached on disk, so the searches 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from conftest import SURROGATE_KW
 
 from ffenv import FFPruneEnv, FFPruneError
-from ffenv.io import CheckpointPacer, pack, unpack
+from ffenv.io import CheckpointPacer, atomic_write_json, pack, read_json, unpack
 from ffenv.surrogate import EvaluationSet
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.cli import main
+from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.search import run_search
 
 KW = SURROGATE_KW
@@ -150,7 +150,7 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
     suite_out = tmp_path / "suite"
     for method in ("uniform", "fastforward"):
         (suite_out / TASK / "cells" / method).mkdir(parents=True)
-        shutil.copy(path, suite_out / TASK / "cells" / method / "seed0.json")
+        atomic_write_json(cell_path(suite_out / TASK, method, 0), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune claim expects real results"):
         report_claim(tmp_path / "claim", suite_out, tasks=[TASK], budgets=[100], seeds=1)
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune amortised expects real results"):
@@ -158,7 +158,7 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
     tune = tmp_path / "tune"
     (tune / "default" / TASK / "cells" / "fastforward").mkdir(parents=True)
     (tune / "config.json").write_text(json.dumps({"method": "fastforward", "budget": 100, "env_kwargs": {}}))
-    shutil.copy(path, tune / "default" / TASK / "cells" / "fastforward" / "seed10.json")
+    atomic_write_json(cell_path(tune / "default" / TASK, "fastforward", 10), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune tune expects real results"):
         report_tune(tune, "fastforward", {"default": {}}, tasks=[TASK], seeds=[10])
     for call, what in ((lambda: run_tune(tmp_path / "t2", env_kwargs=recorded[2]), "ffprune tune"),
@@ -206,7 +206,7 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
     cell_jobs(ENV_ID, 6, 1, ["random"], real / TASK, env_kwargs=KW)  # writes the real task's config.json
     with pytest.raises(FFPruneError, match="holds real cells, not a suite run on the surrogate"):
         report_suite("one", real, surrogate=True)
-    cell = json.loads((out / TASK / "cells" / "random" / "seed0.json").read_text())
+    cell = read_json(cell_path(out / TASK, "random", 0))
     real_cell = {k: v for k, v in cell.items() if k != "surrogate"}
     real_cell["env_kwargs"] = {k: v for k, v in cell["env_kwargs"].items() if k not in ("surrogate", "surrogate_data")}
     with pytest.raises(FFPruneError, match="is a real result in a suite run on the surrogate"):

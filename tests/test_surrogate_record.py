@@ -20,6 +20,7 @@ from ffenv.surrogate import EvaluationSet
 from ffprune.agents.cli import main
 from ffprune.agents.cli import surrogate as cli
 from ffprune.agents.experiments import surrogate_record as sr
+from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.surrogate_validate import slice_metrics
 from ffprune.agents.results import read_result
@@ -39,7 +40,7 @@ def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("core")
     ids = {"llama-s0.3": "FFPrune-Llama-v0", "llama-s0.5": "FFPrune-Llama-Structured50-v0"}
     for task, method, budget, seed in SEARCHES:
-        run_search(ids[task], agent=method, budget=budget, seed=seed, out=out / task / "cells" / method / f"seed{seed}.json",
+        run_search(ids[task], agent=method, budget=budget, seed=seed, out=cell_path(out / task, method, seed),
                    env_kwargs=KW, logdir=None, progress=False)
     return out
 
@@ -96,7 +97,7 @@ def test_suite_rows_are_the_cells_histories_projected_not_measured(recorded, sui
     a = data.arrays
     env = FFPruneEnv(**KW)
     for task, method, _budget, seed in SEARCHES:
-        cell = read_result(suite / task / "cells" / method / f"seed{seed}.json")
+        cell = read_result(cell_path(suite / task, method, seed))
         mine = np.flatnonzero(a["source"] == data.sources.index(f"suite:{method}"))
         history = cell["history"]
         assert len(mine) in (len(history), len(history) + 1)  # + the best, re-scored on all windows
@@ -167,7 +168,7 @@ def test_a_set_recorded_with_other_settings_is_refused(recorded, capsys):
 def test_dry_run_prints_the_plan_and_records_nothing(suite, tmp_path, capsys):
     assert main(["surrogate", "record", *TINY, "--out", str(tmp_path), "--suite-out", str(suite), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    suite_rows = sum(len(read_result(suite / t / "cells" / m / f"seed{s}.json")["history"]) for t, m, _b, s in SEARCHES)
+    suite_rows = sum(len(read_result(cell_path(suite / t, m, s))["history"]) for t, m, _b, s in SEARCHES)
     row = re.search(r"\| suite \| (\d+) \| (\d+) \|", out)
     assert row and int(row.group(1)) >= suite_rows and int(row.group(2)) == 3  # one held-out ppl per cell's best
     assert "| random:uniform | 4 |" in out and "| heuristic:uniform/owl/atp | 8 |" in out and "| fidelity | 4 |" in out

@@ -14,9 +14,10 @@ import pytest
 from conftest import SURROGATE_KW
 
 from ffenv import FFPruneEnv, FFPruneError
+from ffenv.io import read_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments import surrogate_study
-from ffprune.agents.experiments.bench import run_cells
+from ffprune.agents.experiments.bench import cell_path, run_cells
 from ffprune.agents.experiments.rlstats import kendall_tau_b
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.surrogate_rank import GOAL, run_rank
@@ -115,8 +116,8 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
         assert config["env_id"] == env_id and config["budget"] == 30 and config["surrogate"]["data"].endswith(".npz")
         for method in ["uniform", *methods]:
             for seed in range(2 if method != "uniform" else 1):  # a deterministic method runs once
-                cell = json.loads((out / task / "cells" / method / f"seed{seed}.json").read_text())
-                curve = json.loads(curve_path(out / task, method, seed).read_text())
+                cell = read_json(cell_path(out / task, method, seed))
+                curve = read_json(curve_path(out / task, method, seed))
                 assert cell["surrogate"] == curve["surrogate"] and curve["checkpoints"] == grid
                 assert curve["final"]["eval_ppl"] == cell["best"]["eval_ppl"]
     # the aggregate: IQM of the suite's normalised score over 2 tasks x 2 seeds, where every run has a best
@@ -126,11 +127,11 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
         curve = analysis["curves"][method]
         assert all(v is not None for v in curve["iqm"]) and curve["runs_with_best"] == [4] * len(grid)
         assert all(lo <= v <= hi for v, lo, hi in zip(curve["iqm"], curve["low"], curve["high"]))
-    uniform = {t: json.loads(curve_path(out / t, "uniform", 0).read_text())["final"]["eval_ppl"] for t in TASKS}
+    uniform = {t: read_json(curve_path(out / t, "uniform", 0))["final"]["eval_ppl"] for t in TASKS}
     finals = []
     for task in TASKS:
         for seed in range(2):
-            c = json.loads(curve_path(out / task, "evolution", seed).read_text())
+            c = read_json(curve_path(out / task, "evolution", seed))
             finals.append((uniform[task] - c["eval_ppl"][-1]) / (uniform[task] - c["dense_eval_ppl"]))
     assert analysis["curves"]["evolution"]["iqm"][-1] == pytest.approx(np.mean(sorted(finals)[1:3]))
     assert set(analysis["wall_seconds"]) == set(methods) and analysis["wall_seconds"]["random"]["cells"] == 4
@@ -188,8 +189,8 @@ def test_study_variants_are_rows_of_their_own_with_their_settings_recorded(surro
     # under the curriculum FastForward has no best at the target before the warm-up ends; without it, from episode 1
     assert study["curves"]["fastforward"]["runs_with_best"][0] == 0
     assert study["curves"]["ff-nocurr"]["runs_with_best"] == [1] * len(study["checkpoints"])
-    curve = json.loads(curve_path(out / "llama-s0.3", "ff-nocurr", 0).read_text())
-    cell = json.loads((out / "llama-s0.3" / "cells" / "ff-nocurr" / "seed0.json").read_text())
+    curve = read_json(curve_path(out / "llama-s0.3", "ff-nocurr", 0))
+    cell = read_json(cell_path(out / "llama-s0.3", "ff-nocurr", 0))
     assert curve["method"] == "ff-nocurr" and cell["agent"] == "fastforward" and curve["variant"] == cell["variant"]
     assert cell["variant"]["agent_kwargs"] == {"batch_episodes": 4}
     assert cell["variant"]["curriculum_kwargs"] == {"sparsity_schedule": "none", "fidelity_schedule": "none"}
@@ -253,8 +254,8 @@ def test_rank_compares_the_iqm_rankings_with_kendall_tau(suites, tmp_path, capsy
     assert overall["left_out"] == ["alphapruning"]  # in one suite only: not in the ranking, but said so
     assert overall["kendall_tau_b"] == pytest.approx(kendall_tau_b(overall["real"], overall["surrogate"]))
     assert overall["meets_goal"] == (overall["kendall_tau_b"] >= GOAL)
-    real = json.loads((suites / "real" / "llama-s0.3" / "cells" / "uniform" / "seed0.json").read_text())
-    sur = json.loads((suites / "surrogate" / "llama-s0.3" / "cells" / "uniform" / "seed0.json").read_text())
+    real = read_json(cell_path(suites / "real" / "llama-s0.3", "uniform", 0))
+    sur = read_json(cell_path(suites / "surrogate" / "llama-s0.3", "uniform", 0))
     assert analysis["per_task"]["llama-s0.3"]["uniform_eval_ppl"] == {"real": real["best"]["eval_ppl"],
                                                                         "surrogate": sur["best"]["eval_ppl"]}
     uniform = overall["methods"].index("uniform")

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_write_json
+from ffenv.io import atomic_write_json, read_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.search import run_search
@@ -42,7 +42,7 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
     out, variants, analysis = tiny
     assert list(variants) == [REFERENCE, "squash"] and variants["squash"] == {"squash": True}
     for variant in variants:
-        cell = json.loads(cell_path(out / variant / TASK, "fastforward", 10).read_text())
+        cell = read_json(cell_path(out / variant / TASK, "fastforward", 10))
         assert cell["complete"] and cell["seed"] == 10 and cell["budget"] == 4
         assert cell["agent_config"]["squash"] is (variant == "squash")
         assert json.loads((out / variant / "variant.json").read_text()) == {"agent_kwargs": variants[variant]}
@@ -64,7 +64,7 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
     # the report shows no held-out number: no eval_ppl field, none of the cells' held-out values
     held_out = []
     for variant in variants:
-        best = json.loads(cell_path(out / variant / TASK, "fastforward", 10).read_text())["best"]
+        best = read_json(cell_path(out / variant / TASK, "fastforward", 10))["best"]
         held_out += [best["eval_ppl"], best["dense_eval_ppl"]]
     for text in (md.decode(), js.decode()):
         assert "eval_ppl" not in text and "held-out ppl" not in text
@@ -77,7 +77,7 @@ def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_
     variants = {REFERENCE: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
     out = tmp_path / "owl"
     analysis = run_tune(out, "owl", variants, tasks=[TASK], seeds=[10, 11], env_kwargs=ENV_KW, progress=False)
-    assert analysis["seeds"] == [10] and not (out / REFERENCE / TASK / "cells" / "owl" / "seed11.json").exists()
+    assert analysis["seeds"] == [10] and not cell_path(out / REFERENCE / TASK, "owl", 11).exists()
     assert [f["variant"] for f in analysis["infeasible"]] == ["wide"] and "lam" in analysis["infeasible"][0]["message"]
     assert analysis["failures"] == [] and analysis["missing"] == []
     assert analysis["selected"] in (REFERENCE, "lam0.02-m3")
@@ -96,7 +96,7 @@ def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
     out, _variants, _ = tiny  # the default cell is finished: only full32's runs
     run_tune(out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10], budget=4,
              env_kwargs=ENV_KW, progress=False)
-    default, full = (json.loads(cell_path(out / v / TASK, "fastforward", 10).read_text()) for v in (REFERENCE, "full32"))
+    default, full = (read_json(cell_path(out / v / TASK, "fastforward", 10)) for v in (REFERENCE, "full32"))
     assert full["curriculum_kwargs"] == {"fidelity_schedule": "none"} and "curriculum_kwargs" not in default
     assert full["agent_config"] == default["agent_config"]
     assert {h["windows"] for h in full["history"]} == {ENV_KW["reward_windows"]}

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
-from ffenv.io import atomic_write_json, atomic_write_text
+from ffenv.io import atomic_write_json, atomic_write_text, beside
 from ffprune.agents.experiments.allocate import allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.ray_tasks import run_on_ray
@@ -51,7 +51,7 @@ from ffprune.agents.experiments.suite import (
     normalised,
     task_name,
 )
-from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings
+from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings, seed_file
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,11 @@ TRANSFER_FROM = ("llama", "opt")
 
 
 def _train_path(out: Path, policy: str, mode: str, seed: int) -> Path:
-    return out / "policies" / f"{policy}-{mode}" / f"seed{seed}.json"
+    return seed_file(out / "policies" / f"{policy}-{mode}", seed)
 
 
 def _policy_file(result: Path) -> Path:
-    return result.with_suffix(".policy.pt")
+    return beside(result, ".policy.pt")
 
 
 def train_job(env_id: str, out: Path, seed: int, budget: int, train_targets: Sequence[float],
@@ -164,7 +164,7 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
                     task = task_name(f, m, t)
                     for r in dict.fromkeys((0, refine)):
                         allocations.append({"policy": policy, "target": t, "refine": r, "seed": s,
-                                            "out": out / task / f"refine{r}" / f"seed{s}.json",
+                                            "out": seed_file(out / task / f"refine{r}", s),
                                             "env_kwargs": env_kwargs, "progress": progress})
             if both:
                 for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
@@ -173,7 +173,7 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
                         task = task_name(TRANSFER_TO, m, t)
                         allocations.append({"policy": policy, "target": t, "refine": 0, "seed": s,
                                             "env_id": f"FFPrune-{family_id(TRANSFER_TO)}{proto.env_suffix}-v0",
-                                            "out": out / task / f"from-{source}" / f"seed{s}.json",
+                                            "out": seed_file(out / task / f"from-{source}", s),
                                             "env_kwargs": env_kwargs, "progress": progress})
     _run(allocate_job, allocations, workers, ray_address)
     return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
@@ -206,11 +206,11 @@ def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str 
                         rows.append(_row(task, mode, approach, kind, cells, spent, *gap))
 
                 for r in dict.fromkeys((0, refine)):
-                    cells = _cells(out / task / f"refine{r}" / f"seed{s}.json" for s in range(seeds))
+                    cells = _cells(seed_file(out / task / f"refine{r}", s) for s in range(seeds))
                     row("zero-shot" if r == 0 else f"refine {r}", "amortised", cells, budget + r * n)
                 if f == TRANSFER_TO:
                     for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
-                        cells = _cells(out / task / f"from-{source}" / f"seed{s}.json" for s in range(seeds))
+                        cells = _cells(seed_file(out / task / f"from-{source}", s) for s in range(seeds))
                         row(f"zero-shot, policy of {source}", "cross-model", cells, 0)
                 for method_dir in sorted((suite_out / task / "cells").glob("*")):
                     cells = _cells(cell_path(suite_out / task, method_dir.name, s) for s in range(seeds))

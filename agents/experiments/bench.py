@@ -3,13 +3,13 @@
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama-0.3
 
 Each (method, seed) cell is one :func:`ffprune.agents.experiments.search.run_search` with the same budget,
-written to ``<out>/cells/<method>/seed<k>.json`` (its TensorBoard run under ``<out>/tb/<env>/<method>/seed<k>``);
-a finished cell is never recomputed, an interrupted one resumes from its checkpoint, and cells written by an
-older ffprune are read with today's field names (:func:`ffprune.agents.results.read_result`). With
-``calibrate`` (structured envs) each cell's best allocation is also scored on the held-out split after
-post-pruning calibration (:mod:`ffenv.pruning.calib`), stored in the cell as ``best.eval_ppl_after_calib``.
-Cells run in this process or as Ray tasks (:mod:`ffprune.agents.experiments.ray_tasks`); then the folder gets
-the tables and plots of :func:`ffprune.agents.experiments.reports.write_outputs`.
+written to ``<out>/cells/<method>/seed<k>.json.gz`` (gzip-compressed JSON; its TensorBoard run under
+``<out>/tb/<env>/<method>/seed<k>``); a finished cell is never recomputed, an interrupted one resumes from its
+checkpoint, and cells written by an older ffprune are read with today's field names
+(:func:`ffprune.agents.results.read_result`). With ``calibrate`` (structured envs) each cell's best allocation is also
+scored on the held-out split after post-pruning calibration (:mod:`ffenv.pruning.calib`), stored in the cell as
+``best.eval_ppl_after_calib``. Cells run in this process or as Ray tasks (:mod:`ffprune.agents.experiments.ray_tasks`);
+then the folder gets the tables and plots of :func:`ffprune.agents.experiments.reports.write_outputs`.
 
 Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods.registry` (or any SB3 algorithm);
 by default every registered method whose ``modes`` include the env's mode. A suite's variant label (a method with
@@ -36,7 +36,15 @@ from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search, surrogate_label
 from ffprune.agents.methods.registry import get_method, methods_for
-from ffprune.agents.results import describe_surrogate, read_result, result_env, same_surrogate, surrogate_of
+from ffprune.agents.results import (
+    describe_surrogate,
+    read_result,
+    result_env,
+    same_surrogate,
+    seed_file,
+    seed_files,
+    surrogate_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,9 @@ class CellFailure:
 
 
 def cell_path(out: Path, method: str, seed: int) -> Path:
-    """Where one (method, seed) result lives."""
-    return out / "cells" / method / f"seed{seed}.json"
+    """Where one (method, seed) result lives: ``<out>/cells/<method>/seed<k>.json.gz`` (an older folder's
+    ``seed<k>.json`` where it holds one: :func:`~ffprune.agents.results.seed_file`)."""
+    return seed_file(out / "cells" / method, seed)
 
 
 def method_seeds(method: str, seeds: int) -> range:
@@ -100,8 +109,9 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float | None) -> dict[s
     alpha = cell["env_kwargs"]["calib_alpha"] if alpha is None else float(alpha)
     if "eval_ppl_after_calib" in best and best.get("calib_alpha") == alpha:
         return cell
-    for other in sorted(path.parents[1].glob("*/seed*.json")):  # a deterministic heuristic gives the same
-        done = read_result(other)                                # allocation for every seed: measured once
+    others = [p for method in sorted(path.parents[1].iterdir()) if method.is_dir() for _s, p in seed_files(method)]
+    for other in others:  # a deterministic heuristic gives the same allocation for every seed: measured once
+        done = read_result(other)
         if (other != path and done.get("env_kwargs") == cell["env_kwargs"] and done["best"].get("calib_alpha") == alpha
                 and done["best"]["action"] == best["action"] and "eval_ppl_after_calib" in done["best"]):
             best["eval_ppl_after_calib"], best["calib_alpha"] = done["best"]["eval_ppl_after_calib"], alpha

@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_write, atomic_write_json, atomic_write_text
+from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
@@ -232,4 +232,4 @@ def _plot(path: Path, curves: dict[str, dict[str, list[list[dict[str, Any]]]]], 
     axes[0].set_ylabel("best reward (median over seeds)")
     fig.suptitle("single-step FastForward vs multi-step search: best reward vs evaluations")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, path)

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, read_json
 from ffenv.lm.data import evaluation_windows
 from ffenv.lm.perplexity import window_nll
 from ffenv.registration import resolve_config
@@ -231,7 +231,7 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(summary["settings"]["env_id"])
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, path)
     plt.close(fig)
 
 

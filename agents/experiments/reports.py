@@ -33,7 +33,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ffenv.io import atomic_write, atomic_write_text
+from ffenv.io import atomic_save_figure, atomic_write_text
 from ffprune.agents.results import surrogate_of
 
 AGENT = "fastforward"
@@ -200,7 +200,7 @@ def _plot_curves(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) 
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, out / "curves.png")
 
 
 def _plot_allocations(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
@@ -224,7 +224,7 @@ def _plot_allocations(out: Path, cells: dict[str, list[dict[str, Any]]], title: 
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"{title}: best allocation per method (seed 0)")
     fig.tight_layout()
-    atomic_write(out / "allocations.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, out / "allocations.png")
 
 
 def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str, budget: int,
@@ -390,7 +390,7 @@ def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> No
     on = " on the SURROGATE (predicted)" if analysis.get("surrogate") else ""
     fig.suptitle(f"suite {analysis['suite']}{on}: budget {analysis['budget']}, {analysis['seeds']} seeds")
     fig.tight_layout()
-    atomic_write(out / "aggregate.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, out / "aggregate.png")
 
 
 def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
@@ -408,4 +408,4 @@ def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(out / "profiles.png", lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, out / "profiles.png")

@@ -39,7 +39,7 @@ import numpy as np
 from ffenv.config import EnvConfig
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
-from ffenv.io import as_json, atomic_write_json, check_writable, versions
+from ffenv.io import as_json, atomic_write_json, beside, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
 from ffenv.registration import resolve_config, twin_env_id
 from ffenv.surrogate import data_path, load_surrogate
@@ -298,7 +298,7 @@ def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
     if out is None:
         return None
     check_writable(out)
-    checkpoint = out.with_suffix(".ckpt")
+    checkpoint = beside(out, ".ckpt")
     if not resume and checkpoint.exists():
         checkpoint.unlink()
     return checkpoint

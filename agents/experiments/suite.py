@@ -69,7 +69,15 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
-from ffenv.registration import FAMILIES, REAL_FAMILIES, REAL_VARIANTS, formulation_of, resolve_config
+from ffenv.registration import (
+    FAMILIES,
+    FAMILY_NAMES,
+    MODE_SUFFIX,
+    REAL_FAMILIES,
+    REAL_VARIANTS,
+    formulation_of,
+    resolve_config,
+)
 from ffprune.agents.experiments.bench import (
     CellFailure,
     cell_jobs,
@@ -88,7 +96,7 @@ from ffprune.agents.experiments.rlstats import (
     stratified_bootstrap_ci,
 )
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
-from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
+from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, seed_files, surrogate_of
 
 log = logging.getLogger(__name__)
 REFERENCE = "uniform"
@@ -118,12 +126,10 @@ class Suite:
     description: str
 
 
-FAMILY_IDS = {family.lower(): family for family in FAMILIES}
-"""Family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
-FAMILY_MODELS = {family.lower(): model for family, model in FAMILIES.items()}
-"""Family name → bundled model (``llama`` → ``tiny-llama``)."""
-MODE_SUFFIX = {"structured": "", "unstructured": "-Unstructured"}
-"""Mode → the suffix of its registered single-step id (``FFPrune-<Family><suffix>-v0``)."""
+FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
+FAMILY_MODELS = {name: model for name, (fid, model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name → bundled model (``llama`` → ``tiny-llama``)."""
 TASK_TARGETS = {"structured": (0.3, 0.5), "unstructured": (0.7,)}
 """The ``core`` suite's targets per mode."""
 
@@ -226,8 +232,7 @@ def get_suite(name: str) -> Suite:
 
 
 SUITE_FAMILIES: dict[str, tuple[str, str, str]] = {
-    **{family.lower(): (family, model, "core") for family, model in FAMILIES.items()},
-    **{family.lower(): (family, model, "real") for family, model in REAL_FAMILIES.items()}}
+    name: (fid, model, "real" if fid in REAL_FAMILIES else "core") for name, (fid, model) in FAMILY_NAMES.items()}
 """Every family a suite runs (``llama`` … bundled, ``smollm2`` real) → (its registered ids' family, its model, the suite
 whose tasks it runs)."""
 
@@ -286,7 +291,7 @@ def variant_jobs(task: SuiteTask, folder: Path, label: str, variant: SuiteVarian
     ``<folder>/cells/<label>``); a finished cell there that ran other settings is a one-line :class:`FFPruneError`
     before any work."""
     record = variant.record(label)
-    for path in sorted((folder / "cells" / label).glob("seed*.json")):
+    for _seed, path in seed_files(folder / "cells" / label):
         check_variant_cell(path, record)
     return [{**job, "agent_kwargs": dict(variant.agent_kwargs) or None,
              "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record}
@@ -574,10 +579,14 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
     equal tokens."""
     rows = _score_rows(suite, cells, failures, equal_tokens)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in SCORE_KINDS}
+    unmeasured = {(row["method"], row["task"]) for row in rows
+                  if row["score"] is not None and row["score_equal_tokens"] is None}
     for row in rows:
         for kind, key in SCORE_KINDS.items():
             if row[key] is not None:
                 scores[kind].setdefault(row["method"], {}).setdefault(row["task"], []).append(row[key])
+    for method in {m for m, _t in unmeasured}:  # a pick not measured yet (--report-only): no aggregate, not a partial one
+        scores["equal_tokens"].pop(method, None)
     aggregate: dict[str, Any] = {}
     for kind, by_method in scores.items():
         aggregate[kind] = {}
@@ -671,10 +680,11 @@ def _reach(suite: Suite, cells: Cells) -> list[dict[str, Any]]:
 def equal_token_budget(by_method: dict[str, list[dict[str, Any]]]) -> int | None:
     """A task's budget in tokens at equal tokens: the fewest tokens any of its curriculum cells spent (the
     curriculum's early evaluations are cheap, so its methods spend fewer tokens than the same number of full
-    evaluations); ``None`` without curriculum cells."""
+    evaluations); ``None`` without curriculum cells or where no tokens were spent (a surrogate's cells: its evaluations
+    run no model, so every method costs the same, counted in surrogate evaluations)."""
     spent = [c["cost"]["tokens"] for row, runs in by_method.items() for c in runs
              if (m := METHODS.get(base_method(row, runs))) is not None and m.curriculum]
-    return min(spent) if spent else None
+    return min(spent) if spent and min(spent) > 0 else None
 
 
 def best_within(history: Sequence[dict[str, Any]], tokens: int, target: float, windows: int) -> dict[str, Any] | None:

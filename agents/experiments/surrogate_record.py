@@ -6,7 +6,7 @@ env seed is a pruning instance: it picks the calibration windows behind the impo
 row labelled with its ``source``:
 
 * ``suite:<method>`` — the histories of the family's suite (``core`` for the bundled families, ``real`` for SmolLM2;
-  ``<suite_out>/<task>/cells/<method>/seed<k>.json``): the cells whose env (``env_kwargs``) is this one, env seed
+  ``<suite_out>/<task>/cells/<method>/seed<k>.json.gz``): the cells whose env (``env_kwargs``) is this one, env seed
   included, whatever their search seed ``k`` (the committed suites ran every cell on env seed 0: they all feed seed
   0); a bundled family's structured set: the 0.3 and the 0.5 tasks both. No evaluation: the
   realised allocation of each recorded ``action`` at its recorded ``target`` is re-derived by projecting it
@@ -66,7 +66,7 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import as_json, check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
-from ffenv.registration import formulation_of, resolve_config
+from ffenv.registration import family_env_id, formulation_of, resolve_config
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
@@ -79,7 +79,7 @@ from ffprune.agents.experiments.suite import (
     family_targets,
     get_suite,
 )
-from ffprune.agents.results import read_result_if_any
+from ffprune.agents.results import read_result_if_any, seed_files
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,
@@ -318,8 +318,7 @@ def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[
 
 def env_config(family: str, mode: str, seed: int, env_kwargs: dict[str, Any] | None = None) -> EnvConfig:
     """The configuration of the env one seed of a set is recorded on (the registered id of the family and mode)."""
-    fid = check_suite_family(family)[0]
-    return resolve_config(f"FFPrune-{fid}{MODE_SUFFIX[mode]}-v0", {**(env_kwargs or {}), "seed": seed})
+    return resolve_config(family_env_id(family, mode), {**(env_kwargs or {}), "seed": seed})
 
 
 def held_out_cost(config: EnvConfig) -> float:
@@ -421,8 +420,7 @@ def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None, s
         if (task_config.model, task_config.mode) != (config.model, config.mode):
             continue
         folder = suite_out / task.name
-        cells = [(m.name, int(p.stem[4:])) for m in sorted((folder / "cells").glob("*"))
-                 for p in m.glob("seed*.json") if p.stem[4:].isdigit()]
+        cells = [(m.name, seed) for m in sorted((folder / "cells").glob("*")) for seed, _p in seed_files(m)]
         for method, cell_seed in sorted(cells):
             path = cell_path(folder, method, cell_seed)
             result = read_result_if_any(path)

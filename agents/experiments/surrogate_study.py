@@ -49,7 +49,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
-from ffenv.io import atomic_write, atomic_write_json, atomic_write_text, check_writable, read_json
+from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable, read_json
 from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, check_variant_record
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
@@ -66,7 +66,7 @@ from ffprune.agents.experiments.suite import (
     variant_jobs,
 )
 from ffprune.agents.experiments.tune import check_agent_kwargs, parse_variant, split_settings
-from ffprune.agents.results import result_env, surrogate_of
+from ffprune.agents.results import result_env, seed_file, seed_files, surrogate_of
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def checkpoint_grid(budget: int, points: int = 40) -> list[int]:
 
 def curve_path(out: str | Path, method: str, seed: int) -> Path:
     """Where one (method, seed) cell's curve lives in a task folder."""
-    return Path(out) / "curves" / method / f"seed{seed}.json"
+    return seed_file(Path(out) / "curves" / method, seed)
 
 
 def parse_study_variant(text: str) -> tuple[str, SuiteVariant]:
@@ -203,7 +203,7 @@ def _row(method: str, variant: dict[str, Any] | None) -> str:
 def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> None:
     """Refuse (one line, before any work) a label whose curves in a task folder ran other settings (its cells are
     checked by :func:`~ffprune.agents.experiments.suite.variant_jobs`)."""
-    for path in sorted((folder / "curves" / label).glob("seed*.json")):
+    for _seed, path in seed_files(folder / "curves" / label):
         check_variant_record(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
 
 
@@ -446,4 +446,4 @@ def plot_curves(path: Path, analysis: dict[str, Any]) -> None:
     ax.set_title(f"on the SURROGATE (predicted): {len(analysis['tasks'])} tasks × {analysis['seeds']} seeds, "
                  f"budget {analysis['budget']:,}")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+    atomic_save_figure(fig, path)

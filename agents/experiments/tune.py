@@ -13,7 +13,7 @@ of settings, tuned the same way, **on the search's own signal only**:
   no held-out number, so the selected setting can be run on the suite's seeds without having seen its test.
 
 Every (variant, task, seed) cell is a resumable bench cell (:func:`ffprune.agents.experiments.bench.run_cell` with the
-variant's ``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/seed<k>.json`` (TensorBoard in
+variant's ``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/seed<k>.json.gz`` (TensorBoard in
 ``<out>/<variant>/<task>/tb``); cells run in this process or as Ray tasks (``workers``). ``<out>/config.json`` holds the
 method, budget and env settings and ``<out>/<variant>/variant.json`` the variant's settings: a folder holding other
 settings is refused, so a resumed cell is always the variant's. A cell that raises does not stop the others: it is

@@ -30,6 +30,7 @@ from typing import Any
 
 from ffenv.config import MODES
 from ffenv.errors import FFPruneError
+from ffenv.io import beside
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.methods.amc import AMCDDPG, WARMUP_FRACTION, amc_settings
 from ffprune.agents.methods.fastforward import FastForwardConfig, run_fastforward, save_policy
@@ -186,7 +187,7 @@ def _fastforward(env: SearchAccounting, seed: int, run: RunContext, **params: An
                              resume=run.resume, log=run.log)
     extra: dict[str, Any] = {}
     if run.out is not None:
-        policy_file = run.out.with_suffix(".policy.pt")
+        policy_file = beside(run.out, ".policy.pt")
         save_policy(result["policy"], policy_file, run.meta)
         extra["policy_file"] = str(policy_file)
     return {**extra, "agent_config": result["config"], "agent_stats": result["stats"]}

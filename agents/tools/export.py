@@ -18,7 +18,7 @@ import torch
 
 from ffenv.envs.sequential_env import single_step_env
 from ffenv.errors import FFPruneError
-from ffenv.io import check_new_dir, versions
+from ffenv.io import beside, check_new_dir, versions
 from ffenv.lm.models import load_pruned, read_export, resolve_dtype, stored_dtype
 from ffenv.lm.perplexity import perplexity
 from ffprune.agents.results import read_result, result_env
@@ -36,7 +36,7 @@ SPEED_REPEATS = 9
 def _read_result(path: Path) -> dict[str, Any]:
     """The finished search result at ``path``, with today's field names (:func:`ffprune.agents.results.read_result`)."""
     if not path.exists():
-        ckpt = path.with_suffix(".ckpt")
+        ckpt = beside(path, ".ckpt")
         if ckpt.exists():
             raise FFPruneError(f"{str(path)!r} does not exist but {str(ckpt)!r} does: the search is unfinished; finish it "
                                "with the same `ffprune search` command and --resume, then export")

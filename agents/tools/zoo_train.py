@@ -27,7 +27,14 @@ from typing import Any
 import torch
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, load_checkpoint, read_json
+from ffenv.io import (
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_json,
+)
 from ffenv.lm.data import corpus_text, evaluation_windows, token_stream
 from ffenv.lm.models import BUNDLED_DIR, load_model
 from ffenv.lm.perplexity import perplexity
@@ -279,7 +286,7 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
     ax.legend()
     fig.tight_layout()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), keep_suffix=True)
+        atomic_save_figure(fig, path)
     finally:
         plt.close(fig)
     return path

@@ -77,8 +77,11 @@ class SearchLogger:
             self._bar.update(1)
             evals = {"surrogate_evals": point["surrogate_evaluations"]} if "surrogate_evaluations" in point else {
                 "evals": point["evaluations"]}
-            self._bar.set_postfix(**evals, best_ppl=f"{point['best_ppl']:.2f}", elapsed=f"{point['seconds']:.0f}s",
-                                  refresh=False)
+            if np.isfinite(point["best_ppl"]):
+                shown = {"best_ppl": f"{point['best_ppl']:.2f}"}
+            else:  # the curriculum's warm-up: nothing measured at the final target yet, so no best to show
+                shown = {"warm_up": f"target {point['target']:.2f} ppl {point['ppl']:.1f}"}
+            self._bar.set_postfix(**evals, **shown, elapsed=f"{point['seconds']:.0f}s", refresh=False)
 
     def log_learning(self, values: dict[str, float]) -> None:
         """An agent's learning statistics (``learning/<name>``) at the search's current episode."""
