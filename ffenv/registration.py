@@ -63,14 +63,21 @@ FAMILY_NAMES: dict[str, tuple[str, str]] = {family.lower(): (family, model)
 registered ids' family, its model)."""
 
 
+def family_of(family: str) -> tuple[str, str]:
+    """(registered ids' family, model) of a family name (``smollm2`` → ``("SmolLM2", "smollm2-135m")``); an unknown
+    name is a one-line :class:`FFPruneError` listing them."""
+    if family not in FAMILY_NAMES:
+        raise FFPruneError(f"families must be among {sorted(FAMILY_NAMES)}, got {family!r}")
+    return FAMILY_NAMES[family]
+
+
 def family_env_id(family: str, mode: str) -> str:
     """The registered single-step id of a family in a mode (``llama``, ``unstructured`` →
     ``FFPrune-Llama-Unstructured-v0``); an unknown family or mode is a one-line :class:`FFPruneError`."""
-    if family not in FAMILY_NAMES:
-        raise FFPruneError(f"families must be among {sorted(FAMILY_NAMES)}, got {family!r}")
+    fid = family_of(family)[0]
     if mode not in MODE_SUFFIX:
         raise FFPruneError(f"modes must be among {list(MODE_SUFFIX)}, got {mode!r}")
-    return f"FFPrune-{FAMILY_NAMES[family][0]}{MODE_SUFFIX[mode]}-v0"
+    return f"FFPrune-{fid}{MODE_SUFFIX[mode]}-v0"
 
 
 def env_ids(sequential: bool = False, real: bool = False) -> list[str]:

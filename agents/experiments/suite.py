@@ -75,6 +75,7 @@ from ffenv.registration import (
     MODE_SUFFIX,
     REAL_FAMILIES,
     REAL_VARIANTS,
+    family_of,
     formulation_of,
     resolve_config,
 )
@@ -231,25 +232,18 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
-SUITE_FAMILIES: dict[str, tuple[str, str, str]] = {
-    name: (fid, model, "real" if fid in REAL_FAMILIES else "core") for name, (fid, model) in FAMILY_NAMES.items()}
-"""Every family a suite runs (``llama`` … bundled, ``smollm2`` real) → (its registered ids' family, its model, the suite
-whose tasks it runs)."""
-
-
-def check_suite_family(family: str) -> tuple[str, str, str]:
-    """(ids' family, model, suite) of a family of any suite; a one-line error listing them for an unknown one."""
-    if family not in SUITE_FAMILIES:
-        raise FFPruneError(f"families must be among {sorted(SUITE_FAMILIES)}, got {family!r}")
-    return SUITE_FAMILIES[family]
+def family_suite(family: str) -> str:
+    """The suite whose tasks a family runs: ``core`` (bundled families) or ``real`` (``smollm2``); an unknown family is
+    a one-line error (:func:`ffenv.registration.family_of`)."""
+    return "real" if family_of(family)[0] in REAL_FAMILIES else "core"
 
 
 def family_targets(family: str, mode: str) -> tuple[float, ...]:
     """The targets of the tasks ``family`` runs in ``mode`` in its suite (llama structured: 0.3 and 0.5; smollm2
     structured: 0.2), ascending."""
-    _fid, model, suite = check_suite_family(family)
+    model = family_of(family)[1]
     targets = set()
-    for task in get_suite(suite).tasks:
+    for task in get_suite(family_suite(family)).tasks:
         config = resolve_config(task.env_id)
         if (config.model, config.mode) == (model, mode):
             targets.add(float(config.target_sparsity))

@@ -66,7 +66,7 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import as_json, check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
-from ffenv.registration import family_env_id, formulation_of, resolve_config
+from ffenv.registration import FAMILY_NAMES, family_env_id, family_of, formulation_of, resolve_config
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
@@ -74,8 +74,7 @@ from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.experiments.suite import (
     FAMILY_MODELS,
     MODE_SUFFIX,
-    SUITE_FAMILIES,
-    check_suite_family,
+    family_suite,
     family_targets,
     get_suite,
 )
@@ -306,9 +305,9 @@ def check_request(families: Sequence[str], modes: Sequence[str], seeds: Sequence
 def check_families_modes(families: Sequence[str], modes: Sequence[str]) -> list[tuple[str, str]]:
     """The (family, mode) pairs asked for, each once; an unknown or no family or mode is a one-line
     :class:`FFPruneError`."""
-    unknown = [f for f in families if f not in SUITE_FAMILIES]
+    unknown = [f for f in families if f not in FAMILY_NAMES]
     if unknown or not families:
-        raise FFPruneError(f"families must be among {sorted(SUITE_FAMILIES)} (bundled, and real models fetched on "
+        raise FFPruneError(f"families must be among {sorted(FAMILY_NAMES)} (bundled, and real models fetched on "
                            f"first use), got {list(families)}")
     bad = [m for m in modes if m not in MODE_SUFFIX]
     if bad or not modes:
@@ -333,9 +332,10 @@ def seconds_per_evaluation(config: EnvConfig) -> float:
     return SECONDS_PER_EVALUATION_REAL.get(config.model, SECONDS_PER_EVALUATION)[config.mode]
 
 
-def default_suite_out(family: str) -> Path:
-    """Where the family's suite is committed: ``docs/results/core`` (bundled families) or ``docs/results/real``."""
-    return Path("docs/results") / check_suite_family(family)[2]
+def default_suite_out(family: str, suite_out: str | Path | None = None) -> Path:
+    """Where the family's suite histories are read: ``suite_out`` when given, else where the suite is committed,
+    ``docs/results/core`` (bundled families) or ``docs/results/real``."""
+    return Path("docs/results") / family_suite(family) if suite_out is None else Path(suite_out)
 
 
 
@@ -346,7 +346,7 @@ def _check_targets(settings: RecordSettings, family: str, mode: str, config: Env
 
 def set_path(out: str | Path | None, family: str, mode: str) -> Path:
     """Where a (family, mode)'s set is written: ``<out>/<model>-<mode>.npz`` (``out`` default: the bundled data)."""
-    return (DATA_DIR if out is None else Path(out)) / data_name(check_suite_family(family)[1], mode)
+    return (DATA_DIR if out is None else Path(out)) / data_name(family_of(family)[1], mode)
 
 
 def _canonical(value: Any) -> str:
@@ -408,14 +408,17 @@ class SuiteCell:
     """Its best's held-out ppl was measured on the recorder's ``eval`` windows."""
 
 
-def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None, suite: str = "core") -> list[SuiteCell]:
-    """The finished cells of ``suite`` (``core`` or ``real``; any search seed) recorded on ``config``'s model, mode and
-    env seed with its settings (every :class:`~ffenv.config.EnvConfig` field but :data:`IGNORED_CELL_FIELDS`) and
-    weights; tasks in suite order, then methods and search seeds sorted. Surrogate results never qualify."""
+def suite_cells(suite_out: str | Path, config: EnvConfig, weights: str | None) -> list[SuiteCell]:
+    """The finished cells of the suite that runs ``config``'s model (``core`` or ``real``; any search seed; none for a
+    model no suite runs) recorded on its model, mode and env seed with its settings (every
+    :class:`~ffenv.config.EnvConfig` field but :data:`IGNORED_CELL_FIELDS`) and weights; tasks in suite order, then
+    methods and search seeds sorted. Surrogate results never qualify."""
     suite_out = Path(suite_out)
     names = [f.name for f in dataclasses.fields(EnvConfig) if f.name not in IGNORED_CELL_FIELDS]
     out = []
-    for task in get_suite(suite).tasks:
+    families = [name for name, (_fid, model) in FAMILY_NAMES.items() if model == config.model]
+    tasks = get_suite(family_suite(families[0])).tasks if families else ()
+    for task in tasks:
         task_config = resolve_config(task.env_id)
         if (task_config.model, task_config.mode) != (config.model, config.mode):
             continue
@@ -467,18 +470,18 @@ def _cell_points(cell: SuiteCell, config: EnvConfig) -> list[dict[str, Any]]:
     return points
 
 
-def suite_row_count(suite_out: str | Path, config: EnvConfig, suite: str = "core") -> tuple[int, int]:
+def suite_row_count(suite_out: str | Path, config: EnvConfig) -> tuple[int, int]:
     """How many rows the suite's cells give a seed, and how many of them hold a held-out ppl (no model is loaded)."""
-    cells = suite_cells(suite_out, config, weights_fingerprint(config.model), suite)
+    cells = suite_cells(suite_out, config, weights_fingerprint(config.model))
     points = [p for c in cells for p in _cell_points(c, config)]
     return len(points), sum(np.isfinite(p["eval_ppl"]) for p in points)
 
 
-def suite_rows(env: FFPruneEnv, suite_out: str | Path, settings: RecordSettings, rng: np.random.Generator,
-               suite: str = "core") -> tuple[Rows | None, dict[str, Any]]:
+def suite_rows(env: FFPruneEnv, suite_out: str | Path, settings: RecordSettings,
+               rng: np.random.Generator) -> tuple[Rows | None, dict[str, Any]]:
     """The suite's rows of ``env``'s seed, checked (see the module docstring), and the check's record."""
     config = env.config
-    cells = suite_cells(suite_out, config, env.weights_fingerprint, suite)
+    cells = suite_cells(suite_out, config, env.weights_fingerprint)
     points = [(c, p) for c in cells for p in _cell_points(c, config)]
     check: dict[str, Any] = {"cells": len(cells), "rows": len(points), "passed": True}
     if not points:
@@ -675,7 +678,7 @@ def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | P
     for config in configs:
         _check_targets(settings, family, mode, config)
     data = _resume_state(path, settings, family, mode, configs[0])
-    suite_out = default_suite_out(family) if suite_out is None else suite_out
+    suite_out = default_suite_out(family, suite_out)
     plans = {c.seed: seed_plan(settings, family, mode, c.reward_windows, held_out_evaluations=held_out_cost(c))
              for c in configs}
     done = {c.seed: _progress(data, c.seed)["chunks"] for c in configs}
@@ -685,7 +688,7 @@ def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | P
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=round(total), initial=round(spent), desc=f"{check_suite_family(family)[1]} {mode}", unit="eval",
+        bar = tqdm(total=round(total), initial=round(spent), desc=f"{family_of(family)[1]} {mode}", unit="eval",
                    dynamic_ncols=True)
     try:
         for config in configs:
@@ -719,7 +722,7 @@ def _run_chunk(chunk: Chunk, env: FFPruneEnv, data: EvaluationSet | None, settin
     rng = np.random.default_rng([settings.seed, seed, chunk.index])
     check = None
     if chunk.kind == "suite":
-        rows, check = suite_rows(env, suite_out, settings, rng, check_suite_family(family)[2])
+        rows, check = suite_rows(env, suite_out, settings, rng)
         batches = [rows] if rows is not None else []
     else:
         req = _chunk_requests(chunk, env, data, settings, rng, family)
@@ -795,7 +798,7 @@ def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[s
     sets = _prepare(families, modes, seeds, out, settings, env_kwargs)
     jobs = [{"family": family, "mode": mode, "seeds": list(seeds), "out": path.parent.resolve(), "settings": settings,
              "env_kwargs": env_kwargs,
-             "suite_out": Path(default_suite_out(family) if suite_out is None else suite_out).resolve(),
+             "suite_out": default_suite_out(family, suite_out).resolve(),
              "progress": progress}
             for family, mode, path, _c in sets]
     if workers:
@@ -815,10 +818,10 @@ def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[
     for family, mode, path, configs in _prepare(families, modes, seeds, out, settings, env_kwargs):
         data = EvaluationSet.load(path) if path.exists() else None
         seconds = seconds_per_evaluation(configs[0])
-        where = default_suite_out(family) if suite_out is None else suite_out
+        where = default_suite_out(family, suite_out)
         per_seed = []
         for config in configs:
-            count = suite_row_count(where, config, check_suite_family(family)[2]) if settings.suite else (0, 0)
+            count = suite_row_count(where, config) if settings.suite else (0, 0)
             plan = seed_plan(settings, family, mode, config.reward_windows, *count,
                              held_out_evaluations=held_out_cost(config))
             sources: dict[str, dict[str, float]] = {}
@@ -833,7 +836,7 @@ def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[
             per_seed.append({"seed": config.seed, "sources": sources, "setup_evaluations": setup,
                              "evaluations": evaluations, "minutes": evaluations * seconds / 60,
                              "chunks": len(plan), "done": _progress(data, config.seed)["chunks"]})
-        sets.append({"family": family, "model": check_suite_family(family)[1], "mode": mode, "path": str(path),
+        sets.append({"family": family, "model": family_of(family)[1], "mode": mode, "path": str(path),
                      "seconds_per_evaluation": seconds, "per_seed": per_seed,
                      "minutes": sum(s["minutes"] for s in per_seed)})
     return {"settings": dataclasses.asdict(settings), "suite_out": None if suite_out is None else str(suite_out),

@@ -39,11 +39,12 @@ import numpy as np
 
 from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_json, atomic_write_text, check_writable
+from ffenv.registration import family_of
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
 from ffprune.agents.experiments.rlstats import spearman
-from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, check_suite_family, family_targets, task_name
+from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def run_validate(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence
     out = Path(out)
     for name in ("validation.json", "validation.md"):
         check_writable(out / name)
-    paths = {(f, m): folder / data_name(check_suite_family(f)[1], m) for f, m in pairs}
+    paths = {(f, m): folder / data_name(family_of(f)[1], m) for f, m in pairs}
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise FFPruneError(f"{str(folder)!r} has no evaluation set {missing}; record them with `ffprune surrogate "
