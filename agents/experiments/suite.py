@@ -573,13 +573,12 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
     equal tokens."""
     rows = _score_rows(suite, cells, failures, equal_tokens)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in SCORE_KINDS}
-    unmeasured = {(row["method"], row["task"]) for row in rows
-                  if row["score"] is not None and row["score_equal_tokens"] is None}
+    unmeasured = {row["method"] for row in rows if row["score"] is not None and row["score_equal_tokens"] is None}
     for row in rows:
         for kind, key in SCORE_KINDS.items():
             if row[key] is not None:
                 scores[kind].setdefault(row["method"], {}).setdefault(row["task"], []).append(row[key])
-    for method in {m for m, _t in unmeasured}:  # a pick not measured yet (--report-only): no aggregate, not a partial one
+    for method in unmeasured:  # a pick not measured yet (--report-only): no aggregate, not a partial one
         scores["equal_tokens"].pop(method, None)
     aggregate: dict[str, Any] = {}
     for kind, by_method in scores.items():
@@ -781,11 +780,11 @@ def full_split_scores(suite: Suite, cells: Cells, out: Path, rows: Sequence[str]
             first = by_method[todo[0]][0]
             env = result_env(first)
             try:
+                cached["windows"] = list(env.unwrapped.backend.split_tokens("eval", None).shape)
                 for row in todo:
                     cell = representative(by_method[row])
                     measured = whole_split(env, np.asarray(cell["best"]["action"], np.float32))
                     cached["dense"] = measured["dense_ppl"]
-                    cached["windows"] = list(env.unwrapped.backend.split_tokens("eval", None).shape)
                     entries[row] = {"seed": cell["seed"], "action": cell["best"]["action"],
                                     "subset_ppl": cell["best"]["eval_ppl"], "full_ppl": measured["ppl"]}
                     atomic_write_json(path, {**cached, "rows": entries})  # each allocation kept at once
