@@ -10,7 +10,8 @@ import pytest
 
 from ffenv.errors import FFPruneError, WorkerLostError
 from ffprune.agents.cli import main as cli_main
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, run_jobs
+from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, run_bench, run_cell
+from ffprune.agents.experiments.engine import CellFailure, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
@@ -67,11 +68,11 @@ def test_bench_bad_input(tmp_path, capsys):
 
 def test_deterministic_methods_run_once_searches_every_seed(tmp_path):
     """Heuristics and the fixed sweeps (ATP, uniform-split) give the same result for every seed: seed 0 alone."""
-    jobs = cell_jobs("FFPrune-Llama-v0", 3, 3, ["uniform", "owl", "atp", "uniform-split", "random", "fastforward"],
-                     tmp_path, env_kwargs=SMALL)
+    specs = cell_specs("FFPrune-Llama-v0", 3, 3, ["uniform", "owl", "atp", "uniform-split", "random", "fastforward"],
+                       tmp_path, BenchOverrides(SMALL))
     runs: dict[str, list[int]] = {}
-    for job in jobs:
-        runs.setdefault(job["method"], []).append(job["seed"])
+    for spec in specs:
+        runs.setdefault(spec.method, []).append(spec.seed)
     assert runs == {"uniform": [0], "owl": [0], "atp": [0], "uniform-split": [0], "random": [0, 1, 2],
                     "fastforward": [0, 1, 2]}
     assert not METHODS["atp"].seeded and not METHODS["owl"].seeded and METHODS["cmaes"].seeded
@@ -85,30 +86,44 @@ def test_a_folder_written_before_the_renames_resumes(tmp_path):
     old = {"env_id": "FFPrune-Llama-v0", "budget": 3, "target": None, "env_kwargs": {"reward_samples": 2},
            "weights": fingerprint}
     (out / "config.json").write_text(json.dumps(old))
-    jobs = cell_jobs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, env_kwargs={"reward_windows": 2})
-    assert [(j["method"], j["seed"]) for j in jobs] == [("uniform", 0)]
+    specs = cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))
+    assert [(s.method, s.seed) for s in specs] == [("uniform", 0)]
     assert json.loads((out / "config.json").read_text()) == {
         "env_id": "FFPrune-Llama-v0", "budget": 3, "target": None, "env_kwargs": {"reward_windows": 2},
         "weights_fingerprint": fingerprint}
     (out / "config.json").write_text(json.dumps({**old, "weights": "sha256:0000000000000000"}))
     with pytest.raises(FFPruneError, match="weights_fingerprint"):  # other weights are still refused
-        cell_jobs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, env_kwargs={"reward_windows": 2})
+        cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))
 
 
-def test_a_failing_cell_is_kept_apart_only_when_asked(tmp_path, monkeypatch):
+def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
+    """The one failure policy: a cell that raises is recorded with its error, the other cells finish, the failure record
+    lists it until a rerun finishes it."""
+    random_run = METHODS["random"].run
+
     def boom(env, seed, run, **params):
-        raise RuntimeError(f"boom at seed {seed}")
+        if seed == 0:
+            raise RuntimeError(f"boom at seed {seed}")
+        return random_run(env, seed, run, **params)
 
-    monkeypatch.setitem(METHODS, "boom", SearchMethod("boom", boom, "search", description="test: always raises"))
-    jobs = cell_jobs("FFPrune-Llama-v0", 2, 2, ["boom"], tmp_path / "b", env_kwargs=SMALL, calibrate=False,
-                     progress=False)
-    outcomes = run_jobs(jobs, keep_going=True)
-    assert all(isinstance(o, CellFailure) for o in outcomes)
-    assert [(o.method, o.seed, o.error, o.message) for o in outcomes] == [("boom", 0, "RuntimeError", "boom at seed 0"),
-                                                                          ("boom", 1, "RuntimeError", "boom at seed 1")]
-    assert "boom" in outcomes[0].traceback and outcomes[0].as_dict()["env_id"] == "FFPrune-Llama-v0"
-    with pytest.raises(RuntimeError, match="boom at seed 0"):
-        run_jobs(jobs)  # by default the first failure stops the run
+    monkeypatch.setitem(METHODS, "boom", SearchMethod("boom", boom, "search", description="test: raises at seed 0"))
+    out = tmp_path / "b"
+    specs = cell_specs("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False, progress=False))
+    outcomes = run_jobs(run_cell, specs)
+    assert isinstance(outcomes[0], CellFailure) and not isinstance(outcomes[1], CellFailure)
+    failure = outcomes[0]
+    assert (failure.task, failure.method, failure.seed, failure.error, failure.message) == (
+        "b", "boom", 0, "RuntimeError", "boom at seed 0")
+    assert "boom" in failure.traceback and failure.as_dict()["env_id"] == "FFPrune-Llama-v0"
+    rows, failures = run_bench("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False,
+                                                                                       progress=False))
+    assert [(f["method"], f["seed"], f["message"]) for f in failures] == [("boom", 0, "boom at seed 0")]
+    assert json.loads((out / "failures.json").read_text())[0]["error"] == "RuntimeError"
+    assert [r["method"] for r in rows] == ["boom"]  # the finished seed is reported
+    monkeypatch.setitem(METHODS, "boom", SearchMethod("boom", random_run, "search", description="fixed"))
+    assert run_bench("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False,
+                                                                             progress=False))[1] == []
+    assert not (out / "failures.json").exists()  # the rerun finished it: no record left
 
 
 def test_cost_to_reach():
@@ -134,13 +149,8 @@ def test_ray_tasks_go_on_past_a_failure_and_name_a_lost_worker():
             os._exit(1)  # the worker dies, and dies again on the retry
         return 10 * x
 
-    jobs = [{"x": x} for x in range(5)]
-    got = run_on_ray(job, jobs, workers=2, keep_going=True)
+    got = run_on_ray(job, list(range(5)), workers=2)
     assert got[0] == 0 and got[4] == 40
     assert isinstance(got[1], RuntimeError) and "job 1 broke" in str(got[1])
-    assert isinstance(got[2], FFPruneError)
+    assert isinstance(got[2], FFPruneError) and "bad input" in str(got[2])
     assert isinstance(got[3], WorkerLostError) and "died twice" in str(got[3])
-    with pytest.raises(WorkerLostError, match="died twice"):
-        run_on_ray(job, [{"x": 3}], workers=1)
-    with pytest.raises(FFPruneError, match="bad input"):
-        run_on_ray(job, [{"x": 2}], workers=1)

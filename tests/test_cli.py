@@ -22,6 +22,7 @@ import ffprune.agents.cli as cli
 from ffenv.errors import FFPruneError, SearchInterrupted, WorkerLostError
 from ffprune.agents.cli import main
 from ffprune.agents.cli.common import parse_kwargs
+from ffprune.agents.experiments.bench import BenchOverrides
 
 HEAVY = ("torch", "gymnasium", "stable_baselines3", "matplotlib", "ffenv", "ffprune.agents.methods",
          "ffprune.agents.experiments", "ffprune.agents.tools", "ray", "transformers")
@@ -169,10 +170,11 @@ def test_an_interrupted_bench_says_how_to_resume(monkeypatch, tmp_path, capsys):
 def test_bench_passes_cell_workers_and_the_envs_calib_alpha(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_bench(env_id, budget, seeds, methods, out, target, env_kwargs, **options):
-        calls.append((env_id, budget, seeds, methods, out, target, env_kwargs, options))
+    def fake_bench(env_id, budget, seeds, methods, out, overrides, workers, ray_address):
+        calls.append((env_id, budget, seeds, methods, out, overrides, workers))
         (Path(out) / "results.md").parent.mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.md").write_text("| method | ppl |\n")
+        return [], []
 
     monkeypatch.setattr("ffprune.agents.experiments.bench.run_bench", fake_bench)
     out = str(tmp_path / "b")
@@ -180,11 +182,10 @@ def test_bench_passes_cell_workers_and_the_envs_calib_alpha(monkeypatch, tmp_pat
                  "reward_windows=2", "--reward", "calibrated", "--quiet"]) == 0
     assert main(["bench", "--out", out, "--calib-alpha", "0.5", "--budget", "4", "--seeds", "1"]) == 0
     first, second = calls
-    assert first == ("FFPrune-Llama-v0", 200, 3, ["uniform", "owl"], out, None,
-                     {"reward_windows": 2, "reward": "calibrated"},
-                     {"calibrate": True, "workers": 3, "ray_address": None, "progress": False})
-    assert "calib_alpha" not in first[-1]  # not given: the env config's calib_alpha
-    assert second[1:3] == (4, 1) and second[-1]["calib_alpha"] == 0.5 and second[-1]["workers"] == 0
+    assert first == ("FFPrune-Llama-v0", 200, 3, ["uniform", "owl"], out,
+                     BenchOverrides({"reward_windows": 2, "reward": "calibrated"}, None, True, None, False), 3)
+    assert first[5].calib_alpha is None  # not given: the env config's calib_alpha
+    assert second[1:3] == (4, 1) and second[5].calib_alpha == 0.5 and second[-1] == 0
     assert "| method | ppl |" in capsys.readouterr().out
 
 

@@ -181,7 +181,7 @@ def test_sb3_agents_search_the_sequential_env_and_the_result_exports(tmp_path):
 
 
 def test_methods_declare_their_formulation():
-    from ffprune.agents.experiments.bench import cell_jobs
+    from ffprune.agents.experiments.bench import BenchOverrides, cell_specs
     from ffprune.agents.experiments.search import run_search
     from ffprune.agents.methods import get_method, methods_for
 
@@ -192,7 +192,7 @@ def test_methods_declare_their_formulation():
         run_search("FFPrune-Llama-Sequential-v0", agent="fastforward", budget=2, logdir=None, env_kwargs=SMALL,
                    progress=False)
     with pytest.raises(FFPruneError, match=r"methods \['evolution'\] do not support sequential"):
-        cell_jobs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], out="unused", env_kwargs=SMALL)
+        cell_specs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], "unused", BenchOverrides(SMALL))
 
 
 def test_amc_buffer_pays_the_final_reward_on_every_transition_minus_a_moving_average():
@@ -277,7 +277,7 @@ def test_claim_runs_multi_step_cells_and_compares_them_with_fastforwards_suite_c
     assert (tmp_path / "claim" / "claim.png").stat().st_size > 0 and "amc-ddpg" in capsys.readouterr().out
     assert cli_main([*argv, "--report-only"]) == 0  # the report again from the cells on disk
     assert cli_main(["claim", "--tasks", "llama-u0.9", "--out", str(tmp_path / "x")]) == 2
-    from ffprune.agents.experiments.claim import claim_jobs  # a real suite's task runs on its own sequential twin
+    from ffprune.agents.experiments.claim import claim_specs  # a real suite's task runs on its own sequential twin
 
-    real = claim_jobs(tmp_path / "real", ["smollm2-s0.2"], [100, 1000], 3, ["amc-ddpg"], progress=False)
-    assert {j["env_id"] for j in real} == {"FFPrune-SmolLM2-Sequential-v0"} and len(real) == 6
+    real = claim_specs(tmp_path / "real", ["smollm2-s0.2"], [100, 1000], 3, ["amc-ddpg"], progress=False)
+    assert {s.env_id for s in real} == {"FFPrune-SmolLM2-Sequential-v0"} and len(real) == 6

@@ -178,7 +178,7 @@ def one_task_suite(monkeypatch):
 
 
 def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorded, tmp_path, one_task_suite):
-    from ffprune.agents.experiments.bench import cell_jobs
+    from ffprune.agents.experiments.bench import BenchOverrides, cell_specs
     from ffprune.agents.experiments.suite import report_suite, run_suite, section_block, suite_surrogates
 
     out = tmp_path / "one-surrogate"
@@ -195,7 +195,7 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
     # the real suite refuses it, on resume and on report; nor does it go into the docs' sections
     with pytest.raises(FFPruneError, match="the real one suite expects real results"):
         report_suite("one", out)
-    with pytest.raises(FFPruneError, match="holds cells of the surrogate fitted on sha256:.*runs on the real env"):
+    with pytest.raises(FFPruneError, match="holds cells of the surrogate fitted on sha256:.*run on the real env"):
         run_suite("one", out, methods=["random"], env_kwargs=KW, progress=False, reps=50)
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- suite:one -->\n<!-- /suite:one -->\n")
@@ -203,7 +203,7 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
         section_block(out, doc, "one")
     # and a surrogate suite refuses real cells
     real = tmp_path / "real"
-    cell_jobs(ENV_ID, 6, 1, ["random"], real / TASK, env_kwargs=KW)  # writes the real task's config.json
+    cell_specs(ENV_ID, 6, 1, ["random"], real / TASK, BenchOverrides(KW))  # writes the real task's config.json
     with pytest.raises(FFPruneError, match="holds real cells, not a suite run on the surrogate"):
         report_suite("one", real, surrogate=True)
     cell = read_json(cell_path(out / TASK, "random", 0))

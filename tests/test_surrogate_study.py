@@ -17,7 +17,7 @@ from ffenv import FFPruneEnv, FFPruneError
 from ffenv.io import read_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments import surrogate_study
-from ffprune.agents.experiments.bench import cell_path, run_cells
+from ffprune.agents.experiments.bench import BenchOverrides, cell_path, run_cells
 from ffprune.agents.experiments.rlstats import kendall_tau_b
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.surrogate_rank import GOAL, run_rank
@@ -240,7 +240,7 @@ def suites(tmp_path_factory, surrogate_kw):
     methods = ["uniform", "owl", "random", "evolution"]
     for kind, kw, extra in (("real", SURROGATE_KW, []), ("surrogate", surrogate_kw, ["alphapruning"])):
         for task, env_id in TASKS.items():
-            run_cells(env_id, 4, 2, methods + extra, root / kind / task, env_kwargs=kw, calibrate=False, progress=False)
+            run_cells(env_id, 4, 2, methods + extra, root / kind / task, BenchOverrides(kw, calibrate=False, progress=False))
     return root
 
 

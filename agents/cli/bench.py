@@ -89,17 +89,36 @@ def _interrupted(cells: str) -> int:
     return 130
 
 
+def _failed(failures: list[dict[str, Any]], what: str, out: str, docs: bool = False) -> int:
+    """List the failed cells (stderr) and say how to retry them: exit code 1."""
+    from ffprune.agents.experiments.engine import failure_lines
+
+    for line in failure_lines(failures):
+        print(f"failed: {line}", file=sys.stderr)
+    kept = " (--docs files left as they are)" if docs else ""
+    print(f"ffprune bench: {len(failures)} cell(s) of {what} failed{kept}; the other cells are in {out}; run the command "
+          "again (with their methods) to retry the failed ones", file=sys.stderr)
+    return 1
+
+
 def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffenv.errors import SearchInterrupted
-    from ffprune.agents.experiments.bench import run_bench
+    from ffprune.agents.experiments.bench import BenchOverrides, run_bench
 
     out = args.out or "bench"
+    options = _options(args)
+    overrides = BenchOverrides(env_kwargs(args), args.target, options["calibrate"], options.get("calib_alpha"),
+                               options["progress"])
     try:
-        run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
-                  3 if args.seeds is None else args.seeds, methods, out, args.target, env_kwargs(args), **_options(args))
+        _rows, failures = run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
+                                    3 if args.seeds is None else args.seeds, methods, out, overrides,
+                                    options["workers"], options["ray_address"])
     except (KeyboardInterrupt, SearchInterrupted):  # a bench resumes its cells by itself: no --resume to add
         return _interrupted(f"{out}/cells")
-    print((Path(out) / "results.md").read_text())
+    if (Path(out) / "results.md").exists():
+        print((Path(out) / "results.md").read_text())
+    if failures:
+        return _failed(failures, args.env or "FFPrune-Llama-v0", out)
     print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
     return 0
 
@@ -169,15 +188,8 @@ def _suite(args: argparse.Namespace, methods: list[str] | None) -> int:
     report = Path(out) / "suite.md"
     if report.exists():
         print(report.read_text())
-    failures = analysis["failures"]
-    if failures:
-        for f in failures:  # error: the exception's type; message: its text
-            detail = f"{f['error']}: {f['message']}" if f.get("message") else f["error"]
-            print(f"failed: {f['task']} {f['method']} seed {f['seed']}: {detail}", file=sys.stderr)
-        kept = " (--docs files left as they are)" if args.docs else ""
-        print(f"ffprune bench: {len(failures)} cell(s) of suite {suite} failed{kept}; the other cells are in {out}; "
-              "run the command again (with their methods) to retry the failed ones", file=sys.stderr)
-        return 1
+    if analysis["failures"]:
+        return _failed(analysis["failures"], f"suite {suite}", out, bool(args.docs))
     if args.docs:
         from ffprune.agents.experiments.suite import update_sections
 

@@ -40,7 +40,7 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, beside
 from ffprune.agents.experiments.allocate import allocate
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.ray_tasks import run_on_ray
+from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.suite import (
     MODE_SUFFIX,
@@ -119,11 +119,13 @@ def allocate_job(policy: Path, target: float, refine: int, seed: int, out: Path,
 
 
 def _run(fn: Any, jobs: list[dict[str, Any]], workers: int, ray_address: str | None) -> list[Any]:
-    if not jobs:
-        return []
+    """Every job (:func:`~ffprune.agents.experiments.engine.run_jobs`); then, if any failed, one error listing them (the
+    analysis needs every policy and allocation; what finished is kept and the same command resumes)."""
     if workers:
-        return run_on_ray(fn, [{**job, "progress": False} for job in jobs], workers, ray_address)
-    return [fn(**job) for job in jobs]
+        jobs = [{**job, "progress": False} for job in jobs]
+    done = run_jobs(keyword_jobs(fn), jobs, workers, ray_address)
+    raise_failures("ffprune amortised", done)
+    return done
 
 
 def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",

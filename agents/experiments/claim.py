@@ -35,7 +35,8 @@ from matplotlib.figure import Figure
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from ffenv.registration import formulation_of, twin_env_id
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, run_jobs
+from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
+from ffprune.agents.experiments.engine import CellSpec, record_failures, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
@@ -50,23 +51,23 @@ REAL = {"real": True, "what": "ffprune claim"}
 """How the claim reads cells: real results only (a surrogate cell is a one-line error)."""
 
 
-def claim_jobs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
-               progress: bool = True) -> list[dict[str, Any]]:
+def claim_specs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
+                progress: bool = True) -> list[CellSpec]:
     """The multi-step cells: every method on every task's sequential twin at every budget and seed; a task is any
     suite's (``llama-s0.5`` of ``core``, ``smollm2-s0.2`` of ``real``: then ``suite_out`` is that suite's folder)."""
     by_name = {t.name: t for suite in SUITES.values() for t in suite.tasks}
     unknown = [t for t in tasks if t not in by_name]
     if unknown:
         raise FFPruneError(f"tasks {unknown} are not suite tasks; known: {list(by_name)}")
-    jobs = []
+    specs: list[CellSpec] = []
     for name in tasks:
         twin = twin_env_id(by_name[name].env_id)
         if formulation_of(twin) != "sequential":
             raise FFPruneError(f"task {name!r} has no sequential twin ({twin})")
         for budget in budgets:
-            jobs += cell_jobs(twin, budget, seeds, list(methods), out / f"{name}-b{budget}", calibrate=False,
-                              progress=progress)
-    return jobs
+            specs += cell_specs(twin, budget, seeds, list(methods), out / f"{name}-b{budget}",
+                                BenchOverrides(calibrate=False, progress=progress))
+    return specs
 
 
 def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
@@ -78,9 +79,9 @@ def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "d
     positive_int("seeds", seeds)
     for b in budgets:
         positive_int("budgets", b)
-    jobs = claim_jobs(out, tasks, budgets, seeds, methods, progress)
-    done = run_jobs(jobs, workers, ray_address, keep_going=True)
-    failures = [d.as_dict() for d in done if isinstance(d, CellFailure)]
+    specs = claim_specs(out, tasks, budgets, seeds, methods, progress)
+    recorded = record_failures(specs, run_jobs(run_cell, specs, workers, ray_address))  # <folder>/failures.json each
+    failures = [{k: v for k, v in f.items() if k != "traceback"} for f in recorded]
     return report_claim(out, suite_out, tasks, budgets, seeds, methods, failures)
 
 

@@ -1,4 +1,5 @@
-"""Bench cells as Ray tasks: ``[fn(**job) for job in jobs]`` on a local Ray instance or a cluster, results in order.
+"""Jobs as Ray tasks: ``[fn(job) for job in jobs]`` on a local Ray instance or a cluster, results in order (the Ray side of
+:func:`ffprune.agents.experiments.engine.run_jobs`).
 
 Each job is one Ray task with one CPU and one torch thread (plus ``gpus_per_job`` GPUs), so a cell's numbers
 do not depend on how many run side by side. The work must be resumable (a bench cell resumes from what it
@@ -10,7 +11,7 @@ the job is lost and :class:`~ffenv.errors.WorkerLostError` says so. Ray is start
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,20 +22,18 @@ from ffenv.vector.ray_workers import RAY_MISSING, init_ray
 log = logging.getLogger(__name__)
 
 
-def _one_thread_task(fn: Callable[..., Any], job: dict[str, Any]) -> Any:
+def _one_thread_task(fn: Callable[[Any], Any], job: Any) -> Any:
     torch.set_num_threads(1)
-    return fn(**job)
+    return fn(job)
 
 
-def run_on_ray(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int, address: str | None = None,
-               gpus_per_job: int = 0, keep_going: bool = False) -> list[Any]:
-    """``[fn(**job) for job in jobs]`` as Ray tasks on ``workers`` CPUs of a local instance (or the cluster at
+def run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int, address: str | None = None,
+               gpus_per_job: int = 0) -> list[Any]:
+    """``[fn(job) for job in jobs]`` as Ray tasks on ``workers`` CPUs of a local instance (or the cluster at
     ``address``), results in job order; one INFO log line per finished job.
 
-    A job whose worker died twice is a :class:`WorkerLostError`; an exception raised by ``fn`` reaches the
-    caller as itself (an :class:`FFPruneError` as a plain one-line one). By default the first failure stops
-    the run (finished jobs keep what they wrote); with ``keep_going`` every job runs and a failed job's slot
-    holds its exception instead of a result.
+    Every job runs: a failed job's slot holds its exception instead of a result — the one raised by ``fn`` (an
+    :class:`FFPruneError` as a plain one-line one), or a :class:`WorkerLostError` for a job whose worker died twice.
     """
     try:
         import ray
@@ -56,17 +55,12 @@ def run_on_ray(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int,
                 results[i] = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
                 cause = err.cause if isinstance(err.cause, Exception) else err
-                if not keep_going:
-                    if isinstance(cause, FFPruneError):  # bad input found in the task: one line, as in-process
-                        raise FFPruneError(*cause.args) from None
-                    raise
+                if isinstance(cause, FFPruneError):  # bad input found in the task: one line, as in-process
+                    cause = FFPruneError(*cause.args)
                 results[i] = cause
             except lost_errors as err:
-                lost = WorkerLostError(f"a Ray worker died twice running job {i} ({type(err).__name__}); finished "
-                                       "jobs are kept: run the same command again to resume")
-                if not keep_going:
-                    raise lost from None
-                results[i] = lost
+                results[i] = WorkerLostError(f"a Ray worker died twice running job {i} ({type(err).__name__}); finished "
+                                             "jobs are kept: run the same command again to resume")
             log.info("[ray] %d/%d done", len(refs) - len(pending), len(refs))
         return results
     finally:

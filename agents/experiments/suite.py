@@ -80,14 +80,15 @@ from ffenv.registration import (
     resolve_config,
 )
 from ffprune.agents.experiments.bench import (
-    CellFailure,
-    cell_jobs,
+    BenchOverrides,
     cell_path,
+    cell_specs,
     check_variant_cell,
     method_seeds,
-    run_jobs,
+    run_cell,
     variant_settings,
 )
+from ffprune.agents.experiments.engine import CellSpec, CellStore, record_failures, run_jobs
 from ffprune.agents.experiments.reports import AGENT, cost_to_reach, evaluation_axis, write_outputs, write_suite_report
 from ffprune.agents.experiments.rlstats import (
     iqm,
@@ -97,7 +98,7 @@ from ffprune.agents.experiments.rlstats import (
     stratified_bootstrap_ci,
 )
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
-from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, seed_files, surrogate_of
+from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
 
 log = logging.getLogger(__name__)
 REFERENCE = "uniform"
@@ -278,19 +279,16 @@ def method_fits(env_id: str, method: str, env_kwargs: dict[str, Any] | None = No
     return resolve_config(env_id, env_kwargs).mode in m.modes and formulation_of(env_id) in m.formulations
 
 
-def variant_jobs(task: SuiteTask, folder: Path, label: str, variant: SuiteVariant, budget: int, seeds: int,
-                 env_kwargs: dict[str, Any] | None, calibrate: bool, calib_alpha: float | None,
-                 progress: bool) -> list[dict[str, Any]]:
-    """A variant's cells on one task as :func:`~ffprune.agents.experiments.bench.run_cell` keyword arguments (in
-    ``<folder>/cells/<label>``); a finished cell there that ran other settings is a one-line :class:`FFPruneError`
-    before any work."""
+def variant_specs(task: SuiteTask, folder: Path, label: str, variant: SuiteVariant, budget: int, seeds: int,
+                  overrides: BenchOverrides) -> list[CellSpec]:
+    """A variant's cells on one task (in ``<folder>/cells/<label>``); a finished cell there that ran other settings is a
+    one-line :class:`FFPruneError` before any work."""
     record = variant.record(label)
-    for _seed, path in seed_files(folder / "cells" / label):
+    for _seed, path in CellStore(folder).seeds(label):
         check_variant_cell(path, record)
-    return [{**job, "agent_kwargs": dict(variant.agent_kwargs) or None,
-             "curriculum_kwargs": dict(variant.curriculum_kwargs) or None, "variant": record}
-            for job in cell_jobs(task.env_id, budget, seeds, [variant.method], folder, None, env_kwargs, calibrate,
-                                 calib_alpha, progress)]
+    return [dataclasses.replace(spec, agent_kwargs=dict(variant.agent_kwargs), variant=record,
+                                curriculum_kwargs=dict(variant.curriculum_kwargs))
+            for spec in cell_specs(task.env_id, budget, seeds, [variant.method], folder, overrides)]
 
 
 # ---------------------------------------------------------------------------- running and reporting a suite
@@ -330,25 +328,15 @@ def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget:
     if unknown:
         raise FFPruneError(f"full_split rows must be methods or variant labels of this run, got {unknown}")
     out = Path(out)
-    jobs, owners = [], []
+    overrides = BenchOverrides(env_kwargs or {}, None, calibrate, calib_alpha, progress)
+    specs: list[CellSpec] = []
     for task in suite.tasks:
         chosen = task_methods(task, methods, env_kwargs)
-        for job in cell_jobs(task.env_id, budget, seeds, chosen, out / task.name, None, env_kwargs, calibrate,
-                             calib_alpha, progress):
-            jobs.append(job)
-            owners.append((task.name, job["method"]))
+        specs += cell_specs(task.env_id, budget, seeds, chosen, out / task.name, overrides)
         for label, variant in variants.items():
             if method_fits(task.env_id, variant.method, env_kwargs):
-                for job in variant_jobs(task, out / task.name, label, variant, budget, seeds, env_kwargs, calibrate,
-                                        calib_alpha, progress):
-                    jobs.append(job)
-                    owners.append((task.name, label))
-    failures: list[dict[str, Any]] = []
-    for (task_name, row), outcome in zip(owners, run_jobs(jobs, workers, ray_address, keep_going=True)):
-        if isinstance(outcome, CellFailure):
-            failures.append({"task": task_name, **outcome.as_dict(), "method": row})
-    attempted = {(task_name, row, job["seed"]) for (task_name, row), job in zip(owners, jobs)}
-    _record_failures(out, suite, failures, attempted)
+                specs += variant_specs(task, out / task.name, label, variant, budget, seeds, overrides)
+    record_failures(specs, run_jobs(run_cell, specs, workers, ray_address))
     cells, failures = read_suite_cells(suite, out, budget, seeds, None, surrogate)
     return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate,
                    full_split=full_split)
@@ -426,8 +414,7 @@ def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, met
                 _check_label(folder / "cells" / label, found)
                 cells[task.name][label] = found
                 found_labels.add(label)
-        if (folder / "failures.json").exists():
-            failures += read_json(folder / "failures.json", "failures record")
+        failures += CellStore(folder).failures()
     unknown = [m for m in labels or () if m not in found_labels]
     if unknown:
         raise FFPruneError(f"methods {unknown} are neither methods nor variant labels with cells in {str(out)!r}")
@@ -441,23 +428,6 @@ def _check_label(folder: Path, found: list[dict[str, Any]]) -> None:
         other = next(h for h in held if h != held[0])
         raise FFPruneError(f"{str(folder)!r} holds cells of different settings ({held[0]} and {other}): a label's "
                            "cells must all be one variant's")
-
-
-def _record_failures(out: Path, suite: Suite, failures: list[dict[str, Any]],
-                     attempted: set[tuple[str, str, int]]) -> None:
-    """``<out>/<task>/failures.json`` for every task with failed cells: this run's, and the recorded ones of cells it
-    did not run (``attempted``: its (task, method or label, seed) cells) that are still unfinished; a task with none
-    has no file."""
-    for task in suite.tasks:
-        path = out / task.name / "failures.json"
-        earlier = read_json(path, "failures record") if path.exists() else []
-        mine = [f for f in earlier if (f["task"], f["method"], f["seed"]) not in attempted
-                and not cell_path(out / task.name, f["method"], f["seed"]).exists()]
-        mine += [f for f in failures if f["task"] == task.name]
-        if mine:
-            atomic_write_json(path, mine)
-        elif path.exists():
-            path.unlink()
 
 
 def suite_surrogates(suite: Suite, cells: Cells, surrogate: bool) -> dict[str, str] | None:

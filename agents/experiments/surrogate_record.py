@@ -70,7 +70,7 @@ from ffenv.registration import FAMILY_NAMES, family_env_id, family_of, formulati
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.ray_tasks import run_on_ray
+from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.suite import (
     FAMILY_MODELS,
     MODE_SUFFIX,
@@ -802,8 +802,10 @@ def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[s
              "progress": progress}
             for family, mode, path, _c in sets]
     if workers:
-        return run_on_ray(record_set, [{**job, "progress": False} for job in jobs], workers, ray_address)
-    return [record_set(**job) for job in jobs]
+        jobs = [{**job, "progress": False} for job in jobs]
+    done = run_jobs(keyword_jobs(record_set), jobs, workers, ray_address)
+    raise_failures("ffprune surrogate record", done)  # the finished sets are kept; a rerun resumes the others
+    return done
 
 
 def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),

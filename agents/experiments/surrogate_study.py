@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,10 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ffenv.errors import FFPruneError, SearchInterrupted, positive_int
+from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable, read_json
-from ffprune.agents.experiments.bench import CellFailure, cell_jobs, cell_path, check_variant_record
-from ffprune.agents.experiments.ray_tasks import run_on_ray
+from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record
+from ffprune.agents.experiments.engine import CellFailure, CellSpec, Job, run_jobs
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
 from ffprune.agents.experiments.search import run_search, score_allocation
@@ -63,7 +64,7 @@ from ffprune.agents.experiments.suite import (
     method_fits,
     normalised,
     select_tasks,
-    variant_jobs,
+    variant_specs,
 )
 from ffprune.agents.experiments.tune import check_agent_kwargs, parse_variant, split_settings
 from ffprune.agents.results import result_env, seed_file, seed_files, surrogate_of
@@ -158,41 +159,35 @@ def cell_curve(cell: dict[str, Any], checkpoints: Sequence[int], task: str | Non
             "cost": dict(cell["cost"])}
 
 
-def run_study_cell(env_id: str, method: str, seed: int, budget: int, out: Path, target: float | None,
-                   env_kwargs: dict[str, Any] | None, progress: bool, task: str, checkpoints: list[int],
-                   tensorboard: bool = False, agent_kwargs: dict[str, Any] | None = None,
-                   curriculum_kwargs: dict[str, Any] | None = None,
-                   variant: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One study cell (a :func:`~ffprune.agents.experiments.bench.cell_jobs` job, less its Calib settings, plus
-    ``task``, ``checkpoints`` and ``tensorboard``; a variant's also ``agent_kwargs``, ``curriculum_kwargs`` and its
-    ``variant`` record, its files under the variant's label): its curve if already written for these checkpoints, else
-    the search (resumed if interrupted; a finished result is read back) and its :func:`cell_curve`, written atomically.
+@dataclass(frozen=True)
+class StudyCell:
+    """What a study cell adds to its search's :class:`~ffprune.agents.experiments.engine.CellSpec`."""
+
+    checkpoints: tuple[int, ...]
+    """The evaluation counts the curve is read at (:func:`checkpoint_grid`)."""
+    tensorboard: bool = False
+    """Write the search's TensorBoard run (under ``<task>/tb``)."""
+
+
+def run_study_cell(job: Job[StudyCell]) -> dict[str, Any]:
+    """One study cell: its curve if already written for these checkpoints, else the search (resumed if interrupted; a
+    finished result is read back) and its :func:`cell_curve`, written atomically. A variant's files are under its label.
     Returns the curve (small: what a Ray task sends back)."""
-    row = _row(method, variant)
-    path = curve_path(out, row, seed)
+    spec, checkpoints = job.spec, list(job.extra.checkpoints)
+    path = curve_path(spec.folder, spec.label, spec.seed)
     if path.exists():
         done = read_json(path, "study curve")
-        if done.get("budget") == budget and done.get("checkpoints") == checkpoints:
+        if done.get("budget") == spec.budget and done.get("checkpoints") == checkpoints:
             return done
-    log.info("[study] %s %s seed %d", task, row, seed)
-    logdir = None if not tensorboard else out / "tb" if variant is None else out / "tb" / row
-    cell = run_search(env_id, agent=method, budget=budget, seed=seed, logdir=logdir, out=cell_path(out, row, seed),
-                      target=target, resume=True, env_kwargs=env_kwargs, progress=progress, agent_kwargs=agent_kwargs,
-                      curriculum_kwargs=curriculum_kwargs, record={"variant": variant} if variant is not None else None)
-    curve = cell_curve(cell, checkpoints, task, budget)
+    log.info("[study] %s", spec.describe())
+    cell = run_search(spec.env_id, agent=spec.method, budget=spec.budget, seed=spec.seed,
+                      logdir=spec.logdir if job.extra.tensorboard else None, out=spec.path, target=spec.target,
+                      resume=True, env_kwargs=dict(spec.env_kwargs) or None, progress=spec.progress,
+                      agent_kwargs=dict(spec.agent_kwargs) or None, curriculum_kwargs=dict(spec.curriculum_kwargs) or None,
+                      record={"variant": dict(spec.variant)} if spec.variant is not None else None)
+    curve = cell_curve(cell, checkpoints, spec.task, spec.budget)
     atomic_write_json(path, curve)
     return curve
-
-
-def _run_here(job: dict[str, Any]) -> dict[str, Any] | CellFailure:
-    try:
-        return run_study_cell(**job)
-    except SearchInterrupted:
-        raise
-    except Exception as err:  # one cell's failure must not stop the others: recorded, reported at the end
-        log.warning("[study] %s %s seed %d failed: %s: %s", job["task"], _row(job["method"], job.get("variant")),
-                    job["seed"], type(err).__name__, err)
-        return CellFailure.of(job, err)
 
 
 def _row(method: str, variant: dict[str, Any] | None) -> str:
@@ -209,28 +204,21 @@ def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> N
 
 def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seeds: int, out: Path,
           env_kwargs: dict[str, Any], progress: bool, points: int, tensorboard: bool,
-          variants: dict[str, SuiteVariant]) -> list[dict[str, Any]]:
-    """Every cell of the study as :func:`run_study_cell` keyword arguments (settings checked, task folders' ``config.json``
-    written); a variant runs on the tasks its method fits."""
+          variants: dict[str, SuiteVariant]) -> list[Job[StudyCell]]:
+    """Every cell of the study (settings checked, task folders' ``config.json`` written); a variant runs on the tasks its
+    method fits. No Calib: a surrogate predicts none."""
     suite = select_tasks(get_suite("core"), tasks)
-    grid = checkpoint_grid(budget, points)
-    jobs = []
+    extra = StudyCell(tuple(checkpoint_grid(budget, points)), tensorboard)
+    overrides = BenchOverrides(env_kwargs, calibrate=False, progress=progress)
+    specs: list[CellSpec] = []
     for task in suite.tasks:
         folder = out / task.name
-        chosen = list(dict.fromkeys([REFERENCE, *methods]))
-        extra = {"task": task.name, "checkpoints": grid, "tensorboard": tensorboard}
-        for job in cell_jobs(task.env_id, budget, seeds, chosen, folder, None, env_kwargs, False, None, progress):
-            job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}  # a surrogate predicts no Calib
-            jobs.append({**job, **extra})
+        specs += cell_specs(task.env_id, budget, seeds, list(dict.fromkeys([REFERENCE, *methods])), folder, overrides)
         for label, variant in variants.items():
-            if not method_fits(task.env_id, variant.method, env_kwargs):
-                continue
-            mine = variant_jobs(task, folder, label, variant, budget, seeds, env_kwargs, False, None, progress)
-            _check_variant_curves(folder, label, variant.record(label))
-            for job in mine:
-                job = {k: v for k, v in job.items() if k not in ("calibrate", "calib_alpha")}
-                jobs.append({**job, **extra})
-    return jobs
+            if method_fits(task.env_id, variant.method, env_kwargs):
+                specs += variant_specs(task, folder, label, variant, budget, seeds, overrides)
+                _check_variant_curves(folder, label, variant.record(label))
+    return [Job(spec, extra) for spec in specs]
 
 
 def study_settings(tasks: Sequence[str] | None, methods: Sequence[str] | None, budget: int, seeds: int,
@@ -271,15 +259,10 @@ def run_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None 
     for name in ("study.json", "study.md", "curves.png"):
         check_writable(out / name)
     jobs = _jobs(tasks, methods, budget, seeds, out, kwargs, progress, points, tensorboard, variants)
-    if workers:
-        quiet = [{**job, "progress": False} for job in jobs]
-        done = run_on_ray(run_study_cell, quiet, workers, ray_address, keep_going=True)
-        outcomes = [CellFailure.of(job, r) if isinstance(r, BaseException) else r for job, r in zip(jobs, done)]
-    else:
-        outcomes = [_run_here(job) for job in jobs]
+    outcomes = run_jobs(run_study_cell, jobs, workers, ray_address)
     curves = [c for c in outcomes if not isinstance(c, CellFailure)]
-    failures = [{"task": job["task"], **({} if job.get("variant") is None else {"variant": job["variant"]["label"]}),
-                 **{k: v for k, v in c.as_dict().items() if k != "traceback"}}
+    failures = [{"task": job.spec.task, **({} if job.spec.variant is None else {"variant": job.spec.label}),
+                 **c.as_dict(trace=False), "method": job.spec.method}
                 for job, c in zip(jobs, outcomes) if isinstance(c, CellFailure)]
     return _report(out, tasks, [*methods, *variants], budget, seeds, curves, failures, reps)
 

@@ -41,8 +41,9 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json, atomic_write_json, atomic_write_text, read_json
-from ffprune.agents.experiments.bench import CellFailure, cell_path, run_jobs
+from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
+from ffprune.agents.experiments.engine import CellFailure, CellSpec, run_jobs
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
@@ -250,25 +251,24 @@ def _config(method: str, budget: int, env_kwargs: dict[str, Any] | None, suite: 
     return {"method": method, "budget": budget, "env_kwargs": env_kwargs or {}, **({"suite": suite} if suite != "core" else {})}
 
 
-def tune_jobs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
-              seeds: Sequence[int], budget: int, env_kwargs: dict[str, Any] | None = None,
-              progress: bool = True, suite: str = "core") -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """The (variant, task, seed) cells as :func:`~ffprune.agents.experiments.bench.run_cell` keyword arguments, and
-    each one's (variant, task); the folder's records are checked and written first."""
+def tune_specs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
+               seeds: Sequence[int], budget: int, env_kwargs: dict[str, Any] | None = None,
+               progress: bool = True, suite: str = "core") -> list[tuple[str, CellSpec]]:
+    """The (variant, task, seed) cells, each with its variant's name (its folder: ``<out>/<variant>/<task>``); the
+    folder's records are checked and written first."""
     out = Path(out)
     ids = _task_ids(method, tasks, suite)
     _check_record(out / "config.json", _config(method, budget, env_kwargs, suite), "tune")
-    jobs, owners = [], []
+    specs = []
     for variant, kwargs in variants.items():
         _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
+        agent_kwargs, curriculum_kwargs = split_settings(kwargs)
         for task, env_id in ids.items():
             for seed in seeds:
-                jobs.append({"env_id": env_id, "method": method, "seed": seed, "budget": budget, "out": out / variant / task,
-                             "target": None, "env_kwargs": env_kwargs, "calibrate": False, "calib_alpha": None,
-                             "progress": progress, "agent_kwargs": split_settings(kwargs)[0] or None,
-                             "curriculum_kwargs": split_settings(kwargs)[1] or None})
-                owners.append((variant, task))
-    return jobs, owners
+                specs.append((variant, CellSpec(env_id, method, seed, budget, out / variant / task, env_kwargs or {},
+                                                agent_kwargs=agent_kwargs, curriculum_kwargs=curriculum_kwargs,
+                                                progress=progress)))
+    return specs
 
 
 def run_tune(out: str | Path | None = None, method: str = "fastforward",
@@ -295,11 +295,11 @@ def run_tune(out: str | Path | None = None, method: str = "fastforward",
         check_agent_kwargs(method, kwargs, name)
     seeds = tune_seeds(method, seeds)
     budget = positive_int("budget", get_suite(suite).budget if budget is None else budget)
-    jobs, owners = tune_jobs(out, method, variants, tasks, seeds, budget, env_kwargs, progress, suite)
-    done = run_jobs(jobs, workers, ray_address, keep_going=True)
-    failures = [{"variant": variant, "task": task, **d.as_dict()} for (variant, task), d in zip(owners, done)
+    owned = tune_specs(out, method, variants, tasks, seeds, budget, env_kwargs, progress, suite)
+    done = run_jobs(run_cell, [spec for _variant, spec in owned], workers, ray_address)
+    failures = [{"variant": variant, **d.as_dict(trace=False)} for (variant, _spec), d in zip(owned, done)
                 if isinstance(d, CellFailure)]
-    atomic_write_json(out / "failures.json", [{k: v for k, v in f.items() if k != "traceback"} for f in failures])
+    atomic_write_json(out / "failures.json", failures)  # one record for the tune (its cells' folders are variant/task)
     return report_tune(out, method, variants, tasks, seeds, suite)
 
 

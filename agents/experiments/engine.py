@@ -1,0 +1,299 @@
+"""The experiment engine: what every experiment (bench, suite, claim, tune, surrogate study) is made of.
+
+An experiment supplies its jobs, its analysis and its rendering; the engine supplies the rest:
+
+- :class:`CellSpec` — one search cell, frozen and typed: the task (env id + env overrides), the method (+ its settings
+  and the label its row goes by), the seed, the budget, and the folder its result lives in;
+- :class:`CellStore` — a folder of cells: its layout (``<folder>/cells/<label>/seed<k>.json.gz``, TensorBoard under
+  ``<folder>/tb``), its settings manifest (``config.json``: a folder holding other settings is refused in one line),
+  and its one failure record (``failures.json``);
+- :func:`run_jobs` — the one job runner, in this process or as Ray tasks, with the one failure policy: a job that raises
+  is recorded (its slot holds a :class:`CellFailure`), the other jobs finish, and the caller lists the failures and
+  exits 1 (:func:`failure_lines`). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run; a finished cell is
+  never lost and an interrupted one resumes from its checkpoint.
+
+A cell's run (:func:`ffprune.agents.experiments.bench.run_cell`) is the search plus, optionally, its calibrated score;
+the engine does not know what a job does, only how to run many and what to do when one fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from ffenv.errors import FFPruneError, SearchInterrupted
+from ffenv.io import as_json, atomic_write_json, read_json
+from ffprune.agents.results import describe_surrogate, read_result, same_surrogate, seed_file, seed_files, surrogate_of
+
+log = logging.getLogger(__name__)
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+MANIFEST = "config.json"
+"""A cell folder's settings manifest (:meth:`CellStore.claim`)."""
+FAILURES = "failures.json"
+"""A cell folder's failure record (:meth:`CellStore.record_failures`)."""
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One search cell: what runs, with which settings and seed, and where its result lives.
+
+    ``env_kwargs`` override the env's settings (an :class:`~ffenv.config.EnvConfig` field each); ``agent_kwargs`` and
+    ``curriculum_kwargs`` the method's and its curriculum's. ``variant`` (a suite's labelled variant record:
+    ``{"label", "method", "name", "agent_kwargs", "curriculum_kwargs", "source"}``) files the cell under its label and
+    is recorded in the result. ``calibrate`` also scores the best allocation after Calib (ridge ``calib_alpha``; default
+    the env's). The mappings are never mutated.
+    """
+
+    env_id: str
+    method: str
+    seed: int
+    budget: int
+    folder: Path
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    target: float | None = None
+    agent_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    curriculum_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    variant: Mapping[str, Any] | None = None
+    calibrate: bool = False
+    calib_alpha: float | None = None
+    progress: bool = True
+
+    @property
+    def label(self) -> str:
+        """The row the cell belongs to (and its folder's name): its variant's label, else its method."""
+        return self.method if self.variant is None else str(self.variant["label"])
+
+    @property
+    def task(self) -> str:
+        """The name of the cell's task folder."""
+        return self.folder.name
+
+    @property
+    def path(self) -> Path:
+        """The result file: ``<folder>/cells/<label>/seed<k>.json.gz`` (an older folder's ``seed<k>.json`` if it holds
+        one)."""
+        return CellStore(self.folder).path(self.label, self.seed)
+
+    @property
+    def logdir(self) -> Path:
+        """The TensorBoard root of the cell (``<folder>/tb``; a variant's ``<folder>/tb/<label>``)."""
+        return self.folder / "tb" if self.variant is None else self.folder / "tb" / self.label
+
+    def quiet(self) -> CellSpec:
+        """The same cell without a progress bar (a Ray task's)."""
+        return replace(self, progress=False)
+
+    def describe(self) -> str:
+        """``<task> <label> seed <k>`` for log lines and failures."""
+        return f"{self.task} {self.label} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A job that raised instead of finishing: which cell, and its exception's type and message."""
+
+    task: str
+    env_id: str
+    method: str
+    """The cell's row: its method, or its variant's label."""
+    seed: int
+    error: str
+    """The exception's type name (``FFPruneError``, ``WorkerLostError``, ``RuntimeError``...)."""
+    message: str
+    traceback: str = ""
+    """The formatted traceback where one was available (in-process jobs)."""
+
+    @classmethod
+    def of(cls, spec: CellSpec, err: BaseException) -> CellFailure:
+        """The failure of the cell ``spec`` that raised ``err``."""
+        trace = "".join(traceback.format_exception(err)) if err.__traceback__ is not None else ""
+        return cls(spec.task, spec.env_id, spec.label, spec.seed, type(err).__name__, str(err), trace)
+
+    def as_dict(self, trace: bool = True) -> dict[str, Any]:
+        """The failure as JSON-ready fields (without the traceback unless ``trace``)."""
+        fields = asdict(self)
+        if not trace:
+            fields.pop("traceback")
+        return fields
+
+    def line(self) -> str:
+        """One line: ``<task> <method> seed <k>: <error>: <message>``."""
+        detail = f"{self.error}: {self.message}" if self.message else self.error
+        return f"{self.task} {self.method} seed {self.seed}: {detail}"
+
+
+class CellStore:
+    """A folder of cells: where each lives, which settings the folder holds, which cells failed.
+
+    Layout: ``<folder>/config.json`` (the settings every cell shares), ``<folder>/cells/<label>/seed<k>.json.gz`` (one
+    result each), ``<folder>/tb`` (TensorBoard) and, while some cells failed, ``<folder>/failures.json``.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, label: str, seed: int) -> Path:
+        """The result file of the (``label``, ``seed``) cell."""
+        return seed_file(self.folder / "cells" / label, seed)
+
+    def seeds(self, label: str) -> list[tuple[int, Path]]:
+        """The (seed, file) of each cell of ``label`` on disk, by seed."""
+        return seed_files(self.folder / "cells" / label)
+
+    def labels(self) -> list[str]:
+        """The labels (methods and variant labels) with a cell folder, sorted."""
+        cells = self.folder / "cells"
+        return sorted(p.name for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []
+
+    def claim(self, settings: Mapping[str, Any], what: str = "a bench") -> None:
+        """Make ``settings`` the folder's manifest, refusing (one line) a folder whose manifest holds other settings:
+        cells of different envs, budgets, targets, weights or surrogates never share a folder (a surrogate's label,
+        ``settings["surrogate"]``, is compared first, with its own message)."""
+        path = self.folder / MANIFEST
+        settings = as_json(dict(settings))
+        if path.exists():
+            old = read_result(path)  # an older folder's field names are today's
+            held, label = surrogate_of(old), surrogate_of(settings)
+            if not same_surrogate(held, label):
+                raise FFPruneError(f"out={str(self.folder)!r} holds cells of {describe_surrogate(held)}; these cells run on "
+                                   f"{describe_surrogate(label)}: use another --out folder (surrogate and real results "
+                                   "never mix)")
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if diff:
+                raise FFPruneError(f"out={str(self.folder)!r} holds {what} with other settings {diff} (old, new); use "
+                                   "another --out folder")
+        atomic_write_json(path, settings)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The failure record (empty when no cell failed)."""
+        path = self.folder / FAILURES
+        return list(read_json(path, "failures record")) if path.exists() else []
+
+    def record_failures(self, failures: Iterable[CellFailure], attempted: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
+        """Write the failure record: this run's ``failures`` (of this folder) and the earlier ones of cells this run did
+        not attempt (``attempted``: (label, seed) pairs) and that are still unfinished; no file when there are none.
+        Returns the record."""
+        attempted = set(attempted)
+        earlier = [f for f in self.failures() if (f["method"], f["seed"]) not in attempted
+                   and not self.path(f["method"], f["seed"]).exists()]
+        record = earlier + [f.as_dict() for f in failures]
+        path = self.folder / FAILURES
+        if record:
+            atomic_write_json(path, record)
+        elif path.exists():
+            path.unlink()
+        return record
+
+
+def record_failures(specs: Sequence[CellSpec], outcomes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each folder's failure record after a run of ``specs`` (their ``outcomes``, :func:`run_jobs`'s): written by
+    :meth:`CellStore.record_failures`; returns every folder's record, in folder order."""
+    folders = list(dict.fromkeys(spec.folder for spec in specs))
+    records: list[dict[str, Any]] = []
+    for folder in folders:
+        mine = [(s, o) for s, o in zip(specs, outcomes) if s.folder == folder]
+        failed = [o for _s, o in mine if isinstance(o, CellFailure)]
+        records += CellStore(folder).record_failures(failed, [(s.label, s.seed) for s, _o in mine])
+    return records
+
+
+@dataclass(frozen=True)
+class Job(Generic[J]):
+    """A job for :func:`run_jobs` that is not a bare :class:`CellSpec`: the cell it runs and what else it needs."""
+
+    spec: CellSpec
+    extra: J
+
+
+def _spec_of(job: Any) -> CellSpec | None:
+    return job if isinstance(job, CellSpec) else job.spec if isinstance(job, Job) else None
+
+
+def _failure(job: Any, err: BaseException) -> CellFailure | BaseException:
+    spec = _spec_of(job)
+    return CellFailure.of(spec, err) if spec is not None else err
+
+
+def _quiet(job: Any) -> Any:
+    spec = _spec_of(job)
+    if spec is None:
+        return job
+    return spec.quiet() if isinstance(job, CellSpec) else replace(job, spec=spec.quiet())
+
+
+def _run_here(fn: Callable[[Any], Any], job: Any) -> Any:
+    try:
+        return fn(job)
+    except SearchInterrupted:
+        raise
+    except Exception as err:  # one job's failure must not stop the others: recorded, listed at the end
+        spec = _spec_of(job)
+        log.warning("[engine] %s failed: %s: %s", spec.describe() if spec else "job", type(err).__name__, err)
+        return _failure(job, err)
+
+
+def run_jobs(fn: Callable[[Any], R], jobs: Sequence[Any], workers: int = 0, ray_address: str | None = None,
+             gpus_per_job: int | None = None) -> list[R | CellFailure | BaseException]:
+    """``[fn(job) for job in jobs]``, results in job order, with the one failure policy: a job that raises does not stop
+    the others; its slot holds a :class:`CellFailure` (a job that is a :class:`CellSpec` or a :class:`Job`) or the
+    exception itself (any other job). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run.
+
+    In this process (``workers=0``), or as Ray tasks (one CPU and one torch thread each; one GPU each where a cell's
+    env runs on CUDA, or ``gpus_per_job``) on a local Ray instance with ``workers`` CPUs or the cluster at
+    ``ray_address``; a task whose worker dies is retried once and resumes from its checkpoint (twice:
+    :class:`~ffenv.errors.WorkerLostError` in its slot). Progress bars are off on Ray.
+    """
+    if not workers:
+        return [_run_here(fn, job) for job in jobs]
+    from ffprune.agents.experiments.ray_tasks import run_on_ray
+
+    if gpus_per_job is None:
+        specs = [s for s in map(_spec_of, jobs) if s is not None]
+        gpus_per_job = int(any(str(s.env_kwargs.get("device", "cpu")).startswith("cuda") for s in specs))
+    done = run_on_ray(fn, [_quiet(job) for job in jobs], workers, ray_address, gpus_per_job=gpus_per_job)
+    return [_failure(job, r) if isinstance(r, BaseException) else r for job, r in zip(jobs, done)]
+
+
+def _call_with(fn: Callable[..., R], job: Mapping[str, Any]) -> R:
+    return fn(**job)
+
+
+def keyword_jobs(fn: Callable[..., R]) -> Callable[[Mapping[str, Any]], R]:
+    """``fn`` as a :func:`run_jobs` function of one job, a dict of its keyword arguments (picklable for Ray)."""
+    return functools.partial(_call_with, fn)
+
+
+def failures_of(outcomes: Sequence[Any]) -> list[CellFailure | BaseException]:
+    """The failed slots of :func:`run_jobs`'s outcomes."""
+    return [o for o in outcomes if isinstance(o, (CellFailure, BaseException))]
+
+
+def failure_lines(failures: Iterable[Mapping[str, Any] | CellFailure | BaseException]) -> list[str]:
+    """One line per failure (a :class:`CellFailure`, its dict, or a bare exception) for the end of a command."""
+    lines = []
+    for f in failures:
+        if isinstance(f, CellFailure):
+            lines.append(f.line())
+        elif isinstance(f, BaseException):
+            lines.append(f"{type(f).__name__}: {f}")
+        else:
+            detail = f"{f['error']}: {f['message']}" if f.get("message") else f["error"]
+            lines.append(f"{f.get('task', '?')} {f['method']} seed {f['seed']}: {detail}")
+    return lines
+
+
+def raise_failures(what: str, outcomes: Sequence[Any]) -> None:
+    """After every job finished: one :class:`FFPruneError` listing the failed ones, if any (for experiments whose later
+    steps need every job: the finished jobs' files are kept, and the same command resumes)."""
+    failed = failures_of(outcomes)
+    if failed:
+        raise FFPruneError(f"{what}: {len(failed)} of {len(outcomes)} jobs failed ({'; '.join(failure_lines(failed))}); "
+                           "the finished ones are kept: run the same command again to retry")
