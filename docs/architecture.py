@@ -5,7 +5,7 @@
 
 The picture reads bottom-up like a house: the shared foundation (configuration, errors, I/O, the bundled
 zoo), then the data flow corpus → model → importance → projector → pruning → evaluation → reward →
-wrappers → batching → methods → experiments / tools → CLI, one row per stage, each box naming its
+wrappers → batching → methods → engine → experiments / tools → CLI, one row per stage, each box naming its
 subpackage and modules. The colour is the top-level layer; a layer imports only the layers below it
 (``ffenv`` ← ``baselines`` ← ``agents`` ← CLI, checked by ``tests/test_layering.py``). Keep the rows in
 step with the package tree when a module moves (the README's map and ``docs/architecture.md`` list the same).
@@ -62,14 +62,15 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
                                                            "factory.py (gym entry point) · ray_workers.py")]),
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
-    ("experiments / tools", [("ffprune.agents", "agents/experiments/ + results.py",
-                              "search · allocate · bench · suite · claim · amortised · tune · fidelity · rlstats · "
-                              "reports"),
-                             ("ffprune.agents", "agents/experiments/", "surrogate_record · surrogate_validate · "
-                                                                      "surrogate_rank · surrogate_study · ray_tasks"),
+    ("engine", [("ffprune.agents", "agents/experiments/ + results.py",
+                  "engine.py (CellSpec · CellStore · run_jobs) · ray_tasks · search · bench · suite · reports · "
+                  "rlstats")]),
+    ("experiments / tools", [("ffprune.agents", "agents/experiments/",
+                              "claim · amortised · tune · fidelity · allocate · surrogate_record · "
+                              "surrogate_validate · surrogate_rank · surrogate_study"),
                              ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
                                                                 "zoo_train")]),
-    ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, claim, "
+    ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, suite, claim, "
                                                    "amortised, tune, surrogate, export, eval, models, fetch, fidelity, methods, "
                                                    "bench-env)")]),
 ]

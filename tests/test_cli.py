@@ -23,6 +23,7 @@ from ffenv.errors import FFPruneError, SearchInterrupted, WorkerLostError
 from ffprune.agents.cli import main
 from ffprune.agents.cli.common import parse_kwargs
 from ffprune.agents.experiments.bench import BenchOverrides
+from ffprune.agents.experiments.engine import Runner
 
 HEAVY = ("torch", "gymnasium", "stable_baselines3", "matplotlib", "ffenv", "ffprune.agents.methods",
          "ffprune.agents.experiments", "ffprune.agents.tools", "ray", "transformers")
@@ -45,7 +46,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_subcommand_is_a_module_with_its_arguments_beside_its_handler():
     names = [m.NAME for m in cli.SUBCOMMANDS]
     assert sorted(names) == ["allocate", "amortised", "bench", "bench-env", "claim", "eval", "export", "fetch", "fidelity",
-                             "methods", "models", "search", "surrogate", "tune"]
+                             "methods", "models", "search", "suite", "surrogate", "tune"]
     assert list(_subparsers(cli.build_parser())) == names
     for module in cli.SUBCOMMANDS:
         assert module.__name__.startswith("ffprune.agents.cli.") and module.__doc__ and module.HELP
@@ -201,8 +202,8 @@ def test_suite_failures_are_listed_and_the_exit_code_says_so(monkeypatch, tmp_pa
     docs.write_text("<!-- suite:core -->\n<!-- /suite:core -->\n")
     calls = []
 
-    def fake_suite(name, out, budget, seeds, methods, env_kwargs, **options):
-        calls.append(("run", name, budget, seeds, methods, env_kwargs, options))
+    def fake_suite(suite, out, overrides, runner, report):
+        calls.append(("run", suite.name, suite.budget, suite.seeds, suite.methods, overrides, runner))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "suite.md").write_text("| method | IQM score |\n")
         return {"failures": failures}
@@ -213,8 +214,7 @@ def test_suite_failures_are_listed_and_the_exit_code_says_so(monkeypatch, tmp_pa
     assert main(["bench", "--suite", "core", "--out", str(out), "--docs", str(docs), "--budget", "2", "--quiet"]) == code
     captured = capsys.readouterr()
     assert calls[0] == ("check", [str(docs)], "core")  # checked before the run
-    assert calls[1] == ("run", "core", 2, None, None, None,
-                        {"calibrate": True, "workers": 0, "ray_address": None, "progress": False})
+    assert calls[1] == ("run", "core", 2, 3, None, BenchOverrides({}, None, True, None, False), Runner(0, None))
     assert "| method | IQM score |" in captured.out
     if failures:
         assert len(calls) == 2  # the docs are not rewritten from a suite with failed cells

@@ -15,10 +15,11 @@ import pytest
 from ffenv.errors import FFPruneError
 from ffenv.io import read_json
 from ffprune.agents.cli import main
-from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.experiments.bench import BenchOverrides, cell_path
 from ffprune.agents.experiments.suite import (
     SUITES,
     Suite,
+    SuiteReport,
     SuiteTask,
     SuiteVariant,
     analyse,
@@ -26,6 +27,7 @@ from ffprune.agents.experiments.suite import (
     check_variants,
     equal_token_picks,
     get_suite,
+    load_suite,
     normalised,
     render_sections,
     report_suite,
@@ -40,6 +42,9 @@ from ffprune.baselines.heuristics import uniform_allocation
 from ffprune.baselines.search import heuristic
 
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
+QUIET = BenchOverrides(SMALL, progress=False)
+"""Small windows, no progress bars: every test run's overrides."""
+ONE = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=2, seeds=1, description="test: one task")
 
 
 def test_core_suite_is_nine_registered_tasks():
@@ -102,7 +107,7 @@ def two_task_suite(monkeypatch):
 
 def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task_suite, monkeypatch):
     out = tmp_path / "two"
-    analysis = run_suite("two", out, methods=["flaky"], env_kwargs=SMALL, progress=False, reps=50)
+    analysis = run_suite(two_task_suite.but(methods=["flaky"]), out, QUIET, report=SuiteReport(reps=50))
     failures = analysis["failures"]
     assert flaky_method["runs"] == 2  # both flaky cells ran, and neither stopped the reference cells
     assert [(f["task"], f["method"], f["seed"], f["error"]) for f in failures] == [
@@ -120,7 +125,7 @@ def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task
 
     # the rerun retries only the failed cells; once they finish, the failures are gone
     flaky_method["broken"] = False
-    again = run_suite("two", out, methods=["flaky"], env_kwargs=SMALL, progress=False, reps=50)
+    again = run_suite(two_task_suite.but(methods=["flaky"]), out, QUIET, report=SuiteReport(reps=50))
     assert flaky_method["runs"] == 4 and again["failures"] == [] and not (out / "llama-u0.7" / "failures.json").exists()
     assert again["aggregate"]["plain"]["flaky"]["iqm"] == 0.0  # the uniform allocation again: score 0
     assert "Failures" not in (out / "suite.md").read_text()
@@ -132,11 +137,11 @@ def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task
     monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", no_search)
     monkeypatch.setattr("ffprune.agents.experiments.suite.result_env", no_search)
     before = {f: (out / f).read_bytes() for f in ("suite.md", "scores.csv", "llama-u0.7/results.md")}
-    report = report_suite("two", out, methods=["flaky"], reps=50)
+    report = report_suite(two_task_suite.but(methods=["flaky"]), out, report=SuiteReport(reps=50))
     assert report["aggregate"] == again["aggregate"] and report["rows"] == again["rows"]
     assert {f: (out / f).read_bytes() for f in before} == before
     with pytest.raises(FFPruneError, match="budget"):
-        report_suite("two", out, budget=3)
+        report_suite(two_task_suite.but(budget=3), out)
 
 
 def test_analysis_needs_the_reference():
@@ -243,14 +248,14 @@ def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, mo
     analysis["full_split"] = full
     assert "| llama-s0.3 | 5 × 8 | random (2) | 13.00 | 20.60 |" in suite_markdown(analysis)
     with pytest.raises(FFPruneError, match="full_split rows must be"):
-        run_suite("core", tmp_path / "x", budget=3, seeds=1, methods=["random"], full_split=["randon"])
+        run_suite(SUITES["core"].but(3, 1, ["random"]), tmp_path / "x", report=SuiteReport(full_split=("randon",)))
 
 
 @pytest.mark.slow
 def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
     out = tmp_path / "core"
-    analysis = run_suite("core", out, budget=3, seeds=2, methods=["fastforward", "random"], env_kwargs=SMALL,
-                         progress=False, agreement_points=3, reps=200)
+    small_core = SUITES["core"].but(3, 2, ["fastforward", "random"])
+    analysis = run_suite(small_core, out, QUIET, report=SuiteReport(agreement_points=3, reps=200))
     tasks = [t.name for t in SUITES["core"].tasks]
     for name in tasks:
         assert (out / name / "results.md").exists() and cell_path(out / name, "random", 1).exists()
@@ -283,8 +288,7 @@ def test_suite_runs_resumes_and_aggregates(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", lambda *a, **k: read_json(k["out"])
                         if k["out"].exists() else explode())
-    again = run_suite("core", out, budget=3, seeds=2, methods=["fastforward", "random"], env_kwargs=SMALL,
-                      progress=False, agreement_points=3, reps=200)
+    again = run_suite(small_core, out, QUIET, report=SuiteReport(agreement_points=3, reps=200))
     assert again["aggregate"] == analysis["aggregate"] and again["improvement"] == analysis["improvement"]
     # the command line: same folder, printed table
     assert main(["bench", "--suite", "core", "--budget", "3", "--seeds", "2", "--methods", "fastforward,random",
@@ -356,12 +360,12 @@ TUNED = SuiteVariant("fastforward", {"batch_episodes": 2}, {"fidelity_schedule":
 @pytest.fixture(scope="module")
 def tuned_suite(tmp_path_factory):
     """One structured task, budget 2, one seed: uniform, fastforward and the label ``fastforward-tuned`` (TUNED)."""
-    suite = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=2, seeds=1, description="test: one task")
+    suite = ONE
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(SUITES, "one", suite)
         out = tmp_path_factory.mktemp("suite") / "one"
-        analysis = run_suite("one", out, methods=["fastforward"], env_kwargs=SMALL, progress=False, agreement_points=0,
-                             reps=50, variants={"fastforward-tuned": TUNED})
+        analysis = run_suite(suite.but(methods=["fastforward"], variants={"fastforward-tuned": TUNED}), out, QUIET,
+                             report=SuiteReport(agreement_points=0, reps=50))
         yield out, analysis
 
 
@@ -396,7 +400,7 @@ def test_a_variant_label_must_not_be_a_method_and_its_folder_must_hold_its_setti
     other = dataclasses.replace(TUNED, agent_kwargs={"batch_episodes": 4})
     with pytest.raises(FFPruneError, match=r"fastforward-tuned' holds cells of other settings \(.*'batch_episodes': 2"
                        r".*now .*'batch_episodes': 4"):
-        run_suite("one", out, methods=[], env_kwargs=SMALL, progress=False, variants={"fastforward-tuned": other})
+        run_suite(ONE.but(methods=[], variants={"fastforward-tuned": other}), out, QUIET)
     for label, variant, match in [("random", TUNED, "is a method's name"), ("PPO", TUNED, "is a method's name"),
                                   ("a b", TUNED, "letters, digits"),
                                   ("ff-x", dataclasses.replace(TUNED, agent_kwargs={}, curriculum_kwargs={}), "sets nothing"),
@@ -406,7 +410,7 @@ def test_a_variant_label_must_not_be_a_method_and_its_folder_must_hold_its_setti
     with pytest.raises(FFPruneError, match="collide"):
         check_variants({"ff-x": TUNED, "FF-X": TUNED})
     with pytest.raises(FFPruneError, match="neither methods nor variant labels"):
-        report_suite("one", out, methods=["fastforward", "ff-missing"])
+        report_suite(dataclasses.replace(ONE, methods=("fastforward", "ff-missing")), out)
 
 
 def _no_search(*_a, **_k):
@@ -418,7 +422,7 @@ def test_a_restricted_run_keeps_every_other_row_in_the_report(tuned_suite, monke
     failed = {"task": "llama-s0.3", "env_id": "FFPrune-Llama-v0", "method": "ppo", "seed": 0, "error": "RuntimeError",
               "message": "earlier", "traceback": ""}
     (out / "llama-s0.3" / "failures.json").write_text(json.dumps([failed, {**failed, "method": "random"}]))
-    again = run_suite("one", out, methods=["random"], env_kwargs=SMALL, progress=False, agreement_points=0, reps=50)
+    again = run_suite(ONE.but(methods=["random"]), out, QUIET, report=SuiteReport(agreement_points=0, reps=50))
     assert [r["method"] for r in again["rows"]] == ["fastforward", "random", "uniform", "fastforward-tuned"]
     assert [(f["method"], f["message"]) for f in again["failures"]] == [("ppo", "earlier")]  # not retried: still listed
     (out / "llama-s0.3" / "failures.json").unlink()
@@ -427,8 +431,9 @@ def test_a_restricted_run_keeps_every_other_row_in_the_report(tuned_suite, monke
     assert all(f"| {m} |" in table for m in ("uniform", "fastforward", "random", "fastforward-tuned"))
     # --report-only shows them too (no search), --methods restricts the report, a label is named like a method
     monkeypatch.setattr("ffprune.agents.experiments.bench.run_search", _no_search)
-    assert report_suite("one", out, budget=2, seeds=1, reps=50)["rows"] == again["rows"]
-    assert [r["method"] for r in report_suite("one", out, methods=["random", "fastforward-tuned"], reps=50)["rows"]] == [
+    assert report_suite(ONE, out, report=SuiteReport(reps=50))["rows"] == again["rows"]
+    shown = dataclasses.replace(ONE, methods=("random", "fastforward-tuned"))
+    assert [r["method"] for r in report_suite(shown, out, report=SuiteReport(reps=50))["rows"]] == [
         "uniform", "random", "fastforward-tuned"]
     assert main(["bench", "--suite", "one", "--out", str(out), "--report-only", "--quiet"]) == 0  # the fixture's suite
     assert "| fastforward-tuned |" in capsys.readouterr().out
@@ -443,8 +448,8 @@ def test_a_variant_runs_only_on_the_tasks_its_method_supports(tmp_path, two_task
 
     monkeypatch.setitem(METHODS, "sonly", SearchMethod("sonly", run, "heuristic", modes=("structured",),
                                                        description="test: structured only, takes a setting"))
-    analysis = run_suite("two", tmp_path / "two", methods=[], env_kwargs=SMALL, progress=False, calibrate=False, reps=50,
-                         variants={"sonly-x": SuiteVariant("sonly", {"k": 1})})
+    analysis = run_suite(two_task_suite.but(methods=[], variants={"sonly-x": SuiteVariant("sonly", {"k": 1})}),
+                         tmp_path / "two", BenchOverrides(SMALL, calibrate=False, progress=False), report=SuiteReport(reps=50))
     assert seen == [{"k": 1}]
     assert [(r["task"], r["method"]) for r in analysis["rows"]] == [
         ("llama-s0.3", "uniform"), ("llama-s0.3", "sonly-x"), ("llama-u0.7", "uniform")]
@@ -467,8 +472,8 @@ def test_bench_tuned_adds_the_selected_variant_and_refuses_bad_input_in_one_line
 
     calls = []
 
-    def fake_suite(name, out, budget, seeds, methods, env_kwargs, **options):
-        calls.append((methods, options.get("variants")))
+    def fake_suite(suite, out, overrides, runner, report):
+        calls.append((list(suite.methods), dict(suite.variants)))
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "suite.md").write_text("| method | IQM score |\n")
         return {"failures": []}
@@ -494,3 +499,83 @@ def test_bench_tuned_adds_the_selected_variant_and_refuses_bad_input_in_one_line
         err = capsys.readouterr().err.strip()
         assert err.startswith("ffprune bench: error:") and "\n" not in err and re.search(match, err), err
     assert len(calls) == 1
+
+
+# ----------------------------------------------------------------------------- suites as data: one's own suite file
+SUITE_FILE = """
+name = "llama-targets"
+description = "tiny-llama at structured 0.4"
+budget = 2
+seeds = 1
+methods = ["random"]
+
+[[tasks]]
+name = "llama-s0.4"
+env_id = "FFPrune-Llama-v0"
+env_kwargs = { target_sparsity = 0.4 }
+
+[variants.random-x]
+method = "fastforward"
+agent_kwargs = { batch_episodes = 2 }
+"""
+
+
+def test_a_suite_file_runs_its_own_tasks_methods_and_variants(tmp_path, capsys):
+    path = tmp_path / "mine.toml"
+    path.write_text(SUITE_FILE)
+    suite = load_suite(path)
+    assert (suite.name, suite.budget, suite.seeds, suite.methods) == ("llama-targets", 2, 1, ("random",))
+    assert suite.tasks == (SuiteTask("llama-s0.4", "FFPrune-Llama-v0", {"target_sparsity": 0.4}),)
+    assert suite.variants["random-x"].source == f"suite file {path}"
+    out = tmp_path / "out"
+    argv = ["suite", "run", str(path), "--out", str(out), "--no-calibrate", "--quiet",
+            *[a for k, v in SMALL.items() for a in ("--env-kwarg", f"{k}={v}")]]
+    assert main(argv) == 0
+    folder = out / "llama-s0.4"
+    assert sorted(p.name for p in (folder / "cells").iterdir()) == ["random", "random-x", "uniform"]
+    cell = read_json(cell_path(folder, "random", 0))
+    assert cell["env_kwargs"]["target_sparsity"] == 0.4 and abs(cell["best"]["sparsity"] - 0.4) < 0.01
+    assert read_json(cell_path(folder, "random-x", 0))["variant"]["agent_kwargs"] == {"batch_episodes": 2}
+    analysis = read_json(out / "suite.json")
+    assert analysis["suite"] == "llama-targets" and analysis["tasks"] == [
+        {"name": "llama-s0.4", "env_id": "FFPrune-Llama-v0", "env_kwargs": {"target_sparsity": 0.4}}]
+    capsys.readouterr()
+    assert main(["suite", "report", str(path), "--out", str(out)]) == 0  # from the cells, no search
+    assert "| random-x |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('budget = 2\n[[tasks]]\nname = "a"\nenv_id = "FFPrune-Nope-v0"\n', r"tasks\[0\] \(a\):"),
+    ('[[tasks]]\nname = "a b"\nenv_id = "FFPrune-Llama-v0"\n', "tasks\\[0\\].name must be letters"),
+    ('taks = []\n', r"unknown keys \['taks'\]"),
+    ('budget = 0\n[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n', "budget"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\nenv_kwargs = { target_sparsity = 1.5 }\n', "target_sparsity"),
+    ('methods = ["nope"]\n[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n', "nope"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[[tasks]]\nname = "A"\nenv_id = "FFPrune-Llama-v0"\n',
+     "distinct"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[variants.uniform]\nmethod = "fastforward"\n'
+     'agent_kwargs = { batch_episodes = 2 }\n', "is a method's name"),
+    ('tasks = [', "is not valid TOML"),
+])
+def test_a_bad_suite_file_is_one_line_naming_the_field(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(FFPruneError, match=match) as err:
+        load_suite(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_suite_names_files_and_compare(tmp_path, monkeypatch, capsys):
+    with pytest.raises(FFPruneError, match=r"one of \['core', 'real'\] or a .toml / .json suite file"):
+        load_suite("cor")
+    with pytest.raises(FFPruneError, match="does not exist"):
+        load_suite(tmp_path / "none.json")
+    (tmp_path / "s.json").write_text(json.dumps({"tasks": [{"name": "t", "env_id": "FFPrune-OPT-Unstructured-v0"}]}))
+    assert load_suite(tmp_path / "s.json") == Suite("s", (SuiteTask("t", "FFPrune-OPT-Unstructured-v0"),), 100, 3)
+    assert main(["suite", "list"]) == 0 and "smollm2-s0.2     FFPrune-SmolLM2-v0" in capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr("ffprune.agents.experiments.surrogate_rank.run_rank", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr("ffprune.agents.experiments.surrogate_rank.ranking_markdown", lambda a: "")
+    assert main(["suite", "compare", "A", "B", "--out", "C", "--tasks", "llama-s0.3"]) == 0
+    assert main(["surrogate", "rank", "--real", "A", "--surrogate-out", "B", "--out", "C", "--tasks", "llama-s0.3"]) == 0
+    assert calls[0] == calls[1] == ("A", "B", "C", "core", ["llama-s0.3"], None, None, None, 2000)

@@ -179,11 +179,12 @@ def one_task_suite(monkeypatch):
 
 def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorded, tmp_path, one_task_suite):
     from ffprune.agents.experiments.bench import BenchOverrides, cell_specs
-    from ffprune.agents.experiments.suite import report_suite, run_suite, section_block, suite_surrogates
+    from ffprune.agents.experiments.suite import SuiteReport, report_suite, run_suite, section_block, suite_surrogates
 
     out = tmp_path / "one-surrogate"
-    analysis = run_suite("one", out, methods=["random"], env_kwargs=recorded[2], progress=False, reps=50,
-                         agreement_points=4)
+    random_only = one_task_suite.but(methods=["random"])
+    analysis = run_suite(random_only, out, BenchOverrides(recorded[2], progress=False),
+                         report=SuiteReport(agreement_points=4, reps=50))
     assert analysis["surrogate"] == {TASK: recorded[1]} and not analysis["failures"]
     assert {r["method"]: r["evaluations"] for r in analysis["rows"]} == {"uniform": 1, "random": 6}
     assert all(r["eval_ppl_after_calib"] is None for r in analysis["rows"])  # no Calib on a surrogate
@@ -196,7 +197,7 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
     with pytest.raises(FFPruneError, match="the real one suite expects real results"):
         report_suite("one", out)
     with pytest.raises(FFPruneError, match="holds cells of the surrogate fitted on sha256:.*run on the real env"):
-        run_suite("one", out, methods=["random"], env_kwargs=KW, progress=False, reps=50)
+        run_suite(random_only, out, BenchOverrides(KW, progress=False), report=SuiteReport(reps=50))
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- suite:one -->\n<!-- /suite:one -->\n")
     with pytest.raises(FFPruneError, match="docs' generated suite:one sections expects real results"):
@@ -225,7 +226,7 @@ def test_bench_suite_surrogate_writes_to_its_own_folder(recorded, tmp_path, monk
     folder = str(recorded[0])
     assert main(["bench", "--suite", "core", "--surrogate", "--surrogate-data", folder, "--quiet"]) == 0
     kind, args, kwargs = calls[-1]
-    assert kind == "run" and args[1] == "docs/results/core-surrogate" and args[5]["surrogate"] is True
+    assert kind == "run" and args[1] == "docs/results/core-surrogate" and args[2].env_kwargs["surrogate"] is True
     assert main(["bench", "--suite", "core", "--env-kwarg", "surrogate=true", "--report-only"]) == 0
     kind, args, kwargs = calls[-1]
     assert kind == "report" and args[1] == "docs/results/core-surrogate" and kwargs["surrogate"] is True

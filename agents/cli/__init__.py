@@ -53,12 +53,13 @@ from ffprune.agents.cli import (
     methods,
     models,
     search,
+    suite,
     surrogate,
     tune,
 )
 from ffprune.agents.cli import eval as zero_shot
 
-SUBCOMMANDS = (models, fetch, methods, bench_env, fidelity, search, allocate, bench, claim, amortised, tune, surrogate,
+SUBCOMMANDS = (models, fetch, methods, bench_env, fidelity, search, allocate, bench, suite, claim, amortised, tune, surrogate,
                export, zero_shot)
 """The subcommand modules, in ``--help`` order (each: ``NAME``, ``HELP``, ``add_arguments``, ``run``)."""
 LOGGERS = ("ffenv", "ffprune")

@@ -110,21 +110,35 @@ CORE_TASKS = "llama-s0.3, llama-s0.5, llama-u0.7, and the same for mistral and o
 
 
 def _add_rank(sub: Any) -> None:
-    rank = sub.add_parser("rank", help="the core suite's method ranking on the surrogates vs the real one",
-                          description="Read the real core suite (--real) and the core suite run on the surrogates "
-                          "(--surrogate-out, made by `ffprune bench --suite core --surrogate`), score every cell as the "
-                          "suite's headline does (on the surrogate: predicted held-out ppls of the method and of uniform, "
-                          "recorded dense ppl), and compare the methods' IQM rankings: Kendall's tau-b overall and per "
-                          "task (goal >= 0.8). Reads only; writes OUT/ranking.json and OUT/ranking.md.")
-    rank.add_argument("--real", default="docs/results/core", help="the real suite's folder")
-    rank.add_argument("--surrogate-out", default="docs/results/core-surrogate", help="the surrogate suite's folder")
+    rank = sub.add_parser("rank", help="the core suite's method ranking on the surrogates vs the real one (also "
+                          "`ffprune suite compare`)")
+    add_rank_arguments(rank, positional=False)
+
+
+def add_rank_arguments(rank: argparse.ArgumentParser, positional: bool) -> None:
+    """The options of ``ffprune surrogate rank`` (``--real``, ``--surrogate-out``) and ``ffprune suite compare``
+    (``positional``: the two folders as arguments, and ``--suite``)."""
+    rank.description = ("Read a real suite's cells and the same suite's cells on the surrogates (made by `ffprune suite run "
+                        "NAME --surrogate`), score every cell as the suite's headline does (on the surrogate: predicted "
+                        "held-out ppls of the method and of uniform, recorded dense ppl), and compare the methods' IQM "
+                        "rankings: Kendall's tau-b overall and per task (goal >= 0.8). Reads only; writes "
+                        "OUT/ranking.json and OUT/ranking.md.")
+    if positional:
+        rank.add_argument("real", metavar="REAL", help="the real suite's folder (docs/results/core)")
+        rank.add_argument("surrogate_out", metavar="SURROGATE", help="the surrogate suite's folder "
+                          "(docs/results/core-surrogate)")
+        rank.add_argument("--suite", default="core", help="the suite both folders hold (default core)")
+    else:
+        rank.add_argument("--real", default="docs/results/core", help="the real suite's folder")
+        rank.add_argument("--surrogate-out", default="docs/results/core-surrogate", help="the surrogate suite's folder")
+        rank.set_defaults(suite="core")
     rank.add_argument("--out", default="docs/results/surrogate", help="where ranking.json and ranking.md go")
-    rank.add_argument("--tasks", help=f"comma-separated suite tasks (default: all 9: {CORE_TASKS})")
+    rank.add_argument("--tasks", help=f"comma-separated suite tasks (default: all of the suite's; core: {CORE_TASKS})")
     rank.add_argument("--budget", type=int, help="the suites' budget (default: the suite's, 100)")
     rank.add_argument("--seeds", type=int, help="seeds read per method (default: the suite's, 3)")
     rank.add_argument("--methods", help=f"comma-separated methods ({METHODS_HINT}; default: every one both suites ran)")
     rank.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the intervals")
-    rank.set_defaults(action_run=_rank)
+    rank.set_defaults(action_run=rank_command)
 
 
 def _add_study(sub: Any) -> None:
@@ -239,10 +253,11 @@ def _optional_names(text: str | None, flag: str) -> list[str] | None:
     return None if text is None else parse_names(text, flag)
 
 
-def _rank(args: argparse.Namespace) -> int:
+def rank_command(args: argparse.Namespace) -> int:
+    """``ffprune surrogate rank`` / ``ffprune suite compare``: :func:`~ffprune.agents.experiments.surrogate_rank.run_rank`."""
     from ffprune.agents.experiments.surrogate_rank import ranking_markdown, run_rank
 
-    analysis = run_rank(args.real, args.surrogate_out, args.out, "core", _optional_names(args.tasks, "--tasks"),
+    analysis = run_rank(args.real, args.surrogate_out, args.out, args.suite, _optional_names(args.tasks, "--tasks"),
                         args.budget, args.seeds, _optional_names(args.methods, "--methods"), args.reps)
     print(ranking_markdown(analysis))
     print(f"written: {args.out}/ranking.md, ranking.json")

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from ffenv.errors import FFPruneError, SearchInterrupted
 from ffenv.io import as_json, atomic_write_json, read_json
+from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.results import describe_surrogate, read_result, same_surrogate, seed_file, seed_files, surrogate_of
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,15 @@ def record_failures(specs: Sequence[CellSpec], outcomes: Sequence[Any]) -> list[
 
 
 @dataclass(frozen=True)
+class Runner:
+    """Where jobs run: in this process (``workers=0``), or as Ray tasks on a local instance with ``workers`` CPUs or on
+    the cluster at ``address`` (:func:`run_jobs`)."""
+
+    workers: int = 0
+    address: str | None = None
+
+
+@dataclass(frozen=True)
 class Job(Generic[J]):
     """A job for :func:`run_jobs` that is not a bare :class:`CellSpec`: the cell it runs and what else it needs."""
 
@@ -253,8 +263,6 @@ def run_jobs(fn: Callable[[Any], R], jobs: Sequence[Any], workers: int = 0, ray_
     """
     if not workers:
         return [_run_here(fn, job) for job in jobs]
-    from ffprune.agents.experiments.ray_tasks import run_on_ray
-
     if gpus_per_job is None:
         specs = [s for s in map(_spec_of, jobs) if s is not None]
         gpus_per_job = int(any(str(s.env_kwargs.get("device", "cpu")).startswith("cuda") for s in specs))

@@ -88,7 +88,7 @@ from ffprune.agents.experiments.bench import (
     run_cell,
     variant_settings,
 )
-from ffprune.agents.experiments.engine import CellSpec, CellStore, record_failures, run_jobs
+from ffprune.agents.experiments.engine import CellSpec, CellStore, Runner, record_failures, run_jobs
 from ffprune.agents.experiments.reports import AGENT, cost_to_reach, evaluation_axis, write_outputs, write_suite_report
 from ffprune.agents.experiments.rlstats import (
     iqm,
@@ -111,21 +111,48 @@ LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 @dataclass(frozen=True)
 class SuiteTask:
-    """One task of a suite: a name and a registered env id (its target is the id's)."""
+    """One task of a suite: a name (its folder and its rows), a registered env id and, where the task is not the id as
+    registered, its own env settings (``{"target_sparsity": 0.4}``)."""
 
     name: str
     env_id: str
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def task_record(task: SuiteTask) -> dict[str, Any]:
+    """A task as the analysis records it: name and env id, and its env settings where it has any."""
+    return {"name": task.name, "env_id": task.env_id, **({"env_kwargs": dict(task.env_kwargs)} if task.env_kwargs else {})}
 
 
 @dataclass(frozen=True)
 class Suite:
-    """A named set of tasks with the budget and seeds every method gets."""
+    """A benchmark suite as a value: its tasks, the budget and seeds every method gets, the methods it runs (``None``:
+    every registered method that fits a task) and its variants (label → :class:`SuiteVariant`: a method with other
+    settings as a row of its own). The registered ones are in :data:`SUITES`; a user writes their own as a TOML or JSON
+    file (:func:`load_suite`, ``ffprune suite run FILE``)."""
 
     name: str
     tasks: tuple[SuiteTask, ...]
     budget: int
     seeds: int
-    description: str
+    description: str = ""
+    methods: tuple[str, ...] | None = None
+    variants: Mapping[str, SuiteVariant] = field(default_factory=dict)
+
+    def but(self, budget: int | None = None, seeds: int | None = None, methods: Sequence[str] | None = None,
+            variants: Mapping[str, SuiteVariant] | None = None) -> Suite:
+        """The suite with the given fields replaced (``None``: kept), checked: budget and seeds positive integers,
+        methods known (:func:`~ffprune.agents.methods.registry.get_method`), variants by :func:`check_variants`."""
+        changes: dict[str, Any] = {}
+        if budget is not None:
+            changes["budget"] = positive_int("budget", budget)
+        if seeds is not None:
+            changes["seeds"] = positive_int("seeds", seeds)
+        if methods is not None:
+            changes["methods"] = tuple(get_method(m).name for m in methods)
+        if variants is not None:
+            changes["variants"] = check_variants(variants)
+        return dataclasses.replace(self, **changes)
 
 
 FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid in FAMILIES}
@@ -233,6 +260,112 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
+SUITE_KEYS = {"name", "description", "budget", "seeds", "methods", "tasks", "variants"}
+"""The keys of a suite file (:func:`load_suite`)."""
+TASK_KEYS = {"name", "env_id", "env_kwargs"}
+VARIANT_FILE_KEYS = {"method", "agent_kwargs", "curriculum_kwargs", "name", "source"}
+
+
+def load_suite(source: Suite | str | Path) -> Suite:
+    """A suite: ``source`` itself (a :class:`Suite`), a registered one by name (:data:`SUITES`), or a suite file.
+
+    A suite file (``.toml`` on Python ≥ 3.11, or ``.json``) declares a suite for one's own tasks::
+
+        name = "llama-targets"          # default: the file's name
+        description = "tiny-llama at three structured targets"
+        budget = 50                     # default 100
+        seeds = 2                       # default 3
+        methods = ["uniform", "owl", "fastforward", "cmaes"]   # default: every method that fits a task
+
+        [[tasks]]
+        name = "llama-s0.4"             # letters, digits, . _ + - (its folder)
+        env_id = "FFPrune-Llama-v0"
+        env_kwargs = { target_sparsity = 0.4 }
+
+        [variants.fastforward-lr3]      # a method with other settings, as a row of its own
+        method = "fastforward"
+        agent_kwargs = { lr = 0.003 }
+
+    Every field is checked before any work (unknown keys, env ids and settings, methods, variants): one line naming
+    the file and the field.
+    """
+    if isinstance(source, Suite):
+        return source
+    if str(source) in SUITES:
+        return SUITES[str(source)]
+    path = Path(source)
+    if path.suffix not in (".toml", ".json"):
+        raise FFPruneError(f"suite must be one of {sorted(SUITES)} or a .toml / .json suite file, got {str(source)!r}")
+    if not path.is_file():
+        raise FFPruneError(f"suite file {str(path)!r} does not exist (suites: {sorted(SUITES)}, or a .toml / .json file)")
+    try:
+        if path.suffix == ".json":
+            import json
+
+            data = json.loads(path.read_text())
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise FFPruneError(f"suite file {str(path)!r}: TOML needs Python >= 3.11; write it as JSON") from None
+            data = tomllib.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FFPruneError(f"suite file {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from None
+    return suite_from_dict(data, path.stem, str(path))
+
+
+def suite_from_dict(data: Any, default_name: str, where: str) -> Suite:
+    """A :class:`Suite` from its declared fields (:func:`load_suite`'s file format); ``where`` names it in errors."""
+    def bad(what: str) -> FFPruneError:
+        return FFPruneError(f"suite {where}: {what}")
+
+    if not isinstance(data, dict):
+        raise bad(f"must be a table of {sorted(SUITE_KEYS)}, got {type(data).__name__}")
+    unknown = sorted(set(data) - SUITE_KEYS)
+    if unknown:
+        raise bad(f"unknown keys {unknown}; a suite has {sorted(SUITE_KEYS)}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not LABEL.match(name):
+        raise bad(f"name must be letters, digits, . _ + -, got {name!r}")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise bad("tasks must be a non-empty list of {name, env_id, env_kwargs}")
+    checked = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or set(task) - TASK_KEYS or not {"name", "env_id"} <= set(task):
+            raise bad(f"tasks[{i}] must have name and env_id (and optionally env_kwargs), got {task!r}")
+        if not isinstance(task["name"], str) or not LABEL.match(task["name"]):
+            raise bad(f"tasks[{i}].name must be letters, digits, . _ + - (a folder), got {task['name']!r}")
+        kwargs = task.get("env_kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise bad(f"tasks[{i}].env_kwargs must be a table of env settings, got {kwargs!r}")
+        try:
+            resolve_config(str(task["env_id"]), kwargs)  # an unknown id or a bad setting: before any work
+        except FFPruneError as err:
+            raise bad(f"tasks[{i}] ({task['name']}): {err}") from None
+        checked.append(SuiteTask(task["name"], str(task["env_id"]), dict(kwargs)))
+    names = [t.name for t in checked]
+    if len({n.lower() for n in names}) != len(names):
+        raise bad(f"task names must be distinct (a folder each, case-insensitive), got {names}")
+    variants = data.get("variants", {})
+    if not isinstance(variants, dict):
+        raise bad("variants must be a table of label -> {method, agent_kwargs, curriculum_kwargs}")
+    declared = {}
+    for label, v in variants.items():
+        if not isinstance(v, dict) or set(v) - VARIANT_FILE_KEYS or "method" not in v:
+            raise bad(f"variants.{label} must have a method (and agent_kwargs, curriculum_kwargs, name, source), got {v!r}")
+        declared[label] = SuiteVariant(v["method"], dict(v.get("agent_kwargs", {})), dict(v.get("curriculum_kwargs", {})),
+                                       name=str(v.get("name", "")), source=str(v.get("source", f"suite file {where}")))
+    methods = data.get("methods")
+    if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
+        raise bad(f"methods must be a list of method names, got {methods!r}")
+    try:
+        return Suite(name, tuple(checked), 100, 3, str(data.get("description", ""))).but(
+            data.get("budget", 100), data.get("seeds", 3), methods, declared)
+    except FFPruneError as err:
+        raise bad(str(err)) from None
+
+
 def family_suite(family: str) -> str:
     """The suite whose tasks a family runs: ``core`` (bundled families) or ``real`` (``smollm2``); an unknown family is
     a one-line error (:func:`ffenv.registration.family_of`)."""
@@ -292,89 +425,104 @@ def variant_specs(task: SuiteTask, folder: Path, label: str, variant: SuiteVaria
 
 
 # ---------------------------------------------------------------------------- running and reporting a suite
-def run_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
-              seeds: int | None = None, methods: list[str] | None = None, env_kwargs: dict[str, Any] | None = None,
-              calibrate: bool = True, calib_alpha: float | None = None, workers: int = 0, ray_address: str | None = None,
-              progress: bool = True, agreement_points: int = 24, reps: int = 2000,
-              variants: Mapping[str, SuiteVariant] | None = None,
-              full_split: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) every cell of a suite, then write the per-task outputs and the suite's analysis.
+@dataclass(frozen=True)
+class SuiteReport:
+    """What a suite's report measures beyond the cells."""
 
-    ``budget`` / ``seeds`` default to the suite's own; ``methods`` to every method that fits each task's mode
-    (``uniform`` is always run: it is the score's reference). ``env_kwargs`` override every task's env (tests
-    use small windows); ``workers`` runs the cells as Ray tasks. A cell that raises does not stop the others:
-    the returned analysis (also in ``<out>/suite.json``) covers the finished cells and lists the failed ones
-    under ``"failures"`` (task, method, seed, error type, message). ``env_kwargs={"surrogate": True}`` runs the
-    suite on the tasks' surrogates (module docstring; use another ``out`` than the real suite's).
+    agreement_points: int = 24
+    """Allocations per task of the reward / held-out agreement (0: none; :func:`reward_heldout_agreement`)."""
+    reps: int = 2000
+    """Bootstrap resamples of the intervals."""
+    full_split: tuple[str, ...] = ()
+    """Rows whose representative allocations are also scored on the whole test split (minutes each on a CPU; once)."""
 
-    ``variants`` (label → :class:`SuiteVariant`, checked by :func:`check_variants`) run too, each as a row of its
-    own: cells ``<out>/<task>/cells/<label>/seed<k>.json`` (on the tasks its method supports) with the variant's
-    settings, each recording them as its ``"variant"``; a label folder whose finished cells ran other settings is
-    refused before any work.
 
-    ``full_split`` (rows, e.g. ``["uniform", "fastforward"]``) also measures the whole test split's ppl of those rows'
-    representative allocations (:func:`full_split_scores`; minutes each on a CPU), once.
+def task_overrides(task: SuiteTask, overrides: BenchOverrides) -> BenchOverrides:
+    """The run's overrides on one task: the task's own env settings under the run's (a run's setting wins)."""
+    return dataclasses.replace(overrides, env_kwargs={**task.env_kwargs, **overrides.env_kwargs})
+
+
+def suite_specs(suite: Suite, out: Path, overrides: BenchOverrides) -> list[CellSpec]:
+    """Every cell of ``suite`` in ``out`` (``<out>/<task>``): each task's methods (the suite's that fit it; ``uniform``
+    always) and each variant on the tasks its method fits; settings checked and every task folder's manifest claimed
+    before any work."""
+    specs: list[CellSpec] = []
+    for task in suite.tasks:
+        mine = task_overrides(task, overrides)
+        kwargs = dict(mine.env_kwargs)
+        chosen = task_methods(task, suite.methods, kwargs)
+        specs += cell_specs(task.env_id, suite.budget, suite.seeds, chosen, out / task.name, mine)
+        for label, variant in suite.variants.items():
+            if method_fits(task.env_id, variant.method, kwargs):
+                specs += variant_specs(task, out / task.name, label, variant, suite.budget, suite.seeds, mine)
+    return specs
+
+
+def run_suite(suite: Suite | str | Path, out: str | Path, overrides: BenchOverrides | None = None,
+              runner: Runner | None = None, report: SuiteReport | None = None) -> dict[str, Any]:
+    """Run (or resume) every cell of a suite (a :class:`Suite`, a registered name or a suite file: :func:`load_suite`),
+    then write the per-task outputs and the suite's analysis.
+
+    The suite's ``methods`` (``None``: every method that fits each task's mode; ``uniform`` is always run: it is the
+    score's reference) and ``variants`` run, each variant as a row of its own (cells ``<out>/<task>/cells/<label>``, on
+    the tasks its method supports, each recording its ``"variant"``; a label folder whose finished cells ran other
+    settings is refused before any work). ``overrides`` change every task's env (tests use small windows;
+    ``env_kwargs={"surrogate": True}`` runs the suite on the tasks' surrogates: module docstring, use another ``out``)
+    and the Calib column; ``runner`` runs the cells here or as Ray tasks. A cell that raises does not stop the others:
+    it is recorded in ``<out>/<task>/failures.json`` and the returned analysis (also ``<out>/suite.json``) covers the
+    finished cells and lists the failed ones under ``"failures"`` (task, method, seed, error type, message).
 
     The report covers **every** method and variant label with finished cells in ``out``, not only the ones this call
-    ran (a run restricted with ``methods`` adds its rows to the others: :func:`read_suite_cells`); the failures of
-    cells this call did not retry stay listed until their cells finish.
+    ran (a run restricted to some methods adds its rows to the others: :func:`read_suite_cells`); the failures of
+    cells this call did not retry stay listed until their cells finish. ``report.full_split`` rows (methods or this
+    run's variant labels) are also scored on the whole test split (:func:`full_split_scores`).
     """
-    suite = get_suite(name)
-    surrogate = bool((env_kwargs or {}).get("surrogate"))
-    budget = positive_int("budget", suite.budget if budget is None else budget)
-    seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
-    variants = check_variants(variants)
-    unknown = [r for r in full_split or [] if not _is_method(r) and r not in variants]
+    suite, overrides = load_suite(suite), overrides or BenchOverrides()
+    runner, report = runner or Runner(), report or SuiteReport()
+    surrogate = bool(overrides.env_kwargs.get("surrogate"))
+    unknown = [r for r in report.full_split if not _is_method(r) and r not in suite.variants]
     if unknown:
         raise FFPruneError(f"full_split rows must be methods or variant labels of this run, got {unknown}")
     out = Path(out)
-    overrides = BenchOverrides(env_kwargs or {}, None, calibrate, calib_alpha, progress)
-    specs: list[CellSpec] = []
-    for task in suite.tasks:
-        chosen = task_methods(task, methods, env_kwargs)
-        specs += cell_specs(task.env_id, budget, seeds, chosen, out / task.name, overrides)
-        for label, variant in variants.items():
-            if method_fits(task.env_id, variant.method, env_kwargs):
-                specs += variant_specs(task, out / task.name, label, variant, budget, seeds, overrides)
-    record_failures(specs, run_jobs(run_cell, specs, workers, ray_address))
-    cells, failures = read_suite_cells(suite, out, budget, seeds, None, surrogate)
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=True, surrogate=surrogate,
-                   full_split=full_split)
+    specs = suite_specs(suite, out, overrides)
+    record_failures(specs, run_jobs(run_cell, specs, runner.workers, runner.address))
+    cells, failures = read_suite_cells(dataclasses.replace(suite, methods=None), out, surrogate)
+    return _report(suite, out, cells, failures, report, measure=True, surrogate=surrogate)
 
 
-def report_suite(name: str = "core", out: str | Path = "docs/results/core", budget: int | None = None,
-                 seeds: int | None = None, methods: list[str] | None = None, agreement_points: int = 24,
-                 reps: int = 2000, surrogate: bool = False) -> dict[str, Any]:
+def report_suite(suite: Suite | str | Path, out: str | Path, surrogate: bool = False,
+                 report: SuiteReport | None = None) -> dict[str, Any]:
     """The analysis and every table and plot of a suite again, from the cells already in ``out``: no search and no
     evaluation (the reward / held-out agreement is read from its ``agreement.json`` caches; a task without a
     matching cache is left out of that table, with a warning).
 
-    ``budget`` / ``seeds`` default to the suite's own (each task's ``config.json`` must agree on the budget);
-    ``methods`` to every method and variant label with cells in ``out`` (:func:`read_suite_cells`). Missing cells are
-    left out; the failures recorded by :func:`run_suite` are listed. ``surrogate`` says which suite ``out`` must hold: a real one
-    (a surrogate folder or cell is then a one-line :class:`FFPruneError`) or one run on the surrogates.
+    The suite's budget and seeds are the ones its cells ran with (each task's ``config.json`` must agree on the
+    budget); its ``methods`` pick the rows (``None``: every method and variant label with cells in ``out``:
+    :func:`read_suite_cells`). Missing cells are left out; the failures recorded by :func:`run_suite` are listed.
+    ``surrogate`` says which suite ``out`` must hold: a real one (a surrogate folder or cell is then a one-line
+    :class:`FFPruneError`) or one run on the surrogates.
     """
-    suite = get_suite(name)
-    budget = positive_int("budget", suite.budget if budget is None else budget)
-    seeds = positive_int("seeds", suite.seeds if seeds is None else seeds)
+    suite, report = load_suite(suite), report or SuiteReport()
+    if suite.methods is not None:  # its variants are rows too
+        suite = dataclasses.replace(suite, methods=tuple(dict.fromkeys([*suite.methods, *suite.variants])))
     out = Path(out)
-    cells, failures = read_suite_cells(suite, out, budget, seeds, methods, surrogate)
-    return _report(suite, out, cells, failures, budget, seeds, agreement_points, reps, measure=False, surrogate=surrogate)
+    cells, failures = read_suite_cells(suite, out, surrogate)
+    return _report(suite, out, cells, failures, dataclasses.replace(report, full_split=()), measure=False,
+                   surrogate=surrogate)
 
 
-def read_suite_cells(suite: Suite, out: str | Path, budget: int, seeds: int, methods: list[str] | None = None,
-                     surrogate: bool = False) -> tuple[Cells, list[dict[str, Any]]]:
-    """The finished cells of every task of ``suite`` in ``out`` (``<out>/<task>/cells``, seeds ``0..seeds-1``; missing
-    cells left out) and the failures :func:`run_suite` recorded; reads only.
+def read_suite_cells(suite: Suite, out: str | Path, surrogate: bool = False) -> tuple[Cells, list[dict[str, Any]]]:
+    """The finished cells of every task of ``suite`` in ``out`` (``<out>/<task>/cells``, seeds ``0..seeds-1`` of the
+    suite's; missing cells left out) and the failures :func:`run_suite` recorded; reads only.
 
-    ``methods`` (default: all) picks the rows: by default every registered method that fits a task's mode, in
+    The suite's ``methods`` (``None``: all) pick the rows: by default every registered method that fits a task's mode, in
     registration order, then every other method (an SB3 algorithm) and every variant label (:class:`SuiteVariant`:
     a folder whose cells record a ``"variant"``) with cells in the task folder, by name; given, ``uniform`` and those
     names (a name that is not a method must be a label with cells in some task). A task folder without
     ``config.json``, a folder of another env id or budget, a folder or cell of the other kind than ``surrogate`` asks
     for, a label whose cells ran different settings and an unknown name in ``methods`` are each a one-line
     :class:`FFPruneError` (as in :func:`report_suite`)."""
-    out = Path(out)
+    out, budget, seeds, methods = Path(out), suite.budget, suite.seeds, suite.methods
     cells: Cells = {}
     failures: list[dict[str, Any]] = []
     names = None if methods is None else [m for m in methods if _is_method(m)]
@@ -453,11 +601,11 @@ def suite_surrogates(suite: Suite, cells: Cells, surrogate: bool) -> dict[str, s
     return labels if surrogate else None
 
 
-def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]], budget: int, seeds: int,
-            agreement_points: int, reps: int, measure: bool, surrogate: bool = False,
-            full_split: Sequence[str] | None = None) -> dict[str, Any]:
+def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]], report: SuiteReport,
+            measure: bool, surrogate: bool = False) -> dict[str, Any]:
     """Per-task tables and plots, the analysis (``suite.json``) and the suite's report of the finished ``cells``
-    (labelled when they ran on the surrogates)."""
+    (labelled when they ran on the surrogates); ``measure``: evaluate what the caches lack (else read them only)."""
+    budget, seeds, reps = suite.budget, suite.seeds, report.reps
     labels = suite_surrogates(suite, cells, surrogate)
     for task in suite.tasks:
         if cells[task.name]:
@@ -466,10 +614,10 @@ def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]
     analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures, equal_tokens=tokens)
     if labels is not None:
         analysis["surrogate"] = labels
-    full = full_split_scores(suite, cells, out, full_split if measure else None)
+    full = full_split_scores(suite, cells, out, report.full_split if measure and report.full_split else None)
     if full:
         analysis["full_split"] = full
-    analysis["agreement"] = reward_heldout_agreement(suite, cells, out, agreement_points, measure=measure)
+    analysis["agreement"] = reward_heldout_agreement(suite, cells, out, report.agreement_points, measure=measure)
     atomic_write_json(out / "suite.json", analysis)
     write_suite_report(out, analysis)
     return analysis
@@ -584,7 +732,7 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
         if len(pairs) >= 2:
             reward_ppl, eval_ppl = np.array(pairs).T
             across[task.name] = {"spearman": spearman(-reward_ppl, -eval_ppl), "cells": len(pairs)}
-    analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [t.__dict__ for t in suite.tasks],
+    analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [task_record(t) for t in suite.tasks],
                 "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
                 "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
                 "equal_tokens": {t: p["tokens"] for t, p in (equal_tokens or {}).items()},

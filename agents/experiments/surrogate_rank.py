@@ -78,7 +78,7 @@ def suite_analysis(suite: Suite, out: str | Path, budget: int, seeds: int, metho
     kind of suite it must hold; ``flag`` names the folder's option in errors)."""
     out = Path(out)
     _check_folder(suite, out, surrogate, flag)
-    cells, failures = read_suite_cells(suite, out, budget, seeds, methods, surrogate)
+    cells, failures = read_suite_cells(suite.but(budget, seeds, methods), out, surrogate)
     labels = suite_surrogates(suite, cells, surrogate)
     analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures)
     if labels is not None:
