@@ -12,6 +12,12 @@ finished result's settings, for scoring its allocations again.
 before holds ``seed<k>.json``, which :func:`seed_file` keeps using (so it resumes) and :func:`seed_files` lists;
 :func:`compact_results` rewrites such a folder's files compressed, checking each reads back equal.
 
+**A file says what it is.** Every result is written by :func:`write_result` with a ``kind`` (:data:`RESULT_KIND`) and
+a ``format`` (:data:`RESULT_FORMAT`) first, its fields declared once (:class:`SearchResult`); a cell folder's settings
+manifest carries ``kind`` :data:`FOLDER_KIND`. Files written before kinds were recorded (format 1: every cell committed
+until then) are told apart by their fields (:func:`result_kind`); a file of a newer format, or of another kind than the
+reader expects, is a one-line :class:`FFPruneError`.
+
 **Surrogate results** (a search on ``gym.make(id, surrogate=True)``, :mod:`ffenv.surrogate`) carry a top-level
 ``"surrogate": {"fingerprint": ..., "data": ...}`` label (and ``env_kwargs.surrogate: true``); their perplexities are
 predictions. Wherever real results are expected (the core suite's cells and reports, ``ffprune claim``, ``amortised``,
@@ -25,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import gymnasium as gym
 
@@ -33,6 +39,103 @@ from ffenv.config import RENAMED_FIELDS
 from ffenv.errors import FFPruneError
 from ffenv.io import COMPRESSED_JSON, atomic_write_json, read_json
 from ffenv.vector.ray_workers import WORKER_FIELDS
+
+RESULT_KIND = "ffprune.search-result"
+"""The ``kind`` of a search's result: ``ffprune search --out``, a bench, suite, claim, tune or study cell, an allocation."""
+FOLDER_KIND = "ffprune.cell-folder"
+"""The ``kind`` of a cell folder's settings manifest (``config.json``: :class:`~ffprune.agents.experiments.engine.CellStore`)."""
+TUNE_KIND = "ffprune.tune-folder"
+"""The ``kind`` of a tune folder's settings (``config.json`` of ``ffprune tune``)."""
+KINDS = (RESULT_KIND, FOLDER_KIND, TUNE_KIND)
+RESULT_FORMAT = 2
+FOLDER_FIELDS = {"env_id", "budget", "target", "env_kwargs", "weights_fingerprint", "weights", "surrogate"}
+"""The fields of a cell folder's manifest (``weights``: its name before ``weights_fingerprint``)."""
+TUNE_FIELDS = {"method", "budget", "env_kwargs", "suite"}
+"""The fields of a tune folder's settings."""
+"""The format written today (1: files written before ``kind`` / ``format`` were recorded; read as they are)."""
+
+
+class SearchResult(TypedDict, total=False):
+    """The fields of a search's result, declared once: the writer (:func:`ffprune.agents.experiments.search.run_search`)
+    fills them, :data:`RESULT_KEYS` lists them, and a caller's ``record`` (a suite's ``"variant"``) may add others."""
+
+    kind: str
+    format: int
+    complete: bool
+    """Whether the search finished (an unfinished one is resumed, never read as a result)."""
+    surrogate: dict[str, Any]
+    """On a surrogate only: ``{"fingerprint", "data"}`` of its evaluation set."""
+    env_id: str
+    env_kwargs: dict[str, Any]
+    weights_fingerprint: str
+    unit_names: list[str]
+    agent: str
+    seed: int
+    budget: int
+    curriculum: bool
+    warmup_fraction: float
+    warm_start: str | None
+    train_targets: list[float]
+    curriculum_kwargs: dict[str, Any]
+    best: dict[str, Any]
+    """The best allocation (``action``, ``layer_sparsity``, ``reward``, ``eval_ppl``, ...) and its scores."""
+    best_by_target: dict[str, Any]
+    cost: dict[str, Any]
+    """Evaluations, tokens and seconds (the three cost axes), and the evaluations to the best."""
+    history: list[dict[str, Any]]
+    logdir: str | None
+    versions: dict[str, str]
+    policy_file: str
+    agent_config: dict[str, Any]
+    agent_stats: dict[str, Any]
+    refine: int
+    """An allocation's (``ffprune allocate``): refinement episodes (0: zero-shot)."""
+    policy: dict[str, Any]
+    training_cost: dict[str, Any] | None
+
+
+RESULT_KEYS = tuple(SearchResult.__annotations__)
+"""The top-level keys a result holds on its own (``run_search(record=)`` may not set them)."""
+
+
+def result_kind(data: dict[str, Any]) -> str | None:
+    """What a stored JSON file is: its ``kind``, or for a file written before kinds were recorded, what its fields say
+    (a result has ``best`` and ``env_id``; a cell folder's manifest has ``env_id`` and ``budget`` and nothing but
+    :data:`FOLDER_FIELDS`; a tune folder's ``method``, ``budget``, ``env_kwargs`` and nothing but :data:`TUNE_FIELDS`);
+    ``None`` for anything else (an analysis, a cache, a learning curve)."""
+    if "kind" in data:
+        return str(data["kind"])
+    if "best" in data and "env_id" in data:
+        return RESULT_KIND
+    if {"env_id", "budget"} <= set(data) <= FOLDER_FIELDS:
+        return FOLDER_KIND
+    if {"method", "budget", "env_kwargs"} <= set(data) <= TUNE_FIELDS:
+        return TUNE_KIND
+    return None
+
+
+def with_header(data: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``data`` with its ``kind`` and today's ``format`` first (a header the reader checks)."""
+    return {"kind": kind, "format": RESULT_FORMAT, **{k: v for k, v in data.items() if k not in ("kind", "format")}}
+
+
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """The one writer of results: ``result`` with its header (:func:`with_header`), atomically (gzip-compressed for a
+    ``.json.gz`` path)."""
+    atomic_write_json(path, with_header(result, RESULT_KIND))
+
+
+def check_kind(data: dict[str, Any], name: str, kinds: tuple[str, ...] = KINDS) -> str:
+    """The kind of ``data`` (:func:`result_kind`) if a reader of ``kinds`` can read it; a file of a newer format or of
+    another kind is a one-line :class:`FFPruneError` naming it."""
+    fmt = data.get("format", 1)
+    if not isinstance(fmt, int) or fmt > RESULT_FORMAT:
+        raise FFPruneError(f"{name} has format {fmt!r}, newer than this ffprune reads ({RESULT_FORMAT}): upgrade ffprune")
+    kind = result_kind(data)
+    if kind not in kinds:
+        raise FFPruneError(f"{name} is {'a ' + kind if kind else 'not a result'} (expected {' or '.join(kinds)})")
+    return kind
+
 
 FIELD_RENAMES: dict[str, str] = {
     "weights": "weights_fingerprint",
@@ -134,14 +237,18 @@ def refuse_surrogate_settings(env_kwargs: dict[str, Any] | None, what: str) -> N
 
 
 def read_result(result: str | Path | dict[str, Any], *, real: bool = False, what: str = "this reader") -> dict[str, Any]:
-    """A result file (or an already-parsed result) with the field names of today (:func:`migrate_result`).
+    """The one reader: a result file or a cell folder's manifest (or one already parsed) with the field names of today
+    (:func:`migrate_result`), its kind checked (:func:`check_kind`).
 
-    A missing file or one that is not JSON is an :class:`FFPruneError` naming it. With ``real=True`` a surrogate
-    result is one too (:func:`check_real`; ``what`` names the reader that expects real results).
+    A missing file, one that is not JSON, one of a newer format and one that is neither a result nor a manifest are
+    each an :class:`FFPruneError` naming it. With ``real=True`` a surrogate result is one too (:func:`check_real`;
+    ``what`` names the reader that expects real results).
     """
+    name = "result" if isinstance(result, dict) else str(result)
     done = migrate_result(result if isinstance(result, dict) else read_json(result, "result"))
+    check_kind(done, name)
     if real:
-        check_real(done, "result" if isinstance(result, dict) else str(result), what)
+        check_real(done, name, what)
     return done
 
 

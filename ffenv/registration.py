@@ -63,6 +63,21 @@ FAMILY_NAMES: dict[str, tuple[str, str]] = {family.lower(): (family, model)
 registered ids' family, its model)."""
 
 
+FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
+FAMILY_MODELS = {name: model for name, (fid, model) in FAMILY_NAMES.items() if fid in FAMILIES}
+"""Bundled family name → bundled model (``llama`` → ``tiny-llama``)."""
+TASK_TARGETS = {"structured": (STRUCTURED_TARGET, 0.5), "unstructured": (UNSTRUCTURED_TARGET,)}
+"""The bundled families' registered targets per mode (the ``core`` suite's tasks: :data:`VARIANTS`)."""
+
+
+def family_id(family: str) -> str:
+    """The registered ids' family of a family name (``llama`` → ``Llama``); a one-line error for an unknown one."""
+    if family not in FAMILY_IDS:
+        raise FFPruneError(f"families must be among {sorted(FAMILY_IDS)}, got {family!r}")
+    return FAMILY_IDS[family]
+
+
 def family_of(family: str) -> tuple[str, str]:
     """(registered ids' family, model) of a family name (``smollm2`` → ``("SmolLM2", "smollm2-135m")``); an unknown
     name is a one-line :class:`FFPruneError` listing them."""

@@ -15,7 +15,7 @@ from ffprune.agents.experiments.engine import CellFailure, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
-from ffprune.agents.results import seed_files
+from ffprune.agents.results import FOLDER_KIND, RESULT_FORMAT, read_result, seed_files
 
 TINY = ["--env-kwarg", "reward_windows=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
@@ -88,9 +88,14 @@ def test_a_folder_written_before_the_renames_resumes(tmp_path):
     (out / "config.json").write_text(json.dumps(old))
     specs = cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))
     assert [(s.method, s.seed) for s in specs] == [("uniform", 0)]
-    assert json.loads((out / "config.json").read_text()) == {
+    assert json.loads((out / "config.json").read_text()) == old  # the same settings: left as written
+    assert read_result(out / "config.json") == {
         "env_id": "FFPrune-Llama-v0", "budget": 3, "target": None, "env_kwargs": {"reward_windows": 2},
         "weights_fingerprint": fingerprint}
+    fresh = tmp_path / "new"
+    cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], fresh, BenchOverrides({"reward_windows": 2}))
+    assert json.loads((fresh / "config.json").read_text()) == {  # a new manifest says what it is
+        "kind": FOLDER_KIND, "format": RESULT_FORMAT, **read_result(out / "config.json")}
     (out / "config.json").write_text(json.dumps({**old, "weights": "sha256:0000000000000000"}))
     with pytest.raises(FFPruneError, match="weights_fingerprint"):  # other weights are still refused
         cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))

@@ -14,11 +14,18 @@ from ffenv.io import atomic_write_json, beside, read_json
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.results import (
     FIELD_RENAMES,
+    FOLDER_KIND,
+    RESULT_FORMAT,
+    RESULT_KEYS,
+    RESULT_KIND,
+    TUNE_KIND,
     compact_results,
     migrate_result,
     read_result,
     result_env,
+    result_kind,
     seed_files,
+    write_result,
 )
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -26,19 +33,43 @@ SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 
 
 
 def committed_results() -> list[Path]:
-    """Every committed search result, bench cell and bench ``config.json`` (the suite's, the claim's and
-    the amortised analyses, the surrogates' validation, ranking and study reports, a study's learning curves, the
-    agreement, equal-token and whole-split caches and the fidelity studies' rows and reports are outputs of the
-    analysis, not results; a tune folder's ``config.json``, ``variant.json`` and ``tune.json`` are its records and
-    report, its cells are results)."""
-    analyses = ("suite.json", "claim.json", "amortised.json", "agreement.json", "validation.json", "ranking.json",
-                "study.json", "fidelity.json", "rows.json", "equal_tokens.json", "full_split.json")
+    """Every committed search result, bench cell and cell folder manifest, told apart by what each file says it is
+    (:func:`result_kind`: its ``kind``, or for a file written before kinds were recorded, its fields) — the analyses,
+    caches, learning curves and tune records are none of those."""
+    files = sorted([*RESULTS.rglob("*.json"), *RESULTS.rglob("*.json.gz")])
+    return [p for p in files if isinstance(raw := read_json(p), dict) and result_kind(raw) in (RESULT_KIND, FOLDER_KIND)]
 
-    def tune_record(p: Path) -> bool:
-        return p.relative_to(RESULTS).parts[0].startswith("tune-") and "cells" not in p.parts
 
-    return sorted(p for p in [*RESULTS.rglob("*.json"), *RESULTS.rglob("*.json.gz")]
-                  if p.name not in analyses and "curves" not in p.parts and not tune_record(p))
+def test_every_committed_file_says_what_it_is():
+    """Cells and manifests by their kind; the name never decides (a result named config.json would be read as one)."""
+    kinds: dict[str | None, set[str]] = {}
+    for path in sorted([*RESULTS.rglob("*.json"), *RESULTS.rglob("*.json.gz")]):
+        raw = read_json(path)
+        kind = result_kind(raw) if isinstance(raw, dict) else None
+        name = "curve" if "curves" in path.parts else "seed" if path.name.startswith("seed") else path.name
+        kinds.setdefault(kind, set()).add(name)
+    assert kinds[RESULT_KIND] == {"seed"} and kinds[FOLDER_KIND] == {"config.json"}
+    assert kinds[TUNE_KIND] == {"config.json"}  # a tune folder's settings
+    assert not {"seed", "config.json"} & kinds[None] and "curve" in kinds[None]  # a study's curve is no result
+
+
+def test_a_result_is_written_with_its_kind_and_format_and_read_only_if_known(tmp_path):
+    path = tmp_path / "r.json.gz"
+    write_result(path, {"kind": "stale", "best": {}, "history": [], "env_id": "x"})
+    raw = read_json(path)
+    assert list(raw)[:2] == ["kind", "format"] and (raw["kind"], raw["format"]) == (RESULT_KIND, RESULT_FORMAT)
+    assert read_result(path)["env_id"] == "x"
+    write_json = tmp_path / "future.json"
+    write_json.write_text(json.dumps({**raw, "format": RESULT_FORMAT + 1}))
+    with pytest.raises(FFPruneError, match="newer than this ffprune reads"):
+        read_result(write_json)
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "core", "rows": []}))
+    with pytest.raises(FFPruneError, match="is not a result"):
+        read_result(tmp_path / "suite.json")
+    (tmp_path / "odd.json").write_text(json.dumps({"kind": "ffprune.something-else"}))
+    with pytest.raises(FFPruneError, match="is a ffprune.something-else"):
+        read_result(tmp_path / "odd.json")
+    assert RESULT_KEYS[:3] == ("kind", "format", "complete") and "best" in RESULT_KEYS and "variant" not in RESULT_KEYS
 
 
 def dotted(d: dict, path: str) -> bool:

@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 import ffenv
 from ffenv import FFPruneEnv
+from ffenv.errors import FFPruneError
 from ffenv.surrogate import EvaluationSet
 from ffprune.agents.cli import main
 from ffprune.agents.cli import surrogate as cli
@@ -194,7 +195,9 @@ def test_a_real_family_records_around_its_suite_target_at_its_own_cost(tmp_path)
     assert settings.targets_of("structured", "smollm2") == (0.1, 0.15, 0.2, 0.25, 0.3)
     assert settings.targets_of("unstructured", "smollm2") == sr.TARGETS["unstructured"]
     assert settings.targets_of("structured", "llama") == sr.TARGETS["structured"]  # the bundled sets' meta unchanged
-    assert str(sr.default_suite_out("smollm2")) == "docs/results/real"
+    assert str(sr.default_suite_out("smollm2", None, "docs/results")) == "docs/results/real"
+    with pytest.raises(FFPruneError, match="give suite_out"):  # the library points nowhere by itself
+        sr.default_suite_out("smollm2")
     config = sr.env_config("smollm2", "structured", 0)
     assert (config.model, config.eval_samples, sr.held_out_cost(config)) == ("smollm2-135m", 32, 4.0)
     plan = sr.plan_record(["smollm2"], ["structured"], out=tmp_path, settings=settings)

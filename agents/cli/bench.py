@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffenv.errors import SearchInterrupted
-    from ffprune.agents.cli.suite import failed, interrupted
+    from ffprune.agents.cli.common import interrupted
+    from ffprune.agents.cli.suite import failed
     from ffprune.agents.experiments.bench import BenchOverrides, run_bench
 
     out = args.out or "bench"

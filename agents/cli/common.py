@@ -69,6 +69,11 @@ def add_study_arguments(p: argparse.ArgumentParser, out: str, suite_help: str | 
     p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
 
 
+RESULTS = "docs/results"
+"""The repository's committed results: the default folders of the commands that regenerate them (``<RESULTS>/core``,
+``<RESULTS>/claim``...). Only the command line points there; the library takes every folder as an argument."""
+
+
 def interrupted(out: str) -> int:
     """Say how to resume an interrupted study (finished work in ``out`` is kept); the exit code 130."""
     print(f"\ninterrupted; run the same command again to resume (finished work in {out} is kept)", file=sys.stderr)

@@ -23,17 +23,17 @@ from typing import Any
 
 from ffprune.agents.cli.common import (
     METHODS_HINT,
+    RESULTS,
     add_cell_workers_argument,
     add_env_arguments,
     add_surrogate_arguments,
     env_kwargs,
+    interrupted,
     parse_names,
 )
 
 NAME = "suite"
 HELP = "run, report or compare a benchmark suite (a registered one, or your own as a .toml / .json file)"
-RESULTS = "docs/results"
-"""Where a registered suite's results go by default (``<RESULTS>/<suite>``; on the surrogates ``<suite>-surrogate``)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -134,12 +134,6 @@ def tuned_variants(folders: list[str], budget: int, suite: str) -> dict[str, Any
         variants[label] = SuiteVariant(tune.method, agent_kwargs, curriculum_kwargs, name=tune.name, source=source)
         sources[label] = folder
     return variants
-
-
-def interrupted(cells: str) -> int:
-    """Say how to resume an interrupted run: exit code 130."""
-    print(f"\ninterrupted; run the same command again to resume (finished cells in {cells} are kept)", file=sys.stderr)
-    return 130
 
 
 def failed(failures: list[dict[str, Any]], what: str, out: str, docs: bool = False) -> int:

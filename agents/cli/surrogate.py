@@ -16,6 +16,7 @@ from typing import Any
 
 from ffprune.agents.cli.common import (
     METHODS_HINT,
+    RESULTS,
     add_cell_workers_argument,
     interrupted,
     parse_floats,
@@ -132,7 +133,7 @@ def add_rank_arguments(rank: argparse.ArgumentParser, positional: bool) -> None:
         rank.add_argument("--real", default="docs/results/core", help="the real suite's folder")
         rank.add_argument("--surrogate-out", default="docs/results/core-surrogate", help="the surrogate suite's folder")
         rank.set_defaults(suite="core")
-    rank.add_argument("--out", default="docs/results/surrogate", help="where ranking.json and ranking.md go")
+    rank.add_argument("--out", default=f"{RESULTS}/surrogate", help="where ranking.json and ranking.md go")
     rank.add_argument("--tasks", help=f"comma-separated suite tasks (default: all of the suite's; core: {CORE_TASKS})")
     rank.add_argument("--budget", type=int, help="the suites' budget (default: the suite's, 100)")
     rank.add_argument("--seeds", type=int, help="seeds read per method (default: the suite's, 3)")
@@ -218,7 +219,8 @@ def _record(args: argparse.Namespace) -> int:
 
     kwargs = {"families": parse_names(args.families, "--families"), "modes": parse_names(args.modes, "--modes"),
               "seeds": _seeds(args.seeds), "out": args.out, "settings": settings_of(args),
-              "env_kwargs": parse_kwargs(args.env_kwarg, "--env-kwarg") or None, "suite_out": args.suite_out}
+              "env_kwargs": parse_kwargs(args.env_kwarg, "--env-kwarg") or None, "suite_out": args.suite_out,
+              "suites": RESULTS}
     if args.dry_run:
         print(sr.plan_markdown(sr.plan_record(**kwargs)))
         return 0

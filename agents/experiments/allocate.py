@@ -40,7 +40,7 @@ import numpy as np
 
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, non_negative_int, unit_interval
-from ffenv.io import atomic_write_json, check_writable, versions
+from ffenv.io import check_writable, versions
 from ffenv.pruning.projector import project_budget
 from ffenv.registration import resolve_config
 from ffenv.vector.ray_workers import WORKER_FIELDS
@@ -52,6 +52,7 @@ from ffprune.agents.experiments.search import (
     surrogate_label,
 )
 from ffprune.agents.methods.fastforward import FastForwardConfig, Policy, mean_action, policy_fingerprint, read_policy
+from ffprune.agents.results import RESULT_KIND, with_header, write_result
 
 AGENT = "fastforward-allocate"
 """The ``agent`` of a zero-shot allocation's result (a refined one is an ordinary ``fastforward`` search)."""
@@ -116,9 +117,9 @@ def allocate(
                             target=target, warm_start=policy_path, env_kwargs=kwargs, curriculum=False,
                             agent_kwargs=_refine_settings(net, meta, agent_kwargs), progress=progress,
                             calibrate=calibrate, calib_alpha=calib_alpha)
-    result.update(extra)
+    result = with_header({**result, **extra}, RESULT_KIND)  # what the file holds
     if out_path is not None:
-        atomic_write_json(out_path, result)
+        write_result(out_path, result)
     return result
 
 

@@ -38,19 +38,12 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, beside
+from ffenv.registration import MODE_SUFFIX, TASK_TARGETS, family_id
 from ffprune.agents.experiments.allocate import allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.search import run_search
-from ffprune.agents.experiments.suite import (
-    MODE_SUFFIX,
-    REFERENCE,
-    TASK_TARGETS,
-    family_id,
-    get_suite,
-    normalised,
-    task_name,
-)
+from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, task_name
 from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings, seed_file
 
 log = logging.getLogger(__name__)
@@ -128,7 +121,7 @@ def _run(fn: Any, jobs: list[dict[str, Any]], workers: int, ray_address: str | N
     return done
 
 
-def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
+def run_amortised(out: str | Path, suite_out: str | Path,
                   families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
                   seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE, cross_model: bool = True,
                   env_kwargs: dict[str, Any] | None = None, workers: int = 0, ray_address: str | None = None,
@@ -181,7 +174,7 @@ def run_amortised(out: str | Path = "docs/results/amortised", suite_out: str | P
     return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
 
 
-def report_amortised(out: str | Path = "docs/results/amortised", suite_out: str | Path = "docs/results/core",
+def report_amortised(out: str | Path, suite_out: str | Path,
                      families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
                      seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE) -> dict[str, Any]:
     """The analysis of what is on disk (no search, no evaluation): ``amortised.md`` and ``amortised.json``."""

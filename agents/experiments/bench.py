@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import as_json, atomic_write_json
+from ffenv.io import as_json
 from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.engine import CellFailure, CellSpec, CellStore, record_failures, run_jobs
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search, surrogate_label
 from ffprune.agents.methods.registry import get_method, methods_for
-from ffprune.agents.results import read_result, result_env, seed_files
+from ffprune.agents.results import read_result, result_env, seed_files, write_result
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float | None) -> dict[s
         if (other != path and done.get("env_kwargs") == cell["env_kwargs"] and done["best"].get("calib_alpha") == alpha
                 and done["best"]["action"] == best["action"] and "eval_ppl_after_calib" in done["best"]):
             best["eval_ppl_after_calib"], best["calib_alpha"] = done["best"]["eval_ppl_after_calib"], alpha
-            atomic_write_json(path, cell)
+            write_result(path, cell)
             return cell
     env = result_env(cell)  # in-process: one evaluation needs no population workers
     try:
@@ -89,7 +89,7 @@ def _calibrated(cell: dict[str, Any], path: Path, alpha: float | None) -> dict[s
     finally:
         env.close()
     best["calib_alpha"] = alpha
-    atomic_write_json(path, cell)
+    write_result(path, cell)
     return cell
 
 

@@ -70,7 +70,7 @@ def claim_specs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: 
     return specs
 
 
-def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
+def run_claim(out: str | Path, suite_out: str | Path,
               tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
               methods: Sequence[str] = ("amc-ddpg",), workers: int = 0, ray_address: str | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def run_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "d
 
 
 
-def report_claim(out: str | Path = "docs/results/claim", suite_out: str | Path = "docs/results/core",
+def report_claim(out: str | Path, suite_out: str | Path,
                  tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
                  methods: Sequence[str] = ("amc-ddpg",), failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The analysis of the cells already on disk (no search, no evaluation): ``claim.md``, ``claim.json``, ``claim.png``."""

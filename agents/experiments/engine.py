@@ -29,7 +29,17 @@ from typing import Any, Generic, TypeVar
 from ffenv.errors import FFPruneError, SearchInterrupted
 from ffenv.io import as_json, atomic_write_json, read_json
 from ffprune.agents.experiments.ray_tasks import run_on_ray
-from ffprune.agents.results import describe_surrogate, read_result, same_surrogate, seed_file, seed_files, surrogate_of
+from ffprune.agents.results import (
+    FOLDER_KIND,
+    describe_surrogate,
+    read_result,
+    result_kind,
+    same_surrogate,
+    seed_file,
+    seed_files,
+    surrogate_of,
+    with_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +165,18 @@ class CellStore:
         return sorted(p.name for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []
 
     def claim(self, settings: Mapping[str, Any], what: str = "a bench") -> None:
-        """Make ``settings`` the folder's manifest, refusing (one line) a folder whose manifest holds other settings:
+        """Make ``settings`` the folder's manifest (``kind`` :data:`~ffprune.agents.results.FOLDER_KIND`), refusing (one
+        line) a folder whose manifest holds other settings:
         cells of different envs, budgets, targets, weights or surrogates never share a folder (a surrogate's label,
         ``settings["surrogate"]``, is compared first, with its own message)."""
         path = self.folder / MANIFEST
-        settings = as_json(dict(settings))
+        settings = as_json({k: v for k, v in settings.items() if k not in ("kind", "format")})
         if path.exists():
             old = read_result(path)  # an older folder's field names are today's
+            if result_kind(old) != FOLDER_KIND:
+                raise FFPruneError(f"{str(path)!r} is not a cell folder's manifest ({result_kind(old)}): use another "
+                                   "--out folder")
+            old = {k: v for k, v in old.items() if k not in ("kind", "format")}
             held, label = surrogate_of(old), surrogate_of(settings)
             if not same_surrogate(held, label):
                 raise FFPruneError(f"out={str(self.folder)!r} holds cells of {describe_surrogate(held)}; these cells run on "
@@ -171,7 +186,8 @@ class CellStore:
             if diff:
                 raise FFPruneError(f"out={str(self.folder)!r} holds {what} with other settings {diff} (old, new); use "
                                    "another --out folder")
-        atomic_write_json(path, settings)
+            return  # the same settings: the manifest stays as written (an older one is read with today's names)
+        atomic_write_json(path, with_header(settings, FOLDER_KIND))
 
     def failures(self) -> list[dict[str, Any]]:
         """The failure record (empty when no cell failed)."""

@@ -39,7 +39,7 @@ import numpy as np
 from ffenv.config import EnvConfig
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, SearchInterrupted, positive_int, unit_interval
-from ffenv.io import as_json, atomic_write_json, beside, check_writable, versions
+from ffenv.io import as_json, beside, check_writable, versions
 from ffenv.lm.models import weights_fingerprint
 from ffenv.registration import resolve_config, twin_env_id
 from ffenv.surrogate import data_path, load_surrogate
@@ -49,7 +49,17 @@ from ffenv.wrappers.curriculum import check_train_targets
 from ffenv.wrappers.logger import SearchLogger
 from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
-from ffprune.agents.results import describe_surrogate, read_result, same_surrogate, surrogate_of
+from ffprune.agents.results import (
+    RESULT_FORMAT,
+    RESULT_KEYS,
+    RESULT_KIND,
+    SearchResult,
+    describe_surrogate,
+    read_result,
+    same_surrogate,
+    surrogate_of,
+    write_result,
+)
 
 
 def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None = None, target: float | None = None,
@@ -199,10 +209,9 @@ def run_search(
     if extra.get("policy_file"):  # what only the finished run knows: the method's settings and what training cost
         update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
                                                   scored["cost"], "result_file": str(out_path)})
-    result = _assemble(env_id, env, fingerprint, run, search, scored, logpath, extra, label)
-    result.update(record)
+    result: dict[str, Any] = {**_assemble(env_id, env, fingerprint, run, search, scored, logpath, extra, label), **record}
     if out_path is not None:
-        atomic_write_json(out_path, result)
+        write_result(out_path, result)
     return result
 
 
@@ -378,12 +387,6 @@ def recorded_env_kwargs(env: gym.Env) -> dict[str, Any]:
     return env_kwargs
 
 
-RESULT_KEYS = ("complete", "surrogate", "env_id", "env_kwargs", "weights_fingerprint", "unit_names", "agent", "seed",
-               "budget", "curriculum", "warmup_fraction", "warm_start", "train_targets", "curriculum_kwargs", "best",
-               "best_by_target", "cost", "history", "logdir", "versions", "policy_file", "agent_config", "agent_stats")
-"""Top-level keys a result JSON may hold on its own (:func:`_assemble`); ``run_search(record=)`` may not set them."""
-
-
 def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
     """``record`` as JSON values, if none of its keys is one of :data:`RESULT_KEYS`; a one-line error otherwise."""
     clash = sorted(set(record or {}) & set(RESULT_KEYS))
@@ -397,13 +400,14 @@ def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
 
 def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
               scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any],
-              label: dict[str, Any] | None = None) -> dict[str, Any]:
+              label: dict[str, Any] | None = None) -> SearchResult:
     """The result JSON (module docstring): the env and its settings (a sequential env's ``projection`` among them),
     how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions; on a
     surrogate, its ``label`` first."""
     base = single_step_env(env)
     by_target = {"best_by_target": search.best_by_target} if search.train_targets is not None else {}
-    return {"complete": True, **({"surrogate": label} if label is not None else {}), "env_id": env_id,
+    return {"kind": RESULT_KIND, "format": RESULT_FORMAT, "complete": True,
+            **({"surrogate": label} if label is not None else {}), "env_id": env_id,
             "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": fingerprint,
             "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, **by_target,
             "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,

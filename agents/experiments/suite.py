@@ -70,8 +70,7 @@ import numpy as np
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, read_json
 from ffenv.registration import (
-    FAMILIES,
-    FAMILY_NAMES,
+    FAMILY_IDS,
     MODE_SUFFIX,
     REAL_FAMILIES,
     REAL_VARIANTS,
@@ -153,21 +152,6 @@ class Suite:
         if variants is not None:
             changes["variants"] = check_variants(variants)
         return dataclasses.replace(self, **changes)
-
-
-FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid in FAMILIES}
-"""Bundled family name (``llama``, as in task names and ``--families``) → its registered ids' family (``Llama``)."""
-FAMILY_MODELS = {name: model for name, (fid, model) in FAMILY_NAMES.items() if fid in FAMILIES}
-"""Bundled family name → bundled model (``llama`` → ``tiny-llama``)."""
-TASK_TARGETS = {"structured": (0.3, 0.5), "unstructured": (0.7,)}
-"""The ``core`` suite's targets per mode."""
-
-
-def family_id(family: str) -> str:
-    """The registered ids' family of a family name (``llama`` → ``Llama``); a one-line error for an unknown one."""
-    if family not in FAMILY_IDS:
-        raise FFPruneError(f"families must be among {sorted(FAMILY_IDS)}, got {family!r}")
-    return FAMILY_IDS[family]
 
 
 def task_name(family: str, mode: str, target: float) -> str:

@@ -131,10 +131,9 @@ def _uniform_ppl(analysis: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_rank(real_out: str | Path = "docs/results/core", surrogate_out: str | Path = "docs/results/core-surrogate",
-             out: str | Path = "docs/results/surrogate", suite: str = "core", tasks: Sequence[str] | None = None,
-             budget: int | None = None, seeds: int | None = None, methods: list[str] | None = None,
-             reps: int = 2000) -> dict[str, Any]:
+def run_rank(real_out: str | Path, surrogate_out: str | Path, out: str | Path, suite: str = "core",
+             tasks: Sequence[str] | None = None, budget: int | None = None, seeds: int | None = None,
+             methods: list[str] | None = None, reps: int = 2000) -> dict[str, Any]:
     """Compare the method rankings of the real suite in ``real_out`` and the surrogate suite in ``surrogate_out`` (module
     docstring) over ``tasks`` (default: all of the suite's), and write ``ranking.json`` and ``ranking.md`` to ``out``;
     the analysis. ``budget`` / ``seeds`` default to the suite's (both folders must hold that budget); ``methods`` to

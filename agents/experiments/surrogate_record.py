@@ -66,18 +66,20 @@ from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import as_json, check_writable
 from ffenv.lm.models import weights_fingerprint
 from ffenv.pruning.projector import check_budget
-from ffenv.registration import FAMILY_NAMES, family_env_id, family_of, formulation_of, resolve_config
+from ffenv.registration import (
+    FAMILY_MODELS,
+    FAMILY_NAMES,
+    MODE_SUFFIX,
+    family_env_id,
+    family_of,
+    formulation_of,
+    resolve_config,
+)
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
-from ffprune.agents.experiments.suite import (
-    FAMILY_MODELS,
-    MODE_SUFFIX,
-    family_suite,
-    family_targets,
-    get_suite,
-)
+from ffprune.agents.experiments.suite import family_suite, family_targets, get_suite
 from ffprune.agents.results import read_result_if_any, seed_files
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
@@ -332,10 +334,16 @@ def seconds_per_evaluation(config: EnvConfig) -> float:
     return SECONDS_PER_EVALUATION_REAL.get(config.model, SECONDS_PER_EVALUATION)[config.mode]
 
 
-def default_suite_out(family: str, suite_out: str | Path | None = None) -> Path:
-    """Where the family's suite histories are read: ``suite_out`` when given, else where the suite is committed,
-    ``docs/results/core`` (bundled families) or ``docs/results/real``."""
-    return Path("docs/results") / family_suite(family) if suite_out is None else Path(suite_out)
+def default_suite_out(family: str, suite_out: str | Path | None = None, suites: str | Path | None = None) -> Path:
+    """Where the family's suite histories are read: ``suite_out`` when given, else its suite's folder in ``suites`` (the
+    folder of suite folders: ``<suites>/core`` for the bundled families, ``<suites>/real`` for SmolLM2; the command
+    line's default is the repository's ``docs/results``); neither is a one-line :class:`FFPruneError`."""
+    if suite_out is not None:
+        return Path(suite_out)
+    if suites is None:
+        raise FFPruneError(f"where are {family}'s suite cells? give suite_out (its suite's folder) or suites (the folder "
+                           f"holding {family_suite(family)}/)")
+    return Path(suites) / family_suite(family)
 
 
 
@@ -678,7 +686,7 @@ def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | P
     for config in configs:
         _check_targets(settings, family, mode, config)
     data = _resume_state(path, settings, family, mode, configs[0])
-    suite_out = default_suite_out(family, suite_out)
+    suite_out = default_suite_out(family, suite_out) if settings.suite else None
     plans = {c.seed: seed_plan(settings, family, mode, c.reward_windows, held_out_evaluations=held_out_cost(c))
              for c in configs}
     done = {c.seed: _progress(data, c.seed)["chunks"] for c in configs}
@@ -791,14 +799,16 @@ def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[s
                seeds: Sequence[int] = (0,), out: str | Path | None = None,
                settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
                suite_out: str | Path | None = None, workers: int = 0, ray_address: str | None = None,
+               suites: str | Path | None = None,
                progress: bool = True) -> list[dict[str, Any]]:
     """Record (or resume) the set of every (family, mode): one after the other, or as Ray tasks on ``workers`` CPUs;
-    their summaries (:func:`summarise`). ``suite_out``: where the suite's histories are (default: each family's
-    suite, :func:`default_suite_out`). Bad input is a one-line :class:`FFPruneError` before any evaluation."""
+    their summaries (:func:`summarise`). ``suite_out`` / ``suites``: where the suite's histories are (a suite's folder,
+    or the folder of suite folders: :func:`default_suite_out`). Bad input is a one-line :class:`FFPruneError` before
+    any evaluation."""
     sets = _prepare(families, modes, seeds, out, settings, env_kwargs)
     jobs = [{"family": family, "mode": mode, "seeds": list(seeds), "out": path.parent.resolve(), "settings": settings,
              "env_kwargs": env_kwargs,
-             "suite_out": default_suite_out(family, suite_out).resolve(),
+             "suite_out": default_suite_out(family, suite_out, suites).resolve() if settings.suite else None,
              "progress": progress}
             for family, mode, path, _c in sets]
     if workers:
@@ -811,7 +821,7 @@ def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[s
 def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
                 seeds: Sequence[int] = (0,), out: str | Path | None = None,
                 settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-                suite_out: str | Path | None = None) -> dict[str, Any]:
+                suite_out: str | Path | None = None, suites: str | Path | None = None) -> dict[str, Any]:
     """What :func:`run_record` would do, without loading a model: per set and seed, rows, held-out rows and
     evaluations per source (suite rows: what the cells hold; heuristics: at most, one may not fit a target), the
     chunks already done, and the time at :func:`seconds_per_evaluation` (plus the setup: dense ppls at every
@@ -820,10 +830,10 @@ def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[
     for family, mode, path, configs in _prepare(families, modes, seeds, out, settings, env_kwargs):
         data = EvaluationSet.load(path) if path.exists() else None
         seconds = seconds_per_evaluation(configs[0])
-        where = default_suite_out(family, suite_out)
+        where = default_suite_out(family, suite_out, suites) if settings.suite else None
         per_seed = []
         for config in configs:
-            count = suite_row_count(where, config) if settings.suite else (0, 0)
+            count = suite_row_count(where, config) if where is not None else (0, 0)
             plan = seed_plan(settings, family, mode, config.reward_windows, *count,
                              held_out_evaluations=held_out_cost(config))
             sources: dict[str, dict[str, float]] = {}

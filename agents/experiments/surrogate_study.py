@@ -79,7 +79,7 @@ DEFAULT_SEEDS = 5
 """Search seeds ``0..4`` per (task, method); every cell runs on env seed 0, the core suite's pruning instance."""
 TABLE_BUDGETS = (100, 1_000, 10_000)
 """The budgets (surrogate evaluations) of the study's table (those up to the budget, and the budget itself)."""
-DEFAULT_OUT = "docs/results/surrogate-study"
+DEFAULT_OUT = "surrogate-study"
 
 
 def checkpoint_grid(budget: int, points: int = 40) -> list[int]:

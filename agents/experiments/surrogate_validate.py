@@ -39,12 +39,12 @@ import numpy as np
 
 from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_json, atomic_write_text, check_writable
-from ffenv.registration import family_of
+from ffenv.registration import FAMILY_MODELS, MODE_SUFFIX, family_of
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
 from ffprune.agents.experiments.rlstats import spearman
-from ffprune.agents.experiments.suite import FAMILY_MODELS, MODE_SUFFIX, family_targets, task_name
+from ffprune.agents.experiments.suite import family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def validate_set(data: EvaluationSet, family: str, settings: FitSettings | None 
 
 
 def run_validate(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
-                 data: str | Path | None = None, out: str | Path = "docs/results/surrogate",
+                 data: str | Path | None = None, out: str | Path = "surrogate-validation",
                  settings: FitSettings | None = None, compare: bool = True,
                  timing_calls: int = TIMING_CALLS, folds: int = CV_FOLDS) -> dict[str, Any]:
     """Validate the set of every (family, mode) in ``data`` (a folder; default the bundled sets; ``folds``: of the

@@ -50,7 +50,7 @@ from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.fastforward import FastForwardConfig
 from ffprune.agents.methods.registry import get_method, method_settings
 from ffprune.agents.methods.sb3 import NOISE_SETTING, algorithm_class
-from ffprune.agents.results import read_result, refuse_surrogate_settings
+from ffprune.agents.results import TUNE_KIND, read_result, refuse_surrogate_settings, with_header
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +235,17 @@ def _task_ids(method: str, tasks: Sequence[str], suite: str = "core") -> dict[st
 
 
 # ---------------------------------------------------------------------------- running the cells
-def _check_record(path: Path, record: dict[str, Any], what: str) -> None:
-    """Write ``record`` to ``path``, refusing one that holds other settings (a resumed cell must be this one's)."""
+def _check_record(path: Path, record: dict[str, Any], what: str, kind: str | None = None) -> None:
+    """Write ``record`` to ``path`` (with a header of ``kind``: :func:`~ffprune.agents.results.with_header`), refusing
+    one that holds other settings (a resumed cell must be this one's); the same settings are left as written."""
     record = as_json(record)
     if path.exists():
-        old = read_json(path, what)
+        old = {k: v for k, v in read_json(path, what).items() if k not in ("kind", "format")}
         if old != record:
             raise FFPruneError(f"{str(path.parent)!r} holds a {what} with other settings ({old}, now {record}); use "
                                "another --out folder or variant name")
-    atomic_write_json(path, record)
+        return
+    atomic_write_json(path, with_header(record, kind) if kind else record)
 
 
 def _config(method: str, budget: int, env_kwargs: dict[str, Any] | None, suite: str) -> dict[str, Any]:
@@ -258,7 +260,7 @@ def tune_specs(out: str | Path, method: str, variants: Mapping[str, Mapping[str,
     folder's records are checked and written first."""
     out = Path(out)
     ids = _task_ids(method, tasks, suite)
-    _check_record(out / "config.json", _config(method, budget, env_kwargs, suite), "tune")
+    _check_record(out / "config.json", _config(method, budget, env_kwargs, suite), "tune", TUNE_KIND)
     specs = []
     for variant, kwargs in variants.items():
         _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
@@ -271,14 +273,13 @@ def tune_specs(out: str | Path, method: str, variants: Mapping[str, Mapping[str,
     return specs
 
 
-def run_tune(out: str | Path | None = None, method: str = "fastforward",
+def run_tune(out: str | Path, method: str = "fastforward",
              variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
              seeds: Sequence[int] = DEFAULT_SEEDS, budget: int | None = None, env_kwargs: dict[str, Any] | None = None,
              workers: int = 0, ray_address: str | None = None, progress: bool = True, suite: str = "core") -> dict[str, Any]:
     """Run (or resume) every (variant, task, seed) cell, then write the report (module docstring); returns its analysis.
 
-    ``out`` defaults to ``docs/results/tune-<method>`` (``tune-<method>-<suite>`` for another suite than ``core``),
-    ``variants`` to the method's whole grid (:func:`tune_variants`), ``tasks`` to :func:`default_tasks` of ``suite``,
+    ``variants`` default to the method's whole grid (:func:`tune_variants`), ``tasks`` to :func:`default_tasks` of ``suite``,
     ``budget`` to the suite's; a deterministic method (a heuristic) runs the first seed only (:func:`tune_seeds`);
     ``env_kwargs`` override every task's env (tests use small windows; the suite runs without any). Bad input — an
     unknown method or task, a setting the method does not have, a seed in 0–2 — is a one-line :class:`FFPruneError`
@@ -286,7 +287,7 @@ def run_tune(out: str | Path | None = None, method: str = "fastforward",
     """
     method = get_method(method).name
     refuse_surrogate_settings(env_kwargs, "ffprune tune")
-    out = default_out(method, suite) if out is None else Path(out)
+    out = Path(out)
     tasks = default_tasks(suite) if tasks is None else tasks
     variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
     if REFERENCE not in variants:
@@ -330,19 +331,14 @@ def _difference(rows: dict[tuple[str, int], float], reference: dict[tuple[str, i
     return diff
 
 
-def default_out(method: str, suite: str = "core") -> Path:
-    """Where a tune's report goes by default: ``docs/results/tune-<method>`` (``-<suite>`` appended for another suite)."""
-    return Path(f"docs/results/tune-{method}" + ("" if suite == "core" else f"-{suite}"))
-
-
-def report_tune(out: str | Path | None = None, method: str = "fastforward",
+def report_tune(out: str | Path, method: str = "fastforward",
                 variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
                 seeds: Sequence[int] = DEFAULT_SEEDS, suite: str = "core") -> dict[str, Any]:
     """The analysis of the cells already on disk (no search, no evaluation): ``tune.md`` and ``tune.json`` in ``out``,
     from each cell's ``best.reward`` alone (module docstring); returns it. The same arguments as :func:`run_tune`'s
     give the same files, byte for byte."""
     method = get_method(method).name
-    out = default_out(method, suite) if out is None else Path(out)
+    out = Path(out)
     tasks = default_tasks(suite) if tasks is None else tasks
     variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
     seeds = tune_seeds(method, seeds)
