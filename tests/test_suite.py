@@ -556,6 +556,12 @@ def test_a_suite_file_runs_its_own_tasks_methods_and_variants(tmp_path, capsys):
     ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[variants.uniform]\nmethod = "fastforward"\n'
      'agent_kwargs = { batch_episodes = 2 }\n', "is a method's name"),
     ('tasks = [', "is not valid TOML"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[variants.ff-x]\nmethod = "fastforward"\n'
+     'agent_kwargs = { hiden = 2 }\n', r"variant 'ff-x': \['hiden'\] are not fastforward settings"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[variants.ppo-x]\nmethod = "ppo"\n'
+     'agent_kwargs = { n_step = 8 }\n', r"\['n_step'\] are not PPO settings"),
+    ('[[tasks]]\nname = "a"\nenv_id = "FFPrune-Llama-v0"\n[variants.owl-x]\nmethod = "owl"\n'
+     'agent_kwargs = { lamda = 0.1 }\n', r"\['lamda'\] are not owl settings"),
 ])
 def test_a_bad_suite_file_is_one_line_naming_the_field(tmp_path, text, match):
     path = tmp_path / "bad.toml"
@@ -566,7 +572,7 @@ def test_a_bad_suite_file_is_one_line_naming_the_field(tmp_path, text, match):
 
 
 def test_suite_names_files_and_compare(tmp_path, monkeypatch, capsys):
-    with pytest.raises(FFPruneError, match=r"one of \['core', 'real'\] or a .toml / .json suite file"):
+    with pytest.raises(FFPruneError, match=r"one of \['core', .*'real'\] or a .toml / .json suite file, got 'cor'"):
         load_suite("cor")
     with pytest.raises(FFPruneError, match="does not exist"):
         load_suite(tmp_path / "none.json")

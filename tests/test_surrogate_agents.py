@@ -162,7 +162,7 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune tune expects real results"):
         report_tune(tune, "fastforward", {"default": {}}, tasks=[TASK], seeds=[10])
     for call, what in ((lambda: run_tune(tmp_path / "t2", env_kwargs=recorded[2]), "ffprune tune"),
-                       (lambda: run_amortised(tmp_path / "a2", env_kwargs=recorded[2]), "ffprune amortised")):
+                       (lambda: run_amortised(tmp_path / "a2", tmp_path, env_kwargs=recorded[2]), "ffprune amortised")):
         with pytest.raises(FFPruneError, match=f"{what} runs and reads real searches.*surrogate=True is refused"):
             call()
     assert not (tmp_path / "t2").exists() and not (tmp_path / "a2").exists()

@@ -96,6 +96,7 @@ from ffprune.agents.experiments.rlstats import (
     spearman,
     stratified_bootstrap_ci,
 )
+from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
 from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
 
@@ -218,7 +219,8 @@ def _is_method(name: str) -> bool:
 def check_variants(variants: Mapping[str, SuiteVariant] | None) -> dict[str, SuiteVariant]:
     """The variants with their methods' canonical names; a label that is not letters, digits, ``. _ + -``, that is a
     method's name (registered or SB3) or another label's in other case, a variant that sets nothing (it would be the
-    method's own row) and an unknown method are each a one-line :class:`FFPruneError`."""
+    method's own row), an unknown method and a setting its method does not have (its settings schema:
+    :meth:`~ffprune.agents.methods.registry.SearchMethod.check_settings`) are each a one-line :class:`FFPruneError`."""
     checked: dict[str, SuiteVariant] = {}
     for label, variant in (variants or {}).items():
         if not isinstance(label, str) or not LABEL.match(label):
@@ -233,7 +235,13 @@ def check_variants(variants: Mapping[str, SuiteVariant] | None) -> dict[str, Sui
             raise FFPruneError(f"variant labels {taken[0]!r} and {label!r} collide (a folder each, case-insensitive)")
         if not variant.agent_kwargs and not variant.curriculum_kwargs:
             raise FFPruneError(f"variant {label!r} sets nothing: {variant.method}'s own settings are its own row")
-        checked[label] = dataclasses.replace(variant, method=get_method(variant.method).name)
+        method = get_method(variant.method)
+        method.check_settings(dict(variant.agent_kwargs), f"variant {label!r}: ")  # its settings schema, before any work
+        unknown = sorted(set(variant.curriculum_kwargs) - set(CURRICULUM_SETTINGS))
+        if unknown:
+            raise FFPruneError(f"variant {label!r}: {unknown} are not curriculum settings; settings: "
+                               f"{list(CURRICULUM_SETTINGS)}")
+        checked[label] = dataclasses.replace(variant, method=method.name)
     return checked
 
 

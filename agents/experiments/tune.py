@@ -29,7 +29,6 @@ highest mean best reward among the variants with every cell finished (ties go to
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -47,9 +46,7 @@ from ffprune.agents.experiments.engine import CellFailure, CellSpec, run_jobs
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
-from ffprune.agents.methods.fastforward import FastForwardConfig
-from ffprune.agents.methods.registry import get_method, method_settings
-from ffprune.agents.methods.sb3 import NOISE_SETTING, algorithm_class
+from ffprune.agents.methods.registry import get_method
 from ffprune.agents.results import TUNE_KIND, read_result, refuse_surrogate_settings, with_header
 
 log = logging.getLogger(__name__)
@@ -150,12 +147,12 @@ def split_settings(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = "") -> None:
-    """Refuse (one line) settings a method does not have, before any search: FastForward's are
-    :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s (their ranges checked too), an SB3 agent's those
-    of its algorithm's constructor (plus ``n_envs``, and ``action_noise_std`` where it has ``action_noise``),
-    ``curriculum.<setting>`` one of :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that
-    learns under the curriculum (its value is checked when the env is built). Other methods check their settings when
-    their first cell runs."""
+    """Refuse (one line) settings a method does not have, before any search: ``curriculum.<setting>`` must be one of
+    :data:`~ffprune.agents.experiments.search.CURRICULUM_SETTINGS` for a method that learns under the curriculum (its
+    value is checked when the env is built); the method's own through its settings schema
+    (:meth:`~ffprune.agents.methods.registry.SearchMethod.check_settings`: FastForward's config with its ranges, an SB3
+    agent's constructor, a heuristic's keywords; a method without a schema checks its settings when its first cell
+    runs)."""
     where = f"variant {variant!r}: " if variant else ""
     kwargs, schedule = split_settings(kwargs)
     unknown = sorted(set(schedule) - set(CURRICULUM_SETTINGS))
@@ -164,32 +161,7 @@ def check_agent_kwargs(method: str, kwargs: Mapping[str, Any], variant: str = ""
                            f"{[CURRICULUM_PREFIX + k for k in CURRICULUM_SETTINGS]}")
     if schedule and not get_method(method).curriculum:
         raise FFPruneError(f"{where}{method!r} does not search under the curriculum: curriculum.* settings do not apply")
-    if method == "fastforward":
-        known = [f for f in FastForwardConfig.__dataclass_fields__ if f != "extra"]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise FFPruneError(f"{where}{unknown} are not fastforward settings; settings: {known}")
-        try:
-            FastForwardConfig(**kwargs)
-        except (FFPruneError, TypeError, ValueError) as err:  # a range, or a value of the wrong type ("x" > 0)
-            raise FFPruneError(f"{where}{err}") from None
-        return
-    heuristic_settings = method_settings(method)
-    if heuristic_settings is not None:
-        unknown = sorted(set(kwargs) - set(heuristic_settings))
-        if unknown:
-            raise FFPruneError(f"{where}{unknown} are not {method} settings; settings: {list(heuristic_settings)}")
-        return
-    try:
-        cls = algorithm_class(method)
-    except FFPruneError:
-        return  # not an SB3 agent: its own run checks its settings
-    fixed = {"self", "policy", "env", "args", "kwargs", "seed", "device", "verbose", "_init_setup_model"}  # run_sb3's
-    params = set(inspect.signature(cls.__init__).parameters)
-    known = sorted(params - fixed | {"n_envs"} | ({NOISE_SETTING} if "action_noise" in params else set()))
-    unknown = sorted(set(kwargs) - set(known))
-    if unknown:
-        raise FFPruneError(f"{where}{unknown} are not {cls.__name__} settings; settings: {known}")
+    get_method(method).check_settings(kwargs, where)
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

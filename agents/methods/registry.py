@@ -20,6 +20,7 @@ found by :func:`get_method` too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import logging
@@ -34,7 +35,7 @@ from ffenv.io import beside
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.methods.amc import AMCDDPG, WARMUP_FRACTION, amc_settings
 from ffprune.agents.methods.fastforward import FastForwardConfig, run_fastforward, save_policy
-from ffprune.agents.methods.sb3 import algorithm_class, run_sb3
+from ffprune.agents.methods.sb3 import NOISE_SETTING, algorithm_class, run_sb3
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,
     dlp_allocation,
@@ -108,6 +109,23 @@ class SearchMethod:
     """Optional packages it imports (``cma``, ``optuna``: the extras of the same name). A method whose packages are
     not installed is left out of the defaults (:func:`methods_for`) and stops with an install hint when asked for."""
 
+    settings: Callable[[dict[str, Any]], None] | None = None
+    """The method's settings schema: called with the keyword arguments a run would get, it raises a one-line
+    :class:`FFPruneError` for a setting the method does not have or a value out of its range (``None``: the method
+    checks its settings when its first cell runs). :meth:`check_settings` calls it; tunes and suite variants validate
+    through it before any search."""
+
+    def check_settings(self, kwargs: dict[str, Any], where: str = "") -> None:
+        """Refuse (one line, prefixed with ``where``) settings the method does not have, before any search."""
+        if self.settings is None:
+            return
+        try:
+            self.settings(dict(kwargs))
+        except (TypeError, ValueError) as err:  # a value of the wrong type ("x" > 0)
+            raise FFPruneError(f"{where}{err}") from None
+        except FFPruneError as err:
+            raise FFPruneError(f"{where}{err}") from None
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise FFPruneError(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -141,9 +159,13 @@ METHODS: dict[str, SearchMethod] = {}
 
 
 def register(method: SearchMethod) -> SearchMethod:
-    """Add a method to :data:`METHODS` (a name can be registered once)."""
+    """Add a method to :data:`METHODS` (a name can be registered once); a heuristic without a settings schema gets its
+    allocation's keywords as one."""
     if method.name in METHODS:
         raise FFPruneError(f"search method {method.name!r} is already registered")
+    names = getattr(method.run, "settings", None)
+    if method.settings is None and names is not None:
+        method = dataclasses.replace(method, settings=_named_settings(method.name, names))
     METHODS[method.name] = method
     return method
 
@@ -158,7 +180,7 @@ def get_method(name: str) -> SearchMethod:
     except FFPruneError as err:
         raise FFPruneError(f"agent must be one of {list(METHODS)} or a stable-baselines3 algorithm; {err}") from None
     return SearchMethod(key, _sb3(cls.__name__), kind="rl", formulations=FORMULATIONS,
-                        description=f"stable-baselines3 {cls.__name__}")
+                        description=f"stable-baselines3 {cls.__name__}", settings=sb3_settings(cls.__name__))
 
 
 def methods_for(mode: str, formulation: str = "single-step") -> list[str]:
@@ -215,6 +237,43 @@ def _baseline(search: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, 
     return run_baseline
 
 
+# ---------------------------------------------------------------------------- settings schemas
+def _fastforward_settings(kwargs: dict[str, Any]) -> None:
+    """FastForward's settings: :class:`~ffprune.agents.methods.fastforward.FastForwardConfig`'s fields, ranges checked."""
+    known = [f for f in FastForwardConfig.__dataclass_fields__ if f != "extra"]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise FFPruneError(f"{unknown} are not fastforward settings; settings: {known}")
+    FastForwardConfig(**kwargs)
+
+
+SB3_FIXED = {"self", "policy", "env", "args", "kwargs", "seed", "device", "verbose", "_init_setup_model"}
+"""An SB3 algorithm's constructor parameters that ``run_sb3`` sets itself."""
+
+
+def sb3_settings(algo: str) -> Callable[[dict[str, Any]], None]:
+    """An SB3 algorithm's settings schema: its constructor's parameters (less :data:`SB3_FIXED`), ``n_envs``, and
+    ``action_noise_std`` where it has ``action_noise``."""
+    def check(kwargs: dict[str, Any]) -> None:
+        cls = algorithm_class(algo)
+        params = set(inspect.signature(cls.__init__).parameters)
+        known = sorted(params - SB3_FIXED | {"n_envs"} | ({NOISE_SETTING} if "action_noise" in params else set()))
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise FFPruneError(f"{unknown} are not {cls.__name__} settings; settings: {known}")
+
+    return check
+
+
+def _named_settings(method: str, names: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    def check(kwargs: dict[str, Any]) -> None:
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise FFPruneError(f"{unknown} are not {method} settings; settings: {list(names)}")
+
+    return check
+
+
 def _heuristic(allocate: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     def run_heuristic(env: SearchAccounting, seed: int, run: RunContext, **params: Any) -> dict[str, Any]:
         return {"agent_stats": heuristic(env, allocate, seed, **params)}
@@ -223,17 +282,13 @@ def _heuristic(allocate: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     return run_heuristic
 
 
-def method_settings(method: str) -> tuple[str, ...] | None:
-    """The settings a heuristic takes (its allocation's keywords: OWL's ``lam`` and ``m``...); ``None`` for a method
-    that checks its own."""
-    return getattr(get_method(method).run, "settings", None)
-
-
 # ---------------------------------------------------------------------------- the benchmark's methods
-register(SearchMethod("fastforward", _fastforward, "rl", warm_start=True,
+register(SearchMethod("fastforward", _fastforward, "rl", warm_start=True, settings=_fastforward_settings,
                       description="FastForward: single-step PPO on the whole allocation (agents/fastforward.py)"))
-register(SearchMethod("ppo", _sb3("PPO"), "rl", formulations=FORMULATIONS, description="stable-baselines3 PPO"))
-register(SearchMethod("sac", _sb3("SAC"), "rl", formulations=FORMULATIONS, description="stable-baselines3 SAC"))
+register(SearchMethod("ppo", _sb3("PPO"), "rl", formulations=FORMULATIONS, description="stable-baselines3 PPO",
+                      settings=sb3_settings("PPO")))
+register(SearchMethod("sac", _sb3("SAC"), "rl", formulations=FORMULATIONS, description="stable-baselines3 SAC",
+                      settings=sb3_settings("SAC")))
 register(SearchMethod("amc-ddpg", _amc_ddpg, "rl", formulations=("sequential",), uses_curriculum=False,
                       description="AMC's DDPG, one unit per step (He et al.; SB3 DDPG, agents/methods/amc.py)"))
 register(SearchMethod("random", _baseline(random_search), "search", description="uniform random actions"))
