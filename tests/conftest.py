@@ -13,6 +13,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WIKITEXT_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2" / "valid.txt"
 
+RAY_FILES = {"test_ray.py", "test_ray_search.py", "test_remote_workers.py"}
+"""Test files that start Ray: under ``pytest -n N`` they share one worker (one Ray instance at a time)."""
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the workers share the cores, torch threads split
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` every test that starts Ray runs on the same worker."""
+    for item in items:
+        if item.path.name in RAY_FILES or "ray" in item.name.split("[")[0].split("_"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
 
 @pytest.fixture(scope="session")
 def wikitext_valid() -> Path:

@@ -38,7 +38,7 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, beside
-from ffenv.registration import MODE_SUFFIX, TASK_TARGETS, family_id
+from ffenv.registration import TASK_TARGETS, family_env_id, family_id
 from ffprune.agents.experiments.allocate import allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
@@ -51,10 +51,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModeProtocol:
-    """The training targets of one mode and the suite tasks (suffixes) they serve."""
+    """The training targets of one mode and the suite tasks they serve."""
 
-    env_suffix: str
-    """The registered single-step id's suffix of the mode (``""``: structured, ``"-Unstructured"``)."""
     train_targets: tuple[float, ...]
     """Training targets: none of them is a test target."""
     test_targets: tuple[float, ...]
@@ -62,9 +60,9 @@ class ModeProtocol:
 
 
 PROTOCOL: dict[str, ModeProtocol] = {
-    "structured": ModeProtocol(MODE_SUFFIX["structured"], (0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6),
+    "structured": ModeProtocol((0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6),
                                TASK_TARGETS["structured"]),
-    "unstructured": ModeProtocol(MODE_SUFFIX["unstructured"], (0.5, 0.55, 0.6, 0.65, 0.75, 0.8),
+    "unstructured": ModeProtocol((0.5, 0.55, 0.6, 0.65, 0.75, 0.8),
                                  TASK_TARGETS["unstructured"]),
 }
 TRAIN_BUDGET = 300
@@ -136,14 +134,15 @@ def run_amortised(out: str | Path, suite_out: str | Path,
     unknown = [m for m in modes if m not in PROTOCOL]
     if unknown:
         raise FFPruneError(f"modes must be among {list(PROTOCOL)}, got {unknown}")
-    ids = {f: family_id(f) for f in families}
-    trains = [{"env_id": f"FFPrune-{ids[f]}{PROTOCOL[m].env_suffix}-v0", "out": _train_path(out, f, m, s), "seed": s,
+    for f in families:
+        family_id(f)  # the protocol's families are the bundled ones: one line for another
+    trains = [{"env_id": family_env_id(f, m), "out": _train_path(out, f, m, s), "seed": s,
                "budget": budget, "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs,
                "progress": progress} for m in modes for f in families for s in range(seeds)]
     _run(train_job, trains, workers, ray_address)
     both = cross_model and all(f in families for f in (*TRANSFER_FROM, TRANSFER_TO))
     if both:  # the llama policy's training continued on opt: one policy that has seen both families
-        second = [{"env_id": f"FFPrune-{family_id(TRANSFER_FROM[1])}{PROTOCOL[m].env_suffix}-v0",
+        second = [{"env_id": family_env_id(TRANSFER_FROM[1], m),
                    "out": _train_path(out, "+".join(TRANSFER_FROM), m, s), "seed": s, "budget": budget,
                    "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs, "progress": progress,
                    "warm_start": _policy_file(_train_path(out, TRANSFER_FROM[0], m, s))}
@@ -167,7 +166,7 @@ def run_amortised(out: str | Path, suite_out: str | Path,
                     for t in proto.test_targets:
                         task = task_name(TRANSFER_TO, m, t)
                         allocations.append({"policy": policy, "target": t, "refine": 0, "seed": s,
-                                            "env_id": f"FFPrune-{family_id(TRANSFER_TO)}{proto.env_suffix}-v0",
+                                            "env_id": family_env_id(TRANSFER_TO, m),
                                             "out": seed_file(out / task / f"from-{source}", s),
                                             "env_kwargs": env_kwargs, "progress": progress})
     _run(allocate_job, allocations, workers, ray_address)
