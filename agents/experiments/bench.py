@@ -8,12 +8,15 @@ written to ``<out>/cells/<method>/seed<k>.json.gz`` (gzip-compressed JSON; its T
 checkpoint, and cells written by an older ffprune are read with today's field names
 (:func:`ffprune.agents.results.read_result`). With ``calibrate`` (structured envs) each cell's best allocation is also
 scored on the held-out split after post-pruning calibration (:mod:`ffenv.pruning.calib`), stored in the cell as
-``best.eval_ppl_after_calib``. Cells run in this process or as Ray tasks (:mod:`ffprune.agents.experiments.ray_tasks`);
-then the folder gets the tables and plots of :func:`ffprune.agents.experiments.reports.write_outputs`.
+``best.eval_ppl_after_calib``. Cells are :class:`~ffprune.agents.experiments.engine.CellSpec` jobs on the engine's
+runner (:func:`~ffprune.agents.experiments.engine.run_jobs`: in this process or as Ray tasks); a cell that raises is
+recorded in ``<out>/failures.json`` and the others finish; then the folder gets the tables and plots of
+:func:`ffprune.agents.experiments.reports.write_outputs` (of the finished cells).
 
 Methods (``--methods``): any name of the registry :mod:`ffprune.agents.methods.registry` (or any SB3 algorithm);
 by default every registered method whose ``modes`` include the env's mode. A suite's variant label (a method with
-other settings, :func:`run_cell`'s ``variant``) has cells of its own in ``<out>/cells/<label>/``.
+other settings, a :class:`~ffprune.agents.experiments.engine.CellSpec`'s ``variant``) has cells of its own in
+``<out>/cells/<label>/``.
 
 On a surrogate (``env_kwargs={"surrogate": True, ...}``, ``ffprune bench --surrogate``) the folder's ``config.json``
 records the surrogate's label (``"surrogate": {"fingerprint", "data"}``): a folder of real cells refuses surrogate

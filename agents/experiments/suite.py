@@ -1,4 +1,8 @@
-"""``ffprune bench --suite core``: the benchmark suite, its normalised score and aggregate statistics.
+"""``ffprune suite run core``: benchmark suites as data, their normalised score and aggregate statistics.
+
+A suite is a value (:class:`Suite`: tasks, methods, budget, seeds, variants): the registered ones (:data:`SUITES`,
+``core`` and ``real``) or a user's TOML / JSON file (:func:`load_suite`). Its cells are
+:class:`~ffprune.agents.experiments.engine.CellSpec` jobs on the engine (:func:`suite_specs`, :func:`run_suite`).
 
 The ``core`` suite is 9 tasks, {tiny-llama, tiny-mistral, tiny-opt} × {structured 30 %, structured 50 %,
 unstructured 70 %}, each a registered id (``FFPrune-<Family>-v0``, ``FFPrune-<Family>-Structured50-v0``,
@@ -22,12 +26,12 @@ failures (``analysis["failures"]``, and at the end of ``suite.md``). :func:`repo
 analysis and every table from the cells on disk without running a search. Either way the report covers every
 method with cells in the folder: a run restricted to some methods adds its rows to the others.
 
-**Variants.** ``run_suite(..., variants={label: SuiteVariant(method, agent_kwargs, curriculum_kwargs, name, source)})``
-runs a method with other settings as a row of its own (``fastforward-tuned``: ``ffprune bench --suite core --tuned
-DIR`` makes one from the variant ``ffprune tune`` selected on the reward split; the command composes the two, this
-module does not know about tunes). Its cells are ``<out>/<task>/cells/<label>/seed<k>.json`` on the tasks the method
-supports, each recording its ``"variant"``; the analysis lists them under ``analysis["variants"]`` and ``suite.md``
-says what each ran.
+**Variants.** A suite's ``variants`` (``suite.but(variants={label: SuiteVariant(method, agent_kwargs,
+curriculum_kwargs, name, source)})``, or ``[variants.<label>]`` in a suite file) run a method with other settings as a
+row of its own (``fastforward-tuned``: ``ffprune suite run core --tuned DIR`` makes one from the variant ``ffprune
+tune`` selected on the reward split; the command composes the two, this module does not know about tunes). Its cells
+are ``<out>/<task>/cells/<label>/seed<k>.json.gz`` on the tasks the method supports, each recording its
+``"variant"``; the analysis lists them under ``analysis["variants"]`` and ``suite.md`` says what each ran.
 
 **Normalised score** of a cell, on held-out perplexity: the share of the gap between the uniform allocation
 and the dense model that the method's allocation closes,
@@ -39,7 +43,7 @@ fall back on and the one the heuristics and searches claim to improve, so "share
 closed" means the same on every model and sparsity, and tasks can be aggregated. With Calib the reference
 is uniform + Calib (same formula on the calibrated perplexities).
 
-**On a surrogate** (``env_kwargs={"surrogate": True, ...}``; ``ffprune bench --suite core --surrogate``, default
+**On a surrogate** (``env_kwargs={"surrogate": True, ...}``; ``ffprune suite run core --surrogate``, default
 ``--out docs/results/core-surrogate``) every cell runs on its task's surrogate (:mod:`ffenv.surrogate`; calibrated
 scores are left out), each task folder's ``config.json`` records the surrogate's label, and the analysis
 (``analysis["surrogate"]``: the evaluation set's fingerprint per task), ``suite.md`` and the plots are labelled
@@ -996,7 +1000,7 @@ def section_block(out: str | Path, file: str | Path, suite: str = "core", kind: 
     out, file = Path(out), Path(file)
     table = out / "suite.md"
     if not table.exists():
-        raise FFPruneError(f"{str(table)!r} does not exist: run `ffprune bench --suite {suite}` first")
+        raise FFPruneError(f"{str(table)!r} does not exist: run `ffprune suite run {suite}` first")
     if (out / "suite.json").exists():
         check_real(read_json(out / "suite.json", "suite analysis"), str(out / "suite.json"),
                    f"the docs' generated suite:{suite} sections")

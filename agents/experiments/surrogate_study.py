@@ -6,11 +6,11 @@ budget of :data:`DEFAULT_BUDGET` episodes and :data:`DEFAULT_SEEDS` seeds, and t
 
 **Cells.** Every (task, method, seed) is one search of :func:`~ffprune.agents.experiments.search.run_search` with
 ``env_kwargs={"surrogate": True, ...}``, laid out as a bench folder per task (``<out>/<task>/config.json``, the result
-JSON in ``<out>/<task>/cells/<method>/seed<k>.json``, labelled surrogate; :func:`~ffprune.agents.experiments.bench.cell_jobs`
+JSON in ``<out>/<task>/cells/<method>/seed<k>.json.gz``, labelled surrogate; :func:`~ffprune.agents.experiments.bench.cell_specs`
 checks the settings and refuses a folder of other settings, real cells or another evaluation set). The uniform
 allocation (the normalised score's reference, one evaluation) always runs too. A finished cell is never rerun, an
-interrupted one resumes from its checkpoint, and cells run as Ray tasks with ``workers``
-(:func:`~ffprune.agents.experiments.ray_tasks.run_on_ray`). A cell that raises is recorded and the others finish.
+interrupted one resumes from its checkpoint, and cells run on the engine's runner, here or as Ray tasks with
+``workers`` (:func:`~ffprune.agents.experiments.engine.run_jobs`). A cell that raises is recorded and the others finish.
 
 **Curves.** When a cell finishes its learning curve is written beside it, ``<out>/<task>/curves/<method>/seed<k>.json``
 (:func:`cell_curve`; a few kB, while a 10,000-episode result with its history is ≈ 6 MB): at each checkpoint of
@@ -197,7 +197,7 @@ def _row(method: str, variant: dict[str, Any] | None) -> str:
 
 def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> None:
     """Refuse (one line, before any work) a label whose curves in a task folder ran other settings (its cells are
-    checked by :func:`~ffprune.agents.experiments.suite.variant_jobs`)."""
+    checked by :func:`~ffprune.agents.experiments.suite.variant_specs`)."""
     for _seed, path in seed_files(folder / "curves" / label):
         check_variant_record(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
 
