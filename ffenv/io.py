@@ -258,6 +258,15 @@ def read_json(path: str | Path, name: str = "file") -> Any:
                            "restore it") from err
 
 
+def json_or_text(text: str) -> Any:
+    """A ``KEY=VALUE`` value of the command line or a variant: JSON when it is JSON (numbers, ``true``, lists such as
+    ``[64,64]``), else the text itself (stripped)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
+
+
 def as_json(value: Any) -> Any:
     """``value`` as a JSON file gives it back (tuples → lists, NumPy/torch values → plain ones), so settings compare
     equal with what a file on disk records."""

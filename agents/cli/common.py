@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -18,16 +17,14 @@ def parse_kwargs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     without ``=`` or with an empty key.
     """
     from ffenv.errors import FFPruneError
+    from ffenv.io import json_or_text
 
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise FFPruneError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
+        out[key.strip()] = json_or_text(value)
     return out
 
 

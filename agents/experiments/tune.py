@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import as_json, atomic_write_json, atomic_write_text, read_json
+from ffenv.io import as_json, atomic_write_json, atomic_write_text, json_or_text, read_json
 from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
 from ffprune.agents.experiments.engine import CellFailure, CellSpec, run_jobs
@@ -97,10 +97,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip().removeprefix(CURRICULUM_PREFIX).isidentifier():
             raise FFPruneError(f"--variant {name}: expects key=value pairs separated by commas, got {rest!r}")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key.strip()] = value.strip()
+        kwargs[key.strip()] = json_or_text(value)
     return name, kwargs
 
 
