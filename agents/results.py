@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -48,11 +49,13 @@ TUNE_KIND = "ffprune.tune-folder"
 """The ``kind`` of a tune folder's settings (``config.json`` of ``ffprune tune``)."""
 KINDS = (RESULT_KIND, FOLDER_KIND, TUNE_KIND)
 RESULT_FORMAT = 2
+"""The format written today (1: files written before ``kind`` / ``format`` were recorded; read as they are)."""
+HEADER = ("kind", "format")
+"""The fields :func:`with_header` puts first: what a file is, and in which format."""
 FOLDER_FIELDS = {"env_id", "budget", "target", "env_kwargs", "weights_fingerprint", "weights", "surrogate"}
 """The fields of a cell folder's manifest (``weights``: its name before ``weights_fingerprint``)."""
 TUNE_FIELDS = {"method", "budget", "env_kwargs", "suite"}
 """The fields of a tune folder's settings."""
-"""The format written today (1: files written before ``kind`` / ``format`` were recorded; read as they are)."""
 
 
 class SearchResult(TypedDict, total=False):
@@ -114,9 +117,14 @@ def result_kind(data: dict[str, Any]) -> str | None:
     return None
 
 
-def with_header(data: dict[str, Any], kind: str) -> dict[str, Any]:
+def without_header(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` less its :data:`HEADER` (what two settings records are compared on)."""
+    return {k: v for k, v in data.items() if k not in HEADER}
+
+
+def with_header(data: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """``data`` with its ``kind`` and today's ``format`` first (a header the reader checks)."""
-    return {"kind": kind, "format": RESULT_FORMAT, **{k: v for k, v in data.items() if k not in ("kind", "format")}}
+    return {"kind": kind, "format": RESULT_FORMAT, **without_header(data)}
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:

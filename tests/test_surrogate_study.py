@@ -16,7 +16,7 @@ from conftest import SURROGATE_KW
 from ffenv import FFPruneEnv, FFPruneError
 from ffenv.io import read_json
 from ffprune.agents.cli import main
-from ffprune.agents.experiments import surrogate_study
+from ffprune.agents.experiments import bench
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, run_cells
 from ffprune.agents.experiments.rlstats import kendall_tau_b
 from ffprune.agents.experiments.search import run_search
@@ -139,7 +139,7 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
     assert "**Surrogate results**" in md and "| evolution | 0." in md and "30 evaluations" in md
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # resumed: no search runs again; the report from the curve files alone is the same
-    monkeypatch.setattr(surrogate_study, "run_search", lambda *a, **k: pytest.fail("a finished cell ran again"))
+    monkeypatch.setattr(bench, "run_search", lambda *a, **k: pytest.fail("a finished cell ran again"))
     assert run_study(list(TASKS), methods, **kwargs)["curves"] == analysis["curves"]
     assert report_study(list(TASKS), methods, 30, 2, out, reps=50, points=8)["curves"] == analysis["curves"]
     assert main(["surrogate", "study", "--tasks", ",".join(TASKS), "--methods", ",".join(methods), "--budget", "30",
@@ -151,14 +151,14 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
 
 
 def test_a_failing_study_cell_is_recorded_and_the_others_finish(surrogate_kw, tmp_path, monkeypatch, capsys):
-    real_search = surrogate_study.run_search
+    real_search = bench.run_search  # the study's cells search through bench.search_cell
 
     def flaky(env_id, agent, **kwargs):
         if agent == "random" and kwargs["seed"] == 1:
             raise RuntimeError("boom")
         return real_search(env_id, agent=agent, **kwargs)
 
-    monkeypatch.setattr(surrogate_study, "run_search", flaky)
+    monkeypatch.setattr(bench, "run_search", flaky)
     out = tmp_path / "s"
     argv = ["surrogate", "study", "--tasks", "llama-s0.3", "--methods", "random", "--budget", "6", "--seeds", "2",
             "--out", str(out), "--points", "3", "--reps", "20", "--quiet", "--surrogate-data", surrogate_kw["surrogate_data"],
@@ -170,7 +170,7 @@ def test_a_failing_study_cell_is_recorded_and_the_others_finish(surrogate_kw, tm
     assert [(f["task"], f["method"], f["seed"], f["error"], f["message"]) for f in study["failures"]] == [
         ("llama-s0.3", "random", 1, "RuntimeError", "boom")]
     assert study["curves"]["random"]["runs"] == 1 and "| llama-s0.3 | random | 1 | RuntimeError: boom |" in captured.out
-    monkeypatch.setattr(surrogate_study, "run_search", real_search)
+    monkeypatch.setattr(bench, "run_search", real_search)
     assert main(argv) == 0  # the same command retries the failed cell only
     assert json.loads((out / "study.json").read_text())["curves"]["random"]["runs"] == 2
 

@@ -12,13 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ffprune.agents.cli.common import (
-    METHODS_HINT,
-    add_cell_workers_argument,
-    add_env_arguments,
-    add_surrogate_arguments,
-    env_kwargs,
-)
+from ffprune.agents.cli.common import METHODS_HINT, add_cell_run_arguments, env_kwargs
+from ffprune.agents.cli.suite import add_suite_options
 
 NAME = "bench"
 HELP = "all agents and baselines on one env (or a suite): tables, plots, TensorBoard"
@@ -30,16 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", metavar="NAME", help="run every task of a benchmark suite (core) instead of one env "
                    "(default --out docs/results/<suite>, with --surrogate docs/results/<suite>-surrogate; its own budget "
                    "and seeds unless given)")
-    p.add_argument("--docs", action="append", metavar="FILE",
-                   help="with --suite: rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': "
-                   "the full section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
-    p.add_argument("--tuned", action="append", metavar="DIR",
-                   help="with --suite: also run the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the "
-                   "suite does not use) on the suite's tasks and seeds, as the row <method>-tuned; repeatable (one tune "
-                   "per method)")
-    p.add_argument("--full-split", metavar="ROWS", help="with --suite: also the whole test split's ppl of these rows' "
-                   "median-seed allocations and the dense model's, per task (comma-separated; minutes each on a CPU; "
-                   "measured once, cached beside the cells)")
+    add_suite_options(p, prefix="with --suite: ")
     p.add_argument("--report-only", action="store_true", help="with --suite: no search, no evaluation; rewrite the suite's "
                    "tables, figures and --docs sections from the finished cells in --out (after a change of the report)")
     p.add_argument("--budget", type=int, help="episodes per search (heuristics use one; default 200, or the suite's)")
@@ -48,12 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "env's mode)")
     p.add_argument("--target", type=float, help="target sparsity (default: the env's)")
     p.add_argument("--out", help="output folder (resumes what is already there; default bench)")
-    p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
-    p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
-    add_env_arguments(p)
-    add_surrogate_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
-    add_cell_workers_argument(p)
+    add_cell_run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,6 +94,17 @@ def add_surrogate_arguments(p: argparse.ArgumentParser) -> None:
                    "them; default: the bundled one)")
 
 
+def add_cell_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What every command that runs bench cells takes (``ffprune bench``, ``ffprune suite run``): the Calib column, the
+    env settings, the surrogate, progress and the cell workers."""
+    p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
+    p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
+    add_env_arguments(p)
+    add_surrogate_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
+    add_cell_workers_argument(p)
+
+
 def add_cell_workers_argument(p: argparse.ArgumentParser) -> None:
     """``--cell-workers``: bench cells as Ray tasks (the library's ``workers=`` of ``run_bench`` / ``run_suite`` /
     ``run_claim``), with ``--ray-address``."""

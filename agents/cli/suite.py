@@ -24,9 +24,7 @@ from typing import Any
 from ffprune.agents.cli.common import (
     METHODS_HINT,
     RESULTS,
-    add_cell_workers_argument,
-    add_env_arguments,
-    add_surrogate_arguments,
+    add_cell_run_arguments,
     env_kwargs,
     interrupted,
     parse_names,
@@ -67,26 +65,30 @@ def add_suite_arguments(p: argparse.ArgumentParser, report_only: bool) -> None:
                    + (", or every row with cells in --out)" if report_only else ", or every method that fits a task)"))
     p.add_argument("--budget", type=int, help="episodes per search (default: the suite's)")
     p.add_argument("--seeds", type=int, help="seeds 0..K-1 per method (default: the suite's)")
-    p.add_argument("--docs", action="append", metavar="FILE",
-                   help="rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': the full "
-                   "section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
-    p.add_argument("--tuned", action="append", metavar="DIR",
-                   help="also the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the suite does "
-                   "not use), as the row <method>-tuned; repeatable (one tune per method)")
     if report_only:
+        add_suite_options(p, full_split=False)
         p.add_argument("--surrogate", action="store_true", help="--out holds the suite run on the surrogates")
         p.set_defaults(no_calibrate=False, calib_alpha=None, cell_workers=0, ray_address=None, quiet=True,
                        full_split=None, env_kwarg=None, reward=None, surrogate_data=None)
         return
-    p.add_argument("--full-split", metavar="ROWS", help="also the whole test split's ppl of these rows' median-seed "
-                   "allocations and the dense model's, per task (comma-separated; minutes each on a CPU; measured once, "
-                   "cached beside the cells)")
-    p.add_argument("--no-calibrate", action="store_true", help="skip the post-pruning calibration column")
-    p.add_argument("--calib-alpha", type=float, help="ridge penalty of the calibration (default: the env's calib_alpha)")
-    add_env_arguments(p)
-    add_surrogate_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no progress lines")
-    add_cell_workers_argument(p)
+    add_suite_options(p)
+    add_cell_run_arguments(p)
+
+
+def add_suite_options(p: argparse.ArgumentParser, prefix: str = "", full_split: bool = True) -> None:
+    """``--docs``, ``--tuned`` and (``full_split``) ``--full-split``: what a suite run takes beyond its cells (``prefix``
+    heads their help: ``ffprune bench`` takes them with ``--suite``)."""
+    p.add_argument("--docs", action="append", metavar="FILE",
+                   help=f"{prefix}rewrite the generated suite sections FILE has markers for ('<!-- suite:NAME -->': the "
+                   "full section, '<!-- suite:NAME:headline -->': the headline table); repeatable; checked before the run")
+    p.add_argument("--tuned", action="append", metavar="DIR",
+                   help=f"{prefix}also the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the "
+                   "suite does not use), on the suite's tasks and seeds, as the row <method>-tuned; repeatable (one tune "
+                   "per method)")
+    if full_split:
+        p.add_argument("--full-split", metavar="ROWS", help=f"{prefix}also the whole test split's ppl of these rows' "
+                       "median-seed allocations and the dense model's, per task (comma-separated; minutes each on a "
+                       "CPU; measured once, cached beside the cells)")
 
 
 def run(args: argparse.Namespace) -> int:

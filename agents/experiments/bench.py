@@ -155,12 +155,17 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     checks a finished cell there against the variant before any work (:func:`check_variant_cell`, as
     :func:`~ffprune.agents.experiments.suite.variant_specs` does)."""
     log.info("[bench] %s %s seed %d", spec.env_id, spec.label, spec.seed)
-    path = spec.path
-    cell = run_search(spec.env_id, agent=spec.method, budget=spec.budget, seed=spec.seed, logdir=spec.logdir, out=path,
+    cell = search_cell(spec, spec.logdir)
+    return _calibrated(cell, spec.path, spec.calib_alpha) if spec.calibrate else cell
+
+
+def search_cell(spec: CellSpec, logdir: Path | None) -> dict[str, Any]:
+    """The search of one cell, into ``spec.path`` (resumed if interrupted; a finished one is read back), its TensorBoard
+    run under ``logdir`` (``None``: none); a variant's result records the variant."""
+    return run_search(spec.env_id, agent=spec.method, budget=spec.budget, seed=spec.seed, logdir=logdir, out=spec.path,
                       target=spec.target, resume=True, env_kwargs=dict(spec.env_kwargs) or None, progress=spec.progress,
                       agent_kwargs=dict(spec.agent_kwargs) or None, curriculum_kwargs=dict(spec.curriculum_kwargs) or None,
                       record={"variant": dict(spec.variant)} if spec.variant is not None else None)
-    return _calibrated(cell, path, spec.calib_alpha) if spec.calibrate else cell
 
 
 def run_cells(env_id: str, budget: int, seeds: int, methods: Sequence[str] | None = None, out: str | Path = "bench",

@@ -39,6 +39,7 @@ from ffprune.agents.results import (
     seed_files,
     surrogate_of,
     with_header,
+    without_header,
 )
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,15 @@ class CellFailure:
         return fields
 
     def line(self) -> str:
-        """One line: ``<task> <method> seed <k>: <error>: <message>``."""
-        detail = f"{self.error}: {self.message}" if self.message else self.error
-        return f"{self.task} {self.method} seed {self.seed}: {detail}"
+        """One line: ``<task> <method> seed <k>: <error>: <message>`` (:func:`failure_line`)."""
+        return failure_line(self.as_dict(trace=False))
+
+
+def failure_line(failure: Mapping[str, Any]) -> str:
+    """A recorded failure (a :class:`CellFailure`'s fields, as ``failures.json`` holds them) in one line:
+    ``<task> <method> seed <k>: <error>: <message>``."""
+    detail = f"{failure['error']}: {failure['message']}" if failure.get("message") else failure["error"]
+    return f"{failure.get('task', '?')} {failure['method']} seed {failure['seed']}: {detail}"
 
 
 class CellStore:
@@ -159,24 +166,19 @@ class CellStore:
         """The (seed, file) of each cell of ``label`` on disk, by seed."""
         return seed_files(self.folder / "cells" / label)
 
-    def labels(self) -> list[str]:
-        """The labels (methods and variant labels) with a cell folder, sorted."""
-        cells = self.folder / "cells"
-        return sorted(p.name for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []
-
     def claim(self, settings: Mapping[str, Any], what: str = "a bench") -> None:
         """Make ``settings`` the folder's manifest (``kind`` :data:`~ffprune.agents.results.FOLDER_KIND`), refusing (one
         line) a folder whose manifest holds other settings:
         cells of different envs, budgets, targets, weights or surrogates never share a folder (a surrogate's label,
         ``settings["surrogate"]``, is compared first, with its own message)."""
         path = self.folder / MANIFEST
-        settings = as_json({k: v for k, v in settings.items() if k not in ("kind", "format")})
+        settings = as_json(without_header(settings))
         if path.exists():
             old = read_result(path)  # an older folder's field names are today's
             if result_kind(old) != FOLDER_KIND:
                 raise FFPruneError(f"{str(path)!r} is not a cell folder's manifest ({result_kind(old)}): use another "
                                    "--out folder")
-            old = {k: v for k, v in old.items() if k not in ("kind", "format")}
+            old = without_header(old)
             held, label = surrogate_of(old), surrogate_of(settings)
             if not same_surrogate(held, label):
                 raise FFPruneError(f"out={str(self.folder)!r} holds cells of {describe_surrogate(held)}; these cells run on "
@@ -302,16 +304,8 @@ def failures_of(outcomes: Sequence[Any]) -> list[CellFailure | BaseException]:
 
 def failure_lines(failures: Iterable[Mapping[str, Any] | CellFailure | BaseException]) -> list[str]:
     """One line per failure (a :class:`CellFailure`, its dict, or a bare exception) for the end of a command."""
-    lines = []
-    for f in failures:
-        if isinstance(f, CellFailure):
-            lines.append(f.line())
-        elif isinstance(f, BaseException):
-            lines.append(f"{type(f).__name__}: {f}")
-        else:
-            detail = f"{f['error']}: {f['message']}" if f.get("message") else f["error"]
-            lines.append(f"{f.get('task', '?')} {f['method']} seed {f['seed']}: {detail}")
-    return lines
+    return [f.line() if isinstance(f, CellFailure) else f"{type(f).__name__}: {f}" if isinstance(f, BaseException)
+            else failure_line(f) for f in failures]
 
 
 def raise_failures(what: str, outcomes: Sequence[Any]) -> None:

@@ -100,7 +100,7 @@ from ffprune.agents.experiments.rlstats import (
     spearman,
     stratified_bootstrap_ci,
 )
-from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
+from ffprune.agents.experiments.search import check_curriculum_kwargs
 from ffprune.agents.methods.registry import METHODS, get_method, methods_for
 from ffprune.agents.results import check_real, describe_surrogate, read_result, result_env, surrogate_of
 
@@ -241,10 +241,10 @@ def check_variants(variants: Mapping[str, SuiteVariant] | None) -> dict[str, Sui
             raise FFPruneError(f"variant {label!r} sets nothing: {variant.method}'s own settings are its own row")
         method = get_method(variant.method)
         method.check_settings(dict(variant.agent_kwargs), f"variant {label!r}: ")  # its settings schema, before any work
-        unknown = sorted(set(variant.curriculum_kwargs) - set(CURRICULUM_SETTINGS))
-        if unknown:
-            raise FFPruneError(f"variant {label!r}: {unknown} are not curriculum settings; settings: "
-                               f"{list(CURRICULUM_SETTINGS)}")
+        try:
+            check_curriculum_kwargs(dict(variant.curriculum_kwargs), method.curriculum)  # as the search will
+        except FFPruneError as err:
+            raise FFPruneError(f"variant {label!r}: {err}") from None
         checked[label] = dataclasses.replace(variant, method=method.name)
     return checked
 

@@ -51,11 +51,11 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable, read_json
-from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record
+from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record, search_cell
 from ffprune.agents.experiments.engine import CellFailure, CellSpec, Job, run_jobs
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
-from ffprune.agents.experiments.search import run_search, score_allocation
+from ffprune.agents.experiments.search import score_allocation
 from ffprune.agents.experiments.suite import (
     REFERENCE,
     SuiteVariant,
@@ -180,11 +180,7 @@ def run_study_cell(job: Job[StudyCell]) -> dict[str, Any]:
         if done.get("budget") == spec.budget and done.get("checkpoints") == checkpoints:
             return done
     log.info("[study] %s", spec.describe())
-    cell = run_search(spec.env_id, agent=spec.method, budget=spec.budget, seed=spec.seed,
-                      logdir=spec.logdir if job.extra.tensorboard else None, out=spec.path, target=spec.target,
-                      resume=True, env_kwargs=dict(spec.env_kwargs) or None, progress=spec.progress,
-                      agent_kwargs=dict(spec.agent_kwargs) or None, curriculum_kwargs=dict(spec.curriculum_kwargs) or None,
-                      record={"variant": dict(spec.variant)} if spec.variant is not None else None)
+    cell = search_cell(spec, spec.logdir if job.extra.tensorboard else None)
     curve = cell_curve(cell, checkpoints, spec.task, spec.budget)
     atomic_write_json(path, curve)
     return curve

@@ -47,7 +47,7 @@ from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.registry import get_method
-from ffprune.agents.results import TUNE_KIND, read_result, refuse_surrogate_settings, with_header
+from ffprune.agents.results import TUNE_KIND, read_result, refuse_surrogate_settings, with_header, without_header
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _check_record(path: Path, record: dict[str, Any], what: str, kind: str | Non
     one that holds other settings (a resumed cell must be this one's); the same settings are left as written."""
     record = as_json(record)
     if path.exists():
-        old = {k: v for k, v in read_json(path, what).items() if k not in ("kind", "format")}
+        old = without_header(read_json(path, what))
         if old != record:
             raise FFPruneError(f"{str(path.parent)!r} holds a {what} with other settings ({old}, now {record}); use "
                                "another --out folder or variant name")

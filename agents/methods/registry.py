@@ -121,9 +121,7 @@ class SearchMethod:
             return
         try:
             self.settings(dict(kwargs))
-        except (TypeError, ValueError) as err:  # a value of the wrong type ("x" > 0)
-            raise FFPruneError(f"{where}{err}") from None
-        except FFPruneError as err:
+        except (FFPruneError, TypeError, ValueError) as err:  # a range, or a value of the wrong type ("x" > 0)
             raise FFPruneError(f"{where}{err}") from None
 
     def __post_init__(self) -> None:
