@@ -55,7 +55,7 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
                     ("ffenv", "ffenv/surrogate/", "or predicted: records.py (evaluation sets) · model.py (MLP "
                                                   "ensemble)")]),
     ("reward", [("ffenv", "ffenv/envs/", "prune_env.py (FFPruneEnv) · sequential_env.py (multi-step twin) · "
-                                         "backend.py (cache) · features.py")]),
+                                         "measurement.py (real / surrogate) · backend.py (cache) · features.py")]),
     ("wrappers", [("ffenv", "ffenv/wrappers/", "curriculum.py · accounting.py (SearchAccounting) · logger.py · "
                                                "common.py")]),
     ("batching", [("ffenv", "ffenv/envs/ + ffenv/vector/", "population.py · vector_env.py (FFPruneVectorEnv) · "

@@ -13,8 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WIKITEXT_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2" / "valid.txt"
 
-RAY_FILES = {"test_ray.py", "test_ray_search.py", "test_remote_workers.py"}
-"""Test files that start Ray: under ``pytest -n N`` they share one worker (one Ray instance at a time)."""
+RAY_GROUPS = {"test_ray.py": "ray-actors", "test_remote_workers.py": "ray-actors", "test_ray_search.py": "ray-tasks"}
+"""Test files that start Ray, and their group: under ``pytest -n N`` a group's tests share one worker (at most one Ray
+instance per group at a time; the other tests that start Ray join ``ray-tasks``)."""
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the workers share the cores, torch threads split
     import torch
@@ -23,10 +24,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the workers shar
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` every test that starts Ray runs on the same worker."""
+    """Under ``pytest -n N --dist loadgroup`` the tests that start Ray run in two groups (:data:`RAY_GROUPS`), each on
+    one worker: two Ray instances at most, side by side."""
     for item in items:
-        if item.path.name in RAY_FILES or "ray" in item.name.split("[")[0].split("_"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        group = RAY_GROUPS.get(item.path.name)
+        if group is None and "ray" in item.name.split("[")[0].split("_"):
+            group = "ray-tasks"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

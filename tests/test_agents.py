@@ -10,7 +10,7 @@ from ffenv.envs.prune_env import FFPruneEnv
 from ffenv.errors import FFPruneError, SearchInterrupted
 from ffenv.wrappers import SearchAccounting
 from ffprune.agents.cli import main as cli_main
-from ffprune.agents.experiments.search import run_search
+from ffprune.agents.experiments.search import SearchSpec, run_search
 from ffprune.agents.methods.fastforward import load_policy
 
 ENV_KW = {"reward_windows": 4, "calib_samples": 8, "eval_samples": 8}
@@ -27,7 +27,8 @@ def search(tmp_path, name="r", **kw):
 
 def test_fastforward_is_deterministic_with_a_seed(tmp_path):
     a = search(tmp_path, "a")
-    b = search(tmp_path, "b")
+    spec = SearchSpec("FFPrune-Llama-v0", "fastforward", 12, 0, env_kwargs=ENV_KW, agent_kwargs=AGENT_KW)
+    b = run_search(spec, out=tmp_path / "b.json", logdir=None, progress=False)  # the spec says the same as keywords
     c = search(tmp_path, "c", seed=1)
     assert a["best"]["action"] == b["best"]["action"]
     assert a["best"]["reward"] == b["best"]["reward"] and a["best"]["eval_ppl"] == b["best"]["eval_ppl"]
@@ -35,6 +36,16 @@ def test_fastforward_is_deterministic_with_a_seed(tmp_path):
     assert a["best"]["action"] != c["best"]["action"]
     assert a["best"]["sparsity"] == pytest.approx(0.3, abs=0.01)
     assert a["cost"]["episodes"] == 12 and a["cost"]["evaluations"] >= 12
+
+
+def test_a_search_spec_takes_its_fields_and_refuses_anything_else():
+    spec = SearchSpec("FFPrune-Mistral-v0", "cmaes", budget=40)
+    assert search_module.search_spec(spec, {"seed": 2}) == SearchSpec("FFPrune-Mistral-v0", "cmaes", 40, 2)
+    assert search_module.search_spec("FFPrune-OPT-v0", {"agent": "tpe"}).env_id == "FFPrune-OPT-v0"
+    with pytest.raises(FFPruneError, match=r"\['budjet'\] are not search settings; settings: \['env_id'"):
+        run_search("FFPrune-Llama-v0", budjet=10)  # refused before any model loads
+    with pytest.raises(FFPruneError, match="spec must be a SearchSpec or an env id"):
+        run_search(3)
 
 
 def test_result_file_contents(tmp_path):

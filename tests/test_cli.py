@@ -241,8 +241,8 @@ def test_bench_suite_arguments_are_checked_in_run(monkeypatch, tmp_path, capsys)
 def test_search_prints_the_result_and_shows_library_progress_on_stderr(monkeypatch, capsys):
     calls = []
 
-    def fake_search(env_id, **kwargs):
-        calls.append((env_id, kwargs))
+    def fake_search(spec, **kwargs):
+        calls.append((spec, kwargs))
         logging.getLogger("ffprune.agents.experiments.search").info("progress line")
         logging.getLogger("ffenv.envs.prune_env").debug("debug line")
         return FAKE_RESULT
@@ -255,9 +255,9 @@ def test_search_prints_the_result_and_shows_library_progress_on_stderr(monkeypat
     assert captured.err == "progress line\n"
     assert "reward-split ppl 90.50 (dense 66.25)" in captured.out and "held-out eval ppl 101.25" in captured.out
     assert "after post-pruning calibration: held-out eval ppl 95.50" in captured.out
-    env_id, kwargs = calls[0]
-    assert kwargs["env_kwargs"] == {"reward_windows": 2, "workers": 2} and kwargs["agent_kwargs"] == {"k": 1}
-    assert kwargs["calibrate"] is True and kwargs["progress"] is True
+    spec, kwargs = calls[0]
+    assert spec.env_kwargs == {"reward_windows": 2, "workers": 2} and spec.agent_kwargs == {"k": 1}
+    assert spec.agent == "uniform" and spec.calibrate is True and kwargs["progress"] is True
     assert main(["search", "--quiet"]) == 0
     assert capsys.readouterr().err == ""  # --quiet: warnings only
     assert {n: list(logging.getLogger(n).handlers) for n in cli.LOGGERS} == handlers  # the handler is removed again

@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 
 import ffenv
 from ffenv import CurriculumWrapper, FFPruneEnv, FFPruneError, SearchAccounting
+from ffenv.envs.measurement import SurrogateMeasurement
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of, record, split_of
 from ffenv.surrogate.model import Fidelity, Surrogate, fidelity_noise
 from ffenv.surrogate.records import EnvDescription
@@ -145,7 +146,10 @@ def test_surrogate_env_has_the_real_env_spaces_observations_and_allocations(reco
     real, data, folder = recorded
     env = make(folder)
     base = env.unwrapped
-    assert base.surrogate is not None and base._backend is None  # no model loaded to build it
+    assert isinstance(base.measurement, SurrogateMeasurement) and base.surrogate is base.measurement.surrogate
+    for ask in (lambda: base.model, lambda: base.windows("eval"), lambda: base.pruned_model(sparsities=np.zeros(base.n_units))):
+        with pytest.raises(FFPruneError, match="measures no model: build the env without surrogate=True"):
+            ask()  # a surrogate env has no model: asking for one is explicit (the real env)
     assert env.observation_space == real.observation_space and env.action_space == real.action_space
     assert base.unit_names == real.unit_names and np.array_equal(base.sizes, real.sizes)
     obs, info = env.reset(seed=0)
@@ -166,7 +170,12 @@ def test_surrogate_env_has_the_real_env_spaces_observations_and_allocations(reco
             assert info["ppl"] == pytest.approx(info["dense_ppl"] / reward)
             assert info["cost"] == {"evaluations": 0, "tokens": 0, "surrogate_evaluations": 1}
     assert base.cost["surrogate_evaluations"] == 6 and base.cost["evaluations"] == 0 and base.cost["tokens"] == 0
-    assert base._backend is None  # steps never load the model
+    # the reward split's ppl at full fidelity, as a search's final scoring asks for it: the full-fidelity step's
+    _obs, reward, *_ = env.step(action)
+    calib = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=base.target_sparsity)
+    assert calib["ppl"] == pytest.approx(base.dense_ppl / reward) and calib["surrogate"] is True and calib["tokens"] == 0
+    with pytest.raises(FFPruneError, match="all 4 reward windows without Calib"):
+        base.evaluate(action, split="calib", n_windows=2)
     # the recorded allocations come back close to their measured rewards
     full = data.arrays["windows"] == 4
     pred = [base.surrogate.predict_reward(s, t, 0)[0] for s, t in
@@ -224,8 +233,8 @@ def test_evaluate_predicts_the_held_out_ppl_labelled_surrogate(recorded):
     assert out["surrogate"] is True and out["tokens"] == 0 and out["split"] == "eval"
     assert np.array_equal(out["layer_sparsity"], truth["layer_sparsity"]) and out["dense_ppl"] == truth["dense_ppl"]
     assert 0.5 < out["ppl"] / truth["ppl"] < 2.0
-    with pytest.raises(FFPruneError, match="split must be 'eval'"):
-        env.evaluate(action, split="calib")
+    with pytest.raises(FFPruneError, match="split must be 'eval' or 'calib'"):
+        env.evaluate(action, split="test")
     with pytest.raises(FFPruneError, match="n_windows=2"):
         env.evaluate(action, n_windows=1)
     with pytest.raises(FFPruneError, match="calibrate"):

@@ -48,18 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run :func:`ffprune.agents.experiments.search.run_search` and print the best allocation's figures and cost."""
-    from ffprune.agents.experiments.search import run_search
+    from ffprune.agents.experiments.search import SearchSpec, run_search
 
     env = env_kwargs(args)
     if args.workers:
         env["workers"] = args.workers  # env population actors (EnvConfig.workers)
     if args.ray_address is not None:
         env["ray_address"] = args.ray_address
-    result = run_search(args.env, agent=args.agent, budget=args.budget, seed=args.seed, logdir=args.logdir, out=args.out,
-                        target=args.target, warm_start=args.warm_start, resume=args.resume, env_kwargs=env,
-                        curriculum=not args.no_curriculum, warmup_fraction=args.warmup_fraction,
-                        agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), progress=not args.quiet,
-                        calibrate=args.calibrate, train_targets=parse_floats(args.train_targets, "--train-targets"))
+    spec = SearchSpec(args.env, args.agent, args.budget, args.seed, target=args.target, env_kwargs=env,
+                      agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), curriculum=not args.no_curriculum,
+                      warmup_fraction=args.warmup_fraction,
+                      train_targets=parse_floats(args.train_targets, "--train-targets"), warm_start=args.warm_start,
+                      calibrate=args.calibrate)
+    result = run_search(spec, out=args.out, logdir=args.logdir, resume=args.resume, progress=not args.quiet)
     best, cost = result["best"], result["cost"]
     label = result.get("surrogate")
     print(f"{result['env_id']} {result['agent']} seed {result['seed']}: target {result['env_kwargs']['target_sparsity']}"

@@ -37,7 +37,13 @@ from ffenv.io import as_json
 from ffenv.registration import formulation_of, resolve_config
 from ffprune.agents.experiments.engine import CellFailure, CellSpec, CellStore, record_failures, run_jobs
 from ffprune.agents.experiments.reports import write_outputs
-from ffprune.agents.experiments.search import calibrated_eval_ppl, model_fingerprint, run_search, surrogate_label
+from ffprune.agents.experiments.search import (
+    SearchSpec,
+    calibrated_eval_ppl,
+    model_fingerprint,
+    run_search,
+    surrogate_label,
+)
 from ffprune.agents.methods.registry import get_method, methods_for
 from ffprune.agents.results import read_result, result_env, seed_files, write_result
 
@@ -162,9 +168,10 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
 def search_cell(spec: CellSpec, logdir: Path | None) -> dict[str, Any]:
     """The search of one cell, into ``spec.path`` (resumed if interrupted; a finished one is read back), its TensorBoard
     run under ``logdir`` (``None``: none); a variant's result records the variant."""
-    return run_search(spec.env_id, agent=spec.method, budget=spec.budget, seed=spec.seed, logdir=logdir, out=spec.path,
-                      target=spec.target, resume=True, env_kwargs=dict(spec.env_kwargs) or None, progress=spec.progress,
-                      agent_kwargs=dict(spec.agent_kwargs) or None, curriculum_kwargs=dict(spec.curriculum_kwargs) or None,
+    search = SearchSpec(spec.env_id, spec.method, spec.budget, spec.seed, target=spec.target,
+                        env_kwargs=dict(spec.env_kwargs) or None, agent_kwargs=dict(spec.agent_kwargs) or None,
+                        curriculum_kwargs=dict(spec.curriculum_kwargs) or None)
+    return run_search(search, out=spec.path, logdir=logdir, resume=True, progress=spec.progress,
                       record={"variant": dict(spec.variant)} if spec.variant is not None else None)
 
 

@@ -29,7 +29,8 @@ checkpoint of another surrogate (or of the real env) is refused on resume. ``cal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,12 @@ def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[st
     held-out prediction's log (``eval_ppl_surrogate_std``)."""
     base = single_step_env(env)  # a sequential search's allocations are single-step actions too
     action = np.asarray(action, np.float32)
-    if base.surrogate is not None:  # the surrogate predicts the reward split through score() (not search cost here)
-        _, info = base.score(action, target_sparsity=target, reward_windows=base.config.reward_windows)
-        reward = {"ppl": info["ppl"], "dense_ppl": info["dense_ppl"]}
-    else:
-        reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
+    reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
     scores = {"reward_ppl": reward["ppl"], "dense_reward_ppl": reward["dense_ppl"], "eval_ppl": held["ppl"],
               "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],
               "layer_sparsity": held["layer_sparsity"].tolist(), "eval_tokens": held["tokens"]}
-    if base.surrogate is not None:
+    if held.get("surrogate"):
         scores.update(surrogate=True, eval_ppl_surrogate_std=float(held["surrogate_std"]))
     return scores
 
@@ -132,84 +129,113 @@ def run_dir(logdir: str | Path, env_id: str, method: str, seed: int, surrogate: 
     return Path(logdir) / ("surrogate" if surrogate else "") / env_id / method / f"seed{seed}"
 
 
-def run_search(
-    env_id: str = "FFPrune-Llama-v0",
-    agent: str = "fastforward",
-    budget: int = 200,
-    seed: int = 0,
-    logdir: str | Path | None = "runs",
-    out: str | Path | None = None,
-    target: float | None = None,
-    warm_start: str | Path | None = None,
-    resume: bool = False,
-    env_kwargs: dict[str, Any] | None = None,
-    curriculum: bool = True,
-    warmup_fraction: float = 0.4,
-    agent_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
-    calibrate: bool = False,
-    calib_alpha: float | None = None,
-    train_targets: Sequence[float] | None = None,
-    curriculum_kwargs: dict[str, Any] | None = None,
-    record: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run one search and return (and, with ``out``, write) its result. See the module docstring.
+@dataclass(frozen=True)
+class SearchSpec:
+    """What one search is: the settings :func:`run_search` takes and its result records (where it is written and how it
+    is shown are :func:`run_search`'s own arguments). The mappings are never mutated.
 
-    ``agent`` is any name of :func:`ffprune.agents.methods.get_method`. ``calibrate=True`` also scores the
-    best allocation on the held-out split after post-pruning calibration (structured envs; ridge
-    ``calib_alpha``, default the env config's): ``best.eval_ppl_after_calib``, next to the uncalibrated
-    ``best.eval_ppl``. Ctrl-C raises :class:`~ffenv.errors.SearchInterrupted` naming the checkpoint.
+    ``agent`` is any name of :func:`ffprune.agents.methods.get_method`; ``env_kwargs`` override the env's settings
+    (:class:`~ffenv.config.EnvConfig` fields), ``agent_kwargs`` the method's (:attr:`SearchMethod.settings`),
+    ``curriculum_kwargs`` the curriculum's schedules (:data:`CURRICULUM_SETTINGS`). ``calibrate=True`` also scores the
+    best allocation on the held-out split after post-pruning calibration (structured envs; ridge ``calib_alpha``,
+    default the env config's): ``best.eval_ppl_after_calib``, next to the uncalibrated ``best.eval_ppl``.
 
     ``train_targets`` (methods that learn under the curriculum) trains across targets: each episode's final target is
     drawn from them (seeded by ``seed``; :class:`~ffenv.wrappers.CurriculumWrapper`), with the usual ramps unless
     ``curriculum=False`` (then every episode runs at its drawn target on all reward windows). ``target`` (default:
     ``env_kwargs``'s ``target_sparsity``, else the largest training target) must be one of them: ``best`` is there.
+    """
 
-    ``curriculum_kwargs`` change the curriculum's schedules (:data:`CURRICULUM_SETTINGS` of
-    :class:`~ffenv.wrappers.CurriculumWrapper`, e.g. ``{"fidelity_schedule": "none"}``: every episode on all reward
-    windows) for a method that learns under it; they are recorded in the result's ``run`` and the TensorBoard hparams.
+    env_id: str = "FFPrune-Llama-v0"
+    agent: str = "fastforward"
+    budget: int = 200
+    seed: int = 0
+    target: float | None = None
+    env_kwargs: Mapping[str, Any] | None = None
+    agent_kwargs: Mapping[str, Any] | None = None
+    curriculum: bool = True
+    warmup_fraction: float = 0.4
+    curriculum_kwargs: Mapping[str, Any] | None = None
+    train_targets: Sequence[float] | None = None
+    warm_start: str | Path | None = None
+    calibrate: bool = False
+    calib_alpha: float | None = None
+
+    def run_record(self) -> dict[str, Any]:
+        """How the search ran, as its result records it (``agent``, ``seed``, ``budget``, ``curriculum``, ...)."""
+        return {"agent": self.agent, "seed": self.seed, "budget": self.budget, "curriculum": self.curriculum,
+                "warmup_fraction": self.warmup_fraction, "warm_start": str(self.warm_start) if self.warm_start else None,
+                **({"train_targets": list(self.train_targets)} if self.train_targets is not None else {}),
+                **({"curriculum_kwargs": dict(self.curriculum_kwargs)} if self.curriculum_kwargs else {})}
+
+
+SEARCH_SETTINGS = tuple(f.name for f in fields(SearchSpec))
+"""The settings of a search (:class:`SearchSpec`'s fields)."""
+
+
+def search_spec(spec: SearchSpec | str, settings: Mapping[str, Any]) -> SearchSpec:
+    """A :class:`SearchSpec` from a spec or an env id, with ``settings`` (its fields) replacing its own; an unknown
+    setting is a one-line :class:`FFPruneError` naming the settings."""
+    unknown = sorted(set(settings) - set(SEARCH_SETTINGS))
+    if unknown:
+        raise FFPruneError(f"run_search: {unknown} are not search settings; settings: {list(SEARCH_SETTINGS)}")
+    if isinstance(spec, str):
+        spec = SearchSpec(env_id=spec)
+    if not isinstance(spec, SearchSpec):
+        raise FFPruneError(f"run_search: spec must be a SearchSpec or an env id, got {type(spec).__name__}")
+    return replace(spec, **settings)
+
+
+def run_search(spec: SearchSpec | str = "FFPrune-Llama-v0", *, out: str | Path | None = None,
+               logdir: str | Path | None = "runs", resume: bool = False, progress: bool = True,
+               record: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+    """Run one search and return (and, with ``out``, write) its result. See the module docstring.
+
+    ``spec`` is a :class:`SearchSpec` or an env id; ``settings`` are :class:`SearchSpec` fields given by keyword
+    (``run_search("FFPrune-Llama-v0", agent="cmaes", budget=100, seed=1)``), replacing the spec's. ``logdir`` is the
+    TensorBoard root (``None``: none), ``progress`` shows the bar, ``resume=True`` continues an interrupted search from
+    its checkpoint (``<out>.ckpt``) and returns a finished one as it is. Ctrl-C raises
+    :class:`~ffenv.errors.SearchInterrupted` naming the checkpoint.
 
     ``record`` adds top-level keys to the result (JSON values; a suite's ``"variant"``), written with it in its one
     atomic write, so a finished result file always carries them.
     """
-    method = get_method(agent)
+    spec = search_spec(spec, settings)
+    method = get_method(spec.agent)
     record = _check_record(record)
-    budget, curriculum = _check_request(method, budget, warm_start, curriculum)
-    curriculum_kwargs = check_curriculum_kwargs(curriculum_kwargs, curriculum)
-    train_targets, target = _check_train_targets(method, env_id, env_kwargs, train_targets, target)
+    spec = _check_spec(method, spec)
     out_path = Path(out) if out is not None else None
-    fingerprint = model_fingerprint(env_id, env_kwargs)
-    label = surrogate_label(env_id, env_kwargs)
+    fingerprint = model_fingerprint(spec.env_id, spec.env_kwargs)
+    label = surrogate_label(spec.env_id, spec.env_kwargs)
     finished = _finished_result(out_path, fingerprint, label) if resume else None
     if finished is not None:
         return finished
     checkpoint = _prepare_checkpoint(out_path, resume)
-    env = _search_env(method, env_id, budget, env_kwargs, target, curriculum, warmup_fraction, calibrate,
-                      train_targets, seed, curriculum_kwargs)
+    env = _search_env(method, spec)
     final_target = single_step_env(env).config.target_sparsity
-    logpath = run_dir(logdir, env_id, method.name, seed, label is not None) if logdir is not None else None
-    hparams = {"agent": method.name, "budget": budget, "seed": seed, "target": final_target, "curriculum": curriculum,
-               "warmup_fraction": warmup_fraction, **(agent_kwargs or {}),
-               **({"train_targets": ",".join(map(str, train_targets))} if train_targets is not None else {}),
-               **{f"curriculum.{k}": v for k, v in (curriculum_kwargs or {}).items()},
+    logpath = run_dir(logdir, spec.env_id, method.name, spec.seed, label is not None) if logdir is not None else None
+    agent_kwargs = dict(spec.agent_kwargs or {})
+    hparams = {"agent": method.name, "budget": spec.budget, "seed": spec.seed, "target": final_target,
+               "curriculum": spec.curriculum, "warmup_fraction": spec.warmup_fraction, **agent_kwargs,
+               **({"train_targets": ",".join(map(str, spec.train_targets))} if spec.train_targets is not None else {}),
+               **{f"curriculum.{k}": v for k, v in (spec.curriculum_kwargs or {}).items()},
                **({"surrogate": label["fingerprint"]} if label is not None else {})}
-    search = SearchAccounting(env, budget, SearchLogger(logpath, progress=progress, hparams=hparams))
-    run = {"agent": method.name, "seed": seed, "budget": budget, "curriculum": curriculum,
-           "warmup_fraction": warmup_fraction, "warm_start": str(warm_start) if warm_start else None,
-           **({"train_targets": list(train_targets)} if train_targets is not None else {}),
-           **({"curriculum_kwargs": dict(curriculum_kwargs)} if curriculum_kwargs else {})}
-    context = RunContext(checkpoint=checkpoint, resume=resume, warm_start=Path(warm_start) if warm_start else None,
-                         out=out_path, logdir=logpath, log=search.logger.log_learning,
-                         meta=policy_provenance(env_id, env, fingerprint, run, agent_kwargs))
-    extra = _run_method(method, search, seed, context, agent_kwargs)
+    search = SearchAccounting(env, spec.budget, SearchLogger(logpath, progress=progress, hparams=hparams))
+    run = spec.run_record()
+    context = RunContext(checkpoint=checkpoint, resume=resume,
+                         warm_start=Path(spec.warm_start) if spec.warm_start else None, out=out_path, logdir=logpath,
+                         log=search.logger.log_learning,
+                         meta=policy_provenance(spec.env_id, env, fingerprint, run, agent_kwargs))
+    extra = _run_method(method, search, spec.seed, context, agent_kwargs)
     try:
-        scored = _score_best(search, calibrate, calib_alpha)
+        scored = _score_best(search, spec.calibrate, spec.calib_alpha)
     finally:
         search.close()
     if extra.get("policy_file"):  # what only the finished run knows: the method's settings and what training cost
         update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
                                                   scored["cost"], "result_file": str(out_path)})
-    result: dict[str, Any] = {**_assemble(env_id, env, fingerprint, run, search, scored, logpath, extra, label), **record}
+    provenance = {"label": label, "fingerprint": fingerprint, "logdir": logpath}
+    result: dict[str, Any] = {**_assemble(spec, env, search, scored, extra, provenance), **record}
     if out_path is not None:
         write_result(out_path, result)
     return result
@@ -233,19 +259,20 @@ def check_curriculum_kwargs(kwargs: dict[str, Any] | None, curriculum: bool) -> 
     return dict(kwargs)
 
 
-def _check_request(method: SearchMethod, budget: int, warm_start: str | Path | None,
-                   curriculum: bool) -> tuple[int, bool]:
-    """The checked budget and curriculum flag as the method runs them (heuristics: one evaluation, no curriculum;
-    search baselines: no curriculum); bad arguments are an :class:`FFPruneError` before any work."""
-    budget = positive_int("budget", budget)
-    if warm_start is not None and not method.warm_start:
+def _check_spec(method: SearchMethod, spec: SearchSpec) -> SearchSpec:
+    """The spec as the method runs it (heuristics: one evaluation, no curriculum; search baselines: no curriculum; the
+    training targets sorted and the target among them); bad settings are an :class:`FFPruneError` before any work."""
+    budget = positive_int("budget", spec.budget)
+    if spec.warm_start is not None and not method.warm_start:
         raise FFPruneError(f"warm_start is only supported by {[m.name for m in METHODS.values() if m.warm_start]}; "
                            f"{method.name!r} cannot start from a policy file")
-    if not method.curriculum:
-        curriculum = False  # the baselines are defined at the final target and full fidelity
+    curriculum = spec.curriculum and method.curriculum  # the baselines are defined at the final target and full fidelity
     if method.heuristic:
         budget = 1  # no search: one evaluation gives the heuristic allocation's reward
-    return budget, curriculum
+    curriculum_kwargs = check_curriculum_kwargs(dict(spec.curriculum_kwargs or {}) or None, curriculum)
+    train_targets, target = _check_train_targets(method, spec.env_id, spec.env_kwargs, spec.train_targets, spec.target)
+    return replace(spec, agent=method.name, budget=budget, curriculum=curriculum, curriculum_kwargs=curriculum_kwargs,
+                   train_targets=train_targets, target=target)
 
 
 def _finished_result(out: Path | None, fingerprint: str | None,
@@ -313,16 +340,15 @@ def _prepare_checkpoint(out: Path | None, resume: bool) -> Path | None:
     return checkpoint
 
 
-def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict[str, Any] | None,
-                target: float | None, curriculum: bool, warmup_fraction: float, calibrate: bool,
-                train_targets: tuple[float, ...] | None = None, seed: int = 0,
-                curriculum_kwargs: dict[str, Any] | None = None) -> gym.Env:
-    """:func:`make_search_env`, refused (and closed) when the env's mode does not suit the method or Calib. With
-    ``train_targets`` the curriculum draws each episode's target (its ramps off when ``curriculum`` is)."""
-    ramps = {} if curriculum else {"sparsity_schedule": "none", "fidelity_schedule": "none"}
-    draws = {} if train_targets is None else {"train_targets": train_targets, "target_seed": seed, **ramps}
-    env = make_search_env(env_id, budget, env_kwargs, target, curriculum or train_targets is not None, warmup_fraction,
-                          {**(curriculum_kwargs or {}), **draws})
+def _search_env(method: SearchMethod, spec: SearchSpec) -> gym.Env:
+    """:func:`make_search_env` of a checked spec, refused (and closed) when the env's mode does not suit the method or
+    Calib. With ``train_targets`` the curriculum draws each episode's target (its ramps off when ``curriculum`` is)."""
+    ramps = {} if spec.curriculum else {"sparsity_schedule": "none", "fidelity_schedule": "none"}
+    draws = {} if spec.train_targets is None else {"train_targets": spec.train_targets, "target_seed": spec.seed, **ramps}
+    env = make_search_env(spec.env_id, spec.budget, dict(spec.env_kwargs or {}), spec.target,
+                          spec.curriculum or spec.train_targets is not None, spec.warmup_fraction,
+                          {**(spec.curriculum_kwargs or {}), **draws})
+    env_id, calibrate = spec.env_id, spec.calibrate
     mode = single_step_env(env).config.mode
     formulation = "sequential" if isinstance(env.unwrapped, FFPruneSequentialEnv) else "single-step"
     problem = None
@@ -336,7 +362,7 @@ def _search_env(method: SearchMethod, env_id: str, budget: int, env_kwargs: dict
         problem = f"{method.name!r} needs a {' or '.join(method.modes)} env; {env_id} is {mode}"
     elif calibrate and mode != "structured":
         problem = f"calibrate needs a structured env (Calib compensates removed heads / neurons); {env_id} is {mode}"
-    elif calibrate and single_step_env(env).surrogate is not None:
+    elif calibrate and single_step_env(env).config.surrogate:
         problem = "calibrate needs the real env: a surrogate predicts the held-out ppl it was recorded with, not after Calib"
     if problem is not None:
         env.close()
@@ -398,17 +424,17 @@ def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
         raise FFPruneError(f"record: values must be JSON values ({err})") from None
 
 
-def _assemble(env_id: str, env: gym.Env, fingerprint: str | None, run: dict[str, Any], search: SearchAccounting,
-              scored: dict[str, Any], logpath: Path | None, extra: dict[str, Any],
-              label: dict[str, Any] | None = None) -> SearchResult:
+def _assemble(spec: SearchSpec, env: gym.Env, search: SearchAccounting, scored: dict[str, Any], extra: dict[str, Any],
+              provenance: dict[str, Any]) -> SearchResult:
     """The result JSON (module docstring): the env and its settings (a sequential env's ``projection`` among them),
-    how the search ran (``run``), the best allocation with its scores, the cost, the history and the versions; on a
-    surrogate, its ``label`` first."""
+    how the search ran (the spec's run record), the best allocation with its scores, the cost, the history and the
+    versions; on a surrogate, its label (``provenance["label"]``) first."""
+    label, logpath = provenance["label"], provenance["logdir"]
     base = single_step_env(env)
     by_target = {"best_by_target": search.best_by_target} if search.train_targets is not None else {}
     return {"kind": RESULT_KIND, "format": RESULT_FORMAT, "complete": True,
-            **({"surrogate": label} if label is not None else {}), "env_id": env_id,
-            "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": fingerprint,
-            "unit_names": list(base.unit_names), **run, "best": {**search.best, **scored["scores"]}, **by_target,
+            **({"surrogate": label} if label is not None else {}), "env_id": spec.env_id,
+            "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": provenance["fingerprint"],
+            "unit_names": list(base.unit_names), **spec.run_record(), "best": {**search.best, **scored["scores"]}, **by_target,
             "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,
             "versions": versions(), **extra}

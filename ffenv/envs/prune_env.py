@@ -27,14 +27,15 @@ Populations (:meth:`FFPruneEnv.score_many`) run in this process (``workers=0``) 
 evaluator the layer above hands in (``evaluator_factory``: ``gym.make`` and the vector env pass Ray's,
 :func:`ffenv.vector.factory.ray_evaluator`); the env itself knows nothing of Ray.
 
-Surrogate mode (``surrogate=True``, :mod:`ffenv.surrogate`): the same spaces, observations, projection, rounding,
-reset options and populations, but :meth:`FFPruneEnv.score` asks the (model, mode)'s fitted surrogate instead of
-running the model: ``info["ppl"]`` and the reward are predictions, ``info["surrogate"] = True`` (and
-``info["surrogate_std"]``, the ensemble spread of the log reward), and ``cost`` counts ``surrogate_evaluations``
-(``evaluations`` and ``tokens``, the real forwards, stay 0). :meth:`FFPruneEnv.evaluate` returns the predicted
-held-out ppl, labelled ``surrogate: True``. Building one loads the evaluation set and its fit (cached per process
-and on disk), not the model: the model loads only when something asks for it (:attr:`FFPruneEnv.backend`,
-:attr:`FFPruneEnv.model`, :meth:`FFPruneEnv.pruned_model`, ...), never in a step.
+What measures an allocation is the env's :attr:`FFPruneEnv.measurement` (:mod:`ffenv.envs.measurement`): the real
+model, or in surrogate mode (``surrogate=True``, :mod:`ffenv.surrogate`) the (model, mode)'s fitted surrogate. The
+env does not branch on it: the same spaces, observations, projection, rounding, reset options and populations;
+over a surrogate ``info["ppl"]`` and the reward are predictions, ``info["surrogate"] = True`` (and
+``info["surrogate_std"]``, the ensemble spread of the log reward), ``cost`` counts ``surrogate_evaluations``
+(``evaluations`` and ``tokens``, the real forwards, stay 0) and :meth:`FFPruneEnv.evaluate` returns the predicted
+held-out ppl, labelled ``surrogate: True``. A surrogate env loads the evaluation set and its fit (cached per process
+and on disk), never the model: asking it for one (:attr:`FFPruneEnv.backend`, :attr:`FFPruneEnv.model`,
+:meth:`FFPruneEnv.pruned_model`, :meth:`FFPruneEnv.windows`, ...) is a one-line error saying to build the real env.
 """
 
 from __future__ import annotations
@@ -48,16 +49,16 @@ import numpy as np
 import torch
 
 from ffenv.config import EnvConfig
-from ffenv.envs.backend import Backend, clear_cache, get_backend
+from ffenv.envs.backend import Backend, clear_cache
 from ffenv.envs.features import UNIT_FEATURES
+from ffenv.envs.measurement import Measurement, measurement_of
 from ffenv.envs.population import Evaluator, LocalEvaluator, PopulationEnv
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.lm.data import SPLITS
 from ffenv.lm.forking import check_fork_safety
 from ffenv.lm.models import Block, weights_fingerprint
 from ffenv.pruning.engines import Pruner, Unit
 from ffenv.pruning.projector import check_budget, keep_to_raw, project_budget
-from ffenv.surrogate.model import Surrogate, load_surrogate
+from ffenv.surrogate.model import Surrogate
 
 __all__ = ["FFPruneEnv", "RESET_OPTIONS", "UNIT_FEATURES", "clear_cache"]
 
@@ -99,35 +100,17 @@ class FFPruneEnv(gym.Env, PopulationEnv):
             raise FFPruneError(f"config must be an EnvConfig, got {type(config).__name__}")
         base = config or EnvConfig()
         self.config = base.replace(**overrides) if overrides else base
-        self._backend: Backend | None = None
-        self.surrogate: Surrogate | None = None
-        """The fitted surrogate in surrogate mode (:mod:`ffenv.surrogate`), else ``None``."""
-        if self.config.surrogate:
-            t0 = time.perf_counter()
-            self.surrogate = load_surrogate(self.config)
-            description = self.surrogate.description
-            self._allocations: Any = description  # the engine's rounding, without the model
-            self._features = description.features(self.config.seed)
-            if self._features.shape != (len(description.units), len(UNIT_FEATURES)):
-                raise FFPruneError(f"the surrogate's evaluation set was recorded with other unit features "
-                                   f"({self._features.shape[1]}, now {len(UNIT_FEATURES)}): record it again")
-            self.setup_seconds = time.perf_counter() - t0
-            units = description.units
-        else:
-            self._backend = get_backend(self.config)
-            self._allocations = self._backend.pruner
-            self._features = self._backend.features
-            self.setup_seconds = self._backend.setup_seconds
-            units = self._backend.pruner.units
-        self.units: list[Unit] = list(units)
+        self.measurement: Measurement = measurement_of(self.config)
+        """What measures allocations: the real model or the surrogate (:mod:`ffenv.envs.measurement`)."""
+        self.setup_seconds = self.measurement.setup_seconds
+        self.units: list[Unit] = list(self.measurement.units)
         self.sizes = np.array([u.size for u in self.units], dtype=np.float64)
         self.n_units = len(self.units)
         self.n_blocks = len({u.block for u in self.units})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_units,), np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (1 + self.n_units * len(UNIT_FEATURES),), np.float32)
-        self.cost: dict[str, float] = {"evaluations": 0, "tokens": 0, "seconds": 0.0}
-        if self.surrogate is not None:
-            self.cost["surrogate_evaluations"] = 0
+        self.cost: dict[str, float] = {"evaluations": 0, "tokens": 0, "seconds": 0.0,
+                                       **dict.fromkeys(self.measurement.axes, 0)}
         self.target_sparsity = self.config.target_sparsity  # of the current episode
         self.reward_windows = self.config.reward_windows    # of the current episode
         self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
@@ -138,16 +121,19 @@ class FFPruneEnv(gym.Env, PopulationEnv):
     # ------------------------------------------------------------------ what the env is made of
     @property
     def backend(self) -> Backend:
-        """The shared model, engine, features and windows (:mod:`ffenv.envs.backend`); in surrogate mode loaded at
-        the first use (a step never needs it)."""
-        if self._backend is None:
-            self._backend = get_backend(self.config)
-        return self._backend
+        """The shared model, engine, features and windows (:mod:`ffenv.envs.backend`); a surrogate env has none (a
+        one-line error: build the env without ``surrogate=True``)."""
+        return self.measurement.backend
 
     @property
     def features(self) -> np.ndarray:
         """The ``[n_units, len(UNIT_FEATURES)]`` static unit features of the observation (:mod:`ffenv.envs.features`)."""
-        return self._features
+        return self.measurement.features
+
+    @property
+    def surrogate(self) -> Surrogate | None:
+        """The fitted surrogate in surrogate mode (:mod:`ffenv.surrogate`), else ``None``."""
+        return getattr(self.measurement, "surrogate", None)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -211,7 +197,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
     # ------------------------------------------------------------------ gymnasium API
     def _obs(self, target: float | None = None) -> np.ndarray:
         target = self.target_sparsity if target is None else target
-        return np.concatenate([[target], self._features.reshape(-1)]).astype(np.float32)
+        return np.concatenate([[target], self.measurement.features.reshape(-1)]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; ``options`` may set its ``target_sparsity`` and ``reward_windows`` (else the config's)."""
@@ -250,23 +236,12 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         dense_ppl = self._dense_ppl("calib", windows)
         t0 = time.perf_counter()
         keep = project_budget(a, target, self.sizes, self.config.min_keep, self.config.max_keep)
-        unit_sparsity = self._allocations.to_unit_sparsity(keep, (1.0 - target) * self.sizes.sum())
+        unit_sparsity = self.measurement.rounding.to_unit_sparsity(keep, (1.0 - target) * self.sizes.sum())
         info = self._allocation_info(unit_sparsity)
-        extra: dict[str, Any] = {}
-        if self.surrogate is not None:
-            reward, spread = self.surrogate.predict_reward(info["layer_sparsity"], target, self.config.seed, windows)
-            ppl = dense_ppl / reward
-            cost = {"evaluations": 0, "tokens": 0, "surrogate_evaluations": 1}
-            self.cost["surrogate_evaluations"] += 1
-            extra = {"surrogate": True, "surrogate_std": spread}
-        else:
-            tokens = self.backend.reward_tokens[:windows]
-            alpha = self.config.calib_alpha if self.config.reward == "calibrated" else None
-            ppl = self.backend.pruned_ppl(unit_sparsity, tokens, self.config.batch_size, alpha)
-            reward = dense_ppl / ppl if np.isfinite(ppl) and ppl > 0 else 0.0
-            cost = {"evaluations": 1, "tokens": int(tokens.numel())}
-            self.cost["evaluations"] += 1
-            self.cost["tokens"] += cost["tokens"]
+        reward, ppl, cost, extra = self.measurement.reward(unit_sparsity, info["layer_sparsity"], target, windows,
+                                                           dense_ppl)
+        for axis in self.measurement.axes:
+            self.cost[axis] += cost[axis]
         self.cost["seconds"] += time.perf_counter() - t0
         info.update(keep_ratio=keep.astype(np.float32), target_sparsity=float(target), ppl=float(ppl),
                     dense_ppl=float(dense_ppl), reward_windows=windows, cost=cost, **extra)
@@ -324,8 +299,8 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         t0 = time.perf_counter()
         results = self._population_evaluator().score_many(checked.astype(np.float32), [float(t) for t in targets],
                                                           [int(w) for w in windows])
-        self.cost["evaluations"] += len(results)
-        self.cost["tokens"] += sum(int(info["cost"]["tokens"]) for _, info in results)
+        for axis in self.measurement.axes:
+            self.cost[axis] += sum(int(info["cost"][axis]) for _, info in results)
         self.cost["seconds"] += time.perf_counter() - t0
         return results
 
@@ -362,55 +337,20 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         evaluation set measured; anything else is an :class:`FFPruneError`), with ``surrogate: True``,
         ``surrogate_std`` and ``tokens: 0``.
         """
-        if self.surrogate is not None:
-            return self._surrogate_evaluate(action, sparsities, split, n_windows, target_sparsity, calibrate,
-                                            calib_alpha)
-        tokens = self.windows(split, n_windows)
-        unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
-        batch = self.config.batch_size
-        ppl = self.backend.pruned_ppl(unit_sparsity, tokens, batch, self._alpha(calibrate, calib_alpha))
-        out = self._allocation_info(unit_sparsity)
-        out.update(split=split, ppl=float(ppl), dense_ppl=self.backend.dense_ppl(split, len(tokens), batch),
-                   tokens=int(tokens.numel()))
-        return out
-
-    def _surrogate_evaluate(self, action: np.ndarray | None, sparsities: np.ndarray | None, split: str,
-                            n_windows: int | None, target_sparsity: float | None, calibrate: bool,
-                            calib_alpha: float | None) -> dict[str, Any]:
-        """:meth:`evaluate` in surrogate mode."""
-        assert self.surrogate is not None
-        recorded = self.surrogate.description.meta["eval"]
-        if split != "eval":
-            raise FFPruneError(f"a surrogate predicts the held-out ppl only: split must be 'eval' in surrogate mode, "
-                               f"got {split!r}")
-        if n_windows is not None:
-            positive_int("n_windows", n_windows)
-        wanted = n_windows or self.config.eval_samples or recorded["split_windows"]
-        if min(wanted, recorded["split_windows"]) != recorded["windows"]:
-            raise FFPruneError(f"the surrogate predicts the held-out ppl on the first {recorded['windows']} eval "
-                               f"windows (of {recorded['split_windows']}): use n_windows={recorded['windows']} "
-                               f"(or eval_samples), got {wanted}")
-        if bool(calibrate) != recorded["calibrated"] or (calibrate and calib_alpha not in (None, self.config.calib_alpha)):
-            raise FFPruneError(f"the surrogate's held-out ppl was recorded with calibrate={recorded['calibrated']} "
-                               f"(at the config's calib_alpha); got calibrate={calibrate}, calib_alpha={calib_alpha}")
+        alpha = self._alpha(calibrate, calib_alpha)
+        self.measurement.check_held_out(split, n_windows, alpha)
         unit_sparsity = self._unit_sparsity(action, sparsities, target_sparsity, calibrate)
         out = self._allocation_info(unit_sparsity)
         target = out["sparsity"] if action is None else (
             self.config.target_sparsity if target_sparsity is None else target_sparsity)
-        ppl, spread = self.surrogate.predict_eval_ppl(out["layer_sparsity"], target, self.config.seed)
-        out.update(split=split, ppl=ppl, dense_ppl=self._dense_ppl("eval"), tokens=0, surrogate=True,
-                   surrogate_std=spread)
+        out.update(split=split, **self.measurement.held_out(unit_sparsity, out["layer_sparsity"], target, split,
+                                                            n_windows, alpha))
         return out
 
     def windows(self, split: str = "eval", n_windows: int | None = None) -> torch.Tensor:
         """The ``[N, seq_len]`` token windows :meth:`evaluate` measures on a split (default ``n_windows``:
         ``eval_samples``, else all of the split)."""
-        if split not in SPLITS:
-            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
-        tokens = self.backend.split_tokens(split, n_windows)
-        if n_windows is None and self.config.eval_samples is not None:
-            tokens = tokens[: self.config.eval_samples]
-        return tokens
+        return self.measurement.windows(split, n_windows)
 
     def allocation(self, action: np.ndarray | None = None, *, sparsities: np.ndarray | None = None,
                    target_sparsity: float | None = None) -> np.ndarray:
@@ -461,23 +401,20 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                 raise FFPruneError(f"sparsities must lie in [0, 1], got range [{s.min():.6g}, {s.max():.6g}]")
             keep = 1.0 - s
             target_params = float(keep @ self.sizes)
-        return self._allocations.to_unit_sparsity(keep, target_params)
+        return self.measurement.rounding.to_unit_sparsity(keep, target_params)
 
     def _check_windows(self, n: Any) -> int:
         n = positive_int("reward_windows", n)
         if n > self.config.reward_windows:
             raise FFPruneError(f"reward_windows must be in [1, {self.config.reward_windows}] (the config's "
                                f"reward_windows), got {n}")
-        if self.surrogate is not None:
-            self.surrogate.fidelity.at(n)  # a surrogate without reduced-fidelity data refuses fewer windows
+        self.measurement.check_windows(n)
         return n
 
     def _dense_ppl(self, split: str, n_windows: int | None = None) -> float:
         """The dense ppl on the first ``n_windows`` reward windows (``"calib"``) or on the held-out windows (``"eval"``,
         surrogate mode: the recorded ones)."""
-        if self.surrogate is not None:
-            return self.surrogate.description.dense_ppl(self.config.seed, split, n_windows)
-        return self.backend.dense_ppl(split, n_windows, self.config.batch_size)
+        return self.measurement.dense_ppl(split, n_windows)
 
     def _check_vector(self, name: str, value: Any) -> np.ndarray:
         arr = np.asarray(value)
@@ -497,6 +434,6 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         return np.clip(a, -1.0, 1.0)  # only float32 rounding noise is clipped here
 
     def _allocation_info(self, unit_sparsity: np.ndarray) -> dict[str, Any]:
-        kept_params = self._allocations.kept_params(unit_sparsity)
+        kept_params = self.measurement.rounding.kept_params(unit_sparsity)
         return {"layer_sparsity": (1.0 - kept_params / self.sizes).astype(np.float32),
                 "sparsity": float(1.0 - kept_params.sum() / self.sizes.sum())}

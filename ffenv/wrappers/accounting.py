@@ -44,6 +44,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from ffenv.envs.measurement import REAL_AXES, describe_measurement
 from ffenv.envs.population import PopulationEnv, inner_population_env
 from ffenv.envs.sequential_env import FFPruneSequentialEnv, single_step_env
 from ffenv.errors import FFPruneError, positive_int
@@ -79,10 +80,15 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.final_target = self.single.config.target_sparsity
         self.full_windows = self.single.config.reward_windows
         self.weights_fingerprint = self.single.weights_fingerprint
-        self.surrogate = bool(self.single.config.surrogate)
-        """Whether the env is in surrogate mode (its evaluations are surrogate evaluations)."""
-        self._axis = "surrogate_evaluations" if self.surrogate else "evaluations"  # the axis an episode's score adds to
-        self._surrogate_id = self.single.surrogate.fingerprint if self.surrogate else None  # its evaluation set
+        measurement = self.single.measurement
+        self._axis = measurement.axes[0]  # the axis an episode's score adds to
+        self._extra_axes = ((["env_steps"] if self.sequential else [])  # cost axes beyond evaluations and tokens
+                            + [a for a in measurement.axes if a not in REAL_AXES])
+        self.measured_on = measurement.identity
+        """The env's measurement (:attr:`~ffenv.envs.measurement.Measurement.identity`; ``None``: the real model),
+        recorded in checkpoints."""
+        if logger is not None:  # its TensorBoard axes: this measurement's, wall time, env steps when sequential
+            logger.axes = (*measurement.axes, "wall_ms", *(["env_steps"] if self.sequential else []))
         curricula = [w for w in wrapper_chain(env) if isinstance(w, CurriculumWrapper)]
         self.train_targets: tuple[float, ...] | None = curricula[0].train_targets if curricula else None
         """The training targets of the curriculum inside (``None``: one target, the configured one)."""
@@ -117,10 +123,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
 
         cost = {"episodes": self.episodes, "evaluations": spent("evaluations"), "tokens": spent("tokens"),
                 "seconds": round(self.wall_seconds, 3)}
-        if self.sequential:
-            cost["env_steps"] = spent("env_steps")
-        if self.surrogate:
-            cost["surrogate_evaluations"] = spent("surrogate_evaluations")
+        cost.update({axis: spent(axis) for axis in self._extra_axes})
         return cost
 
     @property
@@ -186,14 +189,13 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                 "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
                 "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
                 "evaluations": cost["evaluations"], "tokens": cost["tokens"], "seconds": cost["seconds"],
-                **({"surrogate_evaluations": cost["surrogate_evaluations"]} if self.surrogate else {})}
+                **{axis: cost[axis] for axis in self._extra_axes if axis != "env_steps"}}
             self.best = self.best_by_target.get(target_key(self.final_target))
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
                  "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
                  "action": np.asarray(action, np.float32).tolist(), "evaluations": cost["evaluations"],
                  "tokens": cost["tokens"], "seconds": cost["seconds"],
-                 **({"env_steps": cost["env_steps"]} if self.sequential else {}),
-                 **({"surrogate_evaluations": cost["surrogate_evaluations"]} if self.surrogate else {}),
+                 **{axis: cost[axis] for axis in self._extra_axes},
                  "best_reward": self.best["reward"] if self.best else float("nan"),
                  "best_ppl": self.best["ppl"] if self.best else float("nan")}
         self.history.append(point)
@@ -212,8 +214,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         cost = self.cost
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
                 "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0),
-                **({"surrogate": self._surrogate_id, "surrogate_evaluations": cost["surrogate_evaluations"]}
-                   if self.surrogate else {}),
+                **({"surrogate": self.measured_on} if self.measured_on else {}),
+                **{axis: cost[axis] for axis in self._extra_axes if axis != "env_steps"},
                 "best": self.best,
                 "best_by_target": self.best_by_target, "history": self.history,
                 "weights_fingerprint": self.weights_fingerprint,
@@ -226,19 +228,14 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         if written_for != self.weights_fingerprint:
             raise FFPruneError(f"the checkpoint was written for other model weights ({written_for}, now "
                                f"{self.weights_fingerprint}): the model changed since; start the search again without resume")
-        if state.get("surrogate") != self._surrogate_id:
-            def kind(fingerprint: str | None) -> str:
-                return f"the surrogate fitted on {fingerprint[:19]}" if fingerprint else "the real env"
-
-            raise FFPruneError(f"the checkpoint was written on {kind(state.get('surrogate'))}, this search runs on "
-                               f"{kind(self._surrogate_id)}: start it again without resume")
+        if state.get("surrogate") != self.measured_on:
+            raise FFPruneError(f"the checkpoint was written on {describe_measurement(state.get('surrogate'))}, this "
+                               f"search runs on {describe_measurement(self.measured_on)}: start it again without resume")
         self.episodes = int(state["episodes"])
         self._wall_offset = float(state["wall_seconds"])
         self._t0 = time.perf_counter()
         self._cost_at_start = dict(self.env.unwrapped.cost)
-        self._cost_offset = {"evaluations": int(state["evaluations"]), "tokens": int(state["tokens"]),
-                             "env_steps": int(state.get("env_steps", 0)),
-                             "surrogate_evaluations": int(state.get("surrogate_evaluations", 0))}
+        self._cost_offset = {axis: int(state.get(axis, 0)) for axis in self._cost_offset}
         self.best = state["best"]
         self.best_by_target = dict(state.get("best_by_target") or  # checkpoints before training across targets: best
                                    ({target_key(self.final_target): self.best} if self.best is not None else {}))

@@ -4,9 +4,9 @@ Per episode it writes one scalar family per cost axis — ``by_evaluations/*``, 
 ``by_wall_ms/*`` (step = milliseconds of wall time) with the tags ``reward``, ``best_reward``, ``ppl``,
 ``best_ppl`` — so runs of different methods overlay on any axis (and ``by_env_steps/*`` for sequential
 searches, whose episodes take one step per unit), plus ``curriculum/target_sparsity`` and
-``curriculum/reward_windows`` by episode. Over a surrogate env (the history records carry
-``surrogate_evaluations``) the evaluation axes are ``by_surrogate_evaluations/*`` instead of ``by_evaluations/*``
-and ``by_tokens/*`` (no model forward runs: both stay 0), and the progress bar counts surrogate evaluations.
+``curriculum/reward_windows`` by episode. The axes are the env measurement's (:attr:`SearchLogger.axes`, set by the
+accounting): over a surrogate env ``by_surrogate_evaluations/*`` instead of ``by_evaluations/*`` and ``by_tokens/*``
+(no model forward runs: both stay 0), and the progress bar counts surrogate evaluations.
 An agent may add its learning (``learning/<name>``, e.g. policy loss, approx KL) with
 :meth:`SearchLogger.log_learning`. :meth:`SearchLogger.close` writes the
 hyper-parameters with the final metrics and flushes.
@@ -21,8 +21,6 @@ import numpy as np
 
 AXES = ("evaluations", "tokens", "wall_ms")
 """The cost axes of a real search (``env_steps`` is added for sequential searches)."""
-SURROGATE_AXES = ("surrogate_evaluations", "wall_ms")
-"""The cost axes of a search on a surrogate (its ``evaluations`` and ``tokens`` stay 0)."""
 
 
 class SearchLogger:
@@ -42,6 +40,9 @@ class SearchLogger:
         self._writer: Any = None
         self._bar: Any = None
         self._last: dict[str, Any] = {}
+        self.axes: tuple[str, ...] = AXES
+        """The cost axes of the scalars (:class:`~ffenv.wrappers.SearchAccounting` sets its env's; the first counts
+        evaluations, ``wall_ms`` is the history's ``seconds`` in milliseconds)."""
 
     def _tb(self) -> Any:
         if self._writer is None and self.logdir is not None:
@@ -55,13 +56,7 @@ class SearchLogger:
         self._last = point
         writer = self._tb()
         if writer is not None:
-            if "surrogate_evaluations" in point:
-                steps = {"surrogate_evaluations": point["surrogate_evaluations"]}
-            else:
-                steps = {"evaluations": point["evaluations"], "tokens": point["tokens"]}
-            steps["wall_ms"] = int(round(point["seconds"] * 1000))
-            if "env_steps" in point:
-                steps["env_steps"] = point["env_steps"]
+            steps = {axis: int(round(point["seconds"] * 1000)) if axis == "wall_ms" else point[axis] for axis in self.axes}
             for axis in steps:
                 for tag in ("reward", "ppl", "best_reward", "best_ppl"):
                     if np.isfinite(point[tag]):
@@ -75,8 +70,8 @@ class SearchLogger:
                 self._bar = tqdm(total=budget, initial=point["episode"] - 1, desc="search", unit="ep",
                                  dynamic_ncols=True)
             self._bar.update(1)
-            evals = {"surrogate_evals": point["surrogate_evaluations"]} if "surrogate_evaluations" in point else {
-                "evals": point["evaluations"]}
+            axis = self.axes[0]
+            evals = {axis.replace("evaluations", "evals"): point[axis]}
             if np.isfinite(point["best_ppl"]):
                 shown = {"best_ppl": f"{point['best_ppl']:.2f}"}
             else:  # the curriculum's warm-up: nothing measured at the final target yet, so no best to show
