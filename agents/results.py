@@ -72,6 +72,9 @@ class SearchResult(TypedDict, total=False):
     env_kwargs: dict[str, Any]
     weights_fingerprint: str
     unit_names: list[str]
+    window_bos: int
+    """Where every window starts with the model's BOS (:func:`ffenv.lm.data.window_bos`): its token id (absent: the
+    windows are cut from the token stream as they are)."""
     agent: str
     seed: int
     budget: int

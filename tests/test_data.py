@@ -250,3 +250,33 @@ def test_utf8_split_across_read_chunks_is_accepted(tmp_path):
     path.write_bytes("é".encode() * 4 + b"\xe9")
     with pytest.raises(FFPruneError, match="byte offset 8"):
         data._check_text_file(path, chunk_size=3)
+
+
+def bos_tokenizer():
+    """The bundled tokenizer, made to put its BOS first as Llama-2's and Gemma's tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from ffenv.lm.models import bundled_path
+
+    tok = AutoTokenizer.from_pretrained(bundled_path("tiny-llama"))
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, 0)])
+    return tok
+
+
+def test_windows_start_with_the_bos_a_tokenizer_puts_first_and_only_then():
+    from transformers import AutoTokenizer
+
+    from ffenv.lm.models import bundled_path
+
+    plain, tok = AutoTokenizer.from_pretrained(bundled_path("tiny-llama")), bos_tokenizer()
+    assert data.window_bos(plain) is None and data.window_bos(tok) == 0  # the zoo's (and SmolLM2's) add none
+    stream = data.token_stream(tok, "stdlib", "eval")
+    assert torch.equal(stream, data.token_stream(plain, "stdlib", "eval"))  # the stream itself never has one
+    windows = data.evaluation_windows(tok, "stdlib", "eval", seq_len=32)
+    assert windows.shape == (len(stream) // 31, 32) and (windows[:, 0] == 0).all()
+    assert torch.equal(windows[:, 1:].reshape(-1), stream[: len(windows) * 31])  # then the stream, no token skipped
+    unchanged = data.evaluation_windows(plain, "stdlib", "eval", seq_len=32)
+    assert torch.equal(unchanged.reshape(-1), stream[: len(unchanged) * 32])  # without a BOS: cut as they are
+    calib = data.calibration_windows(tok, "stdlib", "calib", n=4, seq_len=32, seed=0)
+    assert calib.shape == (4, 32) and (calib[:, 0] == 0).all() and not (calib[:, 1:] == 0).all()

@@ -435,6 +435,8 @@ def _assemble(spec: SearchSpec, env: gym.Env, search: SearchAccounting, scored: 
     return {"kind": RESULT_KIND, "format": RESULT_FORMAT, "complete": True,
             **({"surrogate": label} if label is not None else {}), "env_id": spec.env_id,
             "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": provenance["fingerprint"],
-            "unit_names": list(base.unit_names), **spec.run_record(), "best": {**search.best, **scored["scores"]}, **by_target,
+            "unit_names": list(base.unit_names),
+            **({"window_bos": base.measurement.window_bos} if base.measurement.window_bos is not None else {}),
+            **spec.run_record(), "best": {**search.best, **scored["scores"]}, **by_target,
             "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,
             "versions": versions(), **extra}

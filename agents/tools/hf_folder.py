@@ -34,7 +34,7 @@ from ffenv.errors import FFPruneError
 from ffenv.io import atomic_write_dir, jsonable
 from ffenv.lm import pruned_modeling
 from ffenv.lm.models import EXPORT_FILE, decoder_blocks
-from ffenv.lm.pruned_modeling import CLASS_NAMES, LAYERS_KEY, pruned_class
+from ffenv.lm.pruned_modeling import LAYERS_KEY, class_name, decoder_layers, pruned_class
 from ffprune.agents.tools.timing import median_seconds
 
 MODELING_FILE = "modeling_ffprune.py"
@@ -64,7 +64,7 @@ def forward_tokens_per_second(model: nn.Module, tokens: torch.Tensor, repeats: i
 
 def recipe_yaml(model: nn.Module, layer_sparsity: list[float]) -> str:
     """An llm-compressor recipe with these per-decoder-layer sparsities (unstructured Wanda masks)."""
-    layer_class = type(model.model.decoder.layers[0] if model.config.model_type == "opt" else model.model.layers[0]).__name__
+    layer_class = type(decoder_layers(model)[0]).__name__
     values = ", ".join(f"{s:.6f}" for s in layer_sparsity)
     return (
         "# Per-layer unstructured sparsity found by ffprune (one value per decoder layer, in order).\n"
@@ -100,14 +100,16 @@ def save_pruned(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[st
     if mode not in ("structured", "unstructured"):
         raise FFPruneError(f"info['mode'] must be 'structured' or 'unstructured', got {mode!r}")
     family = model.config.model_type
-    if family not in CLASS_NAMES:
-        raise FFPruneError(f"model family {family!r} cannot be exported; supported: {sorted(CLASS_NAMES)}")
+    try:
+        pruned = pruned_class(family)
+    except ValueError as err:
+        raise FFPruneError(f"model family {family!r} cannot be exported: {err}") from None
 
     def write(tmp: Path) -> None:
         if mode == "structured":
             setattr(model.config, LAYERS_KEY, layer_widths(model))
-            model.config.auto_map = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.{CLASS_NAMES[family]}"}
-            model.__class__ = pruned_class(family)  # same module tree; save_pretrained records the class name
+            model.config.auto_map = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.{class_name(family)}"}
+            model.__class__ = pruned  # same module tree; save_pretrained records the class name
             shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -29,7 +29,7 @@ from ffenv.config import EnvConfig
 from ffenv.envs.backend import Backend, get_backend
 from ffenv.envs.features import UNIT_FEATURES
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.lm.data import SPLITS
+from ffenv.lm.data import SPLITS, window_bos
 from ffenv.pruning.engines import Unit
 from ffenv.surrogate.model import Surrogate, load_surrogate
 
@@ -62,6 +62,8 @@ class Measurement(Protocol):
     """``[n_units, len(UNIT_FEATURES)]`` static unit features."""
     rounding: Rounding
     setup_seconds: float
+    window_bos: int | None
+    """The BOS every token window starts with (:func:`~ffenv.lm.data.window_bos`; ``None``: none)."""
 
     @property
     def backend(self) -> Backend:
@@ -125,6 +127,7 @@ class RealMeasurement:
         self.features = self._backend.features
         self.rounding: Rounding = self._backend.pruner
         self.setup_seconds = self._backend.setup_seconds
+        self.window_bos = window_bos(self._backend.tokenizer)
 
     @property
     def backend(self) -> Backend:
@@ -182,6 +185,7 @@ class SurrogateMeasurement:
         self.identity: str | None = self.surrogate.fingerprint
         self.units = description.units
         self.rounding: Rounding = description  # the engine's rounding, recorded without the model
+        self.window_bos: int | None = description.meta.get("window_bos")  # sets recorded before it: models without
         self.features = description.features(config.seed)
         if self.features.shape != (len(description.units), len(UNIT_FEATURES)):
             raise FFPruneError(f"the surrogate's evaluation set was recorded with other unit features "

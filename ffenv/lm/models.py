@@ -3,9 +3,9 @@
 :func:`load_model` accepts a bundled name (``tiny-llama``, ``tiny-mistral``, ``tiny-opt``), a named real model
 (``smollm2-135m``, fetched and converted once: :mod:`ffenv.lm.sources`), a local GGUF file, a local checkpoint
 folder, or a Hugging Face hub id (``meta-llama/Llama-2-7b-hf``, ``mistralai/Mistral-7B-v0.1``, ``facebook/opt-125m``...).
-:func:`decoder_blocks` hides the naming differences between the supported families so the pruning code sees one
-shape: per block, the attention projections, the FFN input projections and the two *output* projections whose input
-columns carry the prunable units.
+:func:`decoder_blocks` finds each decoder layer's parts by role (:mod:`ffenv.lm.pruned_modeling`), so the pruning
+code sees one shape for every family: per block, the attention projections, the FFN input projections and the two
+*output* projections whose input columns carry the prunable units.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import torch
 from torch import nn
 
 from ffenv.errors import FFPruneError
-from ffenv.lm.pruned_modeling import LAYERS_KEY, pruned_class
+from ffenv.lm.pruned_modeling import LAYERS_KEY, decoder_layers, head_dim, layer_roles, pruned_class
 from ffenv.lm.sources import PACKAGED_MODELS, read_source, resolve_real_source
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "zoo"
 EXPORT_FILE = "ffprune_export.json"
 """What marks a folder written by ``ffprune export`` (its facts, as JSON)."""
 BUNDLED_MODELS = ("tiny-llama", "tiny-mistral", "tiny-opt")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "opt")
+TESTED_FAMILIES = ("llama", "mistral", "opt", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "phi")
+"""The ``model_type`` families the engines are tested on (tests/test_families.py); others built alike work too."""
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -170,10 +171,7 @@ def load_model(
         raise FFPruneError(
             f"model {name_or_path!r} could not be loaded ({err}); bundled models are {list(BUNDLED_MODELS)}"
         ) from err
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise FFPruneError(
-            f"model {name_or_path!r} is a {config.model_type!r} model; supported families are {SUPPORTED_MODEL_TYPES}"
-        )
+    check_prunable(config, name_or_path)
     # an `ffprune export` folder has per-layer widths (ffenv.lm.pruned_modeling)
     cls = pruned_class(config.model_type) if hasattr(config, LAYERS_KEY) else AutoModelForCausalLM
     try:
@@ -217,11 +215,16 @@ def context_length(model: nn.Module) -> int:
 
 @dataclass
 class Block:
-    """One decoder layer, seen uniformly across families.
+    """One decoder layer, seen uniformly across families (:func:`decoder_blocks`).
 
-    ``attn_in`` are q, k, v; ``attn_out`` the output projection (o_proj / out_proj), whose input
-    columns are grouped by head; ``ffn_in`` the FFN input projections (gate+up / fc1) and ``ffn_out``
-    the down projection (down_proj / fc2), whose input columns are the FFN neurons.
+    ``attn_in`` are q, k, v (or the one fused ``qkv_proj``, rows ``[q | k | v]``); ``attn_out`` the output projection
+    (o_proj / out_proj / dense), whose input columns are grouped by head; ``ffn_in`` the FFN input projections (gate
+    + up, fc1, or one fused ``gate_up_proj``, rows ``[gate | up]``) and ``ffn_out`` the down projection (down_proj /
+    fc2), whose input columns are the FFN neurons.
+
+    The attention's prunable granule (:attr:`attn_granules` of them) is a KV group (its query heads with their key
+    and value heads) under multi-head and grouped-query attention, and a single query head when one KV head serves
+    them all (multi-query attention: the key and value stay).
     """
 
     index: int
@@ -233,10 +236,13 @@ class Block:
     num_kv_heads: int
     head_dim: int
     attention: nn.Module | None = None  # the attention module (its head count changes when heads are removed)
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
 
     @property
     def linears(self) -> dict[str, nn.Linear]:
-        names = ["q", "k", "v"]
+        """Every linear of the block by name: ``q``, ``k``, ``v`` (or ``qkv``), ``o``, ``ffn_in<i>``, ``ffn_out``."""
+        names = ["qkv"] if self.fused_qkv else ["q", "k", "v"]
         out = {n: m for n, m in zip(names, self.attn_in)}
         out["o"] = self.attn_out
         for i, m in enumerate(self.ffn_in):
@@ -248,33 +254,70 @@ class Block:
     def intermediate_size(self) -> int:
         return self.ffn_out.in_features
 
+    @property
+    def query_head_granules(self) -> bool:
+        """Whether the attention's granules are single query heads (one KV head shared by several query heads)."""
+        return self.num_kv_heads == 1 and self.num_heads > 1
+
+    @property
+    def attn_granules(self) -> int:
+        """The attention's prunable granules: query heads under multi-query attention, else KV groups."""
+        return self.num_heads if self.query_head_granules else self.num_kv_heads
+
+
+def model_family(model: nn.Module) -> str:
+    """The model's ``config.model_type`` (the family name results and exports record)."""
+    return str(getattr(model.config, "model_type", type(model).__name__))
+
 
 def decoder_blocks(model: nn.Module) -> list[Block]:
-    """The decoder layers of a Llama / Mistral / OPT causal LM as :class:`Block` views.
+    """The decoder layers of a causal LM as :class:`Block` views, found by role (:mod:`ffenv.lm.pruned_modeling`:
+    Llama, Mistral, Qwen2 / Qwen3, Gemma 2 / 3, Phi / Phi-3, OPT and the families built like them).
 
     Head and KV-group counts are read per layer from the projections' sizes, so a model exported by
-    ``ffprune export`` (layers of different widths) can be pruned again.
+    ``ffprune export`` (layers of different widths) can be pruned again. A model without the roles is an
+    :class:`FFPruneError` naming what is missing.
     """
     cfg = model.config
-    kind = cfg.model_type
-    heads = cfg.num_attention_heads
-    if kind in ("llama", "mistral"):
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        return [
-            Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.o_proj,
-                  [l.mlp.gate_proj, l.mlp.up_proj], l.mlp.down_proj, l.self_attn.q_proj.out_features // head_dim,
-                  l.self_attn.k_proj.out_features // head_dim, head_dim, l.self_attn)
-            for i, l in enumerate(model.model.layers)
-        ]
-    if kind == "opt":
-        head_dim = cfg.hidden_size // heads
-        return [
-            Block(i, [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], l.self_attn.out_proj,
-                  [l.fc1], l.fc2, l.self_attn.q_proj.out_features // head_dim, l.self_attn.k_proj.out_features // head_dim,
-                  head_dim, l.self_attn)
-            for i, l in enumerate(model.model.decoder.layers)
-        ]
-    raise FFPruneError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")
+    try:
+        layers = decoder_layers(model)
+        roles = [layer_roles(layer) for layer in layers]
+    except ValueError as err:
+        raise FFPruneError(f"cannot prune this {model_family(model)!r} model: {err}") from None
+    d = head_dim(cfg)
+    blocks = []
+    for i, (layer, r) in enumerate(zip(layers, roles)):
+        attn = getattr(layer, r.attention)
+        mlp = layer if r.mlp is None else getattr(layer, r.mlp)
+        attn_in = [getattr(attn, n) for n in r.q_k_v]
+        if r.fused_qkv:  # rows [q | k | v]: the query rows are the output projection's columns
+            heads = getattr(attn, r.o).in_features // d
+            kv_heads = (attn_in[0].out_features // d - heads) // 2
+        else:
+            heads, kv_heads = attn_in[0].out_features // d, attn_in[1].out_features // d
+        if heads < 1 or kv_heads < 1 or heads % kv_heads:
+            raise FFPruneError(f"cannot prune this {model_family(model)!r} model: layer {i} has {heads} query heads "
+                               f"and {kv_heads} key / value heads of size {d} (query heads must be a multiple)")
+        blocks.append(Block(i, attn_in, getattr(attn, r.o), [getattr(mlp, n) for n in r.ffn_in],
+                            getattr(mlp, r.ffn_out), heads, kv_heads, d, attn, r.fused_qkv, r.fused_gate_up))
+    return blocks
+
+
+def check_prunable(config: Any, name: str) -> None:
+    """Refuse, before any weight is read, a model whose layers the engines cannot find (built on the meta device from
+    its ``config``; a one-line :class:`FFPruneError` naming what is missing)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as err:
+        raise FFPruneError(f"model {name!r} ({config.model_type!r}) is not a causal LM transformers can build "
+                           f"({str(err).splitlines()[0][:160]})") from None
+    try:
+        decoder_blocks(skeleton)
+    except FFPruneError as err:
+        raise FFPruneError(f"model {name!r}: {err}") from None
 
 
 def load_pruned(path: str | Path, device: str = "cpu", dtype: str = "auto") -> tuple[nn.Module, Any]:

@@ -14,17 +14,31 @@ evaluation; any other family goes through its own ``forward`` unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ffenv.errors import FFPruneError
 
-#: ``config.model_type`` values whose ``ForCausalLM.forward`` computes ``logits = lm_head(base_model(...)[0])``
-#: with no scaling or soft-capping (checked against transformers 5's modelling code).
-HEAD_ONLY_FAMILIES = frozenset({"llama", "mistral", "opt", "qwen2", "qwen3"})
+#: ``config.model_type`` values whose ``ForCausalLM.forward`` computes ``logits = lm_head(base_model(...)[0])``,
+#: then at most soft-caps them by ``config.final_logit_softcapping`` (Gemma; checked against transformers 5's
+#: modelling code).
+HEAD_ONLY_FAMILIES = frozenset({"llama", "mistral", "opt", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi", "phi3"})
 #: logits per chunk of the head + loss (float32: 16 MiB)
 CHUNK_LOGITS = 1 << 22
+
+
+def _head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The LM head as a function of the last hidden states (soft-capped as the family's forward does) for the
+    :data:`HEAD_ONLY_FAMILIES`; ``None``: run the model's own forward."""
+    if getattr(model.config, "model_type", None) not in HEAD_ONLY_FAMILIES:
+        return None
+    lm_head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if not cap:
+        return lm_head
+    return lambda hidden: torch.tanh(lm_head(hidden) / cap) * cap
 
 
 @torch.inference_mode()
@@ -41,7 +55,7 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
     if batch_size <= 0:
         raise FFPruneError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
-    head = model.get_output_embeddings() if getattr(model.config, "model_type", None) in HEAD_ONLY_FAMILIES else None
+    head = _head(model)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     for i in range(0, tokens.shape[0], batch_size):
@@ -53,7 +67,7 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
         else:
             hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             hidden = hidden.reshape(-1, hidden.shape[-1])
-            rows = max(1, CHUNK_LOGITS // head.out_features)
+            rows = max(1, CHUNK_LOGITS // model.get_output_embeddings().out_features)
             for j in range(0, hidden.shape[0], rows):
                 logits = head(hidden[j : j + rows]).float()
                 total += F.cross_entropy(logits, target[j : j + rows], reduction="sum")
@@ -81,7 +95,7 @@ def window_nll(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 8
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise FFPruneError(f"tokens must have shape [N, T] with T >= 2, got {tuple(tokens.shape)}")
     device = next(model.parameters()).device
-    head = model.get_output_embeddings() if getattr(model.config, "model_type", None) in HEAD_ONLY_FAMILIES else None
+    head = _head(model)
     out = []
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i : i + batch_size].to(device)

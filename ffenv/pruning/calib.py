@@ -49,6 +49,7 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.lm.models import Block
+from ffenv.lm.pruned_modeling import decoder_layers
 
 #: dtype of each batch's Gram product (accumulated across batches in float64). float32 products are ~3x
 #: cheaper than float64 ones on CPU (and on most GPUs); the folded weights agree with all-float64 statistics
@@ -129,7 +130,14 @@ _Inputs = list[tuple[torch.Tensor, tuple, dict]]  # per calibration batch: hidde
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.decoder.layers if model.config.model_type == "opt" else model.model.layers
+    """The decoder layers, refused when they do not all take the first layer's inputs (the pass replays those): a
+    model mixing attention types (``config.layer_types``: Gemma's sliding and global layers) gets a one-line error."""
+    kinds = sorted(set(getattr(model.config, "layer_types", None) or ()))
+    if len(kinds) > 1:
+        raise FFPruneError(f"Calib replays the first decoder layer's inputs through every layer; this "
+                           f"{model.config.model_type!r} model mixes attention types {kinds} (each with its own mask "
+                           "and positions): calibrate=False")
+    return decoder_layers(model)
 
 
 @torch.inference_mode()

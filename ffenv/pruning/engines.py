@@ -12,8 +12,9 @@ as it is, and the per-row rounding happens in :meth:`~Pruner.apply`), :meth:`~Pr
 :meth:`~Pruner.kept_params` counts the parameters kept, exactly.
 
 :class:`StructuredPruner` (the paper's setting)
-    Two units per decoder block: attention (whole heads; whole KV groups under grouped-query
-    attention) and FFN (whole intermediate neurons), the top-``k`` of a module kept by importance.
+    Two units per decoder block: attention (whole KV groups — a group's query heads with their key and value
+    heads; single query heads where one KV head serves them all) and FFN (whole intermediate neurons), the top-``k``
+    of a module kept by importance.
     :meth:`StructuredPruner.slice` removes the others **physically** for an evaluation: every touched
     module's weights are swapped for index-selected smaller copies (q/k/v and FFN input rows and
     biases, output-projection columns; the attention module's head count), so a step costs the
@@ -41,6 +42,7 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.lm.models import Block
+from ffenv.lm.pruned_modeling import set_head_counts
 from ffenv.pruning.importance import structured_importance, wanda_scores
 
 
@@ -128,12 +130,15 @@ def unstructured_kept_params(unit_sparsity: np.ndarray, shapes: list[list[tuple[
                      for s, block in zip(unit_sparsity, shapes)], dtype=np.float64)
 
 
-def _head_rows(b: Block, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of q (all query heads of the KV groups) and of k/v (the groups) for KV-group indices."""
+def _head_rows(b: Block, granules: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of q (the query heads of the granules) and of k / v (their KV groups; ``None`` when the granules are single
+    query heads, whose one shared key / value head stays) for granule indices."""
+    if b.query_head_granules:
+        return (granules[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1), None
     r = b.num_heads // b.num_kv_heads
-    heads = (groups[:, None] * r + torch.arange(r)).reshape(-1)
+    heads = (granules[:, None] * r + torch.arange(r)).reshape(-1)
     q_rows = (heads[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
-    kv_rows = (groups[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
+    kv_rows = (granules[:, None] * b.head_dim + torch.arange(b.head_dim)).reshape(-1)
     return q_rows, kv_rows
 
 
@@ -147,7 +152,7 @@ class StructuredPruner:
         self.importance: list[torch.Tensor] = []
         for b in blocks:
             attn_imp, ffn_imp = structured_importance(b, norms)
-            self.units.append(Unit(b.index, "attn", b.num_kv_heads, self._group_params(b)))
+            self.units.append(Unit(b.index, "attn", b.attn_granules, self._group_params(b)))
             self.units.append(Unit(b.index, "ffn", b.intermediate_size, self._neuron_params(b)))
             for imp in (attn_imp, ffn_imp):
                 self.importance.append(imp.cpu())
@@ -159,17 +164,18 @@ class StructuredPruner:
 
     @staticmethod
     def _group_params(b: Block) -> int:
-        g = b.num_kv_heads
-        rows = sum(lin.out_features for lin in b.attn_in) // g
-        params = rows * b.attn_in[0].in_features
-        params += sum(lin.out_features for lin in b.attn_in if lin.bias is not None) // g
-        params += b.attn_out.out_features * (b.attn_out.in_features // g)
-        return params
+        """Parameters of one attention granule: its query rows (with its KV group's key / value rows unless the
+        granule is a single query head) and their biases, and its output-projection columns."""
+        g, d = b.attn_granules, b.head_dim
+        q_rows = b.num_heads * d // g
+        rows = q_rows if b.query_head_granules else (b.num_heads + 2 * b.num_kv_heads) * d // g
+        biased = any(lin.bias is not None for lin in b.attn_in)
+        return rows * b.attn_in[0].in_features + (rows if biased else 0) + b.attn_out.out_features * q_rows
 
     @staticmethod
     def _neuron_params(b: Block) -> int:
-        params = sum(lin.in_features + (1 if lin.bias is not None else 0) for lin in b.ffn_in)
-        return params + b.ffn_out.out_features
+        per_row = sum(lin.in_features + (1 if lin.bias is not None else 0) for lin in b.ffn_in)
+        return (2 * per_row if b.fused_gate_up else per_row) + b.ffn_out.out_features
 
     def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """Per-unit sparsity of whole granules closest to ``keep`` and the target (:func:`round_to_units`)."""
@@ -222,11 +228,12 @@ class StructuredPruner:
         with torch.no_grad():
             for j, b in enumerate(self.blocks):
                 groups, neurons = kept[2 * j], kept[2 * j + 1]
-                if len(groups) < b.num_kv_heads:
+                if len(groups) < b.attn_granules:
                     self._slice_attention(b, groups, self._order[2 * j])
                 if len(neurons) < b.intermediate_size:
+                    rows = torch.cat([neurons, b.intermediate_size + neurons]) if b.fused_gate_up else neurons
                     for lin in b.ffn_in:
-                        self._slice_linear(lin, rows=neurons)
+                        self._slice_linear(lin, rows=rows)
                     self._slice_linear(b.ffn_out, cols=neurons)
 
     def _slice_attention(self, b: Block, groups: torch.Tensor, order: torch.Tensor) -> None:
@@ -234,17 +241,23 @@ class StructuredPruner:
         if silent:
             groups = order[:1]
         q_rows, kv_rows = _head_rows(b, groups)
-        q, k, v = b.attn_in
-        self._slice_linear(q, rows=q_rows)
-        self._slice_linear(k, rows=kv_rows)
-        self._slice_linear(v, rows=kv_rows)
+        heads = len(q_rows) // b.head_dim
+        kv_heads = b.num_kv_heads if kv_rows is None else len(kv_rows) // b.head_dim
+        if b.fused_qkv:  # rows [q | k | v] of one projection
+            q_size, kv_size = b.num_heads * b.head_dim, b.num_kv_heads * b.head_dim
+            kv = torch.arange(kv_size) if kv_rows is None else kv_rows
+            self._slice_linear(b.attn_in[0], rows=torch.cat([q_rows, q_size + kv, q_size + kv_size + kv]))
+        else:
+            q, k, v = b.attn_in
+            self._slice_linear(q, rows=q_rows)
+            if kv_rows is not None:
+                self._slice_linear(k, rows=kv_rows)
+                self._slice_linear(v, rows=kv_rows)
         self._slice_linear(b.attn_out, cols=q_rows)
         if silent:
             b.attn_out.weight.zero_()
-        if hasattr(b.attention, "num_heads"):  # OPT reshapes by num_heads; Llama/Mistral infer it
-            self._swap(b.attention, "num_heads", len(q_rows) // b.head_dim)
-        if hasattr(b.attention, "num_key_value_heads"):
-            self._swap(b.attention, "num_key_value_heads", len(kv_rows) // b.head_dim)
+        if b.attention is not None:  # wherever the family reads its head counts (attributes, or its config)
+            set_head_counts(b.attention, heads, kv_heads, self._swap)
 
     def _slice_linear(self, lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
         if rows is not None:
@@ -270,7 +283,7 @@ class StructuredPruner:
         """Per block, the kept input columns (ascending) of ``attn_out`` and of ``ffn_out``."""
         out = []
         for b, (g_idx, n_idx) in zip(self.blocks, zip(*[iter(self.kept_indices(unit_sparsity))] * 2)):
-            width = b.attn_out.in_features // b.num_kv_heads
+            width = b.attn_out.in_features // b.attn_granules
             cols = (g_idx[:, None] * width + torch.arange(width)).reshape(-1)
             out.append((cols, n_idx))
         return out

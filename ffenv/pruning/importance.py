@@ -44,7 +44,7 @@ def collect_input_norms(
     for block in blocks:
         first_of_input: dict[str, tuple[int, str]] = {}
         for name, lin in block.linears.items():
-            group = "attn_in" if name in ("q", "k", "v") else "ffn_in" if name.startswith("ffn_in") else name
+            group = "attn_in" if name in ("q", "k", "v", "qkv") else "ffn_in" if name.startswith("ffn_in") else name
             key = (block.index, name)
             if group in first_of_input:
                 aliases[key] = first_of_input[group]
@@ -77,9 +77,10 @@ def wanda_scores(linear: nn.Linear, input_norm: torch.Tensor) -> torch.Tensor:
 def structured_importance(
     block: Block, norms: dict[tuple[int, str], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-KV-group attention scores ``[num_kv_heads]``, per-neuron FFN scores ``[intermediate]``)."""
+    """(per-granule attention scores ``[attn_granules]``: KV groups, or query heads under multi-query attention;
+    per-neuron FFN scores ``[intermediate]``)."""
     cols = column_scores(block.attn_out, norms[(block.index, "o")])
-    attn = cols.view(block.num_kv_heads, -1).mean(1)
+    attn = cols.view(block.attn_granules, -1).mean(1)
     ffn = column_scores(block.ffn_out, norms[(block.index, "ffn_out")])
     return attn, ffn
 

@@ -223,6 +223,7 @@ def describe(env: Any) -> dict[str, Any]:
         "reward": config.reward, "calib_alpha": config.calib_alpha if calibrated else None,
         "criterion": config.criterion if config.mode == "unstructured" else None,
         "weights_fingerprint": env.weights_fingerprint, "unit_names": env.unit_names,
+        **({"window_bos": env.measurement.window_bos} if env.measurement.window_bos is not None else {}),
         "units": [[u.block, u.kind, u.count, u.granule_params] for u in env.units],
         "linear_shapes": ([[[lin.in_features, lin.out_features] for lin in b.linears.values()] for b in env.blocks]
                           if config.mode == "unstructured" else None),
