@@ -28,9 +28,14 @@ SMALL = {"reward_windows": 2, "eval_samples": 2, "calib_samples": 4}
 
 def test_real_ids_are_registered_without_loading_anything():
     ids = ffenv.env_ids(real=True)
-    assert ids == ["FFPrune-SmolLM2-v0", "FFPrune-SmolLM2-Unstructured-v0"]
+    assert ids == ["FFPrune-SmolLM2-v0", "FFPrune-SmolLM2-Unstructured-v0", "FFPrune-Gemma3-v0",
+                   "FFPrune-Gemma3-Unstructured-v0"]
     assert ffenv.env_ids(sequential=True, real=True) == ["FFPrune-SmolLM2-Sequential-v0",
-                                                          "FFPrune-SmolLM2-Sequential-Unstructured-v0"]
+                                                          "FFPrune-SmolLM2-Sequential-Unstructured-v0",
+                                                          "FFPrune-Gemma3-Sequential-v0",
+                                                          "FFPrune-Gemma3-Sequential-Unstructured-v0"]
+    gemma = ffenv.resolve_config("FFPrune-Gemma3-v0")
+    assert (gemma.model, gemma.corpus, gemma.mode) == ("gemma3-270m", "wikitext2", "structured")
     cfg = ffenv.resolve_config("FFPrune-SmolLM2-v0")
     assert (cfg.model, cfg.corpus, cfg.mode, cfg.target_sparsity) == ("smollm2-135m", "wikitext2", "structured", 0.2)
     assert ffenv.resolve_config("FFPrune-SmolLM2-Unstructured-v0").target_sparsity == 0.7

