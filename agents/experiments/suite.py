@@ -137,8 +137,10 @@ class Suite:
 
     name: str
     tasks: tuple[SuiteTask, ...]
-    budget: int
-    seeds: int
+    budget: int = 100
+    """Episodes every search method gets per cell (heuristics: one evaluation)."""
+    seeds: int = 3
+    """Seeds per search method (deterministic methods run once)."""
     description: str = ""
     methods: tuple[str, ...] | None = None
     variants: Mapping[str, SuiteVariant] = field(default_factory=dict)
@@ -179,12 +181,12 @@ def _real_tasks(family: str = "SmolLM2", modes: tuple[str, ...] = ("structured",
 
 
 SUITES: dict[str, Suite] = {
-    "core": Suite("core", _core_tasks(), budget=100, seeds=3,
+    "core": Suite("core", _core_tasks(),
                   description="3 bundled families x {structured 0.3, structured 0.5, unstructured 0.7}"),
-    "real": Suite("real", _real_tasks(), budget=100, seeds=3,
+    "real": Suite("real", _real_tasks(),
                   description="SmolLM2-135M (a real pretrained LLM, fetched on first use) on WikiText-2 x "
                               "{structured 0.2, unstructured 0.7}"),
-    "gemma3": Suite("gemma3", _real_tasks("Gemma3", ("structured",)), budget=100, seeds=1,
+    "gemma3": Suite("gemma3", _real_tasks("Gemma3", ("structured",)), seeds=1,
                     methods=("fastforward", "uniform", "owl", "alphapruning", "dlp", "flap"),
                     description="Gemma-3-270M (a second real LLM: GeGLU, q/k-norms, one KV head, a 262k vocabulary) on "
                                 "WikiText-2, structured: FastForward and the heuristics, one seed"),
@@ -360,8 +362,8 @@ def suite_from_dict(data: Any, default_name: str, where: str) -> Suite:
     if methods is not None and (not isinstance(methods, list) or not all(isinstance(m, str) for m in methods)):
         raise bad(f"methods must be a list of method names, got {methods!r}")
     try:
-        return Suite(name, tuple(checked), 100, 3, str(data.get("description", ""))).but(
-            data.get("budget", 100), data.get("seeds", 3), methods, declared)
+        default = Suite(name, tuple(checked), description=str(data.get("description", "")))
+        return default.but(data.get("budget", default.budget), data.get("seeds", default.seeds), methods, declared)
     except FFPruneError as err:
         raise bad(str(err)) from None
 
