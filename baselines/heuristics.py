@@ -35,8 +35,9 @@ from ffprune.baselines.allocators import (
 def flap_scores(env: gym.Env) -> list[np.ndarray]:
     """Per unit, FLAP's fluctuation score of each granule: ``Var(X_j)·‖W_{:,j}‖²`` summed per head group."""
     u = env.unwrapped
-    linears = [lin for b in u.blocks for lin in (b.attn_out, b.ffn_out)]
-    moments = collect_input_moments(u.model, linears, u.calibration_tokens)
+    real = u.real_backend()  # the weights and calibration tokens (loaded on request under a surrogate)
+    linears = [lin for b in real.blocks for lin in (b.attn_out, b.ffn_out)]
+    moments = collect_input_moments(real.model, linears, real.calib_tokens)
     out = []
     for unit, lin, (_mean, var) in zip(u.units, linears, moments):
         s = var * lin.weight.detach().double().pow(2).sum(0).to(var.device)
@@ -96,7 +97,8 @@ def owl_allocation(env: gym.Env, lam: float = 0.08, m: float = OWL_M) -> np.ndar
         blocks = np.array([unit.block for unit in u.units])
         per_block = np.array([ratio[blocks == b][0] for b in range(u.n_blocks)])
     else:
-        per_block = np.array([block_outlier_ratio(b, u.input_norms, float(m)) for b in u.blocks])
+        real = u.real_backend()
+        per_block = np.array([block_outlier_ratio(b, real.input_norms, float(m)) for b in real.blocks])
     return _per_unit(env, owl_sparsities(per_block, u.target_sparsity, _block_sizes(env), lam=lam))
 
 
@@ -109,7 +111,7 @@ def alphapruning_allocation(env: gym.Env, eps: float = 0.3, fit_eps: bool = True
     result says so (``eps`` used, ``eps_requested``); without it such a target is an error.
     """
     u = env.unwrapped
-    alphas = np.array([np.mean([hill_alpha(lin.weight) for lin in b.linears.values()]) for b in u.blocks])
+    alphas = np.array([np.mean([hill_alpha(lin.weight) for lin in b.linears.values()]) for b in u.real_backend().blocks])
     sizes = _block_sizes(env)
     used = eps
     if fit_eps and 0.0 <= eps < 1.0:
@@ -133,9 +135,10 @@ def dlp_unimportance(env: gym.Env) -> np.ndarray:
     of the block, ``‖X_j‖₂`` from one dense pass over the env's calibration tokens (what the pruning engines'
     importance was computed on)."""
     u = env.unwrapped
-    norms = collect_input_norms(u.model, u.blocks, u.calibration_tokens, u.config.batch_size)
+    real = u.real_backend()
+    norms = collect_input_norms(real.model, real.blocks, real.calib_tokens, u.config.batch_size)
     medians = []
-    for b in u.blocks:
+    for b in real.blocks:
         scores = torch.cat([wanda_scores(lin, norms[(b.index, name)]).reshape(-1) for name, lin in b.linears.items()])
         medians.append(float(scores.median()))
     return np.array(medians)

@@ -50,12 +50,12 @@ def test_family_names_map_to_registered_ids():
     """The family vocabulary (task names, ``--families``) lives with the registration, bundled and real alike."""
     from ffenv.registration import FAMILY_NAMES, family_env_id
 
-    assert set(FAMILY_NAMES) == {"llama", "mistral", "opt", "smollm2"}
+    assert set(FAMILY_NAMES) == {"llama", "mistral", "opt", "smollm2", "gemma3"}
     for name in FAMILY_NAMES:
         for mode in ("structured", "unstructured"):
             assert family_env_id(name, mode) in gym.registry
     assert family_env_id("smollm2", "unstructured") == "FFPrune-SmolLM2-Unstructured-v0"
-    with pytest.raises(FFPruneError, match=r"families must be among \['llama', 'mistral', 'opt', 'smollm2'\], got 'gpt'"):
+    with pytest.raises(FFPruneError, match=r"among \['gemma3', 'llama', 'mistral', 'opt', 'smollm2'\], got 'gpt'"):
         family_env_id("gpt", "structured")
     with pytest.raises(FFPruneError, match="modes must be among"):
         family_env_id("llama", "dense")

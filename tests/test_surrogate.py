@@ -150,6 +150,7 @@ def test_surrogate_env_has_the_real_env_spaces_observations_and_allocations(reco
     for ask in (lambda: base.model, lambda: base.windows("eval"), lambda: base.pruned_model(sparsities=np.zeros(base.n_units))):
         with pytest.raises(FFPruneError, match="measures no model: build the env without surrogate=True"):
             ask()  # a surrogate env has no model: asking for one is explicit (the real env)
+    assert len(base.real_backend().blocks) == len(real.blocks)  # by name: what heuristics read the weights through
     assert env.observation_space == real.observation_space and env.action_space == real.action_space
     assert base.unit_names == real.unit_names and np.array_equal(base.sizes, real.sizes)
     obs, info = env.reset(seed=0)

@@ -265,7 +265,7 @@ def test_validate_writes_the_table_per_task(recorded, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("argv, match", [
-    (["record", "--families", "gpt"], r"families must be among \['llama', 'mistral', 'opt', 'smollm2'\] .*got \['gpt'\]"),
+    (["record", "--families", "gpt"], r"families must be among \['gemma3', 'llama', 'mistral', 'opt', 'smollm2'\] .*\['gpt'\]"),
     (["record", "--modes", "dense"], r"modes must be among \['structured', 'unstructured'\]"),
     (["record", "--seeds", "-1"], r"seeds must be env seeds in \[0, 32767\]"),
     (["record", "--seeds", "40000"], r"seeds must be env seeds in \[0, 32767\]"),

@@ -153,10 +153,10 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
 def test_a_failing_study_cell_is_recorded_and_the_others_finish(surrogate_kw, tmp_path, monkeypatch, capsys):
     real_search = bench.run_search  # the study's cells search through bench.search_cell
 
-    def flaky(env_id, agent, **kwargs):
-        if agent == "random" and kwargs["seed"] == 1:
+    def flaky(spec, **kwargs):
+        if spec.agent == "random" and spec.seed == 1:
             raise RuntimeError("boom")
-        return real_search(env_id, agent=agent, **kwargs)
+        return real_search(spec, **kwargs)
 
     monkeypatch.setattr(bench, "run_search", flaky)
     out = tmp_path / "s"

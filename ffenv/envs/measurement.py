@@ -10,7 +10,8 @@ identity written into results and checkpoints — and branches on none of it. Tw
 * :class:`SurrogateMeasurement` (``surrogate=True``): the (model, mode)'s fitted surrogate (:mod:`ffenv.surrogate`);
   rewards and held-out ppls are predictions (the info says ``surrogate: True`` and gives the ensemble spread); an
   evaluation counts ``surrogate_evaluations``. It loads no model: asking it for one (:attr:`Measurement.backend`:
-  ``env.model``, ``env.pruned_model``, ``env.windows``, ...) is a one-line error naming what to build instead.
+  ``env.model``, ``env.pruned_model``, ``env.windows``, ...) is a one-line error naming what to build instead; what
+  reads the weights without measuring (a heuristic's allocation) asks for them by name, ``env.real_backend()``.
 
 :func:`measurement_of` picks one for a configuration; :func:`describe_measurement` says in words what a result or
 checkpoint was measured on (from its :attr:`Measurement.identity`).
@@ -68,6 +69,11 @@ class Measurement(Protocol):
     @property
     def backend(self) -> Backend:
         """The model and everything precomputed on it (a surrogate refuses: it measures no model)."""
+        ...
+
+    def real_backend(self) -> Backend:
+        """The real model's backend, loaded on request even under a surrogate (what reads the weights — a heuristic's
+        allocation — asks for it by name; nothing that measures does)."""
         ...
 
     def windows(self, split: str, n_windows: int | None) -> torch.Tensor:
@@ -131,6 +137,9 @@ class RealMeasurement:
 
     @property
     def backend(self) -> Backend:
+        return self._backend
+
+    def real_backend(self) -> Backend:
         return self._backend
 
     def check_windows(self, n: int) -> None:
@@ -197,6 +206,9 @@ class SurrogateMeasurement:
         raise FFPruneError(f"a surrogate env (model={self.config.model!r}, surrogate=True) measures no model: build "
                            "the env without surrogate=True for its model, tokenizer, windows or pruned copies (the "
                            "allocation found on the surrogate applies there unchanged)")
+
+    def real_backend(self) -> Backend:
+        return get_backend(self.config)  # shared per process with the real envs of this configuration
 
     def windows(self, split: str, n_windows: int | None) -> torch.Tensor:
         return self.backend.windows(split, n_windows)  # the one-line refusal

@@ -125,6 +125,12 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         one-line error: build the env without ``surrogate=True``)."""
         return self.measurement.backend
 
+    def real_backend(self) -> Backend:
+        """The real model's backend (model, blocks, calibration tokens and statistics) for what reads the weights
+        without measuring anything — a heuristic's allocation: the env's own on a real env; on a surrogate env the model
+        is loaded now, because it was asked for by name (its steps and evaluations never load it)."""
+        return self.measurement.real_backend()
+
     @property
     def features(self) -> np.ndarray:
         """The ``[n_units, len(UNIT_FEATURES)]`` static unit features of the observation (:mod:`ffenv.envs.features`)."""
