@@ -467,6 +467,26 @@ def _fake_tune(folder, selected="batch4", missing=(), method="fastforward", sett
     return folder
 
 
+def test_agreement_points_reach_the_report_and_zero_turns_it_off(tmp_path, monkeypatch, capsys):
+    import ffprune.agents.experiments.suite as suite
+
+    reports = []
+
+    def fake_report(suite, out, surrogate=False, report=None):
+        reports.append(report)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return {"failures": []}
+
+    monkeypatch.setattr(suite, "report_suite", fake_report)
+    out = str(tmp_path / "g")
+    assert main(["suite", "report", "gemma3", "--out", out, "--agreement-points", "0"]) == 0
+    assert main(["suite", "report", "gemma3", "--out", out]) == 0
+    assert [r.agreement_points for r in reports] == [0, SuiteReport().agreement_points]
+    capsys.readouterr()
+    assert main(["suite", "report", "gemma3", "--out", out, "--agreement-points", "-1"]) == 2
+    assert "--agreement-points must be >= 0" in capsys.readouterr().err
+
+
 def test_bench_tuned_adds_the_selected_variant_and_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     import ffprune.agents.experiments.suite as suite
 

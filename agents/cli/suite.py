@@ -85,10 +85,27 @@ def add_suite_options(p: argparse.ArgumentParser, prefix: str = "", full_split: 
                    help=f"{prefix}also the variant `ffprune tune --out DIR` selected (on the reward split, on seeds the "
                    "suite does not use), on the suite's tasks and seeds, as the row <method>-tuned; repeatable (one tune "
                    "per method)")
+    p.add_argument("--agreement-points", type=int, metavar="N",
+                   help=f"{prefix}allocations per task of the reward / held-out agreement (held-out evaluations of one "
+                   "FastForward search's allocations, measured once and cached; 0: off; default: SuiteReport's)")
     if full_split:
         p.add_argument("--full-split", metavar="ROWS", help=f"{prefix}also the whole test split's ppl of these rows' "
                        "median-seed allocations and the dense model's, per task (comma-separated; minutes each on a "
                        "CPU; measured once, cached beside the cells)")
+
+
+def report_options(args: argparse.Namespace, full_split: tuple[str, ...]) -> Any:
+    """What the suite's report measures beyond the cells (:class:`~ffprune.agents.experiments.suite.SuiteReport`), from
+    the flags (``--agreement-points`` checked here; unset: the library's default)."""
+    from ffenv.errors import FFPruneError
+    from ffprune.agents.experiments.suite import SuiteReport
+
+    points = getattr(args, "agreement_points", None)
+    if points is None:
+        return SuiteReport(full_split=full_split)
+    if points < 0:
+        raise FFPruneError(f"--agreement-points must be >= 0 (0: no agreement measured), got {points}")
+    return SuiteReport(agreement_points=points, full_split=full_split)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +182,7 @@ def run_command(args: argparse.Namespace, report_only: bool) -> int:
     from ffenv.errors import FFPruneError, SearchInterrupted
     from ffprune.agents.experiments.bench import BenchOverrides
     from ffprune.agents.experiments.engine import Runner
-    from ffprune.agents.experiments.suite import SuiteReport, check_sections, load_suite, report_suite, run_suite
+    from ffprune.agents.experiments.suite import check_sections, load_suite, report_suite, run_suite
 
     source = str(args.suite)
     suite = load_suite(source)  # an unknown name or a bad file: one line
@@ -186,13 +203,13 @@ def run_command(args: argparse.Namespace, report_only: bool) -> int:
             suite = suite.but(args.budget, args.seeds)
             if shown is not None:  # rows to show: methods and variant labels (read_suite_cells tells them apart)
                 suite = dataclasses.replace(suite, methods=tuple(shown))
-            analysis = report_suite(suite, out, surrogate=surrogate)
+            analysis = report_suite(suite, out, surrogate=surrogate, report=report_options(args, ()))
         else:
             full = tuple(parse_names(args.full_split, "--full-split")) if args.full_split else ()
             suite = suite.but(args.budget, args.seeds, methods, {**suite.variants, **variants} if variants else None)
             overrides = BenchOverrides(kwargs, None, not args.no_calibrate, args.calib_alpha, not args.quiet)
             analysis = run_suite(suite, out, overrides, Runner(args.cell_workers, args.ray_address),
-                                 SuiteReport(full_split=full))
+                                 report_options(args, full))
     except (KeyboardInterrupt, SearchInterrupted):
         return interrupted(f"{out}/<task>/cells")
     report = Path(out) / "suite.md"
