@@ -100,7 +100,7 @@ def report_options(args: argparse.Namespace, full_split: tuple[str, ...]) -> Any
     from ffenv.errors import FFPruneError
     from ffprune.agents.experiments.suite import SuiteReport
 
-    points = getattr(args, "agreement_points", None)
+    points = args.agreement_points  # every parser of a suite run has it (add_suite_options)
     if points is None:
         return SuiteReport(full_split=full_split)
     if points < 0:
