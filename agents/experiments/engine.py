@@ -7,6 +7,9 @@ An experiment supplies its jobs, its analysis and its rendering; the engine supp
 - :class:`CellStore` — a folder of cells: its layout (``<folder>/cells/<label>/seed<k>.json.gz``, TensorBoard under
   ``<folder>/tb``), its settings manifest (``config.json``: a folder holding other settings is refused in one line),
   and its one failure record (``failures.json``);
+- :class:`Runner` — where an experiment's jobs run (here or on Ray), apart from what the experiment is: each experiment's
+  settings are a frozen spec (``SearchSpec``, ``BenchSpec``, ``StudySpec``...), built or updated from keywords by
+  :func:`spec_with`;
 - :func:`run_jobs` — the one job runner, in this process or as Ray tasks, with the one failure policy: a job that raises
   is recorded (its slot holds a :class:`CellFailure`), the other jobs finish, and the caller lists the failures and
   exits 1 (:func:`failure_lines`). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run; a finished cell is
@@ -22,7 +25,7 @@ import functools
 import logging
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 J = TypeVar("J")
 R = TypeVar("R")
+S = TypeVar("S")
 
 MANIFEST = "config.json"
 """A cell folder's settings manifest (:meth:`CellStore.claim`)."""
@@ -231,6 +235,32 @@ class Runner:
 
     workers: int = 0
     address: str | None = None
+
+
+IN_PROCESS = Runner()
+"""Every job in this process, one after the other: the experiments' default :class:`Runner`."""
+
+
+def spec_with(cls: type[S], spec: S | None, settings: Mapping[str, Any], what: str, kind: str) -> S:
+    """An experiment's spec (a frozen dataclass ``cls``) from ``spec`` (``None``: the defaults) with ``settings`` (its
+    fields, given by keyword) replacing its own: what ``run_search(spec, budget=100)``-style entry points do with their
+    keywords. A setting that is not a field is a one-line :class:`FFPruneError` (``"<what>: [...] are not <kind>
+    settings; settings: [<the fields>]"``), as are a spec of another type and, without a spec, a field that has no
+    default and is not given."""
+    declared = fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in declared]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise FFPruneError(f"{what}: {unknown} are not {kind} settings; settings: {names}")
+    if spec is None:
+        missing = [f.name for f in declared
+                   if f.default is MISSING and f.default_factory is MISSING and f.name not in settings]
+        if missing:
+            raise FFPruneError(f"{what}: {missing} must be given (a {cls.__name__} or keywords); settings: {names}")
+        return cls(**settings)
+    if not isinstance(spec, cls):
+        raise FFPruneError(f"{what}: spec must be a {cls.__name__}, got {type(spec).__name__}")
+    return replace(spec, **settings)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from ffenv.surrogate.records import DATA_DIR
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffenv.wrappers.curriculum import check_train_targets
 from ffenv.wrappers.logger import SearchLogger
+from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
 from ffprune.agents.results import (
@@ -176,14 +177,12 @@ SEARCH_SETTINGS = tuple(f.name for f in fields(SearchSpec))
 def search_spec(spec: SearchSpec | str, settings: Mapping[str, Any]) -> SearchSpec:
     """A :class:`SearchSpec` from a spec or an env id, with ``settings`` (its fields) replacing its own; an unknown
     setting is a one-line :class:`FFPruneError` naming the settings."""
-    unknown = sorted(set(settings) - set(SEARCH_SETTINGS))
-    if unknown:
-        raise FFPruneError(f"run_search: {unknown} are not search settings; settings: {list(SEARCH_SETTINGS)}")
     if isinstance(spec, str):
         spec = SearchSpec(env_id=spec)
     if not isinstance(spec, SearchSpec):
+        spec_with(SearchSpec, None, settings, "run_search", "search")  # an unknown setting is named first
         raise FFPruneError(f"run_search: spec must be a SearchSpec or an env id, got {type(spec).__name__}")
-    return replace(spec, **settings)
+    return spec_with(SearchSpec, spec, settings, "run_search", "search")
 
 
 def run_search(spec: SearchSpec | str = "FFPrune-Llama-v0", *, out: str | Path | None = None,
