@@ -12,7 +12,8 @@ from ffenv.io import read_json
 from ffprune.agents.cli import amortised as cli
 from ffprune.agents.cli import main
 from ffprune.agents.experiments import amortised
-from ffprune.agents.experiments.amortised import PROTOCOL, run_amortised
+from ffprune.agents.experiments.amortised import PROTOCOL, AmortisedSpec, run_amortised
+from ffprune.agents.experiments.search import SearchSpec
 from ffprune.agents.results import seed_file
 
 SUITE = Path(__file__).resolve().parents[1] / "docs" / "results" / "core"
@@ -31,14 +32,15 @@ def test_the_protocol_never_trains_on_a_test_target_and_the_cli_defaults_are_the
                                            ({"budget": 0}, "budget"), ({"refine": -1}, "refine")])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, match):
     with pytest.raises(FFPruneError, match=match):
-        run_amortised(tmp_path / "a", SUITE, **kwargs)
+        run_amortised(out=tmp_path / "a", suite_out=SUITE, **kwargs)
     assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.slow
 def test_policies_allocate_at_the_suite_targets_and_are_compared_with_the_per_target_cells(tmp_path, capsys):
     out = tmp_path / "am"
-    run_amortised(out, SUITE, modes=["unstructured"], seeds=1, budget=12, refine=2, env_kwargs=ENV_KW, progress=False)
+    spec = AmortisedSpec(modes=["unstructured"], seeds=1, budget=12, refine=2, env_kwargs=ENV_KW)
+    run_amortised(spec, out=out, suite_out=SUITE, progress=False)
     analysis = json.loads((out / "amortised.json").read_text())
     rows = {(r["task"], r["approach"]): r for r in analysis["rows"]}
     for family in ("llama", "mistral", "opt"):
@@ -58,8 +60,9 @@ def test_policies_allocate_at_the_suite_targets_and_are_compared_with_the_per_ta
     policy_file = out / "policies" / "opt-unstructured" / "seed0.policy.pt"
     trained = policy_file.read_bytes()
     policy_file.unlink()  # policies are not committed: a finished training without its policy is trained again
-    amortised.train_job("FFPrune-OPT-Unstructured-v0", policy_file.with_suffix("").with_suffix(".json"), 0, 12,
-                        PROTOCOL["unstructured"].train_targets, env_kwargs=ENV_KW)
+    amortised.train_job(SearchSpec("FFPrune-OPT-Unstructured-v0", budget=12, seed=0, env_kwargs=ENV_KW,
+                                   train_targets=PROTOCOL["unstructured"].train_targets),
+                        policy_file.with_suffix("").with_suffix(".json"))
     assert policy_file.exists() and policy_file.stat().st_size == len(trained)
     before = (out / "amortised.md").read_text()
     assert main(["amortised", "--modes", "unstructured", "--seeds", "1", "--budget", "12", "--refine", "2",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 
 import pytest
 
 from ffenv.errors import FFPruneError, WorkerLostError
 from ffprune.agents.cli import main as cli_main
-from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, run_bench, run_cell
-from ffprune.agents.experiments.engine import CellFailure, run_jobs
+from ffprune.agents.experiments.bench import BenchOverrides, BenchSpec, cell_specs, run_bench, run_cell
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
@@ -120,15 +121,47 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch)
     assert (failure.task, failure.method, failure.seed, failure.error, failure.message) == (
         "b", "boom", 0, "RuntimeError", "boom at seed 0")
     assert "boom" in failure.traceback and failure.as_dict()["env_id"] == "FFPrune-Llama-v0"
-    rows, failures = run_bench("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False,
-                                                                                       progress=False))
+    bench = BenchSpec("FFPrune-Llama-v0", 2, 2, ["boom"], SMALL, calibrate=False)
+    rows, failures = run_bench(bench, out=out, progress=False)
     assert [(f["method"], f["seed"], f["message"]) for f in failures] == [("boom", 0, "boom at seed 0")]
     assert json.loads((out / "failures.json").read_text())[0]["error"] == "RuntimeError"
     assert [r["method"] for r in rows] == ["boom"]  # the finished seed is reported
     monkeypatch.setitem(METHODS, "boom", SearchMethod("boom", random_run, "search", description="fixed"))
-    assert run_bench("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False,
-                                                                             progress=False))[1] == []
+    assert run_bench(bench, out=out, progress=False)[1] == []
     assert not (out / "failures.json").exists()  # the rerun finished it: no record left
+
+
+def test_experiment_specs_take_their_fields_by_keyword_and_refuse_anything_else(tmp_path):
+    """Every experiment's settings are a frozen spec: keywords replace its fields (:func:`spec_with`), an unknown one is a
+    one-line error naming the settings (where the jobs run is a :class:`Runner`, not a setting), and specs pickle (their
+    jobs go to Ray)."""
+    from ffprune.agents.experiments.allocate import AllocateSpec, allocate
+    from ffprune.agents.experiments.amortised import AmortisedSpec
+    from ffprune.agents.experiments.claim import ClaimSpec, run_claim
+    from ffprune.agents.experiments.fidelity import FidelitySpec
+    from ffprune.agents.experiments.surrogate_rank import RankSpec
+    from ffprune.agents.experiments.surrogate_record import RecordSpec, plan_record
+    from ffprune.agents.experiments.surrogate_study import StudySpec
+    from ffprune.agents.experiments.surrogate_validate import ValidateSpec
+    from ffprune.agents.experiments.tune import TuneSpec
+
+    spec = BenchSpec("FFPrune-OPT-v0", budget=40)
+    assert spec_with(BenchSpec, spec, {"seeds": 1}, "run_bench", "bench") == BenchSpec("FFPrune-OPT-v0", 40, 1)
+    assert spec_with(BenchSpec, None, {}, "run_bench", "bench") == BenchSpec() and IN_PROCESS == Runner(0, None)
+    with pytest.raises(FFPruneError, match=r"^run_bench: \['budjet'\] are not bench settings; settings: \['env_id', "):
+        run_bench(budjet=3)
+    with pytest.raises(FFPruneError, match=r"^run_claim: \['workers'\] are not claim settings; settings: \['tasks'"):
+        run_claim(out=tmp_path / "c", suite_out=tmp_path, workers=2)  # where cells run is a Runner
+    with pytest.raises(FFPruneError, match=r"^run_bench: spec must be a BenchSpec, got ClaimSpec$"):
+        run_bench(ClaimSpec())
+    with pytest.raises(FFPruneError, match=r"^allocate: \['target'\] must be given"):
+        allocate(tmp_path / "p.policy.pt")
+    with pytest.raises(FFPruneError, match=r"^plan_record: \['family'\] are not recording settings"):
+        plan_record(family="llama")
+    assert not list(tmp_path.iterdir())  # every refusal before any work
+    specs = [spec, ClaimSpec(), AmortisedSpec(), AllocateSpec("p.pt", 0.3), FidelitySpec("FFPrune-Llama-v0"), TuneSpec(),
+             RankSpec(), RecordSpec(), StudySpec(), ValidateSpec()]
+    assert [pickle.loads(pickle.dumps(s)) for s in specs] == specs
 
 
 def test_cost_to_reach():

@@ -22,7 +22,7 @@ import ffprune.agents.cli as cli
 from ffenv.errors import FFPruneError, SearchInterrupted, WorkerLostError
 from ffprune.agents.cli import main
 from ffprune.agents.cli.common import parse_kwargs
-from ffprune.agents.experiments.bench import BenchOverrides
+from ffprune.agents.experiments.bench import BenchOverrides, BenchSpec
 from ffprune.agents.experiments.engine import Runner
 
 HEAVY = ("torch", "gymnasium", "stable_baselines3", "matplotlib", "ffenv", "ffprune.agents.methods",
@@ -171,8 +171,8 @@ def test_an_interrupted_bench_says_how_to_resume(monkeypatch, tmp_path, capsys):
 def test_bench_passes_cell_workers_and_the_envs_calib_alpha(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_bench(env_id, budget, seeds, methods, out, overrides, workers, ray_address):
-        calls.append((env_id, budget, seeds, methods, out, overrides, workers))
+    def fake_bench(spec, *, out, runner, progress):
+        calls.append((spec, out, runner, progress))
         (Path(out) / "results.md").parent.mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.md").write_text("| method | ppl |\n")
         return [], []
@@ -183,10 +183,11 @@ def test_bench_passes_cell_workers_and_the_envs_calib_alpha(monkeypatch, tmp_pat
                  "reward_windows=2", "--reward", "calibrated", "--quiet"]) == 0
     assert main(["bench", "--out", out, "--calib-alpha", "0.5", "--budget", "4", "--seeds", "1"]) == 0
     first, second = calls
-    assert first == ("FFPrune-Llama-v0", 200, 3, ["uniform", "owl"], out,
-                     BenchOverrides({"reward_windows": 2, "reward": "calibrated"}, None, True, None, False), 3)
-    assert first[5].calib_alpha is None  # not given: the env config's calib_alpha
-    assert second[1:3] == (4, 1) and second[5].calib_alpha == 0.5 and second[-1] == 0
+    assert first == (BenchSpec("FFPrune-Llama-v0", 200, 3, ["uniform", "owl"],
+                               {"reward_windows": 2, "reward": "calibrated"}, None, True, None), out, Runner(3), False)
+    assert first[0].calib_alpha is None  # not given: the env config's calib_alpha
+    assert (second[0].budget, second[0].seeds) == (4, 1) and second[0].calib_alpha == 0.5
+    assert second[2] == Runner(0) and second[3] is True
     assert "| method | ppl |" in capsys.readouterr().out
 
 

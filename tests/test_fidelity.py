@@ -34,7 +34,7 @@ def test_window_nll_sums_to_nll_sum_per_window():
 
 def test_fidelity_study_ranks_candidates_and_resumes(tmp_path):
     out = tmp_path / "fid"
-    summary = run_fidelity("FFPrune-Llama-v0", out, progress=False, **SMALL, **KW)
+    summary = run_fidelity("FFPrune-Llama-v0", out=out, progress=False, **SMALL, env_kwargs=KW)
     rows = json.loads((out / "rows.json").read_text())["rows"]
     assert len(rows) == 12 and rows[0]["kind"] == "uniform"
     assert {"owl", "dlp", "alphapruning", "flap", "atp"} <= {r["kind"] for r in rows}
@@ -49,10 +49,10 @@ def test_fidelity_study_ranks_candidates_and_resumes(tmp_path):
     assert rec is None or rec["rho"] >= 0.9
     assert "| length | windows |" in (out / "fidelity.md").read_text() and (out / "fidelity.png").is_file()
     # resume: nothing is measured again; other settings are refused before any work
-    again = run_fidelity("FFPrune-Llama-v0", out, progress=False, **SMALL, **KW)
+    again = run_fidelity("FFPrune-Llama-v0", out=out, progress=False, **SMALL, env_kwargs=KW)
     assert again["candidates"] == summary["candidates"]
     with pytest.raises(FFPruneError, match="other settings"):
-        run_fidelity("FFPrune-Llama-v0", out, progress=False, **{**SMALL, "allocations": 13}, **KW)
+        run_fidelity("FFPrune-Llama-v0", out=out, progress=False, **{**SMALL, "allocations": 13}, env_kwargs=KW)
 
 
 def test_full_split_check_measures_spread_allocations_and_resumes(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_full_split_check_measures_spread_allocations_and_resumes(tmp_path, monk
     out = tmp_path / "fid"
     with pytest.raises(FFPruneError, match="run `ffprune fidelity` first"):
         run_full_split(out, 5, progress=False)
-    run_fidelity("FFPrune-Llama-v0", out, progress=False, **SMALL, **KW)
+    run_fidelity("FFPrune-Llama-v0", out=out, progress=False, **SMALL, env_kwargs=KW)
     rows = json.loads((out / "rows.json").read_text())["rows"]
     picks = full_split_picks(rows, 5)
     held = sorted(r["held_out_ppl"] for r in rows)
@@ -91,7 +91,7 @@ def test_full_split_check_measures_spread_allocations_and_resumes(tmp_path, monk
                                            ({"goal": 1.5}, "goal must be")])
 def test_fidelity_bad_input_is_one_line(tmp_path, kwargs, match):
     with pytest.raises(FFPruneError, match=match):
-        run_fidelity("FFPrune-Llama-v0", tmp_path / "f", progress=False, **{**SMALL, **kwargs}, **KW)
+        run_fidelity("FFPrune-Llama-v0", out=tmp_path / "f", progress=False, **{**SMALL, **kwargs}, env_kwargs=KW)
 
 
 def test_fidelity_cli_bad_lengths(capsys, tmp_path):

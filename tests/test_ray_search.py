@@ -37,11 +37,12 @@ def test_search_with_two_workers_equals_one_worker(tmp_path):
 
 @pytest.mark.slow
 def test_bench_cells_run_as_ray_tasks(tmp_path):
-    from ffprune.agents.experiments.bench import BenchOverrides, run_bench
+    from ffprune.agents.experiments.bench import run_bench
+    from ffprune.agents.experiments.engine import Runner
 
-    small = BenchOverrides({"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}, calibrate=False, progress=False)
-    rows, failures = run_bench("FFPrune-Llama-v0", budget=3, seeds=2, methods=["random", "uniform"], out=tmp_path / "b",
-                               overrides=small, workers=2)
+    small = {"reward_windows": 2, "calib_samples": 8, "eval_samples": 2}
+    rows, failures = run_bench(env_id="FFPrune-Llama-v0", budget=3, seeds=2, methods=["random", "uniform"],
+                               env_kwargs=small, calibrate=False, out=tmp_path / "b", runner=Runner(2), progress=False)
     assert failures == []
     assert sorted(r["method"] for r in rows) == ["random", "uniform"]
     assert len(list((tmp_path / "b" / "cells").glob("*/seed*.json.gz"))) == 3  # random x 2, uniform once (deterministic)

@@ -277,7 +277,7 @@ def test_claim_runs_multi_step_cells_and_compares_them_with_fastforwards_suite_c
     assert (tmp_path / "claim" / "claim.png").stat().st_size > 0 and "amc-ddpg" in capsys.readouterr().out
     assert cli_main([*argv, "--report-only"]) == 0  # the report again from the cells on disk
     assert cli_main(["claim", "--tasks", "llama-u0.9", "--out", str(tmp_path / "x")]) == 2
-    from ffprune.agents.experiments.claim import claim_specs  # a real suite's task runs on its own sequential twin
+    from ffprune.agents.experiments.claim import ClaimSpec, claim_specs  # a real suite's task runs on its own twin
 
-    real = claim_specs(tmp_path / "real", ["smollm2-s0.2"], [100, 1000], 3, ["amc-ddpg"], progress=False)
+    real = claim_specs(ClaimSpec(["smollm2-s0.2"], [100, 1000], 3, ["amc-ddpg"]), tmp_path / "real", progress=False)
     assert {s.env_id for s in real} == {"FFPrune-SmolLM2-Sequential-v0"} and len(real) == 6

@@ -36,6 +36,7 @@ from ffprune.agents.experiments.suite import (
     task_methods,
     update_sections,
 )
+from ffprune.agents.experiments.surrogate_rank import RankSpec
 from ffprune.agents.methods.registry import METHODS, SearchMethod
 from ffprune.agents.results import seed_files
 from ffprune.baselines.heuristics import uniform_allocation
@@ -600,8 +601,10 @@ def test_suite_names_files_and_compare(tmp_path, monkeypatch, capsys):
     assert load_suite(tmp_path / "s.json") == Suite("s", (SuiteTask("t", "FFPrune-OPT-Unstructured-v0"),), 100, 3)
     assert main(["suite", "list"]) == 0 and "smollm2-s0.2     FFPrune-SmolLM2-v0" in capsys.readouterr().out
     calls = []
-    monkeypatch.setattr("ffprune.agents.experiments.surrogate_rank.run_rank", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr("ffprune.agents.experiments.surrogate_rank.run_rank",
+                        lambda spec, **where: calls.append((spec, where)) or {})
     monkeypatch.setattr("ffprune.agents.experiments.surrogate_rank.ranking_markdown", lambda a: "")
     assert main(["suite", "compare", "A", "B", "--out", "C", "--tasks", "llama-s0.3"]) == 0
     assert main(["surrogate", "rank", "--real", "A", "--surrogate-out", "B", "--out", "C", "--tasks", "llama-s0.3"]) == 0
-    assert calls[0] == calls[1] == ("A", "B", "C", "core", ["llama-s0.3"], None, None, None, 2000)
+    assert calls[0] == calls[1] == (RankSpec("core", ["llama-s0.3"], None, None, None, 2000),
+                                    {"real_out": "A", "surrogate_out": "B", "out": "C"})

@@ -152,17 +152,18 @@ def test_real_result_readers_refuse_surrogate_results(recorded, tmp_path):
         (suite_out / TASK / "cells" / method).mkdir(parents=True)
         atomic_write_json(cell_path(suite_out / TASK, method, 0), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune claim expects real results"):
-        report_claim(tmp_path / "claim", suite_out, tasks=[TASK], budgets=[100], seeds=1)
+        report_claim(out=tmp_path / "claim", suite_out=suite_out, tasks=[TASK], budgets=[100], seeds=1)
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune amortised expects real results"):
-        report_amortised(tmp_path / "amortised", suite_out, families=["llama"], modes=["structured"], seeds=1)
+        report_amortised(out=tmp_path / "amortised", suite_out=suite_out, families=["llama"], modes=["structured"], seeds=1)
     tune = tmp_path / "tune"
     (tune / "default" / TASK / "cells" / "fastforward").mkdir(parents=True)
     (tune / "config.json").write_text(json.dumps({"method": "fastforward", "budget": 100, "env_kwargs": {}}))
     atomic_write_json(cell_path(tune / "default" / TASK, "fastforward", 10), read_json(path))
     with pytest.raises(FFPruneError, match="surrogate result .*ffprune tune expects real results"):
-        report_tune(tune, "fastforward", {"default": {}}, tasks=[TASK], seeds=[10])
-    for call, what in ((lambda: run_tune(tmp_path / "t2", env_kwargs=recorded[2]), "ffprune tune"),
-                       (lambda: run_amortised(tmp_path / "a2", tmp_path, env_kwargs=recorded[2]), "ffprune amortised")):
+        report_tune(out=tune, method="fastforward", variants={"default": {}}, tasks=[TASK], seeds=[10])
+    for call, what in ((lambda: run_tune(out=tmp_path / "t2", env_kwargs=recorded[2]), "ffprune tune"),
+                       (lambda: run_amortised(out=tmp_path / "a2", suite_out=tmp_path, env_kwargs=recorded[2]),
+                        "ffprune amortised")):
         with pytest.raises(FFPruneError, match=f"{what} runs and reads real searches.*surrogate=True is refused"):
             call()
     assert not (tmp_path / "t2").exists() and not (tmp_path / "a2").exists()

@@ -200,7 +200,7 @@ def test_a_real_family_records_around_its_suite_target_at_its_own_cost(tmp_path)
         sr.default_suite_out("smollm2")
     config = sr.env_config("smollm2", "structured", 0)
     assert (config.model, config.eval_samples, sr.held_out_cost(config)) == ("smollm2-135m", 32, 4.0)
-    plan = sr.plan_record(["smollm2"], ["structured"], out=tmp_path, settings=settings)
+    plan = sr.plan_record(families=["smollm2"], modes=["structured"], out=tmp_path, settings=settings)
     entry = plan["sets"][0]
     assert entry["path"].endswith("smollm2-135m-structured.npz") and entry["seconds_per_evaluation"] == 3.5
     sources = entry["per_seed"][0]["sources"]

@@ -17,12 +17,13 @@ from ffenv import FFPruneEnv, FFPruneError
 from ffenv.io import read_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments import bench
-from ffprune.agents.experiments.bench import BenchOverrides, cell_path, run_cells
+from ffprune.agents.experiments.bench import BenchSpec, cell_path, run_cells
 from ffprune.agents.experiments.rlstats import kendall_tau_b
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.surrogate_rank import GOAL, run_rank
 from ffprune.agents.experiments.surrogate_study import (
     TABLE_BUDGETS,
+    StudySpec,
     cell_curve,
     checkpoint_grid,
     curve_path,
@@ -108,7 +109,7 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
     methods = ["random", "evolution", "fastforward"]
     kwargs = dict(budget=30, seeds=2, out=out, env_kwargs={k: v for k, v in surrogate_kw.items() if k != "surrogate"},
                   progress=False, points=8, reps=50)
-    analysis = run_study(list(TASKS), methods, **kwargs)
+    analysis = run_study(tasks=list(TASKS), methods=methods, **kwargs)
     grid = checkpoint_grid(30, 8)
     assert analysis["checkpoints"] == grid and analysis["table_budgets"] == [30] and analysis["failures"] == []
     for task, env_id in TASKS.items():
@@ -140,14 +141,15 @@ def test_study_runs_resumes_and_reports_learning_curves(surrogate_kw, tmp_path, 
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # resumed: no search runs again; the report from the curve files alone is the same
     monkeypatch.setattr(bench, "run_search", lambda *a, **k: pytest.fail("a finished cell ran again"))
-    assert run_study(list(TASKS), methods, **kwargs)["curves"] == analysis["curves"]
-    assert report_study(list(TASKS), methods, 30, 2, out, reps=50, points=8)["curves"] == analysis["curves"]
+    assert run_study(tasks=list(TASKS), methods=methods, **kwargs)["curves"] == analysis["curves"]
+    spec = StudySpec(list(TASKS), methods, 30, 2, reps=50, points=8)
+    assert report_study(spec, out=out)["curves"] == analysis["curves"]
     assert main(["surrogate", "study", "--tasks", ",".join(TASKS), "--methods", ",".join(methods), "--budget", "30",
                  "--seeds", "2", "--out", str(out), "--reps", "50", "--points", "8", "--report-only", "--quiet"]) == 0
     assert "| evolution |" in capsys.readouterr().out
     # the folder holds these settings: another budget is refused, before any search
     with pytest.raises(FFPruneError, match="holds a bench with other settings"):
-        run_study(list(TASKS), methods, **{**kwargs, "budget": 31})
+        run_study(tasks=list(TASKS), methods=methods, **{**kwargs, "budget": 31})
 
 
 def test_a_failing_study_cell_is_recorded_and_the_others_finish(surrogate_kw, tmp_path, monkeypatch, capsys):
@@ -240,14 +242,14 @@ def suites(tmp_path_factory, surrogate_kw):
     methods = ["uniform", "owl", "random", "evolution"]
     for kind, kw, extra in (("real", SURROGATE_KW, []), ("surrogate", surrogate_kw, ["alphapruning"])):
         for task, env_id in TASKS.items():
-            run_cells(env_id, 4, 2, methods + extra, root / kind / task, BenchOverrides(kw, calibrate=False, progress=False))
+            run_cells(BenchSpec(env_id, 4, 2, methods + extra, kw, calibrate=False), out=root / kind / task, progress=False)
     return root
 
 
 @pytest.mark.slow
 def test_rank_compares_the_iqm_rankings_with_kendall_tau(suites, tmp_path, capsys):
-    analysis = run_rank(suites / "real", suites / "surrogate", tmp_path / "rank", tasks=list(TASKS), budget=4, seeds=2,
-                        reps=50)
+    analysis = run_rank(real_out=suites / "real", surrogate_out=suites / "surrogate", out=tmp_path / "rank",
+                        tasks=list(TASKS), budget=4, seeds=2, reps=50)
     overall = analysis["overall"]
     assert overall["methods"] == sorted(overall["methods"], key=lambda m: overall["real_rank"][overall["methods"].index(m)])
     assert set(overall["methods"]) == {"uniform", "owl", "random", "evolution"}

@@ -16,6 +16,7 @@ from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.tune import (
     GRIDS,
     REFERENCE,
+    TuneSpec,
     parse_variant,
     report_tune,
     run_tune,
@@ -33,7 +34,7 @@ def tiny(tmp_path_factory):
     """One task, two variants (default, squash), one seed, budget 4."""
     out = tmp_path_factory.mktemp("tune")
     variants = tune_variants("fastforward", ["squash"])
-    analysis = run_tune(out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
+    analysis = run_tune(out=out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
     return out, variants, analysis
 
 
@@ -58,7 +59,7 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
     assert "### Tuning fastforward on the reward split" in capsys.readouterr().out
     # a rerun resumes: every cell is finished, nothing is recomputed, the report is the same
     before = cell_path(out / "squash" / TASK, "fastforward", 10).stat().st_mtime_ns
-    run_tune(out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
+    run_tune(out=out, variants=variants, tasks=[TASK], seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
     assert cell_path(out / "squash" / TASK, "fastforward", 10).stat().st_mtime_ns == before
     assert (out / "tune.md").read_bytes() == md
     # the report shows no held-out number: no eval_ppl field, none of the cells' held-out values
@@ -76,7 +77,7 @@ def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_
     far too wide for 50 %) is listed as infeasible, not a failure, and the selection among the others is final."""
     variants = {REFERENCE: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
     out = tmp_path / "owl"
-    analysis = run_tune(out, "owl", variants, tasks=[TASK], seeds=[10, 11], env_kwargs=ENV_KW, progress=False)
+    analysis = run_tune(TuneSpec("owl", variants, [TASK], [10, 11], env_kwargs=ENV_KW), out=out, progress=False)
     assert analysis["seeds"] == [10] and not cell_path(out / REFERENCE / TASK, "owl", 11).exists()
     assert [f["variant"] for f in analysis["infeasible"]] == ["wide"] and "lam" in analysis["infeasible"][0]["message"]
     assert analysis["failures"] == [] and analysis["missing"] == []
@@ -85,17 +86,19 @@ def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_
     if analysis["selected"] != REFERENCE:
         assert selected_settings(out).settings == {"lam": 0.02, "m": 3.0}
     with pytest.raises(FFPruneError, match=r"\['gamma'\] are not owl settings"):
-        run_tune(tmp_path / "bad", "owl", {REFERENCE: {}, "g": {"gamma": 1}}, tasks=[TASK], seeds=[10], progress=False)
+        run_tune(out=tmp_path / "bad", method="owl", variants={REFERENCE: {}, "g": {"gamma": 1}}, tasks=[TASK], seeds=[10],
+                 progress=False)
     with pytest.raises(FFPruneError, match="tasks must be real suite tasks"):
-        run_tune(tmp_path / "bad", "owl", {REFERENCE: {}}, tasks=[TASK], seeds=[10], suite="real", progress=False)
+        run_tune(out=tmp_path / "bad", method="owl", variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], suite="real",
+                 progress=False)
     assert GRIDS["owl"]["lam0.05-m7"] == {"lam": 0.05, "m": 7.0} and len(GRIDS["owl"]) == 20
 
 
 @pytest.mark.slow
 def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
     out, _variants, _ = tiny  # the default cell is finished: only full32's runs
-    run_tune(out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10], budget=4,
-             env_kwargs=ENV_KW, progress=False)
+    run_tune(out=out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10],
+             budget=4, env_kwargs=ENV_KW, progress=False)
     default, full = (read_json(cell_path(out / v / TASK, "fastforward", 10)) for v in (REFERENCE, "full32"))
     assert full["curriculum_kwargs"] == {"fidelity_schedule": "none"} and "curriculum_kwargs" not in default
     assert full["agent_config"] == default["agent_config"]
@@ -106,10 +109,10 @@ def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
 def test_a_folder_holding_other_settings_is_refused(tiny):
     out, _variants, _ = tiny
     with pytest.raises(FFPruneError, match="holds a variant with other settings"):
-        run_tune(out, variants={REFERENCE: {}, "squash": {"squash": True, "clip_coef": 0.3}}, tasks=[TASK], seeds=[10],
-                 budget=4, env_kwargs=ENV_KW, progress=False)
+        run_tune(out=out, variants={REFERENCE: {}, "squash": {"squash": True, "clip_coef": 0.3}}, tasks=[TASK],
+                 seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
     with pytest.raises(FFPruneError, match="holds a tune with other settings"):
-        run_tune(out, variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], budget=5, env_kwargs=ENV_KW, progress=False)
+        run_tune(out=out, variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], budget=5, env_kwargs=ENV_KW, progress=False)
 
 
 SETTINGS = {REFERENCE: {}, "lo": {"clip_coef": 0.2}, "hi": {"clip_coef": 0.3}, "other": {"clip_coef": 0.25}}
@@ -132,7 +135,7 @@ def _fake_tune(out, rewards, tasks=("llama-s0.5", "opt-s0.5"), seeds=(10, 11)):
         pairs = [(t, s) for t in tasks for s in seeds]
         for (task, seed), reward in zip(pairs, values):
             _fake_cell(cell_path(out / variant / task, "fastforward", seed), reward, 987.6543 + reward)
-    return report_tune(out, "fastforward", variants, list(tasks), list(seeds))
+    return report_tune(TuneSpec("fastforward", variants, list(tasks), list(seeds)), out=out)
 
 
 def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp_path):
@@ -154,14 +157,14 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
     (cell_path(tmp_path / "a" / "hi" / "opt-s0.5", "fastforward", 11)).unlink()
     failed = {"variant": "hi", "task": "opt-s0.5", "seed": 11, "error": "RuntimeError", "message": "boom"}
     atomic_write_json(tmp_path / "a" / "failures.json", [failed, {**failed, "seed": 10}])  # seed 10 finished since
-    again = report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
-                        ["llama-s0.5", "opt-s0.5"], [10, 11])
+    again = report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+                                 ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")
     assert again["selected"] == REFERENCE and again["missing"] == [{"variant": "hi", "task": "opt-s0.5", "seed": 11}]
     assert again["failures"] == [failed] and "incomplete (3 / 4)" in tune_markdown(again)
     assert "- hi opt-s0.5 seed 11: RuntimeError: boom" in tune_markdown(again)
     (cell_path(tmp_path / "a" / REFERENCE / "opt-s0.5", "fastforward", 11)).unlink()
-    assert report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo")},
-                       ["llama-s0.5", "opt-s0.5"], [10, 11])["selected"] is None
+    assert report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo")},
+                                ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")["selected"] is None
 
 
 def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
@@ -171,8 +174,8 @@ def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
     with pytest.raises(FFPruneError, match="selected 'default' .*nothing new to run"):
         selected_settings(tmp_path / "t")
     cell_path(tmp_path / "a" / "lo" / "opt-s0.5", "fastforward", 11).unlink()  # hi is still the best, but not for good
-    report_tune(tmp_path / "a", "fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
-                ["llama-s0.5", "opt-s0.5"], [10, 11])
+    report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+                         ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")
     with pytest.raises(FFPruneError, match=r"1 unfinished cell\(s\), so its selection \('hi' so far\) is not final"):
         selected_settings(tmp_path / "a")
     with pytest.raises(FFPruneError, match="tune.json' does not exist: run `ffprune tune"):
@@ -220,9 +223,9 @@ def test_bad_input_is_one_line_and_exit_code_2_before_any_search(tmp_path, capsy
 
 def test_seeds_of_the_suite_are_refused_by_the_library_too(tmp_path):
     with pytest.raises(FFPruneError, match="held-out protocol"):
-        run_tune(tmp_path, tasks=[TASK], seeds=[1, 10], budget=4, env_kwargs=ENV_KW)
+        run_tune(out=tmp_path, tasks=[TASK], seeds=[1, 10], budget=4, env_kwargs=ENV_KW)
     with pytest.raises(FFPruneError, match="run ffprune tune without --report-only first"):
-        report_tune(tmp_path, seeds=[10])
+        report_tune(out=tmp_path, seeds=[10])
 
 
 def test_a_search_refuses_curriculum_settings_it_cannot_use(tmp_path):

@@ -36,11 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run :func:`ffprune.agents.experiments.allocate.allocate` and print the allocation's figures and cost."""
-    from ffprune.agents.experiments.allocate import allocate
+    from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 
-    result = allocate(args.policy, args.target, env_id=args.env, env_kwargs=env_kwargs(args), refine=args.refine,
-                      seed=args.seed, out=args.out, logdir=args.logdir, progress=not args.quiet,
-                      agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"), calibrate=args.calibrate)
+    spec = AllocateSpec(args.policy, args.target, env_id=args.env, env_kwargs=env_kwargs(args), refine=args.refine,
+                        seed=args.seed, agent_kwargs=parse_kwargs(args.agent_kwarg, "--agent-kwarg"),
+                        calibrate=args.calibrate)
+    result = allocate(spec, out=args.out, logdir=args.logdir, progress=not args.quiet)
     best, cost, training = result["best"], result["cost"], result.get("training_cost")
     how = f"refined with {result['refine']} evaluations" if result["refine"] else "zero-shot (policy mean)"
     print(f"{result['env_id']} at target {result['env_kwargs']['target_sparsity']}: {how}; realized sparsity "

@@ -32,16 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """:func:`~ffprune.agents.experiments.amortised.run_amortised` (or its report only); prints the tables."""
     from ffenv.errors import SearchInterrupted
-    from ffprune.agents.experiments.amortised import report_amortised, run_amortised
+    from ffprune.agents.experiments.amortised import AmortisedSpec, report_amortised, run_amortised
+    from ffprune.agents.experiments.engine import Runner
 
-    kwargs = {"families": parse_names(args.families, "--families"), "modes": parse_names(args.modes, "--modes"),
-              "seeds": args.seeds, "budget": args.budget, "refine": args.refine}
+    spec = AmortisedSpec(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), args.seeds,
+                         args.budget, args.refine, cross_model=not args.no_cross_model)
     if args.report_only:
-        report_amortised(args.out, args.suite_out, **kwargs)
+        report_amortised(spec, out=args.out, suite_out=args.suite_out)
     else:
         try:
-            run_amortised(args.out, args.suite_out, cross_model=not args.no_cross_model, workers=args.cell_workers,
-                          ray_address=args.ray_address, progress=not args.quiet, **kwargs)
+            run_amortised(spec, out=args.out, suite_out=args.suite_out,
+                          runner=Runner(args.cell_workers, args.ray_address), progress=not args.quiet)
         except (KeyboardInterrupt, SearchInterrupted):
             return interrupted(args.out)
     print((Path(args.out) / "amortised.md").read_text())

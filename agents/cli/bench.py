@@ -57,14 +57,16 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffenv.errors import SearchInterrupted
     from ffprune.agents.cli.common import interrupted
     from ffprune.agents.cli.suite import failed
-    from ffprune.agents.experiments.bench import BenchOverrides, run_bench
+    from ffprune.agents.experiments.bench import BenchSpec, run_bench
+    from ffprune.agents.experiments.engine import Runner
 
     out = args.out or "bench"
-    overrides = BenchOverrides(env_kwargs(args), args.target, not args.no_calibrate, args.calib_alpha, not args.quiet)
+    spec = BenchSpec(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
+                     3 if args.seeds is None else args.seeds, methods, env_kwargs(args), args.target,
+                     not args.no_calibrate, args.calib_alpha)
     try:
-        _rows, failures = run_bench(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
-                                    3 if args.seeds is None else args.seeds, methods, out, overrides,
-                                    args.cell_workers, args.ray_address)
+        _rows, failures = run_bench(spec, out=out, runner=Runner(args.cell_workers, args.ray_address),
+                                    progress=not args.quiet)
     except (KeyboardInterrupt, SearchInterrupted):  # a bench resumes its cells by itself: no --resume to add
         return interrupted(f"{out}/cells")
     if (Path(out) / "results.md").exists():

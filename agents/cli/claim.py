@@ -26,20 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """:func:`~ffprune.agents.experiments.claim.run_claim` (or its report only); prints the table."""
     from ffenv.errors import FFPruneError, SearchInterrupted
-    from ffprune.agents.experiments.claim import report_claim, run_claim
+    from ffprune.agents.experiments.claim import ClaimSpec, report_claim, run_claim
+    from ffprune.agents.experiments.engine import Runner
 
     try:
         budgets = [int(b) for b in parse_names(args.budgets, "--budgets")]
     except ValueError:
         raise FFPruneError(f"--budgets must be comma-separated positive integers, got {args.budgets!r}") from None
-    kwargs = {"tasks": parse_names(args.tasks, "--tasks"), "budgets": budgets, "seeds": args.seeds,
-              "methods": parse_names(args.methods, "--methods")}
+    spec = ClaimSpec(parse_names(args.tasks, "--tasks"), budgets, args.seeds, parse_names(args.methods, "--methods"))
     if args.report_only:
-        analysis = report_claim(args.out, args.suite_out, **kwargs)
+        analysis = report_claim(spec, out=args.out, suite_out=args.suite_out)
     else:
         try:
-            analysis = run_claim(args.out, args.suite_out, workers=args.cell_workers, ray_address=args.ray_address,
-                                 progress=not args.quiet, **kwargs)
+            analysis = run_claim(spec, out=args.out, suite_out=args.suite_out,
+                                 runner=Runner(args.cell_workers, args.ray_address), progress=not args.quiet)
         except (KeyboardInterrupt, SearchInterrupted):  # the cells resume by themselves, as in ffprune bench
             return interrupted(args.out)
     print((Path(args.out) / "claim.md").read_text())

@@ -106,8 +106,8 @@ def add_cell_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_cell_workers_argument(p: argparse.ArgumentParser) -> None:
-    """``--cell-workers``: bench cells as Ray tasks (the library's ``workers=`` of ``run_bench`` / ``run_suite`` /
-    ``run_claim``), with ``--ray-address``."""
+    """``--cell-workers``: bench cells as Ray tasks, with ``--ray-address`` (the library's
+    ``Runner(workers, address)``, the ``runner=`` of ``run_bench`` / ``run_suite`` / ``run_claim``...)."""
     p.add_argument("--cell-workers", type=int, default=0, help="run the (method, seed) cells as Ray tasks on this many "
                    "workers (a local Ray instance with N CPUs, or N GPUs with --env-kwarg device=cuda); 0: one after "
                    "the other in this process (default)")

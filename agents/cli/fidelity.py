@@ -29,15 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """:func:`~ffprune.agents.experiments.fidelity.run_fidelity`; prints the table."""
     from ffenv.errors import FFPruneError
-    from ffprune.agents.experiments.fidelity import run_fidelity
+    from ffprune.agents.experiments.fidelity import FidelitySpec, run_fidelity
 
     try:
         lengths = tuple(int(x) for x in parse_names(args.lengths, "--lengths"))
         windows = tuple(int(x) for x in parse_names(args.windows, "--windows"))
     except ValueError:
         raise FFPruneError("--lengths and --windows must be comma-separated positive integers") from None
-    run_fidelity(args.env, args.out, allocations=args.allocations, seed=args.seed, lengths=lengths, windows=windows,
-                 goal=args.goal, max_tokens=args.max_tokens, progress=not args.quiet)
+    spec = FidelitySpec(args.env, args.allocations, args.seed, lengths, windows, args.goal, args.max_tokens)
+    run_fidelity(spec, out=args.out, progress=not args.quiet)
     print((Path(args.out) / "fidelity.md").read_text())
     if args.full_split is not None:
         from ffprune.agents.experiments.fidelity import run_full_split

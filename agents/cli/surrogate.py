@@ -216,17 +216,17 @@ def settings_of(args: argparse.Namespace) -> Any:
 def _record(args: argparse.Namespace) -> int:
     from ffenv.errors import SearchInterrupted
     from ffprune.agents.experiments import surrogate_record as sr
+    from ffprune.agents.experiments.engine import Runner
 
-    kwargs = {"families": parse_names(args.families, "--families"), "modes": parse_names(args.modes, "--modes"),
-              "seeds": _seeds(args.seeds), "out": args.out, "settings": settings_of(args),
-              "env_kwargs": parse_kwargs(args.env_kwarg, "--env-kwarg") or None, "suite_out": args.suite_out,
-              "suites": RESULTS}
+    spec = sr.RecordSpec(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"),
+                         _seeds(args.seeds), settings_of(args), parse_kwargs(args.env_kwarg, "--env-kwarg") or None)
+    where = {"out": args.out, "suite_out": args.suite_out, "suites": RESULTS}
     if args.dry_run:
-        print(sr.plan_markdown(sr.plan_record(**kwargs)))
+        print(sr.plan_markdown(sr.plan_record(spec, **where)))
         return 0
     try:
-        summaries = sr.run_record(workers=args.cell_workers, ray_address=args.ray_address, progress=not args.quiet,
-                                  **kwargs)
+        summaries = sr.run_record(spec, runner=Runner(args.cell_workers, args.ray_address), progress=not args.quiet,
+                                  **where)
     except (KeyboardInterrupt, SearchInterrupted):
         return interrupted(args.out or "ffenv/surrogate/data")
     print(sr.summary_markdown(summaries))
@@ -236,7 +236,7 @@ def _record(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from ffenv.errors import FFPruneError
     from ffenv.surrogate import FitSettings
-    from ffprune.agents.experiments.surrogate_validate import run_validate, validation_markdown
+    from ffprune.agents.experiments.surrogate_validate import ValidateSpec, run_validate, validation_markdown
 
     fit = parse_kwargs(args.fit_kwarg, "--fit-kwarg")
     try:
@@ -244,8 +244,9 @@ def _validate(args: argparse.Namespace) -> int:
     except TypeError:
         fields = list(FitSettings.__dataclass_fields__)
         raise FFPruneError(f"--fit-kwarg takes FitSettings fields {fields}, got {sorted(fit)}") from None
-    analysis = run_validate(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), args.data,
-                            args.out, settings, compare=not args.no_compare, folds=args.folds)
+    spec = ValidateSpec(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), settings,
+                        compare=not args.no_compare, folds=args.folds)
+    analysis = run_validate(spec, data=args.data, out=args.out)
     print(validation_markdown(analysis))
     print(f"written: {args.out}/validation.md, validation.json")
     return 0
@@ -257,10 +258,11 @@ def _optional_names(text: str | None, flag: str) -> list[str] | None:
 
 def rank_command(args: argparse.Namespace) -> int:
     """``ffprune surrogate rank`` / ``ffprune suite compare``: :func:`~ffprune.agents.experiments.surrogate_rank.run_rank`."""
-    from ffprune.agents.experiments.surrogate_rank import ranking_markdown, run_rank
+    from ffprune.agents.experiments.surrogate_rank import RankSpec, ranking_markdown, run_rank
 
-    analysis = run_rank(args.real, args.surrogate_out, args.out, args.suite, _optional_names(args.tasks, "--tasks"),
-                        args.budget, args.seeds, _optional_names(args.methods, "--methods"), args.reps)
+    spec = RankSpec(args.suite, _optional_names(args.tasks, "--tasks"), args.budget, args.seeds,
+                    _optional_names(args.methods, "--methods"), args.reps)
+    analysis = run_rank(spec, real_out=args.real, surrogate_out=args.surrogate_out, out=args.out)
     print(ranking_markdown(analysis))
     print(f"written: {args.out}/ranking.md, ranking.json")
     return 0
@@ -270,7 +272,9 @@ def _study(args: argparse.Namespace) -> int:
     import sys
 
     from ffenv.errors import SearchInterrupted
+    from ffprune.agents.experiments.engine import Runner
     from ffprune.agents.experiments.surrogate_study import (
+        StudySpec,
         parse_study_variant,
         report_study,
         run_study,
@@ -279,15 +283,16 @@ def _study(args: argparse.Namespace) -> int:
 
     tasks, methods = _optional_names(args.tasks, "--tasks"), parse_names(args.methods, "--methods")
     variants = dict(parse_study_variant(v) for v in args.variant or [])
+    spec = StudySpec(tasks, methods, args.budget, args.seeds, points=args.points, reps=args.reps, variants=variants)
     if args.report_only:
-        analysis = report_study(tasks, [*methods, *variants], args.budget, args.seeds, args.out, args.reps, args.points)
+        analysis = report_study(spec, out=args.out)
     else:
         env = parse_kwargs(args.env_kwarg, "--env-kwarg")
         if args.surrogate_data is not None:
             env["surrogate_data"] = args.surrogate_data
         try:
-            analysis = run_study(tasks, methods, args.budget, args.seeds, args.out, env, args.cell_workers,
-                                 args.ray_address, not args.quiet, args.points, args.reps, args.tensorboard, variants)
+            analysis = run_study(spec, out=args.out, runner=Runner(args.cell_workers, args.ray_address),
+                                 progress=not args.quiet, tensorboard=args.tensorboard, env_kwargs=env)
         except (KeyboardInterrupt, SearchInterrupted):
             return interrupted(args.out)
     print(study_markdown(analysis))

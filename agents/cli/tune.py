@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """:func:`~ffprune.agents.experiments.tune.run_tune` (or its report only); prints the table."""
     from ffenv.errors import FFPruneError, SearchInterrupted
-    from ffprune.agents.experiments.tune import parse_variant, report_tune, run_tune, tune_variants
+    from ffprune.agents.experiments.engine import Runner
+    from ffprune.agents.experiments.tune import TuneSpec, parse_variant, report_tune, run_tune, tune_variants
 
     try:
         seeds = [int(s) for s in parse_names(args.seeds, "--seeds")]
@@ -56,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if args.suite != "core" and args.out == "docs/results/tune-<method>":
         out += f"-{args.suite}"
     tasks = parse_names(args.tasks, "--tasks") if args.tasks is not None else None
-    kwargs = {"method": args.method, "variants": variants, "tasks": tasks, "seeds": seeds, "suite": args.suite}
+    spec = TuneSpec(args.method, variants, tasks, seeds, args.budget, env_kwargs(args) or None, args.suite)
     if args.report_only:
-        analysis = report_tune(out, **kwargs)
+        analysis = report_tune(spec, out=out)
     else:
         try:
-            analysis = run_tune(out, budget=args.budget, env_kwargs=env_kwargs(args) or None, workers=args.cell_workers,
-                                ray_address=args.ray_address, progress=not args.quiet, **kwargs)
+            analysis = run_tune(spec, out=out, runner=Runner(args.cell_workers, args.ray_address),
+                                progress=not args.quiet)
         except (KeyboardInterrupt, SearchInterrupted):  # the cells resume by themselves, as in ffprune bench
             return interrupted(out)
     print((Path(out) / "tune.md").read_text())

@@ -2,8 +2,8 @@
 
 A FastForward policy sees the episode's target as its observation's first entry; trained across targets
 (``ffprune search --agent fastforward --train-targets ...``) it is **target-conditioned**: one policy, an
-allocation for any target σ of the same model and mode. :func:`allocate` reads a policy file (with the
-provenance its search saved in its metadata), rebuilds that env at σ and
+allocation for any target σ of the same model and mode. :func:`allocate` (an :class:`AllocateSpec`: the policy, σ and
+how) reads a policy file (with the provenance its search saved in its metadata), rebuilds that env at σ and
 
 * ``refine=0`` (**zero-shot**): takes the policy's mean action (deterministic, no sampling; ``tanh`` of the mean for
   a squashed policy) for the observation at σ; the env's projector makes it an allocation meeting σ exactly. No
@@ -32,6 +32,8 @@ fit the env is refused.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from ffenv.io import check_writable, versions
 from ffenv.pruning.projector import project_budget
 from ffenv.registration import resolve_config
 from ffenv.vector.ray_workers import WORKER_FIELDS
+from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.experiments.search import (
     calibrated_eval_ppl,
     recorded_env_kwargs,
@@ -58,46 +61,57 @@ AGENT = "fastforward-allocate"
 """The ``agent`` of a zero-shot allocation's result (a refined one is an ordinary ``fastforward`` search)."""
 
 
-def allocate(
-    policy: str | Path,
-    target: float,
-    env_id: str | None = None,
-    env_kwargs: dict[str, Any] | None = None,
-    refine: int = 0,
-    seed: int = 0,
-    out: str | Path | None = None,
-    logdir: str | Path | None = None,
-    progress: bool = False,
-    agent_kwargs: dict[str, Any] | None = None,
-    calibrate: bool = False,
-    calib_alpha: float | None = None,
-) -> dict[str, Any]:
-    """An allocation at ``target`` from a saved FastForward policy; returns (and, with ``out``, writes) its result.
+@dataclass(frozen=True)
+class AllocateSpec:
+    """What an allocation is: a policy asked for a target, zero-shot or refined (where it is written, its TensorBoard
+    root and whether it shows progress are :func:`allocate`'s own arguments). The mappings are never mutated."""
 
-    Args:
-        policy: a policy file (``<result>.policy.pt`` of a ``fastforward`` search).
-        target: the target sparsity, in ``(0, 1)`` and feasible for the env's ``min_keep`` / ``max_keep``.
-        env_id: the env to allocate on (default: the policy's); another model of the same mode and unit count
-            is allowed.
-        env_kwargs: env setting overrides (on the policy's own settings when ``env_id`` is the policy's env,
-            on the id's registered settings otherwise).
-        refine: ``0``: zero-shot (the policy's mean, no evaluation); ``N > 0``: ``N`` evaluations of FastForward's
-            search at ``target`` from the policy (no curriculum).
-        seed: the reset seed (zero-shot) or the refinement search's seed.
-        logdir: TensorBoard root of a refinement (``None``: none).
-        agent_kwargs: FastForward overrides for a refinement (default: the policy's training settings).
-        calibrate: also score the allocation's held-out ppl after post-pruning calibration (structured envs).
+    policy: str | Path
+    """A policy file (``<result>.policy.pt`` of a ``fastforward`` search)."""
+    target: float
+    """The target sparsity, in ``(0, 1)`` and feasible for the env's ``min_keep`` / ``max_keep``."""
+    env_id: str | None = None
+    """The env to allocate on (default: the policy's); another model of the same mode and unit count is allowed."""
+    env_kwargs: Mapping[str, Any] | None = None
+    """Env setting overrides (on the policy's own settings when ``env_id`` is the policy's env, on the id's registered
+    settings otherwise)."""
+    refine: int = 0
+    """``0``: zero-shot (the policy's mean, no evaluation); ``N > 0``: ``N`` evaluations of FastForward's search at
+    ``target`` from the policy (no curriculum)."""
+    seed: int = 0
+    """The reset seed (zero-shot) or the refinement search's seed."""
+    agent_kwargs: Mapping[str, Any] | None = None
+    """FastForward overrides for a refinement (default: the policy's training settings)."""
+    calibrate: bool = False
+    """Also score the allocation's held-out ppl after post-pruning calibration (structured envs)."""
+    calib_alpha: float | None = None
+    """Calib's ridge penalty (default: the env's ``calib_alpha``)."""
 
-    Bad input — a missing or corrupt policy file, ``target`` outside ``(0, 1)`` or infeasible, ``refine < 0``, an
+
+def allocate(spec: AllocateSpec | str | Path, target: float | None = None, *, out: str | Path | None = None,
+             logdir: str | Path | None = None, progress: bool = False, **settings: Any) -> dict[str, Any]:
+    """An allocation at a target from a saved FastForward policy; returns (and, with ``out``, writes) its result.
+
+    ``spec`` is an :class:`AllocateSpec` or a policy file, ``target`` (when given) its target and ``settings`` its
+    other fields by keyword (``allocate("seed0.policy.pt", 0.3, refine=20)``), replacing the spec's. ``logdir``: the
+    TensorBoard root of a refinement (``None``: none); ``progress`` shows its bar.
+
+    Bad input — a missing or corrupt policy file, a target outside ``(0, 1)`` or infeasible, ``refine < 0``, an
     env the policy does not fit, an unwritable ``out`` — is a one-line :class:`~ffenv.errors.FFPruneError`
     before any evaluation.
     """
-    refine = non_negative_int("refine", refine)
-    target = unit_interval("target", target, open_high=True)
+    if target is not None:
+        settings = {**settings, "target": target}
+    if isinstance(spec, (str, Path)):
+        spec = spec_with(AllocateSpec, None, {"policy": spec, **settings}, "allocate", "allocation")
+    else:
+        spec = spec_with(AllocateSpec, spec, settings, "allocate", "allocation")
+    refine = non_negative_int("refine", spec.refine)
+    target = unit_interval("target", spec.target, open_high=True)
     out_path = check_writable(out) if out is not None else None
-    policy_path = Path(policy)
+    policy_path = Path(spec.policy)
     net, meta = read_policy(policy_path)
-    env_id, kwargs, cross_model = policy_env(meta, policy_path, env_id, env_kwargs)
+    env_id, kwargs, cross_model = policy_env(meta, policy_path, spec.env_id, spec.env_kwargs)
     config = resolve_config(env_id, {**kwargs, "target_sparsity": target})  # feasible target, valid settings
     if meta.get("mode", config.mode) != config.mode:  # before loading the model (sizes are checked once it is)
         raise FFPruneError(f"policy {str(policy_path)!r} was trained on a {meta['mode']} env ({meta.get('env_id')}); "
@@ -109,14 +123,15 @@ def allocate(
     try:
         check_fits(net, meta, policy_path, env, env_id)
         if refine == 0:
-            result = _zero_shot(net, env, env_id, target, seed, calibrate, calib_alpha)
+            result = _zero_shot(net, env, env_id, target, spec.seed, spec.calibrate, spec.calib_alpha)
     finally:
         env.close()
     if refine > 0:
-        result = run_search(env_id, agent="fastforward", budget=refine, seed=seed, logdir=logdir, out=out_path,
+        agent_kwargs = dict(spec.agent_kwargs) if spec.agent_kwargs is not None else None
+        result = run_search(env_id, agent="fastforward", budget=refine, seed=spec.seed, logdir=logdir, out=out_path,
                             target=target, warm_start=policy_path, env_kwargs=kwargs, curriculum=False,
                             agent_kwargs=_refine_settings(net, meta, agent_kwargs), progress=progress,
-                            calibrate=calibrate, calib_alpha=calib_alpha)
+                            calibrate=spec.calibrate, calib_alpha=spec.calib_alpha)
     result = with_header({**result, **extra}, RESULT_KIND)  # what the file holds
     if out_path is not None:
         write_result(out_path, result)
@@ -124,7 +139,7 @@ def allocate(
 
 
 def policy_env(meta: dict[str, Any], policy_path: Path, env_id: str | None,
-               env_kwargs: dict[str, Any] | None) -> tuple[str, dict[str, Any], bool]:
+               env_kwargs: Mapping[str, Any] | None) -> tuple[str, dict[str, Any], bool]:
     """The env id and settings to allocate on, and whether it is another env than the policy was trained on.
 
     The policy's env (its ``env_id`` and recorded ``env_kwargs``, less the target and the population workers) unless

@@ -21,15 +21,17 @@ units), so a policy trained on one family can allocate for another at zero evalu
 ``llama`` policy's training continued on ``opt`` for another ``budget`` evaluations (a warm start; FastForward
 trains on one env at a time) — does too.
 
-Every job resumes (training checkpoints, finished allocations are kept) and runs in-process or as Ray tasks
-(``workers``). The analysis is ``amortised.md`` / ``amortised.json``. It compares with the real suite: surrogate
-settings and surrogate results (:mod:`ffenv.surrogate`) are refused with a one-line error.
+The settings (families, modes, seeds, budgets) are an :class:`AmortisedSpec`. Every job resumes (training checkpoints,
+finished allocations are kept) and runs in-process or as Ray tasks (a
+:class:`~ffprune.agents.experiments.engine.Runner`). The analysis is ``amortised.md`` / ``amortised.json``. It compares
+with the real suite: surrogate settings and surrogate results (:mod:`ffenv.surrogate`) are refused with a one-line
+error.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,10 @@ import numpy as np
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, beside
 from ffenv.registration import TASK_TARGETS, family_env_id, family_id
-from ffprune.agents.experiments.allocate import allocate
+from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
-from ffprune.agents.experiments.search import run_search
+from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
+from ffprune.agents.experiments.search import SearchSpec, run_search
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, task_name
 from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings, seed_file
 
@@ -85,47 +87,65 @@ def _policy_file(result: Path) -> Path:
     return beside(result, ".policy.pt")
 
 
-def train_job(env_id: str, out: Path, seed: int, budget: int, train_targets: Sequence[float],
-              warm_start: Path | None = None, env_kwargs: dict[str, Any] | None = None,
-              progress: bool = False) -> dict[str, Any]:
-    """One policy's training (a resumable FastForward search across ``train_targets``); its result. A finished result
-    whose policy file is missing (policies are not committed with the results) is trained again: same seed, same
-    policy."""
-    log.info("[amortised] train %s seed %d%s", env_id, seed, f" from {warm_start}" if warm_start else "")
-    return run_search(env_id, agent="fastforward", budget=budget, seed=seed, out=out, logdir=out.parents[2] / "tb",
-                      resume=_policy_file(out).exists() or not out.exists(), train_targets=list(train_targets),
-                      warm_start=warm_start, env_kwargs=env_kwargs, progress=progress)
+@dataclass(frozen=True)
+class AmortisedSpec:
+    """What the amortised study is (where it writes, where the suite's cells are, where its jobs run and whether it shows
+    progress are :func:`run_amortised`'s own arguments). The mapping is never mutated."""
+
+    families: Sequence[str] = ("llama", "mistral", "opt")
+    """Bundled families, one policy each per mode and seed."""
+    modes: Sequence[str] = tuple(PROTOCOL)
+    """Modes of :data:`PROTOCOL`."""
+    seeds: int = 3
+    """Seeds ``0..seeds-1`` (the suite's cells use 0-2)."""
+    budget: int = TRAIN_BUDGET
+    """Evaluations of each policy's training."""
+    refine: int = REFINE
+    """Evaluations of each refinement at a test target (0: zero-shot only)."""
+    cross_model: bool = True
+    """Also the cross-model rows (the llama, opt and llama+opt policies allocating for mistral; module docstring)."""
+    env_kwargs: Mapping[str, Any] | None = None
+    """Env settings everywhere (not the target; the suite's cells were run without any)."""
 
 
-def allocate_job(policy: Path, target: float, refine: int, seed: int, out: Path, env_id: str | None = None,
-                 env_kwargs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
-    """One allocation (zero-shot or refined) at ``target``; a finished one is read back, not recomputed."""
+def train_job(spec: SearchSpec, out: Path, progress: bool = False) -> dict[str, Any]:
+    """One policy's training: the resumable FastForward search ``spec`` (with its ``train_targets``) into ``out``; its
+    result. A finished result whose policy file is missing (policies are not committed with the results) is trained
+    again: same seed, same policy."""
+    log.info("[amortised] train %s seed %d%s", spec.env_id, spec.seed, f" from {spec.warm_start}" if spec.warm_start else "")
+    return run_search(spec, out=out, logdir=out.parents[2] / "tb", resume=_policy_file(out).exists() or not out.exists(),
+                      progress=progress)
+
+
+def allocate_job(spec: AllocateSpec, out: Path, progress: bool = False) -> dict[str, Any]:
+    """One allocation (zero-shot or refined: :class:`~ffprune.agents.experiments.allocate.AllocateSpec`) into ``out``;
+    a finished one is read back, not recomputed."""
     if out.exists():
         done = read_result(out, **REAL)
         if done.get("complete"):
             return done
-    log.info("[amortised] allocate %s at %s refine %d seed %d", policy, target, refine, seed)
-    return allocate(policy, target, env_id=env_id, env_kwargs=env_kwargs, refine=refine, seed=seed, out=out,
-                    progress=progress)
+    log.info("[amortised] allocate %s at %s refine %d seed %d", spec.policy, spec.target, spec.refine, spec.seed)
+    return allocate(spec, out=out, progress=progress)
 
 
-def _run(fn: Any, jobs: list[dict[str, Any]], workers: int, ray_address: str | None) -> list[Any]:
+def _run(fn: Any, jobs: list[dict[str, Any]], runner: Runner) -> list[Any]:
     """Every job (:func:`~ffprune.agents.experiments.engine.run_jobs`); then, if any failed, one error listing them (the
     analysis needs every policy and allocation; what finished is kept and the same command resumes)."""
-    if workers:
+    if runner.workers:
         jobs = [{**job, "progress": False} for job in jobs]
-    done = run_jobs(keyword_jobs(fn), jobs, workers, ray_address)
+    done = run_jobs(keyword_jobs(fn), jobs, runner.workers, runner.address)
     raise_failures("ffprune amortised", done)
     return done
 
 
-def run_amortised(out: str | Path, suite_out: str | Path,
-                  families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
-                  seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE, cross_model: bool = True,
-                  env_kwargs: dict[str, Any] | None = None, workers: int = 0, ray_address: str | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the policies, allocate at the test targets, then write the analysis (module docstring).
-    ``env_kwargs`` overrides env settings everywhere (not the target; the suite's cells were run without any)."""
+def run_amortised(spec: AmortisedSpec | None = None, *, out: str | Path, suite_out: str | Path,
+                  runner: Runner = IN_PROCESS, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Train (or resume) the policies of ``spec`` (``settings``: :class:`AmortisedSpec` fields by keyword, replacing its
+    own) in ``out``, allocate at the test targets (every job on ``runner``: here or as Ray tasks), then write the
+    analysis against the suite's cells in ``suite_out`` (module docstring)."""
+    spec = spec_with(AmortisedSpec, spec, settings, "run_amortised", "amortised")
+    families, modes, seeds, budget, refine = spec.families, spec.modes, spec.seeds, spec.budget, spec.refine
+    env_kwargs = dict(spec.env_kwargs) if spec.env_kwargs is not None else None
     out = Path(out)
     refuse_surrogate_settings(env_kwargs, "ffprune amortised")
     positive_int("seeds", seeds)
@@ -136,18 +156,20 @@ def run_amortised(out: str | Path, suite_out: str | Path,
         raise FFPruneError(f"modes must be among {list(PROTOCOL)}, got {unknown}")
     for f in families:
         family_id(f)  # the protocol's families are the bundled ones: one line for another
-    trains = [{"env_id": family_env_id(f, m), "out": _train_path(out, f, m, s), "seed": s,
-               "budget": budget, "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs,
-               "progress": progress} for m in modes for f in families for s in range(seeds)]
-    _run(train_job, trains, workers, ray_address)
-    both = cross_model and all(f in families for f in (*TRANSFER_FROM, TRANSFER_TO))
+
+    def training(family: str, mode: str, seed: int, warm_start: Path | None = None) -> SearchSpec:
+        return SearchSpec(family_env_id(family, mode), "fastforward", budget, seed, env_kwargs=env_kwargs,
+                          train_targets=PROTOCOL[mode].train_targets, warm_start=warm_start)
+
+    trains = [{"spec": training(f, m, s), "out": _train_path(out, f, m, s), "progress": progress}
+              for m in modes for f in families for s in range(seeds)]
+    _run(train_job, trains, runner)
+    both = spec.cross_model and all(f in families for f in (*TRANSFER_FROM, TRANSFER_TO))
     if both:  # the llama policy's training continued on opt: one policy that has seen both families
-        second = [{"env_id": family_env_id(TRANSFER_FROM[1], m),
-                   "out": _train_path(out, "+".join(TRANSFER_FROM), m, s), "seed": s, "budget": budget,
-                   "train_targets": PROTOCOL[m].train_targets, "env_kwargs": env_kwargs, "progress": progress,
-                   "warm_start": _policy_file(_train_path(out, TRANSFER_FROM[0], m, s))}
+        second = [{"spec": training(TRANSFER_FROM[1], m, s, _policy_file(_train_path(out, TRANSFER_FROM[0], m, s))),
+                   "out": _train_path(out, "+".join(TRANSFER_FROM), m, s), "progress": progress}
                   for m in modes for s in range(seeds)]
-        _run(train_job, second, workers, ray_address)
+        _run(train_job, second, runner)
     allocations = []
     for m in modes:
         proto = PROTOCOL[m]
@@ -157,26 +179,26 @@ def run_amortised(out: str | Path, suite_out: str | Path,
                 for t in proto.test_targets:
                     task = task_name(f, m, t)
                     for r in dict.fromkeys((0, refine)):
-                        allocations.append({"policy": policy, "target": t, "refine": r, "seed": s,
-                                            "out": seed_file(out / task / f"refine{r}", s),
-                                            "env_kwargs": env_kwargs, "progress": progress})
+                        allocations.append({"spec": AllocateSpec(policy, t, env_kwargs=env_kwargs, refine=r, seed=s),
+                                            "out": seed_file(out / task / f"refine{r}", s), "progress": progress})
             if both:
                 for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
                     policy = _policy_file(_train_path(out, source, m, s))
                     for t in proto.test_targets:
                         task = task_name(TRANSFER_TO, m, t)
-                        allocations.append({"policy": policy, "target": t, "refine": 0, "seed": s,
-                                            "env_id": family_env_id(TRANSFER_TO, m),
-                                            "out": seed_file(out / task / f"from-{source}", s),
-                                            "env_kwargs": env_kwargs, "progress": progress})
-    _run(allocate_job, allocations, workers, ray_address)
-    return report_amortised(out, suite_out, families, modes, seeds, budget, refine)
+                        allocations.append({"spec": AllocateSpec(policy, t, family_env_id(TRANSFER_TO, m), env_kwargs,
+                                                                 refine=0, seed=s),
+                                            "out": seed_file(out / task / f"from-{source}", s), "progress": progress})
+    _run(allocate_job, allocations, runner)
+    return report_amortised(spec, out=out, suite_out=suite_out)
 
 
-def report_amortised(out: str | Path, suite_out: str | Path,
-                     families: Sequence[str] = ("llama", "mistral", "opt"), modes: Sequence[str] = tuple(PROTOCOL),
-                     seeds: int = 3, budget: int = TRAIN_BUDGET, refine: int = REFINE) -> dict[str, Any]:
-    """The analysis of what is on disk (no search, no evaluation): ``amortised.md`` and ``amortised.json``."""
+def report_amortised(spec: AmortisedSpec | None = None, *, out: str | Path, suite_out: str | Path,
+                     **settings: Any) -> dict[str, Any]:
+    """The analysis of what ``spec`` (``settings``: :class:`AmortisedSpec` fields by keyword) left in ``out``, against
+    the suite's cells in ``suite_out`` (no search, no evaluation): ``amortised.md`` and ``amortised.json``."""
+    spec = spec_with(AmortisedSpec, spec, settings, "report_amortised", "amortised")
+    families, modes, seeds, budget, refine = spec.families, spec.modes, spec.seeds, spec.budget, spec.refine
     out, suite_out = Path(out), Path(suite_out)
     suite = get_suite("core")
     known = {t.name for t in suite.tasks}

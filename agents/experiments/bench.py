@@ -2,6 +2,10 @@
 
     ffprune bench --env FFPrune-Llama-v0 --budget 200 --seeds 3 --out bench/llama-0.3
 
+What a bench is (the env, budget, seeds, methods, env settings, target and Calib column) is a :class:`BenchSpec`;
+:func:`run_bench` takes one (or its fields by keyword) with the folder it writes, the
+:class:`~ffprune.agents.experiments.engine.Runner` its cells run on and whether it shows progress.
+
 Each (method, seed) cell is one :func:`ffprune.agents.experiments.search.run_search` with the same budget,
 written to ``<out>/cells/<method>/seed<k>.json.gz`` (gzip-compressed JSON; its TensorBoard run under
 ``<out>/tb/<env>/<method>/seed<k>``); a finished cell is never recomputed, an interrupted one resumes from its
@@ -35,7 +39,16 @@ from typing import Any
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json
 from ffenv.registration import formulation_of, resolve_config
-from ffprune.agents.experiments.engine import CellFailure, CellSpec, CellStore, record_failures, run_jobs
+from ffprune.agents.experiments.engine import (
+    IN_PROCESS,
+    CellFailure,
+    CellSpec,
+    CellStore,
+    Runner,
+    record_failures,
+    run_jobs,
+    spec_with,
+)
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import (
     SearchSpec,
@@ -175,25 +188,54 @@ def search_cell(spec: CellSpec, logdir: Path | None) -> dict[str, Any]:
                       record={"variant": dict(spec.variant)} if spec.variant is not None else None)
 
 
-def run_cells(env_id: str, budget: int, seeds: int, methods: Sequence[str] | None = None, out: str | Path = "bench",
-              overrides: BenchOverrides | None = None, workers: int = 0,
-              ray_address: str | None = None) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """Run (or resume) every (method, seed) cell (:func:`~ffprune.agents.experiments.engine.run_jobs`: in process or as
-    Ray tasks); a failing cell is recorded in ``<out>/failures.json`` and the others finish. Returns the finished cells
-    per method and the failure record."""
-    specs = cell_specs(env_id, budget, seeds, methods, out, overrides)
-    outcomes = run_jobs(run_cell, specs, workers, ray_address)
+@dataclass(frozen=True)
+class BenchSpec:
+    """What a bench is: every method on one env, at one budget, with seeds ``0..seeds-1`` (where it is written, where its
+    cells run and whether it shows progress are :func:`run_bench`'s own arguments). The mapping is never mutated."""
+
+    env_id: str = "FFPrune-Llama-v0"
+    """The env every cell searches."""
+    budget: int = 200
+    """Episodes per search (heuristics: one evaluation)."""
+    seeds: int = 3
+    """Seeds ``0..seeds-1`` per seeded method (a deterministic one runs seed 0 only: :func:`method_seeds`)."""
+    methods: Sequence[str] | None = None
+    """Registered methods (default: every one whose ``modes`` include the env's mode)."""
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Env settings on top of the env's (an :class:`~ffenv.config.EnvConfig` field each; tests use small windows)."""
+    target: float | None = None
+    """Target sparsity (default: the env's)."""
+    calibrate: bool = True
+    """Also score each cell's best allocation after Calib (structured, real envs only)."""
+    calib_alpha: float | None = None
+    """Calib's ridge penalty (default: the env's ``calib_alpha``)."""
+
+    def overrides(self, progress: bool = True) -> BenchOverrides:
+        """What the bench changes for every cell (:func:`cell_specs`), with or without progress bars."""
+        return BenchOverrides(dict(self.env_kwargs), self.target, self.calibrate, self.calib_alpha, progress)
+
+
+def run_cells(spec: BenchSpec | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
+              progress: bool = True, **settings: Any) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Run (or resume) every (method, seed) cell of the bench ``spec`` (``settings``: :class:`BenchSpec` fields by
+    keyword, replacing the spec's) in ``out`` (:func:`~ffprune.agents.experiments.engine.run_jobs` on ``runner``: in
+    process or as Ray tasks); a failing cell is recorded in ``<out>/failures.json`` and the others finish. Returns the
+    finished cells per method and the failure record."""
+    spec = spec_with(BenchSpec, spec, settings, "run_cells", "bench")
+    specs = cell_specs(spec.env_id, spec.budget, spec.seeds, spec.methods, out, spec.overrides(progress))
+    outcomes = run_jobs(run_cell, specs, runner.workers, runner.address)
     cells: dict[str, list[dict[str, Any]]] = {}
-    for spec, cell in zip(specs, outcomes):
+    for cell_spec, cell in zip(specs, outcomes):
         if not isinstance(cell, (CellFailure, BaseException)):
-            cells.setdefault(spec.method, []).append(cell)
+            cells.setdefault(cell_spec.method, []).append(cell)
     return cells, record_failures(specs, outcomes)
 
 
-def run_bench(env_id: str, budget: int, seeds: int = 3, methods: Sequence[str] | None = None, out: str | Path = "bench",
-              overrides: BenchOverrides | None = None, workers: int = 0,
-              ray_address: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run/resume all cells (as Ray tasks with ``workers``), then write the tables and plots of the finished ones;
-    returns the summary rows and the failure record (empty when every cell finished)."""
-    cells, failures = run_cells(env_id, budget, seeds, methods, out, overrides, workers, ray_address)
-    return (write_outputs(Path(out), cells, env_id, budget, seeds) if cells else []), failures
+def run_bench(spec: BenchSpec | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
+              progress: bool = True, **settings: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run/resume all cells of the bench ``spec`` in ``out`` (:func:`run_cells`: ``settings`` are :class:`BenchSpec`
+    fields by keyword, ``runner`` runs the cells here or as Ray tasks), then write the tables and plots of the finished
+    ones; returns the summary rows and the failure record (empty when every cell finished)."""
+    spec = spec_with(BenchSpec, spec, settings, "run_bench", "bench")
+    cells, failures = run_cells(spec, out=out, runner=runner, progress=progress)
+    return (write_outputs(Path(out), cells, spec.env_id, spec.budget, spec.seeds) if cells else []), failures

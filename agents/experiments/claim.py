@@ -4,8 +4,9 @@ FastForward Pruning claims that its single-step formulation reaches the quality 
 search (AMC: one layer per step, DDPG) at an order of magnitude less search cost. This experiment takes the
 structured tasks of the ``core`` suite (by default the three 50 % ones), runs multi-step agents on their
 sequential twins (``FFPrune-<Family>-Sequential-Structured50-v0``) at each budget (default 100 and 1000
-evaluations) and seeds ``0..K-1``, and compares them with the suite's FastForward cells at budget 100 (same
-tasks, same seeds, same held-out protocol; read from ``<suite_out>/<task>/cells``, never re-run):
+evaluations) and seeds ``0..K-1`` (these settings are a :class:`ClaimSpec`), and compares them with the suite's
+FastForward cells at budget 100 (same tasks, same seeds, same held-out protocol; read from
+``<suite_out>/<task>/cells``, never re-run):
 
 * held-out ppl and normalised score (share of the uniform → dense gap closed; the suite's uniform cell is the
   reference) of each method at each budget;
@@ -15,8 +16,9 @@ tasks, same seeds, same held-out protocol; read from ``<suite_out>/<task>/cells`
   (what credit assignment over units costs or buys), when those cells were run.
 
 Every (task, method, budget, seed) cell is a bench cell in ``<out>/<task>-b<budget>/cells`` (resumable; Ray tasks
-with ``workers``); the analysis is ``claim.md`` / ``claim.json`` and ``claim.png`` (best reward vs evaluations, one
-panel per task, FastForward single-step vs each multi-step agent at the largest budget it ran, median over seeds).
+with a :class:`~ffprune.agents.experiments.engine.Runner` of workers); the analysis is ``claim.md`` / ``claim.json``
+and ``claim.png`` (best reward vs evaluations, one panel per task, FastForward single-step vs each multi-step agent at
+the largest budget it ran, median over seeds).
 Every cell it reads must be a real result: a surrogate one (:mod:`ffenv.surrogate`) is a one-line error.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
-from ffprune.agents.experiments.engine import CellSpec, record_failures, run_jobs
+from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Runner, record_failures, run_jobs, spec_with
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
@@ -51,45 +54,62 @@ REAL = {"real": True, "what": "ffprune claim"}
 """How the claim reads cells: real results only (a surrogate cell is a one-line error)."""
 
 
-def claim_specs(out: Path, tasks: Sequence[str], budgets: Sequence[int], seeds: int, methods: Sequence[str],
-                progress: bool = True) -> list[CellSpec]:
-    """The multi-step cells: every method on every task's sequential twin at every budget and seed; a task is any
-    suite's (``llama-s0.5`` of ``core``, ``smollm2-s0.2`` of ``real``: then ``suite_out`` is that suite's folder)."""
+@dataclass(frozen=True)
+class ClaimSpec:
+    """What the claim's comparison is (where it writes, where the suite's cells are, where its cells run and whether it
+    shows progress are :func:`run_claim`'s own arguments)."""
+
+    tasks: Sequence[str] = DEFAULT_TASKS
+    """Structured suite tasks, any suite's (``llama-s0.5`` of ``core``; ``smollm2-s0.2`` of ``real``, whose suite folder
+    is then the ``suite_out``); the multi-step agents run on each one's sequential twin."""
+    budgets: Sequence[int] = DEFAULT_BUDGETS
+    """Budgets (evaluations) of the multi-step searches."""
+    seeds: int = 3
+    """Seeds ``0..seeds-1`` (FastForward's suite cells use 0-2)."""
+    methods: Sequence[str] = ("amc-ddpg",)
+    """Agents for the sequential envs (``amc-ddpg``, ``ppo``, ``sac``, ...)."""
+
+
+def claim_specs(spec: ClaimSpec, out: str | Path, progress: bool = True) -> list[CellSpec]:
+    """The multi-step cells of ``spec`` in ``out``: every method on every task's sequential twin at every budget and
+    seed, in ``<out>/<task>-b<budget>``."""
     by_name = {t.name: t for suite in SUITES.values() for t in suite.tasks}
-    unknown = [t for t in tasks if t not in by_name]
+    unknown = [t for t in spec.tasks if t not in by_name]
     if unknown:
         raise FFPruneError(f"tasks {unknown} are not suite tasks; known: {list(by_name)}")
     specs: list[CellSpec] = []
-    for name in tasks:
+    for name in spec.tasks:
         twin = twin_env_id(by_name[name].env_id)
         if formulation_of(twin) != "sequential":
             raise FFPruneError(f"task {name!r} has no sequential twin ({twin})")
-        for budget in budgets:
-            specs += cell_specs(twin, budget, seeds, list(methods), out / f"{name}-b{budget}",
+        for budget in spec.budgets:
+            specs += cell_specs(twin, budget, spec.seeds, list(spec.methods), Path(out) / f"{name}-b{budget}",
                                 BenchOverrides(calibrate=False, progress=progress))
     return specs
 
 
-def run_claim(out: str | Path, suite_out: str | Path,
-              tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
-              methods: Sequence[str] = ("amc-ddpg",), workers: int = 0, ray_address: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the multi-step cells, then write the comparison (module docstring); returns the analysis."""
-    out = Path(out)
-    positive_int("seeds", seeds)
-    for b in budgets:
+def run_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: str | Path, runner: Runner = IN_PROCESS,
+              progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Run (or resume) the multi-step cells of ``spec`` (``settings``: :class:`ClaimSpec` fields by keyword, replacing
+    its own) in ``out`` on ``runner`` (here or as Ray tasks), then write the comparison with the suite's cells in
+    ``suite_out`` (module docstring); returns the analysis."""
+    spec = spec_with(ClaimSpec, spec, settings, "run_claim", "claim")
+    positive_int("seeds", spec.seeds)
+    for b in spec.budgets:
         positive_int("budgets", b)
-    specs = claim_specs(out, tasks, budgets, seeds, methods, progress)
-    recorded = record_failures(specs, run_jobs(run_cell, specs, workers, ray_address))  # <folder>/failures.json each
+    specs = claim_specs(spec, out, progress)
+    recorded = record_failures(specs, run_jobs(run_cell, specs, runner.workers, runner.address))  # <folder>/failures.json
     failures = [{k: v for k, v in f.items() if k != "traceback"} for f in recorded]
-    return report_claim(out, suite_out, tasks, budgets, seeds, methods, failures)
+    return report_claim(spec, out=out, suite_out=suite_out, failures=failures)
 
 
-
-def report_claim(out: str | Path, suite_out: str | Path,
-                 tasks: Sequence[str] = DEFAULT_TASKS, budgets: Sequence[int] = DEFAULT_BUDGETS, seeds: int = 3,
-                 methods: Sequence[str] = ("amc-ddpg",), failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The analysis of the cells already on disk (no search, no evaluation): ``claim.md``, ``claim.json``, ``claim.png``."""
+def report_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: str | Path,
+                 failures: Sequence[dict[str, Any]] = (), **settings: Any) -> dict[str, Any]:
+    """The analysis of the cells of ``spec`` (``settings``: :class:`ClaimSpec` fields by keyword) already in ``out``
+    and ``suite_out`` (no search, no evaluation): ``claim.md``, ``claim.json``, ``claim.png``; ``failures``: the
+    cells :func:`run_claim` saw fail."""
+    spec = spec_with(ClaimSpec, spec, settings, "report_claim", "claim")
+    tasks, budgets, seeds, methods = spec.tasks, spec.budgets, spec.seeds, spec.methods
     out, suite_out = Path(out), Path(suite_out)
     rows, curves = [], {}
     for task in tasks:

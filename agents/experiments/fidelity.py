@@ -1,9 +1,9 @@
 """``ffprune fidelity``: which reward windows and window length rank allocations like the held-out perplexity.
 
-A reward must rank allocations as the held-out perplexity does, at the lowest cost in tokens. For one task this
-study draws ``allocations`` allocations of several kinds at the task's target — uniform, the heuristics (OWL, DLP,
-AlphaPruning, FLAP where structured, ATP at several common differences), depth ramps, and random actions at three
-spreads — prunes the model to each once and measures, from one forward each:
+A reward must rank allocations as the held-out perplexity does, at the lowest cost in tokens. For one task (the
+settings are a :class:`FidelitySpec`) this study draws ``allocations`` allocations of several kinds at the task's
+target — uniform, the heuristics (OWL, DLP, AlphaPruning, FLAP where structured, ATP at several common differences),
+depth ramps, and random actions at three spreads — prunes the model to each once and measures, from one forward each:
 
 * per validation window (the reward split), at every candidate length in ``lengths``: every prefix of ``n``
   windows (``n`` in ``windows``, up to ``max_tokens`` tokens) is a candidate reward of ``n × length`` tokens;
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, r
 from ffenv.lm.data import evaluation_windows
 from ffenv.lm.perplexity import window_nll
 from ffenv.registration import resolve_config
+from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import whole_split
 from ffprune.baselines.heuristics import (
@@ -81,14 +84,44 @@ def _actions(env: gym.Env, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     return out[:n]
 
 
-def run_fidelity(env_id: str, out: str | Path, allocations: int = 100, seed: int = 0, lengths: tuple[int, ...] = LENGTHS,
-                 windows: tuple[int, ...] = WINDOWS, goal: float = GOAL, max_tokens: int = MAX_TOKENS,
-                 progress: bool = True, **env_kwargs: Any) -> dict[str, Any]:
-    """Run (or resume) the study on ``env_id`` into ``out`` and return its summary (see the module docstring)."""
+@dataclass(frozen=True)
+class FidelitySpec:
+    """What a fidelity study is (where it writes and whether it shows progress are :func:`run_fidelity`'s own
+    arguments). The mapping is never mutated."""
+
+    env_id: str
+    """The task's env, a registered id (``FFPrune-SmolLM2-v0``)."""
+    allocations: int = 100
+    """Allocations measured (at least 10)."""
+    seed: int = 0
+    """Seed of the ramps and random allocations."""
+    lengths: tuple[int, ...] = LENGTHS
+    """Candidate window lengths (tokens, at least 2)."""
+    windows: tuple[int, ...] = WINDOWS
+    """Candidate numbers of reward windows."""
+    goal: float = GOAL
+    """The Spearman ρ a candidate reward must reach, in ``(0, 1]``."""
+    max_tokens: int = MAX_TOKENS
+    """The costliest candidate reward measured, in tokens."""
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Env settings on top of the id's (an :class:`~ffenv.config.EnvConfig` field each)."""
+
+
+def run_fidelity(spec: FidelitySpec | str | None = None, *, out: str | Path, progress: bool = True,
+                 **settings: Any) -> dict[str, Any]:
+    """Run (or resume) the study into ``out`` and return its summary (see the module docstring). ``spec`` is a
+    :class:`FidelitySpec` or an env id; ``settings`` are its fields by keyword (``run_fidelity("FFPrune-SmolLM2-v0",
+    out="fid", allocations=50, env_kwargs={"seq_len": 256})``), replacing the spec's."""
+    if isinstance(spec, str):
+        settings = {"env_id": spec, **settings}
+        spec = None
+    spec = spec_with(FidelitySpec, spec, settings, "run_fidelity", "fidelity")
+    env_id, env_kwargs, allocations, seed, goal, max_tokens = (spec.env_id, dict(spec.env_kwargs), spec.allocations,
+                                                                 spec.seed, spec.goal, spec.max_tokens)
     positive_int("allocations", allocations)
     if allocations < 10:
         raise FFPruneError(f"allocations must be >= 10 for a rank correlation worth reading, got {allocations}")
-    lengths, windows = tuple(sorted(set(lengths))), tuple(sorted(set(windows)))
+    lengths, windows = tuple(sorted(set(spec.lengths))), tuple(sorted(set(spec.windows)))
     for name, values in (("lengths", lengths), ("windows", windows)):
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 - (name == "windows") for v in values):
             raise FFPruneError(f"{name} must be positive integers{' >= 2' if name == 'lengths' else ''}, got {list(values)}")
@@ -101,20 +134,20 @@ def run_fidelity(env_id: str, out: str | Path, allocations: int = 100, seed: int
                            f"(windows {list(windows)})")
     resolve_config(env_id, env_kwargs)
     out = Path(out)
-    settings = {"env_id": env_id, "env_kwargs": env_kwargs, "allocations": allocations, "seed": seed,
+    manifest = {"env_id": env_id, "env_kwargs": env_kwargs, "allocations": allocations, "seed": seed,
                 "lengths": list(lengths), "windows": list(windows), "max_tokens": max_tokens}
     rows_file = out / "rows.json"
     saved: dict[str, Any] = {"rows": []}
     if rows_file.exists():
         saved = read_json(rows_file, "rows.json")
-        if saved.get("settings") != settings:
+        if saved.get("settings") != manifest:
             raise FFPruneError(f"out={str(out)!r} holds a fidelity study with other settings ({saved.get('settings')}); "
                                "choose another folder")
     rows: list[dict[str, Any]] = saved["rows"]
     if len(rows) < allocations:  # a finished study is only analysed again: no model is loaded
-        _measure(env_id, env_kwargs, settings, count, saved, rows_file, progress)
+        _measure(env_id, env_kwargs, manifest, count, saved, rows_file, progress)
     dense_held = saved["dense_held_out_ppl"]
-    summary = analyse(settings, rows, goal, dense_held)
+    summary = analyse(manifest, rows, goal, dense_held)
     atomic_write_json(out / "fidelity.json", summary)
     atomic_write_text(out / "fidelity.md", render(summary))
     _plot(summary, out / "fidelity.png")

@@ -14,7 +14,8 @@ with a 95 % stratified-bootstrap interval, exactly the real suite's headline. Th
 * the discordant pairs (ranked one way on the real suite, the other on the surrogate), each marked when the two real
   IQMs' 95 % intervals overlap (a swap the real suite itself cannot resolve);
 
-against the goal τ ≥ :data:`GOAL` (the issue's). ``ranking.json`` holds every number, ``ranking.md`` the tables.
+against the goal τ ≥ :data:`GOAL` (the issue's). ``ranking.json`` holds every number, ``ranking.md`` the tables. What
+is compared (the suite, its tasks, budget, seeds and methods, the resamples) is a :class:`RankSpec`.
 
 **The normalised score on a surrogate** is ``(ppl_uniform − ppl_method) / (ppl_uniform − ppl_dense)`` computed as the
 suite computes it, from the surrogate suite's own cells: ``ppl_method`` and ``ppl_uniform`` are the surrogate's
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_write_json, atomic_write_text, check_writable
+from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.experiments.rlstats import iqm, kendall_tau_b
 from ffprune.agents.experiments.suite import (
     REFERENCE,
@@ -72,15 +75,15 @@ def _check_folder(suite: Suite, out: Path, surrogate: bool, flag: str) -> None:
                                "not the real suite")
 
 
-def suite_analysis(suite: Suite, out: str | Path, budget: int, seeds: int, methods: list[str] | None, surrogate: bool,
-                   reps: int, flag: str) -> dict[str, Any]:
-    """:func:`~ffprune.agents.experiments.suite.analyse` of the cells in ``out`` (read only; ``surrogate`` says which
-    kind of suite it must hold; ``flag`` names the folder's option in errors)."""
+def suite_analysis(suite: Suite, out: str | Path, surrogate: bool, reps: int, flag: str) -> dict[str, Any]:
+    """:func:`~ffprune.agents.experiments.suite.analyse` of the cells of ``suite`` (its tasks, budget, seeds and methods:
+    ``None``, every method with cells) in ``out`` (read only; ``surrogate`` says which kind of suite it must hold;
+    ``reps`` bootstrap resamples; ``flag`` names the folder's option in errors)."""
     out = Path(out)
     _check_folder(suite, out, surrogate, flag)
-    cells, failures = read_suite_cells(suite.but(budget, seeds, methods), out, surrogate)
+    cells, failures = read_suite_cells(suite, out, surrogate)
     labels = suite_surrogates(suite, cells, surrogate)
-    analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures)
+    analysis = analyse(suite, cells, suite.budget, suite.seeds, reps=reps, failures=failures)
     if labels is not None:
         analysis["surrogate"] = labels
     return analysis
@@ -131,24 +134,43 @@ def _uniform_ppl(analysis: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_rank(real_out: str | Path, surrogate_out: str | Path, out: str | Path, suite: str = "core",
-             tasks: Sequence[str] | None = None, budget: int | None = None, seeds: int | None = None,
-             methods: list[str] | None = None, reps: int = 2000) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RankSpec:
+    """What a ranking comparison is (the two suite folders it reads and the folder it writes are :func:`run_rank`'s own
+    arguments)."""
+
+    suite: str = "core"
+    """The registered suite both folders hold."""
+    tasks: Sequence[str] | None = None
+    """Tasks of the suite compared (default: all of them)."""
+    budget: int | None = None
+    """The suites' budget (default: the suite's; both folders must hold it)."""
+    seeds: int | None = None
+    """Seeds read per method (default: the suite's)."""
+    methods: Sequence[str] | None = None
+    """Methods read (default: every registered method that fits a task's mode and has cells)."""
+    reps: int = 2000
+    """Bootstrap resamples of the intervals."""
+
+
+def run_rank(spec: RankSpec | None = None, *, real_out: str | Path, surrogate_out: str | Path, out: str | Path,
+             **settings: Any) -> dict[str, Any]:
     """Compare the method rankings of the real suite in ``real_out`` and the surrogate suite in ``surrogate_out`` (module
-    docstring) over ``tasks`` (default: all of the suite's), and write ``ranking.json`` and ``ranking.md`` to ``out``;
-    the analysis. ``budget`` / ``seeds`` default to the suite's (both folders must hold that budget); ``methods`` to
-    every registered method that fits a task's mode; ``reps`` bootstrap resamples for the intervals."""
-    chosen = select_tasks(get_suite(suite), tasks)
-    budget = positive_int("budget", chosen.budget if budget is None else budget)
-    seeds = positive_int("seeds", chosen.seeds if seeds is None else seeds)
-    reps = positive_int("reps", reps)
+    docstring) as ``spec`` says (``settings``: :class:`RankSpec` fields by keyword, replacing its own), and write
+    ``ranking.json`` and ``ranking.md`` to ``out``; the analysis."""
+    spec = spec_with(RankSpec, spec, settings, "run_rank", "ranking")
+    chosen = select_tasks(get_suite(spec.suite), spec.tasks)
+    budget = positive_int("budget", chosen.budget if spec.budget is None else spec.budget)
+    seeds = positive_int("seeds", chosen.seeds if spec.seeds is None else spec.seeds)
+    reps = positive_int("reps", spec.reps)
     if Path(real_out).resolve() == Path(surrogate_out).resolve():
         raise FFPruneError(f"the real suite and the surrogate suite must be two folders, got {str(real_out)!r} twice")
     out = Path(out)
     for name in ("ranking.json", "ranking.md"):
         check_writable(out / name)
-    real = suite_analysis(chosen, real_out, budget, seeds, methods, False, reps, "--real")
-    sur = suite_analysis(chosen, surrogate_out, budget, seeds, methods, True, reps, "--surrogate-out")
+    read = chosen.but(budget, seeds, spec.methods)
+    real = suite_analysis(read, real_out, False, reps, "--real")
+    sur = suite_analysis(read, surrogate_out, True, reps, "--surrogate-out")
     agg_real, agg_sur = real["aggregate"]["plain"], sur["aggregate"]["plain"]
     left_out = sorted(m for m in set(agg_real) | set(agg_sur)
                       if m not in agg_real or m not in agg_sur or agg_real[m]["tasks"] != agg_sur[m]["tasks"])

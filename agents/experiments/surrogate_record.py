@@ -38,7 +38,9 @@ file is saved atomically with its progress in ``meta["recorder"]`` (chunks and r
 rerun of the same command continues at the next chunk, Ctrl-C loses at most the chunk in progress, and a resumed
 file equals one recorded in one go (every chunk's draws come from ``(seed, env seed, chunk)``; perturbations read
 only rows of earlier chunks). A file recorded with other settings is refused. (family, mode) sets run one after the
-other in this process or as Ray tasks (``workers``), the seeds of a set in order inside its task.
+other in this process or as Ray tasks (a :class:`~ffprune.agents.experiments.engine.Runner`), the seeds of a set in
+order inside its task. What is recorded (families, modes, env seeds, :class:`RecordSettings`, env settings) is a
+:class:`RecordSpec`.
 
 **Cost** (:func:`plan_record`, ``ffprune surrogate record --dry-run``): with the defaults one (family, mode, seed) is
 ≈ 900 evaluation-equivalents, ≈ 11 min structured and ≈ 15 min unstructured on one CPU core, counting
@@ -53,7 +55,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,7 @@ from ffenv.registration import (
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.engine import keyword_jobs, raise_failures, run_jobs
+from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
 from ffprune.agents.experiments.suite import family_suite, family_targets, get_suite
 from ffprune.agents.results import read_result_if_any, seed_files
 from ffprune.baselines.allocators import atp_betas
@@ -673,13 +675,16 @@ def _measure(env: FFPruneEnv, req: _Request) -> list[Rows]:
 
 
 # ----------------------------------------------------------------------------- one set
-def record_set(family: str, mode: str, seeds: Sequence[int] = (0,), out: str | Path | None = None,
-               settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
+def record_set(family: str, mode: str, spec: RecordSpec | None = None, *, out: str | Path | None = None,
                suite_out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Record (or resume) the evaluation set of one (family, mode) for ``seeds``; its summary (rows per source and
-    seed, the suite check per seed, the path). ``suite_out``: the family's suite results (default
-    :func:`default_suite_out`). See the module docstring."""
-    check_request([family], [mode], list(seeds), env_kwargs)
+    """Record (or resume) the evaluation set of one (family, mode) into ``out`` (default: the bundled data) with the
+    seeds, sampling settings and env settings of ``spec`` (its ``families`` and ``modes`` are :func:`run_record`'s, not
+    read here); its summary (rows per source and seed, the suite check per seed, the path). ``suite_out``: the family's
+    suite results (default :func:`default_suite_out`). See the module docstring."""
+    spec = spec or RecordSpec()
+    seeds, settings = list(spec.seeds), spec.settings
+    env_kwargs = dict(spec.env_kwargs) if spec.env_kwargs is not None else None
+    check_request([family], [mode], seeds, env_kwargs)
     path = set_path(out, family, mode)
     check_writable(path)
     configs = [env_config(family, mode, s, env_kwargs) for s in seeds]
@@ -775,11 +780,30 @@ def summarise(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- every set, and the plan
-def _prepare(families: Sequence[str], modes: Sequence[str], seeds: Sequence[int], out: str | Path | None,
-             settings: RecordSettings, env_kwargs: dict[str, Any] | None) -> list[tuple[str, str, Path, list[EnvConfig]]]:
+@dataclass(frozen=True)
+class RecordSpec:
+    """What a recording is: the sets of some (family, mode) pairs, their env seeds and how each samples (where they are
+    written, where the suites' histories are, where the sets are recorded and whether progress shows are
+    :func:`run_record`'s own arguments). The mapping is never mutated."""
+
+    families: Sequence[str] = tuple(FAMILY_MODELS)
+    """Families: bundled (``llama``, ``mistral``, ``opt``) or real (``smollm2``: fetched on first use)."""
+    modes: Sequence[str] = tuple(MODE_SUFFIX)
+    """Modes of each family."""
+    seeds: Sequence[int] = (0,)
+    """Env seeds (pruning instances), in ``[0, 32767]``, distinct."""
+    settings: RecordSettings = RecordSettings()
+    """What each set samples per env seed (stored in the file)."""
+    env_kwargs: Mapping[str, Any] | None = None
+    """Env settings on top of each family's (not the reserved :data:`RESERVED_OVERRIDES`)."""
+
+
+def _prepare(spec: RecordSpec, out: str | Path | None) -> list[tuple[str, str, Path, list[EnvConfig]]]:
     """Every check before any work: the request, each set's path (writable), env settings, targets, and a file to
     resume recorded with these settings."""
-    pairs = check_request(families, modes, list(seeds), env_kwargs)
+    seeds, settings = list(spec.seeds), spec.settings
+    env_kwargs = dict(spec.env_kwargs) if spec.env_kwargs is not None else None
+    pairs = check_request(spec.families, spec.modes, seeds, env_kwargs)
     out_sets = []
     for family, mode in pairs:
         path = set_path(out, family, mode)
@@ -795,39 +819,37 @@ def _prepare(families: Sequence[str], modes: Sequence[str], seeds: Sequence[int]
     return out_sets
 
 
-def run_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
-               seeds: Sequence[int] = (0,), out: str | Path | None = None,
-               settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-               suite_out: str | Path | None = None, workers: int = 0, ray_address: str | None = None,
-               suites: str | Path | None = None,
-               progress: bool = True) -> list[dict[str, Any]]:
-    """Record (or resume) the set of every (family, mode): one after the other, or as Ray tasks on ``workers`` CPUs;
-    their summaries (:func:`summarise`). ``suite_out`` / ``suites``: where the suite's histories are (a suite's folder,
-    or the folder of suite folders: :func:`default_suite_out`). Bad input is a one-line :class:`FFPruneError` before
-    any evaluation."""
-    sets = _prepare(families, modes, seeds, out, settings, env_kwargs)
-    jobs = [{"family": family, "mode": mode, "seeds": list(seeds), "out": path.parent.resolve(), "settings": settings,
-             "env_kwargs": env_kwargs,
-             "suite_out": default_suite_out(family, suite_out, suites).resolve() if settings.suite else None,
+def run_record(spec: RecordSpec | None = None, *, out: str | Path | None = None, suite_out: str | Path | None = None,
+               suites: str | Path | None = None, runner: Runner = IN_PROCESS, progress: bool = True,
+               **fields: Any) -> list[dict[str, Any]]:
+    """Record (or resume) the set of every (family, mode) of ``spec`` (``fields``: :class:`RecordSpec` fields by
+    keyword, replacing its own) into ``out`` (default: the bundled data): one after the other, or as Ray tasks on
+    ``runner``; their summaries (:func:`summarise`). ``suite_out`` / ``suites``: where the suite's histories are (a
+    suite's folder, or the folder of suite folders: :func:`default_suite_out`). Bad input is a one-line
+    :class:`FFPruneError` before any evaluation."""
+    spec = spec_with(RecordSpec, spec, fields, "run_record", "recording")
+    sets = _prepare(spec, out)
+    jobs = [{"family": family, "mode": mode, "spec": spec, "out": path.parent.resolve(),
+             "suite_out": default_suite_out(family, suite_out, suites).resolve() if spec.settings.suite else None,
              "progress": progress}
             for family, mode, path, _c in sets]
-    if workers:
+    if runner.workers:
         jobs = [{**job, "progress": False} for job in jobs]
-    done = run_jobs(keyword_jobs(record_set), jobs, workers, ray_address)
+    done = run_jobs(keyword_jobs(record_set), jobs, runner.workers, runner.address)
     raise_failures("ffprune surrogate record", done)  # the finished sets are kept; a rerun resumes the others
     return done
 
 
-def plan_record(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
-                seeds: Sequence[int] = (0,), out: str | Path | None = None,
-                settings: RecordSettings = RecordSettings(), env_kwargs: dict[str, Any] | None = None,
-                suite_out: str | Path | None = None, suites: str | Path | None = None) -> dict[str, Any]:
-    """What :func:`run_record` would do, without loading a model: per set and seed, rows, held-out rows and
-    evaluations per source (suite rows: what the cells hold; heuristics: at most, one may not fit a target), the
-    chunks already done, and the time at :func:`seconds_per_evaluation` (plus the setup: dense ppls at every
-    fidelity and on the held-out split)."""
+def plan_record(spec: RecordSpec | None = None, *, out: str | Path | None = None, suite_out: str | Path | None = None,
+                suites: str | Path | None = None, **fields: Any) -> dict[str, Any]:
+    """What :func:`run_record` would do with the same arguments, without loading a model: per set and seed, rows,
+    held-out rows and evaluations per source (suite rows: what the cells hold; heuristics: at most, one may not fit a
+    target), the chunks already done, and the time at :func:`seconds_per_evaluation` (plus the setup: dense ppls at
+    every fidelity and on the held-out split)."""
+    spec = spec_with(RecordSpec, spec, fields, "plan_record", "recording")
+    settings = spec.settings
     sets = []
-    for family, mode, path, configs in _prepare(families, modes, seeds, out, settings, env_kwargs):
+    for family, mode, path, configs in _prepare(spec, out):
         data = EvaluationSet.load(path) if path.exists() else None
         seconds = seconds_per_evaluation(configs[0])
         where = default_suite_out(family, suite_out, suites) if settings.suite else None

@@ -9,8 +9,10 @@ budget of :data:`DEFAULT_BUDGET` episodes and :data:`DEFAULT_SEEDS` seeds, and t
 JSON in ``<out>/<task>/cells/<method>/seed<k>.json.gz``, labelled surrogate; :func:`~ffprune.agents.experiments.bench.cell_specs`
 checks the settings and refuses a folder of other settings, real cells or another evaluation set). The uniform
 allocation (the normalised score's reference, one evaluation) always runs too. A finished cell is never rerun, an
-interrupted one resumes from its checkpoint, and cells run on the engine's runner, here or as Ray tasks with
-``workers`` (:func:`~ffprune.agents.experiments.engine.run_jobs`). A cell that raises is recorded and the others finish.
+interrupted one resumes from its checkpoint, and cells run on the engine's runner, here or as Ray tasks (a
+:class:`~ffprune.agents.experiments.engine.Runner` of workers; :func:`~ffprune.agents.experiments.engine.run_jobs`). A
+cell that raises is recorded and the others finish. The study's settings (tasks, methods, budget, seeds, env settings,
+checkpoints, resamples, variants) are a :class:`StudySpec`.
 
 **Curves.** When a cell finishes its learning curve is written beside it, ``<out>/<task>/curves/<method>/seed<k>.json``
 (:func:`cell_curve`; a few kB, while a 10,000-episode result with its history is ≈ 6 MB): at each checkpoint of
@@ -40,8 +42,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from matplotlib.figure import Figure
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable, read_json
 from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record, search_cell
-from ffprune.agents.experiments.engine import CellFailure, CellSpec, Job, run_jobs
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
 from ffprune.agents.experiments.search import score_allocation
@@ -198,84 +200,104 @@ def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> N
         check_variant_record(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
 
 
-def _jobs(tasks: Sequence[str] | None, methods: Sequence[str], budget: int, seeds: int, out: Path,
-          env_kwargs: dict[str, Any], progress: bool, points: int, tensorboard: bool,
-          variants: dict[str, SuiteVariant]) -> list[Job[StudyCell]]:
-    """Every cell of the study (settings checked, task folders' ``config.json`` written); a variant runs on the tasks its
-    method fits. No Calib: a surrogate predicts none."""
-    suite = select_tasks(get_suite("core"), tasks)
-    extra = StudyCell(tuple(checkpoint_grid(budget, points)), tensorboard)
+@dataclass(frozen=True)
+class StudySpec:
+    """What the study is (where it writes, where its cells run, whether it shows progress and writes TensorBoard runs
+    are :func:`run_study`'s own arguments). The mappings are never mutated."""
+
+    tasks: Sequence[str] | None = None
+    """Names of ``core`` suite tasks (default: all 9)."""
+    methods: Sequence[str] | None = None
+    """Distinct registered methods (default :data:`STUDY_METHODS`; uniform, the score's reference, always runs)."""
+    budget: int = DEFAULT_BUDGET
+    """Episodes per search."""
+    seeds: int = DEFAULT_SEEDS
+    """Search seeds ``0..seeds-1`` per (task, method)."""
+    env_kwargs: Mapping[str, Any] | None = None
+    """Env settings on top of ``surrogate=True`` (``surrogate_data`` for another evaluation set)."""
+    points: int = 40
+    """Log-spaced checkpoints of the curves (:func:`checkpoint_grid`)."""
+    reps: int = 2000
+    """Bootstrap resamples of the intervals."""
+    variants: Mapping[str, SuiteVariant] | None = None
+    """Label → :class:`~ffprune.agents.experiments.suite.SuiteVariant`: rows of their own after the methods (module
+    docstring, Variants); a report needs only their labels."""
+
+
+def study_settings(spec: StudySpec) -> StudySpec:
+    """``spec`` checked, with its defaults filled in: the task names, the methods, the budget and seeds, the surrogate
+    env settings (``surrogate=True`` added); one-line :class:`FFPruneError` for bad input, before any work."""
+    suite = select_tasks(get_suite("core"), spec.tasks)
+    methods = list(STUDY_METHODS if spec.methods is None else spec.methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise FFPruneError(f"methods must be distinct registered methods (`ffprune methods` lists them), got {methods}")
+    kwargs = dict(spec.env_kwargs or {})
+    if kwargs.get("surrogate", True) is not True:
+        raise FFPruneError("the study runs on the surrogates: surrogate must stay true among the env settings")
+    kwargs["surrogate"] = True
+    return replace(spec, tasks=[t.name for t in suite.tasks], methods=methods, budget=positive_int("budget", spec.budget),
+                   seeds=positive_int("seeds", spec.seeds), env_kwargs=kwargs)
+
+
+def _jobs(spec: StudySpec, out: Path, progress: bool, tensorboard: bool) -> list[Job[StudyCell]]:
+    """Every cell of the checked ``spec`` (:func:`study_settings`, its variants checked; task folders' ``config.json``
+    written); a variant runs on the tasks its method fits. No Calib: a surrogate predicts none."""
+    suite = select_tasks(get_suite("core"), spec.tasks)
+    budget, seeds, env_kwargs = spec.budget, spec.seeds, dict(spec.env_kwargs or {})
+    extra = StudyCell(tuple(checkpoint_grid(budget, spec.points)), tensorboard)
     overrides = BenchOverrides(env_kwargs, calibrate=False, progress=progress)
     specs: list[CellSpec] = []
     for task in suite.tasks:
         folder = out / task.name
-        specs += cell_specs(task.env_id, budget, seeds, list(dict.fromkeys([REFERENCE, *methods])), folder, overrides)
-        for label, variant in variants.items():
+        specs += cell_specs(task.env_id, budget, seeds, list(dict.fromkeys([REFERENCE, *(spec.methods or ())])), folder,
+                            overrides)
+        for label, variant in (spec.variants or {}).items():
             if method_fits(task.env_id, variant.method, env_kwargs):
                 specs += variant_specs(task, folder, label, variant, budget, seeds, overrides)
                 _check_variant_curves(folder, label, variant.record(label))
-    return [Job(spec, extra) for spec in specs]
+    return [Job(cell, extra) for cell in specs]
 
 
-def study_settings(tasks: Sequence[str] | None, methods: Sequence[str] | None, budget: int, seeds: int,
-                   env_kwargs: dict[str, Any] | None) -> tuple[list[str], list[str], int, int, dict[str, Any]]:
-    """The checked task names, methods, budget, seeds and surrogate env settings of a study (one-line
-    :class:`FFPruneError` for bad input, before any work)."""
-    suite = select_tasks(get_suite("core"), tasks)
-    methods = list(STUDY_METHODS if methods is None else methods)
-    if not methods or len(set(methods)) != len(methods):
-        raise FFPruneError(f"methods must be distinct registered methods (`ffprune methods` lists them), got {methods}")
-    kwargs = dict(env_kwargs or {})
-    if kwargs.get("surrogate", True) is not True:
-        raise FFPruneError("the study runs on the surrogates: surrogate must stay true among the env settings")
-    kwargs["surrogate"] = True
-    return ([t.name for t in suite.tasks], methods, positive_int("budget", budget), positive_int("seeds", seeds), kwargs)
-
-
-def run_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None, budget: int = DEFAULT_BUDGET,
-              seeds: int = DEFAULT_SEEDS, out: str | Path = DEFAULT_OUT, env_kwargs: dict[str, Any] | None = None,
-              workers: int = 0, ray_address: str | None = None, progress: bool = True, points: int = 40,
-              reps: int = 2000, tensorboard: bool = False,
-              variants: dict[str, SuiteVariant] | None = None) -> dict[str, Any]:
-    """Run (or resume) every cell of the study (module docstring) and write its report; the analysis.
-
-    ``tasks``: names of ``core`` suite tasks (default all 9); ``methods``: default :data:`STUDY_METHODS` (uniform, the
-    reference, always runs); ``env_kwargs``: env settings on top of ``surrogate=True`` (``surrogate_data`` for another
-    evaluation set); ``workers``: cells as Ray tasks; ``points``: log-spaced checkpoints of the curves; ``reps``:
-    bootstrap resamples; ``tensorboard``: each search's TensorBoard run in ``<out>/<task>/tb``; ``variants``: label →
-    :class:`~ffprune.agents.experiments.suite.SuiteVariant`, rows of their own after the methods (module docstring).
+def run_study(spec: StudySpec | None = None, *, out: str | Path = DEFAULT_OUT, runner: Runner = IN_PROCESS,
+              progress: bool = True, tensorboard: bool = False, **settings: Any) -> dict[str, Any]:
+    """Run (or resume) every cell of the study ``spec`` (``settings``: :class:`StudySpec` fields by keyword, replacing
+    its own) in ``out``, on ``runner`` (here or as Ray tasks), and write its report (module docstring); the analysis.
+    ``tensorboard``: each search's TensorBoard run in ``<out>/<task>/tb``.
     """
-    tasks, methods, budget, seeds, kwargs = study_settings(tasks, methods, budget, seeds, env_kwargs)
-    variants = check_variants(variants)
-    taken = [label for label in variants if label in methods]
+    spec = study_settings(spec_with(StudySpec, spec, settings, "run_study", "study"))
+    variants = check_variants(spec.variants)
+    taken = [label for label in variants if label in (spec.methods or ())]
     if taken:
         raise FFPruneError(f"variant labels {taken} are also in methods: a row each, under one name")
-    positive_int("reps", reps)
+    positive_int("reps", spec.reps)
+    spec = replace(spec, variants=variants)
     out = Path(out)
     for name in ("study.json", "study.md", "curves.png"):
         check_writable(out / name)
-    jobs = _jobs(tasks, methods, budget, seeds, out, kwargs, progress, points, tensorboard, variants)
-    outcomes = run_jobs(run_study_cell, jobs, workers, ray_address)
+    jobs = _jobs(spec, out, progress, tensorboard)
+    outcomes = run_jobs(run_study_cell, jobs, runner.workers, runner.address)
     curves = [c for c in outcomes if not isinstance(c, CellFailure)]
     failures = [{"task": job.spec.task, **({} if job.spec.variant is None else {"variant": job.spec.label}),
                  **c.as_dict(trace=False), "method": job.spec.method}
                 for job, c in zip(jobs, outcomes) if isinstance(c, CellFailure)]
-    return _report(out, tasks, [*methods, *variants], budget, seeds, curves, failures, reps)
+    return _report(spec, [*(spec.methods or ()), *variants], out, curves, failures)
 
 
-def report_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
-                 budget: int = DEFAULT_BUDGET, seeds: int = DEFAULT_SEEDS, out: str | Path = DEFAULT_OUT,
-                 reps: int = 2000, points: int = 40) -> dict[str, Any]:
-    """The study's report again from the curve files in ``out`` (no search, no evaluation; cells not there are left
-    out, as are curves of another budget or other checkpoints than ``points`` gives)."""
-    tasks, methods, budget, seeds, _ = study_settings(tasks, methods, budget, seeds, None)
-    positive_int("reps", reps)
+def report_study(spec: StudySpec | None = None, *, out: str | Path = DEFAULT_OUT, **settings: Any) -> dict[str, Any]:
+    """The study's report again from the curve files of ``spec`` (``settings``: :class:`StudySpec` fields by keyword; its
+    variants' labels are rows after the methods) in ``out`` (no search, no evaluation; cells not there are left out,
+    as are curves of another budget or other checkpoints than ``points`` gives)."""
+    spec = spec_with(StudySpec, spec, settings, "report_study", "study")
+    rows = [*(STUDY_METHODS if spec.methods is None else spec.methods), *(spec.variants or {})]
+    spec = study_settings(replace(spec, methods=rows, env_kwargs=None))
+    positive_int("reps", spec.reps)
+    budget, points = spec.budget, spec.points
     grid = checkpoint_grid(budget, points)
     out = Path(out)
     curves = []
-    for task in tasks:
-        for method in dict.fromkeys([REFERENCE, *methods]):
-            for seed in range(seeds):
+    for task in spec.tasks or ():
+        for method in dict.fromkeys([REFERENCE, *(spec.methods or ())]):
+            for seed in range(spec.seeds):
                 path = curve_path(out / task, method, seed)
                 if path.exists():
                     curve = read_json(path, "study curve")
@@ -284,7 +306,7 @@ def report_study(tasks: Sequence[str] | None = None, methods: Sequence[str] | No
     if not curves:
         raise FFPruneError(f"{str(out)!r} holds no study curves at budget {budget} with {points} points: run `ffprune "
                            "surrogate study` first (or pass the --budget and --points it ran with)")
-    return _report(out, tasks, methods, budget, seeds, curves, [], reps)
+    return _report(spec, spec.methods or (), out, curves, [])
 
 
 # ---------------------------------------------------------------------------- the analysis
@@ -337,9 +359,9 @@ def analyse_study(curves: Sequence[dict[str, Any]], tasks: Sequence[str], method
             **({"variants": {k: variants[k] for k in sorted(variants)}} if variants else {})}
 
 
-def _report(out: Path, tasks: Sequence[str], methods: Sequence[str], budget: int, seeds: int,
-            curves: list[dict[str, Any]], failures: list[dict[str, Any]], reps: int) -> dict[str, Any]:
-    analysis = analyse_study(curves, tasks, methods, budget, seeds, reps)
+def _report(spec: StudySpec, rows: Sequence[str], out: Path, curves: list[dict[str, Any]],
+            failures: list[dict[str, Any]]) -> dict[str, Any]:
+    analysis = analyse_study(curves, spec.tasks or (), rows, spec.budget, spec.seeds, spec.reps)
     analysis["failures"] = failures
     atomic_write_json(out / "study.json", analysis)
     atomic_write_text(out / "study.md", study_markdown(analysis))

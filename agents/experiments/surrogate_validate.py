@@ -22,7 +22,8 @@ the split is by allocation, :func:`ffenv.surrogate.split_of`):
 
 Goals (the issue's, after YAHPO Gym / NAS-Bench-301 practice): ρ ≥ :data:`GOALS` ``["spearman"]`` over all test
 rows of a task and ≥ ``["top_decile"]`` within its top decile, for the reward and for the held-out ppl alike.
-``validation.json`` holds every number, ``validation.md`` a table per (model, mode) with the goals marked.
+``validation.json`` holds every number, ``validation.md`` a table per (model, mode) with the goals marked. What is
+validated and how (families, modes, fit settings, the comparison, timings, folds) is a :class:`ValidateSpec`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ffenv.registration import FAMILY_MODELS, MODE_SUFFIX, family_of
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
+from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
@@ -216,15 +218,34 @@ def validate_set(data: EvaluationSet, family: str, settings: FitSettings | None 
             "models": results}
 
 
-def run_validate(families: Sequence[str] = tuple(FAMILY_MODELS), modes: Sequence[str] = tuple(MODE_SUFFIX),
-                 data: str | Path | None = None, out: str | Path = "surrogate-validation",
-                 settings: FitSettings | None = None, compare: bool = True,
-                 timing_calls: int = TIMING_CALLS, folds: int = CV_FOLDS) -> dict[str, Any]:
-    """Validate the set of every (family, mode) in ``data`` (a folder; default the bundled sets; ``folds``: of the
-    held-out ppl's cross-validation, 0 for none) and write
-    ``validation.json`` and ``validation.md`` to ``out``; the analysis. A missing set is a one-line
-    :class:`FFPruneError` naming the command that records it."""
-    pairs = check_families_modes(families, modes)
+@dataclasses.dataclass(frozen=True)
+class ValidateSpec:
+    """What a validation is (the folder of sets it reads and the folder it writes are :func:`run_validate`'s own
+    arguments)."""
+
+    families: Sequence[str] = tuple(FAMILY_MODELS)
+    """Families whose sets are validated (bundled, or real ones)."""
+    modes: Sequence[str] = tuple(MODE_SUFFIX)
+    """Modes of each family."""
+    settings: FitSettings | None = None
+    """The fit's settings (default: the ones an env fits with)."""
+    compare: bool = True
+    """Also fit scikit-learn's gradient-boosted trees (when installed) to compare with."""
+    timing_calls: int = TIMING_CALLS
+    """Single-allocation predictions timed per model."""
+    folds: int = CV_FOLDS
+    """Folds of the held-out ppl's cross-validation by allocation (0: none)."""
+
+
+def run_validate(spec: ValidateSpec | None = None, *, data: str | Path | None = None,
+                 out: str | Path = "surrogate-validation", **fields: Any) -> dict[str, Any]:
+    """Validate the set of every (family, mode) of ``spec`` (``fields``: :class:`ValidateSpec` fields by keyword,
+    replacing its own) in ``data`` (a folder; default the bundled sets) and write ``validation.json`` and
+    ``validation.md`` to ``out``; the analysis. A missing set is a one-line :class:`FFPruneError` naming the command
+    that records it."""
+    spec = spec_with(ValidateSpec, spec, fields, "run_validate", "validation")
+    settings, compare, timing_calls, folds = spec.settings, spec.compare, spec.timing_calls, spec.folds
+    pairs = check_families_modes(spec.families, spec.modes)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
         raise FFPruneError(f"folds must be 0 (no cross-validation) or an integer >= 2, got {folds!r}")
     folder = DATA_DIR if data is None else Path(data)

@@ -12,13 +12,15 @@ of settings, tuned the same way, **on the search's own signal only**:
   saw). The held-out ``eval`` perplexity that every search result also records is never read, and the report shows
   no held-out number, so the selected setting can be run on the suite's seeds without having seen its test.
 
-Every (variant, task, seed) cell is a resumable bench cell (:func:`ffprune.agents.experiments.bench.run_cell` with the
-variant's ``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/seed<k>.json.gz`` (TensorBoard in
-``<out>/<variant>/<task>/tb``); cells run in this process or as Ray tasks (``workers``). ``<out>/config.json`` holds the
-method, budget and env settings and ``<out>/<variant>/variant.json`` the variant's settings: a folder holding other
-settings is refused, so a resumed cell is always the variant's. A cell that raises does not stop the others: it is
-listed in ``<out>/failures.json`` and in the report until a rerun finishes it. Tuning runs on the real tasks:
-surrogate settings are refused, and a surrogate cell in ``<out>`` is a one-line error when the report reads it.
+The settings (method, variants, tasks, seeds, budget, env settings, suite) are a :class:`TuneSpec`. Every (variant,
+task, seed) cell is a resumable bench cell (:func:`ffprune.agents.experiments.bench.run_cell` with the variant's
+``agent_kwargs``), written to ``<out>/<variant>/<task>/cells/<method>/seed<k>.json.gz`` (TensorBoard in
+``<out>/<variant>/<task>/tb``); cells run in this process or as Ray tasks (a
+:class:`~ffprune.agents.experiments.engine.Runner`). ``<out>/config.json`` holds the method, budget and env settings
+and ``<out>/<variant>/variant.json`` the variant's settings: a folder holding other settings is refused, so a resumed
+cell is always the variant's. A cell that raises does not stop the others: it is listed in ``<out>/failures.json`` and
+in the report until a rerun finishes it. Tuning runs on the real tasks: surrogate settings are refused, and a surrogate
+cell in ``<out>`` is a one-line error when the report reads it.
 
 The report (``tune.md``, ``tune.json``; :func:`report_tune` rewrites them from the cells on disk, byte for byte):
 per variant, the mean best reward over seeds on every task, the mean over tasks, its difference from ``default``
@@ -33,6 +35,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,7 +45,7 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json, atomic_write_json, atomic_write_text, json_or_text, read_json
 from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
-from ffprune.agents.experiments.engine import CellFailure, CellSpec, run_jobs
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
@@ -222,55 +225,82 @@ def _config(method: str, budget: int, env_kwargs: dict[str, Any] | None, suite: 
     return {"method": method, "budget": budget, "env_kwargs": env_kwargs or {}, **({"suite": suite} if suite != "core" else {})}
 
 
-def tune_specs(out: str | Path, method: str, variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
-               seeds: Sequence[int], budget: int, env_kwargs: dict[str, Any] | None = None,
-               progress: bool = True, suite: str = "core") -> list[tuple[str, CellSpec]]:
-    """The (variant, task, seed) cells, each with its variant's name (its folder: ``<out>/<variant>/<task>``); the
-    folder's records are checked and written first."""
-    out = Path(out)
-    ids = _task_ids(method, tasks, suite)
-    _check_record(out / "config.json", _config(method, budget, env_kwargs, suite), "tune", TUNE_KIND)
+@dataclass(frozen=True)
+class TuneSpec:
+    """What a tune is (where it writes, where its cells run and whether it shows progress are :func:`run_tune`'s own
+    arguments). The mappings are never mutated."""
+
+    method: str = "fastforward"
+    """The method tuned (any registered name)."""
+    variants: Mapping[str, Mapping[str, Any]] | None = None
+    """Variant name → its settings (agent keywords and ``curriculum.<setting>``; :data:`REFERENCE` must be one, with
+    none); default the method's whole grid (:func:`tune_variants`)."""
+    tasks: Sequence[str] | None = None
+    """Tasks of ``suite`` (default: :func:`default_tasks`)."""
+    seeds: Sequence[int] = DEFAULT_SEEDS
+    """Search seeds, never the suite's 0–2 (a deterministic method runs the first only: :func:`tune_seeds`)."""
+    budget: int | None = None
+    """Evaluations per search (default: the suite's)."""
+    env_kwargs: Mapping[str, Any] | None = None
+    """Env settings of every task (tests use small windows; the suite runs without any)."""
+    suite: str = "core"
+    """The suite whose tasks the variants are compared on."""
+
+    def resolved(self) -> TuneSpec:
+        """The spec with its defaults filled in and checked (one-line :class:`FFPruneError` for bad input): the method's
+        registered name, the tasks, every variant (settings checked; ``default`` required), the seeds a tune runs, the
+        budget."""
+        method = get_method(self.method).name
+        tasks = default_tasks(self.suite) if self.tasks is None else self.tasks
+        variants = tune_variants(method) if self.variants is None else {n: dict(k) for n, k in self.variants.items()}
+        if REFERENCE not in variants:
+            raise FFPruneError(f"variants must include {REFERENCE!r} (the method's own settings: the reference)")
+        for name, kwargs in variants.items():
+            check_agent_kwargs(method, kwargs, name)
+        seeds = tune_seeds(method, self.seeds)
+        budget = positive_int("budget", get_suite(self.suite).budget if self.budget is None else self.budget)
+        return replace(self, method=method, tasks=tasks, variants=variants, seeds=seeds, budget=budget)
+
+
+def tune_specs(spec: TuneSpec, out: str | Path, progress: bool = True) -> list[tuple[str, CellSpec]]:
+    """The (variant, task, seed) cells of ``spec`` (:meth:`TuneSpec.resolved`), each with its variant's name (its folder:
+    ``<out>/<variant>/<task>``); the folder's records are checked and written first."""
+    out, spec = Path(out), spec.resolved()
+    method, variants, budget, env_kwargs = spec.method, spec.variants or {}, spec.budget, spec.env_kwargs
+    ids = _task_ids(method, spec.tasks or (), spec.suite)
+    _check_record(out / "config.json", _config(method, budget, env_kwargs, spec.suite), "tune", TUNE_KIND)
     specs = []
     for variant, kwargs in variants.items():
         _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
         agent_kwargs, curriculum_kwargs = split_settings(kwargs)
         for task, env_id in ids.items():
-            for seed in seeds:
-                specs.append((variant, CellSpec(env_id, method, seed, budget, out / variant / task, env_kwargs or {},
+            for seed in spec.seeds:
+                specs.append((variant, CellSpec(env_id, method, seed, budget, out / variant / task, dict(env_kwargs or {}),
                                                 agent_kwargs=agent_kwargs, curriculum_kwargs=curriculum_kwargs,
                                                 progress=progress)))
     return specs
 
 
-def run_tune(out: str | Path, method: str = "fastforward",
-             variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
-             seeds: Sequence[int] = DEFAULT_SEEDS, budget: int | None = None, env_kwargs: dict[str, Any] | None = None,
-             workers: int = 0, ray_address: str | None = None, progress: bool = True, suite: str = "core") -> dict[str, Any]:
-    """Run (or resume) every (variant, task, seed) cell, then write the report (module docstring); returns its analysis.
+def run_tune(spec: TuneSpec | None = None, *, out: str | Path, runner: Runner = IN_PROCESS, progress: bool = True,
+             **settings: Any) -> dict[str, Any]:
+    """Run (or resume) every (variant, task, seed) cell of ``spec`` (``settings``: :class:`TuneSpec` fields by keyword,
+    replacing its own) in ``out`` on ``runner`` (here or as Ray tasks), then write the report (module docstring);
+    returns its analysis.
 
-    ``variants`` default to the method's whole grid (:func:`tune_variants`), ``tasks`` to :func:`default_tasks` of ``suite``,
-    ``budget`` to the suite's; a deterministic method (a heuristic) runs the first seed only (:func:`tune_seeds`);
-    ``env_kwargs`` override every task's env (tests use small windows; the suite runs without any). Bad input — an
-    unknown method or task, a setting the method does not have, a seed in 0–2 — is a one-line :class:`FFPruneError`
-    before any search.
+    Bad input — an unknown method or task, a setting the method does not have, a seed in 0–2 — is a one-line
+    :class:`FFPruneError` before any search.
     """
-    method = get_method(method).name
-    refuse_surrogate_settings(env_kwargs, "ffprune tune")
+    spec = spec_with(TuneSpec, spec, settings, "run_tune", "tune")
+    get_method(spec.method)  # an unknown method first, as ever
+    refuse_surrogate_settings(dict(spec.env_kwargs) if spec.env_kwargs is not None else None, "ffprune tune")
     out = Path(out)
-    tasks = default_tasks(suite) if tasks is None else tasks
-    variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
-    if REFERENCE not in variants:
-        raise FFPruneError(f"variants must include {REFERENCE!r} (the method's own settings: the reference)")
-    for name, kwargs in variants.items():
-        check_agent_kwargs(method, kwargs, name)
-    seeds = tune_seeds(method, seeds)
-    budget = positive_int("budget", get_suite(suite).budget if budget is None else budget)
-    owned = tune_specs(out, method, variants, tasks, seeds, budget, env_kwargs, progress, suite)
-    done = run_jobs(run_cell, [spec for _variant, spec in owned], workers, ray_address)
-    failures = [{"variant": variant, **d.as_dict(trace=False)} for (variant, _spec), d in zip(owned, done)
+    spec = spec.resolved()
+    owned = tune_specs(spec, out, progress)
+    done = run_jobs(run_cell, [cell for _variant, cell in owned], runner.workers, runner.address)
+    failures = [{"variant": variant, **d.as_dict(trace=False)} for (variant, _cell), d in zip(owned, done)
                 if isinstance(d, CellFailure)]
     atomic_write_json(out / "failures.json", failures)  # one record for the tune (its cells' folders are variant/task)
-    return report_tune(out, method, variants, tasks, seeds, suite)
+    return report_tune(spec, out=out)
 
 
 # ---------------------------------------------------------------------------- the report (reward split only)
@@ -300,17 +330,17 @@ def _difference(rows: dict[tuple[str, int], float], reference: dict[tuple[str, i
     return diff
 
 
-def report_tune(out: str | Path, method: str = "fastforward",
-                variants: Mapping[str, Mapping[str, Any]] | None = None, tasks: Sequence[str] | None = None,
-                seeds: Sequence[int] = DEFAULT_SEEDS, suite: str = "core") -> dict[str, Any]:
-    """The analysis of the cells already on disk (no search, no evaluation): ``tune.md`` and ``tune.json`` in ``out``,
-    from each cell's ``best.reward`` alone (module docstring); returns it. The same arguments as :func:`run_tune`'s
-    give the same files, byte for byte."""
-    method = get_method(method).name
+def report_tune(spec: TuneSpec | None = None, *, out: str | Path, **settings: Any) -> dict[str, Any]:
+    """The analysis of the cells of ``spec`` (``settings``: :class:`TuneSpec` fields by keyword; its ``budget`` and
+    ``env_kwargs`` are read from ``<out>/config.json``) already on disk (no search, no evaluation): ``tune.md`` and
+    ``tune.json`` in ``out``, from each cell's ``best.reward`` alone (module docstring); returns it. The same spec as
+    :func:`run_tune`'s gives the same files, byte for byte."""
+    spec = spec_with(TuneSpec, spec, settings, "report_tune", "tune")
+    method, suite = get_method(spec.method).name, spec.suite
     out = Path(out)
-    tasks = default_tasks(suite) if tasks is None else tasks
-    variants = tune_variants(method) if variants is None else {n: dict(k) for n, k in variants.items()}
-    seeds = tune_seeds(method, seeds)
+    tasks = default_tasks(suite) if spec.tasks is None else spec.tasks
+    variants = tune_variants(method) if spec.variants is None else {n: dict(k) for n, k in spec.variants.items()}
+    seeds = tune_seeds(method, spec.seeds)
     _task_ids(method, tasks, suite)
     config = read_json(out / "config.json", "tune config (run ffprune tune without --report-only first)")
     if config.get("method") != method:
