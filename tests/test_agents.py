@@ -103,6 +103,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     assert resumed["best"]["action"] == full["best"]["action"]
     assert resumed["best"]["reward"] == full["best"]["reward"]
     assert resumed["cost"]["evaluations"] == full["cost"]["evaluations"]
+    # the resume-only state goes once the result is written (and was never left by the uninterrupted run)
+    assert not (tmp_path / "cut.ckpt").exists() and not (tmp_path / "full.ckpt").exists()
     # a finished result is returned as it is
     again = search(tmp_path, "cut", budget=16, resume=True)
     assert [h["reward"] for h in again["history"]] == [h["reward"] for h in resumed["history"]]
@@ -183,6 +185,9 @@ def test_cli_tiny_budget_per_agent(tmp_path, agent, capsys):
     assert result["agent"] == agent and result["cost"]["episodes"] == 10
     assert np.isfinite(result["best"]["eval_ppl"])
     assert "held-out eval ppl" in capsys.readouterr().out
+    # resume-only state is gone once the result is written; what the run produced stays
+    assert not out.with_suffix(".ckpt").exists() and not out.with_suffix(".buffer.pkl").exists()
+    assert out.with_suffix(".sb3.zip").exists() == (agent != "fastforward")
 
 
 def test_cli_bad_input_is_one_clear_line(capsys):

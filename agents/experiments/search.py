@@ -13,8 +13,10 @@ across targets) it also records them and ``best_by_target`` (the best allocation
 on the reward split; :class:`~ffenv.wrappers.SearchAccounting`), and ``best`` is the one at ``target``. A
 method that saves a policy (FastForward: ``<out>.policy.pt``) gets its provenance in the policy's metadata
 (:func:`policy_provenance`, plus ``agent_config`` and the ``training_cost`` once it ran). It is written
-atomically; a checkpoint beside it (``<out>.ckpt``) lets ``resume=True`` continue an interrupted search, and a
-finished result is returned as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
+atomically; a checkpoint beside it (``<out>.ckpt``; an off-policy SB3 method's replay buffer, ``<out>.buffer.pkl``)
+lets ``resume=True`` continue an interrupted search; once the result is written that resume-only state is removed
+(what the run produced stays: the policy, an SB3 model's ``<out>.sb3.zip``, TensorBoard), and a finished result is
+returned as it is. Results are read back with :func:`ffprune.agents.results.read_result`.
 
 **On a surrogate** (``env_kwargs={"surrogate": True}``, optionally ``"surrogate_data": PATH``; ``ffprune search
 --surrogate``) every method runs unchanged on :mod:`ffenv.surrogate`'s env: the budget counts episodes as ever (one
@@ -237,7 +239,17 @@ def run_search(spec: SearchSpec | str = "FFPrune-Llama-v0", *, out: str | Path |
     result: dict[str, Any] = {**_assemble(spec, env, search, scored, extra, provenance), **record}
     if out_path is not None:
         write_result(out_path, result)
+        _drop_resume_state(checkpoint)
     return result
+
+
+def _drop_resume_state(checkpoint: Path | None) -> None:
+    """After the result is written: the checkpoint and an SB3 replay buffer beside it are only there to resume, and a
+    finished search resumes from its result, so they go (a checkpoint is up to the replay buffer's size; a suite has
+    hundreds)."""
+    if checkpoint is not None:
+        for path in (checkpoint, checkpoint.with_suffix(".buffer.pkl")):
+            path.unlink(missing_ok=True)
 
 
 CURRICULUM_SETTINGS = ("start_sparsity", "sparsity_schedule", "stairs", "fidelity_start", "fidelity_schedule")
