@@ -133,7 +133,7 @@ def _run(fn: Any, jobs: list[dict[str, Any]], runner: Runner) -> list[Any]:
     analysis needs every policy and allocation; what finished is kept and the same command resumes)."""
     if runner.workers:
         jobs = [{**job, "progress": False} for job in jobs]
-    done = run_jobs(keyword_jobs(fn), jobs, runner.workers, runner.address)
+    done = run_jobs(keyword_jobs(fn), jobs, runner)
     raise_failures("ffprune amortised", done)
     return done
 

@@ -223,7 +223,7 @@ def run_cells(spec: BenchSpec | None = None, *, out: str | Path = "bench", runne
     finished cells per method and the failure record."""
     spec = spec_with(BenchSpec, spec, settings, "run_cells", "bench")
     specs = cell_specs(spec.env_id, spec.budget, spec.seeds, spec.methods, out, spec.overrides(progress))
-    outcomes = run_jobs(run_cell, specs, runner.workers, runner.address)
+    outcomes = run_jobs(run_cell, specs, runner)
     cells: dict[str, list[dict[str, Any]]] = {}
     for cell_spec, cell in zip(specs, outcomes):
         if not isinstance(cell, (CellFailure, BaseException)):

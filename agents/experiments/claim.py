@@ -98,7 +98,7 @@ def run_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: str 
     for b in spec.budgets:
         positive_int("budgets", b)
     specs = claim_specs(spec, out, progress)
-    recorded = record_failures(specs, run_jobs(run_cell, specs, runner.workers, runner.address))  # <folder>/failures.json
+    recorded = record_failures(specs, run_jobs(run_cell, specs, runner))  # <folder>/failures.json
     failures = [{k: v for k, v in f.items() if k != "traceback"} for f in recorded]
     return report_claim(spec, out=out, suite_out=suite_out, failures=failures)
 

@@ -236,6 +236,10 @@ class Runner:
     workers: int = 0
     address: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise FFPruneError(f"workers must be an integer >= 0 (0: run the jobs here), got {self.workers!r}")
+
 
 IN_PROCESS = Runner()
 """Every job in this process, one after the other: the experiments' default :class:`Runner`."""
@@ -298,23 +302,23 @@ def _run_here(fn: Callable[[Any], Any], job: Any) -> Any:
         return _failure(job, err)
 
 
-def run_jobs(fn: Callable[[Any], R], jobs: Sequence[Any], workers: int = 0, ray_address: str | None = None,
+def run_jobs(fn: Callable[[Any], R], jobs: Sequence[Any], runner: Runner = IN_PROCESS,
              gpus_per_job: int | None = None) -> list[R | CellFailure | BaseException]:
     """``[fn(job) for job in jobs]``, results in job order, with the one failure policy: a job that raises does not stop
     the others; its slot holds a :class:`CellFailure` (a job that is a :class:`CellSpec` or a :class:`Job`) or the
     exception itself (any other job). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run.
 
-    In this process (``workers=0``), or as Ray tasks (one CPU and one torch thread each; one GPU each where a cell's
-    env runs on CUDA, or ``gpus_per_job``) on a local Ray instance with ``workers`` CPUs or the cluster at
-    ``ray_address``; a task whose worker dies is retried once and resumes from its checkpoint (twice:
+    Where ``runner`` says: in this process (``workers=0``), or as Ray tasks (one CPU and one torch thread each; one GPU
+    each where a cell's env runs on CUDA, or ``gpus_per_job``) on a local Ray instance with ``runner.workers`` CPUs or
+    the cluster at ``runner.address``; a task whose worker dies is retried once and resumes from its checkpoint (twice:
     :class:`~ffenv.errors.WorkerLostError` in its slot). Progress bars are off on Ray.
     """
-    if not workers:
+    if not runner.workers:
         return [_run_here(fn, job) for job in jobs]
     if gpus_per_job is None:
         specs = [s for s in map(_spec_of, jobs) if s is not None]
         gpus_per_job = int(any(str(s.env_kwargs.get("device", "cpu")).startswith("cuda") for s in specs))
-    done = run_on_ray(fn, [_quiet(job) for job in jobs], workers, ray_address, gpus_per_job=gpus_per_job)
+    done = run_on_ray(fn, [_quiet(job) for job in jobs], runner.workers, runner.address, gpus_per_job=gpus_per_job)
     return [_failure(job, r) if isinstance(r, BaseException) else r for job, r in zip(jobs, done)]
 
 

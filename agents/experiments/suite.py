@@ -490,7 +490,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path, overrides: BenchOverri
         raise FFPruneError(f"full_split rows must be methods or variant labels of this run, got {unknown}")
     out = Path(out)
     specs = suite_specs(suite, out, overrides)
-    record_failures(specs, run_jobs(run_cell, specs, runner.workers, runner.address))
+    record_failures(specs, run_jobs(run_cell, specs, runner))
     cells, failures = read_suite_cells(dataclasses.replace(suite, methods=None), out, surrogate)
     return _report(suite, out, cells, failures, report, measure=True, surrogate=surrogate)
 

@@ -835,7 +835,7 @@ def run_record(spec: RecordSpec | None = None, *, out: str | Path | None = None,
             for family, mode, path, _c in sets]
     if runner.workers:
         jobs = [{**job, "progress": False} for job in jobs]
-    done = run_jobs(keyword_jobs(record_set), jobs, runner.workers, runner.address)
+    done = run_jobs(keyword_jobs(record_set), jobs, runner)
     raise_failures("ffprune surrogate record", done)  # the finished sets are kept; a rerun resumes the others
     return done
 

@@ -275,7 +275,7 @@ def run_study(spec: StudySpec | None = None, *, out: str | Path = DEFAULT_OUT, r
     for name in ("study.json", "study.md", "curves.png"):
         check_writable(out / name)
     jobs = _jobs(spec, out, progress, tensorboard)
-    outcomes = run_jobs(run_study_cell, jobs, runner.workers, runner.address)
+    outcomes = run_jobs(run_study_cell, jobs, runner)
     curves = [c for c in outcomes if not isinstance(c, CellFailure)]
     failures = [{"task": job.spec.task, **({} if job.spec.variant is None else {"variant": job.spec.label}),
                  **c.as_dict(trace=False), "method": job.spec.method}

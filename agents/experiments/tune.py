@@ -296,7 +296,7 @@ def run_tune(spec: TuneSpec | None = None, *, out: str | Path, runner: Runner = 
     out = Path(out)
     spec = spec.resolved()
     owned = tune_specs(spec, out, progress)
-    done = run_jobs(run_cell, [cell for _variant, cell in owned], runner.workers, runner.address)
+    done = run_jobs(run_cell, [cell for _variant, cell in owned], runner)
     failures = [{"variant": variant, **d.as_dict(trace=False)} for (variant, _cell), d in zip(owned, done)
                 if isinstance(d, CellFailure)]
     atomic_write_json(out / "failures.json", failures)  # one record for the tune (its cells' folders are variant/task)
