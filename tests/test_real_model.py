@@ -8,6 +8,8 @@ that generates text. Small settings keep it to about a minute once the model is 
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -17,9 +19,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from transformers import AutoModelForCausalLM
 
 import ffenv
+from ffenv.envs import measurement
 from ffenv.lm.models import weights_fingerprint
 from ffenv.lm.perplexity import perplexity
 from ffenv.lm.sources import PACKAGED_MODELS, read_source
+from ffenv.surrogate import FitSettings, load_surrogate
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.tools.export import export_result
 
@@ -40,6 +44,24 @@ def test_real_ids_are_registered_without_loading_anything():
     assert (cfg.model, cfg.corpus, cfg.mode, cfg.target_sparsity) == ("smollm2-135m", "wikitext2", "structured", 0.2)
     assert ffenv.resolve_config("FFPrune-SmolLM2-Unstructured-v0").target_sparsity == 0.7
     assert not set(ids) & set(ffenv.env_ids())  # the bundled ids (and the core suite) are unchanged
+
+
+@pytest.mark.parametrize("env_id", ["FFPrune-SmolLM2-v0", "FFPrune-SmolLM2-Unstructured-v0"])
+def test_real_tasks_surrogate_is_bundled_and_fetches_nothing(env_id, tmp_path, monkeypatch):
+    """``gym.make(<real id>, surrogate=True)`` on a fresh machine: the shipped evaluation set, its recorded weights
+    checked against the named model's declared hash, and no model fetched (a short fit keeps it quick)."""
+    monkeypatch.setenv("FFPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(measurement, "load_surrogate", functools.partial(load_surrogate,
+                                                                         settings=FitSettings(members=2, steps=100, patience=50)))
+    env = gym.make(env_id, surrogate=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    _obs, reward, terminated, _trunc, info = env.step(env.action_space.sample())
+    assert terminated and np.isfinite(reward) and info["surrogate"] and info["cost"]["tokens"] == 0
+    assert env.unwrapped.weights_fingerprint == "gguf:" + PACKAGED_MODELS["smollm2-135m"].gguf_sha256[:16]
+    with pytest.raises(ffenv.FFPruneError, match="measures no model"):
+        env.unwrapped.model  # noqa: B018 - the refusal is the point
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["surrogate"]  # the fitted surrogate's cache, nothing fetched
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from torch import nn
 
 from ffenv.errors import FFPruneError
 from ffenv.lm.pruned_modeling import LAYERS_KEY, decoder_layers, head_dim, layer_roles, pruned_class
-from ffenv.lm.sources import PACKAGED_MODELS, read_source, resolve_real_source
+from ffenv.lm.sources import PACKAGED_MODELS, gguf_fingerprint, read_source, resolve_real_source
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "zoo"
 EXPORT_FILE = "ffprune_export.json"
@@ -58,8 +58,11 @@ def weights_fingerprint(name_or_path: str) -> str | None:
 
     Bundled names and local folders: SHA-256 over the weight files (``*.safetensors``, ``*.bin``; names and
     bytes). Named real models and GGUF files: ``gguf:<SHA-256 of the GGUF file>`` (recorded by the conversion).
-    Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet).
+    Hub ids: ``hub:<id>@<commit>`` of the locally cached snapshot (``None`` when not cached yet). A named real model's
+    is known from its declared file hash, so asking for it fetches nothing (a surrogate env of a real task checks it).
     """
+    if isinstance(name_or_path, str) and name_or_path in PACKAGED_MODELS:
+        return gguf_fingerprint(PACKAGED_MODELS[name_or_path].gguf_sha256)
     source = _resolve_source(name_or_path)
     folder = Path(source)
     converted = read_source(folder)

@@ -77,6 +77,12 @@ class WheelFile:
         return f"{self.package}=={self.version}"
 
 
+def gguf_fingerprint(gguf_sha256: str) -> str:
+    """The weights' identity of a model converted from a GGUF file (``gguf:`` and 16 digits of the file's SHA-256):
+    what the conversion records and, for a named model, what is known before anything is fetched."""
+    return f"gguf:{gguf_sha256[:16]}"
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     """A real model shipped as a GGUF file inside wheels on the package index: one wheel holding the file, or chunk
@@ -413,7 +419,7 @@ def _convert(gguf_file: Path, folder: Path, gguf_sha256: str, extra: dict[str, A
         import transformers
 
         record = {"format": CONVERSION_FORMAT, "gguf_sha256": gguf_sha256, "architecture": arch,
-                  "fingerprint": f"gguf:{gguf_sha256[:16]}", "transformers": transformers.__version__, **extra}
+                  "fingerprint": gguf_fingerprint(gguf_sha256), "transformers": transformers.__version__, **extra}
         atomic_write_json(tmp / SOURCE_FILE, record)
 
     return atomic_write_dir(folder, write, force=True, name="model cache")
