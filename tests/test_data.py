@@ -54,14 +54,18 @@ def test_evaluation_windows_are_non_overlapping_prefix_of_stream(tokenizer):
 
 def test_cache_makes_second_call_fast(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("FFPRUNE_CACHE", str(tmp_path))
-    # the corpus itself is rebuilt in the empty cache; first call tokenizes, second loads
+    # a local text corpus in an empty cache (the stdlib corpus takes 40 s to rebuild; every fresh CI machine builds it
+    # once anyway): the first call tokenizes, the second loads
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i}: " + " ".join(f"word{j * i % 97}" for j in range(200))
+                                    for i in range(300)))
     t0 = time.perf_counter()
-    first = data.evaluation_windows(tokenizer, "stdlib", "calib", seq_len=96)
+    first = data.evaluation_windows(tokenizer, str(corpus), "calib", seq_len=96)
     t_first = time.perf_counter() - t0
     files = list((tmp_path / "tokens").glob("*.pt"))
     assert len(files) >= 2  # the stream and the windows
     t0 = time.perf_counter()
-    second = data.evaluation_windows(tokenizer, "stdlib", "calib", seq_len=96)
+    second = data.evaluation_windows(tokenizer, str(corpus), "calib", seq_len=96)
     t_second = time.perf_counter() - t0
     assert torch.equal(first, second)
     assert t_second < t_first / 5

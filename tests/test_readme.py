@@ -227,15 +227,15 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch):
         ffenv.clear_cache()
 
 
-def test_readme_method_example_registers_and_runs(tmp_path, monkeypatch):
-    """The README's method example gives a scored result, like a built-in method's."""
+def test_method_example_registers_and_runs(tmp_path, monkeypatch):
+    """The method example (docs/search.md, linked from the README) gives a scored result, like a built-in method's."""
     import gymnasium as gym
 
     import ffenv
     from ffprune.agents.methods.registry import METHODS
 
-    code = [body for above, body, _l in python_blocks("README.md") if above.strip() == "<!-- method-example -->"]
-    assert len(code) == 1, "the README lost its <!-- method-example --> python block"
+    code = [body for above, body, _l in python_blocks("docs/search.md") if above.strip() == "<!-- method-example -->"]
+    assert len(code) == 1, "docs/search.md lost its <!-- method-example --> python block"
     for env_id in ffenv.env_ids():
         for key, value in SMALL_ENV.items():
             monkeypatch.setitem(gym.registry[env_id].kwargs, key, value)

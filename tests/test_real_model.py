@@ -46,10 +46,11 @@ def test_real_ids_are_registered_without_loading_anything():
     assert not set(ids) & set(ffenv.env_ids())  # the bundled ids (and the core suite) are unchanged
 
 
-@pytest.mark.parametrize("env_id", ["FFPrune-SmolLM2-v0", "FFPrune-SmolLM2-Unstructured-v0"])
-def test_real_tasks_surrogate_is_bundled_and_fetches_nothing(env_id, tmp_path, monkeypatch):
+def test_real_task_surrogate_is_bundled_and_fetches_nothing(tmp_path, monkeypatch):
     """``gym.make(<real id>, surrogate=True)`` on a fresh machine: the shipped evaluation set, its recorded weights
-    checked against the named model's declared hash, and no model fetched (a short fit keeps it quick)."""
+    checked against the named model's declared hash, and no model fetched (a short fit keeps it quick; the
+    unstructured set takes the same path, and `ffprune surrogate validate` fits both)."""
+    env_id = "FFPrune-SmolLM2-v0"
     monkeypatch.setenv("FFPRUNE_CACHE", str(tmp_path))
     monkeypatch.setattr(measurement, "load_surrogate", functools.partial(load_surrogate,
                                                                          settings=FitSettings(members=2, steps=100, patience=50)))
