@@ -53,6 +53,7 @@ from ffenv.wrappers.logger import SearchLogger
 from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
+from ffprune.agents.methods.sb3 import replay_buffer_file
 from ffprune.agents.results import (
     RESULT_FORMAT,
     RESULT_KEYS,
@@ -248,7 +249,7 @@ def _drop_resume_state(checkpoint: Path | None) -> None:
     finished search resumes from its result, so they go (a checkpoint is up to the replay buffer's size; a suite has
     hundreds)."""
     if checkpoint is not None:
-        for path in (checkpoint, checkpoint.with_suffix(".buffer.pkl")):
+        for path in (checkpoint, replay_buffer_file(checkpoint)):
             path.unlink(missing_ok=True)
 
 

@@ -156,6 +156,12 @@ class StopAtBudget(BaseCallback):
                 self.last_saved = self.env.episodes
 
 
+def replay_buffer_file(checkpoint: str | Path) -> Path:
+    """Where :func:`run_sb3` keeps an off-policy algorithm's replay buffer beside its ``checkpoint``: resume-only
+    state, like the checkpoint (the model itself, ``<checkpoint>.sb3.zip``, is what the run produced)."""
+    return Path(checkpoint).with_suffix(".buffer.pkl")
+
+
 def run_sb3(
     env: SearchAccounting,
     algo: str | type[BaseAlgorithm] = "ppo",
@@ -188,7 +194,7 @@ def run_sb3(
         kwargs["action_noise"] = action_noise(noise_std, venv.action_space.shape)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     model_file = ckpt.with_suffix(".sb3.zip") if ckpt is not None else None
-    buffer_file = ckpt.with_suffix(".buffer.pkl") if ckpt is not None else None
+    buffer_file = replay_buffer_file(ckpt) if ckpt is not None else None
 
     resumed = bool(resume and ckpt is not None and ckpt.exists() and model_file.exists())
     if resumed:
