@@ -127,6 +127,26 @@ def test_an_export_reloads_with_plain_transformers_to_the_same_logits(tmp_path, 
     assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_tiled_head_and_loss_equal_the_families_own_logits(name, monkeypatch):
+    """The vocabulary-tiled head + online log-sum-exp (a real vocabulary's path) gives each family's own loss,
+    soft-capped logits (Gemma 2) and head biases (Phi) included."""
+    from ffenv.lm import perplexity as evaluation
+
+    model = build(name)
+    x = tokens()
+    flat = logits(model, x)[:, :-1]
+    own = torch.nn.functional.cross_entropy(flat.reshape(-1, flat.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+    assert model.config.model_type in evaluation.HEAD_ONLY_FAMILIES
+    monkeypatch.setattr(evaluation, "CHUNK_LOGITS", 20 * COMMON["vocab_size"])  # < MIN_CHUNK_ROWS rows: tiles
+    monkeypatch.setattr(evaluation, "MIN_VOCAB_BLOCK", 1000)  # 5 blocks, the last one short
+    total, count = evaluation.nll_sum(model, x, batch_size=3)
+    assert count == 3 * 23
+    assert total == pytest.approx(float(own), rel=1e-5)
+    per_window = evaluation.window_nll(model, x, batch_size=2)
+    assert float(per_window.sum()) == pytest.approx(float(own), rel=1e-5)
+
+
 def test_any_family_loads_into_the_env_by_its_roles_with_its_bos_first(tmp_path):
     from test_data import bos_tokenizer
 

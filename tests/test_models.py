@@ -61,13 +61,16 @@ def test_perplexity_is_exact_token_weighted_mean():
     assert perplexity(model, w, batch_size=3) == pytest.approx(math.exp(manual / count), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", BUNDLED_MODELS)
-def test_chunked_head_and_loss_equal_the_models_own_logits(name, monkeypatch):
+@pytest.mark.parametrize(("name", "rows"), [(name, 100) for name in BUNDLED_MODELS] + [("tiny-llama", 300),
+                                                                                     ("tiny-llama", 20)])
+def test_chunked_head_and_loss_equal_the_models_own_logits(name, rows, monkeypatch):
+    """``rows`` logits rows per chunk: 300, row chunks (≥ MIN_CHUNK_ROWS) that cut a batch of 5 × 63 rows; 100,
+    vocabulary tiles of all the batch's rows × 2 blocks; 20, tiles that also split the rows (minimum block)."""
     model, tok = load_model_cached(name, "cpu", "auto")
     assert model.config.model_type in evaluation.HEAD_ONLY_FAMILIES
     w = evaluation_windows(tok, "stdlib", "eval", seq_len=64, n=5)
-    monkeypatch.setattr(evaluation, "CHUNK_LOGITS", 100 * model.config.vocab_size)  # 100 rows: chunks cut windows
-    chunked = nll_sum(model, w, batch_size=2)
+    monkeypatch.setattr(evaluation, "CHUNK_LOGITS", rows * model.config.vocab_size)
+    chunked = nll_sum(model, w, batch_size=5 if rows == 300 else 2)
     calls = []
     monkeypatch.setattr(evaluation, "HEAD_ONLY_FAMILIES", frozenset())  # any other family: its own forward
     handle = model.register_forward_hook(lambda *_a: calls.append(1))
