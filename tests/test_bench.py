@@ -152,8 +152,16 @@ def test_experiment_specs_take_their_fields_by_keyword_and_refuse_anything_else(
         run_bench(budjet=3)
     with pytest.raises(FFPruneError, match=r"^run_claim: \['workers'\] are not claim settings; settings: \['tasks'"):
         run_claim(out=tmp_path / "c", suite_out=tmp_path, workers=2)  # where cells run is a Runner
-    with pytest.raises(FFPruneError, match=r"^run_bench: spec must be a BenchSpec, got ClaimSpec$"):
+    with pytest.raises(FFPruneError, match=r"^run_bench: spec must be a BenchSpec or an env id, got ClaimSpec$"):
         run_bench(ClaimSpec())
+    # a plain string is the field the spec is named by (an env id; a policy file for allocate), given once
+    assert spec_with(BenchSpec, "FFPrune-OPT-v0", {"budget": 40}, "run_bench", "bench") == spec
+    assert spec_with(AllocateSpec, tmp_path / "p.pt", {"target": 0.3}, "allocate", "allocation").policy == tmp_path / "p.pt"
+    assert spec_with(FidelitySpec, "FFPrune-OPT-v0", {}, "run_fidelity", "fidelity") == FidelitySpec("FFPrune-OPT-v0")
+    with pytest.raises(FFPruneError, match=r"^run_bench: env_id given twice \('FFPrune-OPT-v0' and env_id='FFPrune-L"):
+        run_bench("FFPrune-OPT-v0", env_id="FFPrune-Llama-v0", out=tmp_path / "b")
+    with pytest.raises(FFPruneError, match=r"^run_claim: spec must be a ClaimSpec, got str$"):
+        run_claim("smollm2-s0.2", out=tmp_path / "c", suite_out=tmp_path)  # a claim is not named by one string
     with pytest.raises(FFPruneError, match=r"^allocate: \['target'\] must be given"):
         allocate(tmp_path / "p.policy.pt")
     with pytest.raises(FFPruneError, match=r"^plan_record: \['family'\] are not recording settings"):

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,9 @@ AGENT = "fastforward-allocate"
 class AllocateSpec:
     """What an allocation is: a policy asked for a target, zero-shot or refined (where it is written, its TensorBoard
     root and whether it shows progress are :func:`allocate`'s own arguments). The mappings are never mutated."""
+
+    named_by: ClassVar[tuple[str, str]] = ("policy", "a policy file")
+    """A plain string or path given as the spec is its ``policy`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
 
     policy: str | Path
     """A policy file (``<result>.policy.pt`` of a ``fastforward`` search)."""
@@ -102,10 +105,7 @@ def allocate(spec: AllocateSpec | str | Path, target: float | None = None, *, ou
     """
     if target is not None:
         settings = {**settings, "target": target}
-    if isinstance(spec, (str, Path)):
-        spec = spec_with(AllocateSpec, None, {"policy": spec, **settings}, "allocate", "allocation")
-    else:
-        spec = spec_with(AllocateSpec, spec, settings, "allocate", "allocation")
+    spec = spec_with(AllocateSpec, spec, settings, "allocate", "allocation")
     refine = non_negative_int("refine", spec.refine)
     target = unit_interval("target", spec.target, open_high=True)
     out_path = check_writable(out) if out is not None else None

@@ -34,7 +34,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json
@@ -193,6 +193,9 @@ class BenchSpec:
     """What a bench is: every method on one env, at one budget, with seeds ``0..seeds-1`` (where it is written, where its
     cells run and whether it shows progress are :func:`run_bench`'s own arguments). The mapping is never mutated."""
 
+    named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+
     env_id: str = "FFPrune-Llama-v0"
     """The env every cell searches."""
     budget: int = 200
@@ -215,7 +218,7 @@ class BenchSpec:
         return BenchOverrides(dict(self.env_kwargs), self.target, self.calibrate, self.calib_alpha, progress)
 
 
-def run_cells(spec: BenchSpec | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
+def run_cells(spec: BenchSpec | str | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
               progress: bool = True, **settings: Any) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """Run (or resume) every (method, seed) cell of the bench ``spec`` (``settings``: :class:`BenchSpec` fields by
     keyword, replacing the spec's) in ``out`` (:func:`~ffprune.agents.experiments.engine.run_jobs` on ``runner``: in
@@ -231,11 +234,12 @@ def run_cells(spec: BenchSpec | None = None, *, out: str | Path = "bench", runne
     return cells, record_failures(specs, outcomes)
 
 
-def run_bench(spec: BenchSpec | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
+def run_bench(spec: BenchSpec | str | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
               progress: bool = True, **settings: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run/resume all cells of the bench ``spec`` in ``out`` (:func:`run_cells`: ``settings`` are :class:`BenchSpec`
-    fields by keyword, ``runner`` runs the cells here or as Ray tasks), then write the tables and plots of the finished
-    ones; returns the summary rows and the failure record (empty when every cell finished)."""
+    """Run/resume all cells of the bench ``spec`` (a :class:`BenchSpec` or an env id) in ``out`` (:func:`run_cells`:
+    ``settings`` are :class:`BenchSpec` fields by keyword, as in ``run_bench("FFPrune-OPT-v0", budget=40)``;
+    ``runner`` runs the cells here or as Ray tasks), then write the tables and plots of the finished ones; returns
+    the summary rows and the failure record (empty when every cell finished)."""
     spec = spec_with(BenchSpec, spec, settings, "run_bench", "bench")
     cells, failures = run_cells(spec, out=out, runner=runner, progress=progress)
     return (write_outputs(Path(out), cells, spec.env_id, spec.budget, spec.seeds) if cells else []), failures

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -89,6 +89,9 @@ class FidelitySpec:
     """What a fidelity study is (where it writes and whether it shows progress are :func:`run_fidelity`'s own
     arguments). The mapping is never mutated."""
 
+    named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+
     env_id: str
     """The task's env, a registered id (``FFPrune-SmolLM2-v0``)."""
     allocations: int = 100
@@ -112,9 +115,6 @@ def run_fidelity(spec: FidelitySpec | str | None = None, *, out: str | Path, pro
     """Run (or resume) the study into ``out`` and return its summary (see the module docstring). ``spec`` is a
     :class:`FidelitySpec` or an env id; ``settings`` are its fields by keyword (``run_fidelity("FFPrune-SmolLM2-v0",
     out="fid", allocations=50, env_kwargs={"seq_len": 256})``), replacing the spec's."""
-    if isinstance(spec, str):
-        settings = {"env_id": spec, **settings}
-        spec = None
     spec = spec_with(FidelitySpec, spec, settings, "run_fidelity", "fidelity")
     env_id, env_kwargs, allocations, seed, goal, max_tokens = (spec.env_id, dict(spec.env_kwargs), spec.allocations,
                                                                  spec.seed, spec.goal, spec.max_tokens)

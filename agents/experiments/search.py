@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -150,6 +150,9 @@ class SearchSpec:
     ``env_kwargs``'s ``target_sparsity``, else the largest training target) must be one of them: ``best`` is there.
     """
 
+    named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+
     env_id: str = "FFPrune-Llama-v0"
     agent: str = "fastforward"
     budget: int = 200
@@ -177,18 +180,13 @@ SEARCH_SETTINGS = tuple(f.name for f in fields(SearchSpec))
 """The settings of a search (:class:`SearchSpec`'s fields)."""
 
 
-def search_spec(spec: SearchSpec | str, settings: Mapping[str, Any]) -> SearchSpec:
+def search_spec(spec: SearchSpec | str | None, settings: Mapping[str, Any]) -> SearchSpec:
     """A :class:`SearchSpec` from a spec or an env id, with ``settings`` (its fields) replacing its own; an unknown
     setting is a one-line :class:`FFPruneError` naming the settings."""
-    if isinstance(spec, str):
-        spec = SearchSpec(env_id=spec)
-    if not isinstance(spec, SearchSpec):
-        spec_with(SearchSpec, None, settings, "run_search", "search")  # an unknown setting is named first
-        raise FFPruneError(f"run_search: spec must be a SearchSpec or an env id, got {type(spec).__name__}")
     return spec_with(SearchSpec, spec, settings, "run_search", "search")
 
 
-def run_search(spec: SearchSpec | str = "FFPrune-Llama-v0", *, out: str | Path | None = None,
+def run_search(spec: SearchSpec | str | None = None, *, out: str | Path | None = None,
                logdir: str | Path | None = "runs", resume: bool = False, progress: bool = True,
                record: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
