@@ -70,7 +70,7 @@ def test_bench_bad_input(tmp_path, capsys):
 def test_deterministic_methods_run_once_searches_every_seed(tmp_path):
     """Heuristics and the fixed sweeps (ATP, uniform-split) give the same result for every seed: seed 0 alone."""
     specs = cell_specs("FFPrune-Llama-v0", 3, 3, ["uniform", "owl", "atp", "uniform-split", "random", "fastforward"],
-                       tmp_path, BenchOverrides(SMALL))
+                       tmp_path, BenchOverrides(env_kwargs=SMALL))
     runs: dict[str, list[int]] = {}
     for spec in specs:
         runs.setdefault(spec.method, []).append(spec.seed)
@@ -87,19 +87,19 @@ def test_a_folder_written_before_the_renames_resumes(tmp_path):
     old = {"env_id": "FFPrune-Llama-v0", "budget": 3, "target": None, "env_kwargs": {"reward_samples": 2},
            "weights": fingerprint}
     (out / "config.json").write_text(json.dumps(old))
-    specs = cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))
+    specs = cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides(env_kwargs={"reward_windows": 2}))
     assert [(s.method, s.seed) for s in specs] == [("uniform", 0)]
     assert json.loads((out / "config.json").read_text()) == old  # the same settings: left as written
     assert read_result(out / "config.json") == {
         "env_id": "FFPrune-Llama-v0", "budget": 3, "target": None, "env_kwargs": {"reward_windows": 2},
         "weights_fingerprint": fingerprint}
     fresh = tmp_path / "new"
-    cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], fresh, BenchOverrides({"reward_windows": 2}))
+    cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], fresh, BenchOverrides(env_kwargs={"reward_windows": 2}))
     assert json.loads((fresh / "config.json").read_text()) == {  # a new manifest says what it is
         "kind": FOLDER_KIND, "format": RESULT_FORMAT, **read_result(out / "config.json")}
     (out / "config.json").write_text(json.dumps({**old, "weights": "sha256:0000000000000000"}))
     with pytest.raises(FFPruneError, match="weights_fingerprint"):  # other weights are still refused
-        cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides({"reward_windows": 2}))
+        cell_specs("FFPrune-Llama-v0", 3, 1, ["uniform"], out, BenchOverrides(env_kwargs={"reward_windows": 2}))
 
 
 def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
@@ -114,14 +114,14 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch)
 
     monkeypatch.setitem(METHODS, "boom", SearchMethod("boom", boom, "search", description="test: raises at seed 0"))
     out = tmp_path / "b"
-    specs = cell_specs("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(SMALL, calibrate=False, progress=False))
+    specs = cell_specs("FFPrune-Llama-v0", 2, 2, ["boom"], out, BenchOverrides(env_kwargs=SMALL, calibrate=False, progress=False))
     outcomes = run_jobs(run_cell, specs)
     assert isinstance(outcomes[0], CellFailure) and not isinstance(outcomes[1], CellFailure)
     failure = outcomes[0]
     assert (failure.task, failure.method, failure.seed, failure.error, failure.message) == (
         "b", "boom", 0, "RuntimeError", "boom at seed 0")
     assert "boom" in failure.traceback and failure.as_dict()["env_id"] == "FFPrune-Llama-v0"
-    bench = BenchSpec("FFPrune-Llama-v0", 2, 2, ["boom"], SMALL, calibrate=False)
+    bench = BenchSpec("FFPrune-Llama-v0", 2, 2, ["boom"], env_kwargs=SMALL, calibrate=False)
     rows, failures = run_bench(bench, out=out, progress=False)
     assert [(f["method"], f["seed"], f["message"]) for f in failures] == [("boom", 0, "boom at seed 0")]
     assert json.loads((out / "failures.json").read_text())[0]["error"] == "RuntimeError"

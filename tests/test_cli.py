@@ -184,7 +184,7 @@ def test_bench_passes_cell_workers_and_the_envs_calib_alpha(monkeypatch, tmp_pat
     assert main(["bench", "--out", out, "--calib-alpha", "0.5", "--budget", "4", "--seeds", "1"]) == 0
     first, second = calls
     assert first == (BenchSpec("FFPrune-Llama-v0", 200, 3, ["uniform", "owl"],
-                               {"reward_windows": 2, "reward": "calibrated"}, None, True, None), out, Runner(3), False)
+                               env_kwargs={"reward_windows": 2, "reward": "calibrated"}), out, Runner(3), False)
     assert first[0].calib_alpha is None  # not given: the env config's calib_alpha
     assert (second[0].budget, second[0].seeds) == (4, 1) and second[0].calib_alpha == 0.5
     assert second[2] == Runner(0) and second[3] is True
@@ -215,7 +215,7 @@ def test_suite_failures_are_listed_and_the_exit_code_says_so(monkeypatch, tmp_pa
     assert main(["bench", "--suite", "core", "--out", str(out), "--docs", str(docs), "--budget", "2", "--quiet"]) == code
     captured = capsys.readouterr()
     assert calls[0] == ("check", [str(docs)], "core")  # checked before the run
-    assert calls[1] == ("run", "core", 2, 3, None, BenchOverrides({}, None, True, None, False), Runner(0, None))
+    assert calls[1] == ("run", "core", 2, 3, None, BenchOverrides(progress=False), Runner(0, None))
     assert "| method | IQM score |" in captured.out
     if failures:
         assert len(calls) == 2  # the docs are not rewritten from a suite with failed cells

@@ -192,7 +192,7 @@ def test_methods_declare_their_formulation():
         run_search("FFPrune-Llama-Sequential-v0", agent="fastforward", budget=2, logdir=None, env_kwargs=SMALL,
                    progress=False)
     with pytest.raises(FFPruneError, match=r"methods \['evolution'\] do not support sequential"):
-        cell_specs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], "unused", BenchOverrides(SMALL))
+        cell_specs("FFPrune-Llama-Sequential-v0", 2, 1, ["ppo", "evolution"], "unused", BenchOverrides(env_kwargs=SMALL))
 
 
 def test_amc_buffer_pays_the_final_reward_on_every_transition_minus_a_moving_average():

@@ -43,7 +43,7 @@ from ffprune.baselines.heuristics import uniform_allocation
 from ffprune.baselines.search import heuristic
 
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}
-QUIET = BenchOverrides(SMALL, progress=False)
+QUIET = BenchOverrides(env_kwargs=SMALL, progress=False)
 """Small windows, no progress bars: every test run's overrides."""
 ONE = Suite("one", (SuiteTask("llama-s0.3", "FFPrune-Llama-v0"),), budget=2, seeds=1, description="test: one task")
 
@@ -450,7 +450,8 @@ def test_a_variant_runs_only_on_the_tasks_its_method_supports(tmp_path, two_task
     monkeypatch.setitem(METHODS, "sonly", SearchMethod("sonly", run, "heuristic", modes=("structured",),
                                                        description="test: structured only, takes a setting"))
     analysis = run_suite(two_task_suite.but(methods=[], variants={"sonly-x": SuiteVariant("sonly", {"k": 1})}),
-                         tmp_path / "two", BenchOverrides(SMALL, calibrate=False, progress=False), report=SuiteReport(reps=50))
+                         tmp_path / "two", BenchOverrides(env_kwargs=SMALL, calibrate=False, progress=False),
+                         report=SuiteReport(reps=50))
     assert seen == [{"k": 1}]
     assert [(r["task"], r["method"]) for r in analysis["rows"]] == [
         ("llama-s0.3", "uniform"), ("llama-s0.3", "sonly-x"), ("llama-u0.7", "uniform")]

@@ -184,7 +184,7 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
 
     out = tmp_path / "one-surrogate"
     random_only = one_task_suite.but(methods=["random"])
-    analysis = run_suite(random_only, out, BenchOverrides(recorded[2], progress=False),
+    analysis = run_suite(random_only, out, BenchOverrides(env_kwargs=recorded[2], progress=False),
                          report=SuiteReport(agreement_points=4, reps=50))
     assert analysis["surrogate"] == {TASK: recorded[1]} and not analysis["failures"]
     assert {r["method"]: r["evaluations"] for r in analysis["rows"]} == {"uniform": 1, "random": 6}
@@ -198,14 +198,14 @@ def test_surrogate_suite_is_labelled_and_never_mixes_with_the_real_suite(recorde
     with pytest.raises(FFPruneError, match="the real one suite expects real results"):
         report_suite("one", out)
     with pytest.raises(FFPruneError, match="holds cells of the surrogate fitted on sha256:.*run on the real env"):
-        run_suite(random_only, out, BenchOverrides(KW, progress=False), report=SuiteReport(reps=50))
+        run_suite(random_only, out, BenchOverrides(env_kwargs=KW, progress=False), report=SuiteReport(reps=50))
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- suite:one -->\n<!-- /suite:one -->\n")
     with pytest.raises(FFPruneError, match="docs' generated suite:one sections expects real results"):
         section_block(out, doc, "one")
     # and a surrogate suite refuses real cells
     real = tmp_path / "real"
-    cell_specs(ENV_ID, 6, 1, ["random"], real / TASK, BenchOverrides(KW))  # writes the real task's config.json
+    cell_specs(ENV_ID, 6, 1, ["random"], real / TASK, BenchOverrides(env_kwargs=KW))  # writes the real task's config.json
     with pytest.raises(FFPruneError, match="holds real cells, not a suite run on the surrogate"):
         report_suite("one", real, surrogate=True)
     cell = read_json(cell_path(out / TASK, "random", 0))

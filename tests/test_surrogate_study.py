@@ -242,7 +242,8 @@ def suites(tmp_path_factory, surrogate_kw):
     methods = ["uniform", "owl", "random", "evolution"]
     for kind, kw, extra in (("real", SURROGATE_KW, []), ("surrogate", surrogate_kw, ["alphapruning"])):
         for task, env_id in TASKS.items():
-            run_cells(BenchSpec(env_id, 4, 2, methods + extra, kw, calibrate=False), out=root / kind / task, progress=False)
+            run_cells(BenchSpec(env_id, 4, 2, methods + extra, env_kwargs=kw, calibrate=False), out=root / kind / task,
+                      progress=False)
     return root
 
 

@@ -62,8 +62,8 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
 
     out = args.out or "bench"
     spec = BenchSpec(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
-                     3 if args.seeds is None else args.seeds, methods, env_kwargs(args), args.target,
-                     not args.no_calibrate, args.calib_alpha)
+                     3 if args.seeds is None else args.seeds, methods, env_kwargs=env_kwargs(args), target=args.target,
+                     calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha)
     try:
         _rows, failures = run_bench(spec, out=out, runner=Runner(args.cell_workers, args.ray_address),
                                     progress=not args.quiet)

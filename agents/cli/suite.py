@@ -207,7 +207,8 @@ def run_command(args: argparse.Namespace, report_only: bool) -> int:
         else:
             full = tuple(parse_names(args.full_split, "--full-split")) if args.full_split else ()
             suite = suite.but(args.budget, args.seeds, methods, {**suite.variants, **variants} if variants else None)
-            overrides = BenchOverrides(kwargs, None, not args.no_calibrate, args.calib_alpha, not args.quiet)
+            overrides = BenchOverrides(env_kwargs=kwargs, calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha,
+                                       progress=not args.quiet)
             analysis = run_suite(suite, out, overrides, Runner(args.cell_workers, args.ray_address),
                                  report_options(args, full))
     except (KeyboardInterrupt, SearchInterrupted):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,9 +63,10 @@ from ffprune.agents.results import read_result, result_env, seed_files, write_re
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BenchOverrides:
-    """What a bench (or a suite) changes for every cell: env settings, the target, the Calib column, progress bars."""
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """What a bench (or a suite) changes for every cell's env and score, by keyword: env settings, the target, the
+    Calib column. :class:`BenchSpec` is these plus what the bench is; :class:`BenchOverrides` these plus progress."""
 
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Env settings on top of each env's (an :class:`~ffenv.config.EnvConfig` field each; tests use small windows)."""
@@ -75,6 +76,13 @@ class BenchOverrides:
     """Also score each cell's best allocation after Calib (structured, real envs only)."""
     calib_alpha: float | None = None
     """Calib's ridge penalty (default: the env's ``calib_alpha``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOverrides(BenchSettings):
+    """What a bench (or a suite, a claim, a study) changes for every cell (:class:`BenchSettings`), and whether its
+    cells show progress bars."""
+
     progress: bool = True
 
 
@@ -189,9 +197,10 @@ def search_cell(spec: CellSpec, logdir: Path | None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class BenchSpec:
-    """What a bench is: every method on one env, at one budget, with seeds ``0..seeds-1`` (where it is written, where its
-    cells run and whether it shows progress are :func:`run_bench`'s own arguments). The mapping is never mutated."""
+class BenchSpec(BenchSettings):
+    """What a bench is: every method on one env, at one budget, with seeds ``0..seeds-1``, and the
+    :class:`BenchSettings` (by keyword) of its cells (where it is written, where its cells run and whether it shows
+    progress are :func:`run_bench`'s own arguments). The mapping is never mutated."""
 
     named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
     """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
@@ -204,18 +213,11 @@ class BenchSpec:
     """Seeds ``0..seeds-1`` per seeded method (a deterministic one runs seed 0 only: :func:`method_seeds`)."""
     methods: Sequence[str] | None = None
     """Registered methods (default: every one whose ``modes`` include the env's mode)."""
-    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    """Env settings on top of the env's (an :class:`~ffenv.config.EnvConfig` field each; tests use small windows)."""
-    target: float | None = None
-    """Target sparsity (default: the env's)."""
-    calibrate: bool = True
-    """Also score each cell's best allocation after Calib (structured, real envs only)."""
-    calib_alpha: float | None = None
-    """Calib's ridge penalty (default: the env's ``calib_alpha``)."""
 
     def overrides(self, progress: bool = True) -> BenchOverrides:
         """What the bench changes for every cell (:func:`cell_specs`), with or without progress bars."""
-        return BenchOverrides(dict(self.env_kwargs), self.target, self.calibrate, self.calib_alpha, progress)
+        settings = {f.name: getattr(self, f.name) for f in fields(BenchSettings)}
+        return BenchOverrides(**{**settings, "env_kwargs": dict(self.env_kwargs)}, progress=progress)
 
 
 def run_cells(spec: BenchSpec | str | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,

@@ -255,7 +255,7 @@ def spec_with(cls: type[S], spec: S | str | Path | None, settings: Mapping[str, 
     One-line :class:`FFPruneError`: a setting that is not a field (``"<what>: [...] are not <kind> settings; settings:
     [<the fields>]"``), a spec of another type, the named field given twice, and, without a spec, a field that has no
     default and is not given."""
-    declared = fields(cls)  # type: ignore[arg-type]
+    declared = sorted(fields(cls), key=lambda f: f.kw_only)  # type: ignore[arg-type]  # __init__'s order
     names = [f.name for f in declared]
     unknown = sorted(set(settings) - set(names))
     if unknown:

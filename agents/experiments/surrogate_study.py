@@ -245,7 +245,7 @@ def _jobs(spec: StudySpec, out: Path, progress: bool, tensorboard: bool) -> list
     suite = select_tasks(get_suite("core"), spec.tasks)
     budget, seeds, env_kwargs = spec.budget, spec.seeds, dict(spec.env_kwargs or {})
     extra = StudyCell(tuple(checkpoint_grid(budget, spec.points)), tensorboard)
-    overrides = BenchOverrides(env_kwargs, calibrate=False, progress=progress)
+    overrides = BenchOverrides(env_kwargs=env_kwargs, calibrate=False, progress=progress)
     specs: list[CellSpec] = []
     for task in suite.tasks:
         folder = out / task.name
