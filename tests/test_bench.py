@@ -12,7 +12,7 @@ import pytest
 from ffenv.errors import FFPruneError, WorkerLostError
 from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.bench import BenchOverrides, BenchSpec, cell_specs, run_bench, run_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Report, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
@@ -170,6 +170,23 @@ def test_experiment_specs_take_their_fields_by_keyword_and_refuse_anything_else(
     specs = [spec, ClaimSpec(), AmortisedSpec(), AllocateSpec("p.pt", 0.3), FidelitySpec("FFPrune-Llama-v0"), TuneSpec(),
              RankSpec(), RecordSpec(), StudySpec(), ValidateSpec()]
     assert [pickle.loads(pickle.dumps(s)) for s in specs] == specs
+
+
+def test_one_report_writer_writes_json_markdown_and_figures_and_checks_them_first(tmp_path):
+    """Every experiment's report is a :class:`Report`: ``<name>.json``, ``<name>.md``, its figures, in that order."""
+    from ffprune.agents.experiments import amortised, fidelity, surrogate_rank, surrogate_study, surrogate_validate, tune
+
+    drawn = []
+    report = Report("demo", lambda a: f"# {a['x']}\n", {"demo.png": lambda path, a: drawn.append((path.name, a["x"]))})
+    assert report.files() == ["demo.json", "demo.md", "demo.png"]
+    assert report.write(tmp_path / "r", {"x": 3}) == {"x": 3}
+    assert json.loads((tmp_path / "r" / "demo.json").read_text()) == {"x": 3}
+    assert (tmp_path / "r" / "demo.md").read_text() == "# 3\n" and drawn == [("demo.png", 3)]
+    (tmp_path / "r" / "blocked" / "demo.md").mkdir(parents=True)  # a folder where a file of the report goes
+    with pytest.raises(FFPruneError, match="is a folder; give a file path"):
+        report.check(tmp_path / "r" / "blocked")
+    names = [m.REPORT.name for m in (amortised, fidelity, surrogate_rank, surrogate_study, surrogate_validate, tune)]
+    assert names == ["amortised", "fidelity", "ranking", "study", "validation", "tune"]
 
 
 def test_cost_to_reach():

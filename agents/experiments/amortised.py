@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
-from ffenv.io import atomic_write_json, atomic_write_text, beside
+from ffenv.io import beside
 from ffenv.registration import TASK_TARGETS, family_env_id, family_id
 from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
 from ffprune.agents.experiments.search import SearchSpec, run_search
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, task_name
 from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings, seed_file
@@ -236,10 +236,7 @@ def report_amortised(spec: AmortisedSpec | None = None, *, out: str | Path, suit
                 "protocol": {m: {"train_targets": list(PROTOCOL[m].train_targets),
                                  "test_targets": list(PROTOCOL[m].test_targets)} for m in modes},
                 "per_target_budget": PER_TARGET_BUDGET, "rows": rows, "goals": _goals(rows, refine)}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "amortised.json", analysis)
-    atomic_write_text(out / "amortised.md", amortised_markdown(analysis))
-    return analysis
+    return REPORT.write(out, analysis)
 
 
 def _cells(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -304,3 +301,7 @@ def amortised_markdown(analysis: dict[str, Any]) -> str:
         lines.append(f"| {g['task']} | {delta} | {yes(g['zero_shot_within_1pct'])} | {g['best_per_target'] or '–'} | "
                      f"{yes(g['refine_ahead_of_every_per_target'])} |")
     return "\n".join(lines) + "\n"
+
+
+REPORT = Report("amortised", amortised_markdown)
+"""The protocol's report: ``amortised.json`` and ``amortised.md``."""

@@ -36,10 +36,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from ffenv.io import atomic_save_figure
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Runner, record_failures, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, record_failures, run_jobs, spec_with
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
@@ -141,11 +141,7 @@ def report_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: s
                     rows.append(_row(task, method, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, target))
     analysis = {"tasks": list(tasks), "budgets": list(budgets), "seeds": seeds, "methods": list(methods),
                 "reference_budget": REFERENCE_BUDGET, "rows": rows, "summary": _summary(rows), "failures": list(failures)}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "claim.json", analysis)
-    atomic_write_text(out / "claim.md", claim_markdown(analysis))
-    _plot(out / "claim.png", curves, budgets)
-    return analysis
+    return Report("claim", claim_markdown, {"claim.png": lambda path, _: _plot(path, curves, budgets)}).write(out, analysis)
 
 
 def _row(task: str, method: str, formulation: str, budget: int, seed: int, cell: dict[str, Any], uniform: float,

@@ -10,6 +10,7 @@ An experiment supplies its jobs, its analysis and its rendering; the engine supp
 - :class:`Runner` — where an experiment's jobs run (here or on Ray), apart from what the experiment is: each experiment's
   settings are a frozen spec (``SearchSpec``, ``BenchSpec``, ``StudySpec``...), built or updated from keywords by
   :func:`spec_with`;
+- :class:`Report` — the one report writer: the analysis as JSON, its markdown and its figures, each file atomic;
 - :func:`run_jobs` — the one job runner, in this process or as Ray tasks, with the one failure policy: a job that raises
   is recorded (its slot holds a :class:`CellFailure`), the other jobs finish, and the caller lists the failures and
   exits 1 (:func:`failure_lines`). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run; a finished cell is
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ffenv.errors import FFPruneError, SearchInterrupted
-from ffenv.io import as_json, atomic_write_json, read_json
+from ffenv.io import as_json, atomic_write_json, atomic_write_text, check_writable, read_json
 from ffprune.agents.experiments.ray_tasks import run_on_ray
 from ffprune.agents.results import (
     FOLDER_KIND,
@@ -276,6 +277,36 @@ def spec_with(cls: type[S], spec: S | str | Path | None, settings: Mapping[str, 
         alternative = f" or {named_by[1]}" if named_by is not None else ""
         raise FFPruneError(f"{what}: spec must be a {cls.__name__}{alternative}, got {type(spec).__name__}")
     return replace(spec, **settings)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class Report:
+    """An experiment's report in its folder: ``<name>.json`` (the analysis), ``<name>.md`` (``render(analysis)``) and
+    its figures (file name → ``plot(path, analysis)``), each written atomically by :meth:`write`; :meth:`check` is the
+    same list of files, checked writable before any work."""
+
+    name: str
+    render: Callable[[dict[str, Any]], str]
+    figures: Mapping[str, Callable[[Path, dict[str, Any]], None]] = field(default_factory=dict)
+
+    def files(self) -> list[str]:
+        """The report's file names, in the order :meth:`write` writes them."""
+        return [f"{self.name}.json", f"{self.name}.md", *self.figures]
+
+    def check(self, out: str | Path) -> None:
+        """A one-line :class:`FFPruneError` now if a file of the report could not be written into ``out`` later."""
+        for name in self.files():
+            check_writable(Path(out) / name)
+
+    def write(self, out: str | Path, analysis: dict[str, Any]) -> dict[str, Any]:
+        """Write the report of ``analysis`` into ``out`` (created) and return ``analysis``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / f"{self.name}.json", analysis)
+        atomic_write_text(out / f"{self.name}.md", self.render(analysis))
+        for name, plot in self.figures.items():
+            plot(out / name, analysis)
+        return analysis
 
 
 @dataclass(frozen=True)

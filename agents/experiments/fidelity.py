@@ -36,7 +36,7 @@ from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, r
 from ffenv.lm.data import evaluation_windows
 from ffenv.lm.perplexity import window_nll
 from ffenv.registration import resolve_config
-from ffprune.agents.experiments.engine import spec_with
+from ffprune.agents.experiments.engine import Report, spec_with
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import whole_split
 from ffprune.baselines.heuristics import (
@@ -148,10 +148,7 @@ def run_fidelity(spec: FidelitySpec | str | None = None, *, out: str | Path, pro
         _measure(env_id, env_kwargs, manifest, count, saved, rows_file, progress)
     dense_held = saved["dense_held_out_ppl"]
     summary = analyse(manifest, rows, goal, dense_held)
-    atomic_write_json(out / "fidelity.json", summary)
-    atomic_write_text(out / "fidelity.md", render(summary))
-    _plot(summary, out / "fidelity.png")
-    return summary
+    return REPORT.write(out, summary)
 
 
 def _measure(env_id: str, env_kwargs: dict[str, Any], settings: dict[str, Any], count: dict[int, int],
@@ -245,7 +242,7 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(summary: dict[str, Any], path: Path) -> None:
+def _plot(path: Path, summary: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,3 +347,7 @@ def render_full_split(summary: dict[str, Any]) -> str:
         lines.append(f"| {r['index']} | {r['kind']} | {r['subset_ppl']:.2f} | {r['full_ppl']:.2f} | "
                      f"{r['subset_ppl'] / r['full_ppl']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+REPORT = Report("fidelity", render, {"fidelity.png": _plot})
+"""The study's report: ``fidelity.json``, ``fidelity.md`` and ``fidelity.png``."""

@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_write_json, atomic_write_text, check_writable
-from ffprune.agents.experiments.engine import spec_with
+from ffprune.agents.experiments.engine import Report, spec_with
 from ffprune.agents.experiments.rlstats import iqm, kendall_tau_b
 from ffprune.agents.experiments.suite import (
     REFERENCE,
@@ -166,8 +165,7 @@ def run_rank(spec: RankSpec | None = None, *, real_out: str | Path, surrogate_ou
     if Path(real_out).resolve() == Path(surrogate_out).resolve():
         raise FFPruneError(f"the real suite and the surrogate suite must be two folders, got {str(real_out)!r} twice")
     out = Path(out)
-    for name in ("ranking.json", "ranking.md"):
-        check_writable(out / name)
+    REPORT.check(out)
     read = chosen.but(budget, seeds, spec.methods)
     real = suite_analysis(read, real_out, False, reps, "--real")
     sur = suite_analysis(read, surrogate_out, True, reps, "--surrogate-out")
@@ -193,9 +191,7 @@ def run_rank(spec: RankSpec | None = None, *, real_out: str | Path, surrogate_ou
                 "goal": GOAL, "bootstrap_reps": reps, "real_out": str(real_out), "surrogate_out": str(surrogate_out),
                 "surrogate": sur.get("surrogate"), "overall": overall, "per_task": per_task,
                 "failures": {"real": real["failures"], "surrogate": sur["failures"]}}
-    atomic_write_json(out / "ranking.json", analysis)
-    atomic_write_text(out / "ranking.md", ranking_markdown(analysis))
-    return analysis
+    return REPORT.write(out, analysis)
 
 
 def _tau(value: float | None, goal: float) -> str:
@@ -247,3 +243,7 @@ def ranking_markdown(analysis: dict[str, Any]) -> str:
     if failed:
         lines += ["", "Failed cells left out: " + ", ".join(f"{k} {n}" for k, n in failed.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+REPORT = Report("ranking", ranking_markdown)
+"""The ranking's report: ``ranking.json`` and ``ranking.md``."""

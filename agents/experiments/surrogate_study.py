@@ -52,9 +52,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable, read_json
+from ffenv.io import atomic_save_figure, atomic_write_json, read_json
 from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record, search_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Report, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
 from ffprune.agents.experiments.search import score_allocation
@@ -272,8 +272,7 @@ def run_study(spec: StudySpec | None = None, *, out: str | Path = DEFAULT_OUT, r
     positive_int("reps", spec.reps)
     spec = replace(spec, variants=variants)
     out = Path(out)
-    for name in ("study.json", "study.md", "curves.png"):
-        check_writable(out / name)
+    REPORT.check(out)
     jobs = _jobs(spec, out, progress, tensorboard)
     outcomes = run_jobs(run_study_cell, jobs, runner)
     curves = [c for c in outcomes if not isinstance(c, CellFailure)]
@@ -363,10 +362,7 @@ def _report(spec: StudySpec, rows: Sequence[str], out: Path, curves: list[dict[s
             failures: list[dict[str, Any]]) -> dict[str, Any]:
     analysis = analyse_study(curves, spec.tasks or (), rows, spec.budget, spec.seeds, spec.reps)
     analysis["failures"] = failures
-    atomic_write_json(out / "study.json", analysis)
-    atomic_write_text(out / "study.md", study_markdown(analysis))
-    plot_curves(out / "curves.png", analysis)
-    return analysis
+    return REPORT.write(out, analysis)
 
 
 def _at(analysis: dict[str, Any], method: str, budget: int) -> str:
@@ -448,3 +444,7 @@ def plot_curves(path: Path, analysis: dict[str, Any]) -> None:
                  f"budget {analysis['budget']:,}")
     fig.tight_layout()
     atomic_save_figure(fig, path)
+
+
+REPORT = Report("study", study_markdown, {"curves.png": plot_curves})
+"""The study's report: ``study.json``, ``study.md`` and ``curves.png``."""

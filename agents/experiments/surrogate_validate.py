@@ -39,12 +39,11 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_write_json, atomic_write_text, check_writable
 from ffenv.registration import FAMILY_MODELS, MODE_SUFFIX, family_of
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
-from ffprune.agents.experiments.engine import spec_with
+from ffprune.agents.experiments.engine import Report, spec_with
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
@@ -252,8 +251,7 @@ def run_validate(spec: ValidateSpec | None = None, *, data: str | Path | None = 
     if not folder.is_dir():
         raise FFPruneError(f"data={str(folder)!r} is not a folder of evaluation sets")
     out = Path(out)
-    for name in ("validation.json", "validation.md"):
-        check_writable(out / name)
+    REPORT.check(out)
     paths = {(f, m): folder / data_name(family_of(f)[1], m) for f, m in pairs}
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
@@ -265,9 +263,7 @@ def run_validate(spec: ValidateSpec | None = None, *, data: str | Path | None = 
         sets.append(validate_set(EvaluationSet.load(path), family, settings, compare, timing_calls, folds))
     analysis = {"goals": GOALS, "top_decile": TOP_DECILE, "cv_folds": folds, "data": str(folder), "compared": any(
         "hist-gradient-boosting" in s["models"] for s in sets), "sets": sets}
-    atomic_write_json(out / "validation.json", analysis)
-    atomic_write_text(out / "validation.md", validation_markdown(analysis))
-    return analysis
+    return REPORT.write(out, analysis)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -333,3 +329,7 @@ def validation_markdown(analysis: dict[str, Any]) -> str:
     if not analysis["compared"]:
         lines += ["", "scikit-learn is not installed here: no gradient-boosted trees to compare with."]
     return "\n".join(lines) + "\n"
+
+
+REPORT = Report("validation", validation_markdown)
+"""The validation's report: ``validation.json`` and ``validation.md``."""

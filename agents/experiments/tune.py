@@ -42,10 +42,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.io import as_json, atomic_write_json, atomic_write_text, json_or_text, read_json
+from ffenv.io import as_json, atomic_write_json, json_or_text, read_json
 from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Report, Runner, run_jobs, spec_with
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
@@ -376,10 +376,7 @@ def report_tune(spec: TuneSpec | None = None, *, out: str | Path, **settings: An
     analysis.update(missing=missing, failures=failures)
     if infeasible:
         analysis["infeasible"] = [{k: f[k] for k in ("variant", "task", "seed", "message")} for f in infeasible]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "tune.json", analysis)
-    atomic_write_text(out / "tune.md", tune_markdown(analysis))
-    return analysis
+    return REPORT.write(out, analysis)
 
 
 def _analyse(method: str, config: dict[str, Any], variants: Mapping[str, Mapping[str, Any]], tasks: Sequence[str],
@@ -513,3 +510,7 @@ def tune_markdown(analysis: dict[str, Any]) -> str:
         lines += [f"- {f['variant']} {f['task']} seed {f['seed']}: {f['error']}: {f['message']}"
                   for f in analysis["failures"]]
     return "\n".join(lines) + "\n"
+
+
+REPORT = Report("tune", tune_markdown)
+"""The tuning's report: ``tune.json`` and ``tune.md``."""
