@@ -520,8 +520,9 @@ def read_suite_cells(suite: Suite, out: str | Path, surrogate: bool = False) -> 
     """The finished cells of every task of ``suite`` in ``out`` (``<out>/<task>/cells``, seeds ``0..seeds-1`` of the
     suite's; missing cells left out) and the failures :func:`run_suite` recorded; reads only.
 
-    The suite's ``methods`` (``None``: all) pick the rows: by default every registered method that fits a task's mode, in
-    registration order, then every other method (an SB3 algorithm) and every variant label (:class:`SuiteVariant`:
+    The suite's ``methods`` (``None``: all) pick the rows, in registration order either way (a run, which reads every
+    row, and a report of the suite's methods write the same tables): by default every registered method that fits a
+    task's mode, then every other method (an SB3 algorithm) and every variant label (:class:`SuiteVariant`:
     a folder whose cells record a ``"variant"``) with cells in the task folder, by name; given, ``uniform`` and those
     names (a name that is not a method must be a label with cells in some task). A task folder without
     ``config.json``, a folder of another env id or budget, a folder or cell of the other kind than ``surrogate`` asks
@@ -546,7 +547,8 @@ def read_suite_cells(suite: Suite, out: str | Path, surrogate: bool = False) -> 
                                f"{task.env_id} at budget {budget}: pass the budget it was run with")
         cells[task.name] = {}
         task_kwargs = config.get("env_kwargs") or None
-        rows = task_methods(task, names, task_kwargs)
+        canonical = {m: i for i, m in enumerate(task_methods(task, None, task_kwargs))}  # registration order
+        rows = sorted(task_methods(task, names, task_kwargs), key=lambda m: canonical.get(m, len(canonical)))
         on_disk = sorted(p.name for p in (folder / "cells").glob("*") if p.is_dir() and p.name not in rows)
         if names is None:  # every other method with cells here (an SB3 algorithm a run named)
             rows += [m for m in on_disk if _is_method(m) and method_fits(task.env_id, m, task_kwargs)]
