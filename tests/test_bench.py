@@ -12,11 +12,12 @@ import pytest
 from ffenv.errors import FFPruneError, WorkerLostError
 from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.bench import BenchOverrides, BenchSpec, cell_specs, run_bench, run_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Report, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Report, Runner, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
 from ffprune.agents.results import FOLDER_KIND, RESULT_FORMAT, read_result, seed_files
+from ffprune.agents.tools.specs import spec_with
 
 TINY = ["--env-kwarg", "reward_windows=2", "--env-kwarg", "calib_samples=8", "--env-kwarg", "eval_samples=2"]
 SMALL = {"reward_windows": 2, "calib_samples": 4, "eval_samples": 2, "seq_len": 64}

@@ -57,11 +57,14 @@ def test_resume_refuses_another_runs_state(tmp_path):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="arch"):
-        zoo_train.train("gpt9", None, 2, 0)
+        zoo_train.train("gpt9", steps=2)
     with pytest.raises(ValueError, match="exactly one of minutes or steps"):
-        zoo_train.train("llama", 1.0, 2, 0)
+        zoo_train.train("llama", minutes=1.0, steps=2)
+    with pytest.raises(ValueError, match=r"^train: \['step'\] are not training settings; settings: \['arch', 'minutes'"):
+        zoo_train.train("llama", step=2)
+    assert zoo_train.TrainSpec("llama", steps=2) == zoo_train.TrainSpec(arch="llama", steps=2)
     with pytest.raises(ValueError, match="eval_every"):
-        zoo_train.train("llama", None, 2, 0, eval_every=0)
+        zoo_train.train("llama", steps=2, eval_every=0)
 
 
 @pytest.mark.parametrize("content", ["garbage", "truncated", "not-a-dict", "empty-dict"])

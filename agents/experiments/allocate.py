@@ -46,7 +46,6 @@ from ffenv.io import check_writable, versions
 from ffenv.pruning.projector import project_budget
 from ffenv.registration import resolve_config
 from ffenv.vector.ray_workers import WORKER_FIELDS
-from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.experiments.search import (
     calibrated_eval_ppl,
     recorded_env_kwargs,
@@ -56,6 +55,7 @@ from ffprune.agents.experiments.search import (
 )
 from ffprune.agents.methods.fastforward import FastForwardConfig, Policy, mean_action, policy_fingerprint, read_policy
 from ffprune.agents.results import RESULT_KIND, with_header, write_result
+from ffprune.agents.tools.specs import spec_with
 
 AGENT = "fastforward-allocate"
 """The ``agent`` of a zero-shot allocation's result (a refined one is an ordinary ``fastforward`` search)."""

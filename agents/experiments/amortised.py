@@ -43,10 +43,11 @@ from ffenv.io import beside
 from ffenv.registration import TASK_TARGETS, family_env_id, family_id
 from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.search import SearchSpec, run_search
 from ffprune.agents.experiments.suite import REFERENCE, get_suite, normalised, task_name
 from ffprune.agents.results import read_result, read_result_if_any, refuse_surrogate_settings, seed_file
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

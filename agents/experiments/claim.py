@@ -39,10 +39,11 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, record_failures, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, record_failures, run_jobs
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

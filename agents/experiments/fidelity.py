@@ -36,9 +36,10 @@ from ffenv.io import atomic_save_figure, atomic_write_json, atomic_write_text, r
 from ffenv.lm.data import evaluation_windows
 from ffenv.lm.perplexity import window_nll
 from ffenv.registration import resolve_config
-from ffprune.agents.experiments.engine import Report, spec_with
+from ffprune.agents.experiments.engine import Report
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import whole_split
+from ffprune.agents.tools.specs import spec_with
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,
     atp_allocation,

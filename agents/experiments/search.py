@@ -50,7 +50,6 @@ from ffenv.surrogate.records import DATA_DIR
 from ffenv.wrappers import CurriculumWrapper, SearchAccounting
 from ffenv.wrappers.curriculum import check_train_targets
 from ffenv.wrappers.logger import SearchLogger
-from ffprune.agents.experiments.engine import spec_with
 from ffprune.agents.methods.fastforward import update_policy_meta
 from ffprune.agents.methods.registry import METHODS, RunContext, SearchMethod, get_method
 from ffprune.agents.methods.sb3 import replay_buffer_file
@@ -65,6 +64,7 @@ from ffprune.agents.results import (
     surrogate_of,
     write_result,
 )
+from ffprune.agents.tools.specs import spec_with
 
 
 def make_search_env(env_id: str, budget: int, env_kwargs: dict[str, Any] | None = None, target: float | None = None,

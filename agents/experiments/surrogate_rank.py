@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
-from ffprune.agents.experiments.engine import Report, spec_with
+from ffprune.agents.experiments.engine import Report
 from ffprune.agents.experiments.rlstats import iqm, kendall_tau_b
 from ffprune.agents.experiments.suite import (
     REFERENCE,
@@ -50,6 +50,7 @@ from ffprune.agents.experiments.suite import (
     suite_surrogates,
 )
 from ffprune.agents.results import describe_surrogate, read_result, surrogate_of
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

@@ -80,9 +80,10 @@ from ffenv.registration import (
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
 from ffprune.agents.experiments.bench import cell_path
-from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.suite import family_suite, family_targets, get_suite
 from ffprune.agents.results import read_result_if_any, seed_files
+from ffprune.agents.tools.specs import spec_with
 from ffprune.baselines.allocators import atp_betas
 from ffprune.baselines.heuristics import (
     alphapruning_allocation,

@@ -54,7 +54,7 @@ from matplotlib.figure import Figure
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, read_json
 from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record, search_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Report, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Report, Runner, run_jobs
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
 from ffprune.agents.experiments.search import score_allocation
@@ -70,6 +70,7 @@ from ffprune.agents.experiments.suite import (
 )
 from ffprune.agents.experiments.tune import check_agent_kwargs, parse_variant, split_settings
 from ffprune.agents.results import result_env, seed_file, seed_files, surrogate_of
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

@@ -43,10 +43,11 @@ from ffenv.registration import FAMILY_MODELS, MODE_SUFFIX, family_of
 from ffenv.surrogate import EvaluationSet, FitSettings, fit, fold_of
 from ffenv.surrogate.model import REWARD_FLOOR, model_inputs
 from ffenv.surrogate.records import DATA_DIR, data_name
-from ffprune.agents.experiments.engine import Report, spec_with
+from ffprune.agents.experiments.engine import Report
 from ffprune.agents.experiments.rlstats import spearman
 from ffprune.agents.experiments.suite import family_targets, task_name
 from ffprune.agents.experiments.surrogate_record import check_families_modes
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

@@ -45,12 +45,13 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json, atomic_write_json, json_or_text, read_json
 from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
-from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Report, Runner, run_jobs, spec_with
+from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Report, Runner, run_jobs
 from ffprune.agents.experiments.rlstats import stratified_bootstrap_ci
 from ffprune.agents.experiments.search import CURRICULUM_SETTINGS
 from ffprune.agents.experiments.suite import get_suite, method_fits
 from ffprune.agents.methods.registry import get_method
 from ffprune.agents.results import TUNE_KIND, read_result, refuse_surrogate_settings, with_header, without_header
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 

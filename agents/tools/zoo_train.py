@@ -21,8 +21,9 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,6 +39,7 @@ from ffenv.io import (
 from ffenv.lm.data import corpus_text, evaluation_windows, token_stream
 from ffenv.lm.models import BUNDLED_DIR, load_model
 from ffenv.lm.perplexity import perplexity
+from ffprune.agents.tools.specs import spec_with
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +113,36 @@ def _require_keys(state_file: Path, state: dict[str, Any], keys: tuple[str, ...]
                            "delete it and start again without --resume")
 
 
-def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_size: int = 16,
-          seq_len: int = 256, lr: float = 3e-3, out: Path | None = None, eval_every: int = 100,
-          schedule_steps: int | None = None, resume: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainSpec:
+    """What one zoo training run is (where it is written and whether it resumes are :func:`train`'s own arguments)."""
+
+    named_by: ClassVar[tuple[str, str]] = ("arch", "an architecture name")
+    """A plain string given as the spec is its ``arch`` (:func:`~ffprune.agents.tools.specs.spec_with`)."""
+
+    arch: str
+    """One of :data:`ARCHS`."""
+    minutes: float | None = None
+    """Wall-clock budget (exactly one of ``minutes`` and ``steps``)."""
+    steps: int | None = None
+    """Optimizer steps (exactly one of ``minutes`` and ``steps``)."""
+    seed: int = 0
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    """Peak learning rate."""
+    eval_every: int = 100
+    """Steps between held-out (``calib``) measurements."""
+    schedule_steps: int | None = None
+    """Length of the cosine schedule (default: ``steps``; with ``minutes``, estimated)."""
+
+
+def train(spec: TrainSpec | str | None = None, *, out: Path | None = None, resume: bool = False,
+          **settings: Any) -> dict[str, Any]:
     """Train one tiny model; save it (fp16 safetensors + tokenizer + ``training.json``) and return the record.
 
+    ``spec`` is a :class:`TrainSpec` or an architecture name; ``settings`` are its fields by keyword
+    (``train("llama", steps=2000, seed=1)``), replacing the spec's. ``out`` defaults to the bundled model's folder.
     The learning rate warms up over 100 steps, then follows a cosine from ``lr`` down to ``0.1·lr`` over
     ``schedule_steps`` (default: ``steps``; with ``minutes``, estimated from the speed of the first 50 steps and
     recorded). Every ``eval_every`` steps the held-out perplexity on 64 windows of the ``calib`` split is
@@ -127,6 +154,10 @@ def train(arch: str, minutes: float | None, steps: int | None, seed: int, batch_
 
     from transformers import AutoTokenizer
 
+    spec = spec_with(TrainSpec, spec, settings, "train", "training")
+    arch, minutes, steps, seed, batch_size, seq_len, lr, eval_every, schedule_steps = (
+        spec.arch, spec.minutes, spec.steps, spec.seed, spec.batch_size, spec.seq_len, spec.lr, spec.eval_every,
+        spec.schedule_steps)
     if arch not in ARCHS:
         raise FFPruneError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     if (minutes is None) == (steps is None):
@@ -319,8 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.arch is None:
         ap.error("--arch is required")
     if not args.card_only:
-        train(args.arch, args.minutes, args.steps, args.seed, args.batch_size, lr=args.lr, out=args.out,
-              eval_every=args.eval_every, schedule_steps=args.schedule_steps, resume=args.resume)
+        train(TrainSpec(args.arch, args.minutes, args.steps, args.seed, args.batch_size, lr=args.lr,
+                        eval_every=args.eval_every, schedule_steps=args.schedule_steps), out=args.out, resume=args.resume)
     if args.out is None:
         print(json.dumps(write_card(f"tiny-{args.arch}"), indent=2))
 
