@@ -67,7 +67,7 @@ class AllocateSpec:
     root and whether it shows progress are :func:`allocate`'s own arguments). The mappings are never mutated."""
 
     named_by: ClassVar[tuple[str, str]] = ("policy", "a policy file")
-    """A plain string or path given as the spec is its ``policy`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+    """A plain string or path given as the spec is its ``policy`` (:func:`~ffprune.agents.tools.specs.spec_with`)."""
 
     policy: str | Path
     """A policy file (``<result>.policy.pt`` of a ``fastforward`` search)."""

@@ -47,7 +47,6 @@ from ffprune.agents.experiments.engine import (
     Runner,
     record_failures,
     run_jobs,
-    spec_with,
 )
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import (
@@ -59,6 +58,7 @@ from ffprune.agents.experiments.search import (
 )
 from ffprune.agents.methods.registry import get_method, methods_for
 from ffprune.agents.results import read_result, result_env, seed_files, write_result
+from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class BenchSpec(BenchSettings):
     progress are :func:`run_bench`'s own arguments). The mapping is never mutated."""
 
     named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
-    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.tools.specs.spec_with`)."""
 
     env_id: str = "FFPrune-Llama-v0"
     """The env every cell searches."""

@@ -91,7 +91,7 @@ class FidelitySpec:
     arguments). The mapping is never mutated."""
 
     named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
-    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.tools.specs.spec_with`)."""
 
     env_id: str
     """The task's env, a registered id (``FFPrune-SmolLM2-v0``)."""

@@ -151,7 +151,7 @@ class SearchSpec:
     """
 
     named_by: ClassVar[tuple[str, str]] = ("env_id", "an env id")
-    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.experiments.engine.spec_with`)."""
+    """A plain string given as the spec is its ``env_id`` (:func:`~ffprune.agents.tools.specs.spec_with`)."""
 
     env_id: str = "FFPrune-Llama-v0"
     agent: str = "fastforward"
