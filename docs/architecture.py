@@ -63,13 +63,13 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
     ("engine", [("ffprune.agents", "agents/experiments/ + results.py",
-                  "engine.py (CellSpec · CellStore · run_jobs) · ray_tasks · search · bench · suite · reports · "
+                  "engine.py (CellSpec · CellStore · run_jobs · Report) · ray_tasks · search · bench · suite · reports · "
                   "rlstats")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/",
                               "claim · amortised · tune · fidelity · allocate · surrogate_record · "
                               "surrogate_validate · surrogate_rank · surrogate_study"),
-                             ("ffprune.agents", "agents/tools/", "export · hf_folder · speed · timing · zeroshot · "
-                                                                "zoo_train")]),
+                             ("ffprune.agents", "agents/tools/", "export · hf_folder · specs · speed · timing · "
+                                                                "zeroshot · zoo_train")]),
     ("CLI", [("ffprune.agents.cli", "agents/cli/", "ffprune: one module per subcommand (search, allocate, bench, suite, claim, "
                                                    "amortised, tune, surrogate, export, eval, models, fetch, fidelity, methods, "
                                                    "bench-env)")]),
