@@ -18,9 +18,14 @@ RAY_GROUPS = {"test_ray.py": "ray-actors", "test_remote_workers.py": "ray-actors
 instance per group at a time; the other tests that start Ray join ``ray-tasks``)."""
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the workers share the cores, torch threads split
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    # and so do the processes the tests start (spawned env workers, the notebook's kernel): without this each one
+    # takes every core, and its OpenMP threads spin against the other workers'
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(THREADS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,7 +37,7 @@ from ffenv.io import (
     read_json,
 )
 from ffenv.lm.data import corpus_text, evaluation_windows, token_stream
-from ffenv.lm.models import BUNDLED_DIR, load_model
+from ffenv.lm.models import BUNDLED_DIR, load_model, weights_fingerprint
 from ffenv.lm.perplexity import perplexity
 from ffprune.agents.tools.specs import spec_with
 
@@ -271,6 +271,7 @@ def write_card(name: str) -> dict[str, Any]:
         "context": cfg.max_position_embeddings,
         "weights_dtype": "float16",
         "size_on_disk_bytes": (folder / "model.safetensors").stat().st_size,
+        "weights_fingerprint": weights_fingerprint(str(folder)),
         "tokens_seen": training["tokens_seen"],
         "train_steps": training["steps"],
         "selected_step": training["selected_step"],
