@@ -13,7 +13,7 @@ from ffenv.errors import FFPruneError, WorkerLostError
 from ffprune.agents.cli import main as cli_main
 from ffprune.agents.experiments.bench import BenchOverrides, BenchSpec, cell_specs, run_bench, run_cell
 from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, Report, Runner, run_jobs
-from ffprune.agents.experiments.reports import cost_to_reach
+from ffprune.agents.experiments.reports import SUITE_REPORT, cost_to_reach
 from ffprune.agents.experiments.search import model_fingerprint
 from ffprune.agents.methods.registry import METHODS, SearchMethod, methods_for
 from ffprune.agents.results import FOLDER_KIND, RESULT_FORMAT, read_result, seed_files
@@ -188,6 +188,7 @@ def test_one_report_writer_writes_json_markdown_and_figures_and_checks_them_firs
         report.check(tmp_path / "r" / "blocked")
     names = [m.REPORT.name for m in (amortised, fidelity, surrogate_rank, surrogate_study, surrogate_validate, tune)]
     assert names == ["amortised", "fidelity", "ranking", "study", "validation", "tune"]
+    assert SUITE_REPORT.files() == ["suite.json", "suite.md", "scores.csv", "aggregate.png", "profiles.png"]
 
 
 def test_cost_to_reach():

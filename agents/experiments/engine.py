@@ -10,7 +10,7 @@ An experiment supplies its jobs, its analysis and its rendering; the engine supp
 - :class:`Runner` — where an experiment's jobs run (here or on Ray), apart from what the experiment is: each experiment's
   settings are a frozen spec (``SearchSpec``, ``BenchSpec``, ``StudySpec``...), built or updated from keywords by
   :func:`~ffprune.agents.tools.specs.spec_with`;
-- :class:`Report` — the one report writer: the analysis as JSON, its markdown and its figures, each file atomic;
+- :class:`Report` — the one report writer: the analysis as JSON, its markdown, its figures and tables, each atomic;
 - :func:`run_jobs` — the one job runner, in this process or as Ray tasks, with the one failure policy: a job that raises
   is recorded (its slot holds a :class:`CellFailure`), the other jobs finish, and the caller lists the failures and
   exits 1 (:func:`failure_lines`). Ctrl-C and :class:`~ffenv.errors.SearchInterrupted` stop the run; a finished cell is
@@ -249,16 +249,16 @@ IN_PROCESS = Runner()
 @dataclass(frozen=True)
 class Report:
     """An experiment's report in its folder: ``<name>.json`` (the analysis), ``<name>.md`` (``render(analysis)``) and
-    its figures (file name → ``plot(path, analysis)``), each written atomically by :meth:`write`; :meth:`check` is the
-    same list of files, checked writable before any work."""
+    its other files — figures, tables (file name → ``write(path, analysis)``, each writing atomically) — written in that
+    order by :meth:`write`; :meth:`check` is the same list of files, checked writable before any work."""
 
     name: str
     render: Callable[[dict[str, Any]], str]
-    figures: Mapping[str, Callable[[Path, dict[str, Any]], None]] = field(default_factory=dict)
+    extras: Mapping[str, Callable[[Path, dict[str, Any]], None]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """The report's file names, in the order :meth:`write` writes them."""
-        return [f"{self.name}.json", f"{self.name}.md", *self.figures]
+        return [f"{self.name}.json", f"{self.name}.md", *self.extras]
 
     def check(self, out: str | Path) -> None:
         """A one-line :class:`FFPruneError` now if a file of the report could not be written into ``out`` later."""
@@ -271,8 +271,8 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"{self.name}.json", analysis)
         atomic_write_text(out / f"{self.name}.md", self.render(analysis))
-        for name, plot in self.figures.items():
-            plot(out / name, analysis)
+        for name, write in self.extras.items():
+            write(out / name, analysis)
         return analysis
 
 

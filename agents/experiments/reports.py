@@ -8,7 +8,7 @@ A bench folder (:func:`write_outputs`) gets
 * ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
 * ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
 
-A suite folder (:func:`write_suite_report`, from :func:`ffprune.agents.experiments.suite.analyse`'s analysis)
+A suite folder (:data:`SUITE_REPORT`, from :func:`ffprune.agents.experiments.suite.analyse`'s analysis)
 gets ``suite.md`` (the aggregate table, what its variant labels ran, the per-task table, the reward/held-out
 agreement and, if any cell failed, the failures), ``scores.csv``, ``aggregate.png`` and ``profiles.png``. A variant
 label (``fastforward-tuned``: a method with other settings, ``analysis["variants"]``) is a row like a method's, drawn
@@ -34,6 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ffenv.io import atomic_save_figure, atomic_write_text
+from ffprune.agents.experiments.engine import Report
 from ffprune.agents.results import surrogate_of
 
 AGENT = "fastforward"
@@ -348,17 +349,18 @@ def suite_markdown(analysis: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_suite_report(out: Path, analysis: dict[str, Any]) -> None:
-    """``suite.md`` (:func:`suite_markdown`), ``scores.csv``, ``aggregate.png`` and ``profiles.png`` of an analysis."""
+def write_scores(path: Path, analysis: dict[str, Any]) -> None:
+    """``scores.csv``: one row per (task, method, seed) of a suite's analysis."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SCORE_FIELDS)
     writer.writeheader()
     writer.writerows(analysis["rows"])
-    atomic_write_text(out / "scores.csv", buf.getvalue())
-    atomic_write_text(out / "suite.md", suite_markdown(analysis))
-    order = sorted(analysis["aggregate"]["plain"], key=lambda m: -analysis["aggregate"]["plain"][m]["iqm"])
-    _plot_aggregate(out, analysis, order)
-    _plot_profiles(out, analysis, order)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _order(analysis: dict[str, Any]) -> list[str]:
+    """The rows of a suite's figures: by IQM normalised score, best first."""
+    return sorted(analysis["aggregate"]["plain"], key=lambda m: -analysis["aggregate"]["plain"][m]["iqm"])
 
 
 def _bar_color(row: str, analysis: dict[str, Any]) -> str:
@@ -369,7 +371,9 @@ def _bar_color(row: str, analysis: dict[str, Any]) -> str:
     return "tab:red" if row == AGENT else "tab:blue"
 
 
-def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
+def plot_aggregate(path: Path, analysis: dict[str, Any]) -> None:
+    """``aggregate.png``: each row's IQM normalised score with its interval, per score kind."""
+    order = _order(analysis)
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for ax, kind in zip(axes, ("plain", "calib")):
@@ -390,10 +394,12 @@ def _plot_aggregate(out: Path, analysis: dict[str, Any], order: list[str]) -> No
     on = " on the SURROGATE (predicted)" if analysis.get("surrogate") else ""
     fig.suptitle(f"suite {analysis['suite']}{on}: budget {analysis['budget']}, {analysis['seeds']} seeds")
     fig.tight_layout()
-    atomic_save_figure(fig, out / "aggregate.png")
+    atomic_save_figure(fig, path)
 
 
-def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> None:
+def plot_profiles(path: Path, analysis: dict[str, Any]) -> None:
+    """``profiles.png``: each row's performance profile (share of runs above each score)."""
+    order = _order(analysis)
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["tab10"]
@@ -408,4 +414,10 @@ def _plot_profiles(out: Path, analysis: dict[str, Any], order: list[str]) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, out / "profiles.png")
+    atomic_save_figure(fig, path)
+
+
+SUITE_REPORT = Report("suite", suite_markdown, {"scores.csv": write_scores, "aggregate.png": plot_aggregate,
+                                                "profiles.png": plot_profiles})
+"""A suite's report: ``suite.json`` (the analysis), ``suite.md`` (:func:`suite_markdown`), ``scores.csv``,
+``aggregate.png`` and ``profiles.png``."""

@@ -10,7 +10,7 @@ unstructured 70 %}, each a registered id (``FFPrune-<Family>-v0``, ``FFPrune-<Fa
 (the search sees only the reward split; the best allocation is scored once on ``eval``). Every
 (task, method, seed) cell is one bench cell in ``<out>/<task>/cells`` (resumable; Ray tasks with
 ``--cell-workers``), each task folder gets the bench's tables and plots, and the suite folder gets
-(:func:`ffprune.agents.experiments.reports.write_suite_report`)
+(:data:`ffprune.agents.experiments.reports.SUITE_REPORT`)
 
 * ``suite.md`` / ``scores.csv``: the normalised score of every cell and the per-task table;
 * per method, the interquartile mean (IQM) of the normalised scores over tasks × seeds with a 95 %
@@ -92,7 +92,7 @@ from ffprune.agents.experiments.bench import (
     variant_settings,
 )
 from ffprune.agents.experiments.engine import CellSpec, CellStore, Runner, record_failures, run_jobs
-from ffprune.agents.experiments.reports import AGENT, cost_to_reach, evaluation_axis, write_outputs, write_suite_report
+from ffprune.agents.experiments.reports import AGENT, SUITE_REPORT, cost_to_reach, evaluation_axis, write_outputs
 from ffprune.agents.experiments.rlstats import (
     iqm,
     performance_profile,
@@ -625,9 +625,7 @@ def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]
     if full:
         analysis["full_split"] = full
     analysis["agreement"] = reward_heldout_agreement(suite, cells, out, report.agreement_points, measure=measure)
-    atomic_write_json(out / "suite.json", analysis)
-    write_suite_report(out, analysis)
-    return analysis
+    return SUITE_REPORT.write(out, analysis)
 
 
 # ---------------------------------------------------------------------------- the analysis
