@@ -39,13 +39,14 @@ STRUCTURED_TARGET = 0.3
 UNSTRUCTURED_TARGET = 0.7
 
 
-#: (id suffix, mode, target): the two defaults and the benchmark suite's half-sparsity structured task
-VARIANTS = (("", "structured", STRUCTURED_TARGET), ("-Unstructured", "unstructured", UNSTRUCTURED_TARGET),
+#: (id suffix, mode, target) of each bundled family's registered tasks: the two defaults and the benchmark suite's
+#: half-sparsity structured task
+BUNDLED_TASKS = (("", "structured", STRUCTURED_TARGET), ("-Unstructured", "unstructured", UNSTRUCTURED_TARGET),
             ("-Structured50", "structured", 0.5))
 
 REAL_FAMILIES = {"SmolLM2": "smollm2-135m", "Gemma3": "gemma3-270m"}
 """Family of the real-model ids → the named real model (:data:`ffenv.lm.sources.PACKAGED_MODELS`)."""
-REAL_VARIANTS = {"SmolLM2": (("", "structured", 0.2), ("-Unstructured", "unstructured", 0.7)),
+REAL_TASKS = {"SmolLM2": (("", "structured", 0.2), ("-Unstructured", "unstructured", 0.7)),
                  "Gemma3": (("", "structured", 0.2), ("-Unstructured", "unstructured", 0.7))}
 """(id suffix, mode, target) of each real family. SmolLM2-135M: structured 20 % (the paper's main structured target;
 uniform's held-out ppl ≈ 2.2 × dense) and unstructured 70 % (the published heuristics' setting; uniform ≈ 17 × dense,
@@ -70,7 +71,7 @@ FAMILY_IDS = {name: fid for name, (fid, _model) in FAMILY_NAMES.items() if fid i
 FAMILY_MODELS = {name: model for name, (fid, model) in FAMILY_NAMES.items() if fid in FAMILIES}
 """Bundled family name → bundled model (``llama`` → ``tiny-llama``)."""
 TASK_TARGETS = {"structured": (STRUCTURED_TARGET, 0.5), "unstructured": (UNSTRUCTURED_TARGET,)}
-"""The bundled families' registered targets per mode (the ``core`` suite's tasks: :data:`VARIANTS`)."""
+"""The bundled families' registered targets per mode (the ``core`` suite's tasks: :data:`BUNDLED_TASKS`)."""
 
 
 def family_id(family: str) -> str:
@@ -102,9 +103,9 @@ def env_ids(sequential: bool = False, real: bool = False) -> list[str]:
     twins; ``real=True``: the ids on real pretrained models, fetched on first use, instead)."""
     kind = "-Sequential" if sequential else ""
     if real:
-        return [f"FFPrune-{fam}{kind}{suffix}-v0" for fam, variants in REAL_VARIANTS.items()
-                for suffix, _mode, _target in variants]
-    return [f"FFPrune-{fam}{kind}{suffix}-v0" for suffix, _mode, _target in VARIANTS for fam in FAMILIES]
+        return [f"FFPrune-{fam}{kind}{suffix}-v0" for fam, tasks in REAL_TASKS.items()
+                for suffix, _mode, _target in tasks]
+    return [f"FFPrune-{fam}{kind}{suffix}-v0" for suffix, _mode, _target in BUNDLED_TASKS for fam in FAMILIES]
 
 
 def all_env_ids() -> list[str]:
@@ -138,15 +139,15 @@ def twin_env_id(env_id: str) -> str:
 def _tasks() -> list[tuple[str, str, dict[str, Any]]]:
     """(family, id suffix, gym.make keyword arguments) of every single-step id."""
     tasks = [(family, suffix, {"model": model, "mode": mode, "target_sparsity": target})
-             for family, model in FAMILIES.items() for suffix, mode, target in VARIANTS]
+             for family, model in FAMILIES.items() for suffix, mode, target in BUNDLED_TASKS]
     tasks += [(family, suffix, {"model": model, "mode": mode, "target_sparsity": target, **REAL_SETTINGS[family]})
-              for family, model in REAL_FAMILIES.items() for suffix, mode, target in REAL_VARIANTS[family]]
+              for family, model in REAL_FAMILIES.items() for suffix, mode, target in REAL_TASKS[family]]
     return tasks
 
 
 def register_envs() -> None:
     """Register the structured (30 % and 50 %) and unstructured (70 %) ids of each bundled family and the
-    :data:`REAL_VARIANTS` of each real family, single-step and sequential (idempotent; nothing is loaded or fetched)."""
+    :data:`REAL_TASKS` of each real family, single-step and sequential (idempotent; nothing is loaded or fetched)."""
     for family, suffix, kwargs in _tasks():
         env_id = f"FFPrune-{family}{suffix}-v0"
         if env_id not in gym.registry:

@@ -77,7 +77,7 @@ from ffenv.registration import (
     FAMILY_IDS,
     MODE_SUFFIX,
     REAL_FAMILIES,
-    REAL_VARIANTS,
+    REAL_TASKS,
     family_of,
     formulation_of,
     resolve_config,
@@ -177,7 +177,7 @@ def _core_tasks() -> tuple[SuiteTask, ...]:
 
 def _real_tasks(family: str = "SmolLM2", modes: tuple[str, ...] = ("structured", "unstructured")) -> tuple[SuiteTask, ...]:
     return tuple(SuiteTask(task_name(family.lower(), mode, target), f"FFPrune-{family}{suffix}-v0")
-                 for suffix, mode, target in REAL_VARIANTS[family] if mode in modes)
+                 for suffix, mode, target in REAL_TASKS[family] if mode in modes)
 
 
 SUITES: dict[str, Suite] = {
