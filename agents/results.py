@@ -102,7 +102,7 @@ class SearchResult(TypedDict, total=False):
 
 
 RESULT_KEYS = tuple(SearchResult.__annotations__)
-"""The top-level keys a result holds on its own (``run_search(record=)`` may not set them)."""
+"""The top-level keys a result holds on its own (``run_search(extra_keys=)`` may not set them)."""
 
 
 def result_kind(data: dict[str, Any]) -> str | None:

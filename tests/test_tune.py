@@ -237,10 +237,10 @@ def test_a_search_refuses_curriculum_settings_it_cannot_use(tmp_path):
                    curriculum_kwargs={"stairs": 2}, progress=False)
 
 
-def test_a_search_refuses_a_record_that_would_overwrite_its_result(tmp_path):
-    with pytest.raises(FFPruneError, match=r"record: keys \['best'\] are the result's own"):
+def test_a_search_refuses_extra_keys_that_would_overwrite_its_result(tmp_path):
+    with pytest.raises(FFPruneError, match=r"^extra_keys: keys \['best'\] are the result's own"):
         run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
-                   record={"best": 1, "variant": {}}, progress=False)
-    with pytest.raises(FFPruneError, match="record: values must be JSON values"):
+                   extra_keys={"best": 1, "variant": {}}, progress=False)
+    with pytest.raises(FFPruneError, match="^extra_keys: values must be JSON values"):
         run_search("FFPrune-Llama-v0", agent="random", budget=2, logdir=None, env_kwargs=ENV_KW,
-                   record={"variant": object()}, progress=False)
+                   extra_keys={"variant": object()}, progress=False)

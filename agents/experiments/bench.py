@@ -193,7 +193,7 @@ def search_cell(spec: CellSpec, logdir: Path | None) -> dict[str, Any]:
                         env_kwargs=dict(spec.env_kwargs) or None, agent_kwargs=dict(spec.agent_kwargs) or None,
                         curriculum_kwargs=dict(spec.curriculum_kwargs) or None)
     return run_search(search, out=spec.path, logdir=logdir, resume=True, progress=spec.progress,
-                      record={"variant": dict(spec.variant)} if spec.variant is not None else None)
+                      extra_keys={"variant": dict(spec.variant)} if spec.variant is not None else None)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def search_spec(spec: SearchSpec | str | None, settings: Mapping[str, Any]) -> S
 
 def run_search(spec: SearchSpec | str | None = None, *, out: str | Path | None = None,
                logdir: str | Path | None = "runs", resume: bool = False, progress: bool = True,
-               record: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+               extra_keys: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
     """Run one search and return (and, with ``out``, write) its result. See the module docstring.
 
     ``spec`` is a :class:`SearchSpec` or an env id; ``settings`` are :class:`SearchSpec` fields given by keyword
@@ -197,12 +197,12 @@ def run_search(spec: SearchSpec | str | None = None, *, out: str | Path | None =
     its checkpoint (``<out>.ckpt``) and returns a finished one as it is. Ctrl-C raises
     :class:`~ffenv.errors.SearchInterrupted` naming the checkpoint.
 
-    ``record`` adds top-level keys to the result (JSON values; a suite's ``"variant"``), written with it in its one
+    ``extra_keys`` adds top-level keys to the result (JSON values; a suite's ``"variant"``), written with it in its one
     atomic write, so a finished result file always carries them.
     """
     spec = search_spec(spec, settings)
     method = get_method(spec.agent)
-    record = _check_record(record)
+    extra_keys = _check_extra_keys(extra_keys)
     spec = _check_spec(method, spec)
     out_path = Path(out) if out is not None else None
     fingerprint = model_fingerprint(spec.env_id, spec.env_kwargs)
@@ -235,7 +235,7 @@ def run_search(spec: SearchSpec | str | None = None, *, out: str | Path | None =
         update_policy_meta(extra["policy_file"], {"agent_config": extra.get("agent_config"), "training_cost":
                                                   scored["cost"], "result_file": str(out_path)})
     provenance = {"label": label, "fingerprint": fingerprint, "logdir": logpath}
-    result: dict[str, Any] = {**_assemble(spec, env, search, scored, extra, provenance), **record}
+    result: dict[str, Any] = {**_assemble(spec, env, search, scored, extra, provenance), **extra_keys}
     if out_path is not None:
         write_result(out_path, result)
         _drop_resume_state(checkpoint)
@@ -423,15 +423,15 @@ def recorded_env_kwargs(env: gym.Env) -> dict[str, Any]:
     return env_kwargs
 
 
-def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
-    """``record`` as JSON values, if none of its keys is one of :data:`RESULT_KEYS`; a one-line error otherwise."""
-    clash = sorted(set(record or {}) & set(RESULT_KEYS))
+def _check_extra_keys(extra_keys: dict[str, Any] | None) -> dict[str, Any]:
+    """``extra_keys`` as JSON values, if none of its keys is one of :data:`RESULT_KEYS`; a one-line error otherwise."""
+    clash = sorted(set(extra_keys or {}) & set(RESULT_KEYS))
     if clash:
-        raise FFPruneError(f"record: keys {clash} are the result's own; use other top-level keys")
+        raise FFPruneError(f"extra_keys: keys {clash} are the result's own; use other top-level keys")
     try:
-        return as_json(dict(record or {}))
+        return as_json(dict(extra_keys or {}))
     except (TypeError, ValueError) as err:
-        raise FFPruneError(f"record: values must be JSON values ({err})") from None
+        raise FFPruneError(f"extra_keys: values must be JSON values ({err})") from None
 
 
 def _assemble(spec: SearchSpec, env: gym.Env, search: SearchAccounting, scored: dict[str, Any], extra: dict[str, Any],
