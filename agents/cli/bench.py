@@ -61,9 +61,9 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     from ffprune.agents.experiments.engine import Runner
 
     out = args.out or "bench"
-    spec = BenchSpec(args.env or "FFPrune-Llama-v0", 200 if args.budget is None else args.budget,
-                     3 if args.seeds is None else args.seeds, methods, env_kwargs=env_kwargs(args), target=args.target,
-                     calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha)
+    given = {"env_id": args.env, "budget": args.budget, "seeds": args.seeds}  # unset: BenchSpec's defaults
+    spec = BenchSpec(**{k: v for k, v in given.items() if v is not None}, methods=methods, env_kwargs=env_kwargs(args),
+                     target=args.target, calibrate=not args.no_calibrate, calib_alpha=args.calib_alpha)
     try:
         _rows, failures = run_bench(spec, out=out, runner=Runner(args.cell_workers, args.ray_address),
                                     progress=not args.quiet)
@@ -72,7 +72,7 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
     if (Path(out) / "results.md").exists():
         print((Path(out) / "results.md").read_text())
     if failures:
-        return failed(failures, args.env or "FFPrune-Llama-v0", out)
+        return failed(failures, spec.env_id, out)
     print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
     return 0
 
