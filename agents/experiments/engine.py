@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 J = TypeVar("J")
 R = TypeVar("R")
-S = TypeVar("S")
 
 MANIFEST = "config.json"
 """A cell folder's settings manifest (:meth:`CellStore.claim`)."""

@@ -32,7 +32,7 @@ checkpoint of another surrogate (or of the real env) is refused on resume. ``cal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -174,10 +174,6 @@ class SearchSpec:
                 "warmup_fraction": self.warmup_fraction, "warm_start": str(self.warm_start) if self.warm_start else None,
                 **({"train_targets": list(self.train_targets)} if self.train_targets is not None else {}),
                 **({"curriculum_kwargs": dict(self.curriculum_kwargs)} if self.curriculum_kwargs else {})}
-
-
-SEARCH_SETTINGS = tuple(f.name for f in fields(SearchSpec))
-"""The settings of a search (:class:`SearchSpec`'s fields)."""
 
 
 def search_spec(spec: SearchSpec | str | None, settings: Mapping[str, Any]) -> SearchSpec:

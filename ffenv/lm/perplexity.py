@@ -99,6 +99,7 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
         raise FFPruneError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
     head = _head(model)
+    vocab = model.get_output_embeddings().out_features if head is not None else 0
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     for i in range(0, tokens.shape[0], batch_size):
@@ -109,7 +110,6 @@ def nll_sum(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 16) 
             total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target, reduction="sum")
         else:
             hidden = model.base_model(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
-            vocab = model.get_output_embeddings().out_features
             _add_head_nll(total, head, vocab, hidden.reshape(-1, hidden.shape[-1]), target)
         count += target.numel()
     return float(total), count
@@ -136,6 +136,7 @@ def window_nll(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 8
         raise FFPruneError(f"tokens must have shape [N, T] with T >= 2, got {tuple(tokens.shape)}")
     device = next(model.parameters()).device
     head = _head(model)
+    vocab = model.get_output_embeddings().out_features if head is not None else 0
     out = []
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i : i + batch_size].to(device)
@@ -148,6 +149,6 @@ def window_nll(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 8
                 out.append(float(F.cross_entropy(window.float(), target, reduction="sum")))
             else:
                 total = torch.zeros((), dtype=torch.float64, device=device)
-                _add_head_nll(total, head, model.get_output_embeddings().out_features, window, target)
+                _add_head_nll(total, head, vocab, window, target)
                 out.append(float(total))
     return torch.tensor(out, dtype=torch.float64)
