@@ -21,10 +21,12 @@ from ffprune.agents.results import (
     TUNE_KIND,
     compact_results,
     migrate_result,
+    pack_history,
     read_result,
     result_env,
     result_kind,
     seed_files,
+    unpack_history,
     write_result,
 )
 
@@ -183,6 +185,36 @@ def test_cells_are_stored_compressed_and_older_text_cells_are_read_resumed_and_c
     new.write_bytes(first[: len(first) // 2])
     with pytest.raises(FFPruneError, match=r"seed1.json.gz' is not a complete gzip file .*delete it"):
         read_result(new)
+
+
+def test_a_history_is_stored_by_columns_and_read_back_equal(tmp_path):
+    """Format 3: the history by columns, an action column in float32's shortest decimals, rows without a key kept
+    without it, NaN kept; rows whose keys come in other orders stay rows; a format-2 folder is repacked by
+    ``compact_results`` (checked equal through the one reader) and a second call rewrites nothing."""
+    act = np.random.default_rng(0).uniform(-1, 1, (3, 4)).astype(np.float32).astype(np.float64).tolist()
+    rows = [{"episode": 1, "reward": 0.1234567890123, "best_ppl": float("nan"), "target": 0.3},
+            {"episode": 2, "reward": 0.2, "best_ppl": 40.1, "target": 0.3, "action": act[0]},
+            {"episode": 3, "reward": 0.25, "best_ppl": 39.0, "target": 0.5, "action": act[1]}]
+    packed = pack_history(rows)
+    assert packed["rows"] == 3 and packed["absent"] == {"action": [0]} and packed["float32"] == ["action"]
+    assert len(json.dumps(packed["columns"]["action"])) < 0.6 * len(json.dumps(act[:2]))  # 8 digits, not 17
+    assert json.dumps(unpack_history(json.loads(json.dumps(packed)))) == json.dumps(rows)
+    assert "float32" not in pack_history([{"r": 0.1}, {"r": 0.2}])  # float64 values keep their text
+    reordered = [{"a": 1, "b": 2}, {"b": 3, "a": 4}]
+    assert pack_history(reordered) == reordered and unpack_history(reordered) == reordered
+    with pytest.raises(FFPruneError, match="history: not a packed history"):
+        unpack_history({"rows": 4, "columns": {"episode": [1, 2]}})
+    result = {"env_id": "FFPrune-Llama-v0", "env_kwargs": {}, "best": {"action": act[2]}, "history": rows}
+    old = tmp_path / "cells" / "random" / "seed0.json.gz"
+    atomic_write_json(old, {"kind": RESULT_KIND, "format": 2, **result})  # what format 2 wrote
+    before = read_result(old)
+    files, size_before, size_after = compact_results(tmp_path)
+    assert files == 1 and read_json(old)["format"] == RESULT_FORMAT == 3
+    assert isinstance(read_json(old)["history"], dict)
+    assert json.dumps({**read_result(old), "format": 2}) == json.dumps(before)
+    assert compact_results(tmp_path) == (0, 0, 0)
+    write_result(tmp_path / "r.json", result)
+    assert json.dumps(read_result(tmp_path / "r.json")["history"]) == json.dumps(rows)
 
 
 def test_plots_are_saved_as_palette_pngs_atomically(tmp_path):
