@@ -11,9 +11,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import ffenv
 from ffenv.envs.sequential_env import FFPruneSequentialEnv
 from ffenv.errors import FFPruneError
-from ffenv.io import read_json
 from ffenv.pruning.projector import project_budget, raw_to_keep
 from ffprune.agents.experiments.bench import cell_path
+from ffprune.agents.results import read_result
 
 SMALL = {"reward_windows": 2, "calib_samples": 8}
 
@@ -268,10 +268,10 @@ def test_claim_runs_multi_step_cells_and_compares_them_with_fastforwards_suite_c
     analysis = json.loads((tmp_path / "claim" / "claim.json").read_text())
     rows = {(r["method"], r["budget"]): r for r in analysis["rows"]}
     assert set(rows) == {("fastforward", 100), ("amc-ddpg", 2), ("amc-ddpg", 3)}
-    ff = read_json(cell_path(suite / "llama-s0.5", "fastforward", 0))
+    ff = read_result(cell_path(suite / "llama-s0.5", "fastforward", 0))
     assert rows["fastforward", 100]["eval_ppl"] == ff["best"]["eval_ppl"]  # read, never re-run
     assert rows["amc-ddpg", 3]["env_steps"] == 3 * 16 and rows["amc-ddpg", 3]["evaluations"] >= 3
-    amc = read_json(cell_path(tmp_path / "claim" / "llama-s0.5-b3", "amc-ddpg", 0))
+    amc = read_result(cell_path(tmp_path / "claim" / "llama-s0.5-b3", "amc-ddpg", 0))
     assert rows["amc-ddpg", 3]["late_reward"] == amc["history"][-1]["reward"]  # the last 10 % of 3 episodes: one
     assert rows["amc-ddpg", 3]["evaluations_to_best"] == amc["cost"]["evaluations_to_best"]
     assert (tmp_path / "claim" / "claim.png").stat().st_size > 0 and "amc-ddpg" in capsys.readouterr().out

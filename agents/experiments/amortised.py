@@ -215,24 +215,20 @@ def report_amortised(spec: AmortisedSpec | None = None, *, out: str | Path, suit
                 reference = read_result_if_any(cell_path(suite_out / task, REFERENCE, 0), **REAL)
                 if reference is None:
                     raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run the core suite first")
-                uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
-
-                def row(approach: str, kind: str, cells: list[dict[str, Any]], spent: int, task: str = task,
-                        mode: str = m, gap: tuple[float, float] = (uniform, dense)) -> None:
-                    if cells:
-                        rows.append(_row(task, mode, approach, kind, cells, spent, *gap))
-
+                gap = (reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"])
+                entries = []  # (approach, kind, cells, evaluations spent per family)
                 for r in dict.fromkeys((0, refine)):
                     cells = _cells(seed_file(out / task / f"refine{r}", s) for s in range(seeds))
-                    row("zero-shot" if r == 0 else f"refine {r}", "amortised", cells, budget + r * n)
+                    entries.append(("zero-shot" if r == 0 else f"refine {r}", "amortised", cells, budget + r * n))
                 if f == TRANSFER_TO:
                     for source in (*TRANSFER_FROM, "+".join(TRANSFER_FROM)):
                         cells = _cells(seed_file(out / task / f"from-{source}", s) for s in range(seeds))
-                        row(f"zero-shot, policy of {source}", "cross-model", cells, 0)
+                        entries.append((f"zero-shot, policy of {source}", "cross-model", cells, 0))
                 for method_dir in sorted((suite_out / task / "cells").glob("*")):
                     cells = _cells(cell_path(suite_out / task, method_dir.name, s) for s in range(seeds))
-                    spent = cells[0]["cost"]["evaluations"] * n if cells else 0
-                    row(method_dir.name, "per-target", cells, spent)
+                    entries.append((method_dir.name, "per-target", cells, cells[0]["cost"]["evaluations"] * n if cells else 0))
+                rows += [_row({"task": task, "mode": m, "approach": approach, "kind": kind}, cells, spent, gap)
+                         for approach, kind, cells, spent in entries if cells]
     analysis = {"families": list(families), "modes": list(modes), "seeds": seeds, "budget": budget, "refine": refine,
                 "protocol": {m: {"train_targets": list(PROTOCOL[m].train_targets),
                                  "test_targets": list(PROTOCOL[m].test_targets)} for m in modes},
@@ -245,11 +241,12 @@ def _cells(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [c for p in paths if (c := read_result_if_any(p, **REAL)) is not None]
 
 
-def _row(task: str, mode: str, approach: str, kind: str, cells: list[dict[str, Any]], spent: int, uniform: float,
-         dense: float) -> dict[str, Any]:
-    """One row of the table: held-out ppl over the seeds' cells, their normalised score and what they spent."""
+def _row(head: dict[str, Any], cells: list[dict[str, Any]], spent: int, gap: tuple[float, float]) -> dict[str, Any]:
+    """One row of the table: ``head`` (task, mode, approach, kind), then held-out ppl over the seeds' cells, their
+    normalised score (``gap``: uniform's and the dense model's held-out ppl) and what they spent."""
+    uniform, dense = gap
     ppl = np.array([c["best"]["eval_ppl"] for c in cells], float)
-    return {"task": task, "mode": mode, "approach": approach, "kind": kind, "seeds": len(cells),
+    return {**head, "seeds": len(cells),
             "eval_ppl_mean": float(ppl.mean()), "eval_ppl_std": float(ppl.std(ddof=1)) if len(ppl) > 1 else 0.0,
             "score_mean": float(np.mean([normalised(p, uniform, dense) for p in ppl])), "evaluations_per_family": spent,
             "evaluations_here": float(np.mean([c["cost"]["evaluations"] for c in cells]))}

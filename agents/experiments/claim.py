@@ -118,11 +118,12 @@ def report_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: s
         if reference is None:
             raise FFPruneError(f"no {REFERENCE} cell in {suite_out / task}: run its suite first (--suite-out: the suite's "
                                "folder, docs/results/real for a real task)")
-        uniform, dense = reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"]
         ff = {s: c for s in range(seeds) if (c := read_result_if_any(cell_path(suite_out / task, SINGLE_STEP_AGENT, s), **REAL))}
+        ref = _Scale(reference["best"]["eval_ppl"], reference["best"]["dense_eval_ppl"],
+                     {seed: cell["best"]["reward"] for seed, cell in ff.items()})
         curves[task] = {SINGLE_STEP_AGENT: [c["history"] for c in ff.values()]}
         for seed, cell in ff.items():
-            rows.append(_row(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, None))
+            rows.append(_row(ref, _key(task, SINGLE_STEP_AGENT, "single-step", REFERENCE_BUDGET, seed), cell))
         for method in methods:
             for budget in sorted(budgets):
                 histories = []
@@ -130,27 +131,40 @@ def report_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: s
                     cell = read_result_if_any(cell_path(out / f"{task}-b{budget}", method, seed), **REAL)
                     if cell is None:
                         continue
-                    target = ff[seed]["best"]["reward"] if seed in ff else None
-                    rows.append(_row(task, method, "sequential", budget, seed, cell, uniform, dense, target))
+                    rows.append(_row(ref, _key(task, method, "sequential", budget, seed), cell))
                     histories.append(cell["history"])
                 if histories:  # the curve of the method's largest budget run
                     curves[task][f"{method} (sequential)"] = histories
             for seed in range(seeds):  # the same agent single-step, from the suite, at the reference budget
                 cell = read_result_if_any(cell_path(suite_out / task, method, seed), **REAL)
                 if cell is not None:
-                    target = ff[seed]["best"]["reward"] if seed in ff else None
-                    rows.append(_row(task, method, "single-step", REFERENCE_BUDGET, seed, cell, uniform, dense, target))
+                    rows.append(_row(ref, _key(task, method, "single-step", REFERENCE_BUDGET, seed), cell))
     analysis = {"tasks": list(tasks), "budgets": list(budgets), "seeds": seeds, "methods": list(methods),
                 "reference_budget": REFERENCE_BUDGET, "rows": rows, "summary": _summary(rows), "failures": list(failures)}
     return Report("claim", claim_markdown, {"claim.png": lambda path, _: _plot(path, curves, budgets)}).write(out, analysis)
 
 
-def _row(task: str, method: str, formulation: str, budget: int, seed: int, cell: dict[str, Any], uniform: float,
-         dense: float, ff_best: float | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Scale:
+    """What a task's rows are measured against: uniform's and the dense model's held-out ppl (the score's 0 and 1)
+    and FastForward's best reward per seed (the reward another method has to reach)."""
+
+    uniform: float
+    dense: float
+    ff_best: dict[int, float]
+
+
+def _key(task: str, method: str, formulation: str, budget: int, seed: int) -> dict[str, Any]:
+    """Which cell a row is: its first five fields."""
+    return {"task": task, "method": method, "formulation": formulation, "budget": budget, "seed": seed}
+
+
+def _row(ref: _Scale, key: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+    method, ff_best = key["method"], ref.ff_best.get(key["seed"])
     reach = cost_to_reach(cell["history"], ff_best) if ff_best is not None and method != SINGLE_STEP_AGENT else None
-    return {"task": task, "method": method, "formulation": formulation, "budget": budget, "seed": seed,
-            "best_reward": cell["best"]["reward"], "eval_ppl": cell["best"]["eval_ppl"],
-            "score": normalised(cell["best"]["eval_ppl"], uniform, dense), "evaluations": cell["cost"]["evaluations"],
+    return {**key, "best_reward": cell["best"]["reward"], "eval_ppl": cell["best"]["eval_ppl"],
+            "score": normalised(cell["best"]["eval_ppl"], ref.uniform, ref.dense),
+            "evaluations": cell["cost"]["evaluations"],
             "env_steps": cell["cost"].get("env_steps", cell["cost"]["episodes"]),
             "seconds": cell["cost"]["seconds"], "evaluations_to_reach_ff": reach,
             "evaluations_to_best": cell["cost"]["evaluations_to_best"], "late_reward": late_reward(cell["history"]),

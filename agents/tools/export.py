@@ -10,6 +10,7 @@ on the held-out split before the folder is put in place: it must give the perple
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +89,27 @@ def export_result(result_path: str | Path, out: str | Path, *, calibrate: bool =
     out = check_new_dir(out, force)
     env = result_env(result)
     try:
-        _export(single_step_env(env), result, result_path, out, calibrate, calib_alpha, force, speed, dtype)
+        _export(single_step_env(env), result, result_path, out, ExportOptions(calibrate, calib_alpha, force, speed, dtype))
     finally:
         env.close()
     return read_export(out)
 
 
-def _export(base: Any, result: dict[str, Any], result_path: Path, out: Path, calibrate: bool, calib_alpha: float | None,
-            force: bool, speed: bool, dtype: str | None) -> None:
+@dataclass(frozen=True)
+class ExportOptions:
+    """:func:`export_result`'s keywords, as one value."""
+
+    calibrate: bool = False
+    calib_alpha: float | None = None
+    force: bool = False
+    speed: bool = True
+    dtype: str | None = None
+
+
+def _export(base: Any, result: dict[str, Any], result_path: Path, out: Path, options: ExportOptions) -> None:
     """:func:`export_result` on the env ``base`` built from the result's settings."""
+    calibrate, calib_alpha, force, speed, dtype = (options.calibrate, options.calib_alpha, options.force, options.speed,
+                                                  options.dtype)
     fingerprint = base.weights_fingerprint
     if fingerprint != result.get("weights_fingerprint"):
         raise FFPruneError(f"{str(result_path)!r} was searched on other weights of {base.config.model!r} "
