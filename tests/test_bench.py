@@ -28,7 +28,7 @@ def test_bench_runs_every_method_writes_everything_and_resumes(tmp_path, capsys)
     out = tmp_path / "bench"
     argv = ["bench", "--env", "FFPrune-Mistral-v0", "--budget", "4", "--seeds", "2", "--out", str(out), "--quiet", *TINY]
     assert cli_main(argv) == 0
-    for name in ("results.csv", "results.md", "curves.png", "allocations.png", "config.json"):
+    for name in ("results.json", "results.csv", "results.md", "curves.png", "allocations.png", "config.json"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "results.csv").open()))
     methods = methods_for("structured")

@@ -1,10 +1,10 @@
 """Tables and plots of finished results: a bench folder's and a suite's, all written atomically.
 
-A bench folder (:func:`write_outputs`) gets
+A bench folder (:func:`write_outputs`, a :class:`~ffprune.agents.experiments.engine.Report`) gets
 
-* ``results.csv`` / ``results.md``: per method, held-out ppl mean ± std over seeds (with and without Calib),
-  best reward, search cost (evaluations, tokens, wall seconds) and evaluations-to-best; ``results.md`` adds,
-  per other method and seed, the evaluations FastForward needed to reach its best reward;
+* ``results.json`` (the analysis), ``results.csv`` / ``results.md``: per method, held-out ppl mean ± std over seeds
+  (with and without Calib), best reward, search cost (evaluations, tokens, wall seconds) and evaluations-to-best;
+  ``results.md`` adds, per other method and seed, the evaluations FastForward needed to reach its best reward;
 * ``curves.png``: best reward vs. evaluations and vs. wall seconds, all methods on one chart each;
 * ``allocations.png``: the best allocation's sparsity per layer (attention and FFN) per method, seed 0.
 
@@ -126,19 +126,23 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, Any]], header: str,
-                 note: str | None = None) -> None:
-    """``results.csv`` (all numbers) and ``results.md`` (the readable table), both atomically; ``note`` (the
-    :func:`surrogate_note` of surrogate cells) labels the table, whose evaluations are then surrogate ones."""
+def _write_csv(path: Path, analysis: dict[str, Any]) -> None:
+    """``results.csv``: every number of the summary rows, atomically."""
+    rows = analysis["rows"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
+
+def results_markdown(analysis: dict[str, Any]) -> str:
+    """``results.md``: the readable table of a bench folder's analysis (:func:`write_outputs`); its ``note`` (the
+    :func:`surrogate_note` of surrogate cells) labels the table, whose evaluations are then surrogate ones."""
+    rows, reach, note = analysis["rows"], analysis["reach"], analysis["note"]
     ordered = sorted(rows, key=lambda r: r["eval_ppl_mean"])
     evals = "surrogate evaluations" if note else "evaluations"
-    lines = [header, "", *([note, ""] if note else []),
+    lines = [f"### {analysis['title']}", "", *([note, ""] if note else []),
              f"| method | held-out ppl | + calib | best reward | {evals} | tokens | wall s | evals to best |",
              "|---|---|---|---|---|---|---|---|"]
     for r in ordered:
@@ -162,18 +166,11 @@ def write_tables(out: Path, rows: list[dict[str, Any]], reach: list[dict[str, An
             tok = r[f"{agent}_tokens_to_reach"]
             lines.append(f"| {r['method']} | {r['seed']} | {r['best_reward']:.4f} | {r['evaluations_to_best']} | {got} "
                          f"| {r['tokens_to_best']:,} | {f'{tok:,}' if tok is not None else 'not reached'} |")
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
-    """``curves.png`` (best reward vs. evaluations / wall seconds) and ``allocations.png`` of finished cells
-    (``{method: [result, ...]}``, results with ``unit_names``, as :func:`~ffprune.agents.results.read_result` gives them)."""
-    _plot_curves(out, cells, title)
-    _plot_allocations(out, cells, title)
-
-
-def _plot_curves(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
-    """``curves.png``: best reward vs. evaluations and vs. wall seconds, every method and seed."""
+def _plot_curves(path: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``curves.png`` (``path``): best reward vs. evaluations and vs. wall seconds, every method and seed."""
     colors = matplotlib.colormaps["tab10"]
     fig = Figure(figsize=(13, 4.8))  # no pyplot: no global state, no GUI backend
     axes = fig.subplots(1, 2, sharey=True)
@@ -201,11 +198,11 @@ def _plot_curves(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) 
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    atomic_save_figure(fig, out / "curves.png")
+    atomic_save_figure(fig, path)
 
 
-def _plot_allocations(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
-    """``allocations.png``: the best allocation's sparsity per layer and unit kind, per method (lowest seed)."""
+def _plot_allocations(path: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``allocations.png`` (``path``): the best allocation's sparsity per layer and unit kind, per method (lowest seed)."""
     colors = matplotlib.colormaps["tab10"]
     first = next(iter(cells.values()))[0]
     kinds = sorted({name.split(".")[0] for name in first["unit_names"]}, key=list(KIND_TITLES).index)
@@ -225,19 +222,24 @@ def _plot_allocations(out: Path, cells: dict[str, list[dict[str, Any]]], title: 
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"{title}: best allocation per method (seed 0)")
     fig.tight_layout()
-    atomic_save_figure(fig, out / "allocations.png")
+    atomic_save_figure(fig, path)
 
 
 def write_outputs(out: Path, cells: dict[str, list[dict[str, Any]]], env_id: str, budget: int,
                   seeds: int) -> list[dict[str, Any]]:
-    """``results.csv`` / ``results.md`` / ``curves.png`` / ``allocations.png`` of finished cells; the summary rows."""
-    rows = summarize(cells)
+    """The report of a bench folder's finished cells (``{method: [result, ...]}``): ``results.json`` (the analysis:
+    title, surrogate note, summary rows, FastForward's cost to reach each method's best), ``results.md``,
+    ``results.csv``, ``curves.png`` and ``allocations.png``, through :class:`~ffprune.agents.experiments.engine.Report`;
+    returns the summary rows."""
     target_used = next(iter(cells.values()))[0]["env_kwargs"]["target_sparsity"]
     note = surrogate_note(cells)
     title = f"{env_id}{' on the SURROGATE' if note else ''}, target {target_used:g}, budget {budget}, {seeds} seed(s)"
-    write_tables(out, rows, reach_table(cells), f"### {title}", note)
-    plot(out, cells, title)
-    return rows
+    analysis = {"title": title, "note": note, "rows": summarize(cells), "reach": reach_table(cells)}
+    report = Report("results", results_markdown, {"results.csv": _write_csv,
+                                                  "curves.png": lambda path, a: _plot_curves(path, cells, a["title"]),
+                                                  "allocations.png": lambda path, a: _plot_allocations(
+                                                      path, cells, a["title"])})
+    return report.write(out, analysis)["rows"]
 
 
 # ---------------------------------------------------------------------------- a suite folder
