@@ -42,11 +42,11 @@ class EnvConfig:
     max_keep: float = 1.0
     """Upper bound on every unit's keep ratio (``0 <= min_keep <= max_keep <= 1``)."""
     corpus: str = "stdlib"
-    """Corpus name or path (:mod:`ffenv.lm.data`); calibration and reward use its ``calib`` split."""
+    """Corpus name or path (:mod:`ffenv.lm.data`); calibration and reward use its ``reward`` split."""
     calib_samples: int = 32
     """Random calibration windows for the importance statistics (and Calib)."""
     reward_windows: int = 32
-    """Non-overlapping ``calib`` windows the reward is measured on at full fidelity (an episode may use fewer:
+    """Non-overlapping ``reward`` windows the reward is measured on at full fidelity (an episode may use fewer:
     ``reset(options={"reward_windows": n})``, the curriculum's fidelity)."""
     eval_samples: int | None = None
     """Windows of a split :meth:`~ffenv.envs.prune_env.FFPruneEnv.evaluate` uses by default (``None``: all)."""

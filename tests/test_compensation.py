@@ -59,15 +59,15 @@ def test_evaluate_with_calibration_restores_weights_and_changes_ppl():
     u, _ = _pruned("FFPrune-Mistral-v0", 0.4)
     before = {k: v.clone() for k, v in u.model.state_dict().items()}
     action = np.zeros(u.n_units, np.float32)
-    plain = u.evaluate(action, split="calib", n_windows=2)
-    calib = u.evaluate(action, split="calib", n_windows=2, calibrate=True)
+    plain = u.evaluate(action, split="reward", n_windows=2)
+    calib = u.evaluate(action, split="reward", n_windows=2, calibrate=True)
     after = u.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert calib["ppl"] != plain["ppl"] and np.isfinite(calib["ppl"])
     assert calib["sparsity"] == plain["sparsity"]
     # nothing pruned -> nothing to compensate
-    full = u.evaluate(sparsities=np.zeros(u.n_units), split="calib", n_windows=2, calibrate=True)
-    assert full["ppl"] == pytest.approx(u.evaluate(sparsities=np.zeros(u.n_units), split="calib", n_windows=2)["ppl"])
+    full = u.evaluate(sparsities=np.zeros(u.n_units), split="reward", n_windows=2, calibrate=True)
+    assert full["ppl"] == pytest.approx(u.evaluate(sparsities=np.zeros(u.n_units), split="reward", n_windows=2)["ppl"])
 
 
 def test_calibration_bad_input():
@@ -248,7 +248,7 @@ def test_calibration_walks_the_layers_once(env_id):
 @pytest.mark.parametrize("env_id", ["FFPrune-Llama-v0", "FFPrune-Mistral-v0", "FFPrune-OPT-v0"])
 def test_float32_gram_products_agree_with_float64(env_id, monkeypatch):
     u, action, _unit_sparsity = _random_allocation(env_id)
-    ppl32 = u.evaluate(action, split="calib", calibrate=True)["ppl"]
+    ppl32 = u.evaluate(action, split="reward", calibrate=True)["ppl"]
     monkeypatch.setattr("ffenv.pruning.calib.GRAM_PRODUCT_DTYPE", torch.float64)
-    ppl64 = u.evaluate(action, split="calib", calibrate=True)["ppl"]
+    ppl64 = u.evaluate(action, split="reward", calibrate=True)["ppl"]
     assert np.isfinite(ppl32) and ppl32 == pytest.approx(ppl64, rel=1e-5)

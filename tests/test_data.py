@@ -14,9 +14,9 @@ def test_stdlib_splits_are_deterministic_and_disjoint():
     dd = data.load_corpus("stdlib")
     assert set(dd) == set(data.SPLITS)
     names = {s: set(dd[s]["name"]) for s in data.SPLITS}
-    assert not names["train"] & names["calib"]
+    assert not names["train"] & names["reward"]
     assert not names["train"] & names["eval"]
-    assert not names["calib"] & names["eval"]
+    assert not names["reward"] & names["eval"]
     for s in data.SPLITS:
         assert len(names[s]) > 20
         # the split is a pure function of the document's name
@@ -32,13 +32,24 @@ def test_split_of_is_stable():
     assert data.split_of("topic/assert") == data.split_of("topic/assert")
     buckets = [data.split_of(f"doc{i}") for i in range(2000)]
     assert 0.03 < buckets.count("eval") / 2000 < 0.07
-    assert 0.03 < buckets.count("calib") / 2000 < 0.07
+    assert 0.03 < buckets.count("reward") / 2000 < 0.07
+
+
+def test_the_reward_split_has_one_name():
+    """``reward``: what a search may see (the reward's and the calibration windows); its old name ``calib`` (which also
+    named Calib, the compensation) is refused with the new one, in one line; a folder's ``calib.txt`` still maps to it."""
+    assert data.SPLITS == ("train", "reward", "eval") and data.check_split("reward") == "reward"
+    with pytest.raises(FFPruneError, match=r"split 'calib' is now called 'reward' .*use split='reward'$"):
+        data.token_stream(None, "stdlib", "calib")
+    with pytest.raises(FFPruneError, match=r"split must be one of \('train', 'reward', 'eval'\), got 'valid'"):
+        data.corpus_text("stdlib", "valid")
+    assert data._named_split(Path("calib.txt")) == data._named_split(Path("valid.txt")) == "reward"
 
 
 def test_calibration_windows_seeded_and_cached(tokenizer):
-    a = data.calibration_windows(tokenizer, "stdlib", "calib", n=8, seq_len=64, seed=1)
-    b = data.calibration_windows(tokenizer, "stdlib", "calib", n=8, seq_len=64, seed=1)
-    c = data.calibration_windows(tokenizer, "stdlib", "calib", n=8, seq_len=64, seed=2)
+    a = data.calibration_windows(tokenizer, "stdlib", "reward", n=8, seq_len=64, seed=1)
+    b = data.calibration_windows(tokenizer, "stdlib", "reward", n=8, seq_len=64, seed=1)
+    c = data.calibration_windows(tokenizer, "stdlib", "reward", n=8, seq_len=64, seed=2)
     assert a.shape == (8, 64) and a.dtype == torch.long
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -60,12 +71,12 @@ def test_cache_makes_second_call_fast(tokenizer, tmp_path, monkeypatch):
     corpus.write_text("\n\n".join(f"Paragraph {i}: " + " ".join(f"word{j * i % 97}" for j in range(200))
                                     for i in range(300)))
     t0 = time.perf_counter()
-    first = data.evaluation_windows(tokenizer, str(corpus), "calib", seq_len=96)
+    first = data.evaluation_windows(tokenizer, str(corpus), "reward", seq_len=96)
     t_first = time.perf_counter() - t0
     files = list((tmp_path / "tokens").glob("*.pt"))
     assert len(files) >= 2  # the stream and the windows
     t0 = time.perf_counter()
-    second = data.evaluation_windows(tokenizer, str(corpus), "calib", seq_len=96)
+    second = data.evaluation_windows(tokenizer, str(corpus), "reward", seq_len=96)
     t_second = time.perf_counter() - t0
     assert torch.equal(first, second)
     assert t_second < t_first / 5
@@ -86,14 +97,14 @@ def test_wikitext_local_file(wikitext_valid, tokenizer):
     assert w.shape[1] == 128 and len(w) > 50
     # a plain path works too and gives the same splits
     dd2 = data.load_corpus(str(wikitext_valid))
-    assert dd2["calib"]["text"] == dd["calib"]["text"]
+    assert dd2["reward"]["text"] == dd["reward"]["text"]
 
 
 def test_wikitext_folder_maps_named_files(wikitext_valid, tmp_path):
     (tmp_path / "valid.txt").write_text(wikitext_valid.read_text()[:20000])
     (tmp_path / "test.txt").write_text(wikitext_valid.read_text()[20000:40000])
     dd = data.load_corpus(str(tmp_path))
-    assert len(dd["calib"]) > 0 and len(dd["eval"]) > 0 and len(dd["train"]) == 0
+    assert len(dd["reward"]) > 0 and len(dd["eval"]) > 0 and len(dd["train"]) == 0
 
 
 @pytest.mark.parametrize("bad", ["nope", "", "wikitext3"])
@@ -138,8 +149,8 @@ def _first_title(text: str) -> str:
     return next(line.strip() for line in text.splitlines() if data._WIKI_TITLE.match(line))
 
 
-@pytest.mark.parametrize(("split", "title"), [("calib", "= Homarus gammarus ="), ("eval", "= Robert <unk> =")])
-def test_wikitext2_calib_and_eval_are_shipped_and_offline(split, title, no_hub):
+@pytest.mark.parametrize(("split", "title"), [("reward", "= Homarus gammarus ="), ("eval", "= Robert <unk> =")])
+def test_wikitext2_reward_and_eval_are_shipped_and_offline(split, title, no_hub):
     dd = data.load_corpus("wikitext2")
     assert set(dd) == set(data.SPLITS)
     ds = dd[split]
@@ -149,7 +160,7 @@ def test_wikitext2_calib_and_eval_are_shipped_and_offline(split, title, no_hub):
     assert _first_title(text) == title
     assert "<unk>" in text  # the tokenised variant, wikitext-2-v1
     assert data.corpus_text("wikitext2", split) == text
-    assert not no_hub  # calib / eval never touch the hub
+    assert not no_hub  # reward / eval never touch the hub
     hits = data._read_packaged_xz.cache_info().hits
     data.load_corpus("wikitext2")[split]
     assert data._read_packaged_xz.cache_info().hits == hits + 1  # decoded once per process
@@ -164,7 +175,7 @@ def test_wikitext2_corrupt_packaged_file_is_one_line(damage, tmp_path, monkeypat
     bad.write_bytes(good[: len(good) // 2] if damage == "truncated" else lzma.compress(b"\n = Not WikiText = \n"))
     monkeypatch.setattr(data, "WIKITEXT2_DIR", tmp_path)
     with pytest.raises(FFPruneError, match="reinstall") as info:
-        data.load_corpus("wikitext2")["calib"]
+        data.load_corpus("wikitext2")["reward"]
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -193,7 +204,7 @@ def test_wikitext2_windows_with_the_bundled_tokenizer():
     _, tok = load_model("tiny-llama")
     w = data.evaluation_windows(tok, "wikitext2", "eval", seq_len=256)
     assert w.shape[1] == 256 and len(w) > 500 and w.dtype == torch.long
-    c = data.calibration_windows(tok, "wikitext2", "calib", n=4, seq_len=256)
+    c = data.calibration_windows(tok, "wikitext2", "reward", n=4, seq_len=256)
     assert c.shape == (4, 256)
 
 
@@ -282,5 +293,5 @@ def test_windows_start_with_the_bos_a_tokenizer_puts_first_and_only_then():
     assert torch.equal(windows[:, 1:].reshape(-1), stream[: len(windows) * 31])  # then the stream, no token skipped
     unchanged = data.evaluation_windows(plain, "stdlib", "eval", seq_len=32)
     assert torch.equal(unchanged.reshape(-1), stream[: len(unchanged) * 32])  # without a BOS: cut as they are
-    calib = data.calibration_windows(tok, "stdlib", "calib", n=4, seq_len=32, seed=0)
+    calib = data.calibration_windows(tok, "stdlib", "reward", n=4, seq_len=32, seed=0)
     assert calib.shape == (4, 32) and (calib[:, 0] == 0).all() and not (calib[:, 1:] == 0).all()

@@ -23,7 +23,7 @@ SMALL = {"allocations": 12, "lengths": (32, 64), "windows": (2, 4), "max_tokens"
 
 def test_window_nll_sums_to_nll_sum_per_window():
     model, tok = load_model("tiny-llama")
-    tokens = evaluation_windows(tok, "stdlib", "calib", seq_len=64)[:5]
+    tokens = evaluation_windows(tok, "stdlib", "reward", seq_len=64)[:5]
     per_window = window_nll(model, tokens, batch_size=2)
     total, count = nll_sum(model, tokens)
     assert per_window.shape == (5,) and float(per_window.sum()) == pytest.approx(total, rel=1e-5)

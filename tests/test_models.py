@@ -137,7 +137,7 @@ def test_model_card_was_written_for_the_shipped_weights(name):
     card = bundled_card(name)
     assert card["weights_fingerprint"] == weights_fingerprint(name)
     training = json.loads(bundled_path(name).joinpath("training.json").read_text())
-    chosen = min(training["history"], key=lambda h: h["calib_ppl"])  # early stopping on the calib split
+    chosen = min(training["history"], key=lambda h: h["calib_ppl"])  # early stopping on the reward split
     assert card["selected_step"] == training["selected_step"] == chosen["step"]
     assert card["tokens_seen"] == chosen["step"] * training["batch_size"] * training["seq_len"]
 
@@ -148,7 +148,7 @@ def test_write_card_measures_the_dense_perplexities_it_records():
     the dense perplexity of each whole split is the card's."""
     model, tok = load_model_cached("tiny-llama", "cpu", "auto")
     card = bundled_card("tiny-llama")
-    for split in ("calib", "eval"):
+    for split in ("reward", "eval"):
         ppl = perplexity(model, evaluation_windows(tok, "stdlib", split, seq_len=card["dense_ppl"]["seq_len"]))
         assert ppl == pytest.approx(card["dense_ppl"][split], rel=1e-4), split
 

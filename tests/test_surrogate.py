@@ -46,7 +46,7 @@ def test_record_layout_and_reload(recorded):
     assert np.isfinite(a["eval_ppl"][:16]).all() and np.isnan(a["eval_ppl"][16:]).all()
     assert sorted(set(a["windows"].tolist())) == [1, 2, 4] and set(a["seed"].tolist()) == {0}
     assert (a["reward"] > 0).all() and np.allclose(a["ppl"] * a["reward"],
-                                                   [data.description.dense_ppl(0, "calib", w) for w in a["windows"]],
+                                                   [data.description.dense_ppl(0, "reward", w) for w in a["windows"]],
                                                    rtol=1e-5)
     loaded = EvaluationSet.load(folder / "tiny-llama-structured.npz")
     assert loaded.fingerprint == data.fingerprint == loaded.meta["fingerprint"]
@@ -173,10 +173,10 @@ def test_surrogate_env_has_the_real_env_spaces_observations_and_allocations(reco
     assert base.cost["surrogate_evaluations"] == 6 and base.cost["evaluations"] == 0 and base.cost["tokens"] == 0
     # the reward split's ppl at full fidelity, as a search's final scoring asks for it: the full-fidelity step's
     _obs, reward, *_ = env.step(action)
-    calib = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=base.target_sparsity)
+    calib = base.evaluate(action, split="reward", n_windows=base.config.reward_windows, target_sparsity=base.target_sparsity)
     assert calib["ppl"] == pytest.approx(base.dense_ppl / reward) and calib["surrogate"] is True and calib["tokens"] == 0
     with pytest.raises(FFPruneError, match="all 4 reward windows without Calib"):
-        base.evaluate(action, split="calib", n_windows=2)
+        base.evaluate(action, split="reward", n_windows=2)
     # the recorded allocations come back close to their measured rewards
     full = data.arrays["windows"] == 4
     pred = [base.surrogate.predict_reward(s, t, 0)[0] for s, t in
@@ -215,7 +215,7 @@ def test_reward_is_deterministic_per_allocation_and_reduced_fidelity_error_is_a_
     two = [a.score(x, reward_windows=2)[0] for x in actions]
     bias, spread = a.surrogate.fidelity.at(1)
     assert spread > 0 and not np.allclose(low[0], full[0]) and two != low[0]
-    assert a.reset(options={"reward_windows": 1})[1]["dense_ppl"] == a.surrogate.description.dense_ppl(0, "calib", 1)
+    assert a.reset(options={"reward_windows": 1})[1]["dense_ppl"] == a.surrogate.description.dense_ppl(0, "reward", 1)
     # the error is b_w + s_w * eps, eps a standard normal over allocations (its mean and spread: the fitted ones)
     many = np.random.default_rng(8).uniform(-1, 1, (400, a.n_units)).astype(np.float32)
     errors = np.array([np.log(a.score(x, reward_windows=1)[0]) - np.log(a.score(x, reward_windows=4)[0]) for x in many])
@@ -234,7 +234,7 @@ def test_evaluate_predicts_the_held_out_ppl_labelled_surrogate(recorded):
     assert out["surrogate"] is True and out["tokens"] == 0 and out["split"] == "eval"
     assert np.array_equal(out["layer_sparsity"], truth["layer_sparsity"]) and out["dense_ppl"] == truth["dense_ppl"]
     assert 0.5 < out["ppl"] / truth["ppl"] < 2.0
-    with pytest.raises(FFPruneError, match="split must be 'eval' or 'calib'"):
+    with pytest.raises(FFPruneError, match="split must be 'eval' or 'reward'"):
         env.evaluate(action, split="test")
     with pytest.raises(FFPruneError, match="n_windows=2"):
         env.evaluate(action, n_windows=1)

@@ -174,8 +174,8 @@ def test_calibrated_reward_is_the_ratio_after_calib():
     action = np.zeros(u.n_units, np.float32)
     env.reset(seed=0)
     _, reward, _, _, info = env.step(action)
-    calibrated = u.evaluate(action, split="calib", n_windows=4, calibrate=True)["ppl"]
-    plain = u.evaluate(action, split="calib", n_windows=4)["ppl"]
+    calibrated = u.evaluate(action, split="reward", n_windows=4, calibrate=True)["ppl"]
+    plain = u.evaluate(action, split="reward", n_windows=4)["ppl"]
     assert info["ppl"] == pytest.approx(calibrated, rel=1e-9) and calibrated < plain
     assert reward == pytest.approx(info["dense_ppl"] / calibrated)
     with pytest.raises(ffenv.FFPruneError, match="structured"):

@@ -22,11 +22,11 @@ def run(args: argparse.Namespace) -> int:
     from ffenv.lm.sources import PACKAGED_MODELS, models_cache, read_source
 
     print(f"{'name':<14}{'class':<20}{'params':>10}{'layers':>8}{'heads':>7}{'kv':>4}{'MB':>7}"
-          f"{'calib-split ppl':>17}{'eval-split ppl':>16}")
+          f"{'reward-split ppl':>18}{'eval-split ppl':>16}")
     for name in BUNDLED_MODELS:
         c = bundled_card(name)
         print(f"{name:<14}{c['architecture']:<20}{c['parameters']:>10,}{c['layers']:>8}{c['heads']:>7}{c['kv_heads']:>4}"
-              f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['calib']:>17.2f}{c['dense_ppl']['eval']:>16.2f}")
+              f"{c['size_on_disk_bytes'] / 1e6:>7.1f}{c['dense_ppl']['reward']:>18.2f}{c['dense_ppl']['eval']:>16.2f}")
     print(f"\n{'named real model':<18}{'package':<48}{'GGUF MB':>8}  {'licence':<20}cache")
     for name, spec in PACKAGED_MODELS.items():
         cached = read_source(models_cache() / name)
@@ -37,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
         print("\nmeasured now (seq_len 256, all windows):")
         for name in BUNDLED_MODELS:
             model, tok = load_model(name)
-            ppl = {s: perplexity(model, evaluation_windows(tok, "stdlib", s, seq_len=256)) for s in ("calib", "eval")}
-            print(f"{name:<14} calib split {ppl['calib']:.2f}  eval split {ppl['eval']:.2f}")
+            ppl = {s: perplexity(model, evaluation_windows(tok, "stdlib", s, seq_len=256)) for s in ("reward", "eval")}
+            print(f"{name:<14} reward split {ppl['reward']:.2f}  eval split {ppl['eval']:.2f}")
     return 0

@@ -198,7 +198,7 @@ def _zero_shot(net: Policy, env: gym.Env, env_id: str, target: float, seed: int,
         scores.update(eval_ppl_after_calib=calibrated_eval_ppl(env, action, target, alpha), calib_alpha=alpha)
     reward_ppl = scores["reward_ppl"]
     if cfg.reward == "calibrated":  # the reward as this env defines it (reporting: evaluate() is not search cost)
-        reward_ppl = base.evaluate(action, split="calib", n_windows=cfg.reward_windows, target_sparsity=target,
+        reward_ppl = base.evaluate(action, split="reward", n_windows=cfg.reward_windows, target_sparsity=target,
                                    calibrate=True)["ppl"]
     reward = scores["dense_reward_ppl"] / reward_ppl if np.isfinite(reward_ppl) and reward_ppl > 0 else 0.0
     best = {"reward": float(reward), "ppl": float(reward_ppl), "action": action.tolist(),

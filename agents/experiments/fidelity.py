@@ -162,7 +162,7 @@ def _measure(env_id: str, env_kwargs: dict[str, Any], settings: dict[str, Any], 
     if cfg.surrogate:
         raise FFPruneError("the fidelity study measures the real model: surrogate=True is refused")
     ctx = u.model.config.max_position_embeddings
-    valid = {length: evaluation_windows(u.tokenizer, cfg.corpus, "calib", seq_len=length, max_positions=ctx)[:n]
+    valid = {length: evaluation_windows(u.tokenizer, cfg.corpus, "reward", seq_len=length, max_positions=ctx)[:n]
              for length, n in count.items()}
     for length, tokens in valid.items():
         if len(tokens) < count[length]:

@@ -152,7 +152,7 @@ def results_markdown(analysis: dict[str, Any]) -> str:
                      f"{r['tokens_mean']:,.0f} | {r['wall_seconds_mean']:.0f} | "
                      f"{_fmt(r['evaluations_to_best_mean'], r['evaluations_to_best_std'], 0)} |")
     lines += ["", f"Dense held-out ppl {rows[0]['dense_eval_ppl']:.2f}. Mean ± sample std over seeds; "
-              "ppl of the best allocation found (best reward on the `calib` reward split), measured on the held-out "
+              "ppl of the best allocation found (best reward on the `reward` split), measured on the held-out "
               "`eval` split; '+ calib' after post-pruning ridge calibration. Heuristics cost one evaluation."]
     if reach:
         key = next(k for k in reach[0] if k.endswith("_evaluations_to_reach"))
@@ -191,7 +191,7 @@ def _plot_curves(path: Path, cells: dict[str, list[dict[str, Any]]], title: str)
     surrogate = any(surrogate_of(r) is not None for runs in cells.values() for r in runs)
     axes[0].set_xlabel("surrogate evaluations (search cost)" if surrogate else "evaluations (search cost)")
     axes[1].set_xlabel("wall seconds")
-    axes[0].set_ylabel("best reward (dense ppl / pruned ppl, calib split)")
+    axes[0].set_ylabel("best reward (dense ppl / pruned ppl, reward split)")
     for ax in axes:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)

@@ -110,7 +110,7 @@ def score_allocation(env: gym.Env, action: np.ndarray, target: float) -> dict[st
     held-out prediction's log (``eval_ppl_surrogate_std``)."""
     base = single_step_env(env)  # a sequential search's allocations are single-step actions too
     action = np.asarray(action, np.float32)
-    reward = base.evaluate(action, split="calib", n_windows=base.config.reward_windows, target_sparsity=target)
+    reward = base.evaluate(action, split="reward", n_windows=base.config.reward_windows, target_sparsity=target)
     held = base.evaluate(action, split="eval", target_sparsity=target)
     scores = {"reward_ppl": reward["ppl"], "dense_reward_ppl": reward["dense_ppl"], "eval_ppl": held["ppl"],
               "dense_eval_ppl": held["dense_ppl"], "sparsity": held["sparsity"],

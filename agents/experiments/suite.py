@@ -921,7 +921,7 @@ def full_split_scores(suite: Suite, cells: Cells, out: Path, rows: Sequence[str]
 
 def reward_heldout_agreement(suite: Suite, cells: Cells, out: Path, points: int = 24,
                              measure: bool = True) -> dict[str, Any]:
-    """Spearman ρ between the reward (held-in ``calib`` split) and the held-out perplexity over ``points``
+    """Spearman ρ between the reward (held-in ``reward`` split) and the held-out perplexity over ``points``
     allocations one FastForward search (lowest seed) visited at the final target on all reward windows, per
     task; measured once and cached in ``<out>/<task>/agreement.json``. Not counted in any search's cost.
     ``measure=False`` only reads the caches (a task without a matching one is left out, with a warning)."""

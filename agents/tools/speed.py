@@ -90,8 +90,8 @@ def _bench(env: gym.Env, env_id: str, repeats: int, seed: int, targets: tuple[fl
     if calibrate and structured:
         action = np.zeros(base.n_units, np.float32)
         n, times = base.config.reward_windows, max(3, repeats // 2)
-        plain = median_seconds(lambda: base.evaluate(action, split="calib", n_windows=n), device, times, warmup=0)
-        calib = median_seconds(lambda: base.evaluate(action, split="calib", n_windows=n, calibrate=True), device, times,
+        plain = median_seconds(lambda: base.evaluate(action, split="reward", n_windows=n), device, times, warmup=0)
+        calib = median_seconds(lambda: base.evaluate(action, split="reward", n_windows=n, calibrate=True), device, times,
                                warmup=0)
         result.update(median_plain_eval_s=round(plain, 4), median_calib_eval_s=round(calib, 4),
                       calib_over_plain=round(calib / plain, 3))

@@ -31,7 +31,7 @@ import torch
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import atomic_write_text
-from ffenv.lm.data import SPLITS, cache_dir, load_corpus
+from ffenv.lm.data import cache_dir, check_split, load_corpus
 
 #: the task :func:`build_local_task` writes (and :func:`run_tasks` builds on demand)
 LOCAL_TASK = "ffprune_nextline"
@@ -118,7 +118,7 @@ def build_local_task(
         choices: options per item (``>= 2``); chance accuracy is ``1 / choices``.
         seed: seed of the item selection, distractors and answer positions.
         corpus: a corpus name or path, as for :func:`ffenv.lm.data.load_corpus`.
-        split: ``train``, ``calib`` or ``eval``.
+        split: ``train``, ``reward`` or ``eval``.
 
     Raises:
         FFPruneError: bad arguments, a split with fewer than ``n`` usable positions, an unwritable ``out_dir``.
@@ -144,8 +144,7 @@ def _check_task_arguments(n: Any, choices: Any, seed: Any, split: Any) -> tuple[
     if choices < 2:
         raise FFPruneError(f"choices must be an integer >= 2, got {choices!r}")
     seed = non_negative_int("seed", seed)
-    if split not in SPLITS:
-        raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     return n, choices, seed
 
 

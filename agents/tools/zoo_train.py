@@ -1,7 +1,7 @@
 """Train the bundled tiny models (and their shared tokenizer) on the ``stdlib`` corpus.
 
 Reproducible: the same ``--seed`` and ``--steps`` on the same machine (and thread count) give the same
-weights. The held-out perplexity on the ``calib`` split is measured every ``--eval-every`` steps and the best
+weights. The held-out perplexity on the ``reward`` split is measured every ``--eval-every`` steps and the best
 checkpoint is the one shipped (early stopping; the ``eval`` split stays untouched for reporting). With
 ``--minutes`` the run stops at the first step past the time limit; ``training.json`` records the steps taken
 and the schedule length, and the model card's ``reproduce`` line replays it with ``--steps``. An interrupted
@@ -132,7 +132,7 @@ class TrainSpec:
     lr: float = 3e-3
     """Peak learning rate."""
     eval_every: int = 100
-    """Steps between held-out (``calib``) measurements."""
+    """Steps between held-out (``reward`` split) measurements."""
     schedule_steps: int | None = None
     """Length of the cosine schedule (default: ``steps``; with ``minutes``, estimated)."""
 
@@ -145,8 +145,8 @@ def train(spec: TrainSpec | str | None = None, *, out: Path | None = None, resum
     (``train("llama", steps=2000, seed=1)``), replacing the spec's. ``out`` defaults to the bundled model's folder.
     The learning rate warms up over 100 steps, then follows a cosine from ``lr`` down to ``0.1·lr`` over
     ``schedule_steps`` (default: ``steps``; with ``minutes``, estimated from the speed of the first 50 steps and
-    recorded). Every ``eval_every`` steps the held-out perplexity on 64 windows of the ``calib`` split is
-    measured; the weights with the lowest one are kept (early stopping on ``calib``: the ``eval`` split is never
+    recorded). Every ``eval_every`` steps the held-out perplexity on 64 windows of the ``reward`` split is
+    measured; the weights with the lowest one are kept (early stopping on ``reward``: the ``eval`` split is never
     looked at). The run state is checkpointed at each measurement to ``<out>/train_state.pt`` (atomically), so
     ``resume=True`` continues an interrupted run to the same weights.
     """
@@ -171,7 +171,7 @@ def train(spec: TrainSpec | str | None = None, *, out: Path | None = None, resum
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     stream = token_stream(tokenizer, "stdlib", "train")
-    held = evaluation_windows(tokenizer, "stdlib", "calib", seq_len=seq_len)[:64]
+    held = evaluation_windows(tokenizer, "stdlib", "reward", seq_len=seq_len)[:64]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -239,7 +239,7 @@ def train(spec: TrainSpec | str | None = None, *, out: Path | None = None, resum
         "name": out.name, "arch": arch, "architecture": type(model).__name__, "parameters": n_params,
         "config": ARCHS[arch], "vocab_size": len(tokenizer), "seed": seed, "steps": step,
         "schedule_steps": est_total or step, "selected_step": best["step"] or step,
-        "selection": "lowest calib ppl (64 windows), measured every eval_every steps", "eval_every": eval_every,
+        "selection": "lowest reward-split ppl (calib_ppl, 64 windows), measured every eval_every steps", "eval_every": eval_every,
         "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
         "tokens_seen": (best["step"] or step) * batch_size * seq_len,
         "train_tokens_available": len(stream), "train_seconds": round(train_seconds, 1),
@@ -257,7 +257,7 @@ def write_card(name: str) -> dict[str, Any]:
     model, tokenizer = load_model(str(folder), device="cpu", dtype="float32")
     cfg = model.config
     ppl = {split: round(perplexity(model, evaluation_windows(tokenizer, "stdlib", split, seq_len=256)), 3)
-           for split in ("calib", "eval")}
+           for split in ("reward", "eval")}
     card = {
         "name": name,
         "architecture": type(model).__name__,
@@ -293,7 +293,7 @@ def write_card(name: str) -> dict[str, Any]:
 
 
 def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mistral", "tiny-opt")) -> Path:
-    """Plot held-out (``calib``) perplexity against training tokens for the bundled models, from their
+    """Plot held-out (``reward`` split) perplexity against training tokens for the bundled models, from their
     ``training.json``; the selected checkpoint of each is marked."""
     import matplotlib
 
@@ -311,7 +311,7 @@ def plot_training(path: Path, names: tuple[str, ...] = ("tiny-llama", "tiny-mist
         if sel is not None:
             ax.plot(sel["step"] * per_step / 1e6, sel["calib_ppl"], "o", mfc="none", ms=10, color=line.get_color())
     ax.set_xlabel("training tokens (millions)")
-    ax.set_ylabel("held-out ppl (calib split, 64 x 256 tokens)")
+    ax.set_ylabel("held-out ppl (reward split, 64 x 256 tokens)")
     ax.set_yscale("log")
     ax.set_title("Bundled zoo: training curves (circle = shipped checkpoint)")
     ax.grid(alpha=0.3, which="both")
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--eval-every", type=int, default=100, help="steps between held-out (calib) measurements")
+    ap.add_argument("--eval-every", type=int, default=100, help="steps between held-out (reward split) measurements")
     ap.add_argument("--schedule-steps", type=int, help="length of the cosine schedule (default: --steps)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/train_state.pt")
     ap.add_argument("--tokenizer-only", action="store_true", help="(re)train the shared tokenizer and stop")

@@ -98,8 +98,8 @@ class Backend:
             return copy.deepcopy(self.model)
 
     def split_tokens(self, split: str, n: int | None) -> torch.Tensor:
-        """The first ``n`` (all: ``None``) windows of a split; the reward windows when they suffice for ``calib``."""
-        if split == "calib" and n is not None and n <= len(self.reward_tokens):
+        """The first ``n`` (all: ``None``) windows of a split; the reward windows when they suffice for ``reward``."""
+        if split == "reward" and n is not None and n <= len(self.reward_tokens):
             return self.reward_tokens[:n]
         if split not in self.eval_tokens:
             self.eval_tokens[split] = evaluation_windows(self.tokenizer, self.corpus, split, seq_len=self.seq_len,
@@ -169,7 +169,7 @@ def get_backend(cfg: EnvConfig) -> Backend:
     fingerprint = weights_fingerprint(cfg.model)
     norms_key = tuple((k, v) for k, v in cfg.backend_key if k not in ("mode", "criterion", "reward_windows"))
     if norms_key not in _NORMS:
-        calib = calibration_windows(tok, cfg.corpus, "calib", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
+        calib = calibration_windows(tok, cfg.corpus, "reward", n=cfg.calib_samples, seq_len=cfg.seq_len, seed=cfg.seed,
                                     max_positions=ctx)
         device = next(net.parameters()).device
         norms = disk_cached(stats_key("input_norms", fingerprint, net, calib),
@@ -186,7 +186,7 @@ def get_backend(cfg: EnvConfig) -> Backend:
     features = disk_cached(stats_key("unit_features", fingerprint, net, calib, mode=cfg.mode, criterion=cfg.criterion,
                                      features=list(UNIT_FEATURES)),
                            lambda: torch.from_numpy(unit_features(pruner, blocks, norms)), "stats").numpy()
-    reward = evaluation_windows(tok, cfg.corpus, "calib", seq_len=cfg.seq_len, max_positions=ctx)
+    reward = evaluation_windows(tok, cfg.corpus, "reward", seq_len=cfg.seq_len, max_positions=ctx)
     if cfg.reward_windows > len(reward):
         raise FFPruneError(f"reward_windows={cfg.reward_windows} exceeds the {len(reward)} windows of {cfg.seq_len} "
                            f"tokens in the reward split of corpus {cfg.corpus!r}; use reward_windows <= {len(reward)}")

@@ -30,7 +30,7 @@ from ffenv.config import EnvConfig
 from ffenv.envs.backend import Backend, get_backend
 from ffenv.envs.features import UNIT_FEATURES
 from ffenv.errors import FFPruneError, positive_int
-from ffenv.lm.data import SPLITS, window_bos
+from ffenv.lm.data import check_split, window_bos
 from ffenv.pruning.engines import Unit
 from ffenv.surrogate.model import Surrogate, load_surrogate
 
@@ -86,7 +86,7 @@ class Measurement(Protocol):
         ...
 
     def dense_ppl(self, split: str, n_windows: int | None) -> float:
-        """The dense model's ppl on the first ``n_windows`` windows of ``split`` (``"calib"``: the reward windows)."""
+        """The dense model's ppl on the first ``n_windows`` windows of ``split`` (``"reward"``: the reward windows)."""
         ...
 
     def reward(self, unit_sparsity: np.ndarray, layer_sparsity: np.ndarray, target: float, windows: int,
@@ -164,8 +164,7 @@ class RealMeasurement:
         return tokens
 
     def check_held_out(self, split: str, n_windows: int | None, calib_alpha: float | None) -> None:
-        if split not in SPLITS:
-            raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+        check_split(split)
 
     def held_out(self, unit_sparsity: np.ndarray, layer_sparsity: np.ndarray, target: float, split: str,
                  n_windows: int | None, calib_alpha: float | None) -> dict[str, Any]:
@@ -226,7 +225,7 @@ class SurrogateMeasurement:
                 {"surrogate": True, "surrogate_std": spread})
 
     def check_held_out(self, split: str, n_windows: int | None, calib_alpha: float | None) -> None:
-        if split == "calib":  # the reward split: the full-fidelity reward prediction, as a ppl
+        if split == "reward":  # the full-fidelity reward prediction, as a ppl
             full = self.config.reward_windows
             if n_windows not in (None, full) or calib_alpha is not None:
                 raise FFPruneError(f"a surrogate predicts the reward split's ppl on all {full} reward windows without "
@@ -235,7 +234,7 @@ class SurrogateMeasurement:
         recorded = self.surrogate.description.meta["eval"]
         if split != "eval":
             raise FFPruneError(f"a surrogate predicts the held-out ppl and the reward split's: split must be 'eval' "
-                               f"or 'calib' in surrogate mode, got {split!r}")
+                               f"or 'reward' in surrogate mode, got {split!r}")
         if n_windows is not None:
             positive_int("n_windows", n_windows)
         wanted = n_windows or self.config.eval_samples or recorded["split_windows"]
@@ -251,9 +250,9 @@ class SurrogateMeasurement:
     def held_out(self, unit_sparsity: np.ndarray, layer_sparsity: np.ndarray, target: float, split: str,
                  n_windows: int | None, calib_alpha: float | None) -> dict[str, Any]:
         self.check_held_out(split, n_windows, calib_alpha)
-        if split == "calib":  # the reward split's ppl: the full-fidelity reward's, as a step gives it
+        if split == "reward":  # the reward split's ppl: the full-fidelity reward's, as a step gives it
             full = self.config.reward_windows
-            dense = self.dense_ppl("calib", full)
+            dense = self.dense_ppl("reward", full)
             _reward, ppl, _cost, extra = self.reward(unit_sparsity, layer_sparsity, target, full, dense)
             spread = extra["surrogate_std"]
         else:

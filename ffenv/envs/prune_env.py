@@ -87,7 +87,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
 
     Version history:
         * v0: initial release (structured heads / KV groups + neurons, unstructured per-row; reward
-          ``dense_ppl / pruned_ppl`` on the ``calib`` split).
+          ``dense_ppl / pruned_ppl`` on the ``reward`` split).
     """
 
     metadata = {"render_modes": []}
@@ -113,7 +113,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
                                        **dict.fromkeys(self.measurement.axes, 0)}
         self.target_sparsity = self.config.target_sparsity  # of the current episode
         self.reward_windows = self.config.reward_windows    # of the current episode
-        self.dense_ppl = self._dense_ppl("calib", self.reward_windows)
+        self.dense_ppl = self._dense_ppl("reward", self.reward_windows)
         self._pending: list[tuple[float, int]] = []          # (target, windows) of the episodes of reset_many
         self._evaluator_factory = evaluator_factory
         self._evaluator: Evaluator | None = None
@@ -216,7 +216,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         check_budget(target, self.config.min_keep, self.config.max_keep)
         windows = self._check_windows(options.get("reward_windows", self.config.reward_windows))
         self.target_sparsity, self.reward_windows = float(target), windows
-        self.dense_ppl = self._dense_ppl("calib", windows)
+        self.dense_ppl = self._dense_ppl("reward", windows)
         return self._obs(), {"target_sparsity": self.target_sparsity, "dense_ppl": self.dense_ppl,
                              "reward_windows": self.reward_windows}
 
@@ -239,7 +239,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         target = self.target_sparsity if target_sparsity is None else target_sparsity
         check_budget(target, self.config.min_keep, self.config.max_keep)
         windows = self.reward_windows if reward_windows is None else self._check_windows(reward_windows)
-        dense_ppl = self._dense_ppl("calib", windows)
+        dense_ppl = self._dense_ppl("reward", windows)
         t0 = time.perf_counter()
         keep = project_budget(a, target, self.sizes, self.config.min_keep, self.config.max_keep)
         unit_sparsity = self.measurement.rounding.to_unit_sparsity(keep, (1.0 - target) * self.sizes.sum())
@@ -418,7 +418,7 @@ class FFPruneEnv(gym.Env, PopulationEnv):
         return n
 
     def _dense_ppl(self, split: str, n_windows: int | None = None) -> float:
-        """The dense ppl on the first ``n_windows`` reward windows (``"calib"``) or on the held-out windows (``"eval"``,
+        """The dense ppl on the first ``n_windows`` reward windows (``"reward"``) or on the held-out windows (``"eval"``,
         surrogate mode: the recorded ones)."""
         return self.measurement.dense_ppl(split, n_windows)
 

@@ -7,22 +7,22 @@ Three corpora are known by name, and any local text file or folder works too:
     documentation topics (:mod:`pydoc_data.topics`) and, for every module of the standard
     library, its docstrings and comment blocks extracted with :mod:`ast` / :mod:`tokenize`.
     Each topic and each module is one *document*; documents are assigned to the splits
-    ``train`` (90 %), ``calib`` (5 %) and ``eval`` (5 %) by a SHA-256 hash of their name, so
+    ``train`` (90 %), ``reward`` (5 %) and ``eval`` (5 %) by a SHA-256 hash of their name, so
     every machine with the same Python version gets the same splits.
 ``wikitext2``
     WikiText-2 (Merity et al. 2016, CC BY-SA). Its validation and test files ship inside the package,
-    xz-compressed under ``ffenv/lm/corpora/wikitext2/``, and are ``calib`` and ``eval``: read offline,
+    xz-compressed under ``ffenv/lm/corpora/wikitext2/``, and are ``reward`` and ``eval``: read offline,
     checked against the SHA-256 recorded here, each split one document (the contiguous perplexity stream).
     They are the *tokenised* variant ``wikitext-2-v1`` (``wiki.*.tokens``: rare words are ``<unk>``),
     not ``wikitext-2-raw-v1``, so perplexities are not comparable to papers that use the raw text.
     ``train`` is not shipped: it comes from the hub (``Salesforce/wikitext``, ``wikitext-2-v1``) only
     when asked for, and offline that is an error. ``wikitext2:/path`` reads a local file / folder instead.
 ``c4``
-    The first shard of ``allenai/c4`` (English) from the hub; ``calib`` and ``eval`` are a
+    The first shard of ``allenai/c4`` (English) from the hub; ``reward`` and ``eval`` are a
     hash split of the validation shard.
 a path
     A ``.txt`` file or a folder of them, read with ``datasets``' ``text`` builder. A folder holding
-    files named like ``train`` / ``valid`` / ``test`` maps them to ``train`` / ``calib`` / ``eval``;
+    files named like ``train`` / ``valid`` / ``test`` maps them to ``train`` / ``reward`` / ``eval``;
     otherwise paragraphs are hash-split like ``stdlib``.
 
 Token windows come from :func:`calibration_windows` (``n`` random windows, seeded) and
@@ -53,10 +53,15 @@ import torch
 from ffenv.errors import FFPruneError
 from ffenv.io import atomic_torch_save
 
-SPLITS = ("train", "calib", "eval")
+SPLITS = ("train", "reward", "eval")
+"""A corpus's splits: ``train`` (the tiny models' training text), ``reward`` (what a search may see: the reward's
+windows and the calibration windows of the importance scores and of Calib) and ``eval`` (held out: scored, never
+searched on)."""
+RENAMED_SPLITS = {"calib": "reward"}
+"""Old split name -> new one (``calib`` also named Calib, the compensation): refused with the new name."""
 CORPORA = ("stdlib", "wikitext2", "c4")
-_SPLIT_SHARES = {"train": 90, "calib": 5, "eval": 5}  # percent, by name hash
-_CORPUS_FORMAT = 2  # bump when the stdlib extraction changes, to invalidate caches
+_SPLIT_SHARES = {"train": 90, "reward": 5, "eval": 5}  # percent, by name hash
+_CORPUS_FORMAT = 3  # bump when the stdlib extraction or the split names change, to invalidate caches (3: calib -> reward)
 
 
 def cache_dir() -> Path:
@@ -66,13 +71,24 @@ def cache_dir() -> Path:
     return root
 
 
+def check_split(split: str) -> str:
+    """``split`` if it is one of :data:`SPLITS`; else a one-line :class:`FFPruneError` (naming the new name of a renamed
+    split, :data:`RENAMED_SPLITS`)."""
+    if split in SPLITS:
+        return split
+    if split in RENAMED_SPLITS:
+        raise FFPruneError(f"split {split!r} is now called {RENAMED_SPLITS[split]!r} (the split the reward and the "
+                           f"calibration windows come from); use split={RENAMED_SPLITS[split]!r}")
+    raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+
+
 def split_of(name: str) -> str:
     """The split a document belongs to, from a SHA-256 hash of its name (stable everywhere)."""
     bucket = int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:8], 16) % 100
     if bucket < _SPLIT_SHARES["train"]:
         return "train"
-    if bucket < _SPLIT_SHARES["train"] + _SPLIT_SHARES["calib"]:
-        return "calib"
+    if bucket < _SPLIT_SHARES["train"] + _SPLIT_SHARES["reward"]:
+        return "reward"
     return "eval"
 
 
@@ -162,7 +178,7 @@ def _load_stdlib() -> Any:
 
 _SPLIT_ALIASES = {
     "train": ("train",),
-    "calib": ("valid", "validation", "val", "calib"),
+    "reward": ("valid", "validation", "val", "reward", "calib"),  # calib: its name before
     "eval": ("test", "eval"),
 }
 
@@ -244,7 +260,7 @@ def _load_local(path: Path) -> Any:
     import datasets
 
     named = {f: _named_split(f) for f in files}
-    if path.is_dir() and all(named.values()) and {"calib", "eval"} <= set(named.values()):
+    if path.is_dir() and all(named.values()) and {"reward", "eval"} <= set(named.values()):
         out = {}
         for s in SPLITS:
             docs = _read_docs([f for f in files if named[f] == s]) if s in named.values() else []
@@ -257,7 +273,7 @@ def _load_local(path: Path) -> Any:
 WIKITEXT2_DIR = Path(__file__).resolve().parent / "corpora" / "wikitext2"
 """The shipped WikiText-2 files (``wikitext-2-v1``, the tokenised variant with ``<unk>``)."""
 WIKITEXT2_FILES = {  # split -> (file in WIKITEXT2_DIR, SHA-256 of its decompressed bytes)
-    "calib": ("valid.txt.xz", "e24057b96f875e4ac4a5f347fa6c64438ef8322b6e41abb4d187ef0d4e150505"),
+    "reward": ("valid.txt.xz", "e24057b96f875e4ac4a5f347fa6c64438ef8322b6e41abb4d187ef0d4e150505"),
     "eval": ("test.txt.xz", "dd265c9ce12629a1eddcfd8946e087b62bb59eed07da62e775a7f6549c24cddb"),
 }
 _WIKITEXT2_HUB = ("Salesforce/wikitext", "wikitext-2-v1")  # the train split: the same variant as the shipped files
@@ -266,7 +282,7 @@ _WIKITEXT2_HUB = ("Salesforce/wikitext", "wikitext-2-v1")  # the train split: th
 class LazySplits(Mapping[str, Any]):
     """A read-only ``split -> datasets.Dataset`` mapping that builds each split on its first access.
 
-    It lets ``load_corpus("wikitext2")["calib"]`` stay offline while ``["train"]`` goes to the hub.
+    It lets ``load_corpus("wikitext2")["reward"]`` stay offline while ``["train"]`` goes to the hub.
     """
 
     def __init__(self, loaders: dict[str, Callable[[], Any]]) -> None:
@@ -312,7 +328,7 @@ def _read_packaged_xz(path: str, sha256: str) -> str:
 
 
 def _bundled_wikitext2(split: str) -> Any:
-    """The shipped ``calib`` (validation) or ``eval`` (test) split of WikiText-2 as one document; offline."""
+    """The shipped ``reward`` (validation) or ``eval`` (test) split of WikiText-2 as one document; offline."""
     name, sha256 = WIKITEXT2_FILES[split]
     text = _read_packaged_xz(str(WIKITEXT2_DIR / name), sha256)
     return _one_document(f"wikitext2/{name.removesuffix('.txt.xz')}", text)
@@ -335,9 +351,9 @@ def _hub_wikitext2_train() -> Any:
 
 
 def _load_wikitext2() -> LazySplits:
-    """``corpus="wikitext2"``: shipped ``calib`` / ``eval``, ``train`` from the hub only when it is accessed."""
+    """``corpus="wikitext2"``: shipped ``reward`` / ``eval``, ``train`` from the hub only when it is accessed."""
     return LazySplits({"train": _hub_wikitext2_train,
-                       "calib": functools.partial(_bundled_wikitext2, "calib"),
+                       "reward": functools.partial(_bundled_wikitext2, "reward"),
                        "eval": functools.partial(_bundled_wikitext2, "eval")})
 
 
@@ -351,21 +367,21 @@ def _load_hub_c4() -> Any:
     raw = datasets.load_dataset("allenai/c4", data_files=files)
     train = raw["train"].select_columns(["url", "text"]).rename_column("url", "name")
     val = raw["validation"].select_columns(["url", "text"]).rename_column("url", "name")
-    # calib / eval: halves of the validation shard, by a hash of each document's URL
-    in_calib = [int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 2 == 0 for u in val["name"]]
-    calib = val.select([i for i, c in enumerate(in_calib) if c])
-    held = val.select([i for i, c in enumerate(in_calib) if not c])
-    return datasets.DatasetDict({"train": train, "calib": calib, "eval": held})
+    # reward / eval: halves of the validation shard, by a hash of each document's URL
+    in_reward = [int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 2 == 0 for u in val["name"]]
+    reward = val.select([i for i, c in enumerate(in_reward) if c])
+    held = val.select([i for i, c in enumerate(in_reward) if not c])
+    return datasets.DatasetDict({"train": train, "reward": reward, "eval": held})
 
 
 def load_corpus(corpus: str = "stdlib") -> Any:
-    """Return a mapping of the splits ``train``, ``calib``, ``eval`` to :class:`datasets.Dataset` objects.
+    """Return a mapping of the splits ``train``, ``reward``, ``eval`` to :class:`datasets.Dataset` objects.
 
-    A :class:`datasets.DatasetDict`, except for ``"wikitext2"``: a :class:`LazySplits` whose ``calib`` and
+    A :class:`datasets.DatasetDict`, except for ``"wikitext2"``: a :class:`LazySplits` whose ``reward`` and
     ``eval`` are the shipped files and whose ``train`` is fetched from the hub on first access.
 
     Args:
-        corpus: ``"stdlib"``, ``"wikitext2"`` (shipped ``calib`` / ``eval``, hub ``train``),
+        corpus: ``"stdlib"``, ``"wikitext2"`` (shipped ``reward`` / ``eval``, hub ``train``),
             ``"wikitext2:/local/path"``, ``"c4"``, or the path of a local text file or folder.
 
     Raises:
@@ -393,9 +409,7 @@ def load_corpus(corpus: str = "stdlib") -> Any:
 
 def corpus_text(corpus: str, split: str) -> str:
     """All documents of one split joined by blank lines (the text that gets tokenized)."""
-    if split not in SPLITS:
-        raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
-    ds = load_corpus(corpus)[split]
+    ds = load_corpus(corpus)[check_split(split)]
     return "\n\n".join(t for t in ds["text"] if t)
 
 
@@ -438,10 +452,9 @@ def _corpus_key(corpus: str) -> str:
     return corpus
 
 
-def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "calib") -> torch.Tensor:
+def token_stream(tokenizer: Any, corpus: str = "stdlib", split: str = "reward") -> torch.Tensor:
     """The whole split tokenized into one 1-D ``int64`` tensor (cached on disk)."""
-    if split not in SPLITS:
-        raise FFPruneError(f"split must be one of {SPLITS}, got {split!r}")
+    check_split(split)
     key = {"what": "stream", "tok": tokenizer_hash(tokenizer), "corpus": _corpus_key(corpus), "split": split}
 
     def build() -> torch.Tensor:
@@ -494,7 +507,7 @@ def _check_window_args(tokenizer: Any, seq_len: int, max_positions: int | None) 
 def calibration_windows(
     tokenizer: Any,
     corpus: str = "stdlib",
-    split: str = "calib",
+    split: str = "reward",
     n: int = 32,
     seq_len: int = 256,
     seed: int = 0,

@@ -48,8 +48,14 @@ def bundled_path(name: str) -> Path:
 
 
 def bundled_card(name: str) -> dict[str, Any]:
-    """The model card (``card.json``) of a bundled model: config, training and dense perplexities."""
-    return json.loads((bundled_path(name) / "card.json").read_text())
+    """The model card (``card.json``) of a bundled model: config, training and dense perplexities (``dense_ppl``:
+    ``seq_len``, ``reward``, ``eval``; a card written when the reward split was called ``calib`` is read with the new
+    name)."""
+    card = json.loads((bundled_path(name) / "card.json").read_text())
+    dense = card.get("dense_ppl", {})
+    if "calib" in dense and "reward" not in dense:
+        card["dense_ppl"] = {("reward" if k == "calib" else k): v for k, v in dense.items()}
+    return card
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:

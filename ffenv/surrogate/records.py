@@ -54,6 +54,8 @@ from ffenv.pruning.engines import Unit, round_to_units, unstructured_kept_params
 
 FORMAT = 1
 """Version of the file layout (bumped when it changes; an other version is refused on load)."""
+STORED_REWARD_SPLIT = "calib"
+"""The key an evaluation set stores the reward split's dense ppls under (the split's name when format 1 was fixed)."""
 ARRAYS: dict[str, np.dtype] = {
     "unit_sparsity": np.dtype(np.float16), "target": np.dtype(np.float32), "seed": np.dtype(np.int16),
     "windows": np.dtype(np.int16), "reward": np.dtype(np.float32), "ppl": np.dtype(np.float32),
@@ -169,10 +171,10 @@ class EnvDescription:
         return self._features[seed]
 
     def dense_ppl(self, seed: int, split: str, windows: int | None = None) -> float:
-        """The dense model's perplexity of an env seed: on the first ``windows`` reward windows (``split="calib"``)
+        """The dense model's perplexity of an env seed: on the first ``windows`` reward windows (``split="reward"``)
         or on the held-out windows the set measured (``split="eval"``)."""
         dense = self._seed(seed)["dense_ppl"]
-        return float(dense["eval"] if split == "eval" else dense["calib"][int(windows) - 1])
+        return float(dense["eval"] if split == "eval" else dense[STORED_REWARD_SPLIT][int(windows) - 1])
 
     def to_unit_sparsity(self, keep: np.ndarray, target_keep_params: float) -> np.ndarray:
         """The per-unit sparsity the engine realises for projected keep ratios (whole granules in structured mode)."""
@@ -215,7 +217,7 @@ def describe(env: Any) -> dict[str, Any]:
     eval_windows = env.windows("eval")
     split_windows = len(env.backend.split_tokens("eval", None))
     seed_entry = {"features": np.asarray(env.features, np.float32).tolist(),
-                  "dense_ppl": {"calib": [env.backend.dense_ppl("calib", w, batch) for w in range(1, full + 1)],
+                  "dense_ppl": {STORED_REWARD_SPLIT: [env.backend.dense_ppl("reward", w, batch) for w in range(1, full + 1)],
                                 "eval": env.backend.dense_ppl("eval", len(eval_windows), batch)}}
     return {
         "format": FORMAT, "model": config.model, "mode": config.mode, "corpus": config.corpus,
