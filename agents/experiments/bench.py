@@ -160,20 +160,20 @@ def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
     return as_json({k: record.get(k) or ({} if k != "method" else None) for k in VARIANT_KEYS})
 
 
-def check_variant_record(folder: Path, held: Any, record: dict[str, Any], what: str = "cells") -> None:
-    """Refuse (one line) to go on in ``folder`` as the variant ``record`` when a file there holds the ``variant`` record
-    ``held`` of other settings, or none (not a variant's file at all); ``what`` names the files in the message."""
+def check_variant_settings(folder: Path, held: Any, variant: dict[str, Any], what: str = "cells") -> None:
+    """Refuse (one line) to go on in ``folder`` as ``variant`` when a file there holds the ``variant`` field ``held`` of
+    other settings, or none (not a variant's file at all); ``what`` names the files in the message."""
     old = variant_settings(held) if isinstance(held, dict) else None
-    if old != variant_settings(record):
+    if old != variant_settings(variant):
         raise FFPruneError(f"{str(folder)!r} holds {what} of other settings ({old or 'not a variant'}, now "
-                           f"{variant_settings(record)}): use another label or --out folder")
+                           f"{variant_settings(variant)}): use another label or --out folder")
 
 
 def check_variant_cell(path: Path, record: dict[str, Any]) -> None:
     """Refuse (one line) to resume the finished cell at ``path`` as the variant ``record`` when the cell ran other
-    settings, or is not a variant's cell at all (:func:`check_variant_record`)."""
+    settings, or is not a variant's cell at all (:func:`check_variant_settings`)."""
     if path.exists():
-        check_variant_record(path.parent, read_result(path).get("variant"), record)
+        check_variant_settings(path.parent, read_result(path).get("variant"), record)
 
 
 def run_cell(spec: CellSpec) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class CellSpec:
     """One search cell: what runs, with which settings and seed, and where its result lives.
 
     ``env_kwargs`` override the env's settings (an :class:`~ffenv.config.EnvConfig` field each); ``agent_kwargs`` and
-    ``curriculum_kwargs`` the method's and its curriculum's. ``variant`` (a suite's labelled variant record:
+    ``curriculum_kwargs`` the method's and its curriculum's. ``variant`` (a suite's labelled variant, its settings:
     ``{"label", "method", "name", "agent_kwargs", "curriculum_kwargs", "source"}``) files the cell under its label and
     is recorded in the result. ``calibrate`` also scores the best allocation after Calib (ridge ``calib_alpha``; default
     the env's). The mappings are never mutated.

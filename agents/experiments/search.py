@@ -168,7 +168,7 @@ class SearchSpec:
     calibrate: bool = False
     calib_alpha: float | None = None
 
-    def run_record(self) -> dict[str, Any]:
+    def result_fields(self) -> dict[str, Any]:
         """How the search ran, as its result records it (``agent``, ``seed``, ``budget``, ``curriculum``, ...)."""
         return {"agent": self.agent, "seed": self.seed, "budget": self.budget, "curriculum": self.curriculum,
                 "warmup_fraction": self.warmup_fraction, "warm_start": str(self.warm_start) if self.warm_start else None,
@@ -217,7 +217,7 @@ def run_search(spec: SearchSpec | str | None = None, *, out: str | Path | None =
                **{f"curriculum.{k}": v for k, v in (spec.curriculum_kwargs or {}).items()},
                **({"surrogate": label["fingerprint"]} if label is not None else {})}
     search = SearchAccounting(env, spec.budget, SearchLogger(logpath, progress=progress, hparams=hparams))
-    run = spec.run_record()
+    run = spec.result_fields()
     context = RunContext(checkpoint=checkpoint, resume=resume,
                          warm_start=Path(spec.warm_start) if spec.warm_start else None, out=out_path, logdir=logpath,
                          log=search.logger.log_learning,
@@ -443,6 +443,6 @@ def _assemble(spec: SearchSpec, env: gym.Env, search: SearchAccounting, scored: 
             "env_kwargs": recorded_env_kwargs(env), "weights_fingerprint": provenance["fingerprint"],
             "unit_names": list(base.unit_names),
             **({"window_bos": base.measurement.window_bos} if base.measurement.window_bos is not None else {}),
-            **spec.run_record(), "best": {**search.best, **scored["scores"]}, **by_target,
+            **spec.result_fields(), "best": {**search.best, **scored["scores"]}, **by_target,
             "cost": scored["cost"], "history": search.history, "logdir": str(logpath) if logpath else None,
             "versions": versions(), **extra}

@@ -123,7 +123,7 @@ class SuiteTask:
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
-def task_record(task: SuiteTask) -> dict[str, Any]:
+def task_fields(task: SuiteTask) -> dict[str, Any]:
     """A task as the analysis records it: name and env id, and its env settings where it has any."""
     return {"name": task.name, "env_id": task.env_id, **({"env_kwargs": dict(task.env_kwargs)} if task.env_kwargs else {})}
 
@@ -737,7 +737,7 @@ def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 200
         if len(pairs) >= 2:
             reward_ppl, eval_ppl = np.array(pairs).T
             across[task.name] = {"spearman": spearman(-reward_ppl, -eval_ppl), "cells": len(pairs)}
-    analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [task_record(t) for t in suite.tasks],
+    analysis = {"suite": suite.name, "budget": budget, "seeds": seeds, "tasks": [task_fields(t) for t in suite.tasks],
                 "rows": rows, "agreement_across_cells": across, "aggregate": aggregate, "improvement": improvement,
                 "profiles": profiles, "reach": _reach(suite, cells), "bootstrap_reps": reps,
                 "equal_tokens": {t: p["tokens"] for t, p in (equal_tokens or {}).items()},

@@ -53,7 +53,7 @@ from matplotlib.figure import Figure
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure, atomic_write_json, read_json
-from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_record, search_cell
+from ffprune.agents.experiments.bench import BenchOverrides, cell_specs, check_variant_settings, search_cell
 from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Job, Report, Runner, run_jobs
 from ffprune.agents.experiments.reports import AGENT, evaluation_axis
 from ffprune.agents.experiments.rlstats import iqm, stratified_bootstrap_ci
@@ -198,7 +198,7 @@ def _check_variant_curves(folder: Path, label: str, record: dict[str, Any]) -> N
     """Refuse (one line, before any work) a label whose curves in a task folder ran other settings (its cells are
     checked by :func:`~ffprune.agents.experiments.suite.variant_specs`)."""
     for _seed, path in seed_files(folder / "curves" / label):
-        check_variant_record(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
+        check_variant_settings(path.parent, read_json(path, "study curve").get("variant"), record, "curves")
 
 
 @dataclass(frozen=True)

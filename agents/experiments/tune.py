@@ -208,7 +208,7 @@ def _task_ids(method: str, tasks: Sequence[str], suite: str = "core") -> dict[st
 
 
 # ---------------------------------------------------------------------------- running the cells
-def _check_record(path: Path, record: dict[str, Any], what: str, kind: str | None = None) -> None:
+def _keep_settings_file(path: Path, record: dict[str, Any], what: str, kind: str | None = None) -> None:
     """Write ``record`` to ``path`` (with a header of ``kind``: :func:`~ffprune.agents.results.with_header`), refusing
     one that holds other settings (a resumed cell must be this one's); the same settings are left as written."""
     record = as_json(record)
@@ -269,10 +269,10 @@ def tune_specs(spec: TuneSpec, out: str | Path, progress: bool = True) -> list[t
     out, spec = Path(out), spec.resolved()
     method, variants, budget, env_kwargs = spec.method, spec.variants or {}, spec.budget, spec.env_kwargs
     ids = _task_ids(method, spec.tasks or (), spec.suite)
-    _check_record(out / "config.json", _config(method, budget, env_kwargs, spec.suite), "tune", TUNE_KIND)
+    _keep_settings_file(out / "config.json", _config(method, budget, env_kwargs, spec.suite), "tune", TUNE_KIND)
     specs = []
     for variant, kwargs in variants.items():
-        _check_record(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
+        _keep_settings_file(out / variant / "variant.json", {"agent_kwargs": dict(kwargs)}, "variant")
         agent_kwargs, curriculum_kwargs = split_settings(kwargs)
         for task, env_id in ids.items():
             for seed in spec.seeds:
@@ -351,10 +351,10 @@ def report_tune(spec: TuneSpec | None = None, *, out: str | Path, **settings: An
                            f"--suite {config.get('suite', 'core')}")
     rows, missing = [], []
     for variant, kwargs in variants.items():
-        record = out / variant / "variant.json"
-        if record.exists() and read_json(record, "variant record") != as_json({"agent_kwargs": dict(kwargs)}):
-            raise FFPruneError(f"{str(record.parent)!r} holds variant {variant!r} with other settings "
-                               f"({read_json(record, 'variant record')['agent_kwargs']}, now {dict(kwargs)})")
+        held = out / variant / "variant.json"
+        if held.exists() and read_json(held, "variant settings") != as_json({"agent_kwargs": dict(kwargs)}):
+            raise FFPruneError(f"{str(held.parent)!r} holds variant {variant!r} with other settings "
+                               f"({read_json(held, 'variant settings')['agent_kwargs']}, now {dict(kwargs)})")
         for task in tasks:
             for seed in seeds:
                 path = cell_path(out / variant / task, method, seed)
