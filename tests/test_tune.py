@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ffenv.errors import FFPruneError
-from ffenv.io import atomic_write_json, read_json
+from ffenv.io import atomic_write_json
 from ffprune.agents.cli import main
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.search import run_search
@@ -24,6 +24,7 @@ from ffprune.agents.experiments.tune import (
     tune_markdown,
     tune_variants,
 )
+from ffprune.agents.results import read_result
 
 ENV_KW = {"reward_windows": 4, "calib_samples": 8, "eval_samples": 8}
 TASK = "llama-s0.5"
@@ -43,7 +44,7 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
     out, variants, analysis = tiny
     assert list(variants) == [REFERENCE, "squash"] and variants["squash"] == {"squash": True}
     for variant in variants:
-        cell = read_json(cell_path(out / variant / TASK, "fastforward", 10))
+        cell = read_result(cell_path(out / variant / TASK, "fastforward", 10))
         assert cell["complete"] and cell["seed"] == 10 and cell["budget"] == 4
         assert cell["agent_config"]["squash"] is (variant == "squash")
         assert json.loads((out / variant / "variant.json").read_text()) == {"agent_kwargs": variants[variant]}
@@ -65,7 +66,7 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
     # the report shows no held-out number: no eval_ppl field, none of the cells' held-out values
     held_out = []
     for variant in variants:
-        best = read_json(cell_path(out / variant / TASK, "fastforward", 10))["best"]
+        best = read_result(cell_path(out / variant / TASK, "fastforward", 10))["best"]
         held_out += [best["eval_ppl"], best["dense_eval_ppl"]]
     for text in (md.decode(), js.decode()):
         assert "eval_ppl" not in text and "held-out ppl" not in text
@@ -99,7 +100,7 @@ def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
     out, _variants, _ = tiny  # the default cell is finished: only full32's runs
     run_tune(out=out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10],
              budget=4, env_kwargs=ENV_KW, progress=False)
-    default, full = (read_json(cell_path(out / v / TASK, "fastforward", 10)) for v in (REFERENCE, "full32"))
+    default, full = (read_result(cell_path(out / v / TASK, "fastforward", 10)) for v in (REFERENCE, "full32"))
     assert full["curriculum_kwargs"] == {"fidelity_schedule": "none"} and "curriculum_kwargs" not in default
     assert full["agent_config"] == default["agent_config"]
     assert {h["windows"] for h in full["history"]} == {ENV_KW["reward_windows"]}

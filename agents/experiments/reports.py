@@ -169,6 +169,14 @@ def results_markdown(analysis: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(out: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
+    """``curves.png`` and ``allocations.png`` of finished cells (``{method: [result, ...]}``, results with
+    ``unit_names``, as :func:`~ffprune.agents.results.read_result` gives them) into ``out``: a bench report's figures,
+    for a notebook's own searches."""
+    _plot_curves(Path(out) / "curves.png", cells, title)
+    _plot_allocations(Path(out) / "allocations.png", cells, title)
+
+
 def _plot_curves(path: Path, cells: dict[str, list[dict[str, Any]]], title: str) -> None:
     """``curves.png`` (``path``): best reward vs. evaluations and vs. wall seconds, every method and seed."""
     colors = matplotlib.colormaps["tab10"]
