@@ -226,7 +226,6 @@ def _widen32(values: list[Any]) -> list[Any]:
             else float(np.float32(v)) for v in values]
 
 
-
 def check_kind(data: dict[str, Any], name: str, kinds: tuple[str, ...] = KINDS) -> str:
     """The kind of ``data`` (:func:`result_kind`) if a reader of ``kinds`` can read it; a file of a newer format or of
     another kind is a one-line :class:`FFPruneError` naming it."""

@@ -73,7 +73,7 @@ def _bench(args: argparse.Namespace, methods: list[str] | None) -> int:
         print((Path(out) / "results.md").read_text())
     if failures:
         return failed(failures, spec.env_id, out)
-    print(f"written: {out}/results.csv, results.md, curves.png, allocations.png; TensorBoard: {out}/tb")
+    print(f"written: {out}/results.json, results.md, results.csv, curves.png, allocations.png; TensorBoard: {out}/tb")
     return 0
 
 
