@@ -165,19 +165,16 @@ def pack_history(rows: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, 
                 keys.append(key)
     columns = {key: [row[key] for row in rows if key in row] for key in keys}
     absent = {key: [i for i, row in enumerate(rows) if key not in row] for key in keys}
-    packed: dict[str, Any] = {"rows": len(rows), "columns": columns}
+    plain: dict[str, Any] = {"rows": len(rows), "columns": columns}
     if any(absent.values()):
-        packed["absent"] = {key: idx for key, idx in absent.items() if idx}
+        plain["absent"] = {key: idx for key, idx in absent.items() if idx}
     narrow = [key for key, values in columns.items() if _all_float32(values)]
+    candidates = [plain]
     if narrow:
-        packed["columns"] = {key: _shortest32(values) if key in narrow else values for key, values in columns.items()}
-        packed["float32"] = narrow
-        if _canonical(unpack_history(packed)) != _canonical(rows):
-            packed["columns"], narrow = columns, []
-            del packed["float32"]
-    if _canonical(unpack_history(packed)) != _canonical(rows):
-        return rows
-    return packed
+        shortened = {key: _shortest32(values) if key in narrow else values for key, values in columns.items()}
+        candidates.insert(0, {**plain, "columns": shortened, "float32": narrow})
+    want = _canonical(rows)
+    return next((packed for packed in candidates if _canonical(unpack_history(packed)) == want), rows)
 
 
 def unpack_history(packed: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
