@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def test_the_protocol_never_trains_on_a_test_target_and_the_cli_defaults_are_the
     for proto in PROTOCOL.values():
         assert not set(proto.train_targets) & set(proto.test_targets)
         assert min(proto.train_targets) < min(proto.test_targets) and max(proto.test_targets) < max(proto.train_targets)
-    assert cli.DEFAULTS == {"modes": ",".join(PROTOCOL), "budget": amortised.TRAIN_BUDGET, "refine": amortised.REFINE}
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args([])  # the command line reads the library's defaults (ffprune.agents.defaults)
+    assert (args.modes, args.budget, args.refine) == (",".join(PROTOCOL), amortised.TRAIN_BUDGET, amortised.REFINE)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"families": ["gpt"]}, "families must be among"),

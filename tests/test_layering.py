@@ -15,6 +15,7 @@ Layers, bottom to top (a module may import its own layer and the layers below, n
     ffprune.agents.results        reading result files (tools and experiments share it)
     ffprune.agents.methods        FastForward, SB3 runners, the registry
     ffprune.agents.tools          consumers of an env (export, zero-shot, speed, zoo): ffenv + results only
+    ffprune.agents.defaults       the experiments' default settings as plain values (the command line reads them)
     ffprune.agents.experiments    search, bench, suite, statistics, reports
     ffprune.agents.cli            the command line; nothing imports it
 
@@ -53,6 +54,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffprune.agents.results",),
     ("ffprune.agents.methods",),
     ("ffprune.agents.tools",),
+    ("ffprune.agents.defaults",),
     ("ffprune.agents.experiments",),
     ("ffprune.agents", "ffprune.agents.cli"),
 )
@@ -227,7 +229,7 @@ def test_collector_sees_every_kind_of_reference():
 def test_layers_are_assigned_by_longest_prefix():
     assert [layer_of(n) for n in ("ffenv.errors", "ffenv.lm.data", "ffenv.envs.backend", "ffenv", "ffenv.registration",
                                   "ffprune.agents.tools.export", "ffprune.agents.cli.search", "numpy")] == [
-        0, 1, 5, 8, 8, 12, 14, None]
+        0, 1, 5, 8, 8, 12, 15, None]
     assert layer_of("ffenv.vector.factory") > layer_of("ffenv.envs.prune_env") > layer_of("ffenv.pruning.calib")
     assert is_bare("agents.search") and is_bare("baselines") and not is_bare("ffprune.agents")
 

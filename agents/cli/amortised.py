@@ -10,21 +10,19 @@ import argparse
 from pathlib import Path
 
 from ffprune.agents.cli.common import add_study_arguments, interrupted, parse_names
+from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET, joined
 
 NAME = "amortised"
-DEFAULTS = {"modes": "structured,unstructured", "budget": 300, "refine": 20}
-"""The defaults of the protocol (those of :mod:`ffprune.agents.experiments.amortised`; written out here so that
-``--help`` imports nothing heavy)."""
 HELP = "one policy per family and mode for every target (zero-shot, refined) vs the suite's per-target searches"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``ffprune amortised``."""
     p.add_argument("--families", default="llama,mistral,opt", help="comma-separated bundled families")
-    p.add_argument("--modes", default=DEFAULTS["modes"], help="comma-separated modes (structured, unstructured)")
+    p.add_argument("--modes", default=joined(AMORTISED_MODES), help="comma-separated modes (structured, unstructured)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (the suite's cells use 0-2)")
-    p.add_argument("--budget", type=int, default=DEFAULTS["budget"], help="evaluations of each policy's training")
-    p.add_argument("--refine", type=int, default=DEFAULTS["refine"], help="evaluations of each refinement at a test target")
+    p.add_argument("--budget", type=int, default=AMORTISED_TRAIN_BUDGET, help="evaluations of each policy's training")
+    p.add_argument("--refine", type=int, default=AMORTISED_REFINE, help="evaluations of each refinement at a test target")
     p.add_argument("--no-cross-model", action="store_true", help="skip the cross-model rows (policies -> mistral)")
     add_study_arguments(p, "docs/results/amortised", "the per-target cells")
 

@@ -23,14 +23,10 @@ from ffprune.agents.cli.common import (
     parse_kwargs,
     parse_names,
 )
+from ffprune.agents.defaults import RECORD, joined
 
 NAME = "surrogate"
 HELP = "record the evaluation sets of surrogate mode (resumable), validate the surrogates, rank, study"
-DEFAULTS: dict[str, Any] = {"random": 50, "spreads": "uniform,0.1,0.3,0.6", "heuristics": "uniform,owl,alphapruning,flap,dlp,atp",
-                            "atp_trials": 4, "perturb": 100, "fidelity": 40, "fidelity_windows": "2,4,8,16",
-                            "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3}
-"""The defaults of :class:`~ffprune.agents.experiments.surrogate_record.RecordSettings` (written out here so that
-``--help`` imports nothing heavy; a test keeps them equal)."""
 RECORD_DESCRIPTION = (
     "Record (or resume: the same command continues; Ctrl-C loses at most one chunk) the evaluation set of each "
     "(family, mode) into OUT/<model>-<mode>.npz. Sources: its suite's histories (no evaluation; checked by "
@@ -56,26 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rec.add_argument("--suite-out", help="the suite's results, their histories (default: each family's suite, "
                      "docs/results/core or docs/results/real)")
     rec.add_argument("--no-suite", action="store_true", help="do not read the suite's histories")
-    rec.add_argument("--random", type=int, default=DEFAULTS["random"], help="random rows per spread per seed")
-    rec.add_argument("--spreads", default=DEFAULTS["spreads"], help="random spreads: 'uniform' (in [-1, 1]) or s "
+    rec.add_argument("--random", type=int, default=RECORD["random"], help="random rows per spread per seed")
+    rec.add_argument("--spreads", default=joined(RECORD["spreads"]), help="random spreads: 'uniform' (in [-1, 1]) or s "
                      "(N(0, s) clipped)")
-    rec.add_argument("--heuristics", default=DEFAULTS["heuristics"], help="heuristics at every target (flap: "
+    rec.add_argument("--heuristics", default=joined(RECORD["heuristics"]), help="heuristics at every target (flap: "
                      "structured only)")
-    rec.add_argument("--atp-trials", type=int, default=DEFAULTS["atp_trials"], help="ATP common differences per target")
-    rec.add_argument("--perturb", type=int, default=DEFAULTS["perturb"], help="perturbations of the best allocations "
+    rec.add_argument("--atp-trials", type=int, default=RECORD["atp_trials"], help="ATP common differences per target")
+    rec.add_argument("--perturb", type=int, default=RECORD["perturb"], help="perturbations of the best allocations "
                      "per seed")
-    rec.add_argument("--fidelity", type=int, default=DEFAULTS["fidelity"], help="allocations per seed measured at full "
+    rec.add_argument("--fidelity", type=int, default=RECORD["fidelity"], help="allocations per seed measured at full "
                      "and every reduced fidelity")
-    rec.add_argument("--fidelity-windows", default=DEFAULTS["fidelity_windows"], help="reduced fidelities (reward "
+    rec.add_argument("--fidelity-windows", default=joined(RECORD["fidelity_windows"]), help="reduced fidelities (reward "
                      "windows below the env's)")
-    rec.add_argument("--held-out", type=float, default=DEFAULTS["held_out"], help="share of the random, heuristic and "
+    rec.add_argument("--held-out", type=float, default=RECORD["held_out"], help="share of the random, heuristic and "
                      "perturbed rows that also get the held-out ppl (about 6.5 reward evaluations each)")
     rec.add_argument("--targets", help="comma-separated targets of the new rows (default: structured 0.1-0.6 by 0.05, "
                      "unstructured 0.1-0.4 by 0.1 and 0.5-0.8 by 0.05)")
-    rec.add_argument("--task-weight", type=int, default=DEFAULTS["task_weight"], help="the suite tasks' targets are "
+    rec.add_argument("--task-weight", type=int, default=RECORD["task_weight"], help="the suite tasks' targets are "
                      "drawn this many times as often")
-    rec.add_argument("--chunk", type=int, default=DEFAULTS["chunk"], help="most evaluations between two saves")
-    rec.add_argument("--verify", type=int, default=DEFAULTS["verify"], help="suite rows re-measured before the suite's "
+    rec.add_argument("--chunk", type=int, default=RECORD["chunk"], help="most evaluations between two saves")
+    rec.add_argument("--verify", type=int, default=RECORD["verify"], help="suite rows re-measured before the suite's "
                      "rows are kept (0: none)")
     rec.add_argument("--sample-seed", type=int, default=0, help="seed of every draw")
     rec.add_argument("--env-kwarg", action="append", metavar="KEY=VALUE", help="override an env setting (repeatable; "

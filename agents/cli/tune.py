@@ -14,10 +14,9 @@ import argparse
 from pathlib import Path
 
 from ffprune.agents.cli.common import add_env_arguments, add_study_arguments, env_kwargs, interrupted, parse_names
+from ffprune.agents.defaults import TUNE_SEEDS, TUNE_TASKS, joined
 
 NAME = "tune"
-DEFAULTS = {"tasks": "llama-s0.5,mistral-s0.5,opt-s0.5", "seeds": "10,11,12"}
-"""The defaults of :mod:`ffprune.agents.experiments.tune` (written out here so that ``--help`` imports nothing heavy)."""
 HELP = "tune a method's settings (a grid of variants) on the reward split, on seeds the suite does not use"
 
 
@@ -31,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default, the method's own settings, is always run)")
     p.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                    help="a custom variant (repeatable), e.g. 'wide:hidden=[512,512],learning_rate=3e-4'")
-    p.add_argument("--tasks", help=f"comma-separated tasks of the suite (default: {DEFAULTS['tasks']} on core, every "
+    p.add_argument("--tasks", help=f"comma-separated tasks of the suite (default: {joined(TUNE_TASKS)} on core, every "
                    "task of another suite)")
-    p.add_argument("--seeds", default=DEFAULTS["seeds"], help="comma-separated seeds (not 0-2: the suite's held-out "
+    p.add_argument("--seeds", default=joined(TUNE_SEEDS), help="comma-separated seeds (not 0-2: the suite's held-out "
                    "protocol uses them)")
     p.add_argument("--budget", type=int, help="evaluations per search (default: the suite's; another budget tunes for "
                    "another protocol)")

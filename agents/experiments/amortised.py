@@ -41,6 +41,7 @@ import numpy as np
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import beside
 from ffenv.registration import TASK_TARGETS, family_env_id, family_id
+from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET
 from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs
@@ -62,15 +63,14 @@ class ModeProtocol:
     """The suite's targets of the mode (its tasks ``<family>-s0.3`` ...)."""
 
 
-PROTOCOL: dict[str, ModeProtocol] = {
-    "structured": ModeProtocol((0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6),
-                               TASK_TARGETS["structured"]),
-    "unstructured": ModeProtocol((0.5, 0.55, 0.6, 0.65, 0.75, 0.8),
-                                 TASK_TARGETS["unstructured"]),
-}
-TRAIN_BUDGET = 300
+TRAIN_TARGETS: dict[str, tuple[float, ...]] = {"structured": (0.2, 0.25, 0.35, 0.4, 0.45, 0.55, 0.6),
+                                               "unstructured": (0.5, 0.55, 0.6, 0.65, 0.75, 0.8)}
+"""Each mode's training targets: between and around the suite's, none of them a test target."""
+PROTOCOL: dict[str, ModeProtocol] = {mode: ModeProtocol(TRAIN_TARGETS[mode], TASK_TARGETS[mode])
+                                     for mode in AMORTISED_MODES}
+TRAIN_BUDGET = AMORTISED_TRAIN_BUDGET
 """Evaluations of one policy's training (per family, mode and seed)."""
-REFINE = 20
+REFINE = AMORTISED_REFINE
 """Evaluations of a refinement at one test target."""
 PER_TARGET_BUDGET = 100
 """The ``core`` suite's budget per target (the per-target methods' cells)."""

@@ -79,6 +79,7 @@ from ffenv.registration import (
 )
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
+from ffprune.agents.defaults import RECORD, RECORD_FIDELITY_WINDOWS, RECORD_HEURISTICS, RECORD_SPREADS
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.suite import family_suite, family_targets, get_suite
@@ -102,11 +103,11 @@ TARGETS = {"structured": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55,
            "unstructured": (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)}
 """Targets of the new rows: the suite's, the amortised protocol's (structured 0.2-0.6, unstructured 0.5-0.8) and
 what the curriculum ramps through below them (from 0.05; lower targets are in the suite's curriculum episodes)."""
-SPREADS = ("uniform", 0.1, 0.3, 0.6)
-HEURISTICS = ("uniform", "owl", "alphapruning", "flap", "dlp", "atp")
+SPREADS = RECORD_SPREADS
+HEURISTICS = RECORD_HEURISTICS
 CALIBRATION_PASSES = ("flap", "dlp")
 """Heuristics that run one calibration pass per target (≈ one reward evaluation each)."""
-FIDELITY_WINDOWS = (2, 4, 8, 16)
+FIDELITY_WINDOWS = RECORD_FIDELITY_WINDOWS
 SECONDS_PER_EVALUATION = {"structured": 0.7, "unstructured": 1.0}
 """One reward evaluation on all 32 windows of a bundled model, on one CPU core (one torch thread): the ``core`` suite's
 random-search cells, which ran two cells side by side on 2 cores, spent 0.56-0.79 s (structured) and 0.93-1.11 s
@@ -138,33 +139,33 @@ def _fidelity_cost(windows: int, full: int) -> float:
 class RecordSettings:
     """What one (family, mode)'s evaluation set samples per env seed (see the module docstring); stored in the file."""
 
-    random: int = 50
+    random: int = RECORD["random"]
     """Rows per random spread."""
     spreads: tuple[str | float, ...] = SPREADS
     """``"uniform"`` (actions uniform in ``[-1, 1]``) or ``s > 0`` (``N(0, s)`` clipped)."""
     heuristics: tuple[str, ...] = HEURISTICS
     """Heuristics at every target (FLAP only in structured mode)."""
-    atp_trials: int = 4
+    atp_trials: int = RECORD["atp_trials"]
     """ATP's common differences per target (evenly spaced over its feasible range)."""
-    perturb: int = 100
+    perturb: int = RECORD["perturb"]
     """Perturbed rows."""
-    perturb_parents: int = 8
+    perturb_parents: int = RECORD["perturb_parents"]
     """The best allocations at a target a perturbation starts from."""
-    perturb_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    perturb_sigmas: tuple[float, ...] = RECORD["perturb_sigmas"]
     """Noise scales of the perturbations (on the raw action)."""
-    fidelity: int = 40
+    fidelity: int = RECORD["fidelity"]
     """Allocations measured at full and at every reduced fidelity."""
     fidelity_windows: tuple[int, ...] = FIDELITY_WINDOWS
     """The reduced fidelities (those below the env's ``reward_windows``)."""
-    held_out: float = 0.15
+    held_out: float = RECORD["held_out"]
     """Share of the random, heuristic and perturbed rows that also get the held-out ppl."""
     targets: tuple[float, ...] | None = None
     """Targets of the new rows (``None``: :data:`TARGETS` of the mode)."""
-    task_weight: int = 2
+    task_weight: int = RECORD["task_weight"]
     """How many times as often the suite tasks' targets are drawn."""
-    chunk: int = 32
+    chunk: int = RECORD["chunk"]
     """Most evaluations between two saves."""
-    verify: int = 3
+    verify: int = RECORD["verify"]
     """Suite rows measured again before the suite's rows are kept (0: trust them unchecked)."""
     suite: bool = True
     """Read the suite's histories."""

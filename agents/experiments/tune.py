@@ -43,6 +43,7 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import as_json, atomic_write_json, json_or_text, read_json
+from ffprune.agents.defaults import TUNE_SEEDS, TUNE_TASKS
 from ffprune.agents.experiments.bench import cell_path, run_cell
 from ffprune.agents.experiments.claim import late_reward
 from ffprune.agents.experiments.engine import IN_PROCESS, CellFailure, CellSpec, Report, Runner, run_jobs
@@ -78,9 +79,9 @@ episode on all 32 reward windows, the sparsity ramp kept). The heuristics' grids
 (default 0.15)."""
 CURRICULUM_PREFIX = "curriculum."
 """A variant's settings with this prefix go to the curriculum (``curriculum_kwargs`` of the search), not the agent."""
-DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
+DEFAULT_TASKS = TUNE_TASKS
 """The ``core`` suite's tasks a tune runs on by default (another suite's: all its tasks)."""
-DEFAULT_SEEDS = (10, 11, 12)
+DEFAULT_SEEDS = TUNE_SEEDS
 BOOTSTRAP_REPS = 2000
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PAIR_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")  # a comma that starts the next key=value

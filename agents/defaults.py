@@ -1,0 +1,44 @@
+"""The experiments' default settings as plain values, in one place.
+
+The library takes its defaults from here (:class:`~ffprune.agents.experiments.surrogate_record.RecordSettings`,
+the amortised protocol of :mod:`ffprune.agents.experiments.amortised`, :mod:`ffprune.agents.experiments.tune`) and
+so does the command line, for its options and their ``--help``. This module imports nothing but the standard
+library: ``ffprune --help`` starts without torch, and no copy of a default has to be kept equal by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ----------------------------------------------------------------------------- ffprune surrogate record
+RECORD_SPREADS: tuple[str | float, ...] = ("uniform", 0.1, 0.3, 0.6)
+"""Random spreads: ``"uniform"`` (actions uniform in ``[-1, 1]``) or ``s > 0`` (``N(0, s)`` clipped)."""
+RECORD_HEURISTICS: tuple[str, ...] = ("uniform", "owl", "alphapruning", "flap", "dlp", "atp")
+"""The heuristics an evaluation set can hold (all of them by default; FLAP only in structured mode)."""
+RECORD_FIDELITY_WINDOWS: tuple[int, ...] = (2, 4, 8, 16)
+"""The reduced fidelities (reward windows) of the fidelity rows."""
+RECORD: dict[str, Any] = {
+    "random": 50, "spreads": RECORD_SPREADS, "heuristics": RECORD_HEURISTICS, "atp_trials": 4, "perturb": 100,
+    "perturb_parents": 8, "perturb_sigmas": (0.05, 0.1, 0.2), "fidelity": 40, "fidelity_windows": RECORD_FIDELITY_WINDOWS,
+    "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3,
+}
+"""What one (family, mode)'s evaluation set samples per env seed (the fields of ``RecordSettings``)."""
+
+# ----------------------------------------------------------------------------- ffprune amortised
+AMORTISED_MODES: tuple[str, ...] = ("structured", "unstructured")
+"""The modes of the amortised protocol."""
+AMORTISED_TRAIN_BUDGET = 300
+"""Evaluations of one policy's training (per family, mode and seed)."""
+AMORTISED_REFINE = 20
+"""Evaluations of a refinement at one test target."""
+
+# ----------------------------------------------------------------------------- ffprune tune
+TUNE_TASKS: tuple[str, ...] = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
+"""The ``core`` suite's tasks a tune runs on by default (another suite's: all its tasks)."""
+TUNE_SEEDS: tuple[int, ...] = (10, 11, 12)
+"""A tune's search seeds: not 0-2, which the suite's held-out protocol uses."""
+
+
+def joined(values: tuple[Any, ...]) -> str:
+    """``values`` as the command line writes them: comma-separated."""
+    return ",".join(str(v) for v in values)
