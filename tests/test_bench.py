@@ -104,7 +104,7 @@ def test_a_folder_written_before_the_renames_resumes(tmp_path):
 
 
 def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
-    """The one failure policy: a cell that raises is recorded with its error, the other cells finish, the failure record
+    """The one failure policy: a cell that raises is recorded with its error, the other cells finish, the failure list
     lists it until a rerun finishes it."""
     random_run = METHODS["random"].run
 

@@ -45,8 +45,8 @@ from ffprune.agents.experiments.engine import (
     CellSpec,
     CellStore,
     Runner,
-    record_failures,
     run_jobs,
+    save_failures,
 )
 from ffprune.agents.experiments.reports import write_outputs
 from ffprune.agents.experiments.search import (
@@ -225,7 +225,7 @@ def run_cells(spec: BenchSpec | str | None = None, *, out: str | Path = "bench",
     """Run (or resume) every (method, seed) cell of the bench ``spec`` (``settings``: :class:`BenchSpec` fields by
     keyword, replacing the spec's) in ``out`` (:func:`~ffprune.agents.experiments.engine.run_jobs` on ``runner``: in
     process or as Ray tasks); a failing cell is recorded in ``<out>/failures.json`` and the others finish. Returns the
-    finished cells per method and the failure record."""
+    finished cells per method and the failure list."""
     spec = spec_with(BenchSpec, spec, settings, "run_cells", "bench")
     specs = cell_specs(spec.env_id, spec.budget, spec.seeds, spec.methods, out, spec.overrides(progress))
     outcomes = run_jobs(run_cell, specs, runner)
@@ -233,7 +233,7 @@ def run_cells(spec: BenchSpec | str | None = None, *, out: str | Path = "bench",
     for cell_spec, cell in zip(specs, outcomes):
         if not isinstance(cell, (CellFailure, BaseException)):
             cells.setdefault(cell_spec.method, []).append(cell)
-    return cells, record_failures(specs, outcomes)
+    return cells, save_failures(specs, outcomes)
 
 
 def run_bench(spec: BenchSpec | str | None = None, *, out: str | Path = "bench", runner: Runner = IN_PROCESS,
@@ -241,7 +241,7 @@ def run_bench(spec: BenchSpec | str | None = None, *, out: str | Path = "bench",
     """Run/resume all cells of the bench ``spec`` (a :class:`BenchSpec` or an env id) in ``out`` (:func:`run_cells`:
     ``settings`` are :class:`BenchSpec` fields by keyword, as in ``run_bench("FFPrune-OPT-v0", budget=40)``;
     ``runner`` runs the cells here or as Ray tasks), then write the tables and plots of the finished ones; returns
-    the summary rows and the failure record (empty when every cell finished)."""
+    the summary rows and the failure list (empty when every cell finished)."""
     spec = spec_with(BenchSpec, spec, settings, "run_bench", "bench")
     cells, failures = run_cells(spec, out=out, runner=runner, progress=progress)
     return (write_outputs(Path(out), cells, spec.env_id, spec.budget, spec.seeds) if cells else []), failures

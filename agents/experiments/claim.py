@@ -39,7 +39,7 @@ from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure
 from ffenv.registration import formulation_of, twin_env_id
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
-from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, record_failures, run_jobs
+from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, run_jobs, save_failures
 from ffprune.agents.experiments.reports import cost_to_reach
 from ffprune.agents.experiments.suite import REFERENCE, SUITES, normalised
 from ffprune.agents.results import read_result_if_any
@@ -99,7 +99,7 @@ def run_claim(spec: ClaimSpec | None = None, *, out: str | Path, suite_out: str 
     for b in spec.budgets:
         positive_int("budgets", b)
     specs = claim_specs(spec, out, progress)
-    recorded = record_failures(specs, run_jobs(run_cell, specs, runner))  # <folder>/failures.json
+    recorded = save_failures(specs, run_jobs(run_cell, specs, runner))  # <folder>/failures.json
     failures = [{k: v for k, v in f.items() if k != "traceback"} for f in recorded]
     return report_claim(spec, out=out, suite_out=suite_out, failures=failures)
 

@@ -6,7 +6,7 @@ An experiment supplies its jobs, its analysis and its rendering; the engine supp
   and the label its row goes by), the seed, the budget, and the folder its result lives in;
 - :class:`CellStore` — a folder of cells: its layout (``<folder>/cells/<label>/seed<k>.json.gz``, TensorBoard under
   ``<folder>/tb``), its settings manifest (``config.json``: a folder holding other settings is refused in one line),
-  and its one failure record (``failures.json``);
+  and its one failure list (``failures.json``);
 - :class:`Runner` — where an experiment's jobs run (here or on Ray), apart from what the experiment is: each experiment's
   settings are a frozen spec (``SearchSpec``, ``BenchSpec``, ``StudySpec``...), built or updated from keywords by
   :func:`~ffprune.agents.tools.specs.spec_with`;
@@ -54,7 +54,7 @@ R = TypeVar("R")
 MANIFEST = "config.json"
 """A cell folder's settings manifest (:meth:`CellStore.claim`)."""
 FAILURES = "failures.json"
-"""A cell folder's failure record (:meth:`CellStore.record_failures`)."""
+"""A cell folder's failure list (:meth:`CellStore.save_failures`)."""
 
 
 @dataclass(frozen=True)
@@ -196,36 +196,36 @@ class CellStore:
         atomic_write_json(path, with_header(settings, FOLDER_KIND))
 
     def failures(self) -> list[dict[str, Any]]:
-        """The failure record (empty when no cell failed)."""
+        """The failure list (empty when no cell failed)."""
         path = self.folder / FAILURES
-        return list(read_json(path, "failures record")) if path.exists() else []
+        return list(read_json(path, "failure list")) if path.exists() else []
 
-    def record_failures(self, failures: Iterable[CellFailure], attempted: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
-        """Write the failure record: this run's ``failures`` (of this folder) and the earlier ones of cells this run did
+    def save_failures(self, failures: Iterable[CellFailure], attempted: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
+        """Write the failure list: this run's ``failures`` (of this folder) and the earlier ones of cells this run did
         not attempt (``attempted``: (label, seed) pairs) and that are still unfinished; no file when there are none.
-        Returns the record."""
+        Returns the list."""
         attempted = set(attempted)
         earlier = [f for f in self.failures() if (f["method"], f["seed"]) not in attempted
                    and not self.path(f["method"], f["seed"]).exists()]
-        record = earlier + [f.as_dict() for f in failures]
+        listed = earlier + [f.as_dict() for f in failures]
         path = self.folder / FAILURES
-        if record:
-            atomic_write_json(path, record)
+        if listed:
+            atomic_write_json(path, listed)
         elif path.exists():
             path.unlink()
-        return record
+        return listed
 
 
-def record_failures(specs: Sequence[CellSpec], outcomes: Sequence[Any]) -> list[dict[str, Any]]:
-    """Each folder's failure record after a run of ``specs`` (their ``outcomes``, :func:`run_jobs`'s): written by
-    :meth:`CellStore.record_failures`; returns every folder's record, in folder order."""
+def save_failures(specs: Sequence[CellSpec], outcomes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Each folder's failure list after a run of ``specs`` (their ``outcomes``, :func:`run_jobs`'s): written by
+    :meth:`CellStore.save_failures`; returns every folder's list, in folder order."""
     folders = list(dict.fromkeys(spec.folder for spec in specs))
-    records: list[dict[str, Any]] = []
+    listed: list[dict[str, Any]] = []
     for folder in folders:
         mine = [(s, o) for s, o in zip(specs, outcomes) if s.folder == folder]
         failed = [o for _s, o in mine if isinstance(o, CellFailure)]
-        records += CellStore(folder).record_failures(failed, [(s.label, s.seed) for s, _o in mine])
-    return records
+        listed += CellStore(folder).save_failures(failed, [(s.label, s.seed) for s, _o in mine])
+    return listed
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ from ffprune.agents.experiments.bench import (
     run_cell,
     variant_settings,
 )
-from ffprune.agents.experiments.engine import CellSpec, CellStore, Runner, record_failures, run_jobs
+from ffprune.agents.experiments.engine import CellSpec, CellStore, Runner, run_jobs, save_failures
 from ffprune.agents.experiments.reports import AGENT, SUITE_REPORT, cost_to_reach, evaluation_axis, write_outputs
 from ffprune.agents.experiments.rlstats import (
     iqm,
@@ -490,7 +490,7 @@ def run_suite(suite: Suite | str | Path, out: str | Path, overrides: BenchOverri
         raise FFPruneError(f"full_split rows must be methods or variant labels of this run, got {unknown}")
     out = Path(out)
     specs = suite_specs(suite, out, overrides)
-    record_failures(specs, run_jobs(run_cell, specs, runner))
+    save_failures(specs, run_jobs(run_cell, specs, runner))
     cells, failures = read_suite_cells(dataclasses.replace(suite, methods=None), out, surrogate)
     return _report(suite, out, cells, failures, report, measure=True, surrogate=surrogate)
 
@@ -503,7 +503,7 @@ def report_suite(suite: Suite | str | Path, out: str | Path, surrogate: bool = F
 
     The suite's budget and seeds are the ones its cells ran with (each task's ``config.json`` must agree on the
     budget); its ``methods`` pick the rows (``None``: every method and variant label with cells in ``out``:
-    :func:`read_suite_cells`). Missing cells are left out; the failures recorded by :func:`run_suite` are listed.
+    :func:`read_suite_cells`). Missing cells are left out; the failure listed by :func:`run_suite` are listed.
     ``surrogate`` says which suite ``out`` must hold: a real one (a surrogate folder or cell is then a one-line
     :class:`FFPruneError`) or one run on the surrogates.
     """
