@@ -25,7 +25,7 @@ def search(tmp_path, name="r", **kw):
     return run_search(**args)
 
 
-def test_fastforward_is_deterministic_with_a_seed(tmp_path):
+def test_fastforward_is_deterministic_with_a_seed_and_writes_its_result(tmp_path):
     a = search(tmp_path, "a")
     spec = SearchSpec("FFPrune-Llama-v0", "fastforward", 12, 0, env_kwargs=ENV_KW, agent_kwargs=AGENT_KW)
     b = run_search(spec, out=tmp_path / "b.json", logdir=None, progress=False)  # the spec says the same as keywords
@@ -36,6 +36,15 @@ def test_fastforward_is_deterministic_with_a_seed(tmp_path):
     assert a["best"]["action"] != c["best"]["action"]
     assert a["best"]["sparsity"] == pytest.approx(0.3, abs=0.01)
     assert a["cost"]["episodes"] == 12 and a["cost"]["evaluations"] >= 12
+    on_disk = json.loads((tmp_path / "a.json").read_text())  # the result file says what the search returned
+    assert on_disk["complete"] and on_disk["env_id"] == "FFPrune-Llama-v0"
+    assert on_disk["env_kwargs"]["target_sparsity"] == 0.3
+    for key in ("reward_ppl", "eval_ppl", "layer_sparsity", "action", "dense_eval_ppl"):
+        assert key in on_disk["best"]
+    for key in ("evaluations", "tokens", "seconds", "evaluations_to_best"):
+        assert key in on_disk["cost"]
+    assert "torch" in on_disk["versions"]
+    assert a["best"]["eval_ppl"] == on_disk["best"]["eval_ppl"]
 
 
 def test_a_search_spec_takes_its_fields_and_refuses_anything_else():
@@ -46,19 +55,6 @@ def test_a_search_spec_takes_its_fields_and_refuses_anything_else():
         run_search("FFPrune-Llama-v0", budjet=10)  # refused before any model loads
     with pytest.raises(FFPruneError, match="spec must be a SearchSpec or an env id"):
         run_search(3)
-
-
-def test_result_file_contents(tmp_path):
-    r = search(tmp_path)
-    on_disk = json.loads((tmp_path / "r.json").read_text())
-    assert on_disk["complete"] and on_disk["env_id"] == "FFPrune-Llama-v0"
-    assert on_disk["env_kwargs"]["target_sparsity"] == 0.3
-    for key in ("reward_ppl", "eval_ppl", "layer_sparsity", "action", "dense_eval_ppl"):
-        assert key in on_disk["best"]
-    for key in ("evaluations", "tokens", "seconds", "evaluations_to_best"):
-        assert key in on_disk["cost"]
-    assert "torch" in on_disk["versions"]
-    assert r["best"]["eval_ppl"] == on_disk["best"]["eval_ppl"]
 
 
 def test_save_load_and_warm_start(tmp_path):
