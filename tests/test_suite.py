@@ -148,7 +148,7 @@ def test_a_failing_cell_does_not_stop_the_suite(tmp_path, flaky_method, two_task
 def test_analysis_needs_the_reference():
     suite = get_suite("core")
     with pytest.raises(FFPruneError, match="uniform"):
-        analyse(suite, {t.name: {"random": []} for t in suite.tasks}, 3, 1)
+        analyse(suite.but(3, 1), {t.name: {"random": []} for t in suite.tasks})
 
 
 def _cell(seed: int, rewards: list[float], tokens_each: int, final_ppl: float, target: float = 0.3) -> dict:
@@ -187,7 +187,7 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
     (tmp_path / "llama-s0.3").mkdir()
     picks = equal_token_picks(suite, cells, tmp_path, measure=False)  # a report alone measures nothing
     assert evaluated == [] and picks["llama-s0.3"]["cells"]["random/seed0"].get("eval_ppl") is None
-    partial = analyse(suite, cells, 3, 2, reps=50, equal_tokens=picks)  # seed 1's pick is its final best: scored
+    partial = analyse(suite.but(3, 2), cells, reps=50, equal_tokens=picks)  # seed 1's pick is its final best: scored
     assert "random" not in partial["aggregate"]["equal_tokens"]  # no IQM from some seeds only
     picks = equal_token_picks(suite, cells, tmp_path)
     assert picks["llama-s0.3"]["tokens"] == 300
@@ -196,7 +196,7 @@ def test_equal_tokens_scores_the_best_allocation_within_the_curriculum_spend(tmp
         "random/seed1": {"episode": 1, "tokens": 100, "reward": 0.7, "eval_ppl": 14.0}}  # its final best: no evaluation
     assert evaluated == [(0.5, "eval")]
     assert equal_token_picks(suite, cells, tmp_path) == picks and len(evaluated) == 1  # cached
-    analysis = analyse(suite, cells, 3, 2, reps=50, equal_tokens=picks)
+    analysis = analyse(suite.but(3, 2), cells, reps=50, equal_tokens=picks)
     rows = {(r["method"], r["seed"]): r for r in analysis["rows"]}
     assert rows[("random", 0)]["eval_ppl_equal_tokens"] == 16.0 and rows[("random", 0)]["score_equal_tokens"] == 0.4
     assert rows[("fastforward", 0)]["eval_ppl_equal_tokens"] == 15.0  # within its own spend: its result
@@ -245,7 +245,7 @@ def test_full_split_measures_the_median_seed_of_the_rows_asked_once(tmp_path, mo
     assert full_split_scores(suite, cells, tmp_path) == full and len(measured) == 2  # read back, nothing measured
     cells["llama-s0.3"]["random"][2]["best"]["action"] = [0.65]  # that cell ran again: its entry is stale
     assert set(full_split_scores(suite, cells, tmp_path)["llama-s0.3"]["rows"]) == {"uniform"}
-    analysis = analyse(suite, cells, 3, 3, reps=50)
+    analysis = analyse(suite.but(3, 3), cells, reps=50)
     analysis["full_split"] = full
     assert "| llama-s0.3 | 5 × 8 | random (2) | 13.00 | 20.60 |" in suite_markdown(analysis)
     with pytest.raises(FFPruneError, match="full_split rows must be"):

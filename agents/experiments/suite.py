@@ -618,7 +618,7 @@ def _report(suite: Suite, out: Path, cells: Cells, failures: list[dict[str, Any]
         if cells[task.name]:
             write_outputs(out / task.name, cells[task.name], task.env_id, budget, seeds)
     tokens = equal_token_picks(suite, cells, out, measure=measure)
-    analysis = analyse(suite, cells, budget, seeds, reps=reps, failures=failures, equal_tokens=tokens)
+    analysis = analyse(suite, cells, reps=reps, failures=failures, equal_tokens=tokens)
     if labels is not None:
         analysis["surrogate"] = labels
     full = full_split_scores(suite, cells, out, report.full_split if measure and report.full_split else None)
@@ -688,12 +688,12 @@ SCORE_KINDS = {"plain": "score", "calib": "score_calib", "equal_tokens": "score_
 the best allocation within the curriculum's token spend (:func:`equal_token_picks`)."""
 
 
-def analyse(suite: Suite, cells: Cells, budget: int, seeds: int, reps: int = 2000,
-            failures: Sequence[dict[str, Any]] = (),
+def analyse(suite: Suite, cells: Cells, *, reps: int = 2000, failures: Sequence[dict[str, Any]] = (),
             equal_tokens: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Normalised scores of every finished cell and the aggregate statistics (module docstring); ``failures`` (the
-    cells that raised) are listed in the result; ``equal_tokens`` (:func:`equal_token_picks`) adds the aggregate at
-    equal tokens."""
+    """Normalised scores of every finished cell of ``suite`` (at its budget and seeds) and the aggregate statistics
+    (module docstring); ``failures`` (the cells that raised) are listed in the result; ``equal_tokens``
+    (:func:`equal_token_picks`) adds the aggregate at equal tokens."""
+    budget, seeds = suite.budget, suite.seeds
     rows = _score_rows(suite, cells, failures, equal_tokens)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in SCORE_KINDS}
     unmeasured = {row["method"] for row in rows if row["score"] is not None and row["score_equal_tokens"] is None}

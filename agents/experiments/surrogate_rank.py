@@ -83,7 +83,7 @@ def suite_analysis(suite: Suite, out: str | Path, surrogate: bool, reps: int, fl
     _check_folder(suite, out, surrogate, flag)
     cells, failures = read_suite_cells(suite, out, surrogate)
     labels = suite_surrogates(suite, cells, surrogate)
-    analysis = analyse(suite, cells, suite.budget, suite.seeds, reps=reps, failures=failures)
+    analysis = analyse(suite, cells, reps=reps, failures=failures)
     if labels is not None:
         analysis["surrogate"] = labels
     return analysis
