@@ -45,7 +45,7 @@ EDGES: dict[str, str] = {
 ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
     (None, [("ffenv", "ffenv/", "config.py (EnvConfig) · registration.py (ids, resolve_config) · errors.py · io.py · "
                                 "zoo/ (bundled tiny models)")]),
-    ("corpus", [("ffenv", "ffenv/lm/", "data.py: corpora, calib / eval splits, token windows, on-disk cache")]),
+    ("corpus", [("ffenv", "ffenv/lm/", "data.py: corpora, train / reward / eval splits, token windows, on-disk cache")]),
     ("model", [("ffenv", "ffenv/lm/", "models.py (load, Block views, load_pruned) · sources.py (real models, GGUF) · "
                                         "pruned_modeling.py · forking.py")]),
     ("importance (once)", [("ffenv", "ffenv/pruning/", "importance.py: Wanda |W|·‖X‖₂ from one calibration pass")]),
@@ -62,7 +62,7 @@ ROWS: list[tuple[str | None, list[tuple[str, str, str]]]] = [
                                                            "factory.py (gym entry point) · ray_workers.py")]),
     ("methods", [("ffprune.baselines", "baselines/", "allocators.py · heuristics.py · search.py"),
                  ("ffprune.agents", "agents/methods/", "registry.py · fastforward.py · sb3.py · amc.py")]),
-    ("engine", [("ffprune.agents", "agents/experiments/ + results.py",
+    ("engine", [("ffprune.agents", "agents/experiments/ + results.py + defaults.py",
                   "engine.py (CellSpec · CellStore · run_jobs · Report) · ray_tasks · search · bench · suite · reports · "
                   "rlstats")]),
     ("experiments / tools", [("ffprune.agents", "agents/experiments/",
