@@ -14,8 +14,8 @@ from ffprune.agents.cli import main
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.search import run_search
 from ffprune.agents.experiments.tune import (
+    DEFAULT_VARIANT,
     GRIDS,
-    REFERENCE,
     TuneSpec,
     parse_variant,
     report_tune,
@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(tiny, capsys):
     out, variants, analysis = tiny
-    assert list(variants) == [REFERENCE, "squash"] and variants["squash"] == {"squash": True}
+    assert list(variants) == [DEFAULT_VARIANT, "squash"] and variants["squash"] == {"squash": True}
     for variant in variants:
         cell = read_result(cell_path(out / variant / TASK, "fastforward", 10))
         assert cell["complete"] and cell["seed"] == 10 and cell["budget"] == 4
@@ -50,9 +50,9 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
         assert json.loads((out / variant / "variant.json").read_text()) == {"agent_kwargs": variants[variant]}
     rows = {r["variant"]: r for r in analysis["rows"]}
     summary = {s["variant"]: s for s in analysis["summary"]}
-    gap = rows["squash"]["best_reward"] - rows[REFERENCE]["best_reward"]
+    gap = rows["squash"]["best_reward"] - rows[DEFAULT_VARIANT]["best_reward"]
     assert summary["squash"]["difference"]["mean"] == pytest.approx(gap) and summary["squash"]["difference"]["pairs"] == 1
-    assert analysis["selected"] == max(summary, key=lambda v: (summary[v]["mean"], v == REFERENCE))
+    assert analysis["selected"] == max(summary, key=lambda v: (summary[v]["mean"], v == DEFAULT_VARIANT))
     md, js = (out / "tune.md").read_bytes(), (out / "tune.json").read_bytes()
     argv = ["tune", "--out", str(out), "--variants", "squash", "--tasks", TASK, "--seeds", "10", "--report-only"]
     assert main(argv) == 0
@@ -76,21 +76,21 @@ def test_a_tiny_tune_writes_its_cells_and_a_report_that_report_only_reproduces(t
 def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_the_selection(tmp_path, capsys):
     """A heuristic is deterministic: one seed; a setting its own range check refuses at the task's target (OWL's λ
     far too wide for 50 %) is listed as infeasible, not a failure, and the selection among the others is final."""
-    variants = {REFERENCE: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
+    variants = {DEFAULT_VARIANT: {}, "lam0.02-m3": {"lam": 0.02, "m": 3.0}, "wide": {"lam": 0.4}}
     out = tmp_path / "owl"
     analysis = run_tune(TuneSpec("owl", variants, [TASK], [10, 11], env_kwargs=ENV_KW), out=out, progress=False)
-    assert analysis["seeds"] == [10] and not cell_path(out / REFERENCE / TASK, "owl", 11).exists()
+    assert analysis["seeds"] == [10] and not cell_path(out / DEFAULT_VARIANT / TASK, "owl", 11).exists()
     assert [f["variant"] for f in analysis["infeasible"]] == ["wide"] and "lam" in analysis["infeasible"][0]["message"]
     assert analysis["failures"] == [] and analysis["missing"] == []
-    assert analysis["selected"] in (REFERENCE, "lam0.02-m3")
+    assert analysis["selected"] in (DEFAULT_VARIANT, "lam0.02-m3")
     assert "out of the selection" in (out / "tune.md").read_text()
-    if analysis["selected"] != REFERENCE:
+    if analysis["selected"] != DEFAULT_VARIANT:
         assert selected_settings(out).settings == {"lam": 0.02, "m": 3.0}
     with pytest.raises(FFPruneError, match=r"\['gamma'\] are not owl settings"):
-        run_tune(out=tmp_path / "bad", method="owl", variants={REFERENCE: {}, "g": {"gamma": 1}}, tasks=[TASK], seeds=[10],
+        run_tune(out=tmp_path / "bad", method="owl", variants={DEFAULT_VARIANT: {}, "g": {"gamma": 1}}, tasks=[TASK], seeds=[10],
                  progress=False)
     with pytest.raises(FFPruneError, match="tasks must be real suite tasks"):
-        run_tune(out=tmp_path / "bad", method="owl", variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], suite="real",
+        run_tune(out=tmp_path / "bad", method="owl", variants={DEFAULT_VARIANT: {}}, tasks=[TASK], seeds=[10], suite="real",
                  progress=False)
     assert GRIDS["owl"]["lam0.05-m7"] == {"lam": 0.05, "m": 7.0} and len(GRIDS["owl"]) == 20
 
@@ -98,9 +98,9 @@ def test_a_heuristic_tune_runs_once_per_task_and_a_setting_it_refuses_is_out_of_
 @pytest.mark.slow
 def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
     out, _variants, _ = tiny  # the default cell is finished: only full32's runs
-    run_tune(out=out, variants={REFERENCE: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10],
+    run_tune(out=out, variants={DEFAULT_VARIANT: {}, "full32": GRIDS["fastforward"]["full32"]}, tasks=[TASK], seeds=[10],
              budget=4, env_kwargs=ENV_KW, progress=False)
-    default, full = (read_result(cell_path(out / v / TASK, "fastforward", 10)) for v in (REFERENCE, "full32"))
+    default, full = (read_result(cell_path(out / v / TASK, "fastforward", 10)) for v in (DEFAULT_VARIANT, "full32"))
     assert full["curriculum_kwargs"] == {"fidelity_schedule": "none"} and "curriculum_kwargs" not in default
     assert full["agent_config"] == default["agent_config"]
     assert {h["windows"] for h in full["history"]} == {ENV_KW["reward_windows"]}
@@ -110,13 +110,13 @@ def test_a_curriculum_variant_changes_the_schedule_not_the_agent(tiny):
 def test_a_folder_holding_other_settings_is_refused(tiny):
     out, _variants, _ = tiny
     with pytest.raises(FFPruneError, match="holds a variant with other settings"):
-        run_tune(out=out, variants={REFERENCE: {}, "squash": {"squash": True, "clip_coef": 0.3}}, tasks=[TASK],
+        run_tune(out=out, variants={DEFAULT_VARIANT: {}, "squash": {"squash": True, "clip_coef": 0.3}}, tasks=[TASK],
                  seeds=[10], budget=4, env_kwargs=ENV_KW, progress=False)
     with pytest.raises(FFPruneError, match="holds a tune with other settings"):
-        run_tune(out=out, variants={REFERENCE: {}}, tasks=[TASK], seeds=[10], budget=5, env_kwargs=ENV_KW, progress=False)
+        run_tune(out=out, variants={DEFAULT_VARIANT: {}}, tasks=[TASK], seeds=[10], budget=5, env_kwargs=ENV_KW, progress=False)
 
 
-SETTINGS = {REFERENCE: {}, "lo": {"clip_coef": 0.2}, "hi": {"clip_coef": 0.3}, "other": {"clip_coef": 0.25}}
+SETTINGS = {DEFAULT_VARIANT: {}, "lo": {"clip_coef": 0.2}, "hi": {"clip_coef": 0.3}, "other": {"clip_coef": 0.25}}
 
 
 def _fake_cell(path, reward, eval_ppl):
@@ -140,11 +140,11 @@ def _fake_tune(out, rewards, tasks=("llama-s0.5", "opt-s0.5"), seeds=(10, 11)):
 
 
 def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp_path):
-    analysis = _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7],
+    analysis = _fake_tune(tmp_path / "a", {DEFAULT_VARIANT: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7],
                                            "hi": [0.6, 0.7, 0.6, 0.9]})
     summary = {s["variant"]: s for s in analysis["summary"]}
     assert analysis["selected"] == "hi" and summary["hi"]["mean"] == pytest.approx(0.7)
-    assert summary[REFERENCE]["task_means"] == pytest.approx({"llama-s0.5": 0.55, "opt-s0.5": 0.75})
+    assert summary[DEFAULT_VARIANT]["task_means"] == pytest.approx({"llama-s0.5": 0.55, "opt-s0.5": 0.75})
     d = summary["hi"]["difference"]
     assert d["mean"] == pytest.approx(0.05) and d["wins"] == 3 and d["pairs"] == 4
     assert d["std"] == pytest.approx(0.1) and d["low"] <= d["mean"] <= d["high"]
@@ -152,30 +152,30 @@ def test_selection_is_the_highest_mean_best_reward_and_a_tie_goes_to_default(tmp
     text = (tmp_path / "a" / "tune.md").read_text()
     assert "Selected: **hi**" in text and "| hi | clip_coef=0.3 | 0.6500 | 0.7500 | 0.7000 | +0.0500 ± 0.1000 |" in text
     assert "987" not in text and "11.11" not in text and "eval_ppl" not in (tmp_path / "a" / "tune.json").read_text()
-    tie = _fake_tune(tmp_path / "t", {"other": [0.6, 0.6, 0.6, 0.6], REFERENCE: [0.6, 0.6, 0.6, 0.6]})
-    assert tie["selected"] == REFERENCE
+    tie = _fake_tune(tmp_path / "t", {"other": [0.6, 0.6, 0.6, 0.6], DEFAULT_VARIANT: [0.6, 0.6, 0.6, 0.6]})
+    assert tie["selected"] == DEFAULT_VARIANT
     # an unfinished variant is not selected; an unfinished default leaves nothing selected
     (cell_path(tmp_path / "a" / "hi" / "opt-s0.5", "fastforward", 11)).unlink()
     failed = {"variant": "hi", "task": "opt-s0.5", "seed": 11, "error": "RuntimeError", "message": "boom"}
     atomic_write_json(tmp_path / "a" / "failures.json", [failed, {**failed, "seed": 10}])  # seed 10 finished since
-    again = report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+    again = report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (DEFAULT_VARIANT, "lo", "hi")},
                                  ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")
-    assert again["selected"] == REFERENCE and again["missing"] == [{"variant": "hi", "task": "opt-s0.5", "seed": 11}]
+    assert again["selected"] == DEFAULT_VARIANT and again["missing"] == [{"variant": "hi", "task": "opt-s0.5", "seed": 11}]
     assert again["failures"] == [failed] and "incomplete (3 / 4)" in tune_markdown(again)
     assert "- hi opt-s0.5 seed 11: RuntimeError: boom" in tune_markdown(again)
-    (cell_path(tmp_path / "a" / REFERENCE / "opt-s0.5", "fastforward", 11)).unlink()
-    assert report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo")},
+    (cell_path(tmp_path / "a" / DEFAULT_VARIANT / "opt-s0.5", "fastforward", 11)).unlink()
+    assert report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (DEFAULT_VARIANT, "lo")},
                                 ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")["selected"] is None
 
 
 def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
-    _fake_tune(tmp_path / "a", {REFERENCE: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7], "hi": [0.6, 0.7, 0.6, 0.9]})
+    _fake_tune(tmp_path / "a", {DEFAULT_VARIANT: [0.5, 0.6, 0.7, 0.8], "lo": [0.4, 0.6, 0.7, 0.7], "hi": [0.6, 0.7, 0.6, 0.9]})
     assert selected_settings(tmp_path / "a") == ("fastforward", "hi", {"clip_coef": 0.3}, [10, 11], 100, "core")
-    _fake_tune(tmp_path / "t", {"other": [0.6] * 4, REFERENCE: [0.6] * 4})
+    _fake_tune(tmp_path / "t", {"other": [0.6] * 4, DEFAULT_VARIANT: [0.6] * 4})
     with pytest.raises(FFPruneError, match="selected 'default' .*nothing new to run"):
         selected_settings(tmp_path / "t")
     cell_path(tmp_path / "a" / "lo" / "opt-s0.5", "fastforward", 11).unlink()  # hi is still the best, but not for good
-    report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (REFERENCE, "lo", "hi")},
+    report_tune(TuneSpec("fastforward", {v: SETTINGS[v] for v in (DEFAULT_VARIANT, "lo", "hi")},
                          ["llama-s0.5", "opt-s0.5"], [10, 11]), out=tmp_path / "a")
     with pytest.raises(FFPruneError, match=r"1 unfinished cell\(s\), so its selection \('hi' so far\) is not final"):
         selected_settings(tmp_path / "a")
@@ -188,15 +188,15 @@ def test_the_selected_settings_are_read_from_a_finished_tune_only(tmp_path):
 
 
 def test_variants_come_from_the_grid_and_from_the_command_line():
-    assert list(GRIDS["fastforward"]) == [REFERENCE, "batch4", "squash", "clip0.3", "mean", "lr3e-4", "full32"]
-    assert list(GRIDS["ppo"]) == [REFERENCE, "n_steps8", "clip0.3", "ent0", "lr1e-3", "epochs4", "full32"]
+    assert list(GRIDS["fastforward"]) == [DEFAULT_VARIANT, "batch4", "squash", "clip0.3", "mean", "lr3e-4", "full32"]
+    assert list(GRIDS["ppo"]) == [DEFAULT_VARIANT, "n_steps8", "clip0.3", "ent0", "lr1e-3", "epochs4", "full32"]
     assert parse_variant("f:curriculum.fidelity_start=1,clip_coef=0.3") == (
         "f", {"curriculum.fidelity_start": 1, "clip_coef": 0.3})
     assert tune_variants("ppo") == GRIDS["ppo"]
     assert parse_variant("wide:hidden=[64,64],learning_rate=3e-4") == ("wide", {"hidden": [64, 64], "learning_rate": 3e-4})
     chosen = tune_variants("fastforward", ["mean"], [parse_variant("wide:hidden=[64,64]")])
-    assert chosen == {REFERENCE: {}, "mean": {"mean_episode": True}, "wide": {"hidden": [64, 64]}}
-    assert tune_variants("random", None, [("few", {"batch": 4})]) == {REFERENCE: {}, "few": {"batch": 4}}
+    assert chosen == {DEFAULT_VARIANT: {}, "mean": {"mean_episode": True}, "wide": {"hidden": [64, 64]}}
+    assert tune_variants("random", None, [("few", {"batch": 4})]) == {DEFAULT_VARIANT: {}, "few": {"batch": 4}}
 
 
 @pytest.mark.parametrize(("argv", "match"), [

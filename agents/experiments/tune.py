@@ -56,20 +56,21 @@ from ffprune.agents.tools.specs import spec_with
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "default"
-"""The variant every other is compared with: the method's own settings (no overrides)."""
+DEFAULT_VARIANT = "default"
+"""The variant every other is compared with: the method's own settings (no overrides); not the suite's reference
+method (:data:`ffprune.agents.experiments.suite.REFERENCE`, uniform)."""
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
-    "fastforward": {REFERENCE: {}, "batch4": {"batch_episodes": 4}, "squash": {"squash": True},
+    "fastforward": {DEFAULT_VARIANT: {}, "batch4": {"batch_episodes": 4}, "squash": {"squash": True},
                     "clip0.3": {"clip_coef": 0.3}, "mean": {"mean_episode": True}, "lr3e-4": {"learning_rate": 3e-4},
                     "full32": {"curriculum.fidelity_schedule": "none"}},
-    "ppo": {REFERENCE: {}, "n_steps8": {"n_steps": 8, "batch_size": 8}, "clip0.3": {"clip_range": 0.3},
+    "ppo": {DEFAULT_VARIANT: {}, "n_steps8": {"n_steps": 8, "batch_size": 8}, "clip0.3": {"clip_range": 0.3},
             "ent0": {"ent_coef": 0.0}, "lr1e-3": {"learning_rate": 1e-3}, "epochs4": {"n_epochs": 4},
             "full32": {"curriculum.fidelity_schedule": "none"}},
     # the heuristics' settings chosen on 7 B-class LLaMA models, over the ranges their authors searched or published
-    "owl": {REFERENCE: {}, **{f"lam{lam:g}-m{m:g}": {"lam": lam, "m": m} for lam in (0.02, 0.05, 0.08, 0.1, 0.2)
+    "owl": {DEFAULT_VARIANT: {}, **{f"lam{lam:g}-m{m:g}": {"lam": lam, "m": m} for lam in (0.02, 0.05, 0.08, 0.1, 0.2)
                               for m in (3.0, 5.0, 7.0, 10.0) if (lam, m) != (0.08, 5.0)}},
-    "alphapruning": {REFERENCE: {}, **{f"eps{eps:g}": {"eps": eps} for eps in (0.1, 0.2, 0.4, 0.5, 0.6)}},
-    "dlp": {REFERENCE: {}, **{f"alpha{a:g}": {"alpha": a} for a in (0.05, 0.1, 0.2, 0.25)}},
+    "alphapruning": {DEFAULT_VARIANT: {}, **{f"eps{eps:g}": {"eps": eps} for eps in (0.1, 0.2, 0.4, 0.5, 0.6)}},
+    "dlp": {DEFAULT_VARIANT: {}, **{f"alpha{a:g}": {"alpha": a} for a in (0.05, 0.1, 0.2, 0.25)}},
 }
 """The built-in grids: method → variant name → settings (``default`` first: the method's own settings). A setting is
 the agent's keyword, or ``curriculum.<setting>`` for the curriculum's (:data:`CURRICULUM_PREFIX`; ``full32``: every
@@ -121,19 +122,19 @@ def tune_variants(method: str, names: Sequence[str] | None = None,
     if grid is None and not pairs:
         raise FFPruneError(f"method {method!r} has no built-in grid (grids: {sorted(GRIDS)}); give its variants with "
                            "--variant NAME:key=value,key=value")
-    grid = grid or {REFERENCE: {}}
+    grid = grid or {DEFAULT_VARIANT: {}}
     if names is not None:
         unknown = [n for n in names if n not in grid]
         if unknown:
             raise FFPruneError(f"variants {unknown} are not in the {method} grid {list(grid)}")
-    chosen = {n: dict(k) for n, k in grid.items() if n == REFERENCE or names is None or n in names}
+    chosen = {n: dict(k) for n, k in grid.items() if n == DEFAULT_VARIANT or names is None or n in names}
     for name, kwargs in pairs:
         if not VARIANT_NAME.match(name):
             raise FFPruneError(f"variant names are letters, digits, . _ + -, got {name!r}")
         if name in chosen:
             raise FFPruneError(f"variant {name!r} is already defined ({chosen[name]}); give the custom variant another name")
         if not kwargs:
-            raise FFPruneError(f"variant {name!r} sets nothing: the method's own settings are the {REFERENCE!r} variant")
+            raise FFPruneError(f"variant {name!r} sets nothing: the method's own settings are the {DEFAULT_VARIANT!r} variant")
         chosen[name] = dict(kwargs)
     for name, kwargs in chosen.items():
         check_agent_kwargs(method, kwargs, name)
@@ -235,7 +236,7 @@ class TuneSpec:
     method: str = "fastforward"
     """The method tuned (any registered name)."""
     variants: Mapping[str, Mapping[str, Any]] | None = None
-    """Variant name → its settings (agent keywords and ``curriculum.<setting>``; :data:`REFERENCE` must be one, with
+    """Variant name → its settings (agent keywords and ``curriculum.<setting>``; :data:`DEFAULT_VARIANT` must be one, with
     none); default the method's whole grid (:func:`tune_variants`)."""
     tasks: Sequence[str] | None = None
     """Tasks of ``suite`` (default: :func:`default_tasks`)."""
@@ -255,8 +256,8 @@ class TuneSpec:
         method = get_method(self.method).name
         tasks = default_tasks(self.suite) if self.tasks is None else self.tasks
         variants = tune_variants(method) if self.variants is None else {n: dict(k) for n, k in self.variants.items()}
-        if REFERENCE not in variants:
-            raise FFPruneError(f"variants must include {REFERENCE!r} (the method's own settings: the reference)")
+        if DEFAULT_VARIANT not in variants:
+            raise FFPruneError(f"variants must include {DEFAULT_VARIANT!r} (the method's own settings: the reference)")
         for name, kwargs in variants.items():
             check_agent_kwargs(method, kwargs, name)
         seeds = tune_seeds(method, self.seeds)
@@ -394,24 +395,24 @@ def _analyse(method: str, config: dict[str, Any], variants: Mapping[str, Mapping
         summary.append({"variant": variant, "agent_kwargs": as_json(dict(kwargs)), "cells": len(mine), "complete": complete,
                         "task_means": task_means, "mean": float(np.mean(list(task_means.values()))) if complete else None,
                         "late_reward_mean": _mean(late[variant]),
-                        "difference": None if variant == REFERENCE else
-                        _difference(mine, rewards[REFERENCE], tasks, seeds)})
+                        "difference": None if variant == DEFAULT_VARIANT else
+                        _difference(mine, rewards[DEFAULT_VARIANT], tasks, seeds)})
     return {"method": method, **({"suite": config["suite"]} if "suite" in config else {}), "budget": config["budget"],
             "env_kwargs": config["env_kwargs"], "tasks": list(tasks),
-            "seeds": list(seeds), "reference": REFERENCE, "selection": "highest mean best reward (reward split); ties "
-            f"go to {REFERENCE}; only variants with every cell finished", "rows": rows, "summary": summary,
+            "seeds": list(seeds), "reference": DEFAULT_VARIANT, "selection": "highest mean best reward (reward split); ties "
+            f"go to {DEFAULT_VARIANT}; only variants with every cell finished", "rows": rows, "summary": summary,
             "selected": select(summary)}
 
 
 def select(summary: Sequence[Mapping[str, Any]]) -> str | None:
-    """The variant with the highest mean best reward among the complete ones; a tie goes to :data:`REFERENCE` (then to
+    """The variant with the highest mean best reward among the complete ones; a tie goes to :data:`DEFAULT_VARIANT` (then to
     the first in order). ``None`` until the reference is complete (nothing to compare with)."""
     complete = [s for s in summary if s["complete"]]
-    if not any(s["variant"] == REFERENCE for s in complete):
+    if not any(s["variant"] == DEFAULT_VARIANT for s in complete):
         return None
     best = max(s["mean"] for s in complete)
     tied = [s["variant"] for s in complete if s["mean"] == best]
-    return REFERENCE if REFERENCE in tied else tied[0]
+    return DEFAULT_VARIANT if DEFAULT_VARIANT in tied else tied[0]
 
 
 class TuneSelection(NamedTuple):
@@ -458,8 +459,8 @@ def selected_settings(out: str | Path) -> TuneSelection:
         so_far = "no variant is selected yet" if selected is None else f"its selection ({selected!r} so far) is not final"
         raise FFPruneError(f"{str(path)!r}: the tune of {method} has {len(missing)} unfinished cell(s), so {so_far}: "
                            f"run `ffprune tune --method {method} --out {out}` again to finish it")
-    if selected == REFERENCE:
-        raise FFPruneError(f"{str(path)!r}: the tune of {method} selected {REFERENCE!r} (the method's own settings): "
+    if selected == DEFAULT_VARIANT:
+        raise FFPruneError(f"{str(path)!r}: the tune of {method} selected {DEFAULT_VARIANT!r} (the method's own settings): "
                            f"nothing new to run, the suite's {method!r} row is already it")
     if selected not in settings or not isinstance(settings[selected], dict):
         raise FFPruneError(f"{str(path)!r} selects {selected!r} but has no settings for it: not a tune report")
