@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ffprune.agents.cli.common import add_study_arguments, interrupted, parse_names
+from ffprune.agents.defaults import CLAIM_BUDGETS, CLAIM_METHODS, CLAIM_SEEDS, CORE_HALF_TASKS, joined
 
 NAME = "claim"
 HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward's suite cells, by evaluations"
@@ -13,12 +14,12 @@ HELP = "the paper's claim measured: multi-step (AMC-style) agents vs FastForward
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``ffprune claim``."""
-    p.add_argument("--tasks", default="llama-s0.5,mistral-s0.5,opt-s0.5",
+    p.add_argument("--tasks", default=joined(CORE_HALF_TASKS),
                    help="comma-separated structured suite tasks (default: the three 50 %% ones of core; a real task "
                    "such as smollm2-s0.2 with --suite-out docs/results/real)")
-    p.add_argument("--budgets", default="100,1000", help="comma-separated budgets of the multi-step searches")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (FastForward's suite cells use 0-2)")
-    p.add_argument("--methods", default="amc-ddpg", help="comma-separated agents for the sequential envs (amc-ddpg, "
+    p.add_argument("--budgets", default=joined(CLAIM_BUDGETS), help="comma-separated budgets of the multi-step searches")
+    p.add_argument("--seeds", type=int, default=CLAIM_SEEDS, help="seeds 0..K-1 (FastForward's suite cells use 0-2)")
+    p.add_argument("--methods", default=joined(CLAIM_METHODS), help="comma-separated agents for the sequential envs (amc-ddpg, "
                    "ppo, sac, td3, ...)")
     add_study_arguments(p, "docs/results/claim", "FastForward's cells")
 

@@ -41,7 +41,7 @@ import numpy as np
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import beside
 from ffenv.registration import TASK_TARGETS, family_env_id, family_id
-from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET
+from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET, SUITE_BUDGET
 from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs
@@ -72,7 +72,7 @@ TRAIN_BUDGET = AMORTISED_TRAIN_BUDGET
 """Evaluations of one policy's training (per family, mode and seed)."""
 REFINE = AMORTISED_REFINE
 """Evaluations of a refinement at one test target."""
-PER_TARGET_BUDGET = 100
+PER_TARGET_BUDGET = SUITE_BUDGET
 """The ``core`` suite's budget per target (the per-target methods' cells)."""
 REAL = {"real": True, "what": "ffprune amortised"}
 """How the study reads results: real ones only (a surrogate result is a one-line error)."""

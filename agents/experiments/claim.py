@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from ffenv.errors import FFPruneError, positive_int
 from ffenv.io import atomic_save_figure
 from ffenv.registration import formulation_of, twin_env_id
+from ffprune.agents.defaults import CLAIM_BUDGETS, CLAIM_METHODS, CLAIM_SEEDS, CORE_HALF_TASKS, SUITE_BUDGET
 from ffprune.agents.experiments.bench import BenchOverrides, cell_path, cell_specs, run_cell
 from ffprune.agents.experiments.engine import IN_PROCESS, CellSpec, Report, Runner, run_jobs, save_failures
 from ffprune.agents.experiments.reports import cost_to_reach
@@ -48,9 +49,8 @@ from ffprune.agents.tools.specs import spec_with
 log = logging.getLogger(__name__)
 
 SINGLE_STEP_AGENT = "fastforward"
-DEFAULT_TASKS = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
-DEFAULT_BUDGETS = (100, 1000)
-REFERENCE_BUDGET = 100
+REFERENCE_BUDGET = SUITE_BUDGET
+"""The budget of FastForward's suite cells, the single-step reference."""
 REAL = {"real": True, "what": "ffprune claim"}
 """How the claim reads cells: real results only (a surrogate cell is a one-line error)."""
 
@@ -60,14 +60,14 @@ class ClaimSpec:
     """What the claim's comparison is (where it writes, where the suite's cells are, where its cells run and whether it
     shows progress are :func:`run_claim`'s own arguments)."""
 
-    tasks: Sequence[str] = DEFAULT_TASKS
+    tasks: Sequence[str] = CORE_HALF_TASKS
     """Structured suite tasks, any suite's (``llama-s0.5`` of ``core``; ``smollm2-s0.2`` of ``real``, whose suite folder
     is then the ``suite_out``); the multi-step agents run on each one's sequential twin."""
-    budgets: Sequence[int] = DEFAULT_BUDGETS
+    budgets: Sequence[int] = CLAIM_BUDGETS
     """Budgets (evaluations) of the multi-step searches."""
-    seeds: int = 3
+    seeds: int = CLAIM_SEEDS
     """Seeds ``0..seeds-1`` (FastForward's suite cells use 0-2)."""
-    methods: Sequence[str] = ("amc-ddpg",)
+    methods: Sequence[str] = CLAIM_METHODS
     """Agents for the sequential envs (``amc-ddpg``, ``ppo``, ``sac``, ...)."""
 
 

@@ -82,6 +82,7 @@ from ffenv.registration import (
     formulation_of,
     resolve_config,
 )
+from ffprune.agents.defaults import SUITE_BUDGET
 from ffprune.agents.experiments.bench import (
     BenchOverrides,
     cell_path,
@@ -137,7 +138,7 @@ class Suite:
 
     name: str
     tasks: tuple[SuiteTask, ...]
-    budget: int = 100
+    budget: int = SUITE_BUDGET
     """Episodes every search method gets per cell (heuristics: one evaluation)."""
     seeds: int = 3
     """Seeds per search method (deterministic methods run once)."""
