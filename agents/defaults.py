@@ -15,6 +15,8 @@ from typing import Any
 SUITE_BUDGET = 100
 """Evaluations per search of a suite (every registered suite's): the budget the claim's and the amortised protocol's
 per-target cells were searched at."""
+SUITE_SEEDS = 3
+"""Seeds ``0..2`` of a suite's search methods (every registered suite's but ``gemma3``'s one)."""
 CORE_HALF_TASKS: tuple[str, ...] = ("llama-s0.5", "mistral-s0.5", "opt-s0.5")
 """The ``core`` suite's three 50 % structured tasks, where the claim and a tune run by default."""
 
@@ -23,7 +25,7 @@ CLAIM_BUDGETS: tuple[int, ...] = (SUITE_BUDGET, 10 * SUITE_BUDGET)
 """Budgets of the multi-step searches: the single-step budget and ten times it."""
 CLAIM_METHODS: tuple[str, ...] = ("amc-ddpg",)
 """Agents for the sequential envs."""
-CLAIM_SEEDS = 3
+CLAIM_SEEDS = SUITE_SEEDS
 """Seeds ``0..2``: those of FastForward's suite cells."""
 
 # ----------------------------------------------------------------------------- ffprune surrogate record

@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sub-subcommands ``record`` and ``validate`` and their options."""
     sub = p.add_subparsers(dest="action", required=True, metavar="{record,validate,rank,study}")
     rec = sub.add_parser("record", help="record the evaluation sets (resumable)", description=RECORD_DESCRIPTION)
-    rec.add_argument("--families", default="llama,mistral,opt", help="comma-separated families: bundled (llama, "
+    rec.add_argument("--families", help="comma-separated families (default: the bundled ones): bundled (llama, "
                      "mistral, opt) or real (smollm2: fetched on first use; read its suite, docs/results/real)")
-    rec.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
+    rec.add_argument("--modes", help="comma-separated modes (default: both)")
     rec.add_argument("--seeds", default="0", help="comma-separated env seeds (pruning instances; default 0: every "
                      "core suite cell ran on env seed 0, its search seed varies the agent only)")
     rec.add_argument("--out", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
@@ -87,9 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "cross-validated over every row with one), "
                          "per core suite task, against gradient-boosted trees when scikit-learn is installed. Writes "
                          "OUT/validation.json and OUT/validation.md.")
-    val.add_argument("--families", default="llama,mistral,opt", help="comma-separated families (bundled, or "
+    val.add_argument("--families", help="comma-separated families (default: the bundled ones; bundled, or "
                      "smollm2)")
-    val.add_argument("--modes", default="structured,unstructured", help="comma-separated modes")
+    val.add_argument("--modes", help="comma-separated modes (default: both)")
     val.add_argument("--data", help="folder of the sets (default: the bundled ffenv/surrogate/data)")
     val.add_argument("--out", default="docs/results/surrogate", help="where validation.json and validation.md go")
     val.add_argument("--fit-kwarg", action="append", metavar="KEY=VALUE", help="a FitSettings field (repeatable; "
@@ -209,13 +209,19 @@ def settings_of(args: argparse.Namespace) -> Any:
                           chunk=args.chunk, verify=args.verify, suite=not args.no_suite, seed=args.sample_seed)
 
 
+def _families_modes(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``--families`` and ``--modes`` as spec fields, those given only (the others: the library's defaults)."""
+    given = {"families": args.families, "modes": args.modes}
+    return {name: parse_names(value, f"--{name}") for name, value in given.items() if value is not None}
+
+
 def _record(args: argparse.Namespace) -> int:
     from ffenv.errors import SearchInterrupted
     from ffprune.agents.experiments import surrogate_record as sr
     from ffprune.agents.experiments.engine import Runner
 
-    spec = sr.RecordSpec(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"),
-                         _seeds(args.seeds), settings_of(args), parse_kwargs(args.env_kwarg, "--env-kwarg") or None)
+    spec = sr.RecordSpec(**_families_modes(args), seeds=_seeds(args.seeds), settings=settings_of(args),
+                         env_kwargs=parse_kwargs(args.env_kwarg, "--env-kwarg") or None)
     where = {"out": args.out, "suite_out": args.suite_out, "suites": RESULTS}
     if args.dry_run:
         print(sr.plan_markdown(sr.plan_record(spec, **where)))
@@ -240,8 +246,7 @@ def _validate(args: argparse.Namespace) -> int:
     except TypeError:
         fields = list(FitSettings.__dataclass_fields__)
         raise FFPruneError(f"--fit-kwarg takes FitSettings fields {fields}, got {sorted(fit)}") from None
-    spec = ValidateSpec(parse_names(args.families, "--families"), parse_names(args.modes, "--modes"), settings,
-                        compare=not args.no_compare, folds=args.folds)
+    spec = ValidateSpec(**_families_modes(args), settings=settings, compare=not args.no_compare, folds=args.folds)
     analysis = run_validate(spec, data=args.data, out=args.out)
     print(validation_markdown(analysis))
     print(f"written: {args.out}/validation.md, validation.json")

@@ -40,8 +40,8 @@ import numpy as np
 
 from ffenv.errors import FFPruneError, non_negative_int, positive_int
 from ffenv.io import beside
-from ffenv.registration import TASK_TARGETS, family_env_id, family_id
-from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET, SUITE_BUDGET
+from ffenv.registration import FAMILY_MODELS, TASK_TARGETS, family_env_id, family_id
+from ffprune.agents.defaults import AMORTISED_MODES, AMORTISED_REFINE, AMORTISED_TRAIN_BUDGET, SUITE_BUDGET, SUITE_SEEDS
 from ffprune.agents.experiments.allocate import AllocateSpec, allocate
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import IN_PROCESS, Report, Runner, keyword_jobs, raise_failures, run_jobs
@@ -93,11 +93,11 @@ class AmortisedSpec:
     """What the amortised study is (where it writes, where the suite's cells are, where its jobs run and whether it shows
     progress are :func:`run_amortised`'s own arguments). The mapping is never mutated."""
 
-    families: Sequence[str] = ("llama", "mistral", "opt")
+    families: Sequence[str] = tuple(FAMILY_MODELS)
     """Bundled families, one policy each per mode and seed."""
     modes: Sequence[str] = tuple(PROTOCOL)
     """Modes of :data:`PROTOCOL`."""
-    seeds: int = 3
+    seeds: int = SUITE_SEEDS
     """Seeds ``0..seeds-1`` (the suite's cells use 0-2)."""
     budget: int = TRAIN_BUDGET
     """Evaluations of each policy's training."""

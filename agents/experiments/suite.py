@@ -82,7 +82,7 @@ from ffenv.registration import (
     formulation_of,
     resolve_config,
 )
-from ffprune.agents.defaults import SUITE_BUDGET
+from ffprune.agents.defaults import SUITE_BUDGET, SUITE_SEEDS
 from ffprune.agents.experiments.bench import (
     BenchOverrides,
     cell_path,
@@ -140,7 +140,7 @@ class Suite:
     tasks: tuple[SuiteTask, ...]
     budget: int = SUITE_BUDGET
     """Episodes every search method gets per cell (heuristics: one evaluation)."""
-    seeds: int = 3
+    seeds: int = SUITE_SEEDS
     """Seeds per search method (deterministic methods run once)."""
     description: str = ""
     methods: tuple[str, ...] | None = None
