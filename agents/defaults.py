@@ -29,16 +29,12 @@ CLAIM_SEEDS = SUITE_SEEDS
 """Seeds ``0..2``: those of FastForward's suite cells."""
 
 # ----------------------------------------------------------------------------- ffprune surrogate record
-RECORD_SPREADS: tuple[str | float, ...] = ("uniform", 0.1, 0.3, 0.6)
-"""Random spreads: ``"uniform"`` (actions uniform in ``[-1, 1]``) or ``s > 0`` (``N(0, s)`` clipped)."""
 RECORD_HEURISTICS: tuple[str, ...] = ("uniform", "owl", "alphapruning", "flap", "dlp", "atp")
 """The heuristics an evaluation set can hold (all of them by default; FLAP only in structured mode)."""
-RECORD_FIDELITY_WINDOWS: tuple[int, ...] = (2, 4, 8, 16)
-"""The reduced fidelities (reward windows) of the fidelity rows."""
 RECORD: dict[str, Any] = {
-    "random": 50, "spreads": RECORD_SPREADS, "heuristics": RECORD_HEURISTICS, "atp_trials": 4, "perturb": 100,
-    "perturb_parents": 8, "perturb_sigmas": (0.05, 0.1, 0.2), "fidelity": 40, "fidelity_windows": RECORD_FIDELITY_WINDOWS,
-    "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3,
+    "random": 50, "spreads": ("uniform", 0.1, 0.3, 0.6), "heuristics": RECORD_HEURISTICS, "atp_trials": 4,
+    "perturb": 100, "perturb_parents": 8, "perturb_sigmas": (0.05, 0.1, 0.2), "fidelity": 40,
+    "fidelity_windows": (2, 4, 8, 16), "held_out": 0.15, "task_weight": 2, "chunk": 32, "verify": 3,
 }
 """What one (family, mode)'s evaluation set samples per env seed (the fields of ``RecordSettings``)."""
 

@@ -504,7 +504,7 @@ def report_suite(suite: Suite | str | Path, out: str | Path, surrogate: bool = F
 
     The suite's budget and seeds are the ones its cells ran with (each task's ``config.json`` must agree on the
     budget); its ``methods`` pick the rows (``None``: every method and variant label with cells in ``out``:
-    :func:`read_suite_cells`). Missing cells are left out; the failure listed by :func:`run_suite` are listed.
+    :func:`read_suite_cells`). Missing cells are left out; the failures :func:`run_suite` saved are listed.
     ``surrogate`` says which suite ``out`` must hold: a real one (a surrogate folder or cell is then a one-line
     :class:`FFPruneError`) or one run on the surrogates.
     """

@@ -79,7 +79,7 @@ from ffenv.registration import (
 )
 from ffenv.surrogate import EvaluationSet, Rows, record
 from ffenv.surrogate.records import ARRAYS, CONFIG_FIELDS, DATA_DIR, data_name, describe
-from ffprune.agents.defaults import RECORD, RECORD_FIDELITY_WINDOWS, RECORD_HEURISTICS, RECORD_SPREADS
+from ffprune.agents.defaults import RECORD, RECORD_HEURISTICS
 from ffprune.agents.experiments.bench import cell_path
 from ffprune.agents.experiments.engine import IN_PROCESS, Runner, keyword_jobs, raise_failures, run_jobs
 from ffprune.agents.experiments.suite import family_suite, family_targets, get_suite
@@ -103,11 +103,8 @@ TARGETS = {"structured": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55,
            "unstructured": (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)}
 """Targets of the new rows: the suite's, the amortised protocol's (structured 0.2-0.6, unstructured 0.5-0.8) and
 what the curriculum ramps through below them (from 0.05; lower targets are in the suite's curriculum episodes)."""
-SPREADS = RECORD_SPREADS
-HEURISTICS = RECORD_HEURISTICS
 CALIBRATION_PASSES = ("flap", "dlp")
 """Heuristics that run one calibration pass per target (≈ one reward evaluation each)."""
-FIDELITY_WINDOWS = RECORD_FIDELITY_WINDOWS
 SECONDS_PER_EVALUATION = {"structured": 0.7, "unstructured": 1.0}
 """One reward evaluation on all 32 windows of a bundled model, on one CPU core (one torch thread): the ``core`` suite's
 random-search cells, which ran two cells side by side on 2 cores, spent 0.56-0.79 s (structured) and 0.93-1.11 s
@@ -141,9 +138,9 @@ class RecordSettings:
 
     random: int = RECORD["random"]
     """Rows per random spread."""
-    spreads: tuple[str | float, ...] = SPREADS
+    spreads: tuple[str | float, ...] = RECORD["spreads"]
     """``"uniform"`` (actions uniform in ``[-1, 1]``) or ``s > 0`` (``N(0, s)`` clipped)."""
-    heuristics: tuple[str, ...] = HEURISTICS
+    heuristics: tuple[str, ...] = RECORD["heuristics"]
     """Heuristics at every target (FLAP only in structured mode)."""
     atp_trials: int = RECORD["atp_trials"]
     """ATP's common differences per target (evenly spaced over its feasible range)."""
@@ -155,7 +152,7 @@ class RecordSettings:
     """Noise scales of the perturbations (on the raw action)."""
     fidelity: int = RECORD["fidelity"]
     """Allocations measured at full and at every reduced fidelity."""
-    fidelity_windows: tuple[int, ...] = FIDELITY_WINDOWS
+    fidelity_windows: tuple[int, ...] = RECORD["fidelity_windows"]
     """The reduced fidelities (those below the env's ``reward_windows``)."""
     held_out: float = RECORD["held_out"]
     """Share of the random, heuristic and perturbed rows that also get the held-out ppl."""
@@ -189,9 +186,9 @@ class RecordSettings:
                 raise FFPruneError(f"perturb_sigmas must be numbers in (0, 2], got {s!r}")
         if not self.perturb_sigmas:
             raise FFPruneError("perturb_sigmas needs at least one noise scale")
-        unknown = [h for h in self.heuristics if h not in HEURISTICS]
+        unknown = [h for h in self.heuristics if h not in RECORD_HEURISTICS]
         if unknown:
-            raise FFPruneError(f"heuristics must be among {list(HEURISTICS)}, got {unknown}")
+            raise FFPruneError(f"heuristics must be among {list(RECORD_HEURISTICS)}, got {unknown}")
         for w in self.fidelity_windows:
             positive_int("fidelity_windows", w)
         if self.targets is not None:
